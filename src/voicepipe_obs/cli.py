@@ -1,0 +1,180 @@
+"""The ``voicepipe`` command tree: the root group, global options, error handling
+and exit codes. Subcommands live in ``cli_*.py`` modules and are imported only when
+run (``voicepipe --help`` stays fast: it never imports duckdb or pyarrow).
+
+The CLI parses, calls library functions and renders; it holds no logic a notebook
+user could not reach through the library.
+
+Exit codes (every command): 0 success; 1 an operation failed (store unreadable,
+unknown id); 2 usage or configuration error; ``check`` uses 0/1/2/3 (OK, warning,
+critical, could not evaluate); ``retry`` uses 4 when a retry is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from .errors import VoicepipeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import LoadedSettings, Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: name → (module, attribute, one-line help). Imported only when the command runs.
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "report": (
+        "voicepipe_obs.cli_report",
+        "report",
+        "Dashboards, artifacts, metrics, events, alerts, retries.",
+    ),
+    "sql": ("voicepipe_obs.cli_report", "sql", "Run a read-only SQL query on the views."),
+    "aggregate": ("voicepipe_obs.cli_maint", "aggregate", "Build hourly and daily snapshots (cron)."),
+    "compact": ("voicepipe_obs.cli_maint", "compact", "Merge small event files, recover spools (cron)."),
+    "cleanup": ("voicepipe_obs.cli_maint", "cleanup", "Drop partitions past retention (cron)."),
+    "check": ("voicepipe_obs.cli_alerts", "check", "Evaluate alert rules and notify (cron; exit 0-3)."),
+    "alerts": ("voicepipe_obs.cli_alerts", "alerts", "Acknowledge and list alerts."),
+    "retry": ("voicepipe_obs.cli_retry", "retry", "Retry a failed artifact's stage by hand."),
+    "demo": ("voicepipe_obs.cli_demo", "demo", "Write 7 days of demo data and show what to try."),
+    "config": ("voicepipe_obs.cli_config", "config", "Show the effective configuration."),
+}
+
+
+@dataclass
+class AppContext:
+    """What every subcommand gets: global options and lazily loaded settings."""
+
+    config_path: str | None = None
+    data: str | None = None
+    _loaded: LoadedSettings | None = field(default=None, repr=False)
+
+    @property
+    def loaded(self) -> LoadedSettings:
+        if self._loaded is None:
+            from .config import load_settings
+
+            self._loaded = load_settings(self.config_path, overrides={"data": self.data})
+        return self._loaded
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+    @property
+    def root(self) -> Path:
+        return self.settings.root
+
+
+pass_app = click.make_pass_decorator(AppContext, ensure=True)
+
+
+def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
+    """``--format table|json|csv`` (or the given choices)."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices or ("table", "json", "csv")),
+        default=default,
+        show_default=True,
+        help="Output format: table for people, json/csv for machines.",
+    )
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use, and whose --help lists
+    them from LAZY_COMMANDS without importing anything."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str, str]] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, attr, _ = self.lazy[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy[name][2]) for name in sorted(self.lazy)]
+        rows += [
+            (name, cmd.get_short_help_str(60))
+            for name, cmd in sorted(self.commands.items())
+            if name not in self.lazy
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VoicepipeError as exc:
+            click.echo(f"voicepipe: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except BrokenPipeError:  # `voicepipe report events | head`
+            sys.stderr.close()
+            ctx.exit(0)
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"voicepipe: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("voicepipe_obs")
+    if not any(getattr(h, "_voicepipe", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(_StderrFormatter())
+        handler._voicepipe = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--data",
+    metavar="DIR",
+    envvar=None,
+    help="Data root (default: $VOICEPIPE_DATA, the config's `data`, else ./voicepipe-data).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="Configuration file (default: $VOICEPIPE_CONFIG, else ./voicepipe.toml).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.version_option(package_name="voicepipe_obs", prog_name="voicepipe")
+@click.pass_context
+def main(ctx: click.Context, data: str | None, config_path: str | None, verbose: bool) -> None:
+    """Monitor the voice-note pipeline: reports, snapshots, alerts and retries
+    over the Parquet event store."""
+    _setup_logging(verbose)
+    ctx.obj = AppContext(config_path=config_path, data=data)
+
+
+def run() -> None:  # pragma: no cover - console script entry
+    main(prog_name="voicepipe", auto_envvar_prefix=None)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    run()

@@ -1,0 +1,370 @@
+"""Settings: pydantic models with the DESIGN §7 defaults, loaded from
+``voicepipe.toml`` (``--config``, else $VOICEPIPE_CONFIG, else ./voicepipe.toml),
+then environment variables, then flags — and where each value came from.
+
+Environment variables: ``VOICEPIPE_DATA`` sets ``data``; any key can be set as
+``VOICEPIPE_<SECTION>__<KEY>`` (double underscores between levels), e.g.
+``VOICEPIPE_ALERTS__FAILURE_RATE__WARNING=0.2``. Values are read as TOML literals
+(numbers, booleans, quoted strings, arrays) and fall back to plain strings.
+
+This module reads files and the environment; it never touches the data root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_FILE = "voicepipe.toml"
+ENV_CONFIG = "VOICEPIPE_CONFIG"
+ENV_DATA = "VOICEPIPE_DATA"
+ENV_PREFIX = "VOICEPIPE_"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------- sections
+
+
+class RecorderSettings(_Model):
+    """Recorder options used by CLI-side recorders (retry, demo)."""
+
+    flush_interval: float = Field(1.0, gt=0)
+    batch_size: int = Field(10_000, ge=1)
+    durability: Literal["spool", "sync", "memory"] = "spool"
+    max_buffer: int = Field(100_000, ge=1)
+    error_message_max: int = Field(1000, ge=0)
+
+
+class RetentionSettings(_Model):
+    events_days: int = Field(30, ge=1)
+    hourly_snapshots_days: int = Field(7, ge=1)
+    daily_snapshots_days: int = Field(90, ge=1)
+    alerts_days: int = Field(90, ge=1)
+
+
+class FailureRateRule(_Model):
+    enabled: bool = True
+    window_minutes: int = Field(30, ge=1)
+    warning: float = Field(0.10, ge=0, le=1)
+    critical: float = Field(0.25, ge=0, le=1)
+    min_sample: int = Field(10, ge=1)
+    per_organization: bool = True
+
+
+class LatencyRule(_Model):
+    enabled: bool = True
+    window_minutes: int = Field(30, ge=1)
+    multiplier: float = Field(2.0, gt=0)
+    history_days: int = Field(7, ge=1)
+    per_organization: bool = False
+
+
+class QueueDepthRule(_Model):
+    enabled: bool = True
+    warning: int = Field(50, ge=0)
+    per_organization: bool = False
+
+
+class DisambiguationBacklogRule(_Model):
+    enabled: bool = True
+    warning: int = Field(100, ge=0)
+    per_organization: bool = False
+
+
+class CircuitBreakerRule(_Model):
+    enabled: bool = True
+
+
+_HOURS = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class InactivityRule(_Model):
+    enabled: bool = True
+    minutes: int = Field(60, ge=1)
+    expected_hours: str = "00:00-24:00"
+    timezone: str = "UTC"
+    per_organization: bool = False
+
+    @field_validator("expected_hours")
+    @classmethod
+    def _hours(cls, v: str) -> str:
+        if not _HOURS.match(v):
+            raise ValueError("expected HH:MM-HH:MM, e.g. 06:00-23:00")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Dublin)") from exc
+        return v
+
+
+class BudgetRule(_Model):
+    enabled: bool = True
+    daily_budget_usd: float | None = Field(None, gt=0)
+    organizations: dict[str, float] = Field(default_factory=dict)
+    warning_ratio: float = Field(0.8, gt=0)
+    critical_ratio: float = Field(1.0, gt=0)
+
+
+class StuckRule(_Model):
+    enabled: bool = True
+    minutes: int = Field(30, ge=1)
+    warning_count: int = Field(1, ge=1)
+    per_organization: bool = False
+
+
+class AlertRules(_Model):
+    failure_rate: FailureRateRule = Field(default_factory=FailureRateRule)
+    latency: LatencyRule = Field(default_factory=LatencyRule)
+    queue_depth: QueueDepthRule = Field(default_factory=QueueDepthRule)
+    disambiguation_backlog: DisambiguationBacklogRule = Field(default_factory=DisambiguationBacklogRule)
+    circuit_breaker: CircuitBreakerRule = Field(default_factory=CircuitBreakerRule)
+    inactivity: InactivityRule = Field(default_factory=InactivityRule)
+    budget: BudgetRule = Field(default_factory=BudgetRule)
+    stuck: StuckRule = Field(default_factory=StuckRule)
+    lock_timeout_seconds: float = Field(10.0, ge=0)
+
+
+class CommandNotifier(_Model):
+    type: Literal["command"]
+    name: str | None = None
+    command: list[str] = Field(min_length=1)
+    timeout: float = Field(10.0, gt=0)
+
+
+class WebhookNotifier(_Model):
+    type: Literal["webhook"]
+    name: str | None = None
+    url: str
+    timeout: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class AlertmanagerNotifier(_Model):
+    type: Literal["alertmanager"]
+    name: str | None = None
+    url: str
+    timeout: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+Notifier = Annotated[CommandNotifier | WebhookNotifier | AlertmanagerNotifier, Field(discriminator="type")]
+
+
+class RetrySettings(_Model):
+    app: str | None = None
+    max_attempts: int = Field(3, ge=1)
+    allowed_actors: list[str] | None = None
+    lock_timeout_seconds: float = Field(0.0, ge=0)
+
+
+class Settings(_Model):
+    data: str = "./voicepipe-data"
+    recorder: RecorderSettings = Field(default_factory=RecorderSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    alerts: AlertRules = Field(default_factory=AlertRules)
+    notifiers: list[Notifier] = Field(default_factory=list)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data).expanduser()
+
+
+# ------------------------------------------------------------------------ loading
+
+
+@dataclass
+class LoadedSettings:
+    """Effective settings, the file they came from, and each key's source."""
+
+    settings: Settings
+    path: Path | None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def source_of(self, key: str) -> str:
+        while key:
+            if key in self.sources:
+                return self.sources[key]
+            key = key.rpartition(".")[0]
+        return "default"
+
+
+def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (check --config)")
+        return path
+    if env.get(ENV_CONFIG):
+        path = Path(env[ENV_CONFIG]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (check ${ENV_CONFIG})")
+        return path
+    path = Path.cwd() / CONFIG_FILE
+    return path if path.is_file() else None
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _describe(exc: ValidationError, origin: str, raw: Mapping[str, Any]) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    loc = re.sub(r"\.(command|webhook|alertmanager)(?=\.|$)", "", loc)
+    if err["type"] == "extra_forbidden":
+        parent = loc.rpartition(".")[0]
+        allowed = _allowed_keys(parent)
+        import difflib
+
+        hint = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        suffix = f"; did you mean {parent + '.' if parent else ''}{hint[0]}?" if hint else ""
+        return f"{origin}: unknown key {loc!r}{suffix}"
+    msg = err["msg"]
+    if "input" in err and not isinstance(err["input"], Mapping | list):
+        msg += f" (got {err['input']!r})"
+    extra = f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    return f"{origin}: {loc or 'configuration'}: {msg}{extra}"
+
+
+def _allowed_keys(dotted_parent: str) -> list[str]:
+    model: Any = Settings
+    for part in [p for p in dotted_parent.split(".") if p and not p.isdigit()]:
+        fld = getattr(model, "model_fields", {}).get(part)
+        if fld is None or not isinstance(fld.annotation, type) or not issubclass(fld.annotation, BaseModel):
+            return []
+        model = fld.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedSettings:
+    """Defaults ← voicepipe.toml ← environment ← ``overrides`` (dotted keys, from flags).
+
+    Raises :class:`ConfigError` with one line naming the key and the problem.
+    """
+    env = os.environ if env is None else env
+    path = find_config(config, env)
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    origin = "configuration"
+    if path is not None:
+        origin = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        for key in _flatten(data):
+            sources[key] = f"file {path}"
+        try:
+            Settings.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, str(path), data)) from exc
+    for name, raw in sorted(env.items()):
+        if name == ENV_DATA:
+            if raw:
+                data["data"] = raw
+                sources["data"] = f"env {ENV_DATA}"
+        elif name.startswith(ENV_PREFIX) and "__" in name[len(ENV_PREFIX) :]:
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _set_path(data, dotted, _parse_env_value(raw))
+            sources[dotted] = f"env {name}"
+            origin_env = f"environment variable {name}"
+            try:
+                Settings.model_validate(data)
+            except ValidationError as exc:
+                raise ConfigError(_describe(exc, origin_env, data)) from exc
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        _set_path(data, dotted, value)
+        sources[dotted] = "flag"
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin if not overrides else "flags", data)) from exc
+    return LoadedSettings(settings, path, sources)
+
+
+def effective_items(loaded: LoadedSettings) -> list[tuple[str, Any, str]]:
+    """(dotted key, value, source) for every setting, for `voicepipe config show`."""
+    dumped = loaded.settings.model_dump(mode="json")
+    notifiers = dumped.pop("notifiers")
+    items = [(k, v, loaded.source_of(k)) for k, v in _flatten(dumped).items()]
+    for i, notifier in enumerate(notifiers):
+        for k, v in notifier.items():
+            key = f"notifiers.{i}.{k}"
+            items.append((key, v, loaded.source_of("notifiers")))
+    return items

@@ -1,0 +1,1201 @@
+"""The Recorder: stage decorators and context managers (sync and async), artifact
+context propagation (contextvars), the in-memory buffer, the background flusher,
+the crash spool and its recovery, and fork safety.
+
+Decides *when* events are written; *where* and *how* (paths, atomic Parquet writes)
+is ``store.py``. Never imports duckdb or click, and never raises into the host
+pipeline at run time unless ``strict=True``: invalid values, unwritable roots and
+full disks are counted (:meth:`Recorder.stats`) and logged at a limited rate.
+
+Life of an event::
+
+    emit() ──append──▶ pending ──every spool_interval──▶ spool segment (per process)
+                                │                         and the current batch
+                                └──every flush_interval or batch_size──▶ seal the batch,
+                                   write its rows as Parquet (one file per hour,
+                                   named after the segment), then delete the segment.
+
+A segment whose Parquet files exist is never written twice (the names are
+deterministic), so recovery of a dead process's spool is exactly-once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import datetime as dt
+import fcntl
+import functools
+import inspect
+import itertools
+import logging
+import marshal
+import math
+import os
+import secrets
+import struct
+import threading
+import time
+import weakref
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar, cast, overload
+
+from . import store
+from .errors import EmitError
+from .events import (
+    COLUMN_INDEX,
+    COLUMN_KINDS,
+    DISAMBIGUATION_EVENT,
+    EVENT_STAGE,
+    EVENT_TYPE_SET,
+    EVENT_TYPES,
+    INT32_MAX,
+    INT32_MIN,
+    NUM_COLUMNS,
+    SETTABLE_FIELDS,
+    STAGE_EVENTS,
+    STAGES,
+    TIMED_STAGES,
+    closest,
+)
+
+log = logging.getLogger("voicepipe_obs")
+
+Durability = Literal["spool", "sync", "memory"]
+F = TypeVar("F", bound=Callable[..., Any])
+Row = list[Any]
+
+_I_ID = COLUMN_INDEX["event_id"]
+_I_TYPE = COLUMN_INDEX["event_type"]
+_I_TS = COLUMN_INDEX["timestamp"]
+_I_ART = COLUMN_INDEX["artifact_id"]
+_I_VN = COLUMN_INDEX["voice_note_id"]
+_I_ORG = COLUMN_INDEX["organization_id"]
+_I_COACH = COLUMN_INDEX["coach_user_id"]
+_I_CHAN = COLUMN_INDEX["source_channel"]
+_I_STAGE = COLUMN_INDEX["pipeline_stage"]
+_I_SSTART = COLUMN_INDEX["stage_started_at"]
+_I_SEND = COLUMN_INDEX["stage_completed_at"]
+_I_DUR = COLUMN_INDEX["duration_ms"]
+_I_ERRMSG = COLUMN_INDEX["error_message"]
+_I_ERRCODE = COLUMN_INDEX["error_code"]
+_I_RETRY = COLUMN_INDEX["retry_attempt"]
+_I_DISAMBIG = COLUMN_INDEX["disambiguation_count"]
+_I_NEWSTATUS = COLUMN_INDEX["new_status"]
+_I_PREVSTATUS = COLUMN_INDEX["previous_status"]
+
+_SPOOL_HEADER = struct.Struct("<II")  # payload length, crc32
+_SPOOL_SUFFIX = ".spool"
+_LOCK_SUFFIX = ".lock"
+
+
+# ------------------------------------------------------------------ context state
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactContext:
+    """The artifact a piece of code is working on; inherited by nested stages/emits."""
+
+    artifact_id: str
+    voice_note_id: str | None = None
+    organization_id: str | None = None
+    coach_user_id: str | None = None
+    source_channel: str | None = None
+    retry_attempt: int | None = None
+
+
+_artifact_var: contextvars.ContextVar[ArtifactContext | None] = contextvars.ContextVar(
+    "voicepipe_artifact", default=None
+)
+_stage_var: contextvars.ContextVar[StageRun | None] = contextvars.ContextVar("voicepipe_stage", default=None)
+
+
+def current_artifact() -> ArtifactContext | None:
+    """The artifact context bound in the calling context, if any."""
+    return _artifact_var.get()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _RateLimitedLog:
+    """At most one log line per key per ``interval`` seconds, with a suppressed count."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            skipped = self._suppressed.pop(key, 0)
+        if skipped:
+            msg += f" ({skipped} similar messages suppressed)"
+        log.warning(msg, *args)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _check_value(name: str, value: Any) -> Any:
+    """Validate (and normalise) one field value for the row; raises _Invalid."""
+    if value is None:
+        return None
+    kind = COLUMN_KINDS.get(name)
+    if kind is None or name not in SETTABLE_FIELDS:
+        raise _Invalid(f"unknown field {name!r}")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise _Invalid(f"{name} must be a string, got {type(value).__name__}")
+    if kind == "i32":
+        if isinstance(value, int) and not isinstance(value, bool) and INT32_MIN <= value <= INT32_MAX:
+            return value
+        raise _Invalid(f"{name} must be a 32-bit integer, got {value!r}")
+    if kind == "f64":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            f = float(value)
+            if math.isfinite(f):
+                return f
+        raise _Invalid(f"{name} must be a finite number, got {value!r}")
+    if kind == "ts":
+        return _to_us(name, value)
+    if kind == "map":
+        if isinstance(value, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return dict(value)
+        raise _Invalid(f"{name} must be a mapping of strings to strings")
+    raise _Invalid(f"unknown field {name!r}")  # pragma: no cover
+
+
+def _to_us(name: str, value: Any) -> int:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise _Invalid(f"{name} must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        return store.to_us(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return round(value * 1_000_000)  # epoch seconds
+    raise _Invalid(f"{name} must be an aware datetime or epoch seconds, got {value!r}")
+
+
+def _lock_file(path: Path) -> int | None:
+    """Open and exclusively lock ``path``; the fd, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _ensure_spool_dir(root: Path) -> Path:
+    spool = root / store.SPOOL
+    spool.mkdir(parents=True, exist_ok=True)
+    os.chmod(spool, 0o700)
+    return spool
+
+
+# ----------------------------------------------------------------- spool format
+
+
+def _spool_record(rows: list[Row]) -> bytes:
+    payload = marshal.dumps(rows)
+    return _SPOOL_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_spool_segment(path: Path) -> list[Row]:
+    """All complete records of a spool segment; a torn tail (a kill mid-write) ends it."""
+    rows: list[Row] = []
+    with open(path, "rb") as fh:
+        data = fh.read()
+    pos = 0
+    while pos + _SPOOL_HEADER.size <= len(data):
+        length, crc = _SPOOL_HEADER.unpack_from(data, pos)
+        start = pos + _SPOOL_HEADER.size
+        payload = data[start : start + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        try:
+            rows.extend(marshal.loads(payload))
+        except (ValueError, EOFError, TypeError):
+            break
+        pos = start + length
+    return rows
+
+
+def _segment_stem(writer_id: str, seq: int) -> str:
+    return f"{writer_id}-{seq:08d}"
+
+
+def recover_spools(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """Write the spools of dead processes under ``root`` into Parquet, exactly once.
+
+    A process is dead when its ``<writer>.lock`` can be locked. Returns
+    (events recovered, segments recovered). Safe to run concurrently: recoverers are
+    serialised by a lock, and re-writing a segment whose files exist is a no-op.
+    """
+    rootp = Path(root)
+    spool = rootp / store.SPOOL
+    if not spool.is_dir():
+        return 0, 0
+    gate = os.open(spool / ".recover", os.O_RDWR | os.O_CREAT, 0o600)
+    events = segments = 0
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        names = sorted(os.listdir(spool))
+        writers = {n[: -len(_LOCK_SUFFIX)] for n in names if n.endswith(_LOCK_SUFFIX)}
+        seg_names = [n for n in names if n.endswith(_SPOOL_SUFFIX)]
+        orphans = {n.rsplit("-", 1)[0] for n in seg_names} - writers
+        for writer in sorted(writers | orphans):
+            lock_path = spool / f"{writer}{_LOCK_SUFFIX}"
+            fd = _lock_file(lock_path)
+            if fd is None:
+                continue  # alive
+            try:
+                for name in seg_names:
+                    if name.rsplit("-", 1)[0] != writer:
+                        continue
+                    path = spool / name
+                    rows = read_spool_segment(path)
+                    if rows:
+                        store.write_event_rows(rootp, rows, name[: -len(_SPOOL_SUFFIX)])
+                    events += len(rows)
+                    segments += 1
+                    path.unlink()
+                lock_path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(gate)
+    if segments:
+        log.info("recovered %d events from %d spool segments under %s", events, segments, spool)
+    return events, segments
+
+
+# ----------------------------------------------------------------------- batches
+
+
+class _Batch:
+    """The events of one spool segment: in memory (rows) or only on disk (rows None)."""
+
+    __slots__ = ("fd", "n", "path", "rows", "seq", "unspooled")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.rows: list[Row] | None = []
+        self.n = 0
+        self.path: Path | None = None
+        self.fd: int | None = None
+        self.unspooled = 0  # rows not (successfully) written to the segment
+
+
+# ----------------------------------------------------------------------- recorder
+
+_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+class Recorder:
+    """Records pipeline events under a data root.
+
+    Args:
+        root: data root directory (default: $VOICEPIPE_DATA, else ./voicepipe-data).
+        flush_interval: seconds between Parquet writes.
+        batch_size: write early when this many events are waiting.
+        durability: "spool" (default; events reach the crash spool within
+            ``spool_interval``), "sync" (each event reaches the spool before emit
+            returns) or "memory" (no spool).
+        max_buffer: events held in memory at most; beyond it events go to the spool
+            only, and are dropped (and counted) if that fails too.
+        error_message_max: error messages are truncated to this many characters.
+        redact: applied to error messages before truncation.
+        strict: raise :class:`EmitError` instead of counting and logging (tests).
+        recover: recover dead processes' spools under the root on first use.
+        clock: returns the current time as epoch microseconds (tests freeze it).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        flush_interval: float = 1.0,
+        batch_size: int = 10_000,
+        spool_interval: float = 0.2,
+        durability: Durability = "spool",
+        max_buffer: int = 100_000,
+        error_message_max: int = 1000,
+        redact: Callable[[str], str] | None = None,
+        strict: bool = False,
+        recover: bool = True,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        if durability not in ("spool", "sync", "memory"):
+            raise ValueError(f"durability must be 'spool', 'sync' or 'memory', not {durability!r}")
+        if flush_interval <= 0 or spool_interval <= 0 or batch_size < 1 or max_buffer < 1:
+            raise ValueError("flush_interval, spool_interval, batch_size and max_buffer must be positive")
+        self.root = store.resolve_root(root)
+        self.flush_interval = float(flush_interval)
+        self.spool_interval = float(min(spool_interval, flush_interval))
+        self.batch_size = int(batch_size)
+        self.durability: Durability = durability
+        self.max_buffer = int(max_buffer)
+        self.error_message_max = int(error_message_max)
+        self.redact = redact
+        self.strict = strict
+        self._recover = recover
+        self._clock = clock
+        self._warn = _RateLimitedLog()
+        self._init_process_state()
+        _recorders.add(self)
+
+    # -- process-local state (re-made in a forked child) --------------------------
+
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()  # pending, batches, counters
+        self._spool_lock = threading.Lock()  # segment files
+        self._io_lock = threading.Lock()  # one tick/flush at a time
+        self._wake = threading.Event()
+        self._stop = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._writer_id = f"{store.host_name()}-{self._pid}-{secrets.token_hex(4)}"
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count(1)
+        self._pending: list[Row] = []
+        self._seq = 0
+        self._current = self._new_batch()
+        self._overflow: _Batch | None = None
+        self._sealed: deque[_Batch] = deque()
+        self._mem_rows = 0
+        self._next_flush = time.monotonic() + self.flush_interval
+        self._lock_fd: int | None = None
+        self._spool_dir: Path | None = None
+        self._spool_broken_until = 0.0
+        self._started = False
+        self._counts = dict.fromkeys(
+            ("emitted", "written", "spooled", "recovered", "dropped", "invalid", "write_errors"), 0
+        )
+
+    def _new_batch(self) -> _Batch:
+        self._seq += 1
+        return _Batch(self._seq)
+
+    def _after_fork_in_child(self) -> None:
+        for fd in (self._lock_fd, self._current.fd, self._overflow.fd if self._overflow else None):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for batch in self._sealed:
+            if batch.fd is not None:
+                try:
+                    os.close(batch.fd)
+                except OSError:
+                    pass
+        self._init_process_state()
+
+    # -- public API ------------------------------------------------------------------
+
+    def stage(self, name: str) -> StageSpec:
+        """Time a pipeline stage: a decorator (sync or async) or a (async) context manager."""
+        return StageSpec(name, self)
+
+    def artifact(
+        self,
+        artifact_id: str,
+        *,
+        organization_id: str | None = None,
+        coach_user_id: str | None = None,
+        voice_note_id: str | None = None,
+        source_channel: str | None = None,
+        retry_attempt: int | None = None,
+    ) -> ArtifactScope:
+        """Bind an artifact's context; emits artifact_received on entry and
+        artifact_completed / artifact_failed on exit.
+
+        With ``retry_attempt`` (a retry worker reopening an existing artifact) no
+        artifact_received is emitted, every event inside carries the attempt, and the
+        exit records retry_succeeded / retry_failed before the artifact's outcome.
+        """
+        return ArtifactScope(
+            self,
+            ArtifactContext(
+                artifact_id, voice_note_id, organization_id, coach_user_id, source_channel, retry_attempt
+            ),
+        )
+
+    def emit(
+        self,
+        event_type: str,
+        *,
+        timestamp: dt.datetime | float | None = None,
+        attributes: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> str | None:
+        """Record one event of any type. Context fields not given are taken from the
+        enclosing artifact. Returns the event_id, or None if the event was rejected."""
+        try:
+            if event_type not in EVENT_TYPE_SET:
+                hint = closest(event_type, EVENT_TYPES) if isinstance(event_type, str) else None
+                raise _Invalid(
+                    f"unknown event type {event_type!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                )
+            row = self._base_row(event_type)
+            if timestamp is not None:
+                row[_I_TS] = _to_us("timestamp", timestamp)
+            if attributes is not None:
+                fields["attributes"] = attributes
+            self._apply_fields(row, fields)
+            if row[_I_STAGE] is None:
+                row[_I_STAGE] = EVENT_STAGE.get(event_type)
+        except _Invalid as exc:
+            self._invalid(str(exc))
+            return None
+        except Exception as exc:  # pragma: no cover - defensive
+            self._internal_error(exc)
+            return None
+        self._append(row)
+        return cast(str, row[_I_ID])
+
+    def annotate(self, **fields: Any) -> None:
+        """Attach fields to the completion/failure event of the innermost running stage."""
+        run = _stage_var.get()
+        if run is None:
+            self._invalid("annotate() called outside a running stage")
+            return
+        run.annotate(**fields)
+
+    def retry_handler(
+        self, stage: str, *, deferred: bool = False
+    ) -> Callable[[Callable[[str, int], Any]], Callable[[str, int], Any]]:
+        """Register what `voicepipe retry` runs for a stage (or "full"); see retry.py."""
+        from .retry import register_handler
+
+        def decorate(fn: Callable[[str, int], Any]) -> Callable[[str, int], Any]:
+            register_handler(stage, fn, recorder=self, deferred=deferred)
+            return fn
+
+        return decorate
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything emitted so far as Parquet. True when nothing is left over."""
+        del timeout  # the flush runs in the caller's thread
+        try:
+            self._tick(force=True)
+        except Exception as exc:
+            self._internal_error(exc)
+        with self._lock:
+            ok = not self._pending and not self._sealed and self._current.n == 0
+        if not ok and self.strict:
+            raise EmitError(f"events could not be written under {self.root} (see stats())")
+        return ok
+
+    def close(self) -> None:
+        """Flush, stop the background thread and release the spool. Idempotent."""
+        if self._closed or self._pid != os.getpid():
+            return
+        self._stop = True
+        self._closed = True  # later emits are dropped and counted
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(5.0, self.flush_interval * 2))
+        self.flush()
+        with self._spool_lock:
+            for batch in [self._current, *self._sealed, *([self._overflow] if self._overflow else [])]:
+                if batch.fd is not None:
+                    os.close(batch.fd)
+                    batch.fd = None
+            if self._lock_fd is not None:
+                leftover = self._spool_dir is not None and any(
+                    n.startswith(self._writer_id) and n.endswith(_SPOOL_SUFFIX)
+                    for n in os.listdir(self._spool_dir)
+                )
+                if not leftover and self._spool_dir is not None:
+                    (self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}").unlink(missing_ok=True)
+                os.close(self._lock_fd)  # releasing the lock lets others recover leftovers
+                self._lock_fd = None
+
+    def stats(self) -> dict[str, int]:
+        """Counters: emitted, written, spooled, recovered, dropped, invalid,
+        write_errors, and buffered (events in memory now)."""
+        with self._lock:
+            out = dict(self._counts)
+            out["buffered"] = self._mem_rows
+        return out
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Recorder(root={str(self.root)!r}, durability={self.durability!r})"
+
+    # -- building rows ------------------------------------------------------------
+
+    def _now_us(self) -> int:
+        if self._clock is not None:
+            return self._clock()
+        return time.time_ns() // 1000
+
+    def new_event_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
+
+    def _base_row(self, event_type: str, ts_us: int | None = None) -> Row:
+        row: Row = [None] * NUM_COLUMNS
+        row[_I_ID] = f"{self._id_prefix}{next(self._id_counter):012x}"
+        row[_I_TYPE] = event_type
+        row[_I_TS] = self._now_us() if ts_us is None else ts_us
+        ctx = _artifact_var.get()
+        if ctx is not None:
+            row[_I_ART] = ctx.artifact_id
+            row[_I_VN] = ctx.voice_note_id
+            row[_I_ORG] = ctx.organization_id
+            row[_I_COACH] = ctx.coach_user_id
+            row[_I_RETRY] = ctx.retry_attempt
+        return row
+
+    def _apply_fields(self, row: Row, fields: Mapping[str, Any]) -> None:
+        for name, value in fields.items():
+            try:
+                checked = _check_value(name, value)
+            except _Invalid as exc:
+                if self.strict or name not in SETTABLE_FIELDS:
+                    raise
+                self._invalid(str(exc))
+                continue
+            if name == "error_message" and checked is not None:
+                checked = self._clean_message(checked)
+            row[COLUMN_INDEX[name]] = checked
+
+    def _clean_message(self, message: str) -> str:
+        if self.redact is not None:
+            try:
+                message = self.redact(message)
+            except Exception:
+                message = "<redaction failed>"
+        if len(message) > self.error_message_max:
+            message = message[: max(self.error_message_max - 1, 0)] + "…"
+        return message
+
+    def _error_fields(self, exc: BaseException) -> tuple[str, str]:
+        code = getattr(exc, "error_code", None)
+        if not isinstance(code, str):
+            code = type(exc).__name__
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<unprintable exception>"
+        return code, self._clean_message(message or code)
+
+    # -- the buffer ---------------------------------------------------------------
+
+    def _append(self, row: Row) -> None:
+        if self._closed or self._pid != os.getpid():
+            if self._pid != os.getpid():  # fork without at-fork hooks (should not happen)
+                self._after_fork_in_child()
+            else:
+                with self._lock:
+                    self._counts["dropped"] += 1
+                self._warn.warning("closed", "event emitted after Recorder.close() was dropped")
+                return
+        sync = self.durability == "sync"
+        with self._lock:
+            self._counts["emitted"] += 1
+            if self._mem_rows >= self.max_buffer:
+                self._overflow_row(row)
+                return
+            if sync and not self._count_spool(self._spool_rows(self._current, [row]), 1):
+                self._current.unspooled += 1
+            self._pending.append(row)
+            self._mem_rows += 1
+            waiting = len(self._pending)
+        if not self._started:
+            self._start()
+        if waiting >= self.batch_size:
+            self._wake.set()
+
+    def _overflow_row(self, row: Row) -> None:
+        """Called with _lock held when memory is full: spool only, else drop."""
+        if self.durability != "memory":
+            if self._overflow is None:
+                self._overflow = self._new_batch()
+                self._overflow.rows = None
+            if self._count_spool(self._spool_rows(self._overflow, [row]), 1):
+                self._overflow.n += 1
+                return
+        self._counts["dropped"] += 1
+        self._warn.warning(
+            "dropped",
+            "voicepipe buffer full (%d events) and spool unavailable: events dropped",
+            self.max_buffer,
+        )
+
+    def _count_spool(self, ok: bool, n: int) -> bool:
+        self._counts["spooled" if ok else "write_errors"] += n if ok else 1
+        return ok
+
+    def _spool_rows(self, batch: _Batch, rows: list[Row]) -> bool:
+        """Append rows to a batch's segment file. Never raises; False on failure.
+        The caller counts the outcome (with _lock held) through _count_spool."""
+        if self.durability == "memory":
+            return False
+        now = time.monotonic()
+        with self._spool_lock:
+            if now < self._spool_broken_until:
+                return False
+            try:
+                if batch.fd is None:
+                    if self._lock_fd is None:
+                        self._spool_dir = _ensure_spool_dir(self.root)
+                        fd = os.open(
+                            self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}",
+                            os.O_RDWR | os.O_CREAT,
+                            0o600,
+                        )
+                        os.fchmod(fd, 0o600)
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        self._lock_fd = fd
+                    assert self._spool_dir is not None
+                    path = self._spool_dir / f"{_segment_stem(self._writer_id, batch.seq)}{_SPOOL_SUFFIX}"
+                    batch.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    os.fchmod(batch.fd, 0o600)
+                    batch.path = path
+                data = _spool_record(rows)
+                written = os.write(batch.fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to spool ({written} of {len(data)} bytes)")
+            except Exception as exc:
+                self._spool_broken_until = now + min(self.flush_interval, 1.0)
+                self._warn.warning("spool", "voicepipe spool write failed under %s: %s", self.root, exc)
+                if self.strict:
+                    raise EmitError(f"spool write failed: {exc}") from exc
+                return False
+        return True
+
+    # -- background work ----------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        thread = threading.Thread(target=self._run, name="voicepipe-flush", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def recover(self) -> int:
+        """Recover dead processes' spools under the root now; the number of events."""
+        try:
+            recovered, _ = recover_spools(self.root)
+        except Exception as exc:
+            self._warn.warning("recover", "voicepipe could not recover spools under %s: %s", self.root, exc)
+            if self.strict:
+                raise
+            return 0
+        with self._lock:
+            self._counts["recovered"] += recovered
+        return recovered
+
+    def _run(self) -> None:
+        if self._recover:
+            self.recover()
+        while not self._stop:
+            self._wake.wait(self.spool_interval)
+            self._wake.clear()
+            if self._stop:
+                break
+            try:
+                self._tick(force=False)
+            except Exception as exc:
+                self._internal_error(exc)
+
+    def _tick(self, force: bool) -> None:
+        with self._io_lock:
+            sync = self.durability == "sync"
+            with self._lock:
+                rows, self._pending = self._pending, []
+                if sync:  # already spooled by emit()
+                    self._take_rows(self._current, rows)
+                    rows = []
+            if rows:
+                spooled = self._spool_rows(self._current, rows) if self.durability == "spool" else False
+                with self._lock:
+                    if self.durability == "spool":
+                        self._count_spool(spooled, len(rows))
+                    if not spooled:
+                        self._current.unspooled += len(rows)
+                    self._take_rows(self._current, rows)
+            now = time.monotonic()
+            due = force or now >= self._next_flush or self._current.n >= self.batch_size
+            if not due and not self._sealed:
+                return
+            with self._lock, self._spool_lock:
+                if due:
+                    self._next_flush = now + self.flush_interval
+                    if self._current.n:
+                        self._seal(self._current)
+                        self._current = self._new_batch()
+                    if self._overflow is not None and self._overflow.n:
+                        self._seal(self._overflow)
+                        self._overflow = None
+                pending_batches = list(self._sealed)
+            self._write_batches(pending_batches)
+
+    def _take_rows(self, batch: _Batch, rows: list[Row]) -> None:
+        """Add rows to the current batch (called with _lock held)."""
+        if not rows:
+            return
+        batch.n += len(rows)
+        if batch.rows is not None:
+            batch.rows.extend(rows)
+        else:  # spilled: rows are on disk only
+            self._mem_rows -= len(rows)
+
+    def _seal(self, batch: _Batch) -> None:
+        if batch.fd is not None:
+            try:
+                os.close(batch.fd)
+            except OSError:
+                pass
+            batch.fd = None
+        self._sealed.append(batch)
+
+    def _write_batches(self, batches: list[_Batch]) -> None:
+        for batch in batches:
+            stem = _segment_stem(self._writer_id, batch.seq)
+            try:
+                rows = batch.rows
+                if rows is None:
+                    assert batch.path is not None
+                    rows = read_spool_segment(batch.path)
+                if rows:
+                    store.write_event_rows(self.root, rows, stem)
+            except Exception as exc:
+                with self._lock:
+                    self._counts["write_errors"] += 1
+                    self._spill_sealed()
+                self._warn.warning(
+                    "write", "voicepipe could not write events under %s (will retry): %s", self.root, exc
+                )
+                if self.strict and not isinstance(exc, OSError):
+                    raise
+                return
+            if batch.path is not None:
+                try:
+                    batch.path.unlink()
+                except OSError:
+                    pass
+            with self._lock:
+                self._sealed.popleft()
+                self._counts["written"] += batch.n
+                if batch.rows is not None:
+                    self._mem_rows -= len(batch.rows)
+                    batch.rows = None
+
+    def _spill_sealed(self) -> None:
+        """Storage is failing: release the memory of batches that are safe in the spool."""
+        for batch in self._sealed:
+            if batch.rows is not None and batch.unspooled == 0 and batch.path is not None:
+                self._mem_rows -= len(batch.rows)
+                batch.rows = None
+
+    # -- counting problems -----------------------------------------------------------
+
+    def _invalid(self, message: str) -> None:
+        if self.strict:
+            raise EmitError(message)
+        with self._lock:
+            self._counts["invalid"] += 1
+        self._warn.warning("invalid:" + message.split(" ", 1)[0], "voicepipe: %s", message)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        if self.strict:
+            raise exc
+        self._warn.warning("internal", "voicepipe internal error: %r", exc)
+
+
+# ------------------------------------------------------------------------ stages
+
+
+class StageRun:
+    """One running execution of a stage; what ``with rec.stage(...) as st`` gives."""
+
+    __slots__ = ("fields", "recorder", "spec", "start_ns", "start_us", "token")
+
+    def __init__(self, spec: StageSpec, recorder: Recorder) -> None:
+        self.spec = spec
+        self.recorder = recorder
+        self.fields: dict[str, Any] = {}
+        self.start_us = 0
+        self.start_ns = 0
+        self.token: contextvars.Token[StageRun | None] | None = None
+
+    @property
+    def stage(self) -> str:
+        return self.spec.name
+
+    def annotate(self, **fields: Any) -> None:
+        """Attach fields (claim_count=..., confidence_score=..., ai_cost=...) to the
+        stage's completion or failure event. Invalid values are counted, not raised."""
+        for name, value in fields.items():
+            try:
+                self.fields[name] = _check_value(name, value)
+            except _Invalid as exc:
+                self.recorder._invalid(str(exc))
+
+
+class StageSpec:
+    """``rec.stage(name)``: a decorator and a context manager for one stage."""
+
+    def __init__(self, name: str, recorder: Recorder | None) -> None:
+        if name not in STAGE_EVENTS:
+            if name in STAGES:
+                raise ValueError(
+                    f"stage {name!r} is not timed: it is recorded by "
+                    + (
+                        "rec.artifact() (artifact_received)"
+                        if name == "ingestion"
+                        else "rec.emit('draft_confirmed' / 'draft_rejected')"
+                    )
+                    + f"; timed stages are {', '.join(TIMED_STAGES)}"
+                )
+            hint = closest(name, TIMED_STAGES) if isinstance(name, str) else None
+            raise ValueError(
+                f"unknown stage {name!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + f" (stages: {', '.join(TIMED_STAGES)})"
+            )
+        self.name = name
+        self._recorder = recorder
+        self._events = STAGE_EVENTS[name]
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder if self._recorder is not None else get_recorder()
+
+    def annotate(self, **fields: Any) -> None:
+        """Annotate the innermost running execution of this stage."""
+        run = _stage_var.get()
+        if run is None or run.spec is not self:
+            self.recorder._invalid(f"annotate() called outside a running {self.name} stage")
+            return
+        run.annotate(**fields)
+
+    # -- start / finish (never raise unless strict) --------------------------------
+
+    def _start(self) -> StageRun:
+        rec = self.recorder
+        run = StageRun(self, rec)
+        run.start_ns = time.perf_counter_ns()
+        run.start_us = rec._now_us()
+        run.token = _stage_var.set(run)
+        try:
+            row = rec._base_row(self._events[0], run.start_us)
+            row[_I_STAGE] = self.name
+            row[_I_SSTART] = run.start_us
+            rec._append(row)
+        except Exception as exc:
+            rec._internal_error(exc)
+        return run
+
+    def _finish(self, run: StageRun, exc: BaseException | None) -> None:
+        elapsed_ns = time.perf_counter_ns() - run.start_ns
+        rec = run.recorder
+        if run.token is not None:
+            try:
+                _stage_var.reset(run.token)
+            except ValueError:  # finished in another context than it started
+                _stage_var.set(None)
+        try:
+            end_us = run.start_us + elapsed_ns // 1000
+            fields = run.fields
+            if exc is not None:
+                etype = self._events[2]
+            elif self.name == "entity_resolution" and (fields.get("disambiguation_count") or 0) > 0:
+                etype = DISAMBIGUATION_EVENT
+            else:
+                etype = self._events[1]
+            row = rec._base_row(etype, end_us)
+            for name, value in fields.items():
+                row[COLUMN_INDEX[name]] = value
+            if row[_I_ERRMSG] is not None:
+                row[_I_ERRMSG] = rec._clean_message(row[_I_ERRMSG])
+            row[_I_STAGE] = self.name
+            row[_I_SSTART] = run.start_us
+            row[_I_SEND] = end_us
+            row[_I_DUR] = elapsed_ns / 1e6
+            if exc is not None:
+                code, message = rec._error_fields(exc)
+                row[_I_ERRCODE] = fields.get("error_code") or code
+                row[_I_ERRMSG] = fields.get("error_message") or message
+            rec._append(row)
+        except Exception as err:
+            rec._internal_error(err)
+
+    # -- decorator ----------------------------------------------------------------
+
+    @overload
+    def __call__(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]: ...
+    @overload
+    def __call__(self, fn: F) -> F: ...
+
+    def __call__(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"@stage({self.name!r}) cannot time a generator function ({fn.__qualname__}); "
+                "decorate the function that consumes it, or use `with rec.stage(...)`"
+            )
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                run = self._start()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    self._finish(run, exc)
+                    raise
+                self._finish(run, None)
+                return result
+
+            return async_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            run = self._start()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(run, exc)
+                raise
+            self._finish(run, None)
+            return result
+
+        return wrapper
+
+    # -- context manager ------------------------------------------------------------
+
+    def __enter__(self) -> StageRun:
+        return self._start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        run = _stage_var.get()
+        if run is not None and run.spec is self:
+            self._finish(run, exc)
+        return False
+
+    async def __aenter__(self) -> StageRun:
+        return self._start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        return self.__exit__(et, exc, tb)
+
+
+# ----------------------------------------------------------------------- artifacts
+
+
+class ArtifactScope:
+    """``rec.artifact(...)``: binds the artifact context (sync and async)."""
+
+    def __init__(self, recorder: Recorder, ctx: ArtifactContext) -> None:
+        self.recorder = recorder
+        self.context = ctx
+        self.fields: dict[str, Any] = {}
+        self._tokens: list[tuple[contextvars.Token[ArtifactContext | None], int, int]] = []
+
+    @property
+    def artifact_id(self) -> str:
+        return self.context.artifact_id
+
+    def annotate(self, **fields: Any) -> None:
+        """Attach fields (e.g. ai_cost, claim_count) to artifact_completed / artifact_failed."""
+        for name, value in fields.items():
+            try:
+                self.fields[name] = _check_value(name, value)
+            except _Invalid as exc:
+                self.recorder._invalid(str(exc))
+
+    def __enter__(self) -> ArtifactScope:
+        rec = self.recorder
+        token = _artifact_var.set(self.context)
+        start_us = rec._now_us()
+        self._tokens.append((token, start_us, time.perf_counter_ns()))
+        if self.context.retry_attempt is None:
+            try:
+                row = rec._base_row("artifact_received", start_us)
+                row[_I_CHAN] = self.context.source_channel
+                row[_I_STAGE] = "ingestion"
+                row[_I_NEWSTATUS] = "received"
+                rec._append(row)
+            except Exception as exc:
+                rec._internal_error(exc)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        rec = self.recorder
+        if not self._tokens:
+            return False
+        token, start_us, start_ns = self._tokens.pop()
+        try:
+            end_us = start_us + (time.perf_counter_ns() - start_ns) // 1000
+            duration_ms = (end_us - start_us) / 1000
+            code, message = rec._error_fields(exc) if exc is not None else (None, None)
+            if self.context.retry_attempt is not None:
+                row = rec._base_row("retry_failed" if exc is not None else "retry_succeeded", end_us)
+                row[_I_DUR] = duration_ms
+                row[_I_ERRCODE], row[_I_ERRMSG] = code, message
+                rec._append(row)
+            row = rec._base_row("artifact_failed" if exc is not None else "artifact_completed", end_us)
+            for name, value in self.fields.items():
+                row[COLUMN_INDEX[name]] = value
+            row[_I_DUR] = duration_ms
+            row[_I_NEWSTATUS] = "failed" if exc is not None else "completed"
+            if exc is not None:
+                row[_I_ERRCODE], row[_I_ERRMSG] = code, message
+            rec._append(row)
+        except Exception as err:
+            rec._internal_error(err)
+        finally:
+            try:
+                _artifact_var.reset(token)
+            except ValueError:
+                _artifact_var.set(None)
+        return False
+
+    async def __aenter__(self) -> ArtifactScope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        return self.__exit__(et, exc, tb)
+
+
+# ------------------------------------------------------------------ default recorder
+
+_default: Recorder | None = None
+_default_lock = threading.Lock()
+
+
+def configure(root: str | os.PathLike[str] | None = None, **options: Any) -> Recorder:
+    """Create (or replace) the module-level default recorder used by ``vp.stage``,
+    ``vp.artifact``, ``vp.emit`` and ``vp.annotate``. Takes Recorder's arguments."""
+    global _default
+    with _default_lock:
+        old, _default = _default, Recorder(root, **options)
+    if old is not None:
+        old.close()
+    return _default
+
+
+def get_recorder() -> Recorder:
+    """The default recorder, created on first use from $VOICEPIPE_DATA."""
+    global _default
+    rec = _default
+    if rec is None:
+        with _default_lock:
+            if _default is None:
+                _default = Recorder()
+            rec = _default
+    return rec
+
+
+def is_configured() -> bool:
+    return _default is not None
+
+
+def stage(name: str) -> StageSpec:
+    """``@vp.stage(name)``: like ``rec.stage`` on the default recorder, bound at call time."""
+    return StageSpec(name, None)
+
+
+def artifact(artifact_id: str, **kwargs: Any) -> ArtifactScope:
+    return get_recorder().artifact(artifact_id, **kwargs)
+
+
+def emit(event_type: str, **kwargs: Any) -> str | None:
+    return get_recorder().emit(event_type, **kwargs)
+
+
+def annotate(**fields: Any) -> None:
+    run = _stage_var.get()
+    if run is not None:
+        run.annotate(**fields)
+    else:
+        get_recorder().annotate(**fields)
+
+
+def flush() -> bool:
+    return get_recorder().flush() if _default is not None else True
+
+
+def retry_handler(
+    stage: str, *, deferred: bool = False
+) -> Callable[[Callable[[str, int], Any]], Callable[[str, int], Any]]:
+    """Register a retry handler that records through the default recorder."""
+    from .retry import register_handler
+
+    def decorate(fn: Callable[[str, int], Any]) -> Callable[[str, int], Any]:
+        register_handler(stage, fn, recorder=None, deferred=deferred)
+        return fn
+
+    return decorate
+
+
+# ------------------------------------------------------------ fork and exit hooks
+
+
+def _before_fork() -> None:
+    for rec in list(_recorders):
+        rec._io_lock.acquire()
+        rec._lock.acquire()
+        rec._spool_lock.acquire()
+
+
+def _after_fork_parent() -> None:
+    for rec in list(_recorders):
+        rec._spool_lock.release()
+        rec._lock.release()
+        rec._io_lock.release()
+
+
+def _after_fork_child() -> None:
+    for rec in list(_recorders):
+        rec._after_fork_in_child()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
+
+
+@atexit.register
+def _close_all() -> None:
+    for rec in list(_recorders):
+        try:
+            rec.close()
+        except Exception:  # pragma: no cover
+            pass

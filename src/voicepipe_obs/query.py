@@ -1,0 +1,184 @@
+"""The reader side: a DuckDB connection over the data root with the views
+``events`` (deduplicated by event_id), ``events_raw``, ``artifacts`` (one row per
+artifact, status derived from its events, DESIGN §4 and §8), ``snapshots_hourly``,
+``snapshots_daily`` and ``alerts`` — and helpers to scan a time range cheaply.
+
+File lists are vetted before DuckDB sees them: DuckDB fails a whole query on one
+unreadable file, so a truncated or foreign file is skipped with a warning that
+names it. Views are fixed to the files present at :func:`connect` time.
+
+Never writes under the root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import duckdb
+
+from . import store
+from .events import (
+    FAILURE_EVENT_TYPES,
+    STAGE_COMPLETION_EVENTS,
+    STAGE_EVENT_TYPES,
+    STAGE_FAILURE_EVENTS,
+    arrow_schema,
+)
+
+log = logging.getLogger("voicepipe_obs.query")
+
+
+def sql_str(value: str) -> str:
+    """A SQL string literal (for file paths in view definitions, which cannot be bound)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_list(values: Iterable[str]) -> str:
+    return "(" + ", ".join(sql_str(v) for v in values) + ")"
+
+
+def vetted_files(
+    root: Path,
+    area: str = store.EVENTS,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> list[Path]:
+    """Complete, readable-looking Parquet files of an area, pruned to [since, until)."""
+    good, bad = store.vet_parquet(store.list_parquet(root, area, since=since, until=until))
+    for path, reason in bad:
+        log.warning(
+            "skipping unreadable file %s (%s); `voicepipe compact` moves such files to quarantine/",
+            path,
+            reason,
+        )
+    return good
+
+
+def parquet_scan(files: Sequence[Path]) -> str:
+    """A FROM-clause source reading exactly these event files (or an empty typed relation)."""
+    if not files:
+        return "_voicepipe_empty_events"
+    return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning=false)"
+
+
+def _in(types: Iterable[str]) -> str:
+    return sql_list(sorted(types))
+
+
+_STAGE_FAILURES = _in(STAGE_FAILURE_EVENTS.values())
+_STAGE_EVENTS = _in(STAGE_EVENT_TYPES)
+_ER_DONE = _in(STAGE_COMPLETION_EVENTS["entity_resolution"])
+
+#: One row per artifact; the status derivation of DESIGN §4.
+ARTIFACTS_SQL = f"""
+WITH per AS (
+  SELECT
+    artifact_id,
+    arg_min(organization_id, timestamp) FILTER (WHERE organization_id IS NOT NULL) AS organization_id,
+    arg_min(coach_user_id, timestamp) FILTER (WHERE coach_user_id IS NOT NULL) AS coach_user_id,
+    arg_min(voice_note_id, timestamp) FILTER (WHERE voice_note_id IS NOT NULL) AS voice_note_id,
+    arg_min(source_channel, timestamp) FILTER (WHERE source_channel IS NOT NULL) AS source_channel,
+    min(timestamp) FILTER (WHERE event_type = 'artifact_received') AS received_at,
+    min(timestamp) AS first_event_at,
+    max(timestamp) AS last_event_at,
+    max(timestamp) FILTER (WHERE event_type = 'artifact_completed') AS completed_at,
+    max(timestamp) FILTER (WHERE event_type = 'artifact_failed') AS failed_at,
+    max(timestamp) FILTER (WHERE event_type = 'retry_initiated') AS last_retry_at,
+    arg_max(event_type, timestamp) FILTER (
+      WHERE event_type IN {_STAGE_EVENTS} OR event_type = 'artifact_status_changed') AS last_step,
+    arg_max(new_status, timestamp) FILTER (WHERE event_type = 'artifact_status_changed') AS last_new_status,
+    arg_max(pipeline_stage, timestamp) FILTER (WHERE event_type IN {_STAGE_EVENTS}) AS current_stage,
+    max(timestamp) FILTER (WHERE event_type IN {_STAGE_EVENTS}) AS current_stage_at,
+    arg_max(pipeline_stage, timestamp) FILTER (WHERE event_type IN {_STAGE_FAILURES}) AS failed_stage,
+    arg_max(error_code, timestamp) FILTER (WHERE error_code IS NOT NULL) AS error_code,
+    arg_max(error_message, timestamp) FILTER (WHERE error_message IS NOT NULL) AS error_message,
+    arg_max(claim_count, timestamp) FILTER (WHERE event_type = 'claims_extracted') AS claim_count,
+    arg_max(entity_count, timestamp) FILTER (WHERE event_type IN {_ER_DONE}) AS entity_count,
+    arg_max(disambiguation_count, timestamp) FILTER (WHERE event_type IN {_ER_DONE})
+      AS disambiguation_count,
+    arg_max(draft_count, timestamp) FILTER (WHERE event_type = 'drafts_generated') AS draft_count,
+    sum(ai_cost) AS total_ai_cost,
+    count(*) FILTER (WHERE event_type = 'retry_initiated') AS retry_count,
+    max(retry_attempt) AS last_retry_attempt,
+    count(*) AS event_count
+  FROM events
+  WHERE artifact_id IS NOT NULL
+  GROUP BY artifact_id
+)
+SELECT
+  artifact_id,
+  organization_id,
+  coach_user_id,
+  voice_note_id,
+  source_channel,
+  CASE
+    WHEN last_retry_at IS NOT NULL
+         AND last_retry_at > coalesce(greatest(completed_at, failed_at), '-infinity'::TIMESTAMPTZ)
+      THEN 'retrying'
+    WHEN completed_at IS NOT NULL AND (failed_at IS NULL OR completed_at >= failed_at) THEN 'completed'
+    WHEN failed_at IS NOT NULL THEN 'failed'
+    WHEN last_step IS NULL THEN 'received'
+    WHEN last_step = 'artifact_status_changed' THEN coalesce(last_new_status, 'processing')
+    WHEN last_step = 'transcription_started' THEN 'transcribing'
+    WHEN last_step = 'transcription_completed' THEN 'transcribed'
+    WHEN last_step IN {_STAGE_FAILURES} THEN 'failed'
+    ELSE 'processing'
+  END AS status,
+  current_stage,
+  current_stage_at,
+  CASE WHEN failed_at IS NOT NULL OR last_step IN {_STAGE_FAILURES} THEN failed_stage END AS failed_stage,
+  error_code,
+  error_message,
+  coalesce(received_at, first_event_at) AS received_at,
+  last_event_at,
+  completed_at,
+  failed_at,
+  CASE WHEN completed_at IS NOT NULL AND received_at IS NOT NULL
+       THEN (epoch_us(completed_at) - epoch_us(received_at)) / 1000.0 END AS end_to_end_latency_ms,
+  claim_count,
+  entity_count,
+  disambiguation_count,
+  draft_count,
+  total_ai_cost,
+  retry_count,
+  last_retry_attempt,
+  event_count
+FROM per
+"""
+
+FAILURE_TYPES_SQL = _in(FAILURE_EVENT_TYPES)
+
+
+def connect(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    database: str = ":memory:",
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views events, events_raw, artifacts,
+    snapshots_hourly, snapshots_daily and alerts over the data root.
+
+    A missing root gives empty views (not an error): check with
+    ``SELECT count(*) FROM events``.
+    """
+    rootp = store.resolve_root(root)
+    con = duckdb.connect(database)
+    register_views(con, rootp)
+    return con
+
+
+def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """(Re)create every view on ``con`` over the files under ``root`` now."""
+    con.register("_voicepipe_empty_events", arrow_schema().empty_table())
+    files = vetted_files(root)
+    con.execute(f"CREATE OR REPLACE VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
+    con.execute("CREATE OR REPLACE VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw")
+    con.execute(f"CREATE OR REPLACE VIEW artifacts AS {ARTIFACTS_SQL}")
+    from . import aggregate, alerts
+
+    aggregate.register_views(con, root)
+    alerts.register_views(con, root)
