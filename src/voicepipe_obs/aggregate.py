@@ -1,27 +1,937 @@
-"""Hourly and daily snapshots (DESIGN §6): computed by DuckDB from deduplicated raw
-events, one Parquet file per bucket, replaced atomically; incremental bookkeeping;
-and the live metric queries reports and alerts use.
+"""Hourly and daily snapshots (DESIGN §6), and the live metric queries reports and
+alerts use — all from one SQL builder (:func:`metrics_sql`), so a snapshot row and a
+"last 30 minutes" figure can never disagree on what a metric means.
 
-(Stub: filled in by the aggregation work, issue 3.)
+Owns:
+
+* the snapshot schema (:func:`snapshot_schema`) and the ``snapshots_hourly`` /
+  ``snapshots_daily`` views (always present, empty and typed when there are no files);
+* :func:`aggregate`: one Parquet file per bucket under ``snapshots/hourly`` and
+  ``snapshots/daily``, written atomically, computed by DuckDB from the raw events
+  deduplicated by event_id; incremental by *file* (late and backfilled events are
+  picked up wherever their timestamps fall);
+* the bookkeeping under ``<root>/_state/``: ``aggregate.json`` (the event files already
+  aggregated) and ``receipts/`` (each artifact's earliest ``artifact_received``, so
+  end-to-end latency can look receipts up outside the buckets being computed);
+* window queries returning plain Python data: :func:`window_metrics`,
+  :func:`live_metrics`, :func:`stage_breakdown`, :func:`organization_breakdown`,
+  :func:`read_snapshots`.
+
+Crash safety: a run writes the receipts chunk, then the buckets, then the bookkeeping.
+A crash anywhere leaves the new files unrecorded, so the next run recomputes the same
+buckets and converges. Compaction (``maintenance.py``) renames files: a compacted file
+whose sources were all aggregated is recognised from its Parquet metadata and is not
+recomputed. Deleted files (compaction sources, cleanup) never trigger a recompute.
+
+Never writes event files; every time-dependent function takes ``now``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import duckdb
 
 from . import store
-from .query import sql_str, vetted_files
+from .errors import UsageError
+from .events import STAGE_COMPLETION_EVENTS, STAGE_FAILURE_EVENTS, STAGE_STARTED_EVENTS, TIMED_STAGES
+from .query import sql_list, sql_str, vetted_files
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+    from .config import RetentionSettings
+
+log = logging.getLogger("voicepipe_obs.aggregate")
+
+PeriodType = Literal["hourly", "daily"]
+Progress = Callable[[int, int], None]
+
+STATE_FILE: Final = "aggregate.json"
+RECEIPTS_DIR: Final = "receipts"
+LOCK_FILE: Final = "aggregate.lock"
+STATE_VERSION: Final = 1
+#: merge receipt chunks into one when there are more than this many
+MAX_RECEIPT_CHUNKS: Final = 24
+#: how far before a live window :func:`window_metrics` looks for receipts not yet indexed
+RECEIPT_LOOKBACK: Final = dt.timedelta(hours=6)
+
+_PERIOD_US: Final[dict[str, int]] = {"hourly": store.US_PER_HOUR, "daily": store.US_PER_DAY}
+_AREA: Final[dict[str, str]] = {"hourly": store.SNAPSHOTS_HOURLY, "daily": store.SNAPSHOTS_DAILY}
+_UTC = dt.timezone.utc
+
+#: The event columns the metrics need (the projection every scan reads).
+EVENT_PROJECTION: Final = (
+    "event_id",
+    "event_type",
+    "timestamp",
+    "artifact_id",
+    "organization_id",
+    "duration_ms",
+    "confidence_score",
+    "claim_count",
+    "entity_count",
+    "disambiguation_count",
+    "draft_count",
+    "ai_cost",
+    "error_code",
+)
+
+# ------------------------------------------------------------------- definitions
+
+
+def _eq(event_type: str) -> str:
+    return f"event_type = {sql_str(event_type)}"
+
+
+def _in(types: Iterable[str]) -> str:
+    return f"event_type IN {sql_list(sorted(types))}"
+
+
+def _count(cond: str) -> str:
+    return f"count(*) FILTER (WHERE {cond})"
+
+
+def _ratio(num: str, den: str) -> str:
+    return f"CAST({num} AS DOUBLE) / NULLIF(CAST({den} AS DOUBLE), 0)"
+
+
+def _metric_exprs() -> list[tuple[str, str, str]]:
+    """(column, kind, SQL aggregate) in snapshot column order: DESIGN §6, verbatim."""
+    out: list[tuple[str, str, str]] = [
+        ("artifacts_received", "i64", _count(_eq("artifact_received"))),
+        ("artifacts_completed", "i64", _count(_eq("artifact_completed"))),
+        ("artifacts_failed", "i64", _count(_eq("artifact_failed"))),
+    ]
+    for stage in TIMED_STAGES:
+        done = _in(STAGE_COMPLETION_EVENTS[stage])
+        out.append((f"avg_{stage}_latency_ms", "f64", f"avg(duration_ms) FILTER (WHERE {done})"))
+        out.append(
+            (f"p95_{stage}_latency_ms", "f64", f"quantile_cont(duration_ms, 0.95) FILTER (WHERE {done})")
+        )
+    # e2e_ms is set on artifact_completed rows only (see _scan_sql)
+    out += [
+        ("avg_end_to_end_latency_ms", "f64", "avg(e2e_ms)"),
+        ("p50_end_to_end_latency_ms", "f64", "quantile_cont(e2e_ms, [0.5, 0.95, 0.99])[1]"),
+        ("p95_end_to_end_latency_ms", "f64", "quantile_cont(e2e_ms, [0.5, 0.95, 0.99])[2]"),
+        ("p99_end_to_end_latency_ms", "f64", "quantile_cont(e2e_ms, [0.5, 0.95, 0.99])[3]"),
+    ]
+    for stage in TIMED_STAGES:
+        failed = _count(_eq(STAGE_FAILURE_EVENTS[stage]))
+        attempts = _count(_in((*STAGE_COMPLETION_EVENTS[stage], STAGE_FAILURE_EVENTS[stage])))
+        out.append((f"{stage}_failure_rate", "f64", _ratio(failed, attempts)))
+    er_done = _in(STAGE_COMPLETION_EVENTS["entity_resolution"])
+    er_rows = f"{er_done} AND entity_count IS NOT NULL"
+    entities = f"sum(entity_count) FILTER (WHERE {er_rows})"
+    out += [
+        (
+            "overall_failure_rate",
+            "f64",
+            _ratio(_count(_eq("artifact_failed")), _count(_in(("artifact_completed", "artifact_failed")))),
+        ),
+        (
+            "avg_transcript_confidence",
+            "f64",
+            f"avg(confidence_score) FILTER (WHERE {_eq('transcription_completed')})",
+        ),
+        ("avg_claim_confidence", "f64", f"avg(confidence_score) FILTER (WHERE {_eq('claims_extracted')})"),
+        (
+            "auto_resolution_rate",
+            "f64",
+            _ratio(
+                f"sum(entity_count - coalesce(disambiguation_count, 0)) FILTER (WHERE {er_rows})", entities
+            ),
+        ),
+        (
+            "disambiguation_rate",
+            "f64",
+            _ratio(f"sum(coalesce(disambiguation_count, 0)) FILTER (WHERE {er_rows})", entities),
+        ),
+        (
+            "total_claims_extracted",
+            "i64",
+            f"CAST(coalesce(sum(claim_count) FILTER (WHERE {_eq('claims_extracted')}), 0) AS BIGINT)",
+        ),
+        ("total_entities_resolved", "i64", f"CAST(coalesce({entities}, 0) AS BIGINT)"),
+        (
+            "total_drafts_generated",
+            "i64",
+            f"CAST(coalesce(sum(draft_count) FILTER (WHERE {_eq('drafts_generated')}), 0) AS BIGINT)",
+        ),
+        ("total_ai_cost", "f64", "coalesce(sum(ai_cost), 0.0)"),
+        (
+            "avg_cost_per_artifact",
+            "f64",
+            _ratio("sum(ai_cost)", "count(DISTINCT artifact_id) FILTER (WHERE ai_cost IS NOT NULL)"),
+        ),
+        ("retries_initiated", "i64", _count(_eq("retry_initiated"))),
+        ("retries_succeeded", "i64", _count(_eq("retry_succeeded"))),
+        ("retries_failed", "i64", _count(_eq("retry_failed"))),
+    ]
+    return out
+
+
+METRICS: Final = tuple((name, kind) for name, kind, _ in _metric_exprs())
+METRIC_NAMES: Final = tuple(name for name, _ in METRICS)
+SNAPSHOT_KEYS: Final = ("period_type", "period_start", "period_end", "organization_id", "created_at")
+SNAPSHOT_COLUMNS: Final = SNAPSHOT_KEYS + METRIC_NAMES
+
+
+def snapshot_schema() -> pa.Schema:
+    """The Arrow schema of a snapshot file (a contract: DESIGN §6 column names)."""
+    import pyarrow as pa
+
+    ts = pa.timestamp("us", tz="UTC")
+    fields = [
+        pa.field("period_type", pa.string(), nullable=False),
+        pa.field("period_start", ts, nullable=False),
+        pa.field("period_end", ts, nullable=False),
+        pa.field("organization_id", pa.string()),
+        pa.field("created_at", ts, nullable=False),
+    ]
+    fields += [pa.field(name, pa.int64() if kind == "i64" else pa.float64()) for name, kind in METRICS]
+    return pa.schema(fields, metadata={b"voicepipe.snapshot_version": b"1"})
+
+
+def metrics_sql(source: str) -> str:
+    """The one definition of every metric: a SELECT over ``source`` (a table or view
+    with the :data:`EVENT_PROJECTION` columns, ``ts`` in epoch microseconds, ``bucket``
+    and ``e2e_ms``) giving a row per (bucket, organization) plus a row per bucket
+    for all organisations (``organization_id`` NULL)."""
+    metrics = ",\n  ".join(f"{expr} AS {name}" for name, _kind, expr in _metric_exprs())
+    return f"""
+SELECT bucket, organization_id, {", ".join(METRIC_NAMES)} FROM (
+  SELECT bucket, organization_id, GROUPING(organization_id) AS _all_orgs,
+  {metrics}
+  FROM {source}
+  GROUP BY GROUPING SETS ((bucket, organization_id), (bucket))
+) WHERE _all_orgs = 1 OR organization_id IS NOT NULL
+ORDER BY bucket, organization_id NULLS FIRST
+"""
+
+
+# --------------------------------------------------------------------- DuckDB
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    threads = max(1, min(os.cpu_count() or 1, 8))
+    con = duckdb.connect(config={"threads": threads, "memory_limit": "1GB"})
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _files_sql(files: Sequence[Path]) -> str:
+    return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning = false)"
+
+
+def _dedup_sql(files: Sequence[Path], lo_us: int | None, hi_us: int | None) -> str:
+    """Projected events of ``files`` with timestamps in [lo, hi), one row per event_id."""
+    cols = ", ".join(c for c in EVENT_PROJECTION if c != "timestamp")
+    where = []
+    if lo_us is not None:
+        where.append(f"timestamp >= make_timestamptz({int(lo_us)})")
+    if hi_us is not None:
+        where.append(f"timestamp < make_timestamptz({int(hi_us)})")
+    cond = f"WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT DISTINCT ON (event_id) {cols}, epoch_us(timestamp) AS ts FROM {_files_sql(files)} {cond}"
+
+
+def _materialize(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    files: Sequence[Path],
+    lo_us: int | None,
+    hi_us: int | None,
+    receipts: str,
+) -> None:
+    """Temp table ``name``: deduplicated events with ``e2e_ms`` on artifact_completed
+    rows (completion − the artifact's earliest receipt in ``receipts``)."""
+    if not files:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _vp_empty_ev")
+        return
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_raw AS {_dedup_sql(files, lo_us, hi_us)}")
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {name} AS
+        SELECT e.*, CASE WHEN e.event_type = 'artifact_completed'
+                         THEN (e.ts - r.first_us) / 1000.0 END AS e2e_ms
+        FROM {name}_raw e
+        LEFT JOIN (
+          SELECT artifact_id, min(first_us) AS first_us FROM {receipts}
+          WHERE artifact_id IN (SELECT artifact_id FROM {name}_raw WHERE event_type = 'artifact_completed')
+          GROUP BY artifact_id
+        ) r ON e.event_type = 'artifact_completed' AND r.artifact_id = e.artifact_id
+        """
+    )
+    con.execute(f"DROP TABLE {name}_raw")
+
+
+def _empty_events(con: duckdb.DuckDBPyConnection) -> None:
+    cols = [
+        "event_id VARCHAR",
+        "event_type VARCHAR",
+        "artifact_id VARCHAR",
+        "organization_id VARCHAR",
+        "duration_ms DOUBLE",
+        "confidence_score DOUBLE",
+        "claim_count INTEGER",
+        "entity_count INTEGER",
+        "disambiguation_count INTEGER",
+        "draft_count INTEGER",
+        "ai_cost DOUBLE",
+        "error_code VARCHAR",
+        "ts BIGINT",
+        "e2e_ms DOUBLE",
+    ]
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_empty_ev ({', '.join(cols)})")
+
+
+def _query_metrics(con: duckdb.DuckDBPyConnection, table: str, bucket_expr: str) -> pa.Table:
+    src = f"(SELECT *, {bucket_expr} AS bucket FROM {table})"
+    result: pa.Table = con.sql(metrics_sql(src)).to_arrow_table()
+    return result
+
+
+def _to_snapshot(result: pa.Table, period_type: str, created_at_us: int) -> pa.Table:
+    """Query rows (bucket, organization_id, metrics) → the snapshot schema."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = snapshot_schema()
+    n = result.num_rows
+    span = _PERIOD_US.get(period_type)
+    bucket = result["bucket"].cast(pa.int64())
+    if span is None:  # a window: period_end is given in the type as "window:<end_us>"
+        end = pa.array([int(period_type.split(":", 1)[1])] * n, pa.int64())
+        period_type = "window"
+    else:
+        end = pc.add(bucket, span)
+    arrays: list[pa.Array | pa.ChunkedArray] = [
+        pa.array([period_type] * n, pa.string()),
+        bucket.cast(schema.field("period_start").type),
+        end.cast(schema.field("period_end").type),
+        result["organization_id"].cast(pa.string()),
+        pa.array([created_at_us] * n, pa.int64()).cast(schema.field("created_at").type),
+    ]
+    for name in METRIC_NAMES:
+        arrays.append(result[name].cast(schema.field(name).type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ------------------------------------------------------------------ bookkeeping
+
+
+@dataclass
+class _State:
+    seen: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, root: Path) -> _State:
+        path = root / store.STATE / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s (%s): recomputing from scratch", path, exc)
+            return cls()
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            return cls()
+        return cls(set(data.get("seen", [])))
+
+    def save(self, root: Path) -> None:
+        path = root / store.STATE / STATE_FILE
+        _atomic_write_text(path, json.dumps({"version": STATE_VERSION, "seen": sorted(self.seen)}))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    store.ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{store.TMP_SUFFIX}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _run_lock(root: Path) -> Iterator[None]:
+    """One aggregate run at a time per root (a second cron run waits)."""
+    path = root / store.STATE / LOCK_FILE
+    store.ensure_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class _EventFile:
+    rel: str
+    path: Path
+    hour_us: int  # start of the partition's hour, epoch µs
+
+
+def _list_event_files(root: Path) -> list[_EventFile]:
+    out = []
+    for path in vetted_files(root):
+        rel = path.relative_to(root).as_posix()
+        try:
+            date = path.parent.parent.name.removeprefix("date=")
+            hour = int(path.parent.name.removeprefix("hour="))
+            day = dt.datetime.fromisoformat(date).replace(tzinfo=_UTC)
+        except ValueError:
+            continue
+        out.append(_EventFile(rel, path, store.to_us(day) + hour * store.US_PER_HOUR))
+    return out
+
+
+def _compacted_sources(path: Path) -> list[str] | None:
+    """Relative names of the files a compacted file replaced (its Parquet metadata)."""
+    import pyarrow.parquet as pq
+
+    from .maintenance import COMPACTED_FROM_KEY
+
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+        raw = meta.get(COMPACTED_FROM_KEY)
+        return list(json.loads(raw)) if raw else None
+    except (OSError, ValueError):
+        return None
+
+
+def _receipt_chunks(root: Path) -> list[Path]:
+    base = root / store.STATE / RECEIPTS_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+
+
+def _receipts_sql(files: Sequence[Path]) -> str:
+    return (
+        f"SELECT artifact_id, min(epoch_us(timestamp)) AS first_us FROM {_files_sql(files)} "
+        "WHERE event_type = 'artifact_received' AND artifact_id IS NOT NULL GROUP BY artifact_id"
+    )
+
+
+def _write_receipts(con: duckdb.DuckDBPyConnection, root: Path, files: Sequence[Path], *, full: bool) -> None:
+    """Add a chunk of first receipts found in ``files`` (``full``: replace the index)."""
+    import pyarrow as pa
+
+    old = _receipt_chunks(root)
+    table = con.sql(_receipts_sql(files)).to_arrow_table() if files else None
+    if full or len(old) >= MAX_RECEIPT_CHUNKS:
+        if not full and old:  # merge the old chunks into the new one
+            merged = _receipts_sql_from_chunks(old)
+            extra = con.sql(merged).to_arrow_table()
+            table = extra if table is None else pa.concat_tables([table, extra.cast(table.schema)])
+        if table is None:
+            table = pa.table({"artifact_id": pa.array([], pa.string()), "first_us": pa.array([], pa.int64())})
+    elif table is None or table.num_rows == 0:
+        return
+    name = f"{'full' if full else 'chunk'}-{store.unique_name()}.parquet"
+    store.write_table(root / store.STATE / RECEIPTS_DIR / name, table)
+    if full or len(old) >= MAX_RECEIPT_CHUNKS:
+        for path in old:
+            path.unlink(missing_ok=True)
+
+
+def _receipts_sql_from_chunks(chunks: Sequence[Path]) -> str:
+    return f"SELECT artifact_id, min(first_us) AS first_us FROM {_files_sql(chunks)} GROUP BY artifact_id"
+
+
+def reset_receipts(root: Path) -> None:
+    """Forget the receipts index (cleanup calls this after dropping event partitions);
+    the next :func:`aggregate` run rebuilds it from the events that remain."""
+    for path in _receipt_chunks(root):
+        path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------- aggregate
+
+
+@dataclass
+class AggregateResult:
+    """What a run did (for the one-line summary)."""
+
+    mode: str  # incremental | range | rebuild
+    new_files: int = 0
+    hourly_written: int = 0
+    daily_written: int = 0
+    removed: int = 0
+    events_scanned: int = 0
+    seconds: float = 0.0
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.hourly_written == self.daily_written == self.removed == 0
+
+
+def _floor(us: int, span: int) -> int:
+    return us - us % span
+
+
+def aggregate(
+    root: str | os.PathLike[str],
+    *,
+    now: dt.datetime,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    rebuild: bool = False,
+    retention: RetentionSettings | None = None,
+    progress: Progress | None = None,
+) -> AggregateResult:
+    """Bring the snapshots up to date and return what was done.
+
+    * default: incremental — recompute the hours (and their days) of event files not
+      aggregated before, wherever their timestamps fall;
+    * ``since``/``until``: recompute every hourly bucket in [since, until) (rounded out
+      to whole hours) and every daily bucket overlapping it;
+    * ``rebuild``: recompute everything within retention (hourly and daily snapshot
+      retention from ``retention``, defaults when None) and rebuild the receipts index.
+
+    Buckets without events get no file (an existing one is removed). ``progress`` is
+    called with (days done, days total).
+    """
+    from .config import RetentionSettings
+
+    if now.tzinfo is None:
+        raise UsageError("now must be timezone-aware")
+    if rebuild and (since is not None or until is not None):
+        raise UsageError("--rebuild recomputes everything within retention: drop --since/--until")
+    retention = retention or RetentionSettings()
+    rootp = Path(root)
+    started = time.perf_counter()
+    now_us = store.to_us(now)
+    mode = "rebuild" if rebuild else "range" if since is not None or until is not None else "incremental"
+    result = AggregateResult(mode)
+    if not (rootp / store.EVENTS).is_dir() and mode == "incremental":
+        result.seconds = time.perf_counter() - started
+        return result
+    with _run_lock(rootp):
+        state = _State.load(rootp)
+        listing = _list_event_files(rootp)
+        present = {f.rel for f in listing}
+        new = [f for f in listing if f.rel not in state.seen]
+        # compacted files whose sources were all aggregated carry nothing new
+        settled = set()
+        for f in new:
+            if f.path.name.startswith("compact-"):
+                sources = _compacted_sources(f.path)
+                parent = f.rel.rsplit("/", 1)[0]
+                if sources is not None and all(f"{parent}/{s}" in state.seen for s in sources):
+                    settled.add(f.rel)
+        new = [f for f in new if f.rel not in settled]
+        result.new_files = len(new)
+
+        hours: set[int]
+        days: set[int]
+        if mode == "rebuild":
+            hourly_from = _floor(
+                now_us - retention.hourly_snapshots_days * store.US_PER_DAY, store.US_PER_HOUR
+            )
+            daily_from = _floor(now_us - retention.daily_snapshots_days * store.US_PER_DAY, store.US_PER_DAY)
+            hours = {f.hour_us for f in listing if f.hour_us >= hourly_from}
+            days = {_floor(f.hour_us, store.US_PER_DAY) for f in listing if f.hour_us >= daily_from}
+            # buckets with a snapshot but no events any more
+            hours |= {h for h in _existing_buckets(rootp, "hourly") if h >= hourly_from}
+            days |= {d for d in _existing_buckets(rootp, "daily") if d >= daily_from}
+        elif mode == "range":
+            first = min((f.hour_us for f in listing), default=now_us)
+            lo = _floor(store.to_us(since) if since is not None else first, store.US_PER_HOUR)
+            hi_raw = store.to_us(until) if until is not None else now_us + 1
+            hi = -(-hi_raw // store.US_PER_HOUR) * store.US_PER_HOUR
+            hours = set(range(lo, hi, store.US_PER_HOUR))
+            days = {_floor(h, store.US_PER_DAY) for h in hours}
+        else:
+            hours = {f.hour_us for f in new}
+            days = {_floor(h, store.US_PER_DAY) for h in hours}
+
+        con = _connect()
+        try:
+            _empty_events(con)
+            files_all = [f.path for f in listing]
+            index_missing = not _receipt_chunks(rootp)
+            if mode == "rebuild" or index_missing:
+                _write_receipts(con, rootp, files_all, full=True)
+            elif new:
+                _write_receipts(con, rootp, [f.path for f in new], full=False)
+            chunks = _receipt_chunks(rootp)
+            if chunks:
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE _vp_receipts AS {_receipts_sql_from_chunks(chunks)}"
+                )
+            else:
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _vp_receipts (artifact_id VARCHAR, first_us BIGINT)"
+                )
+            by_day: dict[int, list[Path]] = {}
+            for f in listing:
+                by_day.setdefault(_floor(f.hour_us, store.US_PER_DAY), []).append(f.path)
+            day_list = sorted(days | {_floor(h, store.US_PER_DAY) for h in hours})
+            created = store.to_us(now)
+            for i, day in enumerate(day_list):
+                files = by_day.get(day, [])
+                _materialize(con, "_vp_day", files, day, day + store.US_PER_DAY, "_vp_receipts")
+                result.events_scanned += _scalar_int(con, "SELECT count(*) FROM _vp_day")
+                want_hours = sorted(h for h in hours if _floor(h, store.US_PER_DAY) == day)
+                if want_hours:
+                    rows = _query_metrics(con, "_vp_day", f"ts - ts % {store.US_PER_HOUR}")
+                    written, removed = _write_buckets(rootp, "hourly", rows, want_hours, created)
+                    result.hourly_written += written
+                    result.removed += removed
+                if day in days:
+                    rows = _query_metrics(con, "_vp_day", str(day))
+                    written, removed = _write_buckets(rootp, "daily", rows, [day], created)
+                    result.daily_written += written
+                    result.removed += removed
+                if progress is not None:
+                    progress(i + 1, len(day_list))
+        finally:
+            con.close()
+
+        if mode == "range":
+            done = {f.rel for f in new if f.hour_us in hours}
+            state.seen = (state.seen & present) | done | settled
+        else:
+            state.seen = present
+        state.save(rootp)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _scalar_int(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    rows = con.execute(sql).fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def _bucket_path(root: Path, period_type: str, start_us: int) -> Path:
+    when = store.from_us(start_us)
+    name = f"hourly-{when:%Y%m%dT%H}.parquet" if period_type == "hourly" else f"daily-{when:%Y%m%d}.parquet"
+    return root / _AREA[period_type] / f"date={when:%Y-%m-%d}" / name
+
+
+def _existing_buckets(root: Path, period_type: str) -> set[int]:
+    out = set()
+    for path in store.list_parquet(root, _AREA[period_type]):
+        stem = path.stem.split("-", 1)[-1]
+        try:
+            fmt = "%Y%m%dT%H" if period_type == "hourly" else "%Y%m%d"
+            out.add(store.to_us(dt.datetime.strptime(stem, fmt).replace(tzinfo=_UTC)))
+        except ValueError:
+            continue
+    return out
+
+
+def _write_buckets(
+    root: Path, period_type: PeriodType, rows: pa.Table, buckets: Sequence[int], created_at_us: int
+) -> tuple[int, int]:
+    """Write one file per requested bucket; remove the file of a requested bucket
+    that has no rows. Returns (written, removed)."""
+    import pyarrow.compute as pc
+
+    snap = _to_snapshot(rows, period_type, created_at_us)
+    starts = rows["bucket"].cast("int64")
+    written = removed = 0
+    for bucket in buckets:
+        path = _bucket_path(root, period_type, bucket)
+        part = snap.filter(pc.equal(starts, bucket))
+        if part.num_rows == 0:
+            if path.exists():
+                path.unlink()
+                removed += 1
+            continue
+        store.write_table(path, part)
+        written += 1
+    return written, removed
+
+
+# ---------------------------------------------------------------- window queries
+
+
+def _window_table(
+    con: duckdb.DuckDBPyConnection, root: Path, lo_us: int, hi_us: int, organization_id: str | None
+) -> str:
+    """Materialise the deduplicated events of [lo, hi) as temp table _vp_win."""
+    files = vetted_files(root, since=store.from_us(lo_us), until=store.from_us(hi_us))
+    _empty_events(con)
+    chunks = _receipt_chunks(root)
+    sources = []
+    if chunks:
+        sources.append(_receipts_sql_from_chunks(chunks))
+    recent = vetted_files(root, since=store.from_us(lo_us) - RECEIPT_LOOKBACK, until=store.from_us(hi_us))
+    if recent:
+        sources.append(_receipts_sql(recent))
+    receipts = (
+        f"({' UNION ALL '.join(sources)})"
+        if sources
+        else "(SELECT NULL::VARCHAR AS artifact_id, NULL::BIGINT AS first_us WHERE false)"
+    )
+    _materialize(con, "_vp_win", files, lo_us, hi_us, receipts)
+    if organization_id is not None:
+        con.execute("DELETE FROM _vp_win WHERE organization_id IS DISTINCT FROM ?", [organization_id])
+    return "_vp_win"
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def window_metrics(
+    root: str | os.PathLike[str],
+    since: dt.datetime,
+    until: dt.datetime,
+    *,
+    organization_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every snapshot metric over the raw events in [since, until), with the same
+    definitions as the snapshots: the all-organisations row first
+    (``organization_id`` None), then one row per organisation with events. Each row
+    has the snapshot columns (``period_type`` 'window'). Empty list: no events.
+
+    ``organization_id`` restricts the events to one organisation (the first row is
+    then that organisation's figures under ``organization_id`` None, then its own).
+    End-to-end latency looks receipts up in the aggregate receipts index and in raw
+    files up to 6 hours before ``since``.
+    """
+    lo, hi = store.to_us(since), store.to_us(until)
+    if lo >= hi:
+        raise UsageError("the window's start must be before its end")
+    con = _connect()
+    try:
+        table = _window_table(con, Path(root), lo, hi, organization_id)
+        result = _query_metrics(con, table, str(lo))
+    finally:
+        con.close()
+    return _rows(_to_snapshot(result, f"window:{hi}", store.to_us(dt.datetime.now(_UTC))))
+
+
+def live_metrics(
+    root: str | os.PathLike[str],
+    *,
+    now: dt.datetime,
+    minutes: float = 30,
+    organization_id: str | None = None,
+) -> dict[str, Any]:
+    """The snapshot metrics over the last ``minutes`` before ``now`` for all
+    organisations (or one): a dict with every metric column; counts are 0 and ratios,
+    averages and percentiles None when there were no events."""
+    since = now - dt.timedelta(minutes=minutes)
+    rows = window_metrics(root, since, now, organization_id=organization_id)
+    if rows:
+        row = rows[0]
+        row["organization_id"] = organization_id
+        return row
+    return empty_metrics(since, now, organization_id)
+
+
+def empty_metrics(
+    since: dt.datetime, until: dt.datetime, organization_id: str | None = None
+) -> dict[str, Any]:
+    """A metrics row for a period without events: counts and totals 0, the rest None."""
+    row: dict[str, Any] = {
+        "period_type": "window",
+        "period_start": since,
+        "period_end": until,
+        "organization_id": organization_id,
+        "created_at": None,
+    }
+    for name, kind in METRICS:
+        row[name] = 0 if kind == "i64" else (0.0 if name == "total_ai_cost" else None)
+    return row
+
+
+def organization_breakdown(
+    root: str | os.PathLike[str],
+    since: dt.datetime,
+    until: dt.datetime,
+    *,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Per organisation over [since, until): volume (artifacts received, completed,
+    failed), failure rate, p95 end-to-end latency and cost; busiest first."""
+    rows = [r for r in window_metrics(root, since, until) if r["organization_id"] is not None]
+    out = [
+        {
+            "organization_id": r["organization_id"],
+            "artifacts_received": r["artifacts_received"],
+            "artifacts_completed": r["artifacts_completed"],
+            "artifacts_failed": r["artifacts_failed"],
+            "failure_rate": r["overall_failure_rate"],
+            "p95_end_to_end_latency_ms": r["p95_end_to_end_latency_ms"],
+            "avg_end_to_end_latency_ms": r["avg_end_to_end_latency_ms"],
+            "total_ai_cost": r["total_ai_cost"],
+            "avg_cost_per_artifact": r["avg_cost_per_artifact"],
+        }
+        for r in rows
+    ]
+    out.sort(key=lambda r: (-r["artifacts_received"], -r["artifacts_completed"], r["organization_id"]))
+    return out[:limit] if limit is not None else out
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """One pipeline stage over a time range."""
+
+    stage: str
+    started: int
+    completed: int
+    failed: int
+    failure_rate: float | None
+    avg_latency_ms: float | None
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    p99_latency_ms: float | None
+    top_errors: list[tuple[str, int]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stage_breakdown(
+    root: str | os.PathLike[str],
+    since: dt.datetime,
+    until: dt.datetime,
+    *,
+    organization_id: str | None = None,
+    top_errors: int = 5,
+) -> list[StageStats]:
+    """Per timed stage over [since, until): counts of started / completed / failed
+    events, failure rate (failed / (completed + failed), None without either),
+    latency avg/p50/p95/p99 over the completion events' duration_ms, and the most
+    frequent error codes of the failure events (code, count), most frequent first."""
+    lo, hi = store.to_us(since), store.to_us(until)
+    if lo >= hi:
+        raise UsageError("the window's start must be before its end")
+    roles = []
+    for stage in TIMED_STAGES:
+        roles.append((STAGE_STARTED_EVENTS[stage], stage, "started"))
+        roles += [(ev, stage, "completed") for ev in STAGE_COMPLETION_EVENTS[stage]]
+        roles.append((STAGE_FAILURE_EVENTS[stage], stage, "failed"))
+    values = ", ".join(f"({sql_str(e)}, {sql_str(s)}, {sql_str(r)})" for e, s, r in roles)
+    con = _connect()
+    try:
+        table = _window_table(con, Path(root), lo, hi, organization_id)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _vp_stage AS SELECT w.*, m.stage, m.role FROM {table} w "
+            f"JOIN (VALUES {values}) m(event_type, stage, role) USING (event_type)"
+        )
+        stats = con.execute(
+            """
+            SELECT stage,
+              count(*) FILTER (WHERE role = 'started'),
+              count(*) FILTER (WHERE role = 'completed'),
+              count(*) FILTER (WHERE role = 'failed'),
+              avg(duration_ms) FILTER (WHERE role = 'completed'),
+              quantile_cont(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE role = 'completed')
+            FROM _vp_stage GROUP BY stage
+            """
+        ).fetchall()
+        errors = con.execute(
+            """
+            SELECT stage, coalesce(error_code, '(none)') AS code, count(*) AS n
+            FROM _vp_stage WHERE role = 'failed' GROUP BY ALL ORDER BY stage, n DESC, code
+            """
+        ).fetchall()
+    finally:
+        con.close()
+    by_stage = {row[0]: row for row in stats}
+    errs: dict[str, list[tuple[str, int]]] = {}
+    for stage, code, n in errors:
+        if len(errs.setdefault(stage, [])) < top_errors:
+            errs[stage].append((str(code), int(n)))
+    out = []
+    for stage in TIMED_STAGES:
+        row = by_stage.get(stage)
+        started, completed, failed = (int(row[1]), int(row[2]), int(row[3])) if row else (0, 0, 0)
+        q = row[5] if row and row[5] is not None else [None, None, None]
+        out.append(
+            StageStats(
+                stage=stage,
+                started=started,
+                completed=completed,
+                failed=failed,
+                failure_rate=failed / (completed + failed) if completed + failed else None,
+                avg_latency_ms=row[4] if row else None,
+                p50_latency_ms=q[0],
+                p95_latency_ms=q[1],
+                p99_latency_ms=q[2],
+                top_errors=errs.get(stage, []),
+            )
+        )
+    return out
+
+
+_ALL: Final = object()
+
+
+def read_snapshots(
+    root: str | os.PathLike[str],
+    period_type: PeriodType,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    organization_id: str | None | object = _ALL,
+) -> list[dict[str, Any]]:
+    """Snapshot rows with period_start in [since, until), oldest first (all-orgs row
+    before the organisations within a period). ``organization_id``: omit for every
+    row, None for the all-organisations rows only, a string for one organisation.
+    Missing buckets mean no traffic (see :func:`empty_metrics`)."""
+    if period_type not in _AREA:
+        raise UsageError(f"period_type must be 'hourly' or 'daily', not {period_type!r}")
+    files = vetted_files(Path(root), _AREA[period_type], since=since, until=until)
+    if not files:
+        return []
+    where = ["true"]
+    params: list[Any] = []
+    if since is not None:
+        where.append("period_start >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("period_start < ?")
+        params.append(until)
+    if organization_id is None:
+        where.append("organization_id IS NULL")
+    elif organization_id is not _ALL:
+        where.append("organization_id = ?")
+        params.append(organization_id)
+    con = _connect()
+    try:
+        table = con.sql(
+            f"SELECT * FROM {_files_sql(files)} WHERE {' AND '.join(where)} "
+            "ORDER BY period_start, organization_id NULLS FIRST",
+            params=params,
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return _rows(table.cast(snapshot_schema()))
+
+
+# ------------------------------------------------------------------------- views
 
 
 def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """Create the snapshots_hourly and snapshots_daily views."""
+    """Create the snapshots_hourly and snapshots_daily views (empty and typed when
+    there are no snapshot files yet, so reports and alerts can always query them)."""
+    empty = snapshot_schema().empty_table()
+    con.register("_voicepipe_empty_snapshots", empty)
     for view, area in (
         ("snapshots_hourly", store.SNAPSHOTS_HOURLY),
         ("snapshots_daily", store.SNAPSHOTS_DAILY),
     ):
         files = vetted_files(root, area)
-        if files:
-            src = ", ".join(sql_str(str(f)) for f in files)
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet([{src}])")
+        src = _files_sql(files) if files else "_voicepipe_empty_snapshots"
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {src}")

@@ -1,16 +1,1208 @@
-"""Alert rules, evaluation, the alert lifecycle (raise, escalate, resolve,
-acknowledge) recorded as an append-only log, and notifiers.
+"""Alerts: the rules of DESIGN §7 (plus budget and stuck artifacts), their
+evaluation at a given instant, and the alert lifecycle (raise, escalate, resolve,
+acknowledge) recorded as an append-only log under ``<root>/alerts/``.
 
-(Stub: filled in by the alerting work, issue 4.)
+Nothing here keeps state outside the log: the ``alert_log`` view holds every
+record, the ``alerts`` view derives each alert's current state from it.
+:func:`run_check` is what ``voicepipe check`` runs: under a lock it evaluates the
+rules, appends the lifecycle changes, then delivers pending notifications (through
+``notify.py``) and records each attempt, so a failed delivery is retried on the
+next check.
+
+Rules read raw events through ``query.py`` (time-pruned file lists for windowed
+rules) and history through the ``snapshots_daily`` view. Every function takes
+``now`` explicitly. This module never writes event or snapshot files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+from zoneinfo import ZoneInfo
 
 import duckdb
 
+from . import store
+from .config import Settings, parse_hours
+from .errors import AlertError, NotFoundError, StoreError, UsageError
+from .query import parquet_scan, sql_str, vetted_files
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+log = logging.getLogger("voicepipe_obs.alerts")
+
+Severity = Literal["warning", "critical"]
+SEVERITY_RANK: Final = {"warning": 1, "critical": 2}
+#: Rule names, in evaluation order.
+RULES: Final = (
+    "failure_rate",
+    "latency",
+    "queue_depth",
+    "disambiguation_backlog",
+    "circuit_breaker",
+    "inactivity",
+    "budget",
+    "stuck",
+)
+#: Alert-log record types.
+RECORD_TYPES: Final = ("raised", "escalated", "resolved", "acknowledged", "notification")
+NOTIFY_ON: Final = ("raised", "escalated", "resolved")
+OVERALL: Final = "all"
+LOCK_FILE: Final = "check.lock"
+
+_UTC = dt.timezone.utc
+
+#: (name, kind) of an alert-log record, in file order.
+LOG_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("record_id", "str"),
+    ("record_type", "str"),
+    ("timestamp", "ts"),
+    ("alert_id", "str"),
+    ("rule", "str"),
+    ("scope", "str"),
+    ("organization_id", "str"),
+    ("severity", "str"),
+    ("previous_severity", "str"),
+    ("value", "f64"),
+    ("threshold", "f64"),
+    ("summary", "str"),
+    ("description", "str"),
+    ("started_at", "ts"),
+    ("actor", "str"),
+    ("comment", "str"),
+    ("notifier", "str"),
+    ("ref_record_id", "str"),
+    ("ref_record_type", "str"),
+    ("delivered", "bool"),
+    ("attempts", "i32"),
+    ("error", "str"),
+    ("host", "str"),
+)
+LOG_COLUMN_NAMES: Final = tuple(n for n, _ in LOG_COLUMNS)
+
+
+def log_schema() -> pa.Schema:
+    """The Arrow schema of an alert-log file."""
+    import pyarrow as pa
+
+    types = {
+        "str": pa.string(),
+        "ts": pa.timestamp("us", tz="UTC"),
+        "f64": pa.float64(),
+        "i32": pa.int32(),
+        "bool": pa.bool_(),
+    }
+    return pa.schema(
+        [
+            pa.field(n, types[k], nullable=n not in ("record_id", "record_type", "timestamp"))
+            for n, k in LOG_COLUMNS
+        ]
+    )
+
+
+# ----------------------------------------------------------------------- views
+
+#: Current state per alert, derived from the log.
+ALERTS_SQL: Final = """
+SELECT
+  alert_id,
+  any_value(rule) AS rule,
+  any_value(scope) AS scope,
+  any_value(organization_id) AS organization_id,
+  CASE WHEN max(timestamp) FILTER (WHERE record_type = 'resolved') IS NULL
+       THEN 'active' ELSE 'resolved' END AS status,
+  arg_max(severity, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS severity,
+  min(timestamp) FILTER (WHERE record_type = 'raised') AS raised_at,
+  max(timestamp) FILTER (WHERE record_type = 'escalated') AS escalated_at,
+  max(timestamp) FILTER (WHERE record_type = 'resolved') AS resolved_at,
+  arg_max(actor, timestamp) FILTER (WHERE record_type = 'acknowledged') AS acknowledged_by,
+  max(timestamp) FILTER (WHERE record_type = 'acknowledged') AS acknowledged_at,
+  arg_max(comment, timestamp) FILTER (WHERE record_type = 'acknowledged') AS ack_comment,
+  arg_max(summary, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS summary,
+  arg_max(description, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS description,
+  arg_max(value, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS value,
+  arg_max(threshold, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS threshold,
+  count(*) FILTER (WHERE record_type = 'notification' AND delivered) AS notifications_sent,
+  count(*) FILTER (WHERE record_type = 'notification' AND NOT delivered) AS notifications_failed,
+  max(timestamp) AS updated_at
+FROM alert_log
+WHERE alert_id IS NOT NULL
+GROUP BY alert_id
+"""
+
 
 def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """Create the alerts view (current state derived from the alert log)."""
-    del con, root
+    """Create the ``alert_log`` view (every record, typed and empty when there are
+    no files) and the ``alerts`` view (current state per alert)."""
+    con.register("_voicepipe_empty_alert_log", log_schema().empty_table())
+    files = vetted_files(root, store.ALERTS)
+    if files:
+        src = ", ".join(sql_str(str(f)) for f in files)
+        cols = ", ".join(LOG_COLUMN_NAMES)
+        con.execute(
+            "CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) "
+            f"{cols} FROM read_parquet([{src}], union_by_name=true, hive_partitioning=false)"
+        )
+    else:
+        con.execute("CREATE OR REPLACE VIEW alert_log AS SELECT * FROM _voicepipe_empty_alert_log")
+    con.execute(f"CREATE OR REPLACE VIEW alerts AS {ALERTS_SQL}")
+
+
+# -------------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule's condition holding for one scope at evaluation time."""
+
+    rule: str
+    scope: str
+    organization_id: str | None
+    severity: Severity
+    value: float | None
+    threshold: float | None
+    summary: str
+    description: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.rule, self.scope
+
+
+@dataclass
+class Evaluation:
+    """The findings of every enabled rule at ``now``, and notes on rules that had
+    nothing to judge (no history, outside expected hours, no budget)."""
+
+    now: dt.datetime
+    findings: list[Finding] = field(default_factory=list)
+    evaluated: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def scope_of(organization_id: str | None) -> str:
+    return OVERALL if organization_id is None else f"org:{organization_id}"
+
+
+def _aware(now: dt.datetime | None) -> dt.datetime:
+    if now is None:
+        return dt.datetime.now(_UTC)
+    if now.tzinfo is None:
+        raise UsageError("now must be timezone-aware (e.g. 2026-01-05T10:00:00+00:00)")
+    return now.astimezone(_UTC)
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+class _Ctx:
+    """One evaluation: the connection (full views), the root, ``now`` and settings."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, root: Path, settings: Settings, now: dt.datetime):
+        self.con = con
+        self.root = root
+        self.settings = settings
+        self.now = now
+        self.rules = settings.alerts
+
+    def window(self, since: dt.datetime, param: str = "since") -> str:
+        """A deduplicated FROM-source of events in ($<param>, $now], reading only
+        the hour partitions that overlap it. Bind ``$<param>`` (= since) and ``$now``."""
+        files = vetted_files(self.root, since=since, until=self.now + dt.timedelta(microseconds=1))
+        return (
+            f"(SELECT DISTINCT ON (event_id) * FROM {parquet_scan(files)} "
+            f"WHERE timestamp > ${param} AND timestamp <= $now)"
+        )
+
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql, params).fetchall()
+
+
+def _grouped(rows: list[tuple[Any, ...]], per_org: bool) -> Iterator[tuple[str | None, tuple[Any, ...]]]:
+    """Rows of a ``GROUP BY GROUPING SETS ((), (organization_id))`` query, whose
+    first two columns are grouping(organization_id) and organization_id: yields
+    (org or None for overall, remaining columns), skipping per-org rows unless
+    wanted and rows for events without an organisation."""
+    for row in rows:
+        overall, org, rest = row[0], row[1], tuple(row[2:])
+        if overall:
+            yield None, rest
+        elif per_org and org is not None:
+            yield str(org), rest
+
+
+_GROUPING: Final = "GROUP BY GROUPING SETS ((), (organization_id))"
+
+
+def _failure_rate(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.failure_rate
+    since = c.now - dt.timedelta(minutes=r.window_minutes)
+    rows = c.rows(
+        f"""SELECT grouping(organization_id), organization_id,
+              count(*) FILTER (WHERE event_type = 'artifact_failed'),
+              count(*) FILTER (WHERE event_type = 'artifact_completed')
+            FROM {c.window(since)}
+            WHERE event_type IN ('artifact_failed', 'artifact_completed') {_GROUPING}""",
+        since=since,
+        now=c.now,
+    )
+    for org, (failed, completed) in _grouped(rows, r.per_organization):
+        finished = failed + completed
+        if finished < r.min_sample:
+            if org is None:
+                ev.notes.append(
+                    f"failure_rate: {finished} finished artifacts in the last {r.window_minutes} min "
+                    f"(minimum sample {r.min_sample})"
+                )
+            continue
+        rate = failed / finished
+        severity: Severity | None = (
+            "critical" if rate > r.critical else "warning" if rate > r.warning else None
+        )
+        if severity is None:
+            continue
+        limit = r.critical if severity == "critical" else r.warning
+        ev.findings.append(
+            Finding(
+                "failure_rate",
+                scope_of(org),
+                org,
+                severity,
+                rate,
+                limit,
+                f"{_pct(rate)} of {finished} artifacts failed in the last {r.window_minutes} min "
+                f"(> {_pct(limit)})",
+                f"{failed} failed, {completed} completed between {since:%H:%M} and {c.now:%H:%M} UTC",
+            )
+        )
+
+
+def _history_latency(c: _Ctx, days: int) -> dict[str | None, float]:
+    """Mean of the daily ``avg_end_to_end_latency_ms`` over the ``days`` complete
+    UTC days before today, per organisation (None = overall), from snapshots_daily."""
+    today = c.now.replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        rows = c.rows(
+            """SELECT organization_id, avg(avg_end_to_end_latency_ms)
+               FROM snapshots_daily
+               WHERE period_type = 'daily' AND period_start >= $lo AND period_start < $hi
+                 AND avg_end_to_end_latency_ms IS NOT NULL
+               GROUP BY organization_id""",
+            lo=today - dt.timedelta(days=days),
+            hi=today,
+        )
+    except duckdb.CatalogException:
+        return {}  # no snapshot files yet: the view does not exist
+    except duckdb.BinderException as exc:
+        raise StoreError(
+            f"snapshots_daily lacks the columns the latency rule needs ({exc}); rebuild with `voicepipe aggregate`"
+        ) from exc
+    return {org: float(v) for org, v in rows if v is not None}
+
+
+def _latency(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.latency
+    history = _history_latency(c, r.history_days)
+    if None not in history:
+        ev.notes.append(
+            f"latency: no daily snapshots in the past {r.history_days} days, nothing to compare with "
+            "(run `voicepipe aggregate` from cron)"
+        )
+    if not history:
+        return
+    since = c.now - dt.timedelta(minutes=r.window_minutes)
+    lookback = c.now - dt.timedelta(hours=r.receipt_lookback_hours)
+    rows = c.rows(
+        f"""WITH done AS (
+              SELECT artifact_id, any_value(organization_id) AS organization_id,
+                     min(timestamp) AS completed_at
+              FROM {c.window(since)}
+              WHERE event_type = 'artifact_completed' AND artifact_id IS NOT NULL
+              GROUP BY artifact_id),
+            rcv AS (
+              SELECT artifact_id, min(timestamp) AS received_at
+              FROM {c.window(lookback, "lookback")}
+              WHERE event_type = 'artifact_received'
+                AND artifact_id IN (SELECT artifact_id FROM done)
+              GROUP BY artifact_id)
+            SELECT grouping(organization_id), organization_id,
+                   avg(epoch_us(completed_at) - epoch_us(received_at)) / 1000.0, count(*)
+            FROM done JOIN rcv USING (artifact_id) {_GROUPING}""",
+        since=since,
+        lookback=lookback,
+        now=c.now,
+    )
+    for org, (avg_ms, n) in _grouped(rows, r.per_organization):
+        base = history.get(org)
+        if avg_ms is None or base is None or n < r.min_sample:
+            continue
+        limit = r.multiplier * base
+        if avg_ms > limit:
+            ev.findings.append(
+                Finding(
+                    "latency",
+                    scope_of(org),
+                    org,
+                    "warning",
+                    float(avg_ms),
+                    limit,
+                    f"end-to-end latency {_fmt_ms(avg_ms)} over the last {r.window_minutes} min is "
+                    f"{avg_ms / base:.1f}× the {r.history_days}-day daily average {_fmt_ms(base)}",
+                    f"{n} artifacts completed; threshold {r.multiplier:g}× = {_fmt_ms(limit)}",
+                )
+            )
+
+
+def _queue_depth(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.queue_depth
+    rows = c.rows(
+        f"""SELECT grouping(organization_id), organization_id, count(*)
+            FROM artifacts WHERE status NOT IN ('completed', 'failed') AND received_at <= $now
+            {_GROUPING}""",
+        now=c.now,
+    )
+    for org, (depth,) in _grouped(rows, r.per_organization):
+        if depth > r.warning:
+            ev.findings.append(
+                Finding(
+                    "queue_depth",
+                    scope_of(org),
+                    org,
+                    "warning",
+                    float(depth),
+                    float(r.warning),
+                    f"{depth} artifacts in flight (> {r.warning})",
+                    "artifacts whose status is neither completed nor failed",
+                )
+            )
+
+
+def _backlog(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.disambiguation_backlog
+    rows = c.rows(
+        f"""SELECT grouping(organization_id), organization_id,
+              coalesce(sum(CASE WHEN event_type = 'entity_needs_disambiguation'
+                                THEN disambiguation_count ELSE -disambiguation_count END), 0)
+            FROM events
+            WHERE event_type IN ('entity_needs_disambiguation', 'entity_user_resolved')
+              AND disambiguation_count IS NOT NULL AND timestamp <= $now
+            {_GROUPING}""",
+        now=c.now,
+    )
+    for org, (backlog,) in _grouped(rows, r.per_organization):
+        if backlog > r.warning:
+            ev.findings.append(
+                Finding(
+                    "disambiguation_backlog",
+                    scope_of(org),
+                    org,
+                    "warning",
+                    float(backlog),
+                    float(r.warning),
+                    f"{backlog} entities wait for disambiguation (> {r.warning})",
+                    "pending = needs_disambiguation − user_resolved, within event retention",
+                )
+            )
+
+
+def _circuit_breaker(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.circuit_breaker
+    rows = c.rows(
+        f"""SELECT grouping(organization_id), organization_id,
+              arg_max(event_type, timestamp), max(timestamp),
+              arg_max(error_message, timestamp)
+            FROM events
+            WHERE event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed') AND timestamp <= $now
+            {_GROUPING}""",
+        now=c.now,
+    )
+    for org, (last, at, message) in _grouped(rows, r.per_organization):
+        if last == "circuit_breaker_opened":
+            ev.findings.append(
+                Finding(
+                    "circuit_breaker",
+                    scope_of(org),
+                    org,
+                    "critical",
+                    None,
+                    None,
+                    f"circuit breaker open since {at.astimezone(_UTC):%Y-%m-%d %H:%M} UTC",
+                    message or "the latest breaker event is circuit_breaker_opened",
+                )
+            )
+
+
+def expected_period_start(now: dt.datetime, hours: str, timezone: str) -> dt.datetime | None:
+    """The UTC start of the expected-hours period containing ``now``, or None when
+    ``now`` is outside expected hours. All-day windows return the start of time."""
+    start, end = parse_hours(hours)
+    if start == end or (start, end) == (0, 1440):
+        return dt.datetime.min.replace(tzinfo=_UTC)
+    local = now.astimezone(ZoneInfo(timezone))
+    minute = local.hour * 60 + local.minute
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if start < end:
+        if not start <= minute < end:
+            return None
+        begin = midnight
+    elif minute >= start:
+        begin = midnight
+    elif minute < end:
+        begin = midnight - dt.timedelta(days=1)
+    else:
+        return None
+    naive = begin.replace(tzinfo=None) + dt.timedelta(minutes=start)
+    return naive.replace(tzinfo=ZoneInfo(timezone)).astimezone(_UTC)
+
+
+def _inactivity(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.inactivity
+    period = expected_period_start(c.now, r.expected_hours, r.timezone)
+    if period is None:
+        ev.notes.append(f"inactivity: outside expected hours {r.expected_hours} {r.timezone}")
+        return
+    since = c.now - dt.timedelta(minutes=r.minutes)
+    if period > since:
+        ev.notes.append(f"inactivity: expected hours began less than {r.minutes} min ago")
+        return
+    if not store.list_parquet(c.root):
+        ev.notes.append("inactivity: no events recorded yet")
+        return
+    # Overall: any finish in the window. Per organisation: organisations that
+    # finished something in the past 7 days but nothing in the window.
+    lookback = since - dt.timedelta(days=7) if r.per_organization else since
+    rows = c.rows(
+        f"""SELECT grouping(organization_id), organization_id,
+              count(*) FILTER (WHERE timestamp > $cut), max(timestamp)
+            FROM {c.window(lookback)}
+            WHERE event_type IN ('artifact_completed', 'artifact_failed') {_GROUPING}""",
+        since=lookback,
+        cut=since,
+        now=c.now,
+    )
+    for org, (recent, last) in _grouped(rows, r.per_organization):
+        if recent:
+            continue
+        when = f"since {last.astimezone(_UTC):%Y-%m-%d %H:%M} UTC" if last is not None else ""
+        ev.findings.append(
+            Finding(
+                "inactivity",
+                scope_of(org),
+                org,
+                "warning",
+                float(r.minutes),
+                float(r.minutes),
+                f"no artifact completed or failed for {r.minutes} min {when}".rstrip(),
+                f"expected hours {r.expected_hours} ({r.timezone})",
+            )
+        )
+
+
+def _budget(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.budget
+    if r.daily_budget_usd is None and not r.organizations:
+        ev.notes.append("budget: no daily budget configured")
+        return
+    today = c.now.replace(hour=0, minute=0, second=0, microsecond=0)
+    since = today - dt.timedelta(microseconds=1)
+    rows = c.rows(
+        f"""SELECT grouping(organization_id), organization_id, coalesce(sum(ai_cost), 0)
+            FROM {c.window(since)} WHERE ai_cost IS NOT NULL {_GROUPING}""",
+        since=since,
+        now=c.now,
+    )
+    for org, (cost,) in _grouped(rows, bool(r.organizations)):
+        budget = r.daily_budget_usd if org is None else r.organizations.get(org)
+        if budget is None:
+            continue
+        ratio = cost / budget
+        severity: Severity | None = (
+            "critical" if ratio >= r.critical_ratio else "warning" if ratio >= r.warning_ratio else None
+        )
+        if severity is None:
+            continue
+        ev.findings.append(
+            Finding(
+                "budget",
+                scope_of(org),
+                org,
+                severity,
+                float(cost),
+                budget * (r.critical_ratio if severity == "critical" else r.warning_ratio),
+                f"AI cost today ${cost:.2f} is {ratio * 100:.0f}% of the ${budget:.2f} daily budget",
+                f"since {today:%Y-%m-%d} 00:00 UTC; warning at {r.warning_ratio:.0%}, critical at {r.critical_ratio:.0%}",
+            )
+        )
+
+
+def _stuck(c: _Ctx, ev: Evaluation) -> None:
+    r = c.rules.stuck
+    cutoff = c.now - dt.timedelta(minutes=r.minutes)
+    rows = c.rows(
+        f"""SELECT grouping(organization_id), organization_id, count(*),
+              list(artifact_id ORDER BY received_at, artifact_id)[1:5], min(received_at)
+            FROM artifacts WHERE status NOT IN ('completed', 'failed') AND received_at <= $cutoff
+            {_GROUPING}""",
+        cutoff=cutoff,
+    )
+    for org, (count, sample, oldest) in _grouped(rows, r.per_organization):
+        if count < r.warning_count:
+            continue
+        ids = ", ".join(sample or [])
+        more = f" and {count - len(sample)} more" if count > len(sample or []) else ""
+        ev.findings.append(
+            Finding(
+                "stuck",
+                scope_of(org),
+                org,
+                "warning",
+                float(count),
+                float(r.warning_count),
+                f"{count} artifacts in flight for more than {r.minutes} min",
+                f"oldest since {oldest.astimezone(_UTC):%Y-%m-%d %H:%M} UTC: {ids}{more}",
+            )
+        )
+
+
+_RULE_FUNCS: Final[dict[str, Callable[[_Ctx, Evaluation], None]]] = {
+    "failure_rate": _failure_rate,
+    "latency": _latency,
+    "queue_depth": _queue_depth,
+    "disambiguation_backlog": _backlog,
+    "circuit_breaker": _circuit_breaker,
+    "inactivity": _inactivity,
+    "budget": _budget,
+    "stuck": _stuck,
+}
+
+
+def evaluate(
+    root: str | os.PathLike[str] | None,
+    settings: Settings | None = None,
+    *,
+    now: dt.datetime | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    rules: Sequence[str] | None = None,
+) -> Evaluation:
+    """Evaluate the enabled rules (or just ``rules``) at ``now``; writes nothing.
+
+    Raises :class:`StoreError` when the store cannot be read.
+    """
+    from .query import connect
+
+    settings = settings or Settings()
+    rootp = store.resolve_root(root)
+    at = _aware(now)
+    for name in rules or ():
+        if name not in _RULE_FUNCS:
+            raise UsageError(f"unknown rule {name!r}; choose from {', '.join(RULES)}")
+    try:
+        con = con or connect(rootp)
+        ctx = _Ctx(con, rootp, settings, at)
+        ev = Evaluation(at)
+        for name in rules or RULES:
+            if not getattr(settings.alerts, name).enabled:
+                continue
+            _RULE_FUNCS[name](ctx, ev)
+            ev.evaluated.append(name)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot evaluate alert rules over {rootp}: {_first_line(exc)}") from exc
+    return ev
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ------------------------------------------------------------------- lifecycle
+
+
+@dataclass
+class AlertState:
+    """An alert's current state, as the ``alerts`` view derives it."""
+
+    alert_id: str
+    rule: str
+    scope: str
+    organization_id: str | None
+    status: str
+    severity: str
+    raised_at: dt.datetime
+    escalated_at: dt.datetime | None
+    resolved_at: dt.datetime | None
+    acknowledged_by: str | None
+    acknowledged_at: dt.datetime | None
+    ack_comment: str | None
+    summary: str | None
+    description: str | None
+    value: float | None
+    threshold: float | None
+    notifications_sent: int = 0
+    notifications_failed: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.rule, self.scope
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, dt.datetime):
+                out[k] = _iso(v)
+        return out
+
+
+_STATE_COLS: Final = (
+    "alert_id",
+    "rule",
+    "scope",
+    "organization_id",
+    "status",
+    "severity",
+    "raised_at",
+    "escalated_at",
+    "resolved_at",
+    "acknowledged_by",
+    "acknowledged_at",
+    "ack_comment",
+    "summary",
+    "description",
+    "value",
+    "threshold",
+    "notifications_sent",
+    "notifications_failed",
+)
+_TS_STATE_COLS: Final = frozenset({"raised_at", "escalated_at", "resolved_at", "acknowledged_at"})
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(_UTC).isoformat().replace("+00:00", "Z")
+
+
+def _select_states(
+    con: duckdb.DuckDBPyConnection, where: str = "", params: Sequence[Any] = ()
+) -> list[AlertState]:
+    cols = ", ".join(f"epoch_us({c})" if c in _TS_STATE_COLS else c for c in _STATE_COLS)
+    rows = con.execute(
+        f"SELECT {cols} FROM alerts {where} ORDER BY raised_at, alert_id", list(params)
+    ).fetchall()
+    out = []
+    for row in rows:
+        values: dict[str, Any] = {
+            c: (store.from_us(v) if c in _TS_STATE_COLS and v is not None else v)
+            for c, v in zip(_STATE_COLS, row, strict=True)
+        }
+        out.append(AlertState(**values))
+    return out
+
+
+#: Filters for :func:`list_alerts`: name → SQL column (allow-list).
+_FILTERS: Final = {
+    "rule": "rule",
+    "organization_id": "organization_id",
+    "severity": "severity",
+    "status": "status",
+}
+
+
+def list_alerts(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    status: Literal["active", "resolved", "all"] = "active",
+    rule: str | None = None,
+    organization_id: str | None = None,
+    severity: str | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> list[AlertState]:
+    """Alerts in their current state (default: active only), oldest first."""
+    from .query import connect
+
+    con = con or connect(store.resolve_root(root))
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name, value in (
+        ("status", None if status == "all" else status),
+        ("rule", rule),
+        ("organization_id", organization_id),
+        ("severity", severity),
+    ):
+        if value is not None:
+            clauses.append(f"{_FILTERS[name]} = ?")
+            params.append(value)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    return _select_states(con, where, params)
+
+
+def alert_history(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    alert_id: str | None = None,
+    rule: str | None = None,
+    organization_id: str | None = None,
+    record_type: str | None = None,
+    since: dt.datetime | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> list[dict[str, Any]]:
+    """Alert-log records (every raise, escalation, resolution, acknowledgement and
+    notification attempt), oldest first, as plain dicts."""
+    from .query import connect
+
+    con = con or connect(store.resolve_root(root))
+    if record_type is not None and record_type not in RECORD_TYPES:
+        raise UsageError(f"unknown record type {record_type!r}; choose from {', '.join(RECORD_TYPES)}")
+    clauses: list[str] = []
+    params: list[Any] = []
+    for col, value in (
+        ("alert_id", alert_id),
+        ("rule", rule),
+        ("organization_id", organization_id),
+        ("record_type", record_type),
+    ):
+        if value is not None:
+            clauses.append(f"{col} = ?")
+            params.append(value)
+    if since is not None:
+        clauses.append("timestamp >= ?")
+        params.append(since)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    cols = ", ".join(f"epoch_us({c})" if c in ("timestamp", "started_at") else c for c in LOG_COLUMN_NAMES)
+    rows = con.execute(
+        f"SELECT {cols} FROM alert_log {where} ORDER BY timestamp, record_id", params
+    ).fetchall()
+    out = []
+    for row in rows:
+        rec = dict(zip(LOG_COLUMN_NAMES, row, strict=True))
+        for c in ("timestamp", "started_at"):
+            if rec[c] is not None:
+                rec[c] = _iso(store.from_us(rec[c]))
+        out.append(rec)
+    return out
+
+
+def _record(record_type: str, now: dt.datetime, **fields: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = dict.fromkeys(LOG_COLUMN_NAMES)
+    rec.update(
+        record_id=f"r-{store.to_us(now):x}-{secrets.token_hex(4)}",
+        record_type=record_type,
+        timestamp=now,
+        host=store.host_name(),
+    )
+    rec.update(fields)
+    return rec
+
+
+def write_records(root: Path, records: Sequence[dict[str, Any]], now: dt.datetime) -> Path | None:
+    """Append records to the alert log: one new file under alerts/date=<now>/."""
+    import pyarrow as pa
+
+    if not records:
+        return None
+    table = pa.Table.from_pylist(list(records), schema=log_schema())
+    path = root / store.ALERTS / f"date={now:%Y-%m-%d}" / f"{store.unique_name()}.parquet"
+    try:
+        return store.write_table(path, table)
+    except OSError as exc:
+        raise StoreError(f"cannot write the alert log under {root / store.ALERTS}: {exc}") from exc
+
+
+def new_alert_id(rule: str, scope: str, raised_at: dt.datetime) -> str:
+    """A short, stable id: the same rule, scope and raise time give the same id."""
+    digest = hashlib.sha1(f"{rule}\0{scope}\0{store.to_us(raised_at)}".encode()).hexdigest()
+    return digest[:10]
+
+
+def lifecycle_records(
+    active: Sequence[AlertState], ev: Evaluation, *, resolve_missing: bool = True
+) -> list[dict[str, Any]]:
+    """The records that move the alert log from ``active`` to ``ev``'s findings:
+    raise new conditions, escalate when severity rises (severity never drops while
+    an alert is active), resolve alerts whose condition cleared."""
+    now = ev.now
+    by_key = {a.key: a for a in active}
+    seen: set[tuple[str, str]] = set()
+    out: list[dict[str, Any]] = []
+    for f in ev.findings:
+        if f.key in seen:
+            continue
+        seen.add(f.key)
+        common = {
+            "rule": f.rule,
+            "scope": f.scope,
+            "organization_id": f.organization_id,
+            "severity": f.severity,
+            "value": f.value,
+            "threshold": f.threshold,
+            "summary": f.summary,
+            "description": f.description,
+        }
+        current = by_key.get(f.key)
+        if current is None:
+            out.append(
+                _record("raised", now, alert_id=new_alert_id(f.rule, f.scope, now), started_at=now, **common)
+            )
+        elif SEVERITY_RANK[f.severity] > SEVERITY_RANK.get(current.severity, 0):
+            out.append(
+                _record(
+                    "escalated",
+                    now,
+                    alert_id=current.alert_id,
+                    started_at=current.raised_at,
+                    previous_severity=current.severity,
+                    **common,
+                )
+            )
+    evaluated = set(ev.evaluated)
+    for a in active:
+        if a.key in seen or not resolve_missing:
+            continue
+        out.append(
+            _record(
+                "resolved",
+                now,
+                alert_id=a.alert_id,
+                rule=a.rule,
+                scope=a.scope,
+                organization_id=a.organization_id,
+                severity=a.severity,
+                summary=a.summary,
+                description=("condition cleared" if a.rule in evaluated else f"rule {a.rule} is disabled"),
+                started_at=a.raised_at,
+            )
+        )
+    return out
+
+
+def acknowledge(
+    root: str | os.PathLike[str] | None,
+    alert_id: str,
+    by: str,
+    *,
+    comment: str | None = None,
+    now: dt.datetime | None = None,
+) -> AlertState:
+    """Record that ``by`` acknowledged an active alert; returns its new state.
+
+    Raises :class:`NotFoundError` for an unknown id and :class:`AlertError` for a
+    resolved alert.
+    """
+    from .query import connect
+
+    rootp = store.resolve_root(root)
+    by = by.strip()
+    if not by:
+        raise UsageError("--by needs a name (who is acknowledging)")
+    at = _aware(now)
+    con = connect(rootp)
+    states = _select_states(con, "WHERE alert_id = ?", [alert_id])
+    if not states:
+        raise NotFoundError(f"no alert with id {alert_id!r}; `voicepipe alerts list --all` shows the ids")
+    state = states[0]
+    if state.status != "active":
+        raise AlertError(
+            f"alert {alert_id} already resolved at {_iso(state.resolved_at or at)}; nothing to acknowledge"
+        )
+    write_records(
+        rootp,
+        [
+            _record(
+                "acknowledged",
+                at,
+                alert_id=state.alert_id,
+                rule=state.rule,
+                scope=state.scope,
+                organization_id=state.organization_id,
+                severity=state.severity,
+                actor=by,
+                comment=comment,
+                started_at=state.raised_at,
+            )
+        ],
+        at,
+    )
+    register_views(con, rootp)
+    return _select_states(con, "WHERE alert_id = ?", [alert_id])[0]
+
+
+# ------------------------------------------------------------------------ lock
+
+
+@contextlib.contextmanager
+def check_lock(root: Path, timeout: float) -> Iterator[None]:
+    """Hold ``<root>/_state/check.lock`` (fcntl), waiting up to ``timeout`` seconds.
+
+    Raises :class:`AlertError` (exit 3) if another check holds it longer.
+    """
+    state = root / store.STATE
+    try:
+        store.ensure_dir(state)
+        fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot create the check lock under {state}: {exc.strerror or exc}") from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise StoreError(f"cannot lock {state / LOCK_FILE}: {exc.strerror}") from exc
+                if time.monotonic() >= deadline:
+                    raise AlertError(
+                        f"another `voicepipe check` still holds {state / LOCK_FILE} after {timeout:g}s; "
+                        "try again later or raise alerts.lock_timeout_seconds"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+# ---------------------------------------------------------------- notification
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """One notification delivery attempted during a check."""
+
+    notifier: str
+    alert_id: str
+    event: str
+    ok: bool
+    attempts: int
+    error: str | None
+
+
+def notification_payload(rec: dict[str, Any]) -> dict[str, Any]:
+    """The JSON a notifier receives for a lifecycle record."""
+    event = rec["record_type"]
+    payload = {
+        "alert_id": rec["alert_id"],
+        "event": event,
+        "status": "resolved" if event == "resolved" else "firing",
+        "rule": rec["rule"],
+        "scope": rec["scope"],
+        "organization_id": rec["organization_id"],
+        "severity": rec["severity"],
+        "previous_severity": rec.get("previous_severity"),
+        "summary": rec["summary"],
+        "description": rec["description"],
+        "value": rec["value"],
+        "threshold": rec["threshold"],
+        "started_at": rec["started_at"],
+        "timestamp": rec["timestamp"],
+        "ended_at": rec["timestamp"] if event == "resolved" else None,
+    }
+    from .notify import alert_text
+
+    payload["text"] = alert_text(payload)
+    return payload
+
+
+def _pending(con: duckdb.DuckDBPyConnection, name: str, since: dt.datetime) -> list[dict[str, Any]]:
+    cols = ", ".join(
+        f"epoch_us(l.{c})" if c in ("timestamp", "started_at") else f"l.{c}" for c in LOG_COLUMN_NAMES
+    )
+    rows = con.execute(
+        f"""SELECT {cols} FROM alert_log l
+            WHERE l.record_type IN ('raised', 'escalated', 'resolved') AND l.timestamp >= ?
+              AND NOT EXISTS (SELECT 1 FROM alert_log n
+                              WHERE n.record_type = 'notification' AND n.delivered
+                                AND n.ref_record_id = l.record_id AND n.notifier = ?)
+            ORDER BY l.timestamp, l.record_id""",
+        [since, name],
+    ).fetchall()
+    out = []
+    for row in rows:
+        rec = dict(zip(LOG_COLUMN_NAMES, row, strict=True))
+        for c in ("timestamp", "started_at"):
+            if rec[c] is not None:
+                rec[c] = _iso(store.from_us(rec[c]))
+        out.append(rec)
+    return out
+
+
+def send_notifications(
+    con: duckdb.DuckDBPyConnection, root: Path, settings: Settings, now: dt.datetime
+) -> tuple[list[DeliveryOutcome], list[dict[str, Any]]]:
+    """Deliver every lifecycle record not yet delivered to each notifier (within
+    ``alerts.notification_max_age_hours``), oldest first; returns the outcomes
+    and the notification records to append."""
+    from .notify import deliver, notifier_name
+
+    since = now - dt.timedelta(hours=settings.alerts.notification_max_age_hours)
+    outcomes: list[DeliveryOutcome] = []
+    records: list[dict[str, Any]] = []
+    for cfg in settings.notifiers:
+        name = notifier_name(cfg)
+        for rec in _pending(con, name, since):
+            result = deliver(cfg, notification_payload(rec))
+            outcomes.append(
+                DeliveryOutcome(
+                    name, rec["alert_id"], rec["record_type"], result.ok, result.attempts, result.error
+                )
+            )
+            if not result.ok:
+                log.warning(
+                    "notifier %s: %s alert %s not delivered: %s",
+                    name,
+                    rec["record_type"],
+                    rec["alert_id"],
+                    result.error,
+                )
+            records.append(
+                _record(
+                    "notification",
+                    now,
+                    alert_id=rec["alert_id"],
+                    rule=rec["rule"],
+                    scope=rec["scope"],
+                    organization_id=rec["organization_id"],
+                    severity=rec["severity"],
+                    notifier=name,
+                    ref_record_id=rec["record_id"],
+                    ref_record_type=rec["record_type"],
+                    delivered=result.ok,
+                    attempts=result.attempts,
+                    error=result.error,
+                )
+            )
+    return outcomes, records
+
+
+def _refresh_alertmanagers(settings: Settings, active: Sequence[AlertState], now: dt.datetime) -> None:
+    from .config import AlertmanagerNotifier
+    from .notify import notifier_name, refresh_alertmanager
+
+    if not active:
+        return
+    alerts = [
+        {
+            "alert_id": a.alert_id,
+            "rule": a.rule,
+            "scope": a.scope,
+            "organization_id": a.organization_id,
+            "severity": a.severity,
+            "summary": a.summary,
+            "description": a.description,
+            "started_at": _iso(a.raised_at),
+            "timestamp": _iso(now),
+        }
+        for a in active
+    ]
+    for cfg in settings.notifiers:
+        if isinstance(cfg, AlertmanagerNotifier):
+            result = refresh_alertmanager(cfg, alerts)
+            if not result.ok:
+                log.warning(
+                    "notifier %s: could not refresh firing alerts: %s", notifier_name(cfg), result.error
+                )
+
+
+# ----------------------------------------------------------------------- check
+
+
+@dataclass
+class CheckResult:
+    """What one check did: the active alerts after it, the lifecycle records it
+    appended, the deliveries it attempted, notes on rules with nothing to judge."""
+
+    now: dt.datetime
+    active: list[AlertState]
+    changes: list[dict[str, Any]]
+    deliveries: list[DeliveryOutcome]
+    notes: list[str]
+    evaluated: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        """0 no active alert, 1 warning, 2 critical (the Nagios convention)."""
+        return max((SEVERITY_RANK.get(a.severity, 1) for a in self.active), default=0)
+
+    @property
+    def status(self) -> str:
+        return ("OK", "WARNING", "CRITICAL")[self.exit_code]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "checked_at": _iso(self.now),
+            "active": [a.to_dict() for a in self.active],
+            "changes": [
+                {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in c.items() if v is not None}
+                for c in self.changes
+            ],
+            "notifications": [asdict(d) for d in self.deliveries],
+            "rules_evaluated": self.evaluated,
+            "notes": self.notes,
+        }
+
+
+def run_check(
+    root: str | os.PathLike[str] | None,
+    settings: Settings | None = None,
+    *,
+    now: dt.datetime | None = None,
+    notify: bool = True,
+) -> CheckResult:
+    """Evaluate every rule at ``now`` under the check lock, append the lifecycle
+    changes to the alert log, deliver pending notifications and record each
+    attempt. Raises :class:`StoreError` / :class:`AlertError` when it cannot
+    evaluate (``voicepipe check`` exits 3)."""
+    from .query import connect
+
+    settings = settings or Settings()
+    rootp = store.resolve_root(root)
+    at = _aware(now)
+    if rootp.exists() and not rootp.is_dir():
+        raise StoreError(f"data root {rootp} is not a directory; check --data / $VOICEPIPE_DATA")
+    with check_lock(rootp, settings.alerts.lock_timeout_seconds):
+        try:
+            con = connect(rootp)
+            active = _select_states(con, "WHERE status = 'active'")
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
+            ) from exc
+        ev = evaluate(rootp, settings, now=at, con=con)
+        changes = lifecycle_records(active, ev)
+        write_records(rootp, changes, at)
+        deliveries: list[DeliveryOutcome] = []
+        try:
+            register_views(con, rootp)
+            if notify and settings.notifiers:
+                deliveries, attempts = send_notifications(con, rootp, settings, at)
+                write_records(rootp, attempts, at)
+                register_views(con, rootp)
+            current = _select_states(con, "WHERE status = 'active'")
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
+            ) from exc
+        if notify:
+            _refresh_alertmanagers(settings, current, at)
+    current.sort(key=lambda a: (-SEVERITY_RANK.get(a.severity, 0), a.rule, a.scope))
+    fresh = {f.key: f for f in ev.findings}
+    for a in current:  # show the value measured now, not the one at raise time
+        f = fresh.get(a.key)
+        if f is not None:
+            a.value, a.threshold, a.summary, a.description = f.value, f.threshold, f.summary, f.description
+    return CheckResult(at, current, changes, deliveries, ev.notes, ev.evaluated)

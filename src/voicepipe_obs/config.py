@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -67,12 +67,20 @@ class FailureRateRule(_Model):
     min_sample: int = Field(10, ge=1)
     per_organization: bool = True
 
+    @model_validator(mode="after")
+    def _order(self) -> FailureRateRule:
+        if self.critical < self.warning:
+            raise ValueError(f"critical ({self.critical}) must be >= warning ({self.warning})")
+        return self
+
 
 class LatencyRule(_Model):
     enabled: bool = True
     window_minutes: int = Field(30, ge=1)
     multiplier: float = Field(2.0, gt=0)
     history_days: int = Field(7, ge=1)
+    min_sample: int = Field(1, ge=1)
+    receipt_lookback_hours: int = Field(24, ge=1)
     per_organization: bool = False
 
 
@@ -90,9 +98,22 @@ class DisambiguationBacklogRule(_Model):
 
 class CircuitBreakerRule(_Model):
     enabled: bool = True
+    per_organization: bool = False
 
 
-_HOURS = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))$")
+
+
+def parse_hours(spec: str) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` → (start, end) in minutes after local midnight. ``end`` may be
+    1440 (``24:00``); ``end <= start`` means the window crosses midnight, and
+    ``start == end`` (or ``00:00-24:00``) means all day."""
+    m = _HOURS.match(spec)
+    if not m:
+        raise ValueError("expected HH:MM-HH:MM, e.g. 06:00-23:00 (22:00-06:00 crosses midnight)")
+    h1, m1 = int(m.group(1)), int(m.group(2))
+    h2, m2 = (int(m.group(3)), int(m.group(4))) if m.group(3) is not None else (24, 0)
+    return h1 * 60 + m1, h2 * 60 + m2
 
 
 class InactivityRule(_Model):
@@ -105,8 +126,7 @@ class InactivityRule(_Model):
     @field_validator("expected_hours")
     @classmethod
     def _hours(cls, v: str) -> str:
-        if not _HOURS.match(v):
-            raise ValueError("expected HH:MM-HH:MM, e.g. 06:00-23:00")
+        parse_hours(v)
         return v
 
     @field_validator("timezone")
@@ -124,9 +144,17 @@ class InactivityRule(_Model):
 class BudgetRule(_Model):
     enabled: bool = True
     daily_budget_usd: float | None = Field(None, gt=0)
-    organizations: dict[str, float] = Field(default_factory=dict)
+    organizations: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     warning_ratio: float = Field(0.8, gt=0)
     critical_ratio: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> BudgetRule:
+        if self.critical_ratio < self.warning_ratio:
+            raise ValueError(
+                f"critical_ratio ({self.critical_ratio}) must be >= warning_ratio ({self.warning_ratio})"
+            )
+        return self
 
 
 class StuckRule(_Model):
@@ -146,6 +174,7 @@ class AlertRules(_Model):
     budget: BudgetRule = Field(default_factory=BudgetRule)
     stuck: StuckRule = Field(default_factory=StuckRule)
     lock_timeout_seconds: float = Field(10.0, ge=0)
+    notification_max_age_hours: float = Field(24.0, gt=0)
 
 
 class CommandNotifier(_Model):
@@ -177,6 +206,8 @@ class AlertmanagerNotifier(_Model):
     url: str
     timeout: float = Field(5.0, gt=0)
     retries: int = Field(2, ge=0)
+    firing_ttl_minutes: int = Field(30, ge=1)
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod
@@ -203,6 +234,19 @@ class Settings(_Model):
     alerts: AlertRules = Field(default_factory=AlertRules)
     notifiers: list[Notifier] = Field(default_factory=list)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+
+    @field_validator("notifiers")
+    @classmethod
+    def _unique_names(cls, v: list[Any]) -> list[Any]:
+        from .notify import notifier_name
+
+        seen: set[str] = set()
+        for n in v:
+            name = notifier_name(n)
+            if name in seen:
+                raise ValueError(f"two notifiers are named {name!r}; give each a distinct `name`")
+            seen.add(name)
+        return v
 
     @property
     def root(self) -> Path:
@@ -273,28 +317,57 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_NOTIFIER_TYPES: dict[str, type[BaseModel]] = {
+    "command": CommandNotifier,
+    "webhook": WebhookNotifier,
+    "alertmanager": AlertmanagerNotifier,
+}
+
+
 def _describe(exc: ValidationError, origin: str, raw: Mapping[str, Any]) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
-    loc = re.sub(r"\.(command|webhook|alertmanager)(?=\.|$)", "", loc)
+    """One line: where, which key, what is wrong (and a did-you-mean for typos)."""
+    errors = exc.errors()
+    err = errors[0]
+    parts = list(err["loc"])
+    if len(parts) > 2 and parts[0] == "notifiers" and parts[2] in _NOTIFIER_TYPES:
+        del parts[2]  # the discriminator tag pydantic inserts
+    loc = ".".join(str(p) for p in parts)
     if err["type"] == "extra_forbidden":
-        parent = loc.rpartition(".")[0]
-        allowed = _allowed_keys(parent)
+        parent = ".".join(str(p) for p in parts[:-1])
+        allowed = _allowed_keys(parent, raw)
         import difflib
 
-        hint = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = difflib.get_close_matches(str(parts[-1]), allowed, n=1)
         suffix = f"; did you mean {parent + '.' if parent else ''}{hint[0]}?" if hint else ""
         return f"{origin}: unknown key {loc!r}{suffix}"
-    msg = err["msg"]
-    if "input" in err and not isinstance(err["input"], Mapping | list):
+    if err["type"] == "union_tag_invalid":
+        return (
+            f"{origin}: {loc}.type: unknown notifier type {err['input'].get('type')!r}; "
+            f"use one of {', '.join(_NOTIFIER_TYPES)}"
+        )
+    if err["type"] == "union_tag_not_found":
+        return f"{origin}: {loc}: missing `type` (one of {', '.join(_NOTIFIER_TYPES)})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "required key is missing"
+    if "input" in err and not isinstance(err["input"], Mapping | list) and repr(err["input"]) not in msg:
         msg += f" (got {err['input']!r})"
-    extra = f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    extra = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return f"{origin}: {loc or 'configuration'}: {msg}{extra}"
 
 
-def _allowed_keys(dotted_parent: str) -> list[str]:
+def _allowed_keys(dotted_parent: str, raw: Mapping[str, Any] | None = None) -> list[str]:
+    """The keys a section accepts (for did-you-mean hints)."""
+    parts = [p for p in dotted_parent.split(".") if p]
+    if len(parts) == 2 and parts[0] == "notifiers" and parts[1].isdigit():
+        try:
+            kind = (raw or {})["notifiers"][int(parts[1])]["type"]
+        except (KeyError, IndexError, TypeError):
+            return []
+        model_cls = _NOTIFIER_TYPES.get(kind)
+        return list(model_cls.model_fields) if model_cls else []
     model: Any = Settings
-    for part in [p for p in dotted_parent.split(".") if p and not p.isdigit()]:
+    for part in parts:
         fld = getattr(model, "model_fields", {}).get(part)
         if fld is None or not isinstance(fld.annotation, type) or not issubclass(fld.annotation, BaseModel):
             return []

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, Literal, TypeVar, overload
 
 from . import store
 from .errors import EmitError
@@ -188,19 +188,100 @@ def _to_us(name: str, value: Any) -> int:
             raise _Invalid(f"{name} must be timezone-aware (e.g. datetime.now(timezone.utc))")
         return store.to_us(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return round(value * 1_000_000)  # epoch seconds
-    raise _Invalid(f"{name} must be an aware datetime or epoch seconds, got {value!r}")
+        us = round(value * 1_000_000)  # epoch seconds
+        if _MIN_US <= us <= _MAX_US:
+            return us
+    raise _Invalid(f"{name} must be an aware datetime or epoch seconds (years 1-9999), got {value!r}")
+
+
+_MIN_US = store.to_us(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
+_MAX_US = store.to_us(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
 
 
 def _lock_file(path: Path) -> int | None:
-    """Open and exclusively lock ``path``; the fd, or None if another process holds it."""
+    """Open and exclusively lock ``path``; the fd, or None if another process holds
+    it or the file was removed (by a recoverer that finished) while we locked it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not _same_file(fd, path):
+            raise OSError("lock file replaced")
     except OSError:
         os.close(fd)
         return None
     return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _acquire_writer_lock(path: Path) -> int:
+    """Create and lock a live writer's lock file. A recoverer may lock and unlink a
+    fresh lock file between our open and flock, so the lock only counts when the
+    path still names the file we locked; otherwise try again with a new file."""
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fd, path):
+                return fd
+        except BlockingIOError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        time.sleep(0.001)
+    raise OSError(f"could not lock {path}")
+
+
+def _prewarm_writer() -> None:
+    """Import the Parquet writer's modules early, on the flusher thread. Imported
+    during interpreter shutdown they fail (pyarrow pulls in pandas, which imports
+    concurrent.futures.thread, which cannot register at exit any more), and the
+    final flush at exit would be lost."""
+    try:
+        import concurrent.futures.thread  # noqa: F401
+
+        import pyarrow as pa
+        import pyarrow.parquet
+
+        pa.array([0])  # first use imports the pandas shim
+    except Exception as exc:  # pragma: no cover - reported when a write fails
+        log.debug("voicepipe could not preload pyarrow: %r", exc)
+
+
+def _repair_rows(rows: list[Row]) -> tuple[list[Row], int]:
+    """Replace string values Parquet cannot store (lone surrogates) with U+FFFD.
+    Returns the repaired rows and how many values were changed."""
+    bad = 0
+
+    def fix(value: str) -> str:
+        nonlocal bad
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            bad += 1
+            return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+
+    out: list[Row] = []
+    for row in rows:
+        new = list(row)
+        for i, value in enumerate(new):
+            if isinstance(value, str):
+                new[i] = fix(value)
+            elif isinstance(value, dict):
+                new[i] = {fix(k): fix(v) for k, v in value.items()}
+        out.append(new)
+    return out, bad
 
 
 def _ensure_spool_dir(root: Path) -> Path:
@@ -273,7 +354,9 @@ def recover_spools(root: str | os.PathLike[str]) -> tuple[int, int]:
                     path = spool / name
                     rows = read_spool_segment(path)
                     if rows:
-                        store.write_event_rows(rootp, rows, name[: -len(_SPOOL_SUFFIX)])
+                        store.write_event_rows(
+                            rootp, rows, name[: -len(_SPOOL_SUFFIX)], id_prefix=writer.rsplit("-", 1)[-1]
+                        )
                     events += len(rows)
                     segments += 1
                     path.unlink()
@@ -293,7 +376,7 @@ def recover_spools(root: str | os.PathLike[str]) -> tuple[int, int]:
 class _Batch:
     """The events of one spool segment: in memory (rows) or only on disk (rows None)."""
 
-    __slots__ = ("fd", "n", "path", "rows", "seq", "unspooled")
+    __slots__ = ("fd", "n", "path", "rows", "seq", "size", "unspooled")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -301,6 +384,7 @@ class _Batch:
         self.n = 0
         self.path: Path | None = None
         self.fd: int | None = None
+        self.size = 0  # bytes of complete records in the segment
         self.unspooled = 0  # rows not (successfully) written to the segment
 
 
@@ -325,7 +409,9 @@ class Recorder:
         redact: applied to error messages before truncation.
         strict: raise :class:`EmitError` instead of counting and logging (tests).
         recover: recover dead processes' spools under the root on first use.
-        clock: returns the current time as epoch microseconds (tests freeze it).
+        clock: returns the current time as epoch microseconds (tests freeze it,
+            simulations advance it). When given, it also measures stage and
+            artifact durations, so a simulated clock yields simulated durations.
     """
 
     def __init__(
@@ -358,30 +444,45 @@ class Recorder:
         self.strict = strict
         self._recover = recover
         self._clock = clock
-        self._warn = _RateLimitedLog()
+        # The final flush at exit needs pyarrow, which (through pandas) imports
+        # concurrent.futures.thread; that import fails once interpreter shutdown has
+        # begun. Importing it here (a few ms) keeps a short-lived script's events.
+        import concurrent.futures.thread  # noqa: F401
+
         self._init_process_state()
         _recorders.add(self)
 
     # -- process-local state (re-made in a forked child) --------------------------
 
-    def _init_process_state(self) -> None:
-        self._lock = threading.Lock()  # pending, batches, counters
+    def _init_process_state(self, closed: bool = False) -> None:
+        # Lock order: _io_lock, then _lock, then _spool_lock (the fork hooks take all three).
+        self._lock = threading.Lock()  # batches, counters
         self._spool_lock = threading.Lock()  # segment files
         self._io_lock = threading.Lock()  # one tick/flush at a time
         self._wake = threading.Event()
+        self._wake_set = False
+        self._warn = _RateLimitedLog()
+        self._sync = self.durability == "sync"
         self._stop = False
-        self._closed = False
+        self._closed = closed
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._writer_id = f"{store.host_name()}-{self._pid}-{secrets.token_hex(4)}"
+        # Event ids are <id_prefix><12-digit counter>. Rows carry only the counter (an
+        # int) until they are written: the string is made per column at write time, and
+        # recovery finds the prefix in the segment's name (the writer id ends with it).
         self._id_prefix = secrets.token_hex(8)
+        self._writer_id = f"{store.host_name()}-{self._pid}-{self._id_prefix}"
         self._id_counter = itertools.count(1)
-        self._pending: list[Row] = []
+        self._blank: Row = [None] * NUM_COLUMNS
+        # Rows emitted but not yet taken by the flusher. Appended without a lock (a deque
+        # append is atomic); only the flusher pops, under _io_lock. Unused with "sync".
+        self._pending: deque[Row] = deque()
         self._seq = 0
         self._current = self._new_batch()
         self._overflow: _Batch | None = None
         self._sealed: deque[_Batch] = deque()
-        self._mem_rows = 0
+        self._mem_rows = 0  # rows held by batches (pending rows are len(_pending))
+        self._retry_after = 0.0  # after a failed write, wait before the next attempt
         self._next_flush = time.monotonic() + self.flush_interval
         self._lock_fd: int | None = None
         self._spool_dir: Path | None = None
@@ -408,7 +509,7 @@ class Recorder:
                     os.close(batch.fd)
                 except OSError:
                     pass
-        self._init_process_state()
+        self._init_process_state(closed=self._closed)
 
     # -- public API ------------------------------------------------------------------
 
@@ -471,7 +572,7 @@ class Recorder:
             self._internal_error(exc)
             return None
         self._append(row)
-        return cast(str, row[_I_ID])
+        return self._event_id(row)
 
     def annotate(self, **fields: Any) -> None:
         """Attach fields to the completion/failure event of the innermost running stage."""
@@ -503,11 +604,16 @@ class Recorder:
         with self._lock:
             ok = not self._pending and not self._sealed and self._current.n == 0
         if not ok and self.strict:
-            raise EmitError(f"events could not be written under {self.root} (see stats())")
+            raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
         return ok
 
     def close(self) -> None:
-        """Flush, stop the background thread and release the spool. Idempotent."""
+        """Flush, stop the background thread and release the spool. Idempotent.
+
+        Events that could be written neither as Parquet nor to the spool are lost
+        here and counted as dropped; events safe in the spool stay there for the
+        next Recorder on the root (or ``voicepipe compact``) to recover.
+        """
         if self._closed or self._pid != os.getpid():
             return
         self._stop = True
@@ -516,28 +622,49 @@ class Recorder:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=max(5.0, self.flush_interval * 2))
-        self.flush()
-        with self._spool_lock:
+        try:
+            self._tick(force=True)
+        except Exception as exc:
+            self._warn.warning("close", "voicepipe could not flush on close under %s: %s", self.root, exc)
+        with self._lock, self._spool_lock:
+            # an emit that raced with close, and rows neither written nor spooled, are lost
+            lost = len(self._pending) + sum(
+                b.unspooled for b in [self._current, *self._sealed] if b.rows is not None
+            )
+            self._pending.clear()
+            self._counts["dropped"] += lost
             for batch in [self._current, *self._sealed, *([self._overflow] if self._overflow else [])]:
                 if batch.fd is not None:
-                    os.close(batch.fd)
+                    try:
+                        os.close(batch.fd)
+                    except OSError:
+                        pass
                     batch.fd = None
             if self._lock_fd is not None:
-                leftover = self._spool_dir is not None and any(
-                    n.startswith(self._writer_id) and n.endswith(_SPOOL_SUFFIX)
-                    for n in os.listdir(self._spool_dir)
-                )
-                if not leftover and self._spool_dir is not None:
-                    (self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}").unlink(missing_ok=True)
+                try:
+                    leftover = self._spool_dir is not None and any(
+                        n.startswith(self._writer_id) and n.endswith(_SPOOL_SUFFIX)
+                        for n in os.listdir(self._spool_dir)
+                    )
+                    if not leftover and self._spool_dir is not None:
+                        (self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}").unlink(missing_ok=True)
+                except OSError:
+                    pass
                 os.close(self._lock_fd)  # releasing the lock lets others recover leftovers
                 self._lock_fd = None
+        if lost:
+            self._warn.warning("dropped", "voicepipe dropped %d events that could not be stored", lost)
+        if self.strict and (lost or self._sealed):
+            raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
 
     def stats(self) -> dict[str, int]:
         """Counters: emitted, written, spooled, recovered, dropped, invalid,
         write_errors, and buffered (events in memory now)."""
         with self._lock:
             out = dict(self._counts)
-            out["buffered"] = self._mem_rows
+            waiting = len(self._pending)
+            out["emitted"] += waiting
+            out["buffered"] = self._mem_rows + waiting
         return out
 
     def __enter__(self) -> Recorder:
@@ -556,14 +683,17 @@ class Recorder:
             return self._clock()
         return time.time_ns() // 1000
 
-    def new_event_id(self) -> str:
-        return f"{self._id_prefix}{next(self._id_counter):012x}"
+    def _event_id(self, row: Row) -> str:
+        """The event_id a row will be written with (rows hold the counter only)."""
+        return store.format_event_id(self._id_prefix, row[_I_ID])
 
     def _base_row(self, event_type: str, ts_us: int | None = None) -> Row:
-        row: Row = [None] * NUM_COLUMNS
-        row[_I_ID] = f"{self._id_prefix}{next(self._id_counter):012x}"
+        row = self._blank.copy()
+        row[_I_ID] = next(self._id_counter)
         row[_I_TYPE] = event_type
-        row[_I_TS] = self._now_us() if ts_us is None else ts_us
+        row[_I_TS] = (
+            (time.time_ns() // 1000 if self._clock is None else self._clock()) if ts_us is None else ts_us
+        )
         ctx = _artifact_var.get()
         if ctx is not None:
             row[_I_ART] = ctx.artifact_id
@@ -609,29 +739,48 @@ class Recorder:
     # -- the buffer ---------------------------------------------------------------
 
     def _append(self, row: Row) -> None:
-        if self._closed or self._pid != os.getpid():
-            if self._pid != os.getpid():  # fork without at-fork hooks (should not happen)
-                self._after_fork_in_child()
-            else:
+        """Hand a finished row to the buffer. Lock-free on the default path: a deque
+        append is atomic and the flusher pops from the other end."""
+        if self._closed:
+            with self._lock:
+                self._counts["dropped"] += 1
+            self._warn.warning("closed", "event emitted after Recorder.close() was dropped")
+            return
+        if self._sync:
+            self._append_sync(row)
+        else:
+            pending = self._pending
+            if len(pending) + self._mem_rows >= self.max_buffer:
                 with self._lock:
-                    self._counts["dropped"] += 1
-                self._warn.warning("closed", "event emitted after Recorder.close() was dropped")
-                return
-        sync = self.durability == "sync"
+                    self._counts["emitted"] += 1
+                    self._overflow_row(row)
+            else:
+                pending.append(row)
+                if len(pending) >= self.batch_size and not self._wake_set:
+                    self._wake_set = True
+                    self._wake.set()
+        if not self._started:
+            self._start()
+
+    def _append_sync(self, row: Row) -> None:
+        """durability="sync": the row reaches the current segment before emit returns.
+        Spooling and adding to the batch happen under one lock, so a row is always in
+        the same batch in memory as on disk (sealing takes the same lock)."""
         with self._lock:
             self._counts["emitted"] += 1
             if self._mem_rows >= self.max_buffer:
                 self._overflow_row(row)
                 return
-            if sync and not self._count_spool(self._spool_rows(self._current, [row]), 1):
-                self._current.unspooled += 1
-            self._pending.append(row)
+            batch = self._current
+            if not self._count_spool(self._spool_rows(batch, [row]), 1):
+                batch.unspooled += 1
+            assert batch.rows is not None  # the current batch is never spilled
+            batch.rows.append(row)
+            batch.n += 1
             self._mem_rows += 1
-            waiting = len(self._pending)
-        if not self._started:
-            self._start()
-        if waiting >= self.batch_size:
-            self._wake.set()
+            if batch.n >= self.batch_size and not self._wake_set:
+                self._wake_set = True
+                self._wake.set()
 
     def _overflow_row(self, row: Row) -> None:
         """Called with _lock held when memory is full: spool only, else drop."""
@@ -655,7 +804,11 @@ class Recorder:
 
     def _spool_rows(self, batch: _Batch, rows: list[Row]) -> bool:
         """Append rows to a batch's segment file. Never raises; False on failure.
-        The caller counts the outcome (with _lock held) through _count_spool."""
+        The caller counts the outcome (with _lock held) through _count_spool.
+
+        A failed append is cut off again (ftruncate to the last good size), so a
+        torn record can never hide the records appended after it from recovery.
+        """
         if self.durability == "memory":
             return False
         now = time.monotonic()
@@ -666,23 +819,27 @@ class Recorder:
                 if batch.fd is None:
                     if self._lock_fd is None:
                         self._spool_dir = _ensure_spool_dir(self.root)
-                        fd = os.open(
-                            self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}",
-                            os.O_RDWR | os.O_CREAT,
-                            0o600,
+                        self._lock_fd = _acquire_writer_lock(
+                            self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}"
                         )
-                        os.fchmod(fd, 0o600)
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        self._lock_fd = fd
                     assert self._spool_dir is not None
                     path = self._spool_dir / f"{_segment_stem(self._writer_id, batch.seq)}{_SPOOL_SUFFIX}"
                     batch.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                     os.fchmod(batch.fd, 0o600)
                     batch.path = path
+                    batch.size = os.fstat(batch.fd).st_size
                 data = _spool_record(rows)
-                written = os.write(batch.fd, data)
-                if written != len(data):
-                    raise OSError(f"short write to spool ({written} of {len(data)} bytes)")
+                try:
+                    written = os.write(batch.fd, data)
+                    if written != len(data):
+                        raise OSError(f"short write to spool ({written} of {len(data)} bytes)")
+                except BaseException:
+                    try:
+                        os.ftruncate(batch.fd, batch.size)
+                    except OSError:
+                        pass
+                    raise
+                batch.size += written
             except Exception as exc:
                 self._spool_broken_until = now + min(self.flush_interval, 1.0)
                 self._warn.warning("spool", "voicepipe spool write failed under %s: %s", self.root, exc)
@@ -716,8 +873,12 @@ class Recorder:
         return recovered
 
     def _run(self) -> None:
+        _prewarm_writer()
         if self._recover:
-            self.recover()
+            try:
+                self.recover()
+            except Exception as exc:
+                self._warn.warning("recover", "voicepipe spool recovery failed: %r", exc)
         while not self._stop:
             self._wake.wait(self.spool_interval)
             self._wake.clear()
@@ -725,24 +886,24 @@ class Recorder:
                 break
             try:
                 self._tick(force=False)
-            except Exception as exc:
-                self._internal_error(exc)
+            except Exception as exc:  # the flusher must survive anything, strict or not
+                self._warn.warning("internal", "voicepipe flusher error: %r", exc)
 
     def _tick(self, force: bool) -> None:
         with self._io_lock:
-            sync = self.durability == "sync"
-            with self._lock:
-                rows, self._pending = self._pending, []
-                if sync:  # already spooled by emit()
-                    self._take_rows(self._current, rows)
-                    rows = []
+            self._wake_set = False
+            pending = self._pending
+            n = len(pending)
+            rows = [pending.popleft() for _ in range(n)]
             if rows:
-                spooled = self._spool_rows(self._current, rows) if self.durability == "spool" else False
+                spool = self.durability == "spool"
+                spooled = self._spool_rows(self._current, rows) if spool else False
                 with self._lock:
-                    if self.durability == "spool":
-                        self._count_spool(spooled, len(rows))
+                    self._counts["emitted"] += n
+                    if spool:
+                        self._count_spool(spooled, n)
                     if not spooled:
-                        self._current.unspooled += len(rows)
+                        self._current.unspooled += n
                     self._take_rows(self._current, rows)
             now = time.monotonic()
             due = force or now >= self._next_flush or self._current.n >= self.batch_size
@@ -758,17 +919,15 @@ class Recorder:
                         self._seal(self._overflow)
                         self._overflow = None
                 pending_batches = list(self._sealed)
-            self._write_batches(pending_batches)
+            if pending_batches and (force or now >= self._retry_after):
+                self._write_batches(pending_batches)
 
     def _take_rows(self, batch: _Batch, rows: list[Row]) -> None:
         """Add rows to the current batch (called with _lock held)."""
-        if not rows:
-            return
         batch.n += len(rows)
         if batch.rows is not None:
             batch.rows.extend(rows)
-        else:  # spilled: rows are on disk only
-            self._mem_rows -= len(rows)
+            self._mem_rows += len(rows)
 
     def _seal(self, batch: _Batch) -> None:
         if batch.fd is not None:
@@ -788,16 +947,27 @@ class Recorder:
                     assert batch.path is not None
                     rows = read_spool_segment(batch.path)
                 if rows:
-                    store.write_event_rows(self.root, rows, stem)
+                    try:
+                        self._write_rows(rows, stem)
+                    except OSError:
+                        raise
+                    except Exception:
+                        # a value Arrow cannot take (e.g. a lone surrogate) must not
+                        # block every later batch: repair the rows, count, write again
+                        rows, bad = _repair_rows(rows)
+                        if not bad:
+                            raise
+                        with self._lock:
+                            self._counts["invalid"] += bad
+                        self._write_rows(rows, stem)
             except Exception as exc:
                 with self._lock:
                     self._counts["write_errors"] += 1
                     self._spill_sealed()
+                self._retry_after = time.monotonic() + min(self.flush_interval, 1.0)
                 self._warn.warning(
                     "write", "voicepipe could not write events under %s (will retry): %s", self.root, exc
                 )
-                if self.strict and not isinstance(exc, OSError):
-                    raise
                 return
             if batch.path is not None:
                 try:
@@ -810,6 +980,10 @@ class Recorder:
                 if batch.rows is not None:
                     self._mem_rows -= len(batch.rows)
                     batch.rows = None
+
+    def _write_rows(self, rows: list[Row], stem: str) -> None:
+        """Write rows as Parquet under their hour partitions, named after ``stem``."""
+        store.write_event_rows(self.root, rows, stem, id_prefix=self._id_prefix)
 
     def _spill_sealed(self) -> None:
         """Storage is failing: release the memory of batches that are safe in the spool."""
@@ -825,7 +999,7 @@ class Recorder:
             raise EmitError(message)
         with self._lock:
             self._counts["invalid"] += 1
-        self._warn.warning("invalid:" + message.split(" ", 1)[0], "voicepipe: %s", message)
+        self._warn.warning("invalid:" + " ".join(message.split(" ", 2)[:2]), "voicepipe: %s", message)
 
     def _internal_error(self, exc: BaseException) -> None:
         if self.strict:
@@ -841,12 +1015,12 @@ class StageRun:
 
     __slots__ = ("fields", "recorder", "spec", "start_ns", "start_us", "token")
 
-    def __init__(self, spec: StageSpec, recorder: Recorder) -> None:
+    def __init__(self, spec: StageSpec, recorder: Recorder, start_us: int = 0, start_ns: int = 0) -> None:
         self.spec = spec
         self.recorder = recorder
         self.fields: dict[str, Any] = {}
-        self.start_us = 0
-        self.start_ns = 0
+        self.start_us = start_us
+        self.start_ns = start_ns
         self.token: contextvars.Token[StageRun | None] | None = None
 
     @property
@@ -903,15 +1077,15 @@ class StageSpec:
     # -- start / finish (never raise unless strict) --------------------------------
 
     def _start(self) -> StageRun:
-        rec = self.recorder
-        run = StageRun(self, rec)
-        run.start_ns = time.perf_counter_ns()
-        run.start_us = rec._now_us()
+        rec = self._recorder or get_recorder()
+        start_ns = time.perf_counter_ns()
+        start_us = time.time_ns() // 1000 if rec._clock is None else rec._clock()
+        run = StageRun(self, rec, start_us, start_ns)
         run.token = _stage_var.set(run)
         try:
-            row = rec._base_row(self._events[0], run.start_us)
+            row = rec._base_row(self._events[0], start_us)
             row[_I_STAGE] = self.name
-            row[_I_SSTART] = run.start_us
+            row[_I_SSTART] = start_us
             rec._append(row)
         except Exception as exc:
             rec._internal_error(exc)
@@ -920,6 +1094,8 @@ class StageSpec:
     def _finish(self, run: StageRun, exc: BaseException | None) -> None:
         elapsed_ns = time.perf_counter_ns() - run.start_ns
         rec = run.recorder
+        if rec._clock is not None:  # a given (simulated) clock also measures the duration
+            elapsed_ns = max(rec._now_us() - run.start_us, 0) * 1000
         if run.token is not None:
             try:
                 _stage_var.reset(run.token)
@@ -935,18 +1111,19 @@ class StageSpec:
             else:
                 etype = self._events[1]
             row = rec._base_row(etype, end_us)
-            for name, value in fields.items():
-                row[COLUMN_INDEX[name]] = value
-            if row[_I_ERRMSG] is not None:
-                row[_I_ERRMSG] = rec._clean_message(row[_I_ERRMSG])
+            if fields:
+                for name, value in fields.items():
+                    row[COLUMN_INDEX[name]] = value
+                if row[_I_ERRMSG] is not None:
+                    row[_I_ERRMSG] = rec._clean_message(row[_I_ERRMSG])
             row[_I_STAGE] = self.name
             row[_I_SSTART] = run.start_us
             row[_I_SEND] = end_us
             row[_I_DUR] = elapsed_ns / 1e6
             if exc is not None:
                 code, message = rec._error_fields(exc)
-                row[_I_ERRCODE] = fields.get("error_code") or code
-                row[_I_ERRMSG] = fields.get("error_message") or message
+                row[_I_ERRCODE] = row[_I_ERRCODE] or code
+                row[_I_ERRMSG] = row[_I_ERRMSG] or message  # an annotated one is cleaned above
             rec._append(row)
         except Exception as err:
             rec._internal_error(err)
@@ -1062,7 +1239,10 @@ class ArtifactScope:
             return False
         token, start_us, start_ns = self._tokens.pop()
         try:
-            end_us = start_us + (time.perf_counter_ns() - start_ns) // 1000
+            if rec._clock is not None:  # a given (simulated) clock also measures the duration
+                end_us = max(rec._now_us(), start_us)
+            else:
+                end_us = start_us + (time.perf_counter_ns() - start_ns) // 1000
             duration_ms = (end_us - start_us) / 1000
             code, message = rec._error_fields(exc) if exc is not None else (None, None)
             if self.context.retry_attempt is not None:
@@ -1129,6 +1309,15 @@ def is_configured() -> bool:
     return _default is not None
 
 
+def _swap_default(recorder: Recorder | None) -> Recorder | None:
+    """Install ``recorder`` as the default without closing the old one; returns the
+    old one (``voicepipe_obs.testing.capture`` puts it back afterwards)."""
+    global _default
+    with _default_lock:
+        old, _default = _default, recorder
+    return old
+
+
 def stage(name: str) -> StageSpec:
     """``@vp.stage(name)``: like ``rec.stage`` on the default recorder, bound at call time."""
     return StageSpec(name, None)
@@ -1185,6 +1374,8 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()  # another thread may have held it at the fork
     for rec in list(_recorders):
         rec._after_fork_in_child()
 

@@ -70,7 +70,7 @@ def unique_name(stem: str | None = None) -> str:
 def partition_key(ts_us: int) -> tuple[str, int]:
     """(date 'YYYY-MM-DD', hour 0-23) of a UTC microsecond timestamp."""
     d = _EPOCH + dt.timedelta(microseconds=ts_us - ts_us % US_PER_HOUR)
-    return d.strftime("%Y-%m-%d"), d.hour
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}", d.hour  # strftime does not pad years < 1000
 
 
 def hour_dir(root: Path, date: str, hour: int) -> Path:
@@ -136,14 +136,24 @@ def write_table(
     return path
 
 
-def rows_to_table(rows: Sequence[Sequence[Any]]) -> pa.Table:
-    """Turn event row tuples (the Recorder's in-memory form, columns in
+def format_event_id(id_prefix: str | None, value: Any) -> str:
+    """The event_id of a row whose id is a writer's counter: prefix + decimal."""
+    if isinstance(value, str) or id_prefix is None:
+        return str(value)
+    return f"{id_prefix}{value}"
+
+
+def rows_to_table(rows: Sequence[Sequence[Any]], *, id_prefix: str | None = None) -> pa.Table:
+    """Turn event rows (the Recorder's in-memory form, columns in
     :data:`events.COLUMNS` order, timestamps as int microseconds) into an Arrow table.
 
     Transposes to per-column lists first: building each column from a plain list is
-    several times faster than converting row objects.
+    several times faster than converting row objects. The event_id column may hold a
+    writer's integer counters; with ``id_prefix`` they become ``<prefix><n>``
+    (:func:`format_event_id`), built column-wise in Arrow.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from .events import COLUMNS, arrow_schema
 
@@ -152,9 +162,12 @@ def rows_to_table(rows: Sequence[Sequence[Any]]) -> pa.Table:
         return schema.empty_table()
     columns = list(zip(*rows, strict=True))
     arrays = []
-    for (_name, kind), field, values in zip(COLUMNS, schema, columns, strict=True):
-        if kind == "map":
-            arrays.append(pa.array(values, type=field.type))
+    for (name, kind), field, values in zip(COLUMNS, schema, columns, strict=True):
+        if name == "event_id" and id_prefix is not None and not any(isinstance(v, str) for v in values):
+            digits = pc.cast(pa.array(values, type=pa.int64()), pa.string())
+            arrays.append(pc.binary_join_element_wise(id_prefix, digits, ""))
+        elif name == "event_id":
+            arrays.append(pa.array([format_event_id(id_prefix, v) for v in values], type=field.type))
         elif kind == "ts":
             arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
         else:
@@ -180,7 +193,9 @@ def event_file(root: Path, hour_number: int, stem: str) -> Path:
     return hour_dir(root, date, hour) / f"{stem}.parquet"
 
 
-def write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str) -> list[Path]:
+def write_event_rows(
+    root: Path, rows: Sequence[Sequence[Any]], stem: str, *, id_prefix: str | None = None
+) -> list[Path]:
     """Write rows into their hour partitions, one file per hour named ``<stem>.parquet``.
 
     Names are deterministic for a given stem: writing the same stem again is a no-op
@@ -191,7 +206,7 @@ def write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str) -> li
         path = event_file(root, hour_number, stem)
         if path.exists():
             continue
-        write_table(path, rows_to_table(bucket))
+        write_table(path, rows_to_table(bucket, id_prefix=id_prefix))
         written.append(path)
     return written
 

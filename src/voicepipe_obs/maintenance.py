@@ -1,0 +1,298 @@
+"""Store maintenance operations run by cron: compaction of closed hours, the spool
+recovery sweep, quarantine of unreadable event files, and retention (cleanup).
+
+Builds on the primitives of ``store.py`` (layout, atomic ``write_table``, listing,
+vetting, ``quarantine``) and on ``emit.recover_spools``; it never runs aggregation
+(``aggregate.py``) and never writes into an hour that is still open.
+
+Compaction rewrites an hour's files into one file sorted by (artifact_id, timestamp)
+with duplicate event_ids dropped, *writes it first* and only then deletes the
+sources, so a reader listing the directory at any moment sees every event (possibly
+twice — readers deduplicate). The compacted file's Parquet metadata names its
+sources (:data:`COMPACTED_FROM_KEY`), which lets incremental aggregation treat it as
+already aggregated when its sources were.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from . import store
+from .errors import StoreError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+    from .config import RetentionSettings
+
+log = logging.getLogger("voicepipe_obs.maintenance")
+
+#: Parquet key-value metadata of a compacted file: JSON list of its source file names.
+COMPACTED_FROM_KEY: Final = b"voicepipe.compacted_from"
+COMPACTED_PREFIX: Final = "compact-"
+#: files younger than this (by mtime) are left alone: a live writer may still be settling
+DEFAULT_GRACE: Final = dt.timedelta(minutes=5)
+SORT_KEYS: Final = (("artifact_id", "ascending"), ("timestamp", "ascending"))
+
+
+# ---------------------------------------------------------------------- compaction
+
+
+@dataclass
+class CompactResult:
+    """What a compaction run did."""
+
+    hours: int = 0
+    files_in: int = 0
+    files_out: int = 0
+    events_in: int = 0
+    events_out: int = 0
+    spool_events: int = 0
+    spool_segments: int = 0
+    quarantined: list[tuple[Path, str]] = field(default_factory=list)
+    skipped_young: int = 0
+
+    @property
+    def duplicates_dropped(self) -> int:
+        return self.events_in - self.events_out
+
+    @property
+    def did_something(self) -> bool:
+        return bool(self.files_in or self.spool_segments or self.quarantined)
+
+
+def recover(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """The spool recovery sweep: write dead processes' spools as Parquet, exactly
+    once. Returns (events, segments) recovered."""
+    from .emit import recover_spools
+
+    return recover_spools(root)
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A table in the event schema: columns by name, missing ones null, cast to the
+    schema's types (raises on a column that cannot be cast)."""
+    import pyarrow as pa
+
+    from .events import arrow_schema
+
+    schema = arrow_schema()
+    arrays = []
+    for fld in schema:
+        if fld.name in table.column_names:
+            arrays.append(table[fld.name].cast(fld.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, fld.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _dedup(table: pa.Table) -> pa.Table:
+    """First row of each event_id, then sorted by (artifact_id, timestamp)."""
+    import pyarrow as pa
+
+    idx = pa.array(range(table.num_rows), pa.int64())
+    keep = (
+        table.select(["event_id"])
+        .append_column("_i", idx)
+        .group_by("event_id", use_threads=False)
+        .aggregate([("_i", "min")])["_i_min"]
+    )
+    return table.take(keep).sort_by(list(SORT_KEYS))
+
+
+def compact(
+    root: str | os.PathLike[str],
+    *,
+    now: dt.datetime,
+    grace: dt.timedelta = DEFAULT_GRACE,
+    progress: Callable[[int, int], None] | None = None,
+) -> CompactResult:
+    """Recover dead processes' spools, then merge each closed hour's files (hours
+    before ``now``'s hour) into one sorted, deduplicated file. Files modified less
+    than ``grace`` ago (wall clock) are left for the next run; unreadable files move
+    to ``quarantine/``. Idempotent: an hour already in one compacted file is skipped.
+    """
+    import pyarrow.parquet as pq
+
+    from .events import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+
+    if now.tzinfo is None:
+        raise UsageError("now must be timezone-aware")
+    rootp = Path(root)
+    result = CompactResult()
+    result.spool_events, result.spool_segments = recover(rootp)
+    open_hour = store.to_us(now) - store.to_us(now) % store.US_PER_HOUR
+    young = time.time() - grace.total_seconds()
+    parts = [p for p in store.iter_partitions(rootp) if p.hour is not None]
+    todo = []
+    for part in parts:
+        try:
+            day = dt.datetime.fromisoformat(part.date).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+        if store.to_us(day) + (part.hour or 0) * store.US_PER_HOUR >= open_hour:
+            continue
+        todo.append(part)
+    for i, part in enumerate(todo):
+        names = sorted(n for n in os.listdir(part.path) if n.endswith(".parquet") and not n.startswith("."))
+        paths = [part.path / n for n in names]
+        good, bad = store.vet_parquet(paths)
+        for path, reason in bad:
+            result.quarantined.append((store.quarantine(rootp, path, reason), reason))
+        settled = []
+        for path in good:
+            try:
+                if path.stat().st_mtime > young:
+                    result.skipped_young += 1
+                    continue
+            except FileNotFoundError:
+                continue
+            settled.append(path)
+        if not settled or (len(settled) == 1 and settled[0].name.startswith(COMPACTED_PREFIX)):
+            if progress is not None:
+                progress(i + 1, len(todo))
+            continue
+        tables = []
+        sources = []
+        for path in settled:
+            try:
+                tables.append(_conform(pq.read_table(path)))
+                sources.append(path)
+            except FileNotFoundError:
+                continue  # another compactor got there first
+            except Exception as exc:  # unreadable beyond the footer check
+                reason = f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                result.quarantined.append((store.quarantine(rootp, path, reason), reason))
+        if not sources:
+            continue
+        import pyarrow as pa
+
+        merged = pa.concat_tables(tables)
+        out = _dedup(merged)
+        meta = {
+            SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode(),
+            COMPACTED_FROM_KEY: json.dumps([p.name for p in sources]).encode(),
+        }
+        out = out.replace_schema_metadata(meta)
+        target = part.path / f"{COMPACTED_PREFIX}{store.unique_name()}.parquet"
+        store.write_table(target, out, row_group_size=128 * 1024)
+        for path in sources:  # only after the new file is complete
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        result.hours += 1
+        result.files_in += len(sources)
+        result.files_out += 1
+        result.events_in += merged.num_rows
+        result.events_out += out.num_rows
+        if progress is not None:
+            progress(i + 1, len(todo))
+    if result.files_in:
+        log.info(
+            "compacted %d files into %d in %d hours (%d duplicate events dropped)",
+            result.files_in,
+            result.files_out,
+            result.hours,
+            result.duplicates_dropped,
+        )
+    return result
+
+
+# ---------------------------------------------------------------------- retention
+
+
+@dataclass(frozen=True)
+class DroppedPartition:
+    area: str  # events | snapshots/hourly | snapshots/daily | alerts
+    date: str
+    path: Path
+    files: int
+    bytes: int
+
+
+def _retention_days(retention: RetentionSettings) -> dict[str, int]:
+    return {
+        store.EVENTS: retention.events_days,
+        store.SNAPSHOTS_HOURLY: retention.hourly_snapshots_days,
+        store.SNAPSHOTS_DAILY: retention.daily_snapshots_days,
+        store.ALERTS: retention.alerts_days,
+    }
+
+
+def expired_partitions(
+    root: str | os.PathLike[str], retention: RetentionSettings, *, now: dt.datetime
+) -> list[DroppedPartition]:
+    """The date= partitions entirely older than their area's retention: a day is
+    past retention when it ended at least ``days`` days before ``now``."""
+    if now.tzinfo is None:
+        raise UsageError("now must be timezone-aware")
+    rootp = Path(root)
+    out = []
+    for area, days in _retention_days(retention).items():
+        cutoff = now - dt.timedelta(days=days)
+        base = rootp / area
+        if not base.is_dir():
+            continue
+        for ddir in sorted(base.iterdir()):
+            if not ddir.is_dir() or not ddir.name.startswith("date="):
+                continue
+            try:
+                day = dt.datetime.fromisoformat(ddir.name[5:]).replace(tzinfo=dt.timezone.utc)
+            except ValueError:
+                continue
+            if day + dt.timedelta(days=1) > cutoff:
+                continue
+            files = size = 0
+            for dirpath, _dirs, names in os.walk(ddir):
+                for name in names:
+                    files += 1
+                    try:
+                        size += os.stat(os.path.join(dirpath, name)).st_size
+                    except OSError:
+                        pass
+            out.append(DroppedPartition(area, ddir.name[5:], ddir, files, size))
+    return out
+
+
+def cleanup(
+    root: str | os.PathLike[str],
+    retention: RetentionSettings,
+    *,
+    now: dt.datetime,
+    dry_run: bool = False,
+) -> list[DroppedPartition]:
+    """Drop every date= partition past retention (see :func:`expired_partitions`)
+    and return them; with ``dry_run`` only return them. A partition is first renamed
+    out of the layout (so it vanishes from globs at once), then deleted."""
+    rootp = Path(root)
+    expired = expired_partitions(rootp, retention, now=now)
+    if dry_run or not expired:
+        return expired
+    trash = rootp / store.STATE / "trash"
+    store.ensure_dir(trash)
+    for part in expired:
+        target = trash / f"{part.area.replace('/', '_')}-{part.date}-{secrets.token_hex(3)}"
+        try:
+            os.replace(part.path, target)
+        except OSError as exc:
+            raise StoreError(
+                f"could not remove {part.path}: {exc.strerror or exc}; check permissions"
+            ) from exc
+        shutil.rmtree(target, ignore_errors=True)
+    if any(p.area == store.EVENTS for p in expired):
+        from .aggregate import reset_receipts
+
+        reset_receipts(rootp)  # receipts of dropped events must not outlive them
+    log.info("dropped %d partitions past retention", len(expired))
+    return expired

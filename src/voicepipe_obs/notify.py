@@ -1,0 +1,209 @@
+"""Notifiers: deliver one alert notification (raised, escalated, resolved) to a
+program (``command``), an HTTP endpoint (``webhook``, Slack-style ``text`` field) or
+a Prometheus Alertmanager (``alertmanager``, the v2 API).
+
+Standard library only (``subprocess``, ``urllib``). This module knows how to send
+and reports what happened; it never raises for a failed delivery, never reads or
+writes the data root and does not decide *what* to send or when (that is the
+alert lifecycle in ``alerts.py``, which records every attempt).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import AlertmanagerNotifier, CommandNotifier, WebhookNotifier
+
+NotifierConfig = CommandNotifier | WebhookNotifier | AlertmanagerNotifier
+
+#: Pause between HTTP attempts (seconds × attempt number).
+RETRY_BACKOFF = 0.2
+_ERROR_MAX = 300
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What one delivery did: success, how many attempts it took, the last error."""
+
+    ok: bool
+    attempts: int
+    error: str | None = None
+
+
+def notifier_name(cfg: NotifierConfig) -> str:
+    """The notifier's ``name``, else ``<type>:<url or program>`` (the key its
+    deliveries are recorded under, so keep it stable)."""
+    if cfg.name:
+        return cfg.name
+    if isinstance(cfg, CommandNotifier):
+        return f"command:{cfg.command[0]}"
+    return f"{cfg.type}:{cfg.url}"
+
+
+def alert_text(alert: Mapping[str, Any]) -> str:
+    """One readable line for chat: ``[CRITICAL] failure_rate (org:acme) raised: …``."""
+    event = alert.get("event", "raised")
+    sev = str(alert.get("severity") or "").upper()
+    head = f"[RESOLVED] {alert.get('rule')}" if event == "resolved" else f"[{sev}] {alert.get('rule')}"
+    scope = alert.get("scope")
+    if scope and scope != "all":
+        head += f" ({scope})"
+    return f"{head} {event}: {alert.get('summary') or ''} (alert {alert.get('alert_id')})".rstrip()
+
+
+def deliver(cfg: NotifierConfig, alert: Mapping[str, Any]) -> DeliveryResult:
+    """Send one notification; never raises."""
+    try:
+        if isinstance(cfg, CommandNotifier):
+            return _run_command(cfg, alert)
+        if isinstance(cfg, WebhookNotifier):
+            body = dict(alert)
+            body["text"] = alert_text(alert)
+            return _post_json(cfg.url, body, cfg.timeout, cfg.retries, cfg.headers)
+        return _post_json(
+            cfg.url + "/api/v2/alerts", alertmanager_alerts(cfg, alert), cfg.timeout, cfg.retries, {}
+        )
+    except Exception as exc:  # pragma: no cover - defensive: a notifier must not crash check
+        return DeliveryResult(False, 1, _short(f"{type(exc).__name__}: {exc}"))
+
+
+def refresh_alertmanager(cfg: AlertmanagerNotifier, alerts: Sequence[Mapping[str, Any]]) -> DeliveryResult:
+    """Re-post still-firing alerts with a fresh ``endsAt`` (Alertmanager expires an
+    alert that is not re-sent, as Prometheus re-sends on every evaluation)."""
+    if not alerts:
+        return DeliveryResult(True, 0)
+    body: list[dict[str, Any]] = []
+    for alert in alerts:
+        body.extend(alertmanager_alerts(cfg, {**alert, "event": "refresh"}))
+    return _post_json(cfg.url + "/api/v2/alerts", body, cfg.timeout, cfg.retries, {})
+
+
+# ------------------------------------------------------------------- alertmanager
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def _parse_time(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def alertmanager_alerts(cfg: AlertmanagerNotifier, alert: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The postable alerts (Alertmanager API v2) for one notification.
+
+    Labels: alertname, severity, rule, organization_id (``all`` for the overall
+    scope), alert_id, plus the notifier's static ``labels``. A firing alert gets
+    ``endsAt`` = now + ``firing_ttl_minutes``; a resolved one ``endsAt`` = when it
+    resolved. Severity is a label, so an escalation also ends the lower-severity
+    alert.
+    """
+    event = alert.get("event", "raised")
+    at = _parse_time(alert.get("timestamp") or dt.datetime.now(dt.timezone.utc))
+    org = alert.get("organization_id")
+
+    def one(severity: str, ends: dt.datetime) -> dict[str, Any]:
+        labels = {
+            **cfg.labels,
+            "alertname": f"voicepipe_{alert.get('rule')}",
+            "severity": severity,
+            "rule": str(alert.get("rule")),
+            "organization_id": str(org) if org else "all",
+            "alert_id": str(alert.get("alert_id")),
+        }
+        return {
+            "labels": labels,
+            "annotations": {
+                "summary": str(alert.get("summary") or ""),
+                "description": str(alert.get("description") or ""),
+            },
+            "startsAt": _iso(alert.get("started_at") or at),
+            "endsAt": _iso(ends),
+        }
+
+    severity = str(alert.get("severity") or "warning")
+    if event == "resolved":
+        return [one(severity, at)]
+    out = [one(severity, at + dt.timedelta(minutes=cfg.firing_ttl_minutes))]
+    previous = alert.get("previous_severity")
+    if event == "escalated" and previous and previous != severity:
+        out.insert(0, one(str(previous), at))
+    return out
+
+
+# ------------------------------------------------------------------------ senders
+
+
+def _short(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= _ERROR_MAX else message[: _ERROR_MAX - 1] + "…"
+
+
+def _post_json(
+    url: str, body: Any, timeout: float, retries: int, headers: Mapping[str, str]
+) -> DeliveryResult:
+    data = json.dumps(body, default=_iso).encode()
+    error = ""
+    attempts = 0
+    for attempt in range(retries + 1):
+        attempts = attempt + 1
+        if attempt:
+            time.sleep(RETRY_BACKOFF * attempt)
+        request = urllib.request.Request(
+            url,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "voicepipe", **headers},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # http(s) only (validated)
+                resp.read()
+            return DeliveryResult(True, attempts)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(200).decode("utf-8", "replace").strip()
+            error = f"HTTP {exc.code} from {url}" + (f": {detail}" if detail else "")
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                break  # the request itself is wrong; retrying now will not help
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            error = f"cannot reach {url}: {reason}"
+    return DeliveryResult(False, attempts, _short(error))
+
+
+def _run_command(cfg: CommandNotifier, alert: Mapping[str, Any]) -> DeliveryResult:
+    payload = dict(alert)
+    payload["text"] = alert_text(alert)
+    try:
+        proc = subprocess.run(  # argv from the operator's config, no shell
+            cfg.command,
+            input=json.dumps(payload, default=_iso).encode(),
+            capture_output=True,
+            timeout=cfg.timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        return DeliveryResult(False, 1, f"command not found: {cfg.command[0]}")
+    except subprocess.TimeoutExpired:
+        return DeliveryResult(False, 1, f"command {cfg.command[0]} timed out after {cfg.timeout:g}s")
+    except OSError as exc:
+        return DeliveryResult(False, 1, _short(f"cannot run {cfg.command[0]}: {exc}"))
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        return DeliveryResult(
+            False,
+            1,
+            _short(f"command {cfg.command[0]} exited {proc.returncode}" + (f": {err}" if err else "")),
+        )
+    return DeliveryResult(True, 1)

@@ -1,0 +1,1112 @@
+"""Rendering: turns the plain data that :mod:`voicepipe_obs.reports` returns into
+text — tables (tabulate), horizontal bar charts, sparklines, histograms, the
+pipeline flow graph, status cards — and writes JSON and CSV.
+
+Formatting conventions live here and nowhere else: durations humanised (``850ms``,
+``5.2s``, ``3m 10s``), dollars, percentages, NULL as ``–`` (never 0), times in local
+time unless a time zone is given, 100 columns wide, colour only when asked for
+(the CLI asks on a TTY without ``NO_COLOR``).
+
+This module runs no queries and reads no files; it must not import duckdb.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Final
+
+WIDTH: Final = 100
+NULL: Final = "–"
+ELLIPSIS: Final = "…"
+
+_ANSI: Final = {
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "blue": "34",
+    "magenta": "35",
+    "cyan": "36",
+    "grey": "90",
+    "bold": "1",
+    "dim": "2",
+}
+
+#: event kind → colour (dashboard and timelines colour-code events)
+KIND_COLOURS: Final = {"success": "green", "failure": "red", "info": "cyan"}
+#: health → (mark, colour). Marks differ in shape so they survive without colour.
+HEALTH_MARKS: Final = {
+    "green": ("●", "green"),
+    "yellow": ("▲", "yellow"),
+    "red": ("✖", "red"),
+    "none": ("○", "grey"),
+}
+STATUS_COLOURS: Final = {
+    "completed": "green",
+    "failed": "red",
+    "retrying": "yellow",
+    "received": "cyan",
+    "transcribing": "cyan",
+    "transcribed": "cyan",
+    "processing": "cyan",
+}
+SPARK_CHARS: Final = "▁▂▃▄▅▆▇█"
+BAR_CHARS: Final = " ▏▎▍▌▋▊▉█"
+
+
+def colour_wanted(stream: IO[str] | None, env: Mapping[str, str] | None = None) -> bool:
+    """Colour only on a TTY and never when NO_COLOR is set (to anything)."""
+    env = os.environ if env is None else env
+    if "NO_COLOR" in env:
+        return False
+    if env.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Style:
+    """How to render: colour on/off, the time zone for times (None = local), width."""
+
+    colour: bool = False
+    tz: dt.tzinfo | None = None
+    width: int = WIDTH
+
+    def paint(self, text: str, colour: str | None) -> str:
+        if not self.colour or not colour or not text:
+            return text
+        return f"\x1b[{_ANSI[colour]}m{text}\x1b[0m"
+
+    def bold(self, text: str) -> str:
+        return self.paint(text, "bold")
+
+    def tzname(self) -> str:
+        if self.tz is dt.timezone.utc:
+            return "UTC"
+        if self.tz is None:
+            return "local time"
+        return str(self.tz)
+
+
+# ---------------------------------------------------------------- value formatting
+
+
+def is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_duration(ms: float | None) -> str:
+    """850ms, 5.2s, 3m 10s, 2h 05m, 3d 4h; NULL as –."""
+    if is_null(ms):
+        return NULL
+    assert ms is not None
+    if ms < 0:
+        return "-" + fmt_duration(-ms)
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    secs = ms / 1000
+    if secs < 59.95:
+        return f"{secs:.1f}s"
+    total = round(secs)
+    if total < 3600:
+        return f"{total // 60}m {total % 60:02d}s" if total % 60 else f"{total // 60}m"
+    if total < 86400:
+        return f"{total // 3600}h {total % 3600 // 60:02d}m"
+    return f"{total // 86400}d {total % 86400 // 3600}h"
+
+
+def fmt_money(usd: float | None) -> str:
+    """$12.34 (or $0.0060 under a dollar); NULL as –."""
+    if is_null(usd):
+        return NULL
+    assert usd is not None
+    if abs(usd) >= 1 or usd == 0:
+        return f"${usd:,.2f}"
+    return f"${usd:.4f}"
+
+
+def fmt_pct(ratio: float | None, digits: int = 1) -> str:
+    """A ratio 0..1 as a percentage; NULL as –."""
+    if is_null(ratio):
+        return NULL
+    assert ratio is not None
+    return f"{ratio * 100:.{digits}f}%"
+
+
+def fmt_change(ratio: float | None) -> str:
+    """A relative change as +12.0% / -3.5%; NULL as –."""
+    if is_null(ratio):
+        return NULL
+    assert ratio is not None
+    return f"{ratio * 100:+.1f}%"
+
+
+def fmt_num(value: float | int | None, digits: int = 2) -> str:
+    if is_null(value):
+        return NULL
+    assert value is not None
+    if isinstance(value, int):
+        return f"{value:,}"
+    if float(value).is_integer() and digits == 0:
+        return f"{int(value):,}"
+    return f"{value:,.{digits}f}"
+
+
+def fmt_int(value: int | float | None) -> str:
+    if is_null(value):
+        return NULL
+    assert value is not None
+    return f"{int(value):,}"
+
+
+def fmt_rate(per_hour: float | None) -> str:
+    if is_null(per_hour):
+        return NULL
+    assert per_hour is not None
+    return f"{per_hour:.1f}/h"
+
+
+def to_tz(ts: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.timezone.utc)
+    return ts.astimezone(tz)
+
+
+def fmt_time(ts: dt.datetime | None, style: Style, *, date: bool = True, seconds: bool = True) -> str:
+    """A timestamp in the style's time zone: ``2026-11-28 09:15:08`` (or time only)."""
+    if ts is None:
+        return NULL
+    local = to_tz(ts, style.tz)
+    fmt = ("%Y-%m-%d " if date else "") + ("%H:%M:%S" if seconds else "%H:%M")
+    return local.strftime(fmt)
+
+
+def fmt_text(value: Any) -> str:
+    if is_null(value):
+        return NULL
+    return str(value)
+
+
+def truncate(text: str, width: int) -> str:
+    if width <= 0:
+        return ""
+    if len(text) <= width:
+        return text
+    return text[: max(width - 1, 0)] + ELLIPSIS
+
+
+def stage_title(stage: str | None) -> str:
+    """claims_extraction → Claims Extraction."""
+    if not stage:
+        return NULL
+    return " ".join(part.capitalize() for part in stage.split("_"))
+
+
+# ------------------------------------------------------------------------- tables
+
+
+def table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    *,
+    width: int = WIDTH,
+    align: Sequence[str] | None = None,
+    max_col: int = 40,
+    shrink: Sequence[int] = (),
+    colours: Sequence[Sequence[str | None]] | None = None,
+    style: Style | None = None,
+) -> str:
+    """A plain table (tabulate "simple") that fits ``width`` columns.
+
+    Cells are already-formatted strings (NULL shown as –). Cells longer than
+    ``max_col`` are cut with …; if the table is still too wide, the columns named
+    in ``shrink`` (else the widest) are cut further. ``colours`` (per cell) are
+    applied after layout so ANSI codes never count towards the width.
+    """
+    from tabulate import tabulate
+
+    text_rows = [[NULL if is_null(c) else str(c) for c in row] for row in rows]
+    ncols = len(headers)
+    limits = [max_col] * ncols
+    for row in text_rows:
+        for i, cell in enumerate(row):
+            row[i] = truncate(cell.replace("\n", " "), limits[i])
+
+    def widths() -> list[int]:
+        ws = [len(h) for h in headers]
+        for row in text_rows:
+            for i, cell in enumerate(row):
+                ws[i] = max(ws[i], len(cell))
+        return ws
+
+    ws = widths()
+    total = sum(ws) + 2 * (ncols - 1)
+    candidates = list(shrink) or list(range(ncols))
+    while total > width and candidates:
+        i = max(candidates, key=lambda c: ws[c])
+        excess = total - width
+        target = max(ws[i] - excess, max(len(headers[i]), 6))
+        if target >= ws[i]:
+            candidates.remove(i)
+            continue
+        for row in text_rows:
+            row[i] = truncate(row[i], target)
+        ws = widths()
+        total = sum(ws) + 2 * (ncols - 1)
+    colalign = list(align) if align else None
+    if not text_rows:
+        out = tabulate([], headers=list(headers), tablefmt="simple", disable_numparse=True)
+    else:
+        out = tabulate(
+            text_rows,
+            headers=list(headers),
+            tablefmt="simple",
+            colalign=colalign,
+            disable_numparse=True,
+        )
+    if style is None or not style.colour or colours is None:
+        return out
+    lines = out.split("\n")
+    # header, rule, then one line per row
+    for r, row_colours in enumerate(colours):
+        li = r + 2
+        if li >= len(lines):
+            break
+        line = lines[li]
+        for c, colour in enumerate(row_colours):
+            cell = text_rows[r][c]
+            if colour and cell and cell in line:
+                line = line.replace(cell, style.paint(cell, colour), 1)
+        lines[li] = line
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- charts
+
+
+def _bar(value: float, vmax: float, width: int) -> str:
+    if vmax <= 0 or value <= 0:
+        return ""
+    cells = value / vmax * width
+    full = int(cells)
+    part = round((cells - full) * 8)
+    if part == 8:
+        full, part = full + 1, 0
+    out = "█" * full + (BAR_CHARS[part] if part else "")
+    return out if out else "▏"
+
+
+def bar_chart(
+    items: Sequence[tuple[str, float | None, str]],
+    *,
+    width: int = WIDTH,
+    style: Style | None = None,
+    colour: str | None = "cyan",
+) -> str:
+    """Horizontal bars: one line per (label, value, formatted value); NULL → –."""
+    if not items:
+        return "  (no data)"
+    label_w = min(max(len(label) for label, _, _ in items), 24)
+    value_w = max(len(text) for _, _, text in items)
+    bar_w = max(width - label_w - value_w - 6, 10)
+    vmax = max((v for _, v, _ in items if not is_null(v)), default=0.0) or 0.0
+    lines = []
+    for label, value, text in items:
+        bar = "" if is_null(value) else _bar(float(value or 0), float(vmax), bar_w)
+        if style is not None:
+            bar = style.paint(bar, colour)
+        pad = " " * (bar_w - (len(bar) if style is None or not style.colour else _visible_len(bar)))
+        lines.append(f"  {truncate(label, label_w):<{label_w}} {bar}{pad} {text:>{value_w}}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _visible_len(text: str) -> int:
+    import re
+
+    return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    """▁▂▃▄▅▆▇█ scaled between min and max; a NULL value is a space."""
+    present = [float(v) for v in values if not is_null(v)]
+    if not present:
+        return " " * len(values)
+    lo, hi = min(present), max(present)
+    span = hi - lo
+    out = []
+    for v in values:
+        if is_null(v):
+            out.append(" ")
+        elif span == 0:
+            out.append(SPARK_CHARS[0] if hi == 0 else SPARK_CHARS[3])
+        else:
+            assert v is not None
+            out.append(SPARK_CHARS[min(int((float(v) - lo) / span * 7 + 0.5), 7)])
+    return "".join(out)
+
+
+def histogram(bins: Sequence[Mapping[str, Any]], *, width: int = WIDTH, style: Style | None = None) -> str:
+    """Bins with ``lo``, ``hi`` and ``count`` as horizontal bars."""
+    items = [(f"{b['lo']:.2f}–{b['hi']:.2f}", float(b["count"]), fmt_int(b["count"])) for b in bins]
+    if not any(v for _, v, _ in items):
+        return "  (no data)"
+    return bar_chart(items, width=width, style=style, colour="magenta")
+
+
+# --------------------------------------------------------------- cards and graph
+
+
+def cards(items: Sequence[tuple[str, str, str]], *, style: Style, per_row: int = 3) -> str:
+    """Status cards: (title, value, sub-line) in boxes, ``per_row`` to a line."""
+    inner = (style.width - 2 * (per_row - 1)) // per_row - 2
+    out: list[str] = []
+    for start in range(0, len(items), per_row):
+        chunk = items[start : start + per_row]
+        top = "  ".join("┌" + "─" * inner + "┐" for _ in chunk)
+        bottom = "  ".join("└" + "─" * inner + "┘" for _ in chunk)
+        titles = "  ".join(
+            "│" + style.paint(f" {truncate(t, inner - 1):<{inner - 1}}", "dim") + "│" for t, _, _ in chunk
+        )
+        values = "  ".join(
+            "│" + style.bold(f" {truncate(v, inner - 1):<{inner - 1}}") + "│" for _, v, _ in chunk
+        )
+        subs = "  ".join("│" + f" {truncate(s, inner - 1):<{inner - 1}}" + "│" for _, _, s in chunk)
+        out += [top, titles, values, subs, bottom]
+    return "\n".join(out)
+
+
+def flow_graph(stages: Sequence[Mapping[str, Any]], *, style: Style) -> str:
+    """``[Ingestion] → [Transcription] → …`` with, under each box, its health mark,
+    queue depth, average latency and throughput per hour."""
+    boxes = [f"[{stage_title(s['stage'])}]" for s in stages]
+    widths = [len(b) + 3 for b in boxes]
+    widths[-1] = len(boxes[-1])
+    head = " → ".join(boxes)
+    lines = [style.bold(head) if style.colour else head]
+    rows: list[list[tuple[str, str | None]]] = [[], [], [], []]
+    for s in stages:
+        mark, colour = HEALTH_MARKS.get(str(s.get("health") or "none"), HEALTH_MARKS["none"])
+        label = {"green": "ok", "yellow": "degraded", "red": "failing", "none": "no data"}.get(
+            str(s.get("health") or "none"), "no data"
+        )
+        rows[0].append((f"{mark} {label}", colour))
+        rows[1].append((f"queue {fmt_int(s.get('queue_depth'))}", None))
+        rows[2].append((f"{fmt_duration(s.get('avg_latency_ms'))} avg", None))
+        rows[3].append((fmt_rate(s.get("throughput_per_hour")), None))
+    for row in rows:
+        parts = []
+        for (text, colour), w in zip(row, widths, strict=True):
+            cell = truncate(" " + text, w)
+            parts.append(style.paint(cell, colour) + " " * (w - len(cell)))
+        lines.append("".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def section(title: str, style: Style) -> str:
+    return style.bold(title) + "\n" + "─" * min(len(title), style.width)
+
+
+# --------------------------------------------------------------- JSON and CSV
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if hasattr(value, "item"):  # numpy / decimal-like scalars
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def to_json(data: Any) -> str:
+    """JSON with UTC ISO-8601 times (``…Z``), NaN as null; keys in report order."""
+    return json.dumps(_clean(data), default=_json_default, indent=2, ensure_ascii=False)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return _json_default(value)
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(_clean(value), default=_json_default, ensure_ascii=False, sort_keys=True)
+    return value
+
+
+def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """CSV with a header row; times as UTC ISO-8601, NULL as an empty cell, nested
+    values as JSON text."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+# ===================================================================== reports
+# One renderer per report: plain data from voicepipe_obs.reports in, text out.
+
+
+def _kind_colour(kind: str | None) -> str | None:
+    return KIND_COLOURS.get(str(kind))
+
+
+def _short_time(ts: dt.datetime | None, style: Style) -> str:
+    return NULL if ts is None else to_tz(ts, style.tz).strftime("%m-%d %H:%M:%S")
+
+
+def _event_table(rows: Sequence[Mapping[str, Any]], style: Style, *, stage: bool = True) -> str:
+    headers = ["Time", "Event", "Artifact", *(["Stage"] if stage else []), "Details"]
+    body, colours = [], []
+    for r in rows:
+        body.append(
+            [
+                _short_time(r.get("timestamp"), style),
+                f"{_KIND_MARK.get(str(r.get('kind')), '·')} {r.get('event_type')}",
+                fmt_text(r.get("artifact_id")),
+                *([fmt_text(r.get("pipeline_stage"))] if stage else []),
+                r.get("detail") or "",
+            ]
+        )
+        colours.append([None, _kind_colour(r.get("kind"))] + [None] * (len(headers) - 2))
+    return table(
+        body, headers, width=style.width, shrink=[len(headers) - 1], max_col=60, colours=colours, style=style
+    )
+
+
+_KIND_MARK: Final = {"success": "✓", "failure": "✗", "info": "·"}
+
+
+def _header(title: str, data: Mapping[str, Any], style: Style) -> str:
+    when = fmt_time(data.get("generated_at"), style)
+    return f"{style.bold(title)}  ·  {when} ({style.tzname()})"
+
+
+def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
+    c = data["cards"]
+    breaker = c.get("ai_service_status")
+    if breaker is None:
+        service, since = "OK", "no circuit-breaker events"
+    else:
+        service = "DOWN (breaker open)" if breaker == "open" else "OK (breaker closed)"
+        since = "since " + fmt_time(c.get("ai_service_changed_at"), style)
+    items = [
+        ("Active artifacts", fmt_int(c["active_artifacts"]), "in flight now"),
+        (
+            "Completed today",
+            fmt_int(c["completed_today"]),
+            f"{fmt_change(c['completed_change'])} vs this time yesterday ({fmt_int(c['completed_yesterday_same_time'])})",
+        ),
+        ("Failed today", fmt_int(c["failed_today"]), f"failure rate {fmt_pct(c['failure_rate_today'])}"),
+        (
+            "Avg end-to-end latency",
+            fmt_duration(c["avg_end_to_end_latency_ms_today"]),
+            "artifacts completed today",
+        ),
+        ("AI service", service, since),
+        ("Cost today", fmt_money(c["cost_today"]), "sum of ai_cost"),
+    ]
+    parts = [_header("voicepipe dashboard", data, style), "", cards(items, style=style), ""]
+    parts += [section("Pipeline (last 24h)", style), flow_graph(data["stages"], style=style), ""]
+    parts.append(section("Active alerts", style))
+    parts.append(_alerts_table(data["alerts"], style) if data["alerts"] else "  none")
+    parts += ["", section(f"Latest {len(data['recent_events'])} events", style)]
+    parts.append(
+        _event_table(data["recent_events"], style, stage=False) if data["recent_events"] else "  none"
+    )
+    return "\n".join(parts)
+
+
+def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
+    parts = [_header("voicepipe pipeline", data, style), f"window since {fmt_time(data['since'], style)}"]
+    for s in data["stages"]:
+        parts += [
+            "",
+            section(
+                f"{stage_title(s['stage'])}: {fmt_int(s['completions'])} done, {fmt_int(s['failures'])} failed "
+                f"({fmt_pct(s['failure_rate'])}), avg {fmt_duration(s['avg_latency_ms'])}, "
+                f"p95 {fmt_duration(s['p95_latency_ms'])}",
+                style,
+            ),
+        ]
+        parts.append(f"At this stage now ({len(s['in_progress'])}):")
+        if s["in_progress"]:
+            parts.append(
+                table(
+                    [
+                        [
+                            r["artifact_id"],
+                            r["status"],
+                            fmt_duration(r["elapsed_ms"]),
+                            fmt_text(r["coach_user_id"]),
+                            fmt_text(r["organization_id"]),
+                            fmt_text(r["source_channel"]),
+                        ]
+                        for r in s["in_progress"]
+                    ],
+                    ["Artifact", "Status", "In stage", "Coach", "Org", "Channel"],
+                    width=style.width,
+                )
+            )
+        parts.append("Latency by hour (avg, last 24h):")
+        hours = s["latency_by_hour"]
+        if any(h["count"] for h in hours):
+            parts.append(
+                bar_chart(
+                    [
+                        (
+                            fmt_time(h["hour_start"], style, date=False, seconds=False),
+                            h["avg_latency_ms"],
+                            f"{fmt_duration(h['avg_latency_ms'])} ({h['count']})",
+                        )
+                        for h in hours
+                    ],
+                    width=style.width,
+                    style=style,
+                )
+            )
+        else:
+            parts.append("  (no completions in the last 24h)")
+        parts.append("Errors by code:")
+        if s["errors"]:
+            parts.append(
+                table(
+                    [
+                        [
+                            e["error_code"],
+                            fmt_int(e["count"]),
+                            fmt_time(e["last_seen"], style),
+                            fmt_text(e["example_message"]),
+                        ]
+                        for e in s["errors"]
+                    ],
+                    ["Error code", "Count", "Last seen", "Example"],
+                    align=["left", "right", "left", "left"],
+                    width=style.width,
+                    shrink=[3],
+                )
+            )
+        else:
+            parts.append("  none")
+        parts.append(f"Retry queue ({len(s['retry_queue'])} failed here):")
+        if s["retry_queue"]:
+            parts.append(
+                table(
+                    [
+                        [
+                            r["artifact_id"],
+                            fmt_time(r["failed_at"], style),
+                            fmt_text(r["error_code"]),
+                            fmt_text(r["organization_id"]),
+                            fmt_int(r["retry_count"]),
+                            r["retry_options"][0]["command"] if r["retry_options"] else "(max attempts)",
+                        ]
+                        for r in s["retry_queue"]
+                    ],
+                    ["Artifact", "Failed at", "Error", "Org", "Retries", "Action"],
+                    width=style.width,
+                    shrink=[5, 2],
+                )
+            )
+    return "\n".join(parts)
+
+
+def _artifact_cells(r: Mapping[str, Any], style: Style, collapsed: bool) -> list[str]:
+    if collapsed:
+        return [
+            r["artifact_id"],
+            r["status"],
+            fmt_text(r["organization_id"]),
+            fmt_time(r["received_at"], style),
+        ]
+    return [
+        r["artifact_id"],
+        r["status"],
+        fmt_text(r["source_channel"]),
+        fmt_text(r["coach_user_id"]),
+        fmt_text(r["organization_id"]),
+        fmt_int(r["claim_count"]),
+        fmt_int(r["disambiguation_count"]),
+        fmt_duration(r["end_to_end_latency_ms"]),
+        fmt_money(r["total_ai_cost"]),
+        fmt_time(r["received_at"], style, seconds=False),
+        r.get("action") or "",
+    ]
+
+
+ARTIFACT_HEADERS: Final = [
+    "Artifact ID",
+    "Status",
+    "Source",
+    "Coach",
+    "Org",
+    "Claims",
+    "Disambig.",
+    "Latency",
+    "Cost",
+    "Created",
+    "Action",
+]
+ARTIFACT_HEADERS_COLLAPSED: Final = ["Artifact ID", "Status", "Org", "Created"]
+
+
+def render_artifacts(
+    data: Mapping[str, Any], style: Style, *, collapsed: bool = False, expanded: bool = False
+) -> str:
+    rows = data["rows"]
+    headers = ARTIFACT_HEADERS_COLLAPSED if collapsed else ARTIFACT_HEADERS
+    align = None if collapsed else ["left"] * 5 + ["right"] * 4 + ["left"] * 2
+    footer = (
+        f"{data['first']}–{data['last']} of {data['total']} artifacts"
+        if rows
+        else f"no artifacts match (of {data['total']})"
+    )
+    if data["next_page"]:
+        footer += f"  ·  next page: --page {data['next_page']}"
+    parts = [_header("voicepipe artifacts", data, style)]
+    if not expanded:
+        colours = [[None, STATUS_COLOURS.get(r["status"])] + [None] * (len(headers) - 2) for r in rows]
+        parts.append(
+            table(
+                [_artifact_cells(r, style, collapsed) for r in rows],
+                headers,
+                align=align,
+                width=style.width,
+                shrink=[0, 3, 4],
+                colours=colours,
+                style=style,
+            )
+        )
+    else:
+        for r in rows:
+            parts.append("")
+            parts.append(
+                table(
+                    [_artifact_cells(r, style, False)],
+                    headers,
+                    align=align,
+                    width=style.width,
+                    shrink=[0, 3, 4],
+                )
+            )
+            parts.append(
+                f"  claims {fmt_int(r['claim_count'])} · entities {fmt_int(r.get('entity_count'))} "
+                f"(needs review {fmt_int(r['disambiguation_count'])}) · drafts {fmt_int(r.get('draft_count'))}"
+            )
+            if r["status"] == "failed":
+                parts.append(
+                    f"  error at {fmt_text(r['failed_stage'])}: {fmt_text(r['error_code'])}: {fmt_text(r['error_message'])}"
+                )
+            for ev in r.get("timeline", []):
+                parts.append("  " + _timeline_line(ev, style))
+            for opt in r.get("retry_options", []):
+                parts.append(f"  retry ({opt['stage']}): {opt['command']}")
+    parts += ["", footer]
+    return "\n".join(parts)
+
+
+def _timeline_line(ev: Mapping[str, Any], style: Style, *, date: bool = False) -> str:
+    mark = style.paint("●", _kind_colour(ev.get("kind")))
+    detail = f" ({ev['detail']})" if ev.get("detail") else ""
+    line = f"{fmt_time(ev['timestamp'], style, date=date)} {mark} {ev['event_type']}{detail}"
+    limit = style.width + (len(mark) - 1)
+    return truncate(line, limit)
+
+
+def render_artifact(data: Mapping[str, Any], style: Style) -> str:
+    a = data["artifact"]
+    status = style.paint(str(a["status"]), STATUS_COLOURS.get(str(a["status"])))
+    lines = [
+        f"{style.bold('Artifact ' + str(a['artifact_id']))}  {status}",
+        f"  channel {fmt_text(a['source_channel'])} · coach {fmt_text(a['coach_user_id'])} · "
+        f"org {fmt_text(a['organization_id'])} · voice note {fmt_text(a['voice_note_id'])}",
+        f"  created {fmt_time(a['received_at'], style)} ({style.tzname()}) · "
+        f"total processing {fmt_duration(a['processing_ms'])} · cost {fmt_money(a['total_ai_cost'])}",
+        f"  claims {fmt_int(a['claim_count'])} · entities {fmt_int(a['entity_count'])} "
+        f"(needs review {fmt_int(a['disambiguation_count'])}) · drafts {fmt_int(a['draft_count'])} · "
+        f"retries {fmt_int(a['retry_count'])}",
+    ]
+    if a["status"] == "failed":
+        lines.append(
+            f"  failed at {fmt_text(a['failed_stage'])}: {fmt_text(a['error_code'])}: {fmt_text(a['error_message'])}"
+        )
+    lines += ["", section("Timeline", style)]
+    day = None
+    for ev in data["timeline"]:
+        d = to_tz(ev["timestamp"], style.tz).date()
+        if d != day:
+            lines.append(style.paint(d.isoformat(), "dim"))
+            day = d
+        lines.append(_timeline_line(ev, style))
+    lines += ["", section("Retry options", style)]
+    if data["retry_options"]:
+        lines += [f"  {o['stage']:<18} {o['command']}" for o in data["retry_options"]]
+    elif a["status"] == "failed":
+        lines.append("  none: the retry limit is reached")
+    else:
+        lines.append(f"  none ({a['status']}: only failed artifacts are retried)")
+    lines += ["", section("Retry history", style)]
+    if data["retries"]:
+        lines.append(
+            table(
+                [
+                    [
+                        fmt_time(r["timestamp"], style),
+                        r["event_type"],
+                        fmt_int(r["retry_attempt"]),
+                        fmt_text(r["pipeline_stage"]),
+                        fmt_text(r["actor"]),
+                        fmt_text(r["error_code"]),
+                    ]
+                    for r in data["retries"]
+                ],
+                ["Time", "Event", "Attempt", "Stage", "By", "Error"],
+                width=style.width,
+            )
+        )
+    else:
+        lines.append("  none")
+    return "\n".join(lines)
+
+
+def render_metrics(data: Mapping[str, Any], style: Style) -> str:
+    c = data["cards"]
+    approx = set(data.get("approximate") or ())
+
+    def a(key: str, text: str) -> str:
+        return ("≈" + text) if key in approx and text != NULL else text
+
+    scope = f"org {data['organization_id']}" if data.get("organization_id") else "all organisations"
+    parts = [_header(f"voicepipe metrics · last {data['range']} · {scope}", data, style)]
+    for note in data.get("notes") or ():
+        parts.append(style.paint(f"note: {note}", "yellow"))
+    items = [
+        (
+            "Artifacts processed",
+            fmt_int(c["artifacts_processed"]),
+            f"{fmt_int(c['artifacts_received'])} received",
+        ),
+        ("Completion rate", fmt_pct(c["completion_rate"]), "of completed + failed"),
+        (
+            "End-to-end latency",
+            a("avg_end_to_end_latency_ms", fmt_duration(c["avg_end_to_end_latency_ms"])) + " avg",
+            "p95 " + a("p95_end_to_end_latency_ms", fmt_duration(c["p95_end_to_end_latency_ms"])),
+        ),
+        ("Total AI cost", fmt_money(c["total_ai_cost"]), "sum of ai_cost"),
+        ("Auto-resolution rate", fmt_pct(c["auto_resolution_rate"]), "resolved without review"),
+        ("Disambiguation backlog", fmt_int(c["disambiguation_backlog"]), "entities awaiting review"),
+    ]
+    parts += ["", cards(items, style=style), ""]
+    daily = data["bucket_seconds"] >= 86400
+
+    def label(ts: dt.datetime) -> str:
+        if daily:
+            return ts.strftime("%m-%d") + " UTC" if style.tz is not dt.timezone.utc else ts.strftime("%m-%d")
+        return fmt_time(ts, style, date=False, seconds=False)
+
+    series = data["series"]
+    unit = (
+        "day"
+        if daily
+        else ("hour" if data["bucket_seconds"] == 3600 else f"{data['bucket_seconds'] // 60} min")
+    )
+    parts.append(section(f"Throughput (completed per {unit})", style))
+    parts.append(
+        bar_chart(
+            [
+                (
+                    label(r["period_start"]),
+                    r["artifacts_completed"],
+                    f"{r['artifacts_completed']} ✓ {r['artifacts_failed']} ✗",
+                )
+                for r in series
+            ],
+            width=style.width,
+            style=style,
+            colour="green",
+        )
+    )
+    parts += ["", section("Latency by stage (avg; p95)", style)]
+    parts.append(
+        bar_chart(
+            [
+                (
+                    stage_title(s["stage"]),
+                    s["avg_latency_ms"],
+                    a("avg_" + s["stage"] + "_latency_ms", fmt_duration(s["avg_latency_ms"]))
+                    + "; "
+                    + "p95 "
+                    + a("p95_" + s["stage"] + "_latency_ms", fmt_duration(s["p95_latency_ms"])),
+                )
+                for s in data["stages"]
+            ],
+            width=style.width,
+            style=style,
+        )
+    )
+    rates = [r["overall_failure_rate"] for r in series]
+    costs = [r["total_ai_cost"] for r in series]
+    present = [x for x in rates if not is_null(x)]
+    parts += [
+        "",
+        section("Trends (oldest → newest)", style),
+        f"  failure rate  {sparkline(rates)}  "
+        + (f"min {fmt_pct(min(present))} max {fmt_pct(max(present))}" if present else NULL),
+        f"  cost          {sparkline(costs)}  total {fmt_money(c['total_ai_cost'])}",
+        "",
+        section("Transcript confidence (transcription_completed)", style),
+        histogram(data["confidence_histogram"], width=style.width, style=style),
+        "",
+        section("Organisations", style),
+    ]
+    orgs = data["organizations"]
+    if orgs:
+        parts.append(
+            table(
+                [
+                    [
+                        fmt_text(o["organization_id"]),
+                        fmt_int(o["artifacts_received"]),
+                        fmt_int(o["artifacts_completed"]),
+                        fmt_int(o["artifacts_failed"]),
+                        a("p95_end_to_end_latency_ms", fmt_duration(o["p95_end_to_end_latency_ms"])),
+                        fmt_money(o["total_ai_cost"]),
+                        fmt_pct(o["overall_failure_rate"]),
+                    ]
+                    for o in orgs
+                ],
+                ["Organisation", "Received", "Completed", "Failed", "p95 latency", "Cost", "Failure rate"],
+                align=["left"] + ["right"] * 6,
+                width=style.width,
+                shrink=[0],
+            )
+        )
+    else:
+        parts.append("  none")
+    if approx:
+        parts += ["", "≈ volume-weighted mean of daily values (exact figures need the raw events)"]
+    return "\n".join(parts)
+
+
+def render_events(data: Mapping[str, Any], style: Style) -> str:
+    rows = data["rows"]
+    if not rows:
+        return "no events match these filters"
+    return _event_table(rows, style) + f"\n\n{len(rows)} events (newest first; --limit {data['limit']})"
+
+
+def render_event_line(ev: Mapping[str, Any], style: Style) -> str:
+    """One line per event for --follow (like tail -f)."""
+    mark = style.paint(_KIND_MARK.get(str(ev.get("kind")), "·"), _kind_colour(ev.get("kind")))
+    detail = f"  {ev['detail']}" if ev.get("detail") else ""
+    line = (
+        f"{fmt_time(ev['timestamp'], style)} {mark} {ev['event_type']:<28} "
+        f"{fmt_text(ev.get('artifact_id')):<14}{detail}"
+    )
+    return truncate(line, style.width + (len(mark) - 1))
+
+
+def render_event(ev: Mapping[str, Any], style: Style) -> str:
+    lines = [f"{style.bold('Event ' + str(ev['event_id']))}  {ev['event_type']} ({ev.get('kind')})", ""]
+    keys = [k for k in ev if k not in ("kind", "detail")]
+    width = max(len(k) for k in keys)
+    for k in keys:
+        v = ev[k]
+        if isinstance(v, dt.datetime):
+            text = f"{fmt_time(v, style)} ({style.tzname()})"
+        elif isinstance(v, Mapping):
+            text = ", ".join(f"{kk}={vv}" for kk, vv in sorted(v.items())) if v else NULL
+        else:
+            text = fmt_text(v)
+        lines.append(f"  {k:<{width}}  {truncate(text, style.width - width - 4)}")
+    if ev.get("detail"):
+        lines += ["", f"  {ev['detail']}"]
+    return "\n".join(lines)
+
+
+def _alerts_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
+    sev = {"critical": "red", "warning": "yellow"}
+    return table(
+        [
+            [
+                fmt_time(r["raised_at"], style),
+                r["severity"],
+                r["rule"],
+                fmt_text(r["scope"]),
+                r["status"],
+                fmt_text(r.get("acknowledged_by")),
+                fmt_text(r.get("summary")),
+            ]
+            for r in rows
+        ],
+        ["Raised", "Severity", "Rule", "Scope", "Status", "Ack by", "Summary"],
+        width=style.width,
+        shrink=[6, 3],
+        colours=[[None, sev.get(str(r["severity"]))] + [None] * 5 for r in rows],
+        style=style,
+    )
+
+
+def render_alerts(data: Mapping[str, Any], style: Style) -> str:
+    title = "voicepipe alerts" + (" · history" if data["history"] else " · active")
+    parts = [_header(title, data, style)]
+    if data["rows"]:
+        parts.append(_alerts_table(data["rows"], style))
+        parts.append(f"\n{len(data['rows'])} alerts")
+    elif not data.get("alert_log_present"):
+        parts.append(
+            "no alert log yet: `voicepipe check` (run from cron) evaluates the rules and records alerts"
+        )
+    else:
+        parts.append("no active alerts" if not data["history"] else "no alerts match these filters")
+    return "\n".join(parts)
+
+
+def render_retries(data: Mapping[str, Any], style: Style) -> str:
+    t = data["totals"]
+    parts = [
+        _header("voicepipe retries", data, style),
+        f"initiated {t['initiated']} · succeeded {t['succeeded']} · failed {t['failed']}",
+    ]
+    rows = data["rows"]
+    if not rows:
+        parts.append("no retries recorded (`voicepipe retry ARTIFACT_ID` starts one)")
+        return "\n".join(parts)
+    colours = {"retry_succeeded": "green", "retry_failed": "red", "retry_initiated": "cyan"}
+    parts.append(
+        table(
+            [
+                [
+                    fmt_time(r["timestamp"], style),
+                    r["event_type"],
+                    fmt_text(r["artifact_id"]),
+                    fmt_text(r["pipeline_stage"]),
+                    fmt_int(r["retry_attempt"]),
+                    fmt_text(r["actor"]),
+                    fmt_text(r["error_code"]),
+                ]
+                for r in rows
+            ],
+            ["Time", "Event", "Artifact", "Stage", "Attempt", "By", "Error"],
+            width=style.width,
+            colours=[[None, colours.get(r["event_type"])] + [None] * 5 for r in rows],
+            style=style,
+        )
+    )
+    return "\n".join(parts)
+
+
+def render_sql(data: Mapping[str, Any], style: Style) -> str:
+    cols = data["columns"]
+    body = [[_sql_cell(r[c], style) for c in cols] for r in data["rows"]]
+    out = table(body, cols, width=max(style.width, 40), max_col=60)
+    n = len(data["rows"])
+    return out + f"\n({n} row{'s' if n != 1 else ''}{', truncated' if data.get('truncated') else ''})"
+
+
+def _sql_cell(value: Any, style: Style) -> str:
+    if is_null(value):
+        return "NULL"
+    if isinstance(value, dt.datetime):
+        return fmt_time(value, style)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+# --------------------------------------------------------------- CSV shapes
+
+#: report → the columns its CSV export carries (the report's main table).
+CSV_COLUMNS: Final = {
+    "dashboard": ("section", "key", "value"),
+    "pipeline": (
+        "stage",
+        "completions",
+        "failures",
+        "failure_rate",
+        "avg_latency_ms",
+        "p95_latency_ms",
+        "in_progress",
+        "retry_queue",
+        "top_error_code",
+    ),
+    "metrics": (
+        "period_start",
+        "artifacts_received",
+        "artifacts_completed",
+        "artifacts_failed",
+        "overall_failure_rate",
+        "avg_end_to_end_latency_ms",
+        "total_ai_cost",
+    ),
+}
+
+
+def csv_dashboard(data: Mapping[str, Any]) -> str:
+    rows: list[dict[str, Any]] = [
+        {"section": "cards", "key": k, "value": v} for k, v in data["cards"].items()
+    ]
+    for s in data["stages"]:
+        for k, v in s.items():
+            if k != "stage":
+                rows.append({"section": f"stage:{s['stage']}", "key": k, "value": v})
+    rows.append({"section": "alerts", "key": "active", "value": len(data["alerts"])})
+    return to_csv(rows, CSV_COLUMNS["dashboard"])
+
+
+def csv_pipeline(data: Mapping[str, Any]) -> str:
+    rows = [
+        {
+            **{
+                k: s[k]
+                for k in (
+                    "stage",
+                    "completions",
+                    "failures",
+                    "failure_rate",
+                    "avg_latency_ms",
+                    "p95_latency_ms",
+                )
+            },
+            "in_progress": len(s["in_progress"]),
+            "retry_queue": len(s["retry_queue"]),
+            "top_error_code": s["errors"][0]["error_code"] if s["errors"] else None,
+        }
+        for s in data["stages"]
+    ]
+    return to_csv(rows, CSV_COLUMNS["pipeline"])
+
+
+def csv_artifact(data: Mapping[str, Any]) -> str:
+    from .reports import EVENT_COLUMNS
+
+    return to_csv(data["timeline"], EVENT_COLUMNS)

@@ -1,0 +1,1636 @@
+"""Reports as plain data: every ``voicepipe report ...`` view (dashboard, pipeline,
+artifacts grid, artifact detail, metrics, events log and single event, alerts,
+retries) is a function here that reads the store and returns dicts and lists of
+JSON-able values (times are aware UTC datetimes). :mod:`voicepipe_obs.render`
+turns them into text; notebooks can call them directly.
+
+Every function takes ``now`` (a frozen clock in tests) and reads only the event
+files its time window needs (partition pruning), through its own DuckDB connection
+with the same ``events`` (deduplicated by event_id) and ``artifacts`` definitions as
+:func:`voicepipe_obs.query.connect`. Filter values are bound parameters; sort keys
+and other identifiers come from allow-lists. Read-only: never writes under the root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from . import store
+from .errors import EmptyStoreError, NotFoundError, UsageError
+from .events import (
+    ARTIFACT_STATUSES,
+    DISAMBIGUATION_EVENT,
+    EVENT_TYPE_SET,
+    EVENT_TYPES,
+    FAILURE_EVENT_TYPES,
+    STAGE_COMPLETION_EVENTS,
+    STAGE_FAILURE_EVENTS,
+    STAGES,
+    SUCCESS_EVENT_TYPES,
+    TIMED_STAGES,
+    closest,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import duckdb
+
+    from .config import Settings
+
+UTC: Final = dt.timezone.utc
+HOUR: Final = dt.timedelta(hours=1)
+DAY: Final = dt.timedelta(days=1)
+
+#: Longest filter value accepted (ids, org names, prefixes).
+MAX_FILTER_LEN: Final = 256
+MAX_LIMIT: Final = 200
+RETRY_STAGES: Final = ("transcription", "claims_extraction", "entity_resolution", "draft_generation")
+
+#: Columns of a timeline/event-log row (JSON keys; CSV columns of `report events`).
+EVENT_COLUMNS: Final = (
+    "timestamp",
+    "event_type",
+    "kind",
+    "artifact_id",
+    "organization_id",
+    "pipeline_stage",
+    "duration_ms",
+    "error_code",
+    "error_message",
+    "detail",
+    "event_id",
+)
+
+#: `report artifacts --sort` keys → column (allow-list; never user text in SQL).
+ARTIFACT_SORTS: Final = {
+    "created": "received_at",
+    "updated": "last_event_at",
+    "status": "status",
+    "latency": "end_to_end_latency_ms",
+    "cost": "total_ai_cost",
+    "claims": "claim_count",
+    "org": "organization_id",
+    "id": "artifact_id",
+}
+ARTIFACT_COLUMNS: Final = (
+    "artifact_id",
+    "status",
+    "source_channel",
+    "coach_user_id",
+    "organization_id",
+    "claim_count",
+    "disambiguation_count",
+    "end_to_end_latency_ms",
+    "total_ai_cost",
+    "received_at",
+    "last_event_at",
+    "current_stage",
+    "failed_stage",
+    "error_code",
+    "error_message",
+    "retry_count",
+    "action",
+)
+
+#: metrics --range → (length, bucket size)
+RANGES: Final = {
+    "1h": (HOUR, dt.timedelta(minutes=5)),
+    "6h": (6 * HOUR, dt.timedelta(minutes=30)),
+    "24h": (24 * HOUR, HOUR),
+    "7d": (7 * DAY, DAY),
+    "30d": (30 * DAY, DAY),
+}
+
+
+# ------------------------------------------------------------------ thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Numbers the reports judge health by (from settings: alerts.failure_rate,
+    alerts.latency.multiplier, retry.max_attempts)."""
+
+    failure_warning: float = 0.10
+    failure_critical: float = 0.25
+    latency_multiplier: float = 2.0
+    max_retry_attempts: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Thresholds:
+        rules = settings.alerts
+        return cls(
+            failure_warning=rules.failure_rate.warning,
+            failure_critical=rules.failure_rate.critical,
+            latency_multiplier=rules.latency.multiplier,
+            max_retry_attempts=settings.retry.max_attempts,
+        )
+
+
+# ------------------------------------------------------------------ store access
+
+
+def _empty_message(root: Path) -> str:
+    return (
+        f"no events under {root}: run `voicepipe demo` to write sample data, "
+        "or point VOICEPIPE_DATA (or --data) at your data root"
+    )
+
+
+def has_events(root: Path) -> bool:
+    """True when at least one event file exists under the root (cheap)."""
+    for part in store.iter_partitions(root, store.EVENTS):
+        try:
+            if any(n.endswith(".parquet") and not n.startswith(".") for n in os.listdir(part.path)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def require_events(root: Path) -> None:
+    """Raise :class:`EmptyStoreError` (a friendly one-liner) when there is nothing to report."""
+    if not root.is_dir() or not has_events(root):
+        raise EmptyStoreError(_empty_message(root))
+
+
+def _files(root: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[Path]:
+    from .query import vetted_files
+
+    return vetted_files(root, store.EVENTS, since=since, until=until)
+
+
+def event_files(root: Path) -> set[Path]:
+    """Every readable event file under the root now (what ``--follow`` starts after)."""
+    return set(_files(root, None, None))
+
+
+def _connect(files: Sequence[Path]) -> duckdb.DuckDBPyConnection:
+    """A private connection whose ``events``/``artifacts`` views read only ``files``."""
+    import duckdb
+
+    from .events import arrow_schema
+    from .query import ARTIFACTS_SQL, parquet_scan
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("_voicepipe_empty_events", arrow_schema().empty_table())
+    con.execute(f"CREATE VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
+    con.execute("CREATE VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw")
+    con.execute(f"CREATE VIEW artifacts AS {ARTIFACTS_SQL}")
+    return con
+
+
+def _open(
+    root: Path, since: dt.datetime | None, until: dt.datetime | None = None
+) -> duckdb.DuckDBPyConnection:
+    require_events(root)
+    return _connect(_files(root, since, until))
+
+
+def _dicts(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _one(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    rows = _dicts(con, sql, params)
+    return rows[0] if rows else {}
+
+
+# ----------------------------------------------------------------- validation
+
+
+def check_text(name: str, value: str | None) -> str | None:
+    """A free-text filter: bound as a parameter, but bounded in length."""
+    if value is None:
+        return None
+    if len(value) > MAX_FILTER_LEN:
+        raise UsageError(f"{name} is too long ({len(value)} characters; at most {MAX_FILTER_LEN})")
+    if "\x00" in value:
+        raise UsageError(f"{name} contains a NUL character")
+    return value
+
+
+def check_choice(name: str, value: str | None, choices: Sequence[str]) -> str | None:
+    if value is None:
+        return None
+    if value not in choices:
+        hint = closest(value[:64], tuple(choices))
+        raise UsageError(
+            f"unknown {name} {value[:64]!r}"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+            + f"; choose from {', '.join(choices)}"
+        )
+    return value
+
+
+def aware(ts: dt.datetime) -> dt.datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def start_of_day(ts: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    """Midnight of ts's calendar day in ``tz`` (None = local time), as UTC."""
+    local = aware(ts).astimezone(tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # re-resolve the offset at midnight (DST changes during the day)
+    if tz is None:
+        midnight = midnight.replace(tzinfo=None).astimezone()
+    return midnight.astimezone(UTC)
+
+
+def _floor(ts: dt.datetime, step: dt.timedelta) -> dt.datetime:
+    us = store.to_us(ts)
+    step_us = int(step.total_seconds() * 1_000_000)
+    return store.from_us(us - us % step_us)
+
+
+# -------------------------------------------------------------- event details
+
+
+def event_kind(event_type: str) -> str:
+    """success | failure | info (the dashboard's colour code)."""
+    if event_type in FAILURE_EVENT_TYPES or event_type in ("circuit_breaker_opened", "budget_exceeded"):
+        return "failure"
+    if event_type in SUCCESS_EVENT_TYPES:
+        return "success"
+    return "info"
+
+
+def _dur(ms: Any) -> str:
+    from .render import fmt_duration
+
+    return fmt_duration(ms)
+
+
+def describe_event(ev: Mapping[str, Any]) -> str:
+    """A short human detail for an event, e.g. ``5.2s, confidence 0.94``."""
+    et = ev.get("event_type")
+    parts: list[str] = []
+
+    def add(fmt: str, key: str) -> None:
+        value = ev.get(key)
+        if value is not None:
+            parts.append(fmt.format(value))
+
+    if et == "artifact_received":
+        add("via {}", "source_channel")
+        add("coach {}", "coach_user_id")
+        add("org {}", "organization_id")
+    elif et == "artifact_status_changed":
+        parts.append(f"{ev.get('previous_status') or '?'} → {ev.get('new_status') or '?'}")
+    elif et in ("entity_resolution_completed", DISAMBIGUATION_EVENT):
+        if ev.get("duration_ms") is not None:
+            parts.append(_dur(ev["duration_ms"]))
+        entities = ev.get("entity_count")
+        pending = ev.get("disambiguation_count") or 0
+        if entities is not None:
+            parts.append(f"{max(entities - pending, 0)} auto-resolved")
+        if pending:
+            parts.append(f"{pending} needs review")
+    elif et == "entity_user_resolved":
+        add("{} resolved by a reviewer", "disambiguation_count")
+    elif et in ("retry_initiated", "retry_succeeded", "retry_failed"):
+        add("attempt {}", "retry_attempt")
+        add("stage {}", "pipeline_stage")
+        add("by {}", "actor")
+    else:
+        if ev.get("duration_ms") is not None:
+            parts.append(_dur(ev["duration_ms"]))
+        add("{} words", "transcript_word_count")
+        add("{} claims", "claim_count")
+        add("{} drafts", "draft_count")
+        if ev.get("confidence_score") is not None:
+            parts.append(f"confidence {ev['confidence_score']:.2f}")
+    if ev.get("ai_cost") is not None and et != "artifact_received":
+        from .render import fmt_money
+
+        parts.append(fmt_money(ev["ai_cost"]))
+    if ev.get("error_code") or ev.get("error_message"):
+        err = str(ev.get("error_code") or "error")
+        if ev.get("error_message"):
+            err += f": {ev['error_message']}"
+        parts.append(err)
+    return ", ".join(parts)
+
+
+def _event_row(ev: Mapping[str, Any]) -> dict[str, Any]:
+    row = {k: ev.get(k) for k in EVENT_COLUMNS if k not in ("kind", "detail")}
+    row["kind"] = event_kind(str(ev.get("event_type")))
+    row["detail"] = describe_event(ev)
+    return {k: row.get(k) for k in EVENT_COLUMNS}
+
+
+_EVENT_SELECT = (
+    "event_id, event_type, timestamp, artifact_id, organization_id, coach_user_id, source_channel, "
+    "pipeline_stage, duration_ms, previous_status, new_status, error_code, error_message, claim_count, "
+    "entity_count, disambiguation_count, draft_count, transcript_word_count, retry_attempt, "
+    "confidence_score, ai_cost, actor"
+)
+
+
+def _stage_case(mapping: Mapping[str, Sequence[str] | str]) -> str:
+    """CASE event_type WHEN ... THEN stage (identifiers from the vocabulary only)."""
+    from .query import sql_str
+
+    whens = []
+    for stage, evs in mapping.items():
+        for ev in [evs] if isinstance(evs, str) else evs:
+            whens.append(f"WHEN {sql_str(ev)} THEN {sql_str(stage)}")
+    return "CASE event_type " + " ".join(whens) + " END"
+
+
+_COMPLETION_STAGE = _stage_case(STAGE_COMPLETION_EVENTS)
+_FAILURE_STAGE = _stage_case(STAGE_FAILURE_EVENTS)
+
+
+def _health(
+    failure_rate: float | None, recent_ms: float | None, base_ms: float | None, th: Thresholds
+) -> str:
+    if failure_rate is None and base_ms is None:
+        return "none"
+    if failure_rate is not None and failure_rate > th.failure_critical:
+        return "red"
+    if failure_rate is not None and failure_rate > th.failure_warning:
+        return "yellow"
+    if recent_ms is not None and base_ms and recent_ms > th.latency_multiplier * base_ms:
+        return "yellow"
+    return "green"
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or not den:
+        return None
+    return float(num) / float(den)
+
+
+def retry_options(artifact: Mapping[str, Any], th: Thresholds) -> list[dict[str, str]]:
+    """What `voicepipe retry` can do for an artifact in its current state."""
+    status = artifact.get("status")
+    if status != "failed":
+        return []
+    attempts = int(artifact.get("retry_count") or 0)
+    if attempts >= th.max_retry_attempts:
+        return []
+    aid = str(artifact.get("artifact_id"))
+    out = []
+    failed = artifact.get("failed_stage")
+    if failed in RETRY_STAGES:
+        out.append({"stage": str(failed), "command": f"voicepipe retry {aid}"})
+    out.append({"stage": "full", "command": f"voicepipe retry {aid} --full"})
+    return out
+
+
+# ------------------------------------------------------------------ dashboard
+
+
+def dashboard(
+    root: Path,
+    *,
+    now: dt.datetime,
+    tz: dt.tzinfo | None = UTC,
+    thresholds: Thresholds | None = None,
+    recent: int = 20,
+) -> dict[str, Any]:
+    """Status cards, the per-stage flow graph, active alerts and the latest events.
+
+    "Today" is the calendar day in ``tz`` (None = local time); artifacts count as
+    active when their latest event since the start of yesterday leaves them neither
+    completed nor failed.
+    """
+    th = thresholds or Thresholds()
+    now = aware(now)
+    today = start_of_day(now, tz)
+    yesterday = start_of_day(today - HOUR, tz)
+    day_ago = now - DAY
+    window = min(yesterday, day_ago)
+    con = _open(root, window)
+    p = {
+        "now": now,
+        "today": today,
+        "yday": yesterday,
+        "yday_now": now - DAY,
+        "day_ago": day_ago,
+        "hour_ago": now - HOUR,
+    }
+    c = _one(
+        con,
+        """
+        SELECT
+          count(*) FILTER (WHERE event_type = 'artifact_completed' AND timestamp >= $today) AS completed_today,
+          count(*) FILTER (WHERE event_type = 'artifact_completed' AND timestamp >= $yday
+                           AND timestamp < $yday_now) AS completed_yesterday,
+          count(*) FILTER (WHERE event_type = 'artifact_failed' AND timestamp >= $today) AS failed_today,
+          sum(ai_cost) FILTER (WHERE timestamp >= $today) AS cost_today,
+          arg_max(event_type, timestamp) FILTER (
+            WHERE event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed')) AS breaker_event,
+          max(timestamp) FILTER (
+            WHERE event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed')) AS breaker_at
+        FROM events WHERE timestamp <= $now
+        """,
+        {k: p[k] for k in ("now", "today", "yday", "yday_now")},
+    )
+    lat = _one(
+        con,
+        """
+        WITH rec AS (SELECT artifact_id, min(timestamp) AS received_at FROM events
+                     WHERE event_type = 'artifact_received' GROUP BY artifact_id)
+        SELECT avg(epoch_us(e.timestamp) - epoch_us(r.received_at)) / 1000.0 AS ms, count(*) AS n
+        FROM events e JOIN rec r USING (artifact_id)
+        WHERE e.event_type = 'artifact_completed' AND e.timestamp >= $today AND e.timestamp <= $now
+        """,
+        {"today": today, "now": now},
+    )
+    queues = {
+        r["stage"]: r["n"]
+        for r in _dicts(
+            con,
+            """
+            SELECT CASE WHEN status = 'received' THEN 'ingestion' ELSE coalesce(current_stage, 'ingestion') END
+                   AS stage, count(*) AS n
+            FROM artifacts WHERE status NOT IN ('completed', 'failed') AND received_at <= $now
+            GROUP BY ALL
+            """,
+            {"now": now},
+        )
+    }
+    stage_rows = {
+        r["stage"]: r
+        for r in _dicts(
+            con,
+            f"""
+            SELECT coalesce({_COMPLETION_STAGE}, {_FAILURE_STAGE}) AS stage,
+              count(*) FILTER (WHERE {_COMPLETION_STAGE} IS NOT NULL) AS completions,
+              count(*) FILTER (WHERE {_FAILURE_STAGE} IS NOT NULL) AS failures,
+              avg(duration_ms) FILTER (WHERE {_COMPLETION_STAGE} IS NOT NULL) AS avg_latency_ms,
+              avg(duration_ms) FILTER (WHERE {_COMPLETION_STAGE} IS NOT NULL AND timestamp >= $hour_ago)
+                AS recent_latency_ms
+            FROM events WHERE timestamp >= $day_ago AND timestamp <= $now
+              AND coalesce({_COMPLETION_STAGE}, {_FAILURE_STAGE}) IS NOT NULL
+            GROUP BY ALL
+            """,
+            {"day_ago": day_ago, "now": now, "hour_ago": now - HOUR},
+        )
+    }
+    received_24h = _one(
+        con,
+        "SELECT count(*) AS n FROM events WHERE event_type = 'artifact_received' "
+        "AND timestamp >= $day_ago AND timestamp <= $now",
+        {"day_ago": day_ago, "now": now},
+    )["n"]
+    stages: list[dict[str, Any]] = [
+        {
+            "stage": "ingestion",
+            "queue_depth": int(queues.get("ingestion", 0)),
+            "health": "green" if received_24h else "none",
+            "avg_latency_ms": None,
+            "throughput_per_hour": received_24h / 24.0,
+            "failure_rate": None,
+        }
+    ]
+    for stage in TIMED_STAGES:
+        r = stage_rows.get(stage, {})
+        done, failed = int(r.get("completions") or 0), int(r.get("failures") or 0)
+        rate = _ratio(failed, done + failed)
+        stages.append(
+            {
+                "stage": stage,
+                "queue_depth": int(queues.get(stage, 0)),
+                "health": _health(rate, r.get("recent_latency_ms"), r.get("avg_latency_ms"), th),
+                "avg_latency_ms": r.get("avg_latency_ms"),
+                "throughput_per_hour": done / 24.0,
+                "failure_rate": rate,
+            }
+        )
+    completed, failed_today = int(c.get("completed_today") or 0), int(c.get("failed_today") or 0)
+    yday = int(c.get("completed_yesterday") or 0)
+    breaker = c.get("breaker_event")
+    cards = {
+        "active_artifacts": int(sum(queues.values())),
+        "completed_today": completed,
+        "completed_yesterday_same_time": yday,
+        "completed_change": _ratio(completed - yday, yday),
+        "failed_today": failed_today,
+        "failure_rate_today": _ratio(failed_today, completed + failed_today),
+        "avg_end_to_end_latency_ms_today": lat.get("ms"),
+        "ai_service_status": None
+        if breaker is None
+        else ("open" if breaker.endswith("opened") else "closed"),
+        "ai_service_changed_at": c.get("breaker_at"),
+        "cost_today": c.get("cost_today"),
+    }
+    recent_rows = [
+        _event_row(ev)
+        for ev in _dicts(
+            con,
+            f"SELECT {_EVENT_SELECT} FROM events WHERE timestamp <= $now "
+            "ORDER BY timestamp DESC, event_id DESC LIMIT $n",
+            {"now": now, "n": int(recent)},
+        )
+    ]
+    return {
+        "generated_at": now,
+        "window_start": window,
+        "today_start": today,
+        "cards": cards,
+        "stages": stages,
+        "alerts": active_alerts(root, now=now),
+        "recent_events": recent_rows,
+    }
+
+
+# ------------------------------------------------------------------- pipeline
+
+
+def pipeline(
+    root: Path,
+    *,
+    now: dt.datetime,
+    stage: str | None = None,
+    since: dt.datetime | None = None,
+    thresholds: Thresholds | None = None,
+) -> dict[str, Any]:
+    """Per stage: artifacts at it now (time in stage, coach, org, channel), hourly
+    latency over the last 24 hours, error breakdown by error_code, and the retry
+    queue (artifacts that failed at it). ``since`` bounds the window (default 24h)."""
+    th = thresholds or Thresholds()
+    check_choice("stage", stage, TIMED_STAGES)
+    now = aware(now)
+    since = aware(since) if since is not None else now - DAY
+    chart_start = _floor(now, HOUR) - 23 * HOUR
+    con = _open(root, min(since, chart_start))
+    stages = [stage] if stage else list(TIMED_STAGES)
+    out = []
+    for st in stages:
+        done = list(STAGE_COMPLETION_EVENTS[st])
+        fail = STAGE_FAILURE_EVENTS[st]
+        at_stage = _dicts(
+            con,
+            """
+            SELECT artifact_id, status, coach_user_id, organization_id, source_channel,
+                   current_stage_at AS entered_at,
+                   (epoch_us($now) - epoch_us(current_stage_at)) / 1000.0 AS elapsed_ms
+            FROM artifacts
+            WHERE status NOT IN ('completed', 'failed') AND current_stage = $stage AND received_at <= $now
+            ORDER BY current_stage_at, artifact_id
+            """,
+            {"now": now, "stage": st},
+        )
+        hours = {
+            r["bucket"]: r
+            for r in _dicts(
+                con,
+                """
+                SELECT (epoch_us(timestamp) - epoch_us($start)) // 3600000000 AS bucket, count(*) AS n,
+                       avg(duration_ms) AS avg_ms, quantile_cont(duration_ms, 0.95) AS p95_ms
+                FROM events WHERE event_type IN (SELECT unnest($types::VARCHAR[]))
+                  AND timestamp >= $start AND timestamp <= $now
+                GROUP BY ALL
+                """,
+                {"start": chart_start, "now": now, "types": done},
+            )
+        }
+        chart = [
+            {
+                "hour_start": chart_start + i * HOUR,
+                "count": int(hours[i]["n"]) if i in hours else 0,
+                "avg_latency_ms": hours[i]["avg_ms"] if i in hours else None,
+                "p95_latency_ms": hours[i]["p95_ms"] if i in hours else None,
+            }
+            for i in range(24)
+        ]
+        summary = _one(
+            con,
+            """
+            SELECT count(*) FILTER (WHERE event_type IN (SELECT unnest($types::VARCHAR[]))) AS completions,
+                   count(*) FILTER (WHERE event_type = $fail) AS failures,
+                   avg(duration_ms) FILTER (WHERE event_type IN (SELECT unnest($types::VARCHAR[])))
+                     AS avg_latency_ms,
+                   quantile_cont(duration_ms, 0.95) FILTER (
+                     WHERE event_type IN (SELECT unnest($types::VARCHAR[]))) AS p95_latency_ms
+            FROM events WHERE timestamp >= $since AND timestamp <= $now
+            """,
+            {"types": done, "fail": fail, "since": since, "now": now},
+        )
+        errors = _dicts(
+            con,
+            """
+            SELECT coalesce(error_code, 'unknown') AS error_code, count(*) AS count,
+                   max(timestamp) AS last_seen, arg_max(error_message, timestamp) AS example_message
+            FROM events WHERE event_type = $fail AND timestamp >= $since AND timestamp <= $now
+            GROUP BY ALL ORDER BY count DESC, error_code
+            """,
+            {"fail": fail, "since": since, "now": now},
+        )
+        queue = _dicts(
+            con,
+            """
+            SELECT artifact_id, organization_id, coach_user_id, failed_at, error_code, error_message, retry_count
+            FROM artifacts
+            WHERE status = 'failed' AND failed_stage = $stage AND failed_at >= $since AND failed_at <= $now
+            ORDER BY failed_at DESC, artifact_id
+            """,
+            {"stage": st, "since": since, "now": now},
+        )
+        for q in queue:
+            q["retry_options"] = retry_options({**q, "status": "failed", "failed_stage": st}, th)
+        completions, failures = int(summary.get("completions") or 0), int(summary.get("failures") or 0)
+        out.append(
+            {
+                "stage": st,
+                "completions": completions,
+                "failures": failures,
+                "failure_rate": _ratio(failures, completions + failures),
+                "avg_latency_ms": summary.get("avg_latency_ms"),
+                "p95_latency_ms": summary.get("p95_latency_ms"),
+                "in_progress": at_stage,
+                "latency_by_hour": chart,
+                "errors": errors,
+                "retry_queue": queue,
+            }
+        )
+    return {"generated_at": now, "since": since, "stages": out}
+
+
+# ------------------------------------------------------------------ artifacts
+
+
+def artifacts(
+    root: Path,
+    *,
+    now: dt.datetime,
+    status: str | None = None,
+    org: str | None = None,
+    channel: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    search: str | None = None,
+    sort: str = "created",
+    descending: bool = True,
+    limit: int = 50,
+    page: int = 1,
+    expanded: bool = False,
+    thresholds: Thresholds | None = None,
+) -> dict[str, Any]:
+    """The artifact grid: artifacts received in [since, until), filtered, sorted,
+    one page of at most ``limit`` rows; ``next_page`` is None on the last page."""
+    th = thresholds or Thresholds()
+    check_choice("status", status, ARTIFACT_STATUSES)
+    check_choice("sort key", sort, tuple(ARTIFACT_SORTS))
+    org, channel, search = (
+        check_text("--org", org),
+        check_text("--channel", channel),
+        check_text("--search", search),
+    )
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT} (use --page for more)")
+    if page < 1:
+        raise UsageError("--page must be 1 or more")
+    now = aware(now)
+    since = aware(since) if since is not None else None
+    until = aware(until) if until is not None else now
+    con = _open(root, since)
+    where = ["artifact_id IN (SELECT artifact_id FROM events WHERE event_type = 'artifact_received'"]
+    params: dict[str, Any] = {"until": until}
+    recv = " AND timestamp < $until"
+    if since is not None:
+        recv += " AND timestamp >= $since"
+        params["since"] = since
+    where[0] += recv + ")"
+    for key, col, value in (
+        ("status", "status", status),
+        ("org", "organization_id", org),
+        ("channel", "source_channel", channel),
+    ):
+        if value is not None:
+            where.append(f"{col} = ${key}")
+            params[key] = value
+    if search is not None:
+        where.append("starts_with(artifact_id, $search)")
+        params["search"] = search
+    col = ARTIFACT_SORTS[sort]
+    order = (
+        f"{col} {'DESC' if descending else 'ASC'} NULLS LAST, artifact_id {'DESC' if descending else 'ASC'}"
+    )
+    cond = " AND ".join(where)
+    total = int(_one(con, f"SELECT count(*) AS n FROM artifacts WHERE {cond}", params)["n"])
+    rows = _dicts(
+        con,
+        f"SELECT * FROM artifacts WHERE {cond} ORDER BY {order} LIMIT $limit OFFSET $offset",
+        {**params, "limit": limit, "offset": (page - 1) * limit},
+    )
+    out_rows = []
+    for r in rows:
+        row = {k: r.get(k) for k in ARTIFACT_COLUMNS if k != "action"}
+        opts = retry_options(r, th)
+        row["action"] = "retry" if opts else None
+        if expanded:
+            row["entity_count"] = r.get("entity_count")
+            row["draft_count"] = r.get("draft_count")
+            row["retry_options"] = opts
+        out_rows.append(row)
+    if expanded and out_rows:
+        ids = [r["artifact_id"] for r in out_rows]
+        timeline: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for ev in _dicts(
+            con,
+            f"SELECT {_EVENT_SELECT} FROM events WHERE artifact_id IN (SELECT unnest($ids::VARCHAR[])) "
+            "ORDER BY timestamp, event_id",
+            {"ids": ids},
+        ):
+            timeline[ev["artifact_id"]].append(_event_row(ev))
+        for row in out_rows:
+            row["timeline"] = timeline[row["artifact_id"]]
+    offset = (page - 1) * limit
+    return {
+        "generated_at": now,
+        "filters": {
+            "status": status,
+            "org": org,
+            "channel": channel,
+            "since": since,
+            "until": until,
+            "search": search,
+            "sort": sort,
+            "descending": descending,
+        },
+        "total": total,
+        "page": page,
+        "limit": limit,
+        "first": offset + 1 if rows else 0,
+        "last": offset + len(rows),
+        "next_page": page + 1 if offset + len(rows) < total else None,
+        "rows": out_rows,
+    }
+
+
+# ------------------------------------------------------------ artifact detail
+
+
+def _artifact_files(root: Path, artifact_id: str) -> list[Path]:
+    """The event files that hold an artifact's events.
+
+    Reads only Parquet footers: DuckDB's row-group statistics (min/max of
+    artifact_id) rule out most files cheaply when files are sorted by artifact_id
+    (compacted files are); the rest are checked with a projection on one column.
+    """
+    import duckdb
+
+    files = _files(root, None, None)
+    if not files:
+        return []
+    con = duckdb.connect()
+    from .query import parquet_scan
+
+    src = parquet_scan(files).replace("hive_partitioning=false", "hive_partitioning=false, filename=true")
+    rows = con.execute(
+        f"SELECT DISTINCT filename FROM {src} WHERE artifact_id = $id", {"id": artifact_id}
+    ).fetchall()
+    return sorted(Path(r[0]) for r in rows)
+
+
+def artifact_detail(
+    root: Path,
+    artifact_id: str,
+    *,
+    now: dt.datetime,
+    thresholds: Thresholds | None = None,
+) -> dict[str, Any]:
+    """One artifact: header (status, channel, coach, org, times, cost), its event
+    timeline with human details, the retry options its state allows, and its retry
+    history. Raises :class:`NotFoundError` for an unknown id."""
+    th = thresholds or Thresholds()
+    check_text("artifact id", artifact_id)
+    require_events(root)
+    now = aware(now)
+    files = _artifact_files(root, artifact_id)
+    if not files:
+        raise NotFoundError(
+            f"no events for artifact {artifact_id[:80]!r} under {root}; "
+            "find ids with `voicepipe report artifacts --search PREFIX`"
+        )
+    con = _connect(files)
+    con.execute(
+        "CREATE TEMP TABLE one AS SELECT * FROM events_raw WHERE artifact_id = $id", {"id": artifact_id}
+    )
+    con.execute("CREATE OR REPLACE VIEW events AS SELECT DISTINCT ON (event_id) * FROM one")
+    head = _one(con, "SELECT * FROM artifacts WHERE artifact_id = $id", {"id": artifact_id})
+    timeline = [
+        _event_row(ev)
+        for ev in _dicts(con, f"SELECT {_EVENT_SELECT} FROM events ORDER BY timestamp, event_id")
+    ]
+    processing_ms = head.get("end_to_end_latency_ms")
+    if processing_ms is None and head.get("received_at") is not None:
+        end = head.get("failed_at") or head.get("last_event_at")
+        if head.get("status") not in ("completed", "failed"):
+            end = now
+        processing_ms = (store.to_us(end) - store.to_us(head["received_at"])) / 1000.0
+    header = {
+        k: head.get(k)
+        for k in (
+            "artifact_id",
+            "status",
+            "source_channel",
+            "coach_user_id",
+            "organization_id",
+            "voice_note_id",
+            "current_stage",
+            "failed_stage",
+            "error_code",
+            "error_message",
+            "received_at",
+            "completed_at",
+            "failed_at",
+            "last_event_at",
+            "end_to_end_latency_ms",
+            "claim_count",
+            "entity_count",
+            "disambiguation_count",
+            "draft_count",
+            "total_ai_cost",
+            "retry_count",
+            "event_count",
+        )
+    }
+    header["processing_ms"] = processing_ms
+    retries = [
+        {
+            k: ev[k]
+            for k in ("timestamp", "event_type", "pipeline_stage", "error_code", "error_message", "detail")
+        }
+        | {"retry_attempt": r.get("retry_attempt"), "actor": r.get("actor")}
+        for ev, r in zip(
+            timeline,
+            _dicts(con, f"SELECT {_EVENT_SELECT} FROM events ORDER BY timestamp, event_id"),
+            strict=True,
+        )
+        if ev["event_type"] in ("retry_initiated", "retry_succeeded", "retry_failed")
+    ]
+    return {
+        "generated_at": now,
+        "artifact": header,
+        "timeline": timeline,
+        "retry_options": retry_options(head, th),
+        "retries": retries,
+    }
+
+
+# -------------------------------------------------------------------- metrics
+
+_METRIC_KEYS: Final = (
+    "artifacts_received",
+    "artifacts_completed",
+    "artifacts_failed",
+    "overall_failure_rate",
+    "avg_end_to_end_latency_ms",
+    "p95_end_to_end_latency_ms",
+    "total_ai_cost",
+    "avg_transcript_confidence",
+    "auto_resolution_rate",
+    "total_entities_resolved",
+    *(f"avg_{s}_latency_ms" for s in TIMED_STAGES),
+    *(f"p95_{s}_latency_ms" for s in TIMED_STAGES),
+    *(f"{s}_failure_rate" for s in TIMED_STAGES),
+)
+
+
+def _bucket_sql() -> str:
+    from .query import sql_str
+
+    stage_cols = []
+    for s in TIMED_STAGES:
+        done = ", ".join(sql_str(e) for e in STAGE_COMPLETION_EVENTS[s])
+        fail = sql_str(STAGE_FAILURE_EVENTS[s])
+        stage_cols.append(
+            f"avg(duration_ms) FILTER (WHERE event_type IN ({done})) AS avg_{s}_latency_ms, "
+            f"quantile_cont(duration_ms, 0.95) FILTER (WHERE event_type IN ({done})) AS p95_{s}_latency_ms, "
+            f"count(*) FILTER (WHERE event_type = {fail}) / nullif(count(*) FILTER (WHERE event_type IN ({done}, {fail})), 0) "
+            f"AS {s}_failure_rate"
+        )
+    er = ", ".join(sql_str(e) for e in STAGE_COMPLETION_EVENTS["entity_resolution"])
+    return f"""
+    WITH b AS (
+      SELECT *, (epoch_us(timestamp) - epoch_us($start)) // $step AS bucket FROM events
+      WHERE timestamp >= $start AND timestamp <= $now AND ($org IS NULL OR organization_id = $org)
+    ),
+    rec AS (SELECT artifact_id, min(timestamp) AS received_at FROM events
+            WHERE event_type = 'artifact_received' GROUP BY artifact_id),
+    e2e AS (
+      SELECT b.bucket, b.organization_id, (epoch_us(b.timestamp) - epoch_us(r.received_at)) / 1000.0 AS ms
+      FROM b JOIN rec r USING (artifact_id) WHERE b.event_type = 'artifact_completed'
+    ),
+    lat AS (
+      SELECT grouping(bucket, organization_id) AS g, bucket, organization_id,
+             avg(ms) AS avg_end_to_end_latency_ms, quantile_cont(ms, 0.95) AS p95_end_to_end_latency_ms
+      FROM e2e GROUP BY GROUPING SETS ((bucket), (bucket, organization_id), (), (organization_id))
+    ),
+    m AS (
+      SELECT grouping(bucket, organization_id) AS g, bucket, organization_id,
+        count(*) FILTER (WHERE event_type = 'artifact_received') AS artifacts_received,
+        count(*) FILTER (WHERE event_type = 'artifact_completed') AS artifacts_completed,
+        count(*) FILTER (WHERE event_type = 'artifact_failed') AS artifacts_failed,
+        count(*) FILTER (WHERE event_type = 'artifact_failed')
+          / nullif(count(*) FILTER (WHERE event_type IN ('artifact_completed', 'artifact_failed')), 0)
+          AS overall_failure_rate,
+        sum(ai_cost) AS total_ai_cost,
+        avg(confidence_score) FILTER (WHERE event_type = 'transcription_completed') AS avg_transcript_confidence,
+        sum(entity_count - coalesce(disambiguation_count, 0)) FILTER (WHERE event_type IN ({er}))
+          / nullif(sum(entity_count) FILTER (WHERE event_type IN ({er})), 0) AS auto_resolution_rate,
+        sum(entity_count) FILTER (WHERE event_type IN ({er})) AS total_entities_resolved,
+        {", ".join(stage_cols)}
+      FROM b GROUP BY GROUPING SETS ((bucket), (bucket, organization_id), (), (organization_id))
+    )
+    SELECT m.*, lat.avg_end_to_end_latency_ms, lat.p95_end_to_end_latency_ms
+    FROM m LEFT JOIN lat ON m.g = lat.g AND m.bucket IS NOT DISTINCT FROM lat.bucket
+      AND m.organization_id IS NOT DISTINCT FROM lat.organization_id
+    """
+
+
+def _raw_buckets(
+    root: Path, start: dt.datetime, now: dt.datetime, step: dt.timedelta, org: str | None
+) -> list[dict[str, Any]]:
+    """DESIGN §6 metrics per bucket (g=1: all orgs; g=0: per org), per range (g=3)
+    and per org over the range (g=2), from raw events in [start, now]."""
+    files = _files(root, start - DAY, None)
+    con = _connect(files)
+    return _dicts(
+        con,
+        _bucket_sql(),
+        {"start": start, "now": now, "step": int(step.total_seconds() * 1_000_000), "org": org},
+    )
+
+
+def _snapshot_rows(
+    root: Path, period: str, start: dt.datetime, end: dt.datetime, org: str | None
+) -> list[dict[str, Any]]:
+    """Snapshot rows (scope: all orgs, or one org) for complete buckets in [start, end)."""
+    import duckdb
+
+    from .query import sql_str, vetted_files
+
+    area = store.SNAPSHOTS_DAILY if period == "daily" else store.SNAPSHOTS_HOURLY
+    files = vetted_files(root, area, since=start, until=end)
+    if not files:
+        return []
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    src = f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], union_by_name=true)"
+    try:
+        return _dicts(
+            con,
+            f"""
+            SELECT * FROM {src}
+            WHERE period_start >= $start AND period_end <= $end
+              AND (($org IS NULL AND organization_id IS NULL) OR ($org IS NOT NULL AND organization_id = $org))
+            ORDER BY period_start, created_at DESC
+            """,
+            {"start": start, "end": end, "org": org},
+        )
+    except duckdb.Error:
+        return []
+
+
+def _combine(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Range-level figures from per-bucket rows: sums summed, ratios recomputed from
+    sums where possible, averages and p95s weighted by the bucket's volume."""
+
+    def total(key: str) -> float | None:
+        vals = [r.get(key) for r in rows if r.get(key) is not None]
+        return float(sum(vals)) if vals else None
+
+    def weighted(key: str, weight: str) -> float | None:
+        pairs = [(r.get(key), r.get(weight) or 0) for r in rows if r.get(key) is not None]
+        wsum = sum(w for _, w in pairs)
+        if not pairs:
+            return None
+        if not wsum:
+            return float(sum(v for v, _ in pairs)) / len(pairs)
+        return float(sum(v * w for v, w in pairs)) / wsum
+
+    out: dict[str, Any] = {}
+    for key in ("artifacts_received", "artifacts_completed", "artifacts_failed", "total_entities_resolved"):
+        out[key] = int(total(key) or 0)
+    out["total_ai_cost"] = total("total_ai_cost")
+    out["overall_failure_rate"] = _ratio(
+        out["artifacts_failed"], out["artifacts_completed"] + out["artifacts_failed"]
+    )
+    out["avg_end_to_end_latency_ms"] = weighted("avg_end_to_end_latency_ms", "artifacts_completed")
+    out["p95_end_to_end_latency_ms"] = weighted("p95_end_to_end_latency_ms", "artifacts_completed")
+    out["avg_transcript_confidence"] = weighted("avg_transcript_confidence", "artifacts_received")
+    out["auto_resolution_rate"] = weighted("auto_resolution_rate", "total_entities_resolved")
+    for s in TIMED_STAGES:
+        for key in (f"avg_{s}_latency_ms", f"p95_{s}_latency_ms", f"{s}_failure_rate"):
+            out[key] = weighted(key, "artifacts_received")
+    return out
+
+
+def _pick(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in _METRIC_KEYS}
+
+
+def metrics(
+    root: Path,
+    *,
+    now: dt.datetime,
+    range_: str = "24h",
+    org: str | None = None,
+) -> dict[str, Any]:
+    """Cards, time series (throughput, failure rate, cost), latency by stage, a
+    transcript-confidence histogram and the organisation breakdown for a range.
+
+    Ranges of a day or less are computed exactly from raw events. 7d and 30d read
+    daily snapshots for complete UTC days and compute the current day (and any day
+    whose snapshot is missing or was built before the day ended) from raw events,
+    listing those days under ``stale_buckets``; range-level p95s and averages are
+    then volume-weighted means of the daily values (``approximate`` says which).
+    """
+    check_choice("range", range_, tuple(RANGES))
+    org = check_text("--org", org)
+    require_events(root)
+    now = aware(now)
+    length, step = RANGES[range_]
+    n = int(length / step)
+    start = _floor(now, step) - (n - 1) * step
+    notes: list[str] = []
+    approximate: list[str] = []
+    stale: list[dt.datetime] = []
+    bucket_rows: dict[int, dict[str, Any]] = {}
+    org_rows: list[dict[str, Any]]
+    if step < DAY:
+        raw = _raw_buckets(root, start, now, step, org)
+        for r in raw:
+            if r["g"] == 1:
+                bucket_rows[int(r["bucket"])] = _pick(r)
+        totals = next((_pick(r) for r in raw if r["g"] == 3), _pick({}))
+        org_rows = [r for r in raw if r["g"] == 2]
+        source = "events"
+    else:
+        snaps = _snapshot_rows(root, "daily", start, _floor(now, DAY), org)
+        have: dict[int, dict[str, Any]] = {}
+        for r in snaps:
+            i = int((store.to_us(aware(r["period_start"])) - store.to_us(start)) // store.US_PER_DAY)
+            created = r.get("created_at")
+            if i in have:
+                continue
+            if created is not None and aware(created) < aware(r["period_end"]):
+                continue  # built before its day ended: recompute
+            have[i] = _pick(r)
+        missing = [i for i in range(n) if i not in have]
+        bucket_rows.update(have)
+        raw_start = start + min(missing) * DAY if missing else _floor(now, DAY)
+        raw = _raw_buckets(root, raw_start, now, DAY, org) if missing else []
+        offset = int((store.to_us(raw_start) - store.to_us(start)) // store.US_PER_DAY)
+        raw_by_bucket = {int(r["bucket"]) + offset: _pick(r) for r in raw if r["g"] == 1}
+        for i in missing:
+            if i in raw_by_bucket:
+                bucket_rows[i] = raw_by_bucket[i]
+        stale = [start + i * DAY for i in missing if i < n - 1 and i in raw_by_bucket]
+        if stale and not have:
+            notes.append(
+                "no daily snapshots yet: every day was computed from raw events; "
+                "run `voicepipe aggregate` (cron) to make this report fast"
+            )
+        elif stale:
+            notes.append(
+                f"snapshots are behind: {len(stale)} daily bucket(s) computed from raw events; "
+                "run `voicepipe aggregate` to bring them up to date"
+            )
+        totals = _combine([bucket_rows[i] for i in sorted(bucket_rows)])
+        approximate = [
+            "p95_end_to_end_latency_ms",
+            "avg_end_to_end_latency_ms",
+            "avg_transcript_confidence",
+            *(f"avg_{s}_latency_ms" for s in TIMED_STAGES),
+            *(f"p95_{s}_latency_ms" for s in TIMED_STAGES),
+        ]
+        org_rows = _org_breakdown_from_snapshots(root, start, now, raw, have, org)
+        source = "snapshots+events" if have else "events"
+    series = []
+    for i in range(n):
+        r = bucket_rows.get(i, {})
+        series.append(
+            {
+                "period_start": start + i * step,
+                "artifacts_received": int(r.get("artifacts_received") or 0),
+                "artifacts_completed": int(r.get("artifacts_completed") or 0),
+                "artifacts_failed": int(r.get("artifacts_failed") or 0),
+                "overall_failure_rate": r.get("overall_failure_rate"),
+                "avg_end_to_end_latency_ms": r.get("avg_end_to_end_latency_ms"),
+                "total_ai_cost": r.get("total_ai_cost"),
+            }
+        )
+    processed = int(totals.get("artifacts_completed") or 0) + int(totals.get("artifacts_failed") or 0)
+    cards = {
+        "artifacts_received": int(totals.get("artifacts_received") or 0),
+        "artifacts_processed": processed,
+        "completion_rate": _ratio(totals.get("artifacts_completed"), processed),
+        "avg_end_to_end_latency_ms": totals.get("avg_end_to_end_latency_ms"),
+        "p95_end_to_end_latency_ms": totals.get("p95_end_to_end_latency_ms"),
+        "total_ai_cost": totals.get("total_ai_cost"),
+        "auto_resolution_rate": totals.get("auto_resolution_rate"),
+        "disambiguation_backlog": disambiguation_backlog(root, now=now, org=org),
+    }
+    stages = [
+        {
+            "stage": s,
+            "avg_latency_ms": totals.get(f"avg_{s}_latency_ms"),
+            "p95_latency_ms": totals.get(f"p95_{s}_latency_ms"),
+            "failure_rate": totals.get(f"{s}_failure_rate"),
+        }
+        for s in TIMED_STAGES
+    ]
+    organizations = sorted(
+        (
+            {
+                "organization_id": r.get("organization_id"),
+                "artifacts_received": int(r.get("artifacts_received") or 0),
+                "artifacts_completed": int(r.get("artifacts_completed") or 0),
+                "artifacts_failed": int(r.get("artifacts_failed") or 0),
+                "p95_end_to_end_latency_ms": r.get("p95_end_to_end_latency_ms"),
+                "total_ai_cost": r.get("total_ai_cost"),
+                "overall_failure_rate": r.get("overall_failure_rate"),
+            }
+            for r in org_rows
+            if r.get("organization_id") is not None or r.get("artifacts_received")
+        ),
+        key=lambda r: (-r["artifacts_received"], str(r["organization_id"])),
+    )
+    return {
+        "generated_at": now,
+        "range": range_,
+        "organization_id": org,
+        "start": start,
+        "bucket_seconds": int(step.total_seconds()),
+        "source": source,
+        "notes": notes,
+        "stale_buckets": stale,
+        "approximate": approximate,
+        "cards": cards,
+        "series": series,
+        "stages": stages,
+        "confidence_histogram": confidence_histogram(root, since=start, now=now, org=org),
+        "organizations": organizations,
+    }
+
+
+def _org_breakdown_from_snapshots(
+    root: Path,
+    start: dt.datetime,
+    now: dt.datetime,
+    raw: Sequence[Mapping[str, Any]],
+    have: Mapping[int, Mapping[str, Any]],
+    org: str | None,
+) -> list[dict[str, Any]]:
+    """Per-organisation totals over the range: snapshot days plus raw days."""
+    import duckdb
+
+    from .query import sql_str, vetted_files
+
+    per_org: dict[Any, list[dict[str, Any]]] = {}
+    if have:
+        files = vetted_files(root, store.SNAPSHOTS_DAILY, since=start, until=_floor(now, DAY))
+        if files:
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            src = f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], union_by_name=true)"
+            days = [start + i * DAY for i in have]
+            try:
+                for r in _dicts(
+                    con,
+                    f"SELECT * FROM {src} WHERE organization_id IS NOT NULL "
+                    "AND ($org IS NULL OR organization_id = $org) "
+                    "AND period_start IN (SELECT unnest($days::TIMESTAMPTZ[]))",
+                    {"org": org, "days": days},
+                ):
+                    per_org.setdefault(r["organization_id"], []).append(_pick(r))
+            except duckdb.Error:
+                pass
+    for r in raw:
+        if r["g"] == 0:
+            per_org.setdefault(r["organization_id"], []).append(_pick(r))
+    out = []
+    for oid, rows in per_org.items():
+        combined = _combine(rows)
+        combined["organization_id"] = oid
+        out.append(combined)
+    return out
+
+
+def confidence_histogram(
+    root: Path, *, since: dt.datetime, now: dt.datetime, org: str | None = None, bins: int = 10
+) -> list[dict[str, Any]]:
+    """Counts of transcription_completed confidence_score in ``bins`` equal bins over [0, 1]."""
+    con = _connect(_files(root, since, None))
+    counts = {
+        int(r["b"]): int(r["n"])
+        for r in _dicts(
+            con,
+            """
+            SELECT least(floor(confidence_score * $bins), $bins - 1)::INT AS b, count(*) AS n
+            FROM events_raw
+            WHERE event_type = 'transcription_completed' AND confidence_score IS NOT NULL
+              AND timestamp >= $since AND timestamp <= $now AND ($org IS NULL OR organization_id = $org)
+            GROUP BY ALL
+            """,
+            {"bins": bins, "since": since, "now": now, "org": org},
+        )
+    }
+    return [{"lo": i / bins, "hi": (i + 1) / bins, "count": counts.get(i, 0)} for i in range(bins)]
+
+
+def disambiguation_backlog(root: Path, *, now: dt.datetime, org: str | None = None) -> int:
+    """Σ disambiguation_count of entity_needs_disambiguation − Σ of entity_user_resolved,
+    over every event in the store (that is, within event retention)."""
+    con = _connect(_files(root, None, None))
+    row = _one(
+        con,
+        """
+        SELECT coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_needs_disambiguation'), 0)
+             - coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_user_resolved'), 0) AS n
+        FROM events
+        WHERE event_type IN ('entity_needs_disambiguation', 'entity_user_resolved')
+          AND timestamp <= $now AND ($org IS NULL OR organization_id = $org)
+        """,
+        {"now": aware(now), "org": org},
+    )
+    return max(int(row.get("n") or 0), 0)
+
+
+# --------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Filters of the event log; every value is bound as a parameter."""
+
+    types: tuple[str, ...] = ()
+    stage: str | None = None
+    org: str | None = None
+    artifact: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    errors_only: bool = False
+
+    def validated(self) -> EventFilter:
+        for t in self.types:
+            check_choice("event type", t, EVENT_TYPES)
+        check_choice("stage", self.stage, STAGES)
+        check_text("--org", self.org)
+        check_text("--artifact", self.artifact)
+        return self
+
+    def sql(self) -> tuple[str, dict[str, Any]]:
+        where = ["TRUE"]
+        params: dict[str, Any] = {}
+        if self.types:
+            where.append("event_type IN (SELECT unnest($types::VARCHAR[]))")
+            params["types"] = list(self.types)
+        for key, col, value in (
+            ("stage", "pipeline_stage", self.stage),
+            ("org", "organization_id", self.org),
+            ("artifact", "artifact_id", self.artifact),
+        ):
+            if value is not None:
+                where.append(f"{col} = ${key}")
+                params[key] = value
+        if self.since is not None:
+            where.append("timestamp >= $since")
+            params["since"] = aware(self.since)
+        if self.until is not None:
+            where.append("timestamp < $until")
+            params["until"] = aware(self.until)
+        if self.errors_only:
+            where.append("(event_type IN (SELECT unnest($failures::VARCHAR[])) OR error_code IS NOT NULL)")
+            params["failures"] = sorted(FAILURE_EVENT_TYPES)
+        return " AND ".join(where), params
+
+
+def _days_newest_first(root: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[list[Path]]:
+    by_day: dict[str, list[Path]] = {}
+    for f in _files(root, since, until):
+        by_day.setdefault(f.parent.parent.name, []).append(f)
+    return [by_day[d] for d in sorted(by_day, reverse=True)]
+
+
+def events(
+    root: Path,
+    *,
+    now: dt.datetime,
+    filters: EventFilter | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
+    """The raw event log, newest first. Reads a day of files at a time, newest day
+    first, and stops as soon as ``limit`` rows are found."""
+    f = (filters or EventFilter()).validated()
+    if not 1 <= limit <= 10_000:
+        raise UsageError("--limit must be between 1 and 10000")
+    require_events(root)
+    now = aware(now)
+    until = f.until if f.until is not None else None
+    cond, params = f.sql()
+    cond += " AND timestamp <= $now"
+    params["now"] = now
+    found: list[dict[str, Any]] = []
+    for day_files in _days_newest_first(root, f.since, until):
+        con = _connect(day_files)
+        found += _dicts(
+            con,
+            f"SELECT {_EVENT_SELECT} FROM events WHERE {cond} ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
+            {**params, "limit": limit - len(found)},
+        )
+        if len(found) >= limit:
+            break
+    return {
+        "generated_at": now,
+        "filters": {
+            "types": list(f.types),
+            "stage": f.stage,
+            "org": f.org,
+            "artifact": f.artifact,
+            "since": f.since,
+            "until": f.until,
+            "errors_only": f.errors_only,
+        },
+        "limit": limit,
+        "rows": [_event_row(ev) for ev in found],
+    }
+
+
+def event(root: Path, event_id: str) -> dict[str, Any]:
+    """One event's full payload (every column, attributes as a dict)."""
+    check_text("event id", event_id)
+    require_events(root)
+    for day_files in _days_newest_first(root, None, None):
+        con = _connect(day_files)
+        rows = _dicts(con, "SELECT * FROM events_raw WHERE event_id = $id LIMIT 1", {"id": event_id})
+        if rows:
+            ev = rows[0]
+            attrs = ev.get("attributes")
+            if isinstance(attrs, list):
+                ev["attributes"] = {k: v for k, v in attrs}
+            ev["kind"] = event_kind(str(ev["event_type"]))
+            ev["detail"] = describe_event(ev)
+            return ev
+    raise NotFoundError(
+        f"no event {event_id[:80]!r} under {root}; list ids with `voicepipe report events --format json`"
+    )
+
+
+def follow_events(
+    root: Path,
+    *,
+    filters: EventFilter | None = None,
+    poll_interval: float = 1.0,
+    seen_files: set[Path] | None = None,
+    stop_after: float | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield events as new files land under the root (like ``tail -f``), oldest
+    first within each batch, each event once. Files present in ``seen_files`` (or at
+    the first poll when it is None) are skipped. Runs until the caller stops
+    iterating (or ``stop_after`` seconds)."""
+    f = (filters or EventFilter()).validated()
+    cond, params = f.sql()
+    seen = set(_files(root, None, None)) if seen_files is None else set(seen_files)
+    seen_ids: set[str] = set()
+    deadline = None if stop_after is None else time.monotonic() + stop_after
+    while deadline is None or time.monotonic() < deadline:
+        fresh = [p for p in _files(root, None, None) if p not in seen]
+        if fresh:
+            seen.update(fresh)
+            con = _connect(fresh)
+            for ev in _dicts(
+                con, f"SELECT {_EVENT_SELECT} FROM events WHERE {cond} ORDER BY timestamp, event_id", params
+            ):
+                if ev["event_id"] in seen_ids:
+                    continue
+                seen_ids.add(ev["event_id"])
+                yield _event_row(ev)
+        time.sleep(poll_interval)
+
+
+# --------------------------------------------------------------------- alerts
+
+
+def active_alerts(root: Path, *, now: dt.datetime) -> list[dict[str, Any]]:
+    """Alerts currently raised (not resolved), newest first; [] without an alert log."""
+    return alerts(root, now=now)["rows"]
+
+
+ALERT_COLUMNS: Final = (
+    "alert_id",
+    "rule",
+    "scope",
+    "organization_id",
+    "status",
+    "severity",
+    "raised_at",
+    "escalated_at",
+    "resolved_at",
+    "acknowledged_by",
+    "acknowledged_at",
+    "summary",
+    "value",
+    "threshold",
+)
+
+
+def alerts(
+    root: Path,
+    *,
+    now: dt.datetime,
+    history: bool = False,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    rule: str | None = None,
+    org: str | None = None,
+    severity: str | None = None,
+) -> dict[str, Any]:
+    """Active alerts (current state per alert, newest first) or, with ``history``,
+    every alert as it stands, raised in [since, until), newest first. Reads the alert
+    log only (see :mod:`voicepipe_obs.alerts`)."""
+    import duckdb
+
+    from . import alerts as alerts_mod
+
+    rule, org, severity = (
+        check_text("--rule", rule),
+        check_text("--org", org),
+        check_text("--severity", severity),
+    )
+    now = aware(now)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    alerts_mod.register_views(con, root)
+    states = alerts_mod.list_alerts(
+        root,
+        status="all" if history else "active",
+        rule=rule,
+        organization_id=org,
+        severity=severity,
+        con=con,
+    )
+    rows = []
+    for st in states:
+        d = {k: getattr(st, k) for k in ALERT_COLUMNS}
+        raised = d["raised_at"]
+        if since is not None and raised < aware(since):
+            continue
+        if until is not None and raised >= aware(until):
+            continue
+        rows.append(d)
+    rows.sort(key=lambda r: (r["raised_at"], r["alert_id"]), reverse=True)
+    has_log = bool(_files_in(root, store.ALERTS))
+    return {"generated_at": now, "history": history, "alert_log_present": has_log, "rows": rows}
+
+
+def _files_in(root: Path, area: str) -> list[Path]:
+    from .query import vetted_files
+
+    return vetted_files(root, area)
+
+
+# -------------------------------------------------------------------- retries
+
+RETRY_COLUMNS: Final = (
+    "timestamp",
+    "event_type",
+    "artifact_id",
+    "organization_id",
+    "pipeline_stage",
+    "retry_attempt",
+    "actor",
+    "error_code",
+    "error_message",
+    "event_id",
+)
+
+
+def retries(
+    root: Path,
+    *,
+    now: dt.datetime,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    artifact: str | None = None,
+    org: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
+    """Retry history (retry_initiated / retry_succeeded / retry_failed), newest first,
+    with per-outcome totals."""
+    f = EventFilter(
+        types=("retry_initiated", "retry_succeeded", "retry_failed"),
+        org=org,
+        artifact=artifact,
+        since=since,
+        until=until,
+    ).validated()
+    if not 1 <= limit <= 10_000:
+        raise UsageError("--limit must be between 1 and 10000")
+    require_events(root)
+    now = aware(now)
+    cond, params = f.sql()
+    con = _connect(_files(root, since, until))
+    rows = _dicts(
+        con,
+        f"SELECT {_EVENT_SELECT} FROM events WHERE {cond} AND timestamp <= $now "
+        "ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
+        {**params, "now": now, "limit": limit},
+    )
+    totals = _one(
+        con,
+        f"""SELECT count(*) FILTER (WHERE event_type = 'retry_initiated') AS initiated,
+                   count(*) FILTER (WHERE event_type = 'retry_succeeded') AS succeeded,
+                   count(*) FILTER (WHERE event_type = 'retry_failed') AS failed
+            FROM events WHERE {cond} AND timestamp <= $now""",
+        {**params, "now": now},
+    )
+    return {
+        "generated_at": now,
+        "totals": {k: int(totals.get(k) or 0) for k in ("initiated", "succeeded", "failed")},
+        "rows": [{k: r.get(k) for k in RETRY_COLUMNS} for r in rows],
+    }
+
+
+# ------------------------------------------------------------------------ sql
+
+
+def locked_connection(root: Path) -> duckdb.DuckDBPyConnection:
+    """The views of :func:`voicepipe_obs.query.connect` on a connection that cannot
+    touch files outside the root, install or load extensions, or change settings."""
+    from .query import connect
+
+    root = root.resolve()
+    con = connect(root)
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET allowed_directories = $dirs", {"dirs": [str(root) + os.sep]})
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def run_sql(root: Path, sql: str, *, max_rows: int = 1000) -> dict[str, Any]:
+    """Run one read-only statement (SELECT, WITH … SELECT, DESCRIBE, SHOW, EXPLAIN)
+    over the views; anything else is refused before it runs."""
+    import duckdb
+
+    if not sql.strip():
+        raise UsageError('empty query; try: voicepipe sql "SELECT count(*) FROM events"')
+    if len(sql) > 100_000:
+        raise UsageError("query too long (at most 100000 characters)")
+    con = locked_connection(store.resolve_root(root))
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise UsageError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+    if len(statements) != 1:
+        raise UsageError("run one statement at a time")
+    kind = statements[0].type
+    if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        raise UsageError(
+            f"only read-only queries are allowed (got {kind.name}); "
+            "use SELECT over the views events, artifacts, snapshots_hourly, snapshots_daily, alerts"
+        )
+    try:
+        cur = con.execute(statements[0])
+        columns = [d[0] for d in cur.description]
+        rows = cur.fetchmany(max_rows + 1)
+    except duckdb.Error as exc:
+        raise UsageError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+    return {
+        "columns": columns,
+        "rows": [dict(zip(columns, r, strict=True)) for r in rows[:max_rows]],
+        "truncated": len(rows) > max_rows,
+    }
+
+
+__all__ = [
+    "ARTIFACT_COLUMNS",
+    "ARTIFACT_SORTS",
+    "EVENT_COLUMNS",
+    "EVENT_TYPE_SET",
+    "RANGES",
+    "EventFilter",
+    "Thresholds",
+    "alerts",
+    "artifact_detail",
+    "artifacts",
+    "dashboard",
+    "event",
+    "events",
+    "follow_events",
+    "metrics",
+    "pipeline",
+    "retries",
+    "run_sql",
+]

@@ -1,0 +1,79 @@
+"""Parsing of the time values users type on the command line: relative durations
+(``30m``, ``2h``, ``7d``, ``1w``), ISO dates and datetimes (``2026-11-01``,
+``2026-11-01T08:00``, ``2026-11-01 08:00:00+01:00``) and the words ``now``,
+``today`` and ``yesterday``.
+
+Pure functions of their arguments (the current time is a parameter, so tests freeze
+it); every result is a timezone-aware UTC datetime. Naive ISO values are read as UTC.
+Bad values raise :class:`UsageError` with a message listing the accepted forms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Final
+
+from .errors import UsageError
+
+UTC: Final = dt.timezone.utc
+
+ACCEPTED_FORMS: Final = (
+    "a duration before now such as 90s, 30m, 2h, 7d or 1w; "
+    "an ISO date or datetime such as 2026-11-01 or 2026-11-01T08:00 (UTC unless an offset is given); "
+    "or now, today, yesterday"
+)
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+
+
+def parse_duration(value: str) -> dt.timedelta:
+    """``90s``, ``30m``, ``2h``, ``7d``, ``1w`` (a number and one unit) → timedelta."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise UsageError(f"invalid duration {value!r}: use a number and a unit, e.g. 90s, 30m, 2h, 7d or 1w")
+    return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_since(value: str, now: dt.datetime) -> dt.datetime:
+    """A point in time from a duration before ``now``, an ISO date/datetime or a word.
+
+    ``parse_since("2h", now)`` is ``now - 2h``; ``parse_since("2026-11-01", now)`` is
+    midnight UTC that day; ``today`` is midnight UTC of ``now``'s date.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    text = value.strip()
+    lowered = text.lower()
+    if lowered == "now":
+        return now.astimezone(UTC)
+    if lowered in ("today", "yesterday"):
+        midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return midnight - dt.timedelta(days=1 if lowered == "yesterday" else 0)
+    if _DURATION.match(text):
+        return now.astimezone(UTC) - parse_duration(text)
+    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        parsed = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        raise UsageError(f"invalid time {value!r}: use {ACCEPTED_FORMS}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_until(value: str, now: dt.datetime) -> dt.datetime:
+    """Like :func:`parse_since` (``--until 1h`` means one hour before now)."""
+    return parse_since(value, now)
+
+
+def parse_range(
+    since: str | None, until: str | None, now: dt.datetime
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Both ends of a ``--since/--until`` pair, checking that since < until."""
+    lo = parse_since(since, now) if since else None
+    hi = parse_until(until, now) if until else None
+    if lo is not None and hi is not None and lo >= hi:
+        raise UsageError(f"--since ({lo:%Y-%m-%d %H:%M}) must be before --until ({hi:%Y-%m-%d %H:%M})")
+    return lo, hi

@@ -1,0 +1,1 @@
+"""Small retry apps for the retry tests: modules whose import registers handlers."""

@@ -1,0 +1,235 @@
+"""``voicepipe check`` and ``voicepipe alerts``: exit codes 0/1/2/3 (CliRunner and
+one real subprocess), text and JSON output, acknowledging and listing."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import voicepipe_obs as vp
+from voicepipe_obs import alerts
+from voicepipe_obs.cli import main
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+NOW = "2026-03-02T12:00:00Z"
+
+#: failure_rate overall only; inactivity off so an idle store is OK.
+QUIET = """
+[alerts.failure_rate]
+per_organization = false
+[alerts.inactivity]
+enabled = false
+"""
+
+
+def invoke(runner: CliRunner, root: Path, *args: str, config: Path | None = None) -> Any:
+    head = ["--data", str(root)] + (["--config", str(config)] if config else [])
+    return runner.invoke(main, [*head, *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    path = tmp_path / "quiet.toml"
+    path.write_text(QUIET)
+    return path
+
+
+def finish(rec: vp.Recorder, ok: int, failed: int) -> None:
+    for i in range(ok + failed):
+        ts = T0 - dt.timedelta(minutes=5)
+        rec.emit("artifact_completed" if i < ok else "artifact_failed", timestamp=ts, artifact_id=f"a{i}")
+    rec.flush()
+
+
+@pytest.mark.parametrize(
+    ("ok", "failed", "code", "first_word"),
+    [(10, 0, 0, "OK:"), (8, 2, 1, "WARNING"), (7, 3, 2, "CRITICAL")],
+)
+def test_exit_codes(
+    runner: CliRunner,
+    rec: vp.Recorder,
+    root: Path,
+    cfg: Path,
+    ok: int,
+    failed: int,
+    code: int,
+    first_word: str,
+) -> None:
+    finish(rec, ok, failed)
+    result = invoke(runner, root, "check", "--now", NOW, config=cfg)
+    assert result.exit_code == code, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    assert lines[0].split()[0] == first_word
+    assert result.stderr == ""
+    if code:
+        assert lines[0].startswith(f"{first_word} failure_rate [all] {failed * 10}.0% of 10 artifacts failed")
+
+
+def test_one_line_per_active_alert_and_json(
+    runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path
+) -> None:
+    finish(rec, 8, 2)
+    rec.emit("circuit_breaker_opened", timestamp=T0 - dt.timedelta(minutes=1))
+    rec.flush()
+    text = invoke(runner, root, "check", "--now", NOW, config=cfg)
+    assert text.exit_code == 2
+    assert [line.split()[:2] for line in text.stdout.splitlines()] == [
+        ["CRITICAL", "circuit_breaker"],
+        ["WARNING", "failure_rate"],
+    ]
+    out = invoke(runner, root, "check", "--now", "2026-03-02T12:01:00Z", "--format", "json", config=cfg)
+    assert out.exit_code == 2
+    data = json.loads(out.stdout)
+    assert data["status"] == "CRITICAL" and data["exit_code"] == 2
+    assert data["checked_at"] == "2026-03-02T12:01:00Z"
+    assert [a["rule"] for a in data["active"]] == ["circuit_breaker", "failure_rate"]
+    assert data["changes"] == []  # raised by the first run, not again
+    assert "inactivity" not in data["rules_evaluated"]
+
+
+def test_bad_config_exits_3(runner: CliRunner, root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[alerts.failure_rate]\nwarning = 'high'\n")
+    result = invoke(runner, root, "check", config=bad)
+    assert result.exit_code == 3
+    assert result.stdout == ""
+    assert result.stderr.startswith("voicepipe: error: check could not evaluate: ")
+    assert "alerts.failure_rate.warning" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    as_json = invoke(runner, root, "check", "--format", "json", config=bad)
+    assert as_json.exit_code == 3
+    assert json.loads(as_json.stdout)["status"] == "UNKNOWN"
+
+
+def test_unreadable_store_exits_3(runner: CliRunner, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = invoke(runner, not_a_dir, "check")
+    assert result.exit_code == 3
+    assert "is not a directory" in result.stderr
+
+
+def test_lock_timeout_exits_3(runner: CliRunner, root: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "lock.toml"
+    conf.write_text("[alerts]\nlock_timeout_seconds = 0.1\n")
+    with alerts.check_lock(root, 0):
+        result = invoke(runner, root, "check", config=conf)
+    assert result.exit_code == 3
+    assert "another `voicepipe check` still holds" in result.stderr
+
+
+def test_real_subprocess_exit_code(rec: vp.Recorder, root: Path, cfg: Path, tmp_path: Path) -> None:
+    finish(rec, 7, 3)
+    env = {**os.environ, "VOICEPIPE_DATA": str(root), "VOICEPIPE_CONFIG": str(cfg)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "voicepipe_obs.cli", "check", "--now", NOW],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.startswith("CRITICAL failure_rate [all]")
+    # the same through an environment override of the threshold: 30% is only a warning now
+    env["VOICEPIPE_ALERTS__FAILURE_RATE__CRITICAL"] = "0.5"
+    proc = subprocess.run(
+        [sys.executable, "-m", "voicepipe_obs.cli", "check", "--now", "2026-03-02T12:01:00Z"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2  # severity never drops while the alert is active
+    env["VOICEPIPE_DATA"] = str(tmp_path / "elsewhere")
+    proc = subprocess.run(
+        [sys.executable, "-m", "voicepipe_obs.cli", "check"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "OK: no active alerts (7 rules evaluated)\n")
+
+
+def test_ack_and_list(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path) -> None:
+    finish(rec, 7, 3)
+    invoke(runner, root, "check", "--now", NOW, config=cfg)
+    (state,) = alerts.list_alerts(root)
+    result = invoke(runner, root, "alerts", "ack", state.alert_id, "--by", "alice", "--comment", "on it")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"acknowledged {state.alert_id} (failure_rate [all]) by alice at ")
+    listed = invoke(runner, root, "alerts", "list", "--format", "json")
+    (row,) = json.loads(listed.stdout)
+    assert (row["alert_id"], row["acknowledged_by"], row["ack_comment"]) == (state.alert_id, "alice", "on it")
+    # the check line shows who acknowledged
+    line = invoke(runner, root, "check", "--now", "2026-03-02T12:01:00Z", config=cfg).stdout
+    assert line.rstrip().endswith(f"(id {state.alert_id}, acked by alice)")
+
+
+def test_ack_unknown_id_is_a_clean_error(runner: CliRunner, root: Path) -> None:
+    result = invoke(runner, root, "alerts", "ack", "deadbeef", "--by", "alice")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "voicepipe: error: no alert with id 'deadbeef'; `voicepipe alerts list --all` shows the ids"
+    )
+
+
+def test_ack_requires_by(runner: CliRunner, root: Path) -> None:
+    result = invoke(runner, root, "alerts", "ack", "x")
+    assert result.exit_code == 2
+    assert "--by" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_list_formats(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path, fmt: str) -> None:
+    empty = invoke(runner, root, "alerts", "list", "--format", fmt)
+    assert empty.exit_code == 0
+    finish(rec, 7, 3)
+    invoke(runner, root, "check", "--now", NOW, config=cfg)
+    invoke(runner, root, "check", "--now", "2026-03-02T13:00:00Z", config=cfg)  # resolves it
+    active = invoke(runner, root, "alerts", "list", "--format", fmt).stdout
+    everything = invoke(runner, root, "alerts", "list", "--all", "--format", fmt).stdout
+    history = invoke(runner, root, "alerts", "list", "--history", "--format", fmt).stdout
+    if fmt == "json":
+        assert json.loads(empty.stdout) == []
+        assert json.loads(active) == []
+        assert [a["status"] for a in json.loads(everything)] == ["resolved"]
+        assert [h["record_type"] for h in json.loads(history)] == ["raised", "resolved"]
+    elif fmt == "csv":
+        assert empty.stdout.startswith("alert_id,status,severity,rule")
+        rows = list(csv.DictReader(io.StringIO(everything)))
+        assert [(r["status"], r["rule"]) for r in rows] == [("resolved", "failure_rate")]
+        assert [r["record_type"] for r in csv.DictReader(io.StringIO(history))] == ["raised", "resolved"]
+    else:
+        assert empty.stdout.strip() == "no active alerts"
+        assert active.strip() == "no active alerts"
+        assert "resolved" in everything and "failure_rate" in everything
+        assert history.splitlines()[0].split()[:3] == ["timestamp", "record_type", "alert_id"]
+
+
+def test_list_filters(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path) -> None:
+    finish(rec, 7, 3)
+    rec.emit("circuit_breaker_opened", timestamp=T0 - dt.timedelta(minutes=1))
+    rec.flush()
+    invoke(runner, root, "check", "--now", NOW, config=cfg)
+    out = invoke(runner, root, "alerts", "list", "--rule", "circuit_breaker", "--format", "json")
+    assert [a["rule"] for a in json.loads(out.stdout)] == ["circuit_breaker"]
+    out = invoke(runner, root, "alerts", "list", "--severity", "critical", "--format", "json")
+    assert sorted(a["rule"] for a in json.loads(out.stdout)) == ["circuit_breaker", "failure_rate"]
+    bad = invoke(runner, root, "alerts", "list", "--rule", "nope")
+    assert bad.exit_code == 2 and "unknown rule" in bad.stderr

@@ -1,0 +1,273 @@
+"""Configuration: DESIGN defaults, voicepipe.toml discovery, environment and flag
+overrides, one-line errors naming the key and the problem, unknown keys with a
+did-you-mean, and ``voicepipe config show`` with each value's source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from voicepipe_obs.cli import main
+from voicepipe_obs.config import (
+    AlertmanagerNotifier,
+    CommandNotifier,
+    Settings,
+    WebhookNotifier,
+    load_settings,
+    parse_hours,
+)
+from voicepipe_obs.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str, name: str = "voicepipe.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_design_section_7() -> None:
+    a = Settings().alerts
+    assert (a.failure_rate.window_minutes, a.failure_rate.warning, a.failure_rate.critical) == (
+        30,
+        0.10,
+        0.25,
+    )
+    assert a.failure_rate.min_sample == 10
+    assert (a.latency.window_minutes, a.latency.multiplier, a.latency.history_days) == (30, 2.0, 7)
+    assert a.queue_depth.warning == 50
+    assert a.disambiguation_backlog.warning == 100
+    assert a.circuit_breaker.enabled
+    assert (a.inactivity.minutes, a.inactivity.expected_hours, a.inactivity.timezone) == (
+        60,
+        "00:00-24:00",
+        "UTC",
+    )
+    assert (a.budget.daily_budget_usd, a.budget.warning_ratio, a.budget.critical_ratio) == (None, 0.8, 1.0)
+    assert a.stuck.minutes == 30
+    r = Settings().retention
+    assert (r.events_days, r.hourly_snapshots_days, r.daily_snapshots_days) == (30, 7, 90)
+    assert Settings().data == "./voicepipe-data"
+
+
+def test_file_in_working_directory(tmp_path: Path) -> None:
+    write(tmp_path, "data = '/srv/vp'\n[alerts.queue_depth]\nwarning = 80\n")
+    loaded = load_settings(env={})
+    assert loaded.path == tmp_path / "voicepipe.toml"
+    assert loaded.settings.alerts.queue_depth.warning == 80
+    assert loaded.settings.root == Path("/srv/vp")
+    assert loaded.source_of("alerts.queue_depth.warning") == f"file {loaded.path}"
+    assert loaded.source_of("alerts.queue_depth.enabled") == "default"
+
+
+def test_explicit_and_env_config_paths(tmp_path: Path) -> None:
+    other = write(tmp_path, "[alerts.stuck]\nminutes = 45\n", "other.toml")
+    assert load_settings(other, env={}).settings.alerts.stuck.minutes == 45
+    assert load_settings(env={"VOICEPIPE_CONFIG": str(other)}).settings.alerts.stuck.minutes == 45
+    with pytest.raises(ConfigError, match=r"config file .*missing.toml not found \(check --config\)"):
+        load_settings(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError, match=r"check \$VOICEPIPE_CONFIG"):
+        load_settings(env={"VOICEPIPE_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_environment_overrides_file_and_flags_override_both(tmp_path: Path) -> None:
+    write(tmp_path, "data = 'from-file'\n[alerts.failure_rate]\nwarning = 0.15\nmin_sample = 20\n")
+    env = {
+        "VOICEPIPE_ALERTS__FAILURE_RATE__WARNING": "0.2",
+        "VOICEPIPE_ALERTS__INACTIVITY__EXPECTED_HOURS": "06:00-23:00",  # plain string fallback
+        "VOICEPIPE_ALERTS__FAILURE_RATE__PER_ORGANIZATION": "false",
+        "VOICEPIPE_DATA": "from-env",
+        "UNRELATED": "x",
+    }
+    loaded = load_settings(env=env)
+    fr = loaded.settings.alerts.failure_rate
+    assert (fr.warning, fr.min_sample, fr.per_organization) == (0.2, 20, False)
+    assert loaded.settings.alerts.inactivity.expected_hours == "06:00-23:00"
+    assert loaded.source_of("alerts.failure_rate.warning") == "env VOICEPIPE_ALERTS__FAILURE_RATE__WARNING"
+    assert loaded.source_of("alerts.failure_rate.min_sample").startswith("file ")
+    assert loaded.settings.data == "from-env"
+    flagged = load_settings(env=env, overrides={"data": "from-flag"})
+    assert flagged.settings.data == "from-flag" and flagged.source_of("data") == "flag"
+
+
+INVALID: list[tuple[str, str]] = [
+    ("[alert]\nx = 1\n", "unknown key 'alert'; did you mean alerts?"),
+    (
+        "[alerts.failure_rate]\nwarnig = 0.2\n",
+        "unknown key 'alerts.failure_rate.warnig'; did you mean alerts.failure_rate.warning?",
+    ),
+    (
+        "[alerts.failur_rate]\nwarning = 0.2\n",
+        "unknown key 'alerts.failur_rate'; did you mean alerts.failure_rate?",
+    ),
+    (
+        "[alerts]\nlock_timeout = 3\n",
+        "unknown key 'alerts.lock_timeout'; did you mean alerts.lock_timeout_seconds?",
+    ),
+    (
+        "[alerts.failure_rate]\nwarning = 'high'\n",
+        "alerts.failure_rate.warning: Input should be a valid number",
+    ),
+    (
+        "[alerts.failure_rate]\nwarning = 1.5\n",
+        "alerts.failure_rate.warning: Input should be less than or equal to 1",
+    ),
+    (
+        "[alerts.failure_rate]\nwarning = 0.5\ncritical = 0.2\n",
+        "alerts.failure_rate: critical (0.2) must be >= warning (0.5)",
+    ),
+    (
+        "[alerts.inactivity]\nexpected_hours = '6-23'\n",
+        "alerts.inactivity.expected_hours: expected HH:MM-HH:MM",
+    ),
+    (
+        "[alerts.inactivity]\nexpected_hours = '22:00-24:30'\n",
+        "alerts.inactivity.expected_hours: expected HH:MM-HH:MM",
+    ),
+    (
+        "[alerts.inactivity]\ntimezone = 'Mars/Base'\n",
+        "alerts.inactivity.timezone: unknown time zone 'Mars/Base'",
+    ),
+    (
+        "[alerts.budget]\norganizations = { acme = -1 }\n",
+        "alerts.budget.organizations.acme: Input should be greater than 0",
+    ),
+    (
+        "[alerts.queue_depth]\nwarning = -1\n",
+        "alerts.queue_depth.warning: Input should be greater than or equal to 0",
+    ),
+    ("[retention]\nevents_days = 0\n", "retention.events_days: Input should be greater than or equal to 1"),
+    ("[alerts\n", "invalid TOML: "),
+    (
+        "[[notifiers]]\ntype = 'email'\n",
+        "notifiers.0.type: unknown notifier type 'email'; use one of command, webhook, alertmanager",
+    ),
+    ("[[notifiers]]\nurl = 'http://x'\n", "notifiers.0: missing `type`"),
+    (
+        "[[notifiers]]\ntype = 'webhook'\nurl = 'http://x'\ntimout = 3\n",
+        "unknown key 'notifiers.0.timout'; did you mean notifiers.0.timeout?",
+    ),
+    (
+        "[[notifiers]]\ntype = 'webhook'\nurl = 'hooks.slack.com'\n",
+        "notifiers.0.url: must start with http:// or https://",
+    ),
+    ("[[notifiers]]\ntype = 'command'\n", "notifiers.0.command: required key is missing"),
+    (
+        "[[notifiers]]\ntype = 'command'\ncommand = []\n",
+        "notifiers.0.command: List should have at least 1 item",
+    ),
+    (
+        "[[notifiers]]\ntype = 'webhook'\nurl = 'http://x'\n[[notifiers]]\ntype = 'webhook'\nurl = 'http://x'\n",
+        "notifiers: two notifiers are named 'webhook:http://x'; give each a distinct `name`",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), INVALID, ids=[m.split(":")[0][:40] for _, m in INVALID])
+def test_invalid_file_one_line_error(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    line = str(info.value)
+    assert "\n" not in line
+    assert line.startswith(f"{path}: ")
+    assert message in line
+
+
+def test_invalid_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"VOICEPIPE_ALERTS__FAILURE_RATE__WARNIN": "0.2"})
+    assert str(info.value) == (
+        "environment variable VOICEPIPE_ALERTS__FAILURE_RATE__WARNIN: unknown key "
+        "'alerts.failure_rate.warnin'; did you mean alerts.failure_rate.warning?"
+    )
+    with pytest.raises(
+        ConfigError, match=r"VOICEPIPE_ALERTS__STUCK__MINUTES: alerts.stuck.minutes: .*\(got 'soon'\)"
+    ):
+        load_settings(env={"VOICEPIPE_ALERTS__STUCK__MINUTES": "soon"})
+
+
+def test_notifiers_parse_by_type(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        """
+[[notifiers]]
+type = "command"
+command = ["notify-send", "voicepipe"]
+
+[[notifiers]]
+type = "webhook"
+name = "slack"
+url = "https://hooks.slack.com/services/T/B/X"
+timeout = 3
+retries = 1
+
+[[notifiers]]
+type = "alertmanager"
+url = "http://127.0.0.1:9093/"
+labels = { team = "voice" }
+""",
+    )
+    n = load_settings(env={}).settings.notifiers
+    assert [type(x) for x in n] == [CommandNotifier, WebhookNotifier, AlertmanagerNotifier]
+    assert isinstance(n[1], WebhookNotifier) and (n[1].timeout, n[1].retries) == (3, 1)
+    assert isinstance(n[2], AlertmanagerNotifier) and n[2].url == "http://127.0.0.1:9093"
+    assert n[2].firing_ttl_minutes == 30
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("06:00-23:00", (360, 1380)),
+        ("22:00-06:00", (1320, 360)),
+        ("00:00-24:00", (0, 1440)),
+        ("09:30-17:45", (570, 1065)),
+    ],
+)
+def test_parse_hours(spec: str, parsed: tuple[int, int]) -> None:
+    assert parse_hours(spec) == parsed
+
+
+# ------------------------------------------------------------------ config show
+
+
+def test_config_show_sources(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path, "[alerts.queue_depth]\nwarning = 80\n[[notifiers]]\ntype = 'command'\ncommand = ['true']\n"
+    )
+    monkeypatch.setenv("VOICEPIPE_ALERTS__STUCK__MINUTES", "45")
+    result = runner.invoke(main, ["--data", "/srv/vp", "config", "show", "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["config_file"] == str(path)
+    items: dict[str, dict[str, Any]] = {i["key"]: i for i in data["settings"]}
+    assert (items["alerts.queue_depth.warning"]["value"], items["alerts.queue_depth.warning"]["source"]) == (
+        80,
+        f"file {path}",
+    )
+    assert (items["alerts.stuck.minutes"]["value"], items["alerts.stuck.minutes"]["source"]) == (
+        45,
+        "env VOICEPIPE_ALERTS__STUCK__MINUTES",
+    )
+    assert (items["data"]["value"], items["data"]["source"]) == ("/srv/vp", "flag")
+    assert items["alerts.failure_rate.warning"]["source"] == "default"
+    assert items["notifiers.0.command"]["value"] == ["true"]
+    table = runner.invoke(main, ["config", "show"])
+    assert table.exit_code == 0
+    assert table.stdout.splitlines()[0] == f"config file: {path}"
+    row = next(line for line in table.stdout.splitlines() if line.startswith("alerts.stuck.minutes"))
+    assert row.split()[1:] == ["45", "env", "VOICEPIPE_ALERTS__STUCK__MINUTES"]
+
+
+def test_cli_invalid_config_is_one_clean_line(runner: CliRunner, tmp_path: Path) -> None:
+    write(tmp_path, "[alerts.failure_rate]\nwarnig = 0.2\n")
+    result = runner.invoke(main, ["config", "show"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"voicepipe: error: {tmp_path / 'voicepipe.toml'}: unknown key 'alerts.failure_rate.warnig'; "
+        "did you mean alerts.failure_rate.warning?\n"
+    )
