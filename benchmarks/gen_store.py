@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from voicepipe_obs.events import SCHEMA_VERSION, SCHEMA_VERSION_KEY, arrow_schema  # noqa: E402
+from voicepipe_obs.events import SCHEMA_VERSION, SCHEMA_VERSION_KEY, arrow_schema
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
@@ -49,7 +49,12 @@ DONE = {
     "entity_resolution": "entity_resolution_completed",
     "draft_generation": "drafts_generated",
 }
-MEDIAN_MS = {"transcription": 3000.0, "claims_extraction": 2000.0, "entity_resolution": 800.0, "draft_generation": 2500.0}
+MEDIAN_MS = {
+    "transcription": 3000.0,
+    "claims_extraction": 2000.0,
+    "entity_resolution": 800.0,
+    "draft_generation": 2500.0,
+}
 ERRORS = {
     "transcription": ("TimeoutError", "WhisperAPIError"),
     "claims_extraction": ("RateLimitError", "JSONDecodeError"),
@@ -75,9 +80,15 @@ def ensure_store(
     """The root of a generated store, generating it on first use (cached by a marker
     file holding the parameters; a half-built store is regenerated)."""
     root = Path(path) if path is not None else default_path(events)
-    params = {"events": events, "days": days, "orgs": orgs, "files_per_hour": list(files_per_hour), "seed": seed}
+    params = {
+        "events": events,
+        "days": days,
+        "orgs": orgs,
+        "files_per_hour": list(files_per_hour),
+        "seed": seed,
+    }
     marker = root / "_generated.json"
-    if marker.exists() and json.loads(marker.read_text()) .get("params") == params:
+    if marker.exists() and json.loads(marker.read_text()).get("params") == params:
         return root
     if root.exists():
         shutil.rmtree(root)
@@ -137,7 +148,7 @@ def generate_events(
     templates = _templates()
     shares = np.array([t[0] for t in templates])
     shares = shares / shares.sum()
-    mean_len = float(sum(p * len(t) for p, (_, t) in zip(shares, templates)))
+    mean_len = float(sum(p * len(t) for p, (_, t) in zip(shares, templates, strict=True)))
     n_art = int(events / mean_len)
     start_us = int(start.timestamp() * 1_000_000)
     span_us = days * 24 * US_HOUR - 40 * 60 * 1_000_000
@@ -155,7 +166,6 @@ def generate_events(
         art = idx.astype(np.int64)
         org = rng.choice(orgs, size=n, p=weights)
         t = start_us + rng.integers(0, span_us, size=n)
-        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "step")}
         per_step: list[dict[str, object]] = []
         for kind, stage in tpl:
             fields: dict[str, object] = {"kind": kind, "stage": stage}
@@ -207,7 +217,9 @@ def generate_events(
                     dis = rng.binomial(ent, 0.1).astype(np.int32)
                     extra["entity_count"] = pa.array(ent)
                     extra["disambiguation_count"] = pa.array(dis)
-                    etype_arr = np.where(dis > 0, "entity_needs_disambiguation", "entity_resolution_completed")
+                    etype_arr = np.where(
+                        dis > 0, "entity_needs_disambiguation", "entity_resolution_completed"
+                    )
                     extra["event_type"] = pa.array(etype_arr)
                 elif stage == "draft_generation":
                     extra["draft_count"] = pa.array(rng.integers(1, 4, size=n).astype(np.int32))
@@ -227,20 +239,34 @@ def generate_events(
             cols["artifact_id"].append(pa.array(art + art_base, pa.int64()))
             cols["organization_id"].append(org_names.take(pa.array(org)))
             cols["pipeline_stage"].append(
-                pa.array(np.full(n, stage if stage is not None else ("ingestion" if kind == "received" else None)))
+                pa.array(
+                    np.full(n, stage if stage is not None else ("ingestion" if kind == "received" else None))
+                )
                 if stage is not None or kind == "received"
                 else pa.nulls(n, pa.string())
             )
             status = {"received": "received", "completed": "completed", "failed": "failed"}.get(str(kind))
             cols["new_status"].append(pa.array(np.full(n, status)) if status else pa.nulls(n, pa.string()))
             cols["source_channel"].append(
-                pa.array(np.where(rng.random(n) < 0.7, "whatsapp", "app")) if kind == "received" else pa.nulls(n, pa.string())
+                pa.array(np.where(rng.random(n) < 0.7, "whatsapp", "app"))
+                if kind == "received"
+                else pa.nulls(n, pa.string())
             )
             if kind == "retry_initiated" or kind == "retry_failed":
                 extra["retry_attempt"] = pa.array(np.ones(n, np.int32))
-            for name in ("duration_ms", "confidence_score", "ai_cost", "claim_count", "entity_count",
-                         "disambiguation_count", "draft_count", "transcript_word_count", "error_code",
-                         "error_message", "retry_attempt"):
+            for name in (
+                "duration_ms",
+                "confidence_score",
+                "ai_cost",
+                "claim_count",
+                "entity_count",
+                "disambiguation_count",
+                "draft_count",
+                "transcript_word_count",
+                "error_code",
+                "error_message",
+                "retry_attempt",
+            ):
                 typ = arrow_schema().field(name).type
                 cols[name].append(extra[name].cast(typ) if name in extra else pa.nulls(n, typ))
     schema = arrow_schema()
@@ -267,7 +293,12 @@ def generate_events(
 
 
 def write_hourly_files(
-    root: Path, table: pa.Table, *, files_per_hour: tuple[int, int] = (10, 20), seed: int = 7, stem: str = "gen"
+    root: Path,
+    table: pa.Table,
+    *,
+    files_per_hour: tuple[int, int] = (10, 20),
+    seed: int = 7,
+    stem: str = "gen",
 ) -> int:
     """Split rows into their UTC hour partitions and each hour into 10-20 files."""
     rng = np.random.default_rng(seed + 1)
@@ -281,7 +312,7 @@ def write_hourly_files(
     ends = np.concatenate([bounds, [len(hours)]])
     schema = arrow_schema().with_metadata({SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
     n_files = 0
-    for lo, hi in zip(starts, ends):
+    for lo, hi in zip(starts, ends, strict=True):
         hour = int(hours[lo])
         when = dt.datetime.fromtimestamp(hour * 3600, dt.timezone.utc)
         d = root / "events" / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
@@ -306,7 +337,9 @@ def write_hourly_files(
     return n_files
 
 
-def append_hour(root: Path, hour_start: dt.datetime, *, events: int = 14_000, orgs: int = 1000, seed: int = 99) -> int:
+def append_hour(
+    root: Path, hour_start: dt.datetime, *, events: int = 14_000, orgs: int = 1000, seed: int = 99
+) -> int:
     """Write about one hour of new events (new artifacts received in that hour) as
     10-20 files, like live Recorders would. Returns the number of events written."""
     table = generate_events(
@@ -314,20 +347,22 @@ def append_hour(root: Path, hour_start: dt.datetime, *, events: int = 14_000, or
     )
     ts = table["timestamp"].cast(pa.int64()).to_numpy()
     lo = int(hour_start.timestamp() * 1_000_000)
-    keep = (ts >= lo) & (ts < lo + US_HOUR)
-    # the generator spreads receipts over a day: rescale into one hour instead
+    # the generator spreads receipts over a day: squeeze them into the hour instead
     shifted = lo + (ts - lo) // 24
     table = table.set_column(
-        table.schema.get_field_index("timestamp"), "timestamp", pa.array(shifted).cast(pa.timestamp("us", tz="UTC"))
+        table.schema.get_field_index("timestamp"),
+        "timestamp",
+        pa.array(shifted).cast(pa.timestamp("us", tz="UTC")),
     )
-    del keep
     write_hourly_files(root, table, seed=seed, stem=f"new{seed}")
     return table.num_rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--path", type=Path, default=None, help="store root (default: benchmarks/.cache/store-10m)")
+    ap.add_argument(
+        "--path", type=Path, default=None, help="store root (default: benchmarks/.cache/store-10m)"
+    )
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--orgs", type=int, default=1000)

@@ -382,7 +382,8 @@ class VoicePipeline:
 
     def process(self, artifact_id: str) -> str:
         """Run a newly received artifact through every stage: "completed" or "failed".
-        (A worker loop: a failure is recorded, logged by the recorder, and swallowed.)"""
+        Like a worker loop, it records a failure (the stage's failure event and
+        artifact_failed) and carries on with the next artifact."""
         note = voice_note(artifact_id)
         try:
             with self.rec.artifact(
@@ -418,6 +419,7 @@ class VoicePipeline:
             self.run_from(note, first, attempt)
 
     def run_from(self, note: VoiceNote, first: str, attempt: int) -> None:
+        """Run the stages from ``first`` on; earlier outputs are loaded, not recomputed."""
         start = STAGE_ORDER.index(first)
         if start <= 0 and note.kind == "audio":
             transcript = self.transcribe(note, attempt)
@@ -715,7 +717,8 @@ def backfill(
         if t > start_us:
             window = (t, t + 20 * 60 * US)
             burst = max(5, min(12, per_day // 12))  # a busy session
-            arrivals += [t + rng.randrange(25 * 60 * US) for _ in range(burst)]
+            gap = 25 * 60 * US // burst
+            arrivals += [t + i * gap + rng.randrange(gap // 4) for i in range(burst)]
             arrivals.sort()
     clock = SimClock(start_us)
     rec = vp.Recorder(
@@ -723,7 +726,7 @@ def backfill(
         clock=clock.now_us,
         durability="memory",  # a backfill is re-runnable: no crash spool needed
         flush_interval=3600,
-        batch_size=1_000_000,
+        batch_size=500_000,  # bounded memory: large backfills are written as they go
         max_buffer=10_000_000,
         recover=False,
     )

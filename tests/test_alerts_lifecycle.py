@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import voicepipe_obs as vp
 from voicepipe_obs import alerts, store
@@ -189,8 +194,17 @@ def test_concurrent_check_processes_raise_once(rec: vp.Recorder, root: Path, tmp
     finish(rec, 7, 3, at(-5), "a")
     rec.emit("circuit_breaker_opened", timestamp=at(-3))
     rec.flush()
-    env = {**os.environ, "VOICEPIPE_DATA": str(root), "VOICEPIPE_ALERTS__LOCK_TIMEOUT_SECONDS": "60"}
-    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "check", "--now", at(0).isoformat()]
+    env = {**os.environ, "VOICEPIPE_ALERTS__LOCK_TIMEOUT_SECONDS": "60"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "voicepipe_obs.cli",
+        "--data",
+        str(root),
+        "check",
+        "--now",
+        at(0).isoformat(),
+    ]
     procs = [
         subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(3)
@@ -200,3 +214,49 @@ def test_concurrent_check_processes_raise_once(rec: vp.Recorder, root: Path, tmp
     raised = [h for h in alerts.alert_history(root) if h["record_type"] == "raised"]
     keys = [(h["rule"], h["scope"]) for h in raised]
     assert sorted(keys) == [("circuit_breaker", "all"), ("failure_rate", "all")]
+
+
+KEYS = [("failure_rate", "all"), ("failure_rate", "org:a"), ("budget", "all")]
+finding_sets = st.lists(
+    st.dictionaries(st.sampled_from(KEYS), st.sampled_from(["warning", "critical"]), max_size=3),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=finding_sets)
+def test_state_derived_from_log_matches_a_reference_model(
+    tmp_path: Path, steps: list[dict[Any, str]]
+) -> None:
+    """Whatever the sequence of findings, the alerts view (derived from the
+    Parquet log by DuckDB) agrees with a plain-Python model of the lifecycle."""
+    root = tmp_path / secrets.token_hex(4)
+    root.mkdir()
+    model: dict[tuple[str, str], tuple[str, str]] = {}  # key → (alert_id, severity)
+    episodes = 0
+    con = duckdb.connect()
+    alerts.register_views(con, root)
+    for i, findings in enumerate(steps):
+        now = at(i)
+        active = alerts.list_alerts(root, con=con)
+        ev = alerts.Evaluation(now, evaluated=list(alerts.RULES))
+        for (rule, scope), sev in findings.items():
+            org = scope.removeprefix("org:") if scope != "all" else None
+            ev.findings.append(alerts.Finding(rule, scope, org, sev, 1.0, 0.5, "s"))  # type: ignore[arg-type]
+        alerts.write_records(root, alerts.lifecycle_records(active, ev), now)
+        # the reference model
+        for key in list(model):
+            if key not in findings:
+                del model[key]
+        for key, sev in findings.items():
+            if key not in model:
+                model[key] = (alerts.new_alert_id(key[0], key[1], now), sev)
+                episodes += 1
+            elif alerts.SEVERITY_RANK[sev] > alerts.SEVERITY_RANK[model[key][1]]:
+                model[key] = (model[key][0], sev)
+        alerts.register_views(con, root)
+        got = {a.key: (a.alert_id, a.severity) for a in alerts.list_alerts(root, con=con)}
+        assert got == model
+    history = alerts.alert_history(root, con=con)
+    assert sum(h["record_type"] == "raised" for h in history) == episodes

@@ -429,3 +429,17 @@ def test_disabled_rules_are_not_evaluated(rec: vp.Recorder, root: Path) -> None:
 def test_naive_now_is_refused(root: Path) -> None:
     with pytest.raises(vp.VoicepipeError, match="timezone-aware"):
         alerts.evaluate(root, now=dt.datetime(2026, 1, 1))
+
+
+def test_latency_with_history_built_by_aggregate(rec: vp.Recorder, root: Path) -> None:
+    from voicepipe_obs import aggregate
+
+    for d in range(1, 4):  # three days of 40 s artifacts
+        finish(rec, ok=3, took_s=40, minutes_ago=d * 24 * 60, prefix=f"h{d}")
+    rec.flush()
+    aggregate.aggregate(root, now=NOW)
+    finish(rec, ok=2, took_s=90, minutes_ago=3, prefix="now")  # 2.25× the history
+    rec.flush()
+    got = found(root, "latency")
+    assert got["all"].threshold == pytest.approx(80_000)
+    assert got["all"].value == pytest.approx(90_000)

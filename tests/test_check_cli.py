@@ -121,6 +121,30 @@ def test_unreadable_store_exits_3(runner: CliRunner, tmp_path: Path) -> None:
     assert "is not a directory" in result.stderr
 
 
+def test_corrupt_event_file_exits_3(runner: CliRunner, rec: vp.Recorder, root: Path) -> None:
+    finish(rec, 10, 0)
+    (good,) = list((root / "events").rglob("*.parquet"))
+    # passes the cheap header/footer vetting, but DuckDB cannot decode it
+    (good.parent / "broken.parquet").write_bytes(
+        b"PAR1" + b"\x07" * 200 + (100).to_bytes(4, "little") + b"PAR1"
+    )
+    result = invoke(runner, root, "check", "--now", NOW)
+    assert result.exit_code == 3
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        "voicepipe: error: check could not evaluate: cannot read the events under "
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_data_root_exits_3(runner: CliRunner, tmp_path: Path) -> None:
+    # a typo in --data must not look healthy to Nagios
+    result = invoke(runner, tmp_path / "no-such-root", "check")
+    assert result.exit_code == 3
+    assert "no-such-root does not exist; check --data" in result.stderr
+    assert not (tmp_path / "no-such-root").exists()
+
+
 def test_lock_timeout_exits_3(runner: CliRunner, root: Path, tmp_path: Path) -> None:
     conf = tmp_path / "lock.toml"
     conf.write_text("[alerts]\nlock_timeout_seconds = 0.1\n")
@@ -155,6 +179,7 @@ def test_real_subprocess_exit_code(rec: vp.Recorder, root: Path, cfg: Path, tmp_
     )
     assert proc.returncode == 2  # severity never drops while the alert is active
     env["VOICEPIPE_DATA"] = str(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()  # an empty root is healthy
     proc = subprocess.run(
         [sys.executable, "-m", "voicepipe_obs.cli", "check"],
         env=env,
@@ -233,3 +258,20 @@ def test_list_filters(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path
     assert sorted(a["rule"] for a in json.loads(out.stdout)) == ["circuit_breaker", "failure_rate"]
     bad = invoke(runner, root, "alerts", "list", "--rule", "nope")
     assert bad.exit_code == 2 and "unknown rule" in bad.stderr
+
+
+def test_failed_notification_is_a_warning_on_stderr(
+    runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path
+) -> None:
+    conf = tmp_path / "notify.toml"
+    conf.write_text(
+        QUIET
+        + f"[[notifiers]]\ntype = 'command'\nname = 'pager'\ncommand = [{sys.executable!r}, '-c', 'raise SystemExit(1)']\n"
+    )
+    finish(rec, 7, 3)
+    for _ in range(2):  # the second run proves the log handler follows the current stderr
+        result = invoke(runner, root, "check", "--now", NOW, config=conf)
+        assert result.exit_code == 2
+        assert result.stdout.startswith("CRITICAL failure_rate")
+        assert "voicepipe: warning: notifier pager: raised notification for alert" in result.stderr
+        assert "retrying on the next check" in result.stderr

@@ -17,6 +17,7 @@ from voicepipe_obs.config import (
     CommandNotifier,
     Settings,
     WebhookNotifier,
+    effective_items,
     load_settings,
     parse_hours,
 )
@@ -271,3 +272,21 @@ def test_cli_invalid_config_is_one_clean_line(runner: CliRunner, tmp_path: Path)
         f"voicepipe: error: {tmp_path / 'voicepipe.toml'}: unknown key 'alerts.failure_rate.warnig'; "
         "did you mean alerts.failure_rate.warning?\n"
     )
+
+
+def test_documented_example_config_is_valid_and_matches_defaults(tmp_path: Path) -> None:
+    doc = Path(__file__).resolve().parents[1] / "docs" / "readme" / "alerts.md"
+    text = doc.read_text()
+    start = text.index("A complete `voicepipe.toml` with the defaults:")
+    block = text[start:].split("```toml\n", 1)[1].split("```", 1)[0]
+    path = write(tmp_path, block)
+    loaded = load_settings(path, env={})
+    assert loaded.settings == Settings()
+    documented = {k for k, _, src in effective_items(loaded) if src != "default"}
+    every = {k for k, _, _ in effective_items(load_settings(env={}))}
+    # every key except the commented-out optional ones appears in the example
+    assert every - documented == {
+        "alerts.budget.daily_budget_usd",
+        "retry.app",
+        "retry.allowed_actors",
+    }

@@ -528,3 +528,12 @@ def test_handlers_record_through_the_default_recorder(root: Path) -> None:
         emit._default = previous
     art = _artifact(root, "art-no-fail-default")
     assert art["status"] == "completed" and art["last_retry_attempt"] == 2
+
+
+def test_demo_refuses_a_file_as_root(tmp_path: Path) -> None:
+    target = tmp_path / "not-a-dir"
+    target.write_text("x")
+    result = _demo(target, "--days", "1")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"voicepipe: error: {target} is a file, not a directory; pass --data DIR"
+    assert target.read_text() == "x"

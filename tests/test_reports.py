@@ -39,7 +39,9 @@ def _stage(
     end = start + dt.timedelta(milliseconds=ms)
     rec.emit(started, timestamp=start, stage_started_at=start, **ctx)
     etype = outcome or (failed if "error_code" in fields else done)
-    rec.emit(etype, timestamp=end, stage_started_at=start, stage_completed_at=end, duration_ms=ms, **ctx, **fields)
+    rec.emit(
+        etype, timestamp=end, stage_started_at=start, stage_completed_at=end, duration_ms=ms, **ctx, **fields
+    )
     return end
 
 
@@ -65,11 +67,28 @@ def build_dataset(root: Path) -> None:
 
     # a-001: the full happy path, today
     c = received("a-001", "org-a", "c-1", "whatsapp", at(28, 9, 15, 0))
-    t = _stage(rec, c, "transcription", at(28, 9, 15, 2), 5200, confidence_score=0.94, ai_cost=0.006,
-               ai_model="whisper-1", transcript_word_count=120)
+    t = _stage(
+        rec,
+        c,
+        "transcription",
+        at(28, 9, 15, 2),
+        5200,
+        confidence_score=0.94,
+        ai_cost=0.006,
+        ai_model="whisper-1",
+        transcript_word_count=120,
+    )
     t = _stage(rec, c, "claims_extraction", t, 3800, claim_count=4, confidence_score=0.88, ai_cost=0.012)
-    t = _stage(rec, c, "entity_resolution", t + dt.timedelta(seconds=1), 1000, entity_count=4,
-               disambiguation_count=1, outcome="entity_needs_disambiguation")
+    t = _stage(
+        rec,
+        c,
+        "entity_resolution",
+        t + dt.timedelta(seconds=1),
+        1000,
+        entity_count=4,
+        disambiguation_count=1,
+        outcome="entity_needs_disambiguation",
+    )
     t = _stage(rec, c, "draft_generation", t, 5000, draft_count=2, ai_cost=0.02)
     rec.emit("artifact_completed", timestamp=at(28, 9, 15, 21), **c)
     rec.emit("entity_user_resolved", timestamp=at(28, 11, 0), disambiguation_count=1, actor="bob", **c)
@@ -78,8 +97,13 @@ def build_dataset(root: Path) -> None:
     c = received("a-002", "org-a", "c-2", "app", at(28, 10, 0, 0))
     t = _stage(rec, c, "transcription", at(28, 10, 0, 1), 2000, confidence_score=0.71, ai_cost=0.004)
     _stage(rec, c, "claims_extraction", t, 25000, error_code="LLMTimeout", error_message="upstream timed out")
-    rec.emit("artifact_failed", timestamp=at(28, 10, 0, 29), error_code="LLMTimeout",
-             error_message="upstream timed out", **c)
+    rec.emit(
+        "artifact_failed",
+        timestamp=at(28, 10, 0, 29),
+        error_code="LLMTimeout",
+        error_message="upstream timed out",
+        **c,
+    )
 
     # a-003: transcribing now
     c = received("a-003", "org-b", "c-3", "whatsapp", at(28, 11, 50, 0))
@@ -95,30 +119,56 @@ def build_dataset(root: Path) -> None:
 
     # a-005: transcription failed yesterday; alice retried it this morning
     c = received("a-005", "org-b", "c-4", "whatsapp", at(27, 16, 0, 0))
-    _stage(rec, c, "transcription", at(27, 16, 0, 1), 30000, error_code="WhisperError",
-           error_message="audio could not be decoded")
-    rec.emit("artifact_failed", timestamp=at(27, 16, 0, 32), error_code="WhisperError",
-             error_message="audio could not be decoded", **c)
+    _stage(
+        rec,
+        c,
+        "transcription",
+        at(27, 16, 0, 1),
+        30000,
+        error_code="WhisperError",
+        error_message="audio could not be decoded",
+    )
+    rec.emit(
+        "artifact_failed",
+        timestamp=at(27, 16, 0, 32),
+        error_code="WhisperError",
+        error_message="audio could not be decoded",
+        **c,
+    )
     rc = {**c, "retry_attempt": 1}
-    rec.emit("retry_initiated", timestamp=at(28, 8, 0, 0), pipeline_stage="transcription", actor="alice", **rc)
+    rec.emit(
+        "retry_initiated", timestamp=at(28, 8, 0, 0), pipeline_stage="transcription", actor="alice", **rc
+    )
     t = _stage(rec, rc, "transcription", at(28, 8, 0, 1), 8000, confidence_score=0.9, ai_cost=0.008)
     t = _stage(rec, rc, "claims_extraction", t, 4000, claim_count=3, ai_cost=0.01)
     t = _stage(rec, rc, "entity_resolution", t, 3000, entity_count=2, disambiguation_count=0)
     t = _stage(rec, rc, "draft_generation", t, 5000, draft_count=1, ai_cost=0.02)
-    rec.emit("retry_succeeded", timestamp=at(28, 8, 0, 59), pipeline_stage="transcription", actor="alice", **rc)
+    rec.emit(
+        "retry_succeeded", timestamp=at(28, 8, 0, 59), pipeline_stage="transcription", actor="alice", **rc
+    )
     rec.emit("artifact_completed", timestamp=at(28, 8, 1, 0), **rc)
 
     # a-006: at claims extraction now
     c = received("a-006", "org-a", "c-1", "app", at(28, 11, 55, 0))
     t = _stage(rec, c, "transcription", at(28, 11, 55, 1), 4000, confidence_score=0.82, ai_cost=0.005)
-    rec.emit("claims_extraction_started", timestamp=at(28, 11, 55, 6), stage_started_at=at(28, 11, 55, 6), **c)
+    rec.emit(
+        "claims_extraction_started", timestamp=at(28, 11, 55, 6), stage_started_at=at(28, 11, 55, 6), **c
+    )
 
     # a-007: three days ago
     c = received("a-007", "org-a", "c-2", "whatsapp", at(25, 14, 0, 0))
     t = _stage(rec, c, "transcription", at(25, 14, 0, 1), 6000, confidence_score=0.55, ai_cost=0.007)
     t = _stage(rec, c, "claims_extraction", t, 5000, claim_count=1, ai_cost=0.01)
-    t = _stage(rec, c, "entity_resolution", t, 2000, entity_count=2, disambiguation_count=2,
-               outcome="entity_needs_disambiguation")
+    t = _stage(
+        rec,
+        c,
+        "entity_resolution",
+        t,
+        2000,
+        entity_count=2,
+        disambiguation_count=2,
+        outcome="entity_needs_disambiguation",
+    )
     t = _stage(rec, c, "draft_generation", t, 3000, draft_count=1, ai_cost=0.02)
     rec.emit("artifact_completed", timestamp=at(25, 14, 0, 30), **c)
 
@@ -155,3 +205,182 @@ def test_empty_and_missing_store_raise_a_friendly_error(root: Path, call: Any) -
     for where in (root, root / "missing"):
         with pytest.raises(EmptyStoreError, match="voicepipe demo"):
             call(where)
+
+
+# --------------------------------------------------------------------- figures
+
+
+def test_dashboard_today_follows_the_time_zone(data: Path) -> None:
+    utc = reports.dashboard(data, now=NOW, tz=UTC)
+    assert utc["today_start"] == at(28, 0)
+    assert utc["cards"]["completed_today"] == 2
+    far_east = dt.timezone(dt.timedelta(hours=14))  # local now is the 29th, 02:00
+    east = reports.dashboard(data, now=NOW, tz=far_east)
+    assert east["today_start"] == at(28, 10)
+    # a-005 (08:01) and a-001 (09:15) completed before local midnight; a-002 failed after it
+    assert east["cards"]["completed_today"] == 0 and east["cards"]["failed_today"] == 1
+    assert east["cards"]["completed_yesterday_same_time"] == 0  # nothing in [27th 10:00, 27th 12:00)
+    assert east["cards"]["completed_change"] is None
+
+
+def test_artifact_detail_timeline_and_header(data: Path) -> None:
+    d = reports.artifact_detail(data, "a-001", now=NOW)
+    a = d["artifact"]
+    assert (a["status"], a["source_channel"], a["coach_user_id"], a["organization_id"]) == (
+        "completed",
+        "whatsapp",
+        "c-1",
+        "org-a",
+    )
+    assert a["processing_ms"] == 21_000 and a["total_ai_cost"] == pytest.approx(0.038)
+    details = {ev["event_type"]: ev["detail"] for ev in d["timeline"]}
+    assert details["transcription_completed"] == "5.2s, 120 words, confidence 0.94, $0.0060"
+    assert details["entity_needs_disambiguation"] == "1.0s, 3 auto-resolved, 1 needs review"
+    assert details["drafts_generated"] == "5.0s, 2 drafts, $0.0200"
+    assert [ev["timestamp"] for ev in d["timeline"]] == sorted(ev["timestamp"] for ev in d["timeline"])
+    assert d["retry_options"] == [] and d["retries"] == []
+
+
+def test_retry_options_follow_the_failure_and_the_attempt_limit(data: Path) -> None:
+    d = reports.artifact_detail(data, "a-002", now=NOW)
+    assert [o["stage"] for o in d["retry_options"]] == ["claims_extraction", "full"]
+    assert d["retry_options"][1]["command"] == "voicepipe retry a-002 --full"
+    none_left = reports.artifact_detail(
+        data, "a-002", now=NOW, thresholds=reports.Thresholds(max_retry_attempts=0)
+    )
+    assert none_left["retry_options"] == []
+    a5 = reports.artifact_detail(data, "a-005", now=NOW)
+    assert [(r["event_type"], r["actor"], r["retry_attempt"]) for r in a5["retries"]] == [
+        ("retry_initiated", "alice", 1),
+        ("retry_succeeded", "alice", 1),
+    ]
+    with pytest.raises(NotFoundError, match="--search"):
+        reports.artifact_detail(data, "nope", now=NOW)
+
+
+def test_pipeline_in_progress_and_retry_queue(data: Path) -> None:
+    p = reports.pipeline(data, now=NOW)
+    by = {s["stage"]: s for s in p["stages"]}
+    assert [r["artifact_id"] for r in by["transcription"]["in_progress"]] == ["a-003"]
+    assert by["transcription"]["in_progress"][0]["elapsed_ms"] == 9 * 60_000 + 58_000
+    assert [r["artifact_id"] for r in by["claims_extraction"]["retry_queue"]] == ["a-002"]
+    assert by["claims_extraction"]["errors"][0]["error_code"] == "LLMTimeout"
+    assert by["transcription"]["retry_queue"] == []  # a-005 failed there, but a retry completed it
+    hours = by["transcription"]["latency_by_hour"]
+    assert len(hours) == 24 and sum(h["count"] for h in hours) == 5
+    with pytest.raises(UsageError):
+        reports.pipeline(data, now=NOW, stage="ingestion")
+
+
+def test_duplicate_files_count_once(data: Path) -> None:
+    """Spool recovery can write an event twice: reports count it once."""
+    import shutil
+
+    before = reports.artifacts(data, now=NOW)["rows"]
+    events_before = reports.events(data, now=NOW, limit=1000)["rows"]
+    for f in list((data / "events").rglob("*.parquet")):
+        shutil.copy(f, f.with_name("dup-" + f.name))
+    assert reports.artifacts(data, now=NOW)["rows"] == before
+    assert reports.events(data, now=NOW, limit=1000)["rows"] == events_before
+    assert len(reports.artifact_detail(data, "a-005", now=NOW)["timeline"]) == 15
+    assert reports.dashboard(data, now=NOW)["cards"]["completed_today"] == 2
+
+
+def test_metrics_read_snapshots_and_say_when_they_are_behind(data: Path) -> None:
+    from voicepipe_obs import aggregate
+
+    raw = reports.metrics(data, now=NOW, range_="7d")
+    assert raw["snapshot_buckets"] == 0 and "voicepipe aggregate" in raw["notes"][0]
+    assert [s.date().isoformat() for s in raw["stale_buckets"]] == ["2026-11-25", "2026-11-27"]
+    aggregate.aggregate(data, now=NOW)
+    snap = reports.metrics(data, now=NOW, range_="7d")
+    assert snap["snapshot_buckets"] == 2 and snap["notes"] == [] and snap["stale_buckets"] == []
+    for key in ("artifacts_received", "artifacts_processed", "completion_rate", "disambiguation_backlog"):
+        assert snap["cards"][key] == raw["cards"][key], key
+    assert snap["cards"]["total_ai_cost"] == pytest.approx(raw["cards"]["total_ai_cost"])
+    assert [b["source"] for b in snap["series"]] == [None, None, None, "snapshot", None, "snapshot", "events"]
+    assert [b["artifacts_received"] for b in snap["series"]] == [0, 0, 0, 1, 0, 2, 4]
+    # a missing daily snapshot is recomputed from raw events, and said so
+    for f in (data / "snapshots" / "daily" / "date=2026-11-27").glob("*.parquet"):
+        f.unlink()
+    behind = reports.metrics(data, now=NOW, range_="7d")
+    assert [s.date().isoformat() for s in behind["stale_buckets"]] == ["2026-11-27"]
+    assert "snapshots are behind: 1 daily bucket" in behind["notes"][0]
+    assert behind["cards"]["artifacts_processed"] == raw["cards"]["artifacts_processed"]
+
+
+def test_metrics_org_filter(data: Path) -> None:
+    m = reports.metrics(data, now=NOW, range_="24h", org="org-b")
+    assert m["cards"]["artifacts_received"] == 3  # a-004, a-005, a-003
+    assert [o["organization_id"] for o in m["organizations"]] == ["org-b"]
+    assert m["cards"]["disambiguation_backlog"] == 0
+    assert reports.metrics(data, now=NOW, range_="24h", org="' OR 1=1 --")["cards"]["artifacts_received"] == 0
+
+
+def test_events_newest_first_across_days(data: Path) -> None:
+    rows = reports.events(data, now=NOW, limit=1000)["rows"]
+    assert len(rows) == 60
+    assert [r["timestamp"] for r in rows] == sorted((r["timestamp"] for r in rows), reverse=True)
+    assert rows[-1]["artifact_id"] == "a-007"
+    f = reports.EventFilter(types=("artifact_completed",), since=at(27, 0), until=at(28, 9))
+    assert [r["artifact_id"] for r in reports.events(data, now=NOW, filters=f)["rows"]] == ["a-005", "a-004"]
+    with pytest.raises(UsageError, match="unknown event type"):
+        reports.events(data, now=NOW, filters=reports.EventFilter(types=("nope",)))
+
+
+def test_event_payload(data: Path) -> None:
+    ev_id = reports.events(data, now=NOW, limit=1)["rows"][0]["event_id"]
+    ev = reports.event(data, ev_id)
+    assert ev["event_type"] == "claims_extraction_started" and ev["artifact_id"] == "a-006"
+    assert ev["attributes"] is None or isinstance(ev["attributes"], dict)
+    with pytest.raises(NotFoundError):
+        reports.event(data, "' OR 1=1 --")
+
+
+def test_follow_events_yields_new_files_only(data: Path) -> None:
+    import threading
+    import time
+
+    from voicepipe_obs import Recorder
+
+    def write() -> None:
+        time.sleep(0.3)  # after follow_events has listed the existing files
+        with Recorder(data, flush_interval=0.1, recover=False) as r:
+            r.emit("budget_exceeded", ai_cost=12.5, organization_id="org-a")
+
+    t = threading.Thread(target=write)
+    t.start()
+    got = []
+    for ev in reports.follow_events(data, poll_interval=0.05, stop_after=10):
+        got.append(ev)
+        break
+    t.join()
+    assert got and got[0]["event_type"] == "budget_exceeded" and got[0]["kind"] == "failure"
+
+
+def test_retries_report(data: Path) -> None:
+    r = reports.retries(data, now=NOW)
+    assert r["totals"] == {"initiated": 1, "succeeded": 1, "failed": 0}
+    assert [x["event_type"] for x in r["rows"]] == ["retry_succeeded", "retry_initiated"]
+    assert reports.retries(data, now=NOW, org="org-a")["rows"] == []
+
+
+def test_alerts_report_reads_the_alert_log(data: Path) -> None:
+    from voicepipe_obs import alerts
+
+    empty = reports.alerts(data, now=NOW)
+    assert empty["rows"] == [] and empty["alert_log_present"] is False
+    alerts.run_check(data, now=NOW, notify=False)
+    active = reports.alerts(data, now=NOW)
+    assert active["alert_log_present"] is True
+    history = reports.alerts(data, now=NOW, history=True)
+    assert len(history["rows"]) >= len(active["rows"])
+    assert all(r["status"] != "resolved" for r in active["rows"])
+
+
+def test_filter_values_are_bounded() -> None:
+    with pytest.raises(UsageError, match="too long"):
+        reports.check_text("--org", "x" * 300)
+    with pytest.raises(UsageError, match="NUL"):
+        reports.check_text("--org", "a\x00b")
+    assert reports.check_text("--org", "' OR 1=1 --") == "' OR 1=1 --"

@@ -22,6 +22,7 @@ from voicepipe_obs.errors import RetryError, UsageError
 @pytest.fixture(autouse=True)
 def _fresh() -> Iterator[None]:
     helpers.reset()
+    retry.clear_handlers()  # each test registers the handlers it needs
     yield
     helpers.reset()
 
@@ -439,6 +440,22 @@ def test_deferred_enqueue_failure_fails_the_retry(
     assert (record.outcome, record.error_message) == ("failed", "broker unreachable")
 
 
+def test_ctrl_c_while_enqueueing_is_recorded_as_interrupted(rec: vp.Recorder, root: Path) -> None:
+    record_failed(rec, "a-1", "transcription")
+    rec.flush()
+
+    @rec.retry_handler("transcription", deferred=True)
+    def enqueue(artifact_id: str, attempt: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(retry.RetryInterrupted) as err:
+        retry.retry_artifact("a-1", root=root, actor="alice")
+    assert err.value.outcome is not None and err.value.outcome.status == "interrupted"
+    tail = [(e["event_type"], e["error_code"], e["retry_attempt"]) for e in events(root, "a-1")][-2:]
+    assert tail == [("retry_failed", "Interrupted", 1), ("artifact_failed", "Interrupted", 1)]
+    assert status(root, "a-1")[0] == "failed"
+
+
 def test_worker_failure_is_recorded_by_its_artifact_context(
     rec: vp.Recorder, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -521,6 +538,35 @@ def test_bulk_stops_on_ctrl_c(rec: vp.Recorder, root: Path) -> None:
     assert summary.interrupted and summary.exit_code == 130
     assert [o.artifact_id for o in summary.outcomes] == ["t-1"]
     assert status(root, "t-2")[:2] == ("failed", 0)
+
+
+def test_the_reader_sees_files_written_after_it_opened(rec: vp.Recorder, root: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from voicepipe_obs import store
+
+    record_failed(rec, "a-1", "transcription")
+    record_failed(rec, "b-1", "transcription")
+    rec.flush()
+    reader = retry.ArtifactReader(root)
+    try:
+        assert reader.get("a-1").status == "failed"  # type: ignore[union-attr]
+        assert reader.get("zzz") is None
+        rec.emit("retry_initiated", artifact_id="a-1", retry_attempt=1)
+        rec.flush()
+        assert reader.get("b-1").status == "failed"  # type: ignore[union-attr]
+        info = reader.get("a-1")
+        assert info is not None and (info.status, info.previous_attempts) == ("retrying", 1)
+        # compaction replaces files: the reader rescans instead of failing
+        files = store.list_parquet(root)
+        merged = pa.concat_tables([pq.read_table(f) for f in files])
+        store.write_table(files[0].with_name("compacted.parquet"), merged)
+        for f in files:
+            f.unlink()
+        assert reader.get("a-1").status == "retrying"  # type: ignore[union-attr]
+    finally:
+        reader.close()
 
 
 # ------------------------------------------------------------------------ history

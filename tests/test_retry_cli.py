@@ -97,6 +97,11 @@ def test_end_to_end_with_the_example_pipeline(runner: CliRunner, rec: vp.Recorde
         "succeeded",
     )
 
+    # and the reports show it
+    report = runner.invoke(main, ["--data", str(root), "report", "retries", "--format", "json"])
+    assert report.exit_code == 0, report.stderr
+    assert aid in report.stdout and "alice" in report.stdout
+
     # a second retry of the now completed artifact is refused
     refused(invoke(runner, root, aid, "--app", EXAMPLE), "is completed, not failed; use --force")
 
@@ -159,7 +164,7 @@ def test_dry_run_says_what_would_run_and_records_nothing(
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == (
         "would retry a-1 [claims_extraction, attempt 1] as alice with "
-        "retry_apps.pipeline.retry_claims_extraction (inline)"
+        "retry_apps.pipeline.retry_claims_extraction (in-process)"
     )
     assert events(root, "a-1") == before
 
@@ -219,6 +224,7 @@ def test_max_attempts_from_the_config(
 def test_no_handler_for_the_stage_lists_the_registered_ones(
     runner: CliRunner, rec: vp.Recorder, root: Path
 ) -> None:
+    retry.clear_handlers()  # nothing but what the app registers
     record_failed(rec, "a-1", "claims_extraction")
     rec.flush()
     refused(
@@ -229,6 +235,7 @@ def test_no_handler_for_the_stage_lists_the_registered_ones(
 
 
 def test_no_app_lists_no_handlers(runner: CliRunner, rec: vp.Recorder, root: Path) -> None:
+    retry.clear_handlers()
     record_failed(rec, "a-1", "transcription")
     rec.flush()
     refused(invoke(runner, root, "a-1"), "registered: none. Pass --app MODULE (or set retry.app)")
@@ -292,6 +299,50 @@ def test_an_app_given_as_a_file_path(runner: CliRunner, rec: vp.Recorder, root: 
     assert result.exit_code == 0, result.stderr
     completed = [e for e in events(root, "a-1") if e["event_type"] == "transcription_completed"]
     assert completed[-1]["retry_attempt"] == 1 and completed[-1]["confidence_score"] == 0.5
+
+
+def test_a_deferred_handler_is_queued_and_the_worker_finishes_it(
+    runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = tmp_path / "queue"
+    monkeypatch.setenv("RETRY_APP_QUEUE", str(queue))
+    record_failed(rec, "a-1", "transcription", org="org-q")
+    rec.flush()
+    result = invoke(runner, root, "a-1", "--app", "retry_apps.queue_app", "--by", "alice")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("retry queued: a-1 [transcription, attempt 1] handed to ")
+    assert "(hand-off to a queue)" in result.stderr
+    assert status(root, "a-1")[0] == "retrying"
+    refused(
+        invoke(runner, root, "a-1", "--app", "retry_apps.queue_app"), "has an unfinished retry (attempt 1"
+    )
+
+    # the worker process reopens the artifact and records the outcome
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, voicepipe_obs as vp; from retry_apps import queue_app; "
+            "from pathlib import Path; rec = vp.Recorder(sys.argv[1]); "
+            "print(queue_app.work(Path(sys.argv[2]), rec)); rec.close()",
+            str(root),
+            str(queue),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (worker.returncode, worker.stdout.strip()) == (0, "1"), worker.stderr
+    assert status(root, "a-1")[:2] == ("completed", 1)
+    [record] = retry.retry_history(root, "a-1")
+    assert (record.outcome, record.mode, record.actor, record.organization_id) == (
+        "succeeded",
+        "deferred",
+        "alice",
+        "org-q",
+    )
 
 
 # ------------------------------------------------------------------------- bulk
@@ -433,7 +484,7 @@ def test_two_concurrent_retries_of_one_artifact_run_exactly_once(
                 p.kill()
                 p.wait()
     assert loser.returncode == 4, err_l
-    assert "is being retried by p" in err_l and out_l == ""
+    assert "is being retried by" in err_l and out_l == ""
     assert winner.returncode == 0, err_w
     assert out_w.startswith("retry succeeded: a-1")
     assert len(started.read_text().split()) == 1  # exactly one handler ran
@@ -475,3 +526,38 @@ def test_ctrl_c_records_retry_failed_interrupted_and_exits_130(
     [record] = retry.retry_history(root, "a-1")
     assert (record.outcome, record.error_code, record.actor) == ("failed", "Interrupted", "alice")
     assert retry.RetryLock(root, "a-1").probe() is None  # released
+
+
+@pytest.mark.slow
+def test_bulk_shows_a_progress_bar_on_a_terminal(rec: vp.Recorder, root: Path, tmp_path: Path) -> None:
+    record_failed(rec, "a-1", "transcription")
+    record_failed(rec, "a-2", "claims_extraction")
+    rec.flush()
+    master, slave = os.openpty()  # stderr is a terminal, stdout a pipe
+    try:
+        proc = subprocess.run(
+            [*_voicepipe(), "--data", str(root), "retry", "--all-failed", "--yes", "--app", PIPELINE],
+            env=_env(),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, terminal
+    assert "Retrying" in terminal and "100%" in terminal
+    assert "Retried 2: 2 succeeded, 0 failed; skipped 0." in proc.stdout

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import voicepipe_obs as vp
-from voicepipe_obs.events import COLUMN_KINDS, COLUMN_NAMES, EVENT_TYPES, INT32_MAX, INT32_MIN, SETTABLE_FIELDS
+from voicepipe_obs.events import (
+    COLUMN_KINDS,
+    COLUMN_NAMES,
+    EVENT_TYPES,
+    INT32_MAX,
+    INT32_MIN,
+    SETTABLE_FIELDS,
+)
 
 UTC = dt.timezone.utc
 
@@ -23,7 +30,9 @@ timestamps = st.datetimes(
 # the edges of every type, mixed in with ordinary values
 int32s = st.one_of(st.sampled_from([INT32_MIN, INT32_MAX, 0, -1]), st.integers(INT32_MIN, INT32_MAX))
 float64s = st.one_of(
-    st.sampled_from([0.0, -0.0, 5e-324, -1.7976931348623157e308, 1.7976931348623157e308, 2.2250738585072014e-308]),
+    st.sampled_from(
+        [0.0, -0.0, 5e-324, -1.7976931348623157e308, 1.7976931348623157e308, 2.2250738585072014e-308]
+    ),
     st.floats(allow_nan=False, allow_infinity=False),
 )
 texts = st.text(max_size=40)  # any unicode except lone surrogates, including "\x00" and astral planes
@@ -47,11 +56,13 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(batch=st.lists(events(), min_size=1, max_size=12), durability=st.sampled_from(["spool", "sync", "memory"]))
+@given(
+    batch=st.lists(events(), min_size=1, max_size=12), durability=st.sampled_from(["spool", "sync", "memory"])
+)
 def test_events_read_back_equal_with_plain_duckdb(batch: list[dict[str, Any]], durability: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -63,6 +63,8 @@ LOCK_FILE: Final = "aggregate.lock"
 STATE_VERSION: Final = 1
 #: merge receipt chunks into one when there are more than this many
 MAX_RECEIPT_CHUNKS: Final = 24
+#: days computed by one query (bounds memory: ~330k events a day at 10M a month)
+CHUNK_DAYS: Final = 8
 #: how far before a live window :func:`window_metrics` looks for receipts not yet indexed
 RECEIPT_LOOKBACK: Final = dt.timedelta(hours=6)
 
@@ -115,13 +117,13 @@ def _metric_exprs() -> list[tuple[str, str, str]]:
     ]
     for stage in TIMED_STAGES:
         done = _in(STAGE_COMPLETION_EVENTS[stage])
-        out.append((f"avg_{stage}_latency_ms", "f64", f"avg(duration_ms) FILTER (WHERE {done})"))
+        out.append((f"avg_{stage}_latency_ms", "f64", f"favg(duration_ms) FILTER (WHERE {done})"))
         out.append(
             (f"p95_{stage}_latency_ms", "f64", f"quantile_cont(duration_ms, 0.95) FILTER (WHERE {done})")
         )
     # e2e_ms is set on artifact_completed rows only (see _scan_sql)
     out += [
-        ("avg_end_to_end_latency_ms", "f64", "avg(e2e_ms)"),
+        ("avg_end_to_end_latency_ms", "f64", "favg(e2e_ms)"),
         ("p50_end_to_end_latency_ms", "f64", "quantile_cont(e2e_ms, [0.5, 0.95, 0.99])[1]"),
         ("p95_end_to_end_latency_ms", "f64", "quantile_cont(e2e_ms, [0.5, 0.95, 0.99])[2]"),
         ("p99_end_to_end_latency_ms", "f64", "quantile_cont(e2e_ms, [0.5, 0.95, 0.99])[3]"),
@@ -142,9 +144,9 @@ def _metric_exprs() -> list[tuple[str, str, str]]:
         (
             "avg_transcript_confidence",
             "f64",
-            f"avg(confidence_score) FILTER (WHERE {_eq('transcription_completed')})",
+            f"favg(confidence_score) FILTER (WHERE {_eq('transcription_completed')})",
         ),
-        ("avg_claim_confidence", "f64", f"avg(confidence_score) FILTER (WHERE {_eq('claims_extracted')})"),
+        ("avg_claim_confidence", "f64", f"favg(confidence_score) FILTER (WHERE {_eq('claims_extracted')})"),
         (
             "auto_resolution_rate",
             "f64",
@@ -168,11 +170,11 @@ def _metric_exprs() -> list[tuple[str, str, str]]:
             "i64",
             f"CAST(coalesce(sum(draft_count) FILTER (WHERE {_eq('drafts_generated')}), 0) AS BIGINT)",
         ),
-        ("total_ai_cost", "f64", "coalesce(sum(ai_cost), 0.0)"),
+        ("total_ai_cost", "f64", "coalesce(fsum(ai_cost), 0.0)"),
         (
             "avg_cost_per_artifact",
             "f64",
-            _ratio("sum(ai_cost)", "count(DISTINCT artifact_id) FILTER (WHERE ai_cost IS NOT NULL)"),
+            _ratio("fsum(ai_cost)", "count(DISTINCT artifact_id) FILTER (WHERE ai_cost IS NOT NULL)"),
         ),
         ("retries_initiated", "i64", _count(_eq("retry_initiated"))),
         ("retries_succeeded", "i64", _count(_eq("retry_succeeded"))),
@@ -223,9 +225,14 @@ ORDER BY bucket, organization_id NULLS FIRST
 # --------------------------------------------------------------------- DuckDB
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
+def _connect(root: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB for one computation: bounded memory (spilling under
+    ``<root>/_state/tmp`` when given), all cores up to 8, UTC."""
     threads = max(1, min(os.cpu_count() or 1, 8))
-    con = duckdb.connect(config={"threads": threads, "memory_limit": "1GB"})
+    config: dict[str, Any] = {"threads": threads, "memory_limit": "1GB"}
+    if root is not None:
+        config["temp_directory"] = str(root / store.STATE / "tmp")
+    con = duckdb.connect(config=config)
     con.execute("SET TimeZone = 'UTC'")
     return con
 
@@ -235,7 +242,9 @@ def _files_sql(files: Sequence[Path]) -> str:
 
 
 def _dedup_sql(files: Sequence[Path], lo_us: int | None, hi_us: int | None) -> str:
-    """Projected events of ``files`` with timestamps in [lo, hi), one row per event_id."""
+    """Projected events of ``files`` with timestamps in [lo, hi), duplicate rows
+    dropped (the same event written twice is the same row; :func:`_load_events`
+    handles the rare event_id seen with different contents)."""
     cols = ", ".join(c for c in EVENT_PROJECTION if c != "timestamp")
     where = []
     if lo_us is not None:
@@ -243,37 +252,57 @@ def _dedup_sql(files: Sequence[Path], lo_us: int | None, hi_us: int | None) -> s
     if hi_us is not None:
         where.append(f"timestamp < make_timestamptz({int(hi_us)})")
     cond = f"WHERE {' AND '.join(where)}" if where else ""
-    return f"SELECT DISTINCT ON (event_id) {cols}, epoch_us(timestamp) AS ts FROM {_files_sql(files)} {cond}"
+    # DISTINCT over the projected row is several times cheaper than DISTINCT ON
+    return f"SELECT DISTINCT {cols}, epoch_us(timestamp) AS ts FROM {_files_sql(files)} {cond}"
 
 
-def _materialize(
-    con: duckdb.DuckDBPyConnection,
-    name: str,
-    files: Sequence[Path],
-    lo_us: int | None,
-    hi_us: int | None,
-    receipts: str,
-) -> None:
-    """Temp table ``name``: deduplicated events with ``e2e_ms`` on artifact_completed
-    rows (completion − the artifact's earliest receipt in ``receipts``)."""
-    if not files:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _vp_empty_ev")
-        return
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_raw AS {_dedup_sql(files, lo_us, hi_us)}")
+def _load_events(con: duckdb.DuckDBPyConnection, files: Sequence[Path], lo_us: int, hi_us: int) -> None:
+    """Temp table _vp_ev: the deduplicated, projected events of [lo, hi) in ``files``;
+    their first receipts are added to _vp_rc."""
+    if files:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ev AS {_dedup_sql(files, lo_us, hi_us)}")
+        if _scalar_int(con, "SELECT count(*) - count(DISTINCT event_id) FROM _vp_ev"):
+            con.execute("CREATE OR REPLACE TEMP TABLE _vp_ev AS SELECT DISTINCT ON (event_id) * FROM _vp_ev")
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE _vp_ev AS SELECT * EXCLUDE (e2e_ms) FROM _vp_empty_ev")
+    con.execute(
+        "INSERT INTO _vp_rc SELECT artifact_id, min(ts) FROM _vp_ev "
+        "WHERE event_type = 'artifact_received' AND artifact_id IS NOT NULL GROUP BY artifact_id"
+    )
+
+
+def _with_latency(con: duckdb.DuckDBPyConnection, receipts: str) -> None:
+    """Temp table _vp_src: _vp_ev plus ``e2e_ms`` on artifact_completed rows (the
+    completion − the artifact's earliest receipt in ``receipts``, NULL without one)."""
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE {name} AS
+        CREATE OR REPLACE TEMP TABLE _vp_src AS
         SELECT e.*, CASE WHEN e.event_type = 'artifact_completed'
                          THEN (e.ts - r.first_us) / 1000.0 END AS e2e_ms
-        FROM {name}_raw e
+        FROM _vp_ev e
         LEFT JOIN (
           SELECT artifact_id, min(first_us) AS first_us FROM {receipts}
-          WHERE artifact_id IN (SELECT artifact_id FROM {name}_raw WHERE event_type = 'artifact_completed')
+          WHERE artifact_id IN (SELECT artifact_id FROM _vp_ev WHERE event_type = 'artifact_completed')
           GROUP BY artifact_id
         ) r ON e.event_type = 'artifact_completed' AND r.artifact_id = e.artifact_id
         """
     )
-    con.execute(f"DROP TABLE {name}_raw")
+
+
+def _receipts_view(con: duckdb.DuckDBPyConnection, chunks: Sequence[Path]) -> str:
+    """A view of first receipts: this run's (_vp_rc) plus the index ``chunks``."""
+    if not chunks:
+        return "_vp_rc"
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW _vp_receipts AS SELECT artifact_id, first_us FROM _vp_rc "
+        f"UNION ALL SELECT artifact_id, first_us FROM {_files_sql(chunks)}"
+    )
+    return "_vp_receipts"
+
+
+def _prepare(con: duckdb.DuckDBPyConnection) -> None:
+    _empty_events(con)
+    con.execute("CREATE OR REPLACE TEMP TABLE _vp_rc (artifact_id VARCHAR, first_us BIGINT)")
 
 
 def _empty_events(con: duckdb.DuckDBPyConnection) -> None:
@@ -426,30 +455,29 @@ def _receipts_sql(files: Sequence[Path]) -> str:
     )
 
 
-def _write_receipts(con: duckdb.DuckDBPyConnection, root: Path, files: Sequence[Path], *, full: bool) -> None:
-    """Add a chunk of first receipts found in ``files`` (``full``: replace the index)."""
-    import pyarrow as pa
+def _receipts_sql_from_chunks(chunks: Sequence[Path]) -> str:
+    return f"SELECT artifact_id, min(first_us) AS first_us FROM {_files_sql(chunks)} GROUP BY artifact_id"
 
+
+def _save_receipts(con: duckdb.DuckDBPyConnection, root: Path, *, full: bool) -> None:
+    """Write this run's receipts (_vp_rc) as an index chunk; ``full`` replaces the
+    index (it then covers every event file). Too many chunks are merged into one."""
     old = _receipt_chunks(root)
-    table = con.sql(_receipts_sql(files)).to_arrow_table() if files else None
-    if full or len(old) >= MAX_RECEIPT_CHUNKS:
-        if not full and old:  # merge the old chunks into the new one
-            merged = _receipts_sql_from_chunks(old)
-            extra = con.sql(merged).to_arrow_table()
-            table = extra if table is None else pa.concat_tables([table, extra.cast(table.schema)])
-        if table is None:
-            table = pa.table({"artifact_id": pa.array([], pa.string()), "first_us": pa.array([], pa.int64())})
-    elif table is None or table.num_rows == 0:
+    merge = full or len(old) >= MAX_RECEIPT_CHUNKS
+    sql = "SELECT artifact_id, min(first_us) AS first_us FROM _vp_rc GROUP BY artifact_id"
+    if merge and not full and old:
+        sql = (
+            "SELECT artifact_id, min(first_us) AS first_us FROM (SELECT artifact_id, first_us FROM _vp_rc "
+            f"UNION ALL SELECT artifact_id, first_us FROM {_files_sql(old)}) GROUP BY artifact_id"
+        )
+    table = con.sql(sql).to_arrow_table()
+    if table.num_rows == 0 and not merge:
         return
     name = f"{'full' if full else 'chunk'}-{store.unique_name()}.parquet"
     store.write_table(root / store.STATE / RECEIPTS_DIR / name, table)
-    if full or len(old) >= MAX_RECEIPT_CHUNKS:
+    if merge:
         for path in old:
             path.unlink(missing_ok=True)
-
-
-def _receipts_sql_from_chunks(chunks: Sequence[Path]) -> str:
-    return f"SELECT artifact_id, min(first_us) AS first_us FROM {_files_sql(chunks)} GROUP BY artifact_id"
 
 
 def reset_receipts(root: Path) -> None:
@@ -559,46 +587,64 @@ def aggregate(
             hours = {f.hour_us for f in new}
             days = {_floor(h, store.US_PER_DAY) for h in hours}
 
-        con = _connect()
+        by_day: dict[int, list[Path]] = {}
+        for f in listing:
+            by_day.setdefault(_floor(f.hour_us, store.US_PER_DAY), []).append(f.path)
+        day_list = sorted(days | {_floor(h, store.US_PER_DAY) for h in hours})
+        con = _connect(rootp)
         try:
-            _empty_events(con)
-            files_all = [f.path for f in listing]
-            index_missing = not _receipt_chunks(rootp)
-            if mode == "rebuild" or index_missing:
-                _write_receipts(con, rootp, files_all, full=True)
-            elif new:
-                _write_receipts(con, rootp, [f.path for f in new], full=False)
+            _prepare(con)
             chunks = _receipt_chunks(rootp)
-            if chunks:
-                con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE _vp_receipts AS {_receipts_sql_from_chunks(chunks)}"
-                )
+            full_index = mode == "rebuild" or not chunks
+            if full_index:  # the index must cover every event file: scan the days not computed
+                others = [p for d, paths in by_day.items() if d not in set(day_list) for p in paths]
+                if others:
+                    con.execute(f"INSERT INTO _vp_rc {_receipts_sql(others)}")
+                receipts = "_vp_rc"
             else:
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _vp_receipts (artifact_id VARCHAR, first_us BIGINT)"
-                )
-            by_day: dict[int, list[Path]] = {}
-            for f in listing:
-                by_day.setdefault(_floor(f.hour_us, store.US_PER_DAY), []).append(f.path)
-            day_list = sorted(days | {_floor(h, store.US_PER_DAY) for h in hours})
+                receipts = _receipts_view(con, chunks)
+            con.execute("CREATE OR REPLACE TEMP TABLE _vp_missing (artifact_id VARCHAR, day BIGINT)")
             created = store.to_us(now)
-            for i, day in enumerate(day_list):
-                files = by_day.get(day, [])
-                _materialize(con, "_vp_day", files, day, day + store.US_PER_DAY, "_vp_receipts")
-                result.events_scanned += _scalar_int(con, "SELECT count(*) FROM _vp_day")
-                want_hours = sorted(h for h in hours if _floor(h, store.US_PER_DAY) == day)
+
+            def compute(chunk: list[int]) -> None:
+                lo, hi = chunk[0], chunk[-1] + store.US_PER_DAY
+                files = [p for day in chunk for p in by_day.get(day, [])]
+                _load_events(con, files, lo, hi)
+                _with_latency(con, receipts)
+                con.execute(
+                    f"INSERT INTO _vp_missing SELECT DISTINCT artifact_id, ts - ts % {store.US_PER_DAY} "
+                    "FROM _vp_src WHERE event_type = 'artifact_completed' AND e2e_ms IS NULL "
+                    "AND artifact_id IS NOT NULL"
+                )
+                result.events_scanned += _scalar_int(con, "SELECT count(*) FROM _vp_src")
+                want_hours = sorted(h for h in hours if lo <= h < hi)
                 if want_hours:
-                    rows = _query_metrics(con, "_vp_day", f"ts - ts % {store.US_PER_HOUR}")
+                    rows = _query_metrics(con, "_vp_src", f"ts - ts % {store.US_PER_HOUR}")
                     written, removed = _write_buckets(rootp, "hourly", rows, want_hours, created)
                     result.hourly_written += written
                     result.removed += removed
-                if day in days:
-                    rows = _query_metrics(con, "_vp_day", str(day))
-                    written, removed = _write_buckets(rootp, "daily", rows, [day], created)
+                want_days = [day for day in chunk if day in days]
+                if want_days:
+                    rows = _query_metrics(con, "_vp_src", f"ts - ts % {store.US_PER_DAY}")
+                    written, removed = _write_buckets(rootp, "daily", rows, want_days, created)
                     result.daily_written += written
                     result.removed += removed
+
+            done_days = 0
+            for chunk in _day_chunks(day_list):
+                compute(chunk)
+                done_days += len(chunk)
                 if progress is not None:
-                    progress(i + 1, len(day_list))
+                    progress(done_days, len(day_list))
+            # a receipt found in a day computed later (receipt after completion): redo
+            redo = con.execute(
+                "SELECT DISTINCT day FROM _vp_missing WHERE artifact_id IN (SELECT artifact_id FROM _vp_rc) "
+                "ORDER BY day"
+            ).fetchall()
+            con.execute("DELETE FROM _vp_missing")
+            for chunk in _day_chunks([int(day) for (day,) in redo]):
+                compute(chunk)
+            _save_receipts(con, rootp, full=full_index)
         finally:
             con.close()
 
@@ -610,6 +656,18 @@ def aggregate(
         state.save(rootp)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _day_chunks(days: Sequence[int]) -> list[list[int]]:
+    """Runs of consecutive days, at most :data:`CHUNK_DAYS` long (one query each:
+    fewer, larger queries are faster; the cap bounds memory)."""
+    chunks: list[list[int]] = []
+    for day in sorted(days):
+        if chunks and day == chunks[-1][-1] + store.US_PER_DAY and len(chunks[-1]) < CHUNK_DAYS:
+            chunks[-1].append(day)
+        else:
+            chunks.append([day])
+    return chunks
 
 
 def _scalar_int(con: duckdb.DuckDBPyConnection, sql: str) -> int:
@@ -664,25 +722,19 @@ def _write_buckets(
 def _window_table(
     con: duckdb.DuckDBPyConnection, root: Path, lo_us: int, hi_us: int, organization_id: str | None
 ) -> str:
-    """Materialise the deduplicated events of [lo, hi) as temp table _vp_win."""
+    """Temp table _vp_src: the deduplicated events of [lo, hi) with e2e_ms; receipts
+    from the aggregate index, the window itself and raw files up to
+    :data:`RECEIPT_LOOKBACK` before it."""
+    _prepare(con)
     files = vetted_files(root, since=store.from_us(lo_us), until=store.from_us(hi_us))
-    _empty_events(con)
-    chunks = _receipt_chunks(root)
-    sources = []
-    if chunks:
-        sources.append(_receipts_sql_from_chunks(chunks))
-    recent = vetted_files(root, since=store.from_us(lo_us) - RECEIPT_LOOKBACK, until=store.from_us(hi_us))
-    if recent:
-        sources.append(_receipts_sql(recent))
-    receipts = (
-        f"({' UNION ALL '.join(sources)})"
-        if sources
-        else "(SELECT NULL::VARCHAR AS artifact_id, NULL::BIGINT AS first_us WHERE false)"
-    )
-    _materialize(con, "_vp_win", files, lo_us, hi_us, receipts)
+    _load_events(con, files, lo_us, hi_us)
+    before = vetted_files(root, since=store.from_us(lo_us) - RECEIPT_LOOKBACK, until=store.from_us(lo_us))
+    if before:
+        con.execute(f"INSERT INTO _vp_rc {_receipts_sql(before)}")
+    _with_latency(con, _receipts_view(con, _receipt_chunks(root)))
     if organization_id is not None:
-        con.execute("DELETE FROM _vp_win WHERE organization_id IS DISTINCT FROM ?", [organization_id])
-    return "_vp_win"
+        con.execute("DELETE FROM _vp_src WHERE organization_id IS DISTINCT FROM ?", [organization_id])
+    return "_vp_src"
 
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:
@@ -835,7 +887,7 @@ def stage_breakdown(
               count(*) FILTER (WHERE role = 'started'),
               count(*) FILTER (WHERE role = 'completed'),
               count(*) FILTER (WHERE role = 'failed'),
-              avg(duration_ms) FILTER (WHERE role = 'completed'),
+              favg(duration_ms) FILTER (WHERE role = 'completed'),
               quantile_cont(duration_ms, [0.5, 0.95, 0.99]) FILTER (WHERE role = 'completed')
             FROM _vp_stage GROUP BY stage
             """
@@ -884,7 +936,7 @@ def read_snapshots(
     *,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
-    organization_id: str | None | object = _ALL,
+    organization_id: str | object | None = _ALL,
 ) -> list[dict[str, Any]]:
     """Snapshot rows with period_start in [since, until), oldest first (all-orgs row
     before the organisations within a period). ``organization_id``: omit for every

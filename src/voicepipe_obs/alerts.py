@@ -36,7 +36,7 @@ import duckdb
 from . import store
 from .config import Settings, parse_hours
 from .errors import AlertError, NotFoundError, StoreError, UsageError
-from .query import parquet_scan, sql_str, vetted_files
+from .query import parquet_scan, sql_list, sql_str, vetted_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -208,6 +208,10 @@ def _pct(x: float) -> str:
     return f"{x * 100:.1f}%"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _fmt_ms(ms: float) -> str:
     return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
 
@@ -221,6 +225,8 @@ class _Ctx:
         self.settings = settings
         self.now = now
         self.rules = settings.alerts
+        self._all_files: list[Path] | None = None
+        self._in_flight = False
 
     def window(self, since: dt.datetime, param: str = "since") -> str:
         """A deduplicated FROM-source of events in ($<param>, $now], reading only
@@ -230,6 +236,35 @@ class _Ctx:
             f"(SELECT DISTINCT ON (event_id) * FROM {parquet_scan(files)} "
             f"WHERE timestamp > ${param} AND timestamp <= $now)"
         )
+
+    def of_types(self, types: Sequence[str], columns: Sequence[str]) -> str:
+        """A deduplicated FROM-source of every event (within retention) of these
+        types up to $now, with only ``columns``: filtering and projecting before
+        deduplication keeps full scans cheap. Bind ``$now``."""
+        cols = ", ".join(["event_id", "event_type", "timestamp", *columns])
+        return (
+            f"(SELECT DISTINCT ON (event_id) {cols} FROM {parquet_scan(self.all_files())} "
+            f"WHERE event_type IN {sql_list(types)} AND timestamp <= $now)"
+        )
+
+    def all_files(self) -> list[Path]:
+        """Every readable event file (listed once per evaluation)."""
+        if self._all_files is None:
+            self._all_files = vetted_files(self.root)
+        return self._all_files
+
+    def in_flight(self) -> str:
+        """A temp table of artifacts neither completed nor failed (queue depth and
+        stuck artifacts share it: the artifacts view is the costliest query here)."""
+        if not self._in_flight:
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE _voicepipe_in_flight AS "
+                "SELECT artifact_id, organization_id, received_at FROM artifacts "
+                "WHERE status NOT IN ('completed', 'failed') AND received_at <= $now",
+                {"now": self.now},
+            )
+            self._in_flight = True
+        return "_voicepipe_in_flight"
 
     def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, params).fetchall()
@@ -374,9 +409,8 @@ def _queue_depth(c: _Ctx, ev: Evaluation) -> None:
     r = c.rules.queue_depth
     rows = c.rows(
         f"""SELECT grouping(organization_id), organization_id, count(*)
-            FROM artifacts WHERE status NOT IN ('completed', 'failed') AND received_at <= $now
+            FROM {c.in_flight()}
             {_GROUPING}""",
-        now=c.now,
     )
     for org, (depth,) in _grouped(rows, r.per_organization):
         if depth > r.warning:
@@ -388,7 +422,7 @@ def _queue_depth(c: _Ctx, ev: Evaluation) -> None:
                     "warning",
                     float(depth),
                     float(r.warning),
-                    f"{depth} artifacts in flight (> {r.warning})",
+                    f"{_n(depth, 'artifact')} in flight (> {r.warning})",
                     "artifacts whose status is neither completed nor failed",
                 )
             )
@@ -400,9 +434,8 @@ def _backlog(c: _Ctx, ev: Evaluation) -> None:
         f"""SELECT grouping(organization_id), organization_id,
               coalesce(sum(CASE WHEN event_type = 'entity_needs_disambiguation'
                                 THEN disambiguation_count ELSE -disambiguation_count END), 0)
-            FROM events
-            WHERE event_type IN ('entity_needs_disambiguation', 'entity_user_resolved')
-              AND disambiguation_count IS NOT NULL AND timestamp <= $now
+            FROM {c.of_types(("entity_needs_disambiguation", "entity_user_resolved"), ("organization_id", "disambiguation_count"))}
+            WHERE disambiguation_count IS NOT NULL
             {_GROUPING}""",
         now=c.now,
     )
@@ -416,7 +449,7 @@ def _backlog(c: _Ctx, ev: Evaluation) -> None:
                     "warning",
                     float(backlog),
                     float(r.warning),
-                    f"{backlog} entities wait for disambiguation (> {r.warning})",
+                    f"{backlog} {'entity waits' if backlog == 1 else 'entities wait'} for disambiguation (> {r.warning})",
                     "pending = needs_disambiguation − user_resolved, within event retention",
                 )
             )
@@ -428,8 +461,7 @@ def _circuit_breaker(c: _Ctx, ev: Evaluation) -> None:
         f"""SELECT grouping(organization_id), organization_id,
               arg_max(event_type, timestamp), max(timestamp),
               arg_max(error_message, timestamp)
-            FROM events
-            WHERE event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed') AND timestamp <= $now
+            FROM {c.of_types(("circuit_breaker_opened", "circuit_breaker_closed"), ("organization_id", "error_message"))}
             {_GROUPING}""",
         now=c.now,
     )
@@ -482,7 +514,7 @@ def _inactivity(c: _Ctx, ev: Evaluation) -> None:
     if period > since:
         ev.notes.append(f"inactivity: expected hours began less than {r.minutes} min ago")
         return
-    if not store.list_parquet(c.root):
+    if not c.all_files():
         ev.notes.append("inactivity: no events recorded yet")
         return
     # Overall: any finish in the window. Per organisation: organisations that
@@ -558,7 +590,7 @@ def _stuck(c: _Ctx, ev: Evaluation) -> None:
     rows = c.rows(
         f"""SELECT grouping(organization_id), organization_id, count(*),
               list(artifact_id ORDER BY received_at, artifact_id)[1:5], min(received_at)
-            FROM artifacts WHERE status NOT IN ('completed', 'failed') AND received_at <= $cutoff
+            FROM {c.in_flight()} WHERE received_at <= $cutoff
             {_GROUPING}""",
         cutoff=cutoff,
     )
@@ -575,7 +607,7 @@ def _stuck(c: _Ctx, ev: Evaluation) -> None:
                 "warning",
                 float(count),
                 float(r.warning_count),
-                f"{count} artifacts in flight for more than {r.minutes} min",
+                f"{_n(count, 'artifact')} in flight for more than {r.minutes} min",
                 f"oldest since {oldest.astimezone(_UTC):%Y-%m-%d %H:%M} UTC: {ids}{more}",
             )
         )
@@ -623,12 +655,19 @@ def evaluate(
             _RULE_FUNCS[name](ctx, ev)
             ev.evaluated.append(name)
     except duckdb.Error as exc:
-        raise StoreError(f"cannot evaluate alert rules over {rootp}: {_first_line(exc)}") from exc
+        raise StoreError(_unreadable(rootp, exc)) from exc
     return ev
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _unreadable(root: Path, exc: BaseException) -> str:
+    return (
+        f"cannot read the events under {root} ({_first_line(exc)}); "
+        "`voicepipe compact` moves unreadable files to quarantine/"
+    )
 
 
 # ------------------------------------------------------------------- lifecycle
@@ -1061,7 +1100,7 @@ def send_notifications(
             )
             if not result.ok:
                 log.warning(
-                    "notifier %s: %s alert %s not delivered: %s",
+                    "notifier %s: %s notification for alert %s not delivered (%s); retrying on the next check",
                     name,
                     rec["record_type"],
                     rec["alert_id"],
@@ -1172,11 +1211,17 @@ def run_check(
     settings = settings or Settings()
     rootp = store.resolve_root(root)
     at = _aware(now)
-    if rootp.exists() and not rootp.is_dir():
-        raise StoreError(f"data root {rootp} is not a directory; check --data / $VOICEPIPE_DATA")
+    if not rootp.is_dir():
+        problem = "is not a directory" if rootp.exists() else "does not exist"
+        raise StoreError(
+            f"data root {rootp} {problem}; check --data / $VOICEPIPE_DATA / `data` in voicepipe.toml"
+        )
     with check_lock(rootp, settings.alerts.lock_timeout_seconds):
         try:
             con = connect(rootp)
+        except duckdb.Error as exc:
+            raise StoreError(_unreadable(rootp, exc)) from exc
+        try:
             active = _select_states(con, "WHERE status = 'active'")
         except duckdb.Error as exc:
             raise StoreError(

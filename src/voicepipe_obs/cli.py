@@ -141,6 +141,9 @@ def _setup_logging(verbose: bool) -> None:
         handler._voicepipe = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+    for h in logger.handlers:  # follow the current stderr (in-process runs swap it)
+        if getattr(h, "_voicepipe", False) and isinstance(h, logging.StreamHandler):
+            h.setStream(sys.stderr)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -177,4 +180,8 @@ def run() -> None:  # pragma: no cover - console script entry
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    run()
+    # `python -m voicepipe_obs.cli`: run the package's module, not this __main__ copy,
+    # or subcommands' pass_app would look for a different AppContext class (--data lost).
+    from voicepipe_obs.cli import run as _run
+
+    _run()

@@ -19,6 +19,15 @@ from .errors import VoicepipeError
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
 EXIT_UNKNOWN = 3
 
+_text_or_json = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one line per alert, for people and Nagios; json: for machines.",
+)
+
 
 def _parse_now(value: str | None) -> dt.datetime | None:
     if value is None:
@@ -41,7 +50,7 @@ def _line(alert: Mapping[str, Any]) -> str:
 
 
 @click.command()
-@format_option("text", "json", default="text")
+@_text_or_json
 @click.option("--now", "now_s", metavar="TIME", help="Evaluate as of this ISO time (tests, backfills).")
 @click.option("--no-notify", is_flag=True, help="Record lifecycle changes but send no notifications.")
 @pass_app
@@ -54,7 +63,7 @@ def check(ctx: click.Context, app: AppContext, fmt: str, now_s: str | None, no_n
     1 warning, 2 critical, 3 could not evaluate (bad configuration, unreadable
     store, another check holding the lock). Meant for cron:
 
-        */5 * * * * voicepipe --data /srv/voicepipe check || true
+        */5 * * * * voicepipe --data /srv/voicepipe check >/dev/null
     """
     from .alerts import run_check
 
@@ -74,13 +83,6 @@ def check(ctx: click.Context, app: AppContext, fmt: str, now_s: str | None, no_n
     else:
         for alert in result.active:
             click.echo(_line(alert.to_dict()))
-    for d in result.deliveries:
-        if not d.ok:
-            click.echo(
-                f"voicepipe: warning: {d.notifier} did not take the {d.event} notification for alert "
-                f"{d.alert_id}; it will be retried on the next check",
-                err=True,
-            )
     ctx.exit(result.exit_code)
 
 
@@ -93,10 +95,10 @@ def alerts() -> None:
 @click.argument("alert_id")
 @click.option("--by", "by", required=True, metavar="NAME", help="Who acknowledges (recorded).")
 @click.option("--comment", metavar="TEXT", help="Why, or what is being done.")
-@format_option("text", "json", default="text")
+@_text_or_json
 @pass_app
 def ack(app: AppContext, alert_id: str, by: str, comment: str | None, fmt: str) -> None:
-    """Acknowledge an active alert; the acknowledgement holds until it resolves."""
+    """Acknowledge an active alert (holds until it resolves)."""
     from .alerts import acknowledge
 
     state = acknowledge(app.root, alert_id, by, comment=comment)
@@ -175,7 +177,7 @@ def list_(
     alert_id: str | None,
     fmt: str,
 ) -> None:
-    """List active alerts (with --all also resolved ones; with --history the log)."""
+    """List active alerts (--all: also resolved; --history: the log)."""
     from .alerts import RULES, alert_history, list_alerts
 
     if rule is not None and rule not in RULES:

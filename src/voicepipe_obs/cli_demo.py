@@ -26,7 +26,7 @@ from .cli import AppContext, format_option, pass_app
 @click.option(
     "--artifacts-per-day",
     "per_day",
-    type=click.IntRange(1, 20_000),
+    type=click.IntRange(1, 5_000),
     default=150,
     show_default=True,
     help="Voice notes on a weekday (weekends are quieter).",
@@ -76,7 +76,8 @@ def demo(app: AppContext, days: int, per_day: int, live: int, seed: int, reset: 
         (
             "history",
             f"{_short(s.first_event)} → {_short(s.last_event)} UTC "
-            f"({s.days:g} days backfilled, {s.live} live artifacts)",
+            f"({s.days:g} day{'s' if s.days != 1 else ''} backfilled, "
+            f"{s.live} live artifact{'s' if s.live != 1 else ''})",
         ),
         (
             "artifacts",

@@ -297,8 +297,9 @@ def metrics(ctx: click.Context, app: AppContext, fmt: str, utc: bool, range_: st
     from .render import CSV_COLUMNS, render_metrics, to_csv, to_json
 
     data = reports.metrics(app.root, now=_now(ctx), range_=range_, org=org)
-    for note in data["notes"]:
-        click.echo(f"voicepipe: note: {note}", err=True)
+    if fmt != "table":
+        for note in data["notes"]:
+            click.echo(f"voicepipe: note: {note}", err=True)
     if fmt == "json":
         _out(to_json(data))
     elif fmt == "csv":

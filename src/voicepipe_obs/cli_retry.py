@@ -9,6 +9,7 @@ failed; 2 usage or configuration error; 4 refused; 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ from .cli import AppContext, format_option, pass_app
 from .errors import RetryError
 from .retry import (
     RESUMABLE_STAGES,
+    ArtifactReader,
     BulkSummary,
     RetryInterrupted,
     RetryOutcome,
@@ -33,6 +35,8 @@ from .retry import (
     select_failed,
 )
 
+_MODE_WORDS = {"inline": "in-process", "deferred": "hand-off to a queue"}
+
 
 def _seconds(ms: float | None) -> str:
     return "?" if ms is None else f"{ms / 1000:.2f} s"
@@ -44,7 +48,7 @@ def _describe_plan(plan: RetryPlan) -> str:
     return (
         f"{plan.artifact_id} {where} (attempt {plan.attempt} of {plan.max_attempts}{forced}) "
         f"as {plan.actor} with {plan.handler.name} "
-        f"({'hand-off to a queue' if plan.handler.deferred else 'in-process'})"
+        f"({_MODE_WORDS[plan.handler.mode]})"
     )
 
 
@@ -56,7 +60,7 @@ def _describe_outcome(o: RetryOutcome) -> str:
     if o.status == "deferred":
         return f"retry queued: {head} handed to {o.handler}; its worker records the outcome"
     if o.status == "dry_run":
-        return f"would retry {head} as {o.actor} with {o.handler} ({o.mode})"
+        return f"would retry {head} as {o.actor} with {o.handler} ({_MODE_WORDS[o.mode]})"
     return f"retry {o.status}: {head} after {_seconds(o.duration_ms)}: {o.error_code}: {o.error_message}"
 
 
@@ -187,7 +191,27 @@ def _bulk(
     fmt: str,
 ) -> int:
     since_at = parse_since(since) if since else None
-    failed = select_failed(app.root, stage=common["stage"], organization_id=org, since=since_at)
+    reader = ArtifactReader(app.root)  # one scan of the store for the list and every retry
+    try:
+        return _bulk_run(app, common, reader, org=org, since_at=since_at, yes=yes, dry_run=dry_run, fmt=fmt)
+    finally:
+        reader.close()
+
+
+def _bulk_run(
+    app: AppContext,
+    common: dict[str, Any],
+    reader: ArtifactReader,
+    *,
+    org: str | None,
+    since_at: dt.datetime | None,
+    yes: bool,
+    dry_run: bool,
+    fmt: str,
+) -> int:
+    failed = select_failed(
+        app.root, stage=common["stage"], organization_id=org, since=since_at, reader=reader
+    )
     to_stdout = fmt != "json"
     if not failed:
         if fmt == "json":
@@ -203,7 +227,7 @@ def _bulk(
             f.organization_id or "",
             f.failed_stage or "",
             f.error_code or "",
-            f.failed_at.strftime("%Y-%m-%d %H:%M:%S") if f.failed_at else "",
+            f.failed_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if f.failed_at else "",
             f.retry_count,
         )
         for f in failed
@@ -213,19 +237,7 @@ def _bulk(
         err=not to_stdout,
     )
     if dry_run:
-        plans = []
-        for f in failed:
-            elig = check_eligibility(
-                f.artifact_id,
-                root=common["root"],
-                settings=common["settings"],
-                actor=common["actor"],
-                stage=common["stage"],
-                full=common["full"],
-                force=common["force"],
-                stuck_minutes=common["stuck_minutes"],
-            )
-            plans.append((f.artifact_id, elig))
+        plans = [(f.artifact_id, check_eligibility(f.artifact_id, reader=reader, **common)) for f in failed]
         if fmt == "json":
             _emit_json(
                 [
@@ -256,13 +268,9 @@ def _bulk(
     ids = [f.artifact_id for f in failed]
     if show_bar:
         with click.progressbar(length=len(ids), label="Retrying", file=sys.stderr) as bar:
-            summary = retry_all(ids, on_result=lambda *_: bar.update(1), **common)
+            summary = retry_all(ids, on_result=lambda *_: bar.update(1), reader=reader, **common)
     else:
-        summary = retry_all(
-            ids,
-            on_start=None if fmt == "json" else _started,
-            **common,
-        )
+        summary = retry_all(ids, on_start=None if fmt == "json" else _started, reader=reader, **common)
     if fmt == "json":
         _emit_json(summary.to_dict())
     else:

@@ -39,16 +39,15 @@ import time
 import weakref
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Final, Literal, TypeVar, overload
 
 from . import store
 from .errors import EmitError
 from .events import (
-    COLUMN_INDEX,
     COLUMN_KINDS,
     DISAMBIGUATION_EVENT,
     EVENT_STAGE,
@@ -66,28 +65,93 @@ from .events import (
 
 log = logging.getLogger("voicepipe_obs")
 
+_perf_ns = time.perf_counter_ns
+_time_ns = time.time_ns
+
 Durability = Literal["spool", "sync", "memory"]
 F = TypeVar("F", bound=Callable[..., Any])
-Row = list[Any]
+Row = Sequence[Any]  # a list or tuple in the compact layout below
 
-_I_ID = COLUMN_INDEX["event_id"]
-_I_TYPE = COLUMN_INDEX["event_type"]
-_I_TS = COLUMN_INDEX["timestamp"]
-_I_ART = COLUMN_INDEX["artifact_id"]
-_I_VN = COLUMN_INDEX["voice_note_id"]
-_I_ORG = COLUMN_INDEX["organization_id"]
-_I_COACH = COLUMN_INDEX["coach_user_id"]
-_I_CHAN = COLUMN_INDEX["source_channel"]
-_I_STAGE = COLUMN_INDEX["pipeline_stage"]
-_I_SSTART = COLUMN_INDEX["stage_started_at"]
-_I_SEND = COLUMN_INDEX["stage_completed_at"]
-_I_DUR = COLUMN_INDEX["duration_ms"]
-_I_ERRMSG = COLUMN_INDEX["error_message"]
-_I_ERRCODE = COLUMN_INDEX["error_code"]
-_I_RETRY = COLUMN_INDEX["retry_attempt"]
-_I_DISAMBIG = COLUMN_INDEX["disambiguation_count"]
-_I_NEWSTATUS = COLUMN_INDEX["new_status"]
-_I_PREVSTATUS = COLUMN_INDEX["previous_status"]
+# An event row, in memory and in the spool, is compact: nine slots instead of one per
+# column, so building one on the hot path and transposing a batch to columns at write
+# time stay cheap. Most columns are null in most events; they live in the extra dict.
+#   [id counter, event_type, timestamp µs, context tuple (_CTX_COLUMNS) or None,
+#    pipeline_stage, stage_started_at µs, stage_completed_at µs, duration_ms,
+#    {any other column: value} or None]
+# Values in the extra dict take precedence over the context tuple.
+_R_ID, _R_TYPE, _R_TS, _R_CTX, _R_STAGE, _R_SSTART, _R_SEND, _R_DUR, _R_EXTRA = range(9)
+_CTX_COLUMNS: Final = ("artifact_id", "voice_note_id", "organization_id", "coach_user_id", "retry_attempt")
+_SLOTS: Final = {
+    "pipeline_stage": _R_STAGE,
+    "stage_started_at": _R_SSTART,
+    "stage_completed_at": _R_SEND,
+    "duration_ms": _R_DUR,
+}
+_NO_CONTEXT: Final = (None,) * len(_CTX_COLUMNS)
+
+
+def _extra(fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Annotated fields as a row's extra dict; the measured slots are not overridable."""
+    extra = {k: v for k, v in fields.items() if k not in _SLOTS}
+    return extra or None
+
+
+def _rows_to_columns(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """Transpose compact rows into {column name: values}; absent columns are all null."""
+    n = len(rows)
+    ids, types, stamps, contexts, stages, starts, ends, durations, extras = zip(*rows, strict=True)
+    columns: dict[str, Any] = {
+        "event_id": ids,
+        "event_type": types,
+        "timestamp": stamps,
+        "pipeline_stage": stages,
+        "stage_started_at": starts,
+        "stage_completed_at": ends,
+        "duration_ms": durations,
+    }
+    without = contexts.count(None)  # C-speed scans first: most batches are uniform
+    if without == 0:
+        columns.update(zip(_CTX_COLUMNS, zip(*contexts, strict=True), strict=True))
+    elif without < n:
+        values = zip(*[_NO_CONTEXT if c is None else c for c in contexts], strict=True)
+        columns.update(zip(_CTX_COLUMNS, values, strict=True))
+    if not any(extras):
+        return columns
+    for i, extra in enumerate(extras):
+        if extra:
+            for name, value in extra.items():
+                col = columns.get(name)
+                if col is None:
+                    col = columns[name] = [None] * n
+                elif type(col) is tuple:
+                    col = columns[name] = list(col)
+                col[i] = value
+    return columns
+
+
+def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_prefix: str) -> None:
+    """Write compact rows as Parquet, one file per hour named ``<stem>.parquet``; an
+    hour whose file exists is skipped (exactly-once, see store.write_event_rows)."""
+    if not rows:
+        return
+    if len(rows[0]) == NUM_COLUMNS:  # a full-width row (spool of an older version)
+        store.write_event_rows(root, rows, stem, id_prefix=id_prefix)
+        return
+    columns = _rows_to_columns(rows)
+    stamps = columns["timestamp"]
+    first, last = min(stamps) // store.US_PER_HOUR, max(stamps) // store.US_PER_HOUR
+    if first == last:  # the usual batch: one hour, transposed once
+        buckets: list[tuple[int, Sequence[Sequence[Any]], dict[str, Any] | None]] = [(first, rows, columns)]
+    else:  # backfills, or a batch across an hour boundary
+        buckets = [(h, b, None) for h, b in sorted(store.split_by_hour(rows).items())]
+    for hour_number, bucket, cols in buckets:
+        path = store.event_file(root, hour_number, stem)
+        if path.exists():
+            continue
+        if cols is None:
+            cols = _rows_to_columns(bucket)
+        store.write_table(path, store.columns_to_table(cols, len(bucket), id_prefix=id_prefix))
+
 
 _SPOOL_HEADER = struct.Struct("<II")  # payload length, crc32
 _SPOOL_SUFFIX = ".spool"
@@ -107,6 +171,21 @@ class ArtifactContext:
     coach_user_id: str | None = None
     source_channel: str | None = None
     retry_attempt: int | None = None
+    #: The context columns as a row stores them (see _CTX_COLUMNS).
+    row: tuple[str | int | None, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "row",
+            (
+                self.artifact_id,
+                self.voice_note_id,
+                self.organization_id,
+                self.coach_user_id,
+                self.retry_attempt,
+            ),
+        )
 
 
 _artifact_var: contextvars.ContextVar[ArtifactContext | None] = contextvars.ContextVar(
@@ -251,6 +330,7 @@ def _prewarm_writer() -> None:
         import concurrent.futures.thread  # noqa: F401
 
         import pyarrow as pa
+        import pyarrow.compute
         import pyarrow.parquet
 
         pa.array([0])  # first use imports the pandas shim
@@ -272,16 +352,18 @@ def _repair_rows(rows: list[Row]) -> tuple[list[Row], int]:
             bad += 1
             return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
 
-    out: list[Row] = []
-    for row in rows:
-        new = list(row)
-        for i, value in enumerate(new):
-            if isinstance(value, str):
-                new[i] = fix(value)
-            elif isinstance(value, dict):
-                new[i] = {fix(k): fix(v) for k, v in value.items()}
-        out.append(new)
-    return out, bad
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return fix(value)
+        if isinstance(value, tuple):
+            return tuple(walk(v) for v in value)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return {fix(k): walk(v) for k, v in value.items()}
+        return value
+
+    return [walk(row) for row in rows], bad
 
 
 def _ensure_spool_dir(root: Path) -> Path:
@@ -330,7 +412,11 @@ def recover_spools(root: str | os.PathLike[str]) -> tuple[int, int]:
     (events recovered, segments recovered). Safe to run concurrently: recoverers are
     serialised by a lock, and re-writing a segment whose files exist is a no-op.
     """
-    rootp = Path(root)
+    with _fork_gate:  # a fork in the middle would leave the child holding the gate's flock
+        return _recover_spools(Path(root))
+
+
+def _recover_spools(rootp: Path) -> tuple[int, int]:
     spool = rootp / store.SPOOL
     if not spool.is_dir():
         return 0, 0
@@ -354,9 +440,7 @@ def recover_spools(root: str | os.PathLike[str]) -> tuple[int, int]:
                     path = spool / name
                     rows = read_spool_segment(path)
                     if rows:
-                        store.write_event_rows(
-                            rootp, rows, name[: -len(_SPOOL_SUFFIX)], id_prefix=writer.rsplit("-", 1)[-1]
-                        )
+                        _write_event_rows(rootp, rows, name[: -len(_SPOOL_SUFFIX)], writer.rsplit("-", 1)[-1])
                     events += len(rows)
                     segments += 1
                     path.unlink()
@@ -455,17 +539,22 @@ class Recorder:
     # -- process-local state (re-made in a forked child) --------------------------
 
     def _init_process_state(self, closed: bool = False) -> None:
-        # Lock order: _io_lock, then _lock, then _spool_lock (the fork hooks take all three).
+        # Lock order: _write_lock, _io_lock, _lock, _spool_lock (the fork hooks take all).
+        # Two threads per recorder: the spooler (pending rows → spool segment, sealing
+        # batches) and the writer (sealed batches → Parquet), so that a slow write, the
+        # first pyarrow import or a recovery never delays the spool.
+        self._write_lock = threading.Lock()  # one Parquet writer at a time
         self._lock = threading.Lock()  # batches, counters
         self._spool_lock = threading.Lock()  # segment files
-        self._io_lock = threading.Lock()  # one tick/flush at a time
-        self._wake = threading.Event()
+        self._io_lock = threading.Lock()  # one spool tick at a time
+        self._wake = threading.Event()  # wakes the spooler early (batch_size reached)
+        self._write_wake = threading.Event()  # wakes the writer (a batch was sealed)
         self._wake_set = False
         self._warn = _RateLimitedLog()
         self._sync = self.durability == "sync"
         self._stop = False
         self._closed = closed
-        self._thread: threading.Thread | None = None
+        self._threads: tuple[threading.Thread, ...] = ()
         self._pid = os.getpid()
         # Event ids are <id_prefix><12-digit counter>. Rows carry only the counter (an
         # int) until they are written: the string is made per column at write time, and
@@ -473,7 +562,6 @@ class Recorder:
         self._id_prefix = secrets.token_hex(8)
         self._writer_id = f"{store.host_name()}-{self._pid}-{self._id_prefix}"
         self._id_counter = itertools.count(1)
-        self._blank: Row = [None] * NUM_COLUMNS
         # Rows emitted but not yet taken by the flusher. Appended without a lock (a deque
         # append is atomic); only the flusher pops, under _io_lock. Unused with "sync".
         self._pending: deque[Row] = deque()
@@ -559,12 +647,13 @@ class Recorder:
                 )
             row = self._base_row(event_type)
             if timestamp is not None:
-                row[_I_TS] = _to_us("timestamp", timestamp)
+                row[_R_TS] = _to_us("timestamp", timestamp)
             if attributes is not None:
                 fields["attributes"] = attributes
-            self._apply_fields(row, fields)
-            if row[_I_STAGE] is None:
-                row[_I_STAGE] = EVENT_STAGE.get(event_type)
+            if fields:
+                self._apply_fields(row, fields)
+            if row[_R_STAGE] is None:
+                row[_R_STAGE] = EVENT_STAGE.get(event_type)
         except _Invalid as exc:
             self._invalid(str(exc))
             return None
@@ -599,6 +688,7 @@ class Recorder:
         del timeout  # the flush runs in the caller's thread
         try:
             self._tick(force=True)
+            self._write_sealed(force=True)
         except Exception as exc:
             self._internal_error(exc)
         with self._lock:
@@ -619,11 +709,13 @@ class Recorder:
         self._stop = True
         self._closed = True  # later emits are dropped and counted
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=max(5.0, self.flush_interval * 2))
+        self._write_wake.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(5.0, self.flush_interval * 2))
         try:
             self._tick(force=True)
+            self._write_sealed(force=True)
         except Exception as exc:
             self._warn.warning("close", "voicepipe could not flush on close under %s: %s", self.root, exc)
         with self._lock, self._spool_lock:
@@ -685,25 +777,27 @@ class Recorder:
 
     def _event_id(self, row: Row) -> str:
         """The event_id a row will be written with (rows hold the counter only)."""
-        return store.format_event_id(self._id_prefix, row[_I_ID])
+        return store.format_event_id(self._id_prefix, row[_R_ID])
 
-    def _base_row(self, event_type: str, ts_us: int | None = None) -> Row:
-        row = self._blank.copy()
-        row[_I_ID] = next(self._id_counter)
-        row[_I_TYPE] = event_type
-        row[_I_TS] = (
-            (time.time_ns() // 1000 if self._clock is None else self._clock()) if ts_us is None else ts_us
-        )
+    def _base_row(self, event_type: str, ts_us: int | None = None) -> list[Any]:
+        """A new row (layout: see _R_ID) with the id, type, time and artifact context."""
+        if ts_us is None:
+            ts_us = time.time_ns() // 1000 if self._clock is None else self._clock()
         ctx = _artifact_var.get()
-        if ctx is not None:
-            row[_I_ART] = ctx.artifact_id
-            row[_I_VN] = ctx.voice_note_id
-            row[_I_ORG] = ctx.organization_id
-            row[_I_COACH] = ctx.coach_user_id
-            row[_I_RETRY] = ctx.retry_attempt
-        return row
+        return [
+            next(self._id_counter),
+            event_type,
+            ts_us,
+            None if ctx is None else ctx.row,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]
 
-    def _apply_fields(self, row: Row, fields: Mapping[str, Any]) -> None:
+    def _apply_fields(self, row: list[Any], fields: Mapping[str, Any]) -> None:
+        extra: dict[str, Any] = {}
         for name, value in fields.items():
             try:
                 checked = _check_value(name, value)
@@ -714,7 +808,12 @@ class Recorder:
                 continue
             if name == "error_message" and checked is not None:
                 checked = self._clean_message(checked)
-            row[COLUMN_INDEX[name]] = checked
+            slot = _SLOTS.get(name)
+            if slot is None:
+                extra[name] = checked
+            else:
+                row[slot] = checked
+        row[_R_EXTRA] = extra or None
 
     def _clean_message(self, message: str) -> str:
         if self.redact is not None:
@@ -855,9 +954,12 @@ class Recorder:
             if self._started:
                 return
             self._started = True
-        thread = threading.Thread(target=self._run, name="voicepipe-flush", daemon=True)
-        self._thread = thread
-        thread.start()
+        self._threads = (
+            threading.Thread(target=self._run_spooler, name="voicepipe-spool", daemon=True),
+            threading.Thread(target=self._run_writer, name="voicepipe-writer", daemon=True),
+        )
+        for thread in self._threads:
+            thread.start()
 
     def recover(self) -> int:
         """Recover dead processes' spools under the root now; the number of events."""
@@ -872,30 +974,55 @@ class Recorder:
             self._counts["recovered"] += recovered
         return recovered
 
-    def _run(self) -> None:
-        _prewarm_writer()
-        if self._recover:
-            try:
-                self.recover()
-            except Exception as exc:
-                self._warn.warning("recover", "voicepipe spool recovery failed: %r", exc)
+    def _run_spooler(self) -> None:
         while not self._stop:
             self._wake.wait(self.spool_interval)
             self._wake.clear()
             if self._stop:
                 break
             try:
-                self._tick(force=False)
-            except Exception as exc:  # the flusher must survive anything, strict or not
-                self._warn.warning("internal", "voicepipe flusher error: %r", exc)
+                if self._tick(force=False):
+                    self._write_wake.set()
+            except Exception as exc:  # the threads must survive anything, strict or not
+                self._warn.warning("internal", "voicepipe spooler error: %r", exc)
 
-    def _tick(self, force: bool) -> None:
+    def _run_writer(self) -> None:
+        with _fork_gate:  # a fork during an import would deadlock the child's next import
+            _prewarm_writer()
+        if self._recover:
+            try:
+                self.recover()
+            except Exception as exc:
+                self._warn.warning("recover", "voicepipe spool recovery failed: %r", exc)
+        while not self._stop:
+            self._write_wake.wait(self.flush_interval)
+            self._write_wake.clear()
+            if self._stop:
+                break
+            try:
+                self._write_sealed(force=False)
+            except Exception as exc:
+                self._warn.warning("internal", "voicepipe writer error: %r", exc)
+
+    def _write_sealed(self, force: bool) -> None:
+        """Write the sealed batches as Parquet (after a failure, not before the retry delay)."""
+        with self._write_lock:
+            with self._lock:
+                batches = list(self._sealed)
+            if batches and (force or time.monotonic() >= self._retry_after):
+                self._write_batches(batches)
+
+    def _tick(self, force: bool) -> bool:
+        """Move pending rows into the current batch and its spool segment; seal the
+        batch when it is due. True when sealed batches wait for the writer."""
         with self._io_lock:
             self._wake_set = False
             pending = self._pending
-            n = len(pending)
-            rows = [pending.popleft() for _ in range(n)]
-            if rows:
+            with self._lock:
+                n = len(pending)
+                self._mem_rows += n  # counted before they leave the deque: max_buffer holds
+            if n:
+                rows = [pending.popleft() for _ in range(n)]
                 spool = self.durability == "spool"
                 spooled = self._spool_rows(self._current, rows) if spool else False
                 with self._lock:
@@ -904,30 +1031,22 @@ class Recorder:
                         self._count_spool(spooled, n)
                     if not spooled:
                         self._current.unspooled += n
-                    self._take_rows(self._current, rows)
+                    assert self._current.rows is not None  # the current batch is never spilled
+                    self._current.rows.extend(rows)
+                    self._current.n += n
             now = time.monotonic()
             due = force or now >= self._next_flush or self._current.n >= self.batch_size
-            if not due and not self._sealed:
-                return
+            if not due:
+                return bool(self._sealed)
             with self._lock, self._spool_lock:
-                if due:
-                    self._next_flush = now + self.flush_interval
-                    if self._current.n:
-                        self._seal(self._current)
-                        self._current = self._new_batch()
-                    if self._overflow is not None and self._overflow.n:
-                        self._seal(self._overflow)
-                        self._overflow = None
-                pending_batches = list(self._sealed)
-            if pending_batches and (force or now >= self._retry_after):
-                self._write_batches(pending_batches)
-
-    def _take_rows(self, batch: _Batch, rows: list[Row]) -> None:
-        """Add rows to the current batch (called with _lock held)."""
-        batch.n += len(rows)
-        if batch.rows is not None:
-            batch.rows.extend(rows)
-            self._mem_rows += len(rows)
+                self._next_flush = now + self.flush_interval
+                if self._current.n:
+                    self._seal(self._current)
+                    self._current = self._new_batch()
+                if self._overflow is not None and self._overflow.n:
+                    self._seal(self._overflow)
+                    self._overflow = None
+                return bool(self._sealed)
 
     def _seal(self, batch: _Batch) -> None:
         if batch.fd is not None:
@@ -983,7 +1102,7 @@ class Recorder:
 
     def _write_rows(self, rows: list[Row], stem: str) -> None:
         """Write rows as Parquet under their hour partitions, named after ``stem``."""
-        store.write_event_rows(self.root, rows, stem, id_prefix=self._id_prefix)
+        _write_event_rows(self.root, rows, stem, self._id_prefix)
 
     def _spill_sealed(self) -> None:
         """Storage is failing: release the memory of batches that are safe in the spool."""
@@ -1013,7 +1132,7 @@ class Recorder:
 class StageRun:
     """One running execution of a stage; what ``with rec.stage(...) as st`` gives."""
 
-    __slots__ = ("fields", "recorder", "spec", "start_ns", "start_us", "token")
+    __slots__ = ("context", "fields", "recorder", "spec", "start_ns", "start_us", "token")
 
     def __init__(self, spec: StageSpec, recorder: Recorder, start_us: int = 0, start_ns: int = 0) -> None:
         self.spec = spec
@@ -1022,6 +1141,7 @@ class StageRun:
         self.start_us = start_us
         self.start_ns = start_ns
         self.token: contextvars.Token[StageRun | None] | None = None
+        self.context: tuple[str | int | None, ...] | None = None
 
     @property
     def stage(self) -> str:
@@ -1076,23 +1196,64 @@ class StageSpec:
 
     # -- start / finish (never raise unless strict) --------------------------------
 
+    # Rows are built as tuples here (the hot path): a tuple of atomic values is
+    # untracked by the cyclic GC, so buffered rows cost the collector nothing.
+
     def _start(self) -> StageRun:
         rec = self._recorder or get_recorder()
-        start_ns = time.perf_counter_ns()
-        start_us = time.time_ns() // 1000 if rec._clock is None else rec._clock()
+        start_ns = _perf_ns()
+        start_us = _time_ns() // 1000 if rec._clock is None else rec._clock()
         run = StageRun(self, rec, start_us, start_ns)
         run.token = _stage_var.set(run)
+        ctx = _artifact_var.get()
+        context = run.context = None if ctx is None else ctx.row
         try:
-            row = rec._base_row(self._events[0], start_us)
-            row[_I_STAGE] = self.name
-            row[_I_SSTART] = start_us
-            rec._append(row)
+            rec._append(
+                (
+                    next(rec._id_counter),
+                    self._events[0],
+                    start_us,
+                    context,
+                    self.name,
+                    start_us,
+                    None,
+                    None,
+                    None,
+                )
+            )
         except Exception as exc:
             rec._internal_error(exc)
         return run
 
+    def _finish_ok(self, run: StageRun) -> None:
+        """_finish for the common case: success, nothing annotated, real clock."""
+        elapsed_ns = _perf_ns() - run.start_ns
+        try:
+            _stage_var.reset(run.token)  # type: ignore[arg-type]
+        except ValueError:  # finished in another context than it started
+            _stage_var.set(None)
+        start_us = run.start_us
+        end_us = start_us + elapsed_ns // 1000
+        rec = run.recorder
+        try:
+            rec._append(
+                (
+                    next(rec._id_counter),
+                    self._events[1],
+                    end_us,
+                    run.context,
+                    self.name,
+                    start_us,
+                    end_us,
+                    elapsed_ns / 1e6,
+                    None,
+                )
+            )
+        except Exception as err:
+            rec._internal_error(err)
+
     def _finish(self, run: StageRun, exc: BaseException | None) -> None:
-        elapsed_ns = time.perf_counter_ns() - run.start_ns
+        elapsed_ns = _perf_ns() - run.start_ns
         rec = run.recorder
         if rec._clock is not None:  # a given (simulated) clock also measures the duration
             elapsed_ns = max(rec._now_us() - run.start_us, 0) * 1000
@@ -1110,21 +1271,27 @@ class StageSpec:
                 etype = DISAMBIGUATION_EVENT
             else:
                 etype = self._events[1]
-            row = rec._base_row(etype, end_us)
-            if fields:
-                for name, value in fields.items():
-                    row[COLUMN_INDEX[name]] = value
-                if row[_I_ERRMSG] is not None:
-                    row[_I_ERRMSG] = rec._clean_message(row[_I_ERRMSG])
-            row[_I_STAGE] = self.name
-            row[_I_SSTART] = run.start_us
-            row[_I_SEND] = end_us
-            row[_I_DUR] = elapsed_ns / 1e6
+            extra = _extra(fields) if fields else None
+            if extra is not None and extra.get("error_message") is not None:
+                extra["error_message"] = rec._clean_message(extra["error_message"])
             if exc is not None:
                 code, message = rec._error_fields(exc)
-                row[_I_ERRCODE] = row[_I_ERRCODE] or code
-                row[_I_ERRMSG] = row[_I_ERRMSG] or message  # an annotated one is cleaned above
-            rec._append(row)
+                extra = extra or {}
+                extra["error_code"] = extra.get("error_code") or code
+                extra["error_message"] = extra.get("error_message") or message  # annotated: cleaned above
+            rec._append(
+                (
+                    next(rec._id_counter),
+                    etype,
+                    end_us,
+                    run.context,
+                    self.name,
+                    run.start_us,
+                    end_us,
+                    elapsed_ns / 1e6,
+                    extra,
+                )
+            )
         except Exception as err:
             rec._internal_error(err)
 
@@ -1156,6 +1323,8 @@ class StageSpec:
 
             return async_wrapper
 
+        plain = self.name != "entity_resolution"  # its completion event depends on the fields
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             run = self._start()
@@ -1164,7 +1333,10 @@ class StageSpec:
             except BaseException as exc:
                 self._finish(run, exc)
                 raise
-            self._finish(run, None)
+            if plain and not run.fields and run.recorder._clock is None:
+                self._finish_ok(run)
+            else:
+                self._finish(run, None)
             return result
 
         return wrapper
@@ -1179,7 +1351,15 @@ class StageSpec:
     ) -> Literal[False]:
         run = _stage_var.get()
         if run is not None and run.spec is self:
-            self._finish(run, exc)
+            if (
+                exc is None
+                and not run.fields
+                and run.recorder._clock is None
+                and self.name != "entity_resolution"
+            ):
+                self._finish_ok(run)
+            else:
+                self._finish(run, exc)
         return False
 
     async def __aenter__(self) -> StageRun:
@@ -1223,9 +1403,8 @@ class ArtifactScope:
         if self.context.retry_attempt is None:
             try:
                 row = rec._base_row("artifact_received", start_us)
-                row[_I_CHAN] = self.context.source_channel
-                row[_I_STAGE] = "ingestion"
-                row[_I_NEWSTATUS] = "received"
+                row[_R_STAGE] = "ingestion"
+                row[_R_EXTRA] = {"source_channel": self.context.source_channel, "new_status": "received"}
                 rec._append(row)
             except Exception as exc:
                 rec._internal_error(exc)
@@ -1247,16 +1426,17 @@ class ArtifactScope:
             code, message = rec._error_fields(exc) if exc is not None else (None, None)
             if self.context.retry_attempt is not None:
                 row = rec._base_row("retry_failed" if exc is not None else "retry_succeeded", end_us)
-                row[_I_DUR] = duration_ms
-                row[_I_ERRCODE], row[_I_ERRMSG] = code, message
+                row[_R_DUR] = duration_ms
+                if exc is not None:
+                    row[_R_EXTRA] = {"error_code": code, "error_message": message}
                 rec._append(row)
             row = rec._base_row("artifact_failed" if exc is not None else "artifact_completed", end_us)
-            for name, value in self.fields.items():
-                row[COLUMN_INDEX[name]] = value
-            row[_I_DUR] = duration_ms
-            row[_I_NEWSTATUS] = "failed" if exc is not None else "completed"
+            extra = _extra(self.fields) or {}
+            extra["new_status"] = "failed" if exc is not None else "completed"
             if exc is not None:
-                row[_I_ERRCODE], row[_I_ERRMSG] = code, message
+                extra["error_code"], extra["error_message"] = code, message
+            row[_R_DUR] = duration_ms
+            row[_R_EXTRA] = extra
             rec._append(row)
         except Exception as err:
             rec._internal_error(err)
@@ -1359,8 +1539,16 @@ def retry_handler(
 # ------------------------------------------------------------ fork and exit hooks
 
 
+#: Held while the writer thread imports pyarrow or a recovery runs; the fork hook takes
+#: it first, so a child never inherits a half-done import (its module locks would be
+#: held forever) or a recovery's flock. Never taken while holding a recorder's lock.
+_fork_gate = threading.Lock()
+
+
 def _before_fork() -> None:
+    _fork_gate.acquire()
     for rec in list(_recorders):
+        rec._write_lock.acquire()
         rec._io_lock.acquire()
         rec._lock.acquire()
         rec._spool_lock.acquire()
@@ -1371,11 +1559,14 @@ def _after_fork_parent() -> None:
         rec._spool_lock.release()
         rec._lock.release()
         rec._io_lock.release()
+        rec._write_lock.release()
+    _fork_gate.release()
 
 
 def _after_fork_child() -> None:
-    global _default_lock
+    global _default_lock, _fork_gate
     _default_lock = threading.Lock()  # another thread may have held it at the fork
+    _fork_gate = threading.Lock()
     for rec in list(_recorders):
         rec._after_fork_in_child()
 

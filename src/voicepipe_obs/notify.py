@@ -172,7 +172,12 @@ def _post_json(
                 resp.read()
             return DeliveryResult(True, attempts)
         except urllib.error.HTTPError as exc:
-            detail = exc.read(200).decode("utf-8", "replace").strip()
+            try:
+                detail = exc.read(200).decode("utf-8", "replace").strip()
+            except OSError:
+                detail = ""
+            finally:
+                exc.close()
             error = f"HTTP {exc.code} from {url}" + (f": {detail}" if detail else "")
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 break  # the request itself is wrong; retrying now will not help

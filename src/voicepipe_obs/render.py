@@ -232,7 +232,6 @@ def table(
     in ``shrink`` (else the widest) are cut further. ``colours`` (per cell) are
     applied after layout so ANSI codes never count towards the width.
     """
-    from tabulate import tabulate
 
     text_rows = [[NULL if is_null(c) else str(c) for c in row] for row in rows]
     ncols = len(headers)
@@ -249,7 +248,10 @@ def table(
         return ws
 
     ws = widths()
-    total = sum(ws) + 2 * (ncols - 1)
+    gap = 2
+    if sum(ws) + gap * (ncols - 1) > width:
+        gap = 1  # a narrower column gap before cutting any cell
+    total = sum(ws) + gap * (ncols - 1)
     candidates = list(shrink) or list(range(ncols))
     while total > width and candidates:
         i = max(candidates, key=lambda c: ws[c])
@@ -261,18 +263,15 @@ def table(
         for row in text_rows:
             row[i] = truncate(row[i], target)
         ws = widths()
-        total = sum(ws) + 2 * (ncols - 1)
+        total = sum(ws) + gap * (ncols - 1)
     colalign = list(align) if align else None
-    if not text_rows:
-        out = tabulate([], headers=list(headers), tablefmt="simple", disable_numparse=True)
-    else:
-        out = tabulate(
-            text_rows,
-            headers=list(headers),
-            tablefmt="simple",
-            colalign=colalign,
-            disable_numparse=True,
-        )
+    import tabulate as tabulate_mod
+
+    saved, tabulate_mod.MIN_PADDING = tabulate_mod.MIN_PADDING, 0  # widths above are exact
+    try:
+        out = _tabulate(text_rows, headers, colalign, gap)
+    finally:
+        tabulate_mod.MIN_PADDING = saved
     if style is None or not style.colour or colours is None:
         return out
     lines = out.split("\n")
@@ -288,6 +287,27 @@ def table(
                 line = line.replace(cell, style.paint(cell, colour), 1)
         lines[li] = line
     return "\n".join(lines)
+
+
+def _tabulate(rows: list[list[str]], headers: Sequence[str], colalign: list[str] | None, gap: int) -> str:
+    from tabulate import DataRow, Line, TableFormat, tabulate
+
+    fmt: Any = "simple"
+    if gap != 2:
+        sep = " " * gap
+        fmt = TableFormat(
+            lineabove=None,
+            linebelowheader=Line("", "-", sep, ""),
+            linebetweenrows=None,
+            linebelow=None,
+            headerrow=DataRow("", sep, ""),
+            datarow=DataRow("", sep, ""),
+            padding=0,
+            with_header_hide=None,
+        )
+    if not rows:
+        return tabulate([], headers=list(headers), tablefmt=fmt, disable_numparse=True)
+    return tabulate(rows, headers=list(headers), tablefmt=fmt, colalign=colalign, disable_numparse=True)
 
 
 # ------------------------------------------------------------------------- charts
@@ -318,7 +338,7 @@ def bar_chart(
     label_w = min(max(len(label) for label, _, _ in items), 24)
     value_w = max(len(text) for _, _, text in items)
     bar_w = max(width - label_w - value_w - 6, 10)
-    vmax = max((v for _, v, _ in items if not is_null(v)), default=0.0) or 0.0
+    vmax = max((float(v) for _, v, _ in items if v is not None and not is_null(v)), default=0.0)
     lines = []
     for label, value, text in items:
         bar = "" if is_null(value) else _bar(float(value or 0), float(vmax), bar_w)
@@ -337,7 +357,7 @@ def _visible_len(text: str) -> int:
 
 def sparkline(values: Sequence[float | None]) -> str:
     """▁▂▃▄▅▆▇█ scaled between min and max; a NULL value is a space."""
-    present = [float(v) for v in values if not is_null(v)]
+    present = [float(v) for v in values if v is not None and not is_null(v)]
     if not present:
         return " " * len(values)
     lo, hi = min(present), max(present)
@@ -404,9 +424,9 @@ def flow_graph(stages: Sequence[Mapping[str, Any]], *, style: Style) -> str:
         rows[3].append((fmt_rate(s.get("throughput_per_hour")), None))
     for row in rows:
         parts = []
-        for (text, colour), w in zip(row, widths, strict=True):
+        for (text, paint), w in zip(row, widths, strict=True):
             cell = truncate(" " + text, w)
-            parts.append(style.paint(cell, colour) + " " * (w - len(cell)))
+            parts.append(style.paint(cell, paint) + " " * (w - len(cell)))
         lines.append("".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -524,7 +544,7 @@ def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
         (
             "Completed today",
             fmt_int(c["completed_today"]),
-            f"{fmt_change(c['completed_change'])} vs this time yesterday ({fmt_int(c['completed_yesterday_same_time'])})",
+            f"{fmt_change(c['completed_change'])} vs {fmt_int(c['completed_yesterday_same_time'])} by now yesterday",
         ),
         ("Failed today", fmt_int(c["failed_today"]), f"failure rate {fmt_pct(c['failure_rate_today'])}"),
         (
@@ -658,7 +678,7 @@ def _artifact_cells(r: Mapping[str, Any], style: Style, collapsed: bool) -> list
         fmt_int(r["disambiguation_count"]),
         fmt_duration(r["end_to_end_latency_ms"]),
         fmt_money(r["total_ai_cost"]),
-        fmt_time(r["received_at"], style, seconds=False),
+        _short_time(r["received_at"], style)[:-3],
         r.get("action") or "",
     ]
 
@@ -679,12 +699,55 @@ ARTIFACT_HEADERS: Final = [
 ARTIFACT_HEADERS_COLLAPSED: Final = ["Artifact ID", "Status", "Org", "Created"]
 
 
+#: Columns the grid hides, in this order, when long ids leave no room (CSV/JSON keep them).
+_GRID_DROPPABLE: Final = ("Source", "Coach", "Disambig.")
+
+
+def _grid(
+    rows: Sequence[Mapping[str, Any]], style: Style, collapsed: bool, *, colour: bool = True
+) -> tuple[str, list[str]]:
+    """The artifact grid fitted to the width: drop the least important columns
+    before cutting ids (an id must stay copyable). Returns (table, hidden columns)."""
+    headers = list(ARTIFACT_HEADERS_COLLAPSED if collapsed else ARTIFACT_HEADERS)
+    cells = [_artifact_cells(r, style, collapsed) for r in rows]
+    align = ["left"] * 4 if collapsed else ["left"] * 5 + ["right"] * 4 + ["left"] * 2
+    hidden: list[str] = []
+
+    def natural(hs: list[str], cs: list[list[str]]) -> int:
+        widths = [max([len(h)] + [len(c[i]) for c in cs]) for i, h in enumerate(hs)]
+        return sum(widths) + len(hs) - 1
+
+    for name in () if collapsed else _GRID_DROPPABLE:
+        if natural(headers, cells) <= style.width:
+            break
+        i = headers.index(name)
+        headers.pop(i)
+        align.pop(i)
+        for c in cells:
+            c.pop(i)
+        hidden.append(name)
+    status_col = 1
+    colours = [[None] * len(headers) for _ in rows]
+    for row_colours, r in zip(colours, rows, strict=True):
+        row_colours[status_col] = STATUS_COLOURS.get(str(r["status"]))
+    shrink = [i for i, h in enumerate(headers) if h in ("Org", "Coach", "Source")]
+    out = table(
+        cells,
+        headers,
+        align=align,
+        width=style.width,
+        shrink=shrink,
+        max_col=60,
+        colours=colours if colour else None,
+        style=style,
+    )
+    return out, hidden
+
+
 def render_artifacts(
     data: Mapping[str, Any], style: Style, *, collapsed: bool = False, expanded: bool = False
 ) -> str:
     rows = data["rows"]
-    headers = ARTIFACT_HEADERS_COLLAPSED if collapsed else ARTIFACT_HEADERS
-    align = None if collapsed else ["left"] * 5 + ["right"] * 4 + ["left"] * 2
     footer = (
         f"{data['first']}–{data['last']} of {data['total']} artifacts"
         if rows
@@ -693,31 +756,15 @@ def render_artifacts(
     if data["next_page"]:
         footer += f"  ·  next page: --page {data['next_page']}"
     parts = [_header("voicepipe artifacts", data, style)]
+    hidden: list[str] = []
     if not expanded:
-        colours = [[None, STATUS_COLOURS.get(r["status"])] + [None] * (len(headers) - 2) for r in rows]
-        parts.append(
-            table(
-                [_artifact_cells(r, style, collapsed) for r in rows],
-                headers,
-                align=align,
-                width=style.width,
-                shrink=[0, 3, 4],
-                colours=colours,
-                style=style,
-            )
-        )
+        grid, hidden = _grid(rows, style, collapsed)
+        parts.append(grid)
     else:
         for r in rows:
             parts.append("")
-            parts.append(
-                table(
-                    [_artifact_cells(r, style, False)],
-                    headers,
-                    align=align,
-                    width=style.width,
-                    shrink=[0, 3, 4],
-                )
-            )
+            grid, hidden = _grid([r], style, False)
+            parts.append(grid)
             parts.append(
                 f"  claims {fmt_int(r['claim_count'])} · entities {fmt_int(r.get('entity_count'))} "
                 f"(needs review {fmt_int(r['disambiguation_count'])}) · drafts {fmt_int(r.get('draft_count'))}"
@@ -731,6 +778,10 @@ def render_artifacts(
             for opt in r.get("retry_options", []):
                 parts.append(f"  retry ({opt['stage']}): {opt['command']}")
     parts += ["", footer]
+    if hidden:
+        parts.append(
+            f"(hidden to fit {style.width} columns: {', '.join(hidden)}; --format csv has every field)"
+        )
     return "\n".join(parts)
 
 
@@ -807,8 +858,11 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
 
     scope = f"org {data['organization_id']}" if data.get("organization_id") else "all organisations"
     parts = [_header(f"voicepipe metrics · last {data['range']} · {scope}", data, style)]
+    import textwrap
+
     for note in data.get("notes") or ():
-        parts.append(style.paint(f"note: {note}", "yellow"))
+        for line in textwrap.wrap(f"note: {note}", style.width, subsequent_indent="      "):
+            parts.append(style.paint(line, "yellow"))
     items = [
         (
             "Artifacts processed",
@@ -932,7 +986,7 @@ def render_event_line(ev: Mapping[str, Any], style: Style) -> str:
         f"{fmt_time(ev['timestamp'], style)} {mark} {ev['event_type']:<28} "
         f"{fmt_text(ev.get('artifact_id')):<14}{detail}"
     )
-    return truncate(line, style.width + (len(mark) - 1))
+    return truncate(line, style.width + (len(mark) - 1)).rstrip()
 
 
 def render_event(ev: Mapping[str, Any], style: Style) -> str:

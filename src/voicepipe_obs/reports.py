@@ -169,8 +169,32 @@ def event_files(root: Path) -> set[Path]:
     return set(_files(root, None, None))
 
 
-def _connect(files: Sequence[Path]) -> duckdb.DuckDBPyConnection:
-    """A private connection whose ``events``/``artifacts`` views read only ``files``."""
+#: Columns the reports read (the timestamps of stage start/end, transcript_duration,
+#: ai_model and attributes are only shown by `report event`, which reads every column).
+_PROJECTION: Final = (
+    "event_id, event_type, timestamp, artifact_id, voice_note_id, organization_id, coach_user_id, "
+    "source_channel, pipeline_stage, duration_ms, previous_status, new_status, error_message, error_code, "
+    "claim_count, entity_count, disambiguation_count, draft_count, transcript_word_count, retry_attempt, "
+    "confidence_score, ai_cost, actor"
+)
+
+
+def _connect(
+    files: Sequence[Path],
+    *,
+    since: dt.datetime | None = None,
+    where: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    materialise: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """A private connection over exactly ``files``: ``events_raw`` (every column, as
+    stored), ``events`` (deduplicated by event_id, the columns reports use) and
+    ``artifacts`` (query.ARTIFACTS_SQL over ``events``).
+
+    With ``materialise`` the files are read once into a temp table (events at or
+    after ``since`` that satisfy ``where``), so a report's several queries do not
+    each re-read them.
+    """
     import duckdb
 
     from .events import arrow_schema
@@ -180,16 +204,25 @@ def _connect(files: Sequence[Path]) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     con.register("_voicepipe_empty_events", arrow_schema().empty_table())
     con.execute(f"CREATE VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
-    con.execute("CREATE VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw")
+    conds = ["TRUE"]
+    bound: dict[str, Any] = dict(params or {})
+    if since is not None:
+        conds.append("timestamp >= $since")
+        bound["since"] = aware(since)
+    if where:
+        conds.append(where)
+    body = f"SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw WHERE {' AND '.join(conds)}"
+    if materialise:
+        con.execute(f"CREATE TEMP TABLE events AS {body}", bound)
+    else:
+        con.execute(f"CREATE VIEW events AS SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw")
     con.execute(f"CREATE VIEW artifacts AS {ARTIFACTS_SQL}")
     return con
 
 
-def _open(
-    root: Path, since: dt.datetime | None, until: dt.datetime | None = None
-) -> duckdb.DuckDBPyConnection:
+def _open(root: Path, since: dt.datetime | None) -> duckdb.DuckDBPyConnection:
     require_events(root)
-    return _connect(_files(root, since, until))
+    return _connect(_files(root, since, None), since=since)
 
 
 def _dicts(
@@ -306,9 +339,13 @@ def describe_event(ev: Mapping[str, Any]) -> str:
     else:
         if ev.get("duration_ms") is not None:
             parts.append(_dur(ev["duration_ms"]))
-        add("{} words", "transcript_word_count")
-        add("{} claims", "claim_count")
-        add("{} drafts", "draft_count")
+        for key, noun in (
+            ("transcript_word_count", "word"),
+            ("claim_count", "claim"),
+            ("draft_count", "draft"),
+        ):
+            if ev.get(key) is not None:
+                parts.append(f"{ev[key]} {noun}{'' if ev[key] == 1 else 's'}")
         if ev.get("confidence_score") is not None:
             parts.append(f"confidence {ev['confidence_score']:.2f}")
     if ev.get("ai_cost") is not None and et != "artifact_received":
@@ -739,7 +776,7 @@ def artifacts(
             row["retry_options"] = opts
         out_rows.append(row)
     if expanded and out_rows:
-        ids = [r["artifact_id"] for r in out_rows]
+        ids = [str(r["artifact_id"]) for r in out_rows]
         timeline: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         for ev in _dicts(
             con,
@@ -749,7 +786,7 @@ def artifacts(
         ):
             timeline[ev["artifact_id"]].append(_event_row(ev))
         for row in out_rows:
-            row["timeline"] = timeline[row["artifact_id"]]
+            row["timeline"] = timeline[str(row["artifact_id"])]
     offset = (page - 1) * limit
     return {
         "generated_at": now,
@@ -776,26 +813,44 @@ def artifacts(
 # ------------------------------------------------------------ artifact detail
 
 
-def _artifact_files(root: Path, artifact_id: str) -> list[Path]:
-    """The event files that hold an artifact's events.
+def _day_groups(root: Path, since: dt.datetime | None = None) -> list[list[Path]]:
+    """Event files grouped by day partition, newest day first (not yet vetted)."""
+    by_day: dict[str, list[Path]] = {}
+    for f in store.list_parquet(root, store.EVENTS, since=since):
+        by_day.setdefault(f.parent.parent.name, []).append(f)
+    return [by_day[d] for d in sorted(by_day, reverse=True)]
 
-    Reads only Parquet footers: DuckDB's row-group statistics (min/max of
-    artifact_id) rule out most files cheaply when files are sorted by artifact_id
-    (compacted files are); the rest are checked with a projection on one column.
+
+def _artifact_connection(root: Path, artifact_id: str) -> duckdb.DuckDBPyConnection | None:
+    """A connection whose ``events`` hold exactly one artifact's events, or None.
+
+    Searches day partitions newest first and stops at the day holding the
+    artifact's artifact_received (nothing of it can be older), so looking up a
+    recent artifact reads a day of files, not the store. Within a day, DuckDB skips
+    row groups whose artifact_id min/max exclude the id (compacted files are sorted
+    by artifact_id, which makes that skip effective).
     """
-    import duckdb
-
-    files = _files(root, None, None)
-    if not files:
-        return []
-    con = duckdb.connect()
     from .query import parquet_scan
 
-    src = parquet_scan(files).replace("hive_partitioning=false", "hive_partitioning=false, filename=true")
-    rows = con.execute(
-        f"SELECT DISTINCT filename FROM {src} WHERE artifact_id = $id", {"id": artifact_id}
-    ).fetchall()
-    return sorted(Path(r[0]) for r in rows)
+    con = _connect([], materialise=True)
+    found = False
+    for day in _day_groups(root):
+        good, _bad = store.vet_parquet(day)
+        if not good:
+            continue
+        con.execute(
+            f"INSERT INTO events SELECT DISTINCT ON (event_id) {_PROJECTION} FROM {parquet_scan(good)} "
+            "WHERE artifact_id = $id AND event_id NOT IN (SELECT event_id FROM events)",
+            {"id": artifact_id},
+        )
+        row = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE event_type = 'artifact_received') FROM events"
+        ).fetchone()
+        assert row is not None
+        found = row[0] > 0
+        if row[1]:
+            break
+    return con if found else None
 
 
 def artifact_detail(
@@ -812,17 +867,12 @@ def artifact_detail(
     check_text("artifact id", artifact_id)
     require_events(root)
     now = aware(now)
-    files = _artifact_files(root, artifact_id)
-    if not files:
+    con = _artifact_connection(root, artifact_id)
+    if con is None:
         raise NotFoundError(
             f"no events for artifact {artifact_id[:80]!r} under {root}; "
             "find ids with `voicepipe report artifacts --search PREFIX`"
         )
-    con = _connect(files)
-    con.execute(
-        "CREATE TEMP TABLE one AS SELECT * FROM events_raw WHERE artifact_id = $id", {"id": artifact_id}
-    )
-    con.execute("CREATE OR REPLACE VIEW events AS SELECT DISTINCT ON (event_id) * FROM one")
     head = _one(con, "SELECT * FROM artifacts WHERE artifact_id = $id", {"id": artifact_id})
     timeline = [
         _event_row(ev)
@@ -833,7 +883,7 @@ def artifact_detail(
         end = head.get("failed_at") or head.get("last_event_at")
         if head.get("status") not in ("completed", "failed"):
             end = now
-        processing_ms = (store.to_us(end) - store.to_us(head["received_at"])) / 1000.0
+        processing_ms = (store.to_us(aware(end or now)) - store.to_us(head["received_at"])) / 1000.0
     header = {
         k: head.get(k)
         for k in (
@@ -886,135 +936,24 @@ def artifact_detail(
 
 # -------------------------------------------------------------------- metrics
 
-_METRIC_KEYS: Final = (
-    "artifacts_received",
-    "artifacts_completed",
-    "artifacts_failed",
-    "overall_failure_rate",
-    "avg_end_to_end_latency_ms",
-    "p95_end_to_end_latency_ms",
-    "total_ai_cost",
-    "avg_transcript_confidence",
-    "auto_resolution_rate",
-    "total_entities_resolved",
-    *(f"avg_{s}_latency_ms" for s in TIMED_STAGES),
-    *(f"p95_{s}_latency_ms" for s in TIMED_STAGES),
-    *(f"{s}_failure_rate" for s in TIMED_STAGES),
-)
-
-
-def _bucket_sql() -> str:
-    from .query import sql_str
-
-    stage_cols = []
-    for s in TIMED_STAGES:
-        done = ", ".join(sql_str(e) for e in STAGE_COMPLETION_EVENTS[s])
-        fail = sql_str(STAGE_FAILURE_EVENTS[s])
-        stage_cols.append(
-            f"avg(duration_ms) FILTER (WHERE event_type IN ({done})) AS avg_{s}_latency_ms, "
-            f"quantile_cont(duration_ms, 0.95) FILTER (WHERE event_type IN ({done})) AS p95_{s}_latency_ms, "
-            f"count(*) FILTER (WHERE event_type = {fail}) / nullif(count(*) FILTER (WHERE event_type IN ({done}, {fail})), 0) "
-            f"AS {s}_failure_rate"
-        )
-    er = ", ".join(sql_str(e) for e in STAGE_COMPLETION_EVENTS["entity_resolution"])
-    return f"""
-    WITH b AS (
-      SELECT *, (epoch_us(timestamp) - epoch_us($start)) // $step AS bucket FROM events
-      WHERE timestamp >= $start AND timestamp <= $now AND ($org IS NULL OR organization_id = $org)
-    ),
-    rec AS (SELECT artifact_id, min(timestamp) AS received_at FROM events
-            WHERE event_type = 'artifact_received' GROUP BY artifact_id),
-    e2e AS (
-      SELECT b.bucket, b.organization_id, (epoch_us(b.timestamp) - epoch_us(r.received_at)) / 1000.0 AS ms
-      FROM b JOIN rec r USING (artifact_id) WHERE b.event_type = 'artifact_completed'
-    ),
-    lat AS (
-      SELECT grouping(bucket, organization_id) AS g, bucket, organization_id,
-             avg(ms) AS avg_end_to_end_latency_ms, quantile_cont(ms, 0.95) AS p95_end_to_end_latency_ms
-      FROM e2e GROUP BY GROUPING SETS ((bucket), (bucket, organization_id), (), (organization_id))
-    ),
-    m AS (
-      SELECT grouping(bucket, organization_id) AS g, bucket, organization_id,
-        count(*) FILTER (WHERE event_type = 'artifact_received') AS artifacts_received,
-        count(*) FILTER (WHERE event_type = 'artifact_completed') AS artifacts_completed,
-        count(*) FILTER (WHERE event_type = 'artifact_failed') AS artifacts_failed,
-        count(*) FILTER (WHERE event_type = 'artifact_failed')
-          / nullif(count(*) FILTER (WHERE event_type IN ('artifact_completed', 'artifact_failed')), 0)
-          AS overall_failure_rate,
-        sum(ai_cost) AS total_ai_cost,
-        avg(confidence_score) FILTER (WHERE event_type = 'transcription_completed') AS avg_transcript_confidence,
-        sum(entity_count - coalesce(disambiguation_count, 0)) FILTER (WHERE event_type IN ({er}))
-          / nullif(sum(entity_count) FILTER (WHERE event_type IN ({er})), 0) AS auto_resolution_rate,
-        sum(entity_count) FILTER (WHERE event_type IN ({er})) AS total_entities_resolved,
-        {", ".join(stage_cols)}
-      FROM b GROUP BY GROUPING SETS ((bucket), (bucket, organization_id), (), (organization_id))
-    )
-    SELECT m.*, lat.avg_end_to_end_latency_ms, lat.p95_end_to_end_latency_ms
-    FROM m LEFT JOIN lat ON m.g = lat.g AND m.bucket IS NOT DISTINCT FROM lat.bucket
-      AND m.organization_id IS NOT DISTINCT FROM lat.organization_id
-    """
-
-
-def _raw_buckets(
-    root: Path, start: dt.datetime, now: dt.datetime, step: dt.timedelta, org: str | None
-) -> list[dict[str, Any]]:
-    """DESIGN §6 metrics per bucket (g=1: all orgs; g=0: per org), per range (g=3)
-    and per org over the range (g=2), from raw events in [start, now]."""
-    files = _files(root, start - DAY, None)
-    con = _connect(files)
-    return _dicts(
-        con,
-        _bucket_sql(),
-        {"start": start, "now": now, "step": int(step.total_seconds() * 1_000_000), "org": org},
-    )
-
-
-def _snapshot_rows(
-    root: Path, period: str, start: dt.datetime, end: dt.datetime, org: str | None
-) -> list[dict[str, Any]]:
-    """Snapshot rows (scope: all orgs, or one org) for complete buckets in [start, end)."""
-    import duckdb
-
-    from .query import sql_str, vetted_files
-
-    area = store.SNAPSHOTS_DAILY if period == "daily" else store.SNAPSHOTS_HOURLY
-    files = vetted_files(root, area, since=start, until=end)
-    if not files:
-        return []
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    src = f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], union_by_name=true)"
-    try:
-        return _dicts(
-            con,
-            f"""
-            SELECT * FROM {src}
-            WHERE period_start >= $start AND period_end <= $end
-              AND (($org IS NULL AND organization_id IS NULL) OR ($org IS NOT NULL AND organization_id = $org))
-            ORDER BY period_start, created_at DESC
-            """,
-            {"start": start, "end": end, "org": org},
-        )
-    except duckdb.Error:
-        return []
-
 
 def _combine(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Range-level figures from per-bucket rows: sums summed, ratios recomputed from
-    sums where possible, averages and p95s weighted by the bucket's volume."""
+    """Range-level figures from per-bucket snapshot rows: counts and totals summed,
+    ratios recomputed from the sums where the sums allow it, averages and p95s as
+    volume-weighted means of the buckets' values."""
 
     def total(key: str) -> float | None:
-        vals = [r.get(key) for r in rows if r.get(key) is not None]
-        return float(sum(vals)) if vals else None
+        vals = [float(r[key]) for r in rows if r.get(key) is not None]
+        return sum(vals) if vals else None
 
     def weighted(key: str, weight: str) -> float | None:
-        pairs = [(r.get(key), r.get(weight) or 0) for r in rows if r.get(key) is not None]
-        wsum = sum(w for _, w in pairs)
+        pairs = [(float(r[key]), float(r.get(weight) or 0)) for r in rows if r.get(key) is not None]
         if not pairs:
             return None
+        wsum = sum(w for _, w in pairs)
         if not wsum:
-            return float(sum(v for v, _ in pairs)) / len(pairs)
-        return float(sum(v * w for v, w in pairs)) / wsum
+            return sum(v for v, _ in pairs) / len(pairs)
+        return sum(v * w for v, w in pairs) / wsum
 
     out: dict[str, Any] = {}
     for key in ("artifacts_received", "artifacts_completed", "artifacts_failed", "total_entities_resolved"):
@@ -1027,14 +966,73 @@ def _combine(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out["p95_end_to_end_latency_ms"] = weighted("p95_end_to_end_latency_ms", "artifacts_completed")
     out["avg_transcript_confidence"] = weighted("avg_transcript_confidence", "artifacts_received")
     out["auto_resolution_rate"] = weighted("auto_resolution_rate", "total_entities_resolved")
-    for s in TIMED_STAGES:
-        for key in (f"avg_{s}_latency_ms", f"p95_{s}_latency_ms", f"{s}_failure_rate"):
+    for st in TIMED_STAGES:
+        for key in (f"avg_{st}_latency_ms", f"p95_{st}_latency_ms", f"{st}_failure_rate"):
             out[key] = weighted(key, "artifacts_received")
     return out
 
 
-def _pick(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: row.get(k) for k in _METRIC_KEYS}
+#: Range-level figures that are weighted means of bucket values when combined from snapshots.
+APPROXIMATE_WHEN_COMBINED: Final = (
+    "avg_end_to_end_latency_ms",
+    "p95_end_to_end_latency_ms",
+    "avg_transcript_confidence",
+    *(f"avg_{st}_latency_ms" for st in TIMED_STAGES),
+    *(f"p95_{st}_latency_ms" for st in TIMED_STAGES),
+    *(f"{st}_failure_rate" for st in TIMED_STAGES),
+)
+
+
+def _window(
+    root: Path, since: dt.datetime, until: dt.datetime, org: str | None
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """aggregate.window_metrics over [since, until): (scope row, {org: row})."""
+    from . import aggregate
+
+    rows = aggregate.window_metrics(root, since, until, organization_id=org)
+    if not rows:
+        return None, {}
+    if org is not None:
+        return rows[0], {org: rows[0]}
+    return rows[0], {str(r["organization_id"]): r for r in rows[1:] if r["organization_id"] is not None}
+
+
+def _source(row: Mapping[str, Any]) -> str | None:
+    """Where a bucket's figures came from: "snapshot", "events" or None (no traffic)."""
+    if not row:
+        return None
+    return "snapshot" if row.get("period_type") in ("hourly", "daily") else "events"
+
+
+def _raw_buckets(
+    root: Path, lo: dt.datetime, hi: dt.datetime, step: dt.timedelta, org: str | None
+) -> tuple[dict[dt.datetime, dict[str, Any]], dict[dt.datetime, dict[str, dict[str, Any]]]]:
+    """Snapshot metrics per ``step`` bucket of [lo, hi) from raw events, with the
+    aggregation's own definitions and window materialisation (one pass)."""
+    from . import aggregate
+
+    lo_us, hi_us = store.to_us(lo), store.to_us(hi)
+    step_us = int(step.total_seconds() * 1_000_000)
+    scope: dict[dt.datetime, dict[str, Any]] = {}
+    per_org: dict[dt.datetime, dict[str, dict[str, Any]]] = {}
+    if lo_us >= hi_us:
+        return scope, per_org
+    con = aggregate._connect()
+    try:
+        table = aggregate._window_table(con, root, lo_us, hi_us, org)
+        bucket = f"({lo_us} + (ts - {lo_us}) // {step_us} * {step_us})"
+        rows = aggregate._query_metrics(con, table, bucket).to_pylist()
+    finally:
+        con.close()
+    for r in rows:
+        start = store.from_us(int(r["bucket"]))
+        r["period_type"] = "window"
+        oid = r.get("organization_id")
+        if oid is None:
+            scope[start] = r
+        if oid is not None:
+            per_org.setdefault(start, {})[str(oid)] = r
+    return scope, per_org
 
 
 def metrics(
@@ -1044,15 +1042,20 @@ def metrics(
     range_: str = "24h",
     org: str | None = None,
 ) -> dict[str, Any]:
-    """Cards, time series (throughput, failure rate, cost), latency by stage, a
-    transcript-confidence histogram and the organisation breakdown for a range.
+    """Cards, time series (throughput, failure rate, cost, latency), latency by
+    stage, a transcript-confidence histogram and the organisation breakdown.
 
-    Ranges of a day or less are computed exactly from raw events. 7d and 30d read
-    daily snapshots for complete UTC days and compute the current day (and any day
-    whose snapshot is missing or was built before the day ended) from raw events,
-    listing those days under ``stale_buckets``; range-level p95s and averages are
-    then volume-weighted means of the daily values (``approximate`` says which).
+    Buckets: 5 minutes for 1h, hours for 6h and 24h, UTC days for 7d and 30d. A
+    complete hour or day is read from its snapshot (``voicepipe aggregate``); the
+    current bucket, and any bucket whose snapshot is missing or was built before the
+    bucket ended, is computed from raw events with the same definitions
+    (:func:`voicepipe_obs.aggregate.window_metrics`) and listed in ``stale_buckets``
+    (the current one excepted), with a note naming the command that fixes it.
+    Range-level figures are exact for ranges of a day or less; for 7d and 30d they
+    combine daily values (``approximate`` lists the weighted means).
     """
+    from . import aggregate
+
     check_choice("range", range_, tuple(RANGES))
     org = check_text("--org", org)
     require_events(root)
@@ -1060,63 +1063,68 @@ def metrics(
     length, step = RANGES[range_]
     n = int(length / step)
     start = _floor(now, step) - (n - 1) * step
-    notes: list[str] = []
-    approximate: list[str] = []
+    period = "hourly" if step == HOUR else "daily" if step == DAY else None
+    scope_rows: dict[int, dict[str, Any]] = {}
+    org_rows: dict[int, dict[str, dict[str, Any]]] = {}
+    snapshot_buckets = 0
+    if period is not None:
+        for r in aggregate.read_snapshots(root, period, since=start, until=now):  # type: ignore[arg-type]
+            b_start, b_end = aware(r["period_start"]), aware(r["period_end"])
+            if b_end > now or (r.get("created_at") is not None and aware(r["created_at"]) < b_end):
+                continue  # the current bucket, or built before its bucket ended
+            i = int((store.to_us(b_start) - store.to_us(start)) // int(step.total_seconds() * 1_000_000))
+            oid = r.get("organization_id")
+            if (org is None and oid is None) or (org is not None and oid == org):
+                scope_rows[i] = r
+            if oid is not None and (org is None or oid == org):
+                org_rows.setdefault(i, {})[str(oid)] = r
+        snapshot_buckets = len(scope_rows)
     stale: list[dt.datetime] = []
-    bucket_rows: dict[int, dict[str, Any]] = {}
-    org_rows: list[dict[str, Any]]
-    if step < DAY:
-        raw = _raw_buckets(root, start, now, step, org)
-        for r in raw:
-            if r["g"] == 1:
-                bucket_rows[int(r["bucket"])] = _pick(r)
-        totals = next((_pick(r) for r in raw if r["g"] == 3), _pick({}))
-        org_rows = [r for r in raw if r["g"] == 2]
-        source = "events"
-    else:
-        snaps = _snapshot_rows(root, "daily", start, _floor(now, DAY), org)
-        have: dict[int, dict[str, Any]] = {}
-        for r in snaps:
-            i = int((store.to_us(aware(r["period_start"])) - store.to_us(start)) // store.US_PER_DAY)
-            created = r.get("created_at")
-            if i in have:
-                continue
-            if created is not None and aware(created) < aware(r["period_end"]):
-                continue  # built before its day ended: recompute
-            have[i] = _pick(r)
-        missing = [i for i in range(n) if i not in have]
-        bucket_rows.update(have)
-        raw_start = start + min(missing) * DAY if missing else _floor(now, DAY)
-        raw = _raw_buckets(root, raw_start, now, DAY, org) if missing else []
-        offset = int((store.to_us(raw_start) - store.to_us(start)) // store.US_PER_DAY)
-        raw_by_bucket = {int(r["bucket"]) + offset: _pick(r) for r in raw if r["g"] == 1}
+    missing = [
+        i
+        for i in range(n)
+        if i not in scope_rows
+        and store.list_parquet(
+            root, store.EVENTS, since=start + i * step, until=min(start + (i + 1) * step, now)
+        )
+    ]
+    if missing:
+        raw_scope, raw_orgs = _raw_buckets(root, start + missing[0] * step, now, step, org)
         for i in missing:
-            if i in raw_by_bucket:
-                bucket_rows[i] = raw_by_bucket[i]
-        stale = [start + i * DAY for i in missing if i < n - 1 and i in raw_by_bucket]
-        if stale and not have:
-            notes.append(
-                "no daily snapshots yet: every day was computed from raw events; "
-                "run `voicepipe aggregate` (cron) to make this report fast"
-            )
-        elif stale:
-            notes.append(
-                f"snapshots are behind: {len(stale)} daily bucket(s) computed from raw events; "
-                "run `voicepipe aggregate` to bring them up to date"
-            )
-        totals = _combine([bucket_rows[i] for i in sorted(bucket_rows)])
-        approximate = [
-            "p95_end_to_end_latency_ms",
-            "avg_end_to_end_latency_ms",
-            "avg_transcript_confidence",
-            *(f"avg_{s}_latency_ms" for s in TIMED_STAGES),
-            *(f"p95_{s}_latency_ms" for s in TIMED_STAGES),
-        ]
-        org_rows = _org_breakdown_from_snapshots(root, start, now, raw, have, org)
-        source = "snapshots+events" if have else "events"
+            b_start = start + i * step
+            if b_start not in raw_scope:
+                continue  # no traffic
+            scope_rows[i] = raw_scope[b_start]
+            org_rows[i] = raw_orgs.get(b_start, {})
+            if period is not None and b_start + step <= now:
+                stale.append(b_start)
+    notes: list[str] = []
+    if stale and not snapshot_buckets:
+        notes.append(
+            f"no {period} snapshots for this range: computed from raw events; "
+            "run `voicepipe aggregate` (from cron) to make this report fast"
+        )
+    elif stale:
+        notes.append(
+            f"snapshots are behind: {len(stale)} {period} bucket(s) computed from raw events; "
+            "run `voicepipe aggregate` to bring them up to date"
+        )
+    approximate: list[str] = []
+    if step < DAY:
+        exact, exact_orgs = _window(root, start, now, org)
+        totals = exact or {}
+        per_org_totals = exact_orgs
+    else:
+        totals = _combine([scope_rows[i] for i in sorted(scope_rows)])
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for rows in org_rows.values():
+            for oid, r in rows.items():
+                grouped.setdefault(oid, []).append(r)
+        per_org_totals = {oid: _combine(rows) for oid, rows in grouped.items()}
+        approximate = list(APPROXIMATE_WHEN_COMBINED) if len(scope_rows) > 1 else []
     series = []
     for i in range(n):
-        r = bucket_rows.get(i, {})
+        r = scope_rows.get(i, {})
         series.append(
             {
                 "period_start": start + i * step,
@@ -1125,14 +1133,17 @@ def metrics(
                 "artifacts_failed": int(r.get("artifacts_failed") or 0),
                 "overall_failure_rate": r.get("overall_failure_rate"),
                 "avg_end_to_end_latency_ms": r.get("avg_end_to_end_latency_ms"),
+                "p95_end_to_end_latency_ms": r.get("p95_end_to_end_latency_ms"),
                 "total_ai_cost": r.get("total_ai_cost"),
+                "source": _source(r),
             }
         )
-    processed = int(totals.get("artifacts_completed") or 0) + int(totals.get("artifacts_failed") or 0)
+    completed = int(totals.get("artifacts_completed") or 0)
+    processed = completed + int(totals.get("artifacts_failed") or 0)
     cards = {
         "artifacts_received": int(totals.get("artifacts_received") or 0),
         "artifacts_processed": processed,
-        "completion_rate": _ratio(totals.get("artifacts_completed"), processed),
+        "completion_rate": _ratio(completed, processed),
         "avg_end_to_end_latency_ms": totals.get("avg_end_to_end_latency_ms"),
         "p95_end_to_end_latency_ms": totals.get("p95_end_to_end_latency_ms"),
         "total_ai_cost": totals.get("total_ai_cost"),
@@ -1141,17 +1152,17 @@ def metrics(
     }
     stages = [
         {
-            "stage": s,
-            "avg_latency_ms": totals.get(f"avg_{s}_latency_ms"),
-            "p95_latency_ms": totals.get(f"p95_{s}_latency_ms"),
-            "failure_rate": totals.get(f"{s}_failure_rate"),
+            "stage": st,
+            "avg_latency_ms": totals.get(f"avg_{st}_latency_ms"),
+            "p95_latency_ms": totals.get(f"p95_{st}_latency_ms"),
+            "failure_rate": totals.get(f"{st}_failure_rate"),
         }
-        for s in TIMED_STAGES
+        for st in TIMED_STAGES
     ]
     organizations = sorted(
         (
             {
-                "organization_id": r.get("organization_id"),
+                "organization_id": oid,
                 "artifacts_received": int(r.get("artifacts_received") or 0),
                 "artifacts_completed": int(r.get("artifacts_completed") or 0),
                 "artifacts_failed": int(r.get("artifacts_failed") or 0),
@@ -1159,10 +1170,9 @@ def metrics(
                 "total_ai_cost": r.get("total_ai_cost"),
                 "overall_failure_rate": r.get("overall_failure_rate"),
             }
-            for r in org_rows
-            if r.get("organization_id") is not None or r.get("artifacts_received")
+            for oid, r in per_org_totals.items()
         ),
-        key=lambda r: (-r["artifacts_received"], str(r["organization_id"])),
+        key=lambda r: (-int(r["artifacts_received"] or 0), str(r["organization_id"])),
     )
     return {
         "generated_at": now,
@@ -1170,9 +1180,9 @@ def metrics(
         "organization_id": org,
         "start": start,
         "bucket_seconds": int(step.total_seconds()),
-        "source": source,
-        "notes": notes,
+        "snapshot_buckets": snapshot_buckets,
         "stale_buckets": stale,
+        "notes": notes,
         "approximate": approximate,
         "cards": cards,
         "series": series,
@@ -1182,54 +1192,11 @@ def metrics(
     }
 
 
-def _org_breakdown_from_snapshots(
-    root: Path,
-    start: dt.datetime,
-    now: dt.datetime,
-    raw: Sequence[Mapping[str, Any]],
-    have: Mapping[int, Mapping[str, Any]],
-    org: str | None,
-) -> list[dict[str, Any]]:
-    """Per-organisation totals over the range: snapshot days plus raw days."""
-    import duckdb
-
-    from .query import sql_str, vetted_files
-
-    per_org: dict[Any, list[dict[str, Any]]] = {}
-    if have:
-        files = vetted_files(root, store.SNAPSHOTS_DAILY, since=start, until=_floor(now, DAY))
-        if files:
-            con = duckdb.connect()
-            con.execute("SET TimeZone = 'UTC'")
-            src = f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], union_by_name=true)"
-            days = [start + i * DAY for i in have]
-            try:
-                for r in _dicts(
-                    con,
-                    f"SELECT * FROM {src} WHERE organization_id IS NOT NULL "
-                    "AND ($org IS NULL OR organization_id = $org) "
-                    "AND period_start IN (SELECT unnest($days::TIMESTAMPTZ[]))",
-                    {"org": org, "days": days},
-                ):
-                    per_org.setdefault(r["organization_id"], []).append(_pick(r))
-            except duckdb.Error:
-                pass
-    for r in raw:
-        if r["g"] == 0:
-            per_org.setdefault(r["organization_id"], []).append(_pick(r))
-    out = []
-    for oid, rows in per_org.items():
-        combined = _combine(rows)
-        combined["organization_id"] = oid
-        out.append(combined)
-    return out
-
-
 def confidence_histogram(
     root: Path, *, since: dt.datetime, now: dt.datetime, org: str | None = None, bins: int = 10
 ) -> list[dict[str, Any]]:
     """Counts of transcription_completed confidence_score in ``bins`` equal bins over [0, 1]."""
-    con = _connect(_files(root, since, None))
+    con = _connect(_files(root, since, None), materialise=False)
     counts = {
         int(r["b"]): int(r["n"])
         for r in _dicts(
@@ -1250,7 +1217,7 @@ def confidence_histogram(
 def disambiguation_backlog(root: Path, *, now: dt.datetime, org: str | None = None) -> int:
     """Σ disambiguation_count of entity_needs_disambiguation − Σ of entity_user_resolved,
     over every event in the store (that is, within event retention)."""
-    con = _connect(_files(root, None, None))
+    con = _connect(_files(root, None, None), materialise=False)
     row = _one(
         con,
         """
@@ -1314,11 +1281,11 @@ class EventFilter:
         return " AND ".join(where), params
 
 
-def _days_newest_first(root: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[list[Path]]:
-    by_day: dict[str, list[Path]] = {}
-    for f in _files(root, since, until):
-        by_day.setdefault(f.parent.parent.name, []).append(f)
-    return [by_day[d] for d in sorted(by_day, reverse=True)]
+def _hours_newest_first(root: Path, since: dt.datetime | None, until: dt.datetime | None) -> list[list[Path]]:
+    by_hour: dict[tuple[str, str], list[Path]] = {}
+    for f in store.list_parquet(root, store.EVENTS, since=since, until=until):
+        by_hour.setdefault((f.parent.parent.name, f.parent.name), []).append(f)
+    return [by_hour[k] for k in sorted(by_hour, reverse=True)]
 
 
 def events(
@@ -1328,25 +1295,34 @@ def events(
     filters: EventFilter | None = None,
     limit: int = 50,
 ) -> dict[str, Any]:
-    """The raw event log, newest first. Reads a day of files at a time, newest day
+    """The raw event log, newest first. Reads an hour partition at a time, newest
     first, and stops as soon as ``limit`` rows are found."""
+    from .query import parquet_scan
+
     f = (filters or EventFilter()).validated()
     if not 1 <= limit <= 10_000:
         raise UsageError("--limit must be between 1 and 10000")
     require_events(root)
     now = aware(now)
-    until = f.until if f.until is not None else None
     cond, params = f.sql()
     cond += " AND timestamp <= $now"
     params["now"] = now
     found: list[dict[str, Any]] = []
-    for day_files in _days_newest_first(root, f.since, until):
-        con = _connect(day_files)
-        found += _dicts(
+    seen: set[str] = set()
+    con = _connect([], materialise=False)
+    for hour_files in _hours_newest_first(root, f.since, f.until):
+        good, _bad = store.vet_parquet(hour_files)
+        if not good:
+            continue
+        for ev in _dicts(
             con,
-            f"SELECT {_EVENT_SELECT} FROM events WHERE {cond} ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
+            f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_EVENT_SELECT} FROM {parquet_scan(good)} "
+            f"WHERE {cond}) ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
             {**params, "limit": limit - len(found)},
-        )
+        ):
+            if ev["event_id"] not in seen:  # the same event written twice, in two hours
+                seen.add(ev["event_id"])
+                found.append(ev)
         if len(found) >= limit:
             break
     return {
@@ -1367,16 +1343,23 @@ def events(
 
 def event(root: Path, event_id: str) -> dict[str, Any]:
     """One event's full payload (every column, attributes as a dict)."""
+    from .query import parquet_scan
+
     check_text("event id", event_id)
     require_events(root)
-    for day_files in _days_newest_first(root, None, None):
-        con = _connect(day_files)
-        rows = _dicts(con, "SELECT * FROM events_raw WHERE event_id = $id LIMIT 1", {"id": event_id})
+    con = _connect([], materialise=False)
+    for day_files in _day_groups(root):
+        good, _bad = store.vet_parquet(day_files)
+        if not good:
+            continue
+        rows = _dicts(
+            con, f"SELECT * FROM {parquet_scan(good)} WHERE event_id = $id LIMIT 1", {"id": event_id}
+        )
         if rows:
             ev = rows[0]
             attrs = ev.get("attributes")
             if isinstance(attrs, list):
-                ev["attributes"] = {k: v for k, v in attrs}
+                ev["attributes"] = dict(attrs)
             ev["kind"] = event_kind(str(ev["event_type"]))
             ev["detail"] = describe_event(ev)
             return ev
@@ -1406,7 +1389,7 @@ def follow_events(
         fresh = [p for p in _files(root, None, None) if p not in seen]
         if fresh:
             seen.update(fresh)
-            con = _connect(fresh)
+            con = _connect(fresh, materialise=False)
             for ev in _dicts(
                 con, f"SELECT {_EVENT_SELECT} FROM events WHERE {cond} ORDER BY timestamp, event_id", params
             ):
@@ -1422,7 +1405,8 @@ def follow_events(
 
 def active_alerts(root: Path, *, now: dt.datetime) -> list[dict[str, Any]]:
     """Alerts currently raised (not resolved), newest first; [] without an alert log."""
-    return alerts(root, now=now)["rows"]
+    rows: list[dict[str, Any]] = alerts(root, now=now)["rows"]
+    return rows
 
 
 ALERT_COLUMNS: Final = (
@@ -1538,20 +1522,20 @@ def retries(
     require_events(root)
     now = aware(now)
     cond, params = f.sql()
-    con = _connect(_files(root, since, until))
+    cond += " AND timestamp <= $now"
+    params["now"] = now
+    con = _connect(_files(root, since, until), where=cond, params=params)
     rows = _dicts(
         con,
-        f"SELECT {_EVENT_SELECT} FROM events WHERE {cond} AND timestamp <= $now "
-        "ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
-        {**params, "now": now, "limit": limit},
+        f"SELECT {_EVENT_SELECT} FROM events ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
+        {"limit": limit},
     )
     totals = _one(
         con,
-        f"""SELECT count(*) FILTER (WHERE event_type = 'retry_initiated') AS initiated,
+        """SELECT count(*) FILTER (WHERE event_type = 'retry_initiated') AS initiated,
                    count(*) FILTER (WHERE event_type = 'retry_succeeded') AS succeeded,
                    count(*) FILTER (WHERE event_type = 'retry_failed') AS failed
-            FROM events WHERE {cond} AND timestamp <= $now""",
-        {**params, "now": now},
+            FROM events""",
     )
     return {
         "generated_at": now,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import fcntl
+import functools
 import getpass
 import hashlib
 import importlib
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import duckdb
 
     from .config import RecorderSettings, RetrySettings
-    from .emit import Recorder
+    from .emit import ArtifactScope, Recorder
 
 log = logging.getLogger("voicepipe_obs.retry")
 
@@ -363,13 +364,11 @@ def artifact_context(root: str | os.PathLike[str] | None, artifact_id: str) -> d
     """The context fields of an artifact (organization_id, coach_user_id,
     voice_note_id, source_channel) — what a queue worker passes to ``rec.artifact``
     when the job does not carry them. Raises RetryRefused if the artifact is unknown."""
-    from .query import connect
-
-    con = connect(root)
+    reader = ArtifactReader(store.resolve_root(root))
     try:
-        info = fetch_artifact(con, artifact_id)
+        info = reader.get(artifact_id)
     finally:
-        con.close()
+        reader.close()
     if info is None:
         raise RetryRefused(
             "unknown_artifact", f"no artifact {artifact_id!r} under {store.resolve_root(root)}"
@@ -579,14 +578,22 @@ def check_eligibility(
     force: bool = False,
     stuck_minutes: float = DEFAULT_STUCK_MINUTES,
     registry: dict[str, Handler] | None = None,
+    reader: ArtifactReader | None = None,
 ) -> Eligibility:
     """Read the store and answer whether ``artifact_id`` may be retried now (the
-    lock is probed, not kept). A notebook's way to ask before running."""
+    lock is probed, not kept). A notebook's way to ask before running. Pass one
+    :class:`ArtifactReader` to check many artifacts without rescanning the store."""
     from .config import RetrySettings as _RetrySettings
 
     rootp = store.resolve_root(root)
     settings = settings or _RetrySettings()
-    info = _read_info(rootp, artifact_id)
+    own = reader is None
+    reader = reader or ArtifactReader(rootp)
+    try:
+        info = reader.get(artifact_id)
+    finally:
+        if own:
+            reader.close()
     holder = RetryLock(rootp, artifact_id).probe() if info is not None else None
     return evaluate(
         info,
@@ -603,16 +610,93 @@ def check_eligibility(
     )
 
 
-def _read_info(root: Path, artifact_id: str) -> ArtifactInfo | None:
-    if not (root / store.EVENTS).is_dir():
-        return None
-    from .query import connect
+def _events_connection(root: Path) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
+    """A DuckDB connection with just the deduplicated ``events`` view (as in
+    query.py) over the readable event files present now, and those files."""
+    import duckdb
 
-    con = connect(root)
-    try:
-        return fetch_artifact(con, artifact_id)
-    finally:
-        con.close()
+    from .events import arrow_schema
+    from .query import parquet_scan, vetted_files
+
+    files = vetted_files(root)
+    con = duckdb.connect()
+    con.register("_voicepipe_empty_events", arrow_schema().empty_table())
+    con.execute(f"CREATE VIEW events AS SELECT DISTINCT ON (event_id) * FROM {parquet_scan(files)}")
+    return con, files
+
+
+class ArtifactReader:
+    """Reads artifact rows for eligibility checks without rescanning the whole
+    store for each artifact of a bulk run.
+
+    The first read scans the store once (the ``artifacts`` rows of the files
+    present, kept in a temporary table). Later reads list the files again (cheap)
+    and look only at files that appeared since — during a bulk run, mostly this
+    process's own flushes — remembering which artifacts each contains. The store is
+    rescanned only when a new file holds events of the artifact asked for, or when
+    files vanished (compaction). So every answer reflects the store as it is now.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._files: set[Path] = set()
+        self._seen: dict[Path, frozenset[str]] = {}
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        from .query import ARTIFACTS_SQL
+
+        self.close()
+        con, files = _events_connection(self.root)
+        # One aggregation for every artifact; lookups are then cheap.
+        con.execute(f"CREATE TEMP TABLE artifacts AS {ARTIFACTS_SQL}")
+        self._con, self._files, self._seen = con, set(files), {}
+        return con
+
+    def _connection_for(self, artifact_id: str) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            return self._open()
+        current = set(store.list_parquet(self.root))
+        if not self._files <= current:
+            return self._open()
+        new = sorted(current - self._files - self._seen.keys())
+        if new:
+            from .query import sql_str
+
+            good, bad = store.vet_parquet(new)
+            for path, _ in bad:
+                self._seen[path] = frozenset()
+            if good:
+                listed = ", ".join(sql_str(str(f)) for f in good)
+                rows = self._con.execute(
+                    f"SELECT DISTINCT filename, artifact_id FROM read_parquet([{listed}], filename=true) "
+                    "WHERE artifact_id IS NOT NULL"
+                ).fetchall()
+                ids: dict[str, set[str]] = {str(p): set() for p in good}
+                for filename, aid in rows:
+                    ids.setdefault(filename, set()).add(aid)
+                for path in good:
+                    self._seen[path] = frozenset(ids.get(str(path), ()))
+        if any(artifact_id in ids for ids in self._seen.values()):
+            return self._open()
+        return self._con
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """A connection whose ``artifacts`` table reflects every file present now."""
+        if self._con is None or set(store.list_parquet(self.root)) != self._files:
+            return self._open()
+        return self._con
+
+    def get(self, artifact_id: str) -> ArtifactInfo | None:
+        """The artifact's row as the store is now, or None if unknown."""
+        if not (self.root / store.EVENTS).is_dir():
+            return None
+        return fetch_artifact(self._connection_for(artifact_id), artifact_id)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
 
 # ---------------------------------------------------------------------- app load
@@ -656,7 +740,7 @@ def load_app(
     except RetryError:
         raise
     except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
             raise ConfigError(
                 f"cannot import retry app {module!r}: no module named {exc.name!r}; check --app / "
                 "retry.app and run from the project directory (or set PYTHONPATH)"
@@ -678,6 +762,8 @@ def _import_path(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:  # pragma: no cover - defensive
         raise ConfigError(f"cannot import retry app file {path}")
     mod = importlib.util.module_from_spec(spec)
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
     sys.modules[name] = mod
     try:
         spec.loader.exec_module(mod)
@@ -726,9 +812,19 @@ def _resolve_recorder(plan: RetryPlan, root: Path, recorder: Recorder | None) ->
         same = rec.root.resolve() == root.resolve()
     except OSError:  # pragma: no cover
         same = rec.root == root
-    if not same:
-        log.warning("the retry handler records into %s, not %s: the retry's events go there", rec.root, root)
+    if not same and (rec.root, root) not in _warned_roots:
+        _warned_roots.add((rec.root, root))
+        log.warning(
+            "the retry handler records into %s, not %s: the retry's events go there "
+            "(configure its recorder for %s, or pass recorder=)",
+            rec.root,
+            root,
+            root,
+        )
     return rec
+
+
+_warned_roots: set[tuple[Path, Path]] = set()
 
 
 def _outcome(plan: RetryPlan, status: OutcomeStatus, **kw: Any) -> RetryOutcome:
@@ -771,8 +867,6 @@ def run_plan(plan: RetryPlan, *, recorder: Recorder) -> RetryOutcome:
     Handler exceptions become a ``failed`` outcome; Ctrl-C is recorded with
     error_code ``Interrupted`` and re-raised as :class:`RetryInterrupted`.
     """
-    from .emit import _artifact_var
-
     info = plan.artifact
     attributes = {"retry_stage": plan.stage, "retry_mode": plan.handler.mode, "handler": plan.handler.name}
     if plan.forced:
@@ -792,42 +886,18 @@ def run_plan(plan: RetryPlan, *, recorder: Recorder) -> RetryOutcome:
         source_channel=info.source_channel,
         retry_attempt=plan.attempt,
     )
-    start = time.perf_counter()
-    if plan.handler.deferred:
-        token = _artifact_var.set(scope.context)
-        try:
-            recorder.emit("retry_initiated", **initiated)
-            try:
-                _call(plan.handler.fn, plan.artifact_id, plan.attempt)
-            except KeyboardInterrupt as exc:
-                code, message = INTERRUPTED, "retry interrupted (Ctrl-C) while enqueueing"
-                _record_enqueue_failure(recorder, code, message, time.perf_counter() - start)
-                interrupted = RetryInterrupted(message)
-                interrupted.outcome = _outcome(
-                    plan,
-                    "interrupted",
-                    error_code=code,
-                    error_message=message,
-                    duration_ms=(time.perf_counter() - start) * 1000,
-                )
-                raise interrupted from exc
-            except Exception as exc:
-                code, message = recorder._error_fields(exc)
-                _record_enqueue_failure(recorder, code, message, time.perf_counter() - start)
-                return _outcome(
-                    plan,
-                    "failed",
-                    error_code=code,
-                    error_message=message,
-                    duration_ms=(time.perf_counter() - start) * 1000,
-                )
-        finally:
-            try:
-                _artifact_var.reset(token)
-            except ValueError:  # pragma: no cover
-                _artifact_var.set(None)
-        return _outcome(plan, "deferred", duration_ms=(time.perf_counter() - start) * 1000)
+    run = _run_deferred if plan.handler.deferred else _run_inline
+    return run(plan, recorder, scope, initiated)
 
+
+def _elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def _run_inline(
+    plan: RetryPlan, recorder: Recorder, scope: ArtifactScope, initiated: dict[str, Any]
+) -> RetryOutcome:
+    start = time.perf_counter()
     try:
         with scope:
             try:
@@ -836,34 +906,67 @@ def run_plan(plan: RetryPlan, *, recorder: Recorder) -> RetryOutcome:
             except RetryInterrupted:
                 raise
             except KeyboardInterrupt as exc:
-                raise RetryInterrupted() from exc
+                raise RetryInterrupted() from exc  # error_code "Interrupted" for the scope
     except RetryInterrupted as exc:
         exc.outcome = _outcome(
             plan,
             "interrupted",
             error_code=INTERRUPTED,
             error_message=str(exc),
-            duration_ms=(time.perf_counter() - start) * 1000,
+            duration_ms=_elapsed_ms(start),
         )
         raise
     except Exception as exc:
         code, message = recorder._error_fields(exc)
         return _outcome(
-            plan,
-            "failed",
-            error_code=code,
-            error_message=message,
-            duration_ms=(time.perf_counter() - start) * 1000,
+            plan, "failed", error_code=code, error_message=message, duration_ms=_elapsed_ms(start)
         )
-    return _outcome(plan, "succeeded", duration_ms=(time.perf_counter() - start) * 1000)
+    return _outcome(plan, "succeeded", duration_ms=_elapsed_ms(start))
 
 
-def _record_enqueue_failure(recorder: Recorder, code: str, message: str, seconds: float) -> None:
+def _run_deferred(
+    plan: RetryPlan, recorder: Recorder, scope: ArtifactScope, initiated: dict[str, Any]
+) -> RetryOutcome:
+    from .emit import _artifact_var
+
+    start = time.perf_counter()
+    token = _artifact_var.set(scope.context)  # the context, without the scope's outcome events
+    try:
+        recorder.emit("retry_initiated", **initiated)
+        try:
+            _call(plan.handler.fn, plan.artifact_id, plan.attempt)
+        except KeyboardInterrupt as exc:
+            message = "retry interrupted (Ctrl-C) while enqueueing"
+            _record_enqueue_failure(recorder, INTERRUPTED, message, _elapsed_ms(start))
+            interrupted = RetryInterrupted(message)
+            interrupted.outcome = _outcome(
+                plan,
+                "interrupted",
+                error_code=INTERRUPTED,
+                error_message=message,
+                duration_ms=_elapsed_ms(start),
+            )
+            raise interrupted from exc
+        except Exception as exc:
+            code, message = recorder._error_fields(exc)
+            _record_enqueue_failure(recorder, code, message, _elapsed_ms(start))
+            return _outcome(
+                plan, "failed", error_code=code, error_message=message, duration_ms=_elapsed_ms(start)
+            )
+    finally:
+        try:
+            _artifact_var.reset(token)
+        except ValueError:  # pragma: no cover - reset from another context
+            _artifact_var.set(None)
+    return _outcome(plan, "deferred", duration_ms=_elapsed_ms(start))
+
+
+def _record_enqueue_failure(recorder: Recorder, code: str, message: str, duration_ms: float) -> None:
     """A deferred handler raised while enqueueing: the retry failed and the artifact
     is failed again (so its status does not stay ``retrying``)."""
     attrs = {"phase": "enqueue"}
     recorder.emit(
-        "retry_failed", error_code=code, error_message=message, duration_ms=seconds * 1000, attributes=attrs
+        "retry_failed", error_code=code, error_message=message, duration_ms=duration_ms, attributes=attrs
     )
     recorder.emit(
         "artifact_failed", error_code=code, error_message=message, new_status="failed", attributes=attrs
@@ -884,6 +987,7 @@ def retry_artifact(
     recorder: Recorder | None = None,
     registry: dict[str, Handler] | None = None,
     on_start: Callable[[RetryPlan], None] | None = None,
+    reader: ArtifactReader | None = None,
 ) -> RetryOutcome:
     """Retry one artifact: check the actor, take its lock, check eligibility on the
     store as it is now, run the handler (:func:`run_plan`), flush the events, and
@@ -893,7 +997,8 @@ def retry_artifact(
 
     ``recorder`` overrides the handler's recorder (default: the recorder the handler
     was registered with, else the module-level default recorder). ``on_start(plan)``
-    is called once the retry is known to run (not for dry runs).
+    is called once the retry is known to run (not for dry runs). ``reader`` is
+    shared by bulk runs (:func:`retry_all`).
     """
     from .config import RetrySettings as _RetrySettings
 
@@ -902,51 +1007,55 @@ def retry_artifact(
     actor = actor or default_actor()
     registry = handlers() if registry is None else registry
     check_actor(actor, settings.allowed_actors)
-    common = {
-        "artifact_id": artifact_id,
-        "actor": actor,
-        "settings": settings,
-        "registry": registry,
-        "stage": stage,
-        "full": full,
-        "force": force,
-        "stuck_minutes": stuck_minutes,
-        "where": f" under {rootp}",
-    }
-    if not (rootp / store.EVENTS).is_dir():
-        evaluate(None, **common).raise_if_refused()  # type: ignore[arg-type]
-    if dry_run:
-        info = _read_info(rootp, artifact_id)
-        holder = RetryLock(rootp, artifact_id).probe() if info is not None else None
-        plan = evaluate(info, lock_holder=holder, **common).raise_if_refused()  # type: ignore[arg-type]
-        return _outcome(plan, "dry_run")
-    lock = RetryLock(rootp, artifact_id)
-    me = LockHolder(
+    decide = functools.partial(
+        evaluate,
+        artifact_id=artifact_id,
         actor=actor,
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        since=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        settings=settings,
+        registry=registry,
+        stage=stage,
+        full=full,
+        force=force,
+        stuck_minutes=stuck_minutes,
+        where=f" under {rootp}",
     )
-    if not lock.acquire(settings.lock_timeout_seconds, holder=me):
-        evaluate(
-            _read_info(rootp, artifact_id) or ArtifactInfo(artifact_id, "retrying"),
-            lock_holder=lock.holder(),
-            **common,  # type: ignore[arg-type]
-        ).raise_if_refused()
-        raise RetryRefused("locked", f"artifact {artifact_id!r} is being retried by another process")
-    rec: Recorder | None = None
+    if not (rootp / store.EVENTS).is_dir():
+        decide(None).raise_if_refused()
+    own_reader = reader is None
+    reader = reader or ArtifactReader(rootp)
     try:
-        plan = evaluate(_read_info(rootp, artifact_id), **common).raise_if_refused()  # type: ignore[arg-type]
-        rec = _resolve_recorder(plan, rootp, recorder)
-        if on_start is not None:
-            on_start(plan)
+        if dry_run:
+            info = reader.get(artifact_id)
+            holder = RetryLock(rootp, artifact_id).probe() if info is not None else None
+            return _outcome(decide(info, lock_holder=holder).raise_if_refused(), "dry_run")
+        lock = RetryLock(rootp, artifact_id)
+        me = LockHolder(
+            actor=actor,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            since=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        if not lock.acquire(settings.lock_timeout_seconds, holder=me):
+            info = reader.get(artifact_id) or ArtifactInfo(artifact_id, "retrying")
+            decide(info, lock_holder=lock.holder()).raise_if_refused()
+            raise RetryRefused("locked", f"artifact {artifact_id!r} is being retried by another process")
         try:
-            return run_plan(plan, recorder=rec)
+            # Read the store only now that the lock is held: a retry that finished
+            # just before has flushed its events, so its outcome is seen.
+            plan = decide(reader.get(artifact_id)).raise_if_refused()
+            rec = _resolve_recorder(plan, rootp, recorder)
+            if on_start is not None:
+                on_start(plan)
+            try:
+                return run_plan(plan, recorder=rec)
+            finally:
+                # Others must see this retry's events before the lock is released.
+                _flush_all(rec)
         finally:
-            # Others must see this retry's events before the lock is released.
-            _flush_all(rec)
+            lock.release()
     finally:
-        lock.release()
+        if own_reader:
+            reader.close()
 
 
 def _flush_all(rec: Recorder) -> None:
@@ -989,16 +1098,16 @@ def select_failed(
     stage: str | None = None,
     organization_id: str | None = None,
     since: dt.datetime | None = None,
+    reader: ArtifactReader | None = None,
 ) -> list[FailedArtifact]:
     """Failed artifacts (derived status ``failed``), oldest failure first, filtered by
-    failed stage, organisation and failure time."""
+    failed stage, organisation and failure time. Pass the :class:`ArtifactReader`
+    that :func:`retry_all` will use to scan the store only once."""
     if stage is not None and stage not in RESUMABLE_STAGES:
         raise UsageError(f"unknown stage {stage!r} (choose from {', '.join(RESUMABLE_STAGES)})")
     rootp = store.resolve_root(root)
     if not (rootp / store.EVENTS).is_dir():
         return []
-    from .query import connect
-
     where = ["status = 'failed'"]
     params: list[Any] = []
     if stage is not None:
@@ -1010,15 +1119,21 @@ def select_failed(
     if since is not None:
         where.append("failed_at >= ?")
         params.append(since)
-    con = connect(rootp)
+    own = reader is None
+    reader = reader or ArtifactReader(rootp)
     try:
-        rows = con.execute(
-            "SELECT artifact_id, organization_id, failed_stage, error_code, failed_at, retry_count "
-            f"FROM artifacts WHERE {' AND '.join(where)} ORDER BY failed_at, artifact_id",
-            params,
-        ).fetchall()
+        rows = (
+            reader.connection()
+            .execute(
+                "SELECT artifact_id, organization_id, failed_stage, error_code, failed_at, retry_count "
+                f"FROM artifacts WHERE {' AND '.join(where)} ORDER BY failed_at, artifact_id",
+                params,
+            )
+            .fetchall()
+        )
     finally:
-        con.close()
+        if own:
+            reader.close()
     return [FailedArtifact(r[0], r[1], r[2], r[3], r[4], int(r[5] or 0)) for r in rows]
 
 
@@ -1083,6 +1198,7 @@ def retry_all(
     recorder: Recorder | None = None,
     on_start: Callable[[RetryPlan], None] | None = None,
     on_result: Callable[[str, RetryOutcome | None, str | None], None] | None = None,
+    reader: ArtifactReader | None = None,
 ) -> BulkSummary:
     """Retry each artifact in turn (each with its own lock and eligibility check),
     continuing past failures and refusals. Ctrl-C stops the run: the interrupted
@@ -1091,20 +1207,40 @@ def retry_all(
     ``on_result(artifact_id, outcome, skipped_reason)`` is called after each one
     (progress bars)."""
     summary = BulkSummary()
+    own = reader is None
+    reader = reader or ArtifactReader(store.resolve_root(root))
+    try:
+        _retry_each(
+            artifact_ids,
+            summary,
+            reader,
+            on_result,
+            root=root,
+            settings=settings,
+            stage=stage,
+            full=full,
+            actor=actor,
+            force=force,
+            stuck_minutes=stuck_minutes,
+            recorder=recorder,
+            on_start=on_start,
+        )
+    finally:
+        if own:
+            reader.close()
+    return summary
+
+
+def _retry_each(
+    artifact_ids: Iterable[str],
+    summary: BulkSummary,
+    reader: ArtifactReader,
+    on_result: Callable[[str, RetryOutcome | None, str | None], None] | None,
+    **kwargs: Any,
+) -> None:
     for artifact_id in artifact_ids:
         try:
-            outcome = retry_artifact(
-                artifact_id,
-                root=root,
-                settings=settings,
-                stage=stage,
-                full=full,
-                actor=actor,
-                force=force,
-                stuck_minutes=stuck_minutes,
-                recorder=recorder,
-                on_start=on_start,
-            )
+            outcome = retry_artifact(artifact_id, reader=reader, **kwargs)
         except RetryRefused as exc:
             summary.skipped.append((artifact_id, str(exc)))
             if on_result is not None:
@@ -1114,11 +1250,10 @@ def retry_all(
             if exc.outcome is not None:
                 summary.outcomes.append(exc.outcome)
             summary.interrupted = True
-            break
+            return
         summary.outcomes.append(outcome)
         if on_result is not None:
             on_result(artifact_id, outcome, None)
-    return summary
 
 
 # ----------------------------------------------------------------------- history
@@ -1173,10 +1308,11 @@ def retry_history(
     mode, outcome, duration and error. ``source`` is a connection from
     :func:`voicepipe_obs.connect` or a data root. ``since`` filters on when the retry
     was initiated (or finished, for an outcome without initiation)."""
-    from .query import connect
-
     own = not hasattr(source, "execute")
-    con: duckdb.DuckDBPyConnection = connect(source) if own else source  # type: ignore[arg-type, assignment]
+    if own:
+        con, _ = _events_connection(store.resolve_root(source))  # type: ignore[arg-type]
+    else:
+        con = source  # type: ignore[assignment]
     sql = _HISTORY_SQL
     params: list[Any] = []
     if artifact_id is not None:
@@ -1194,17 +1330,19 @@ def retry_history(
     return _pair(rows, since)
 
 
-def _pair(rows: Sequence[Sequence[Any]], since: dt.datetime | None) -> list[RetryRecord]:
+def _pair(raw: Sequence[Sequence[Any]], since: dt.datetime | None) -> list[RetryRecord]:
     initiated: list[Sequence[Any]] = []
     outcomes: dict[tuple[str, int | None], list[Sequence[Any]]] = {}
+    # timestamps in UTC, whatever the DuckDB session's TimeZone
+    rows: list[Sequence[Any]] = [(r[0], r[1].astimezone(dt.timezone.utc), *r[2:]) for r in raw]
     for row in rows:
         if row[0] == "retry_initiated":
             initiated.append(row)
         else:
             outcomes.setdefault((row[2], row[4]), []).append(row)
     records: list[RetryRecord] = []
-    for row in initiated:
-        (_, ts, aid, org, attempt, actor, pstage, rstage, mode, forced, _dur, _code, _msg) = row
+    for init in initiated:
+        (_, ts, aid, org, attempt, actor, pstage, rstage, mode, forced, _dur, _code, _msg) = init
         done = None
         candidates = outcomes.get((aid, attempt)) if attempt is not None else None
         if candidates:

@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -152,22 +152,45 @@ def rows_to_table(rows: Sequence[Sequence[Any]], *, id_prefix: str | None = None
     writer's integer counters; with ``id_prefix`` they become ``<prefix><n>``
     (:func:`format_event_id`), built column-wise in Arrow.
     """
+    from .events import COLUMN_NAMES
+
+    if not rows:
+        return columns_to_table({}, 0)
+    return columns_to_table(
+        dict(zip(COLUMN_NAMES, zip(*rows, strict=True), strict=True)), len(rows), id_prefix=id_prefix
+    )
+
+
+def _event_ids(values: Sequence[Any], id_prefix: str | None) -> pa.Array:
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    if id_prefix is not None:
+        try:  # the common case: all writer counters, formatted column-wise
+            digits = pc.cast(pa.array(values, type=pa.int64()), pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            pass  # some ids are strings already
+        else:
+            return pc.binary_join_element_wise(id_prefix, digits, "")
+    return pa.array([format_event_id(id_prefix, v) for v in values], type=pa.string())
+
+
+def columns_to_table(columns: Mapping[str, Any], n: int, *, id_prefix: str | None = None) -> pa.Table:
+    """An event table from {column name: n values} (sequences; timestamps as int
+    microseconds). Absent columns are all null. Integer event ids become
+    ``<id_prefix><n>`` (:func:`format_event_id`), built column-wise in Arrow."""
+    import pyarrow as pa
 
     from .events import COLUMNS, arrow_schema
 
     schema = arrow_schema()
-    if not rows:
-        return schema.empty_table()
-    columns = list(zip(*rows, strict=True))
     arrays = []
-    for (name, kind), field, values in zip(COLUMNS, schema, columns, strict=True):
-        if name == "event_id" and id_prefix is not None and not any(isinstance(v, str) for v in values):
-            digits = pc.cast(pa.array(values, type=pa.int64()), pa.string())
-            arrays.append(pc.binary_join_element_wise(id_prefix, digits, ""))
+    for (name, kind), field in zip(COLUMNS, schema, strict=True):
+        values = columns.get(name)
+        if values is None:
+            arrays.append(pa.nulls(n, type=field.type))
         elif name == "event_id":
-            arrays.append(pa.array([format_event_id(id_prefix, v) for v in values], type=field.type))
+            arrays.append(_event_ids(values, id_prefix))
         elif kind == "ts":
             arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
         else:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import store
-from .emit import Durability, Recorder, Row, _swap_default
+from .emit import Durability, Recorder, Row, _rows_to_columns, _swap_default
 from .events import COLUMN_KINDS, COLUMN_NAMES
 
 __all__ = ["CaptureRecorder", "FrozenClock", "capture"]
@@ -156,8 +156,11 @@ class CaptureRecorder(Recorder):
 
 
 def _row_to_event(row: Row, id_prefix: str) -> dict[str, Any]:
+    """The event as it would read back from Parquet (the writer's own transposition)."""
+    columns = _rows_to_columns([row])
     event: dict[str, Any] = {}
-    for name, value in zip(COLUMN_NAMES, row, strict=True):
+    for name in COLUMN_NAMES:
+        value = columns[name][0] if name in columns else None
         if name == "event_id":
             value = store.format_event_id(id_prefix, value)
         elif value is not None and COLUMN_KINDS[name] == "ts":

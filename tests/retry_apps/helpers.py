@@ -72,16 +72,19 @@ def status(root: Path, artifact_id: str) -> tuple[Any, ...]:
 
 
 def reset() -> None:
-    """Forget handlers, drop imported retry apps, close the default recorder."""
+    """Forget handlers, drop imported retry apps, close the default recorder.
+
+    The example pipeline stays imported (other test modules hold it); its handlers
+    are registered again, on the default recorder, as importing it would."""
     retry.clear_handlers()
-    apps = ("voicepipe_obs._examples.voice_pipeline", "examples.voice_pipeline", "voice_pipeline")
-    for name in [
-        m for m in sys.modules if (m.startswith("retry_apps.") and m != "retry_apps.helpers") or m in apps
-    ]:
+    for name in [m for m in sys.modules if m.startswith("retry_apps.") and m != "retry_apps.helpers"]:
         del sys.modules[name]
         parent, _, child = name.rpartition(".")
         if parent in sys.modules and hasattr(sys.modules[parent], child):
             delattr(sys.modules[parent], child)
+    example = sys.modules.get("voicepipe_obs._examples.voice_pipeline")
+    if example is not None:
+        example.use_recorder(None)
     emit_mod = sys.modules["voicepipe_obs.emit"]
     if emit_mod.is_configured():
         emit_mod.get_recorder().close()

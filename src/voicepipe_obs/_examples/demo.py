@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import store
-from ..errors import UsageError
+from ..errors import StoreError, UsageError
 
 MARKER = Path(store.STATE) / "demo.json"
 #: What --reset removes (the storage layout's directories, DESIGN §5).
@@ -154,19 +154,24 @@ def run_demo(
 
     rootp = Path(root)
     started = time.perf_counter()
+    if rootp.exists() and not rootp.is_dir():
+        raise DemoRootError(f"{rootp} is a file, not a directory; pass --data DIR")
     prepare_root(rootp, reset=reset)
-    rootp.mkdir(parents=True, exist_ok=True)
-    _write_marker(
-        rootp,
-        {
-            "written_by": "voicepipe demo",
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "days": days,
-            "artifacts_per_day": per_day,
-            "live": live,
-            "seed": seed,
-        },
-    )
+    try:
+        rootp.mkdir(parents=True, exist_ok=True)
+        _write_marker(
+            rootp,
+            {
+                "written_by": "voicepipe demo",
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "days": days,
+                "artifacts_per_day": per_day,
+                "live": live,
+                "seed": seed,
+            },
+        )
+    except OSError as exc:
+        raise StoreError(f"cannot write under {rootp} ({exc.strerror or exc}); pass --data DIR") from exc
     vpl.backfill(rootp, days=days, per_day=per_day, seed=seed)
     if live > 0:
         with Recorder(rootp, **dict(recorder_options or {})) as rec:

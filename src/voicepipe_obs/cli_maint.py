@@ -1,0 +1,165 @@
+"""``voicepipe aggregate``, ``voicepipe compact`` and ``voicepipe cleanup``: the cron
+commands. Parse options, call ``aggregate.py`` / ``maintenance.py``, print one line.
+
+Cron-friendly: no progress bar unless stderr is a terminal; ``compact`` and
+``cleanup`` print nothing when there was nothing to do; warnings (quarantined
+files) go to stderr; the exit status is non-zero only on a real failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from .cli import AppContext, pass_app
+
+
+def _now(value: str | None) -> dt.datetime:
+    now = dt.datetime.now(dt.timezone.utc)
+    if value is None:
+        return now
+    from .timeparse import parse_since
+
+    return parse_since(value, now)
+
+
+_now_option = click.option(
+    "--now",
+    "now_value",
+    hidden=True,
+    metavar="TIME",
+    help="Pretend the current time is TIME (tests, backfills).",
+)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"  # pragma: no cover
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+@click.command()
+@click.option("--since", metavar="TIME", help="Recompute buckets from TIME (30m, 2h, 7d, 2026-11-01, ...).")
+@click.option("--until", metavar="TIME", help="Recompute buckets before TIME (default: now).")
+@click.option("--rebuild", is_flag=True, help="Recompute every snapshot within retention.")
+@_now_option
+@pass_app
+def aggregate(
+    app: AppContext, since: str | None, until: str | None, rebuild: bool, now_value: str | None
+) -> None:
+    """Build hourly and daily snapshots under snapshots/.
+
+    By default only the hours (and days) that received new event files since the
+    last run are recomputed, wherever their timestamps fall (late events included).
+    --since/--until recompute a range; --rebuild recomputes everything within
+    retention. Safe to run from cron and to interrupt: the next run converges.
+    """
+    from .aggregate import aggregate as run_aggregate
+    from .errors import UsageError
+    from .progress import progress_bar
+    from .timeparse import parse_range
+
+    now = _now(now_value)
+    if rebuild and (since or until):
+        raise UsageError("--rebuild recomputes everything within retention: drop --since/--until")
+    lo, hi = parse_range(since, until, now)
+    with progress_bar("aggregating days") as bar:
+        result = run_aggregate(
+            app.root,
+            now=now,
+            since=lo,
+            until=hi,
+            rebuild=rebuild,
+            retention=app.settings.retention,
+            progress=bar,
+        )
+    if result.nothing_to_do and result.mode == "incremental":
+        click.echo("snapshots up to date (no new event files)")
+        return
+    what = {
+        "incremental": f"{_plural(result.new_files, 'new event file')}",
+        "range": "the requested range",
+        "rebuild": "everything within retention",
+    }[result.mode]
+    line = (
+        f"aggregated {what}: {_plural(result.hourly_written, 'hourly snapshot')} and "
+        f"{_plural(result.daily_written, 'daily snapshot')} written"
+    )
+    if result.removed:
+        line += f", {_plural(result.removed, 'empty bucket')} removed"
+    click.echo(f"{line} ({result.events_scanned:,} events, {result.seconds:.1f}s)")
+
+
+@click.command()
+@click.option(
+    "--grace",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="Leave files younger than this alone (a live writer may still be settling).",
+)
+@_now_option
+@pass_app
+def compact(app: AppContext, grace: str, now_value: str | None) -> None:
+    """Merge each closed hour's event files into one sorted file.
+
+    Duplicate events are dropped, spools of dead processes are recovered, and
+    unreadable files are moved to quarantine/ (named on stderr). Readers running
+    meanwhile never miss an event. Idempotent; prints nothing when there is
+    nothing to do.
+    """
+    from .maintenance import compact as run_compact
+    from .progress import progress_bar
+    from .timeparse import parse_duration
+
+    grace_td = parse_duration(grace)
+    with progress_bar("compacting hours") as bar:
+        result = run_compact(app.root, now=_now(now_value), grace=grace_td, progress=bar)
+    for path, reason in result.quarantined:
+        click.echo(f"voicepipe: warning: quarantined unreadable file ({reason}): {path}", err=True)
+    parts = []
+    if result.files_in:
+        parts.append(
+            f"compacted {_plural(result.files_in, 'file')} into {result.files_out} "
+            f"({_plural(result.hours, 'hour')}, {_plural(result.duplicates_dropped, 'duplicate event')} dropped)"
+        )
+    if result.spool_segments:
+        parts.append(
+            f"recovered {_plural(result.spool_events, 'event')} from "
+            f"{_plural(result.spool_segments, 'spool segment')}"
+        )
+    if result.quarantined:
+        parts.append(f"quarantined {_plural(len(result.quarantined), 'file')}")
+    if parts:
+        click.echo("; ".join(parts))
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="List what would be dropped, drop nothing.")
+@_now_option
+@pass_app
+def cleanup(app: AppContext, dry_run: bool, now_value: str | None) -> None:
+    """Drop date partitions past retention (events 30 days, hourly snapshots 7,
+    daily snapshots 90, alerts 90; see [retention] in voicepipe.toml).
+
+    Prints one line per dropped partition; nothing when nothing is past retention.
+    """
+    from .maintenance import cleanup as run_cleanup
+
+    dropped = run_cleanup(app.root, app.settings.retention, now=_now(now_value), dry_run=dry_run)
+    verb = "would drop" if dry_run else "dropped"
+    for part in dropped:
+        click.echo(
+            f"{verb} {part.area}/date={part.date} ({_plural(part.files, 'file')}, {_size(part.bytes)})"
+        )
+    if dropped:
+        total = sum(p.bytes for p in dropped)
+        click.echo(f"{verb} {_plural(len(dropped), 'partition')} ({_size(total)})")

@@ -1,0 +1,445 @@
+"""Durability and concurrency of the recording core, with real threads, real forks,
+real child processes killed with SIGKILL, and storage that really fails.
+
+Every check reads the raw Parquet files with plain DuckDB (no deduplication), so a
+duplicate written anywhere shows up as a repeated event_id.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import voicepipe_obs as vp
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def raw(
+    root: Path, sql: str = "SELECT event_id, retry_attempt, claim_count FROM ev"
+) -> list[tuple[object, ...]]:
+    """Run sql over every raw event file under root (view name ``ev``)."""
+    files = sorted(str(p) for p in (root / "events").rglob("*.parquet"))
+    con = duckdb.connect()
+    if files:
+        con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet({files!r})")
+    else:
+        con.execute(
+            "CREATE VIEW ev AS SELECT NULL::VARCHAR AS event_id, 0 AS retry_attempt, 0 AS claim_count WHERE false"
+        )
+    return con.execute(sql).fetchall()
+
+
+def assert_unique(root: Path) -> int:
+    """No event_id twice in the raw files; returns the number of events."""
+    total, distinct = raw(root, "SELECT count(*), count(DISTINCT event_id) FROM ev")[0]
+    assert total == distinct, f"{total - distinct} duplicated events"  # type: ignore[operator]
+    return int(total)  # type: ignore[call-overload]
+
+
+# ---------------------------------------------------------------------- threads
+
+
+def test_eight_threads_ten_thousand_events_each_arrive_exactly_once(root: Path) -> None:
+    rec = vp.Recorder(root, strict=True, flush_interval=0.2, batch_size=5000)
+    start = threading.Barrier(8)
+
+    def work(t: int) -> None:
+        start.wait()
+        for i in range(10_000):
+            rec.emit("rate_limit_hit", retry_attempt=t, claim_count=i)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    rec.close()
+    assert rec.stats()["emitted"] == rec.stats()["written"] == 80_000
+    assert assert_unique(root) == 80_000
+    pairs = raw(root, "SELECT count(DISTINCT (retry_attempt, claim_count)) FROM ev")[0][0]
+    assert pairs == 80_000
+
+
+# ------------------------------------------------------------------------- fork
+
+
+def _wait_child(pid: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("forked child hung (deadlock after fork?)")
+
+
+@pytest.mark.parametrize("durability", ["spool", "sync", "memory"])
+def test_fork_writes_buffered_events_once_and_the_childs_events(root: Path, durability: str) -> None:
+    rec = vp.Recorder(root, durability=durability, flush_interval=60)  # type: ignore[arg-type]
+    for i in range(100):
+        rec.emit("rate_limit_hit", retry_attempt=0, claim_count=i)  # buffered, not yet written
+    time.sleep(0.3)  # let the spool catch up, so the segment is open across the fork
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            for i in range(50):
+                rec.emit("rate_limit_hit", retry_attempt=1, claim_count=i)
+            rec.close()
+            code = 0 if rec.stats()["written"] == 50 else 3
+        finally:
+            os._exit(code)
+    assert _wait_child(pid) == 0
+    for i in range(100, 120):
+        rec.emit("rate_limit_hit", retry_attempt=0, claim_count=i)
+    rec.close()
+    assert assert_unique(root) == 170
+    got = raw(
+        root,
+        "SELECT retry_attempt, count(*), min(claim_count), max(claim_count) FROM ev GROUP BY 1 ORDER BY 1",
+    )
+    assert got == [(0, 120, 0, 119), (1, 50, 0, 49)]
+
+
+def test_fork_while_another_thread_emits_does_not_deadlock(root: Path) -> None:
+    rec = vp.Recorder(root, durability="sync", flush_interval=0.05, spool_interval=0.01, batch_size=200)
+    stop = threading.Event()
+    count = 0
+
+    def hammer() -> None:
+        nonlocal count
+        while not stop.is_set():
+            rec.emit("rate_limit_hit", retry_attempt=0, claim_count=count)
+            count += 1
+            if count % 50 == 0:
+                time.sleep(0.001)
+
+    th = threading.Thread(target=hammer)
+    th.start()
+    try:
+        for child in range(1, 6):
+            time.sleep(random.uniform(0.01, 0.05))
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    rec.emit("rate_limit_hit", retry_attempt=child, claim_count=0)
+                    rec.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            assert _wait_child(pid, timeout=20) == 0
+    finally:
+        stop.set()
+        th.join()
+    rec.close()
+    assert assert_unique(root) == count + 5
+    children = raw(root, "SELECT retry_attempt FROM ev WHERE retry_attempt > 0 ORDER BY 1")
+    assert children == [(1,), (2,), (3,), (4,), (5,)]
+
+
+def test_a_forked_child_that_dies_without_closing_is_recovered_once(root: Path) -> None:
+    rec = vp.Recorder(root, durability="sync", flush_interval=60)
+    rec.emit("rate_limit_hit", retry_attempt=0, claim_count=0)
+    pid = os.fork()
+    if pid == 0:
+        for i in range(30):
+            rec.emit("rate_limit_hit", retry_attempt=1, claim_count=i)
+        os._exit(0)  # no close, no atexit: the events are only in the child's spool
+    assert _wait_child(pid) == 0
+    assert rec.recover() == 30
+    assert rec.recover() == 0
+    rec.close()
+    assert assert_unique(root) == 31
+
+
+# ---------------------------------------------------------------------- SIGKILL
+
+CHILD = r"""
+import os, sys, time
+import voicepipe_obs as vp
+
+root, durability, flush_interval, batch_size, round_no = sys.argv[1:6]
+rec = vp.Recorder(root, durability=durability, flush_interval=float(flush_interval),
+                  batch_size=int(batch_size), spool_interval=0.05)
+out = sys.stdout
+out.write("ready\n"); out.flush()
+seq = 0
+while True:
+    for _ in range(20):
+        rec.emit("rate_limit_hit", retry_attempt=int(round_no), claim_count=seq)
+        out.write(f"{seq} {time.monotonic()}\n")  # after emit() returned
+        seq += 1
+    out.flush()
+    time.sleep(0.005)
+"""
+
+
+class Child:
+    """A child process that emits sequence-numbered events until it is SIGKILLed,
+    printing "seq monotonic-time" after each emit() returned."""
+
+    def __init__(
+        self,
+        script: Path,
+        root: Path,
+        durability: str,
+        round_no: int,
+        rng: random.Random,
+        flush_interval: float | None = None,
+    ) -> None:
+        if flush_interval is None:
+            flush_interval = rng.choice([0.05, 0.1, 0.3, 1.0])  # small ones: kills land mid-write
+        batch_size = rng.choice([50, 500, 10_000])
+        self.round_no = round_no
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(root),
+                durability,
+                str(flush_interval),
+                str(batch_size),
+                str(round_no),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline() == "ready\n"
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self.lines.extend, args=(self.proc.stdout,))
+        self.reader.start()
+        self.kill_at = 0.0
+
+    def kill(self) -> None:
+        self.kill_at = time.monotonic()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.reader.join()
+
+    def reported(self) -> list[tuple[int, float]]:
+        """(seq, seconds before the kill) of every event whose emit() returned."""
+        out = []
+        for line in self.lines:
+            parts = line.split()
+            if len(parts) == 2 and line.endswith("\n"):  # a line cut by the kill is ignored
+                out.append((int(parts[0]), self.kill_at - float(parts[1])))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("durability", "rounds", "window"), [("sync", 20, (0.05, 1.2)), ("spool", 8, (1.1, 1.8))]
+)
+def test_sigkill_loses_nothing_that_was_promised(
+    tmp_path: Path, durability: str, rounds: int, window: tuple[float, float]
+) -> None:
+    """Children killed at random moments (also mid-flush, four at a time on one root);
+    after recovery every event whose emit() returned (sync), or that was emitted more
+    than 1 s before the kill (spool), is present, and no event is written twice."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    root = tmp_path / "data"
+    rng = random.Random(f"sigkill-{durability}")
+    for first in range(1, rounds + 1, 4):
+        children = [Child(script, root, durability, n, rng) for n in range(first, min(first + 4, rounds + 1))]
+        start = time.monotonic()
+        for delay, child in sorted(((rng.uniform(*window), c) for c in children), key=lambda dc: dc[0]):
+            time.sleep(max(0.0, start + delay - time.monotonic()))
+            child.kill()
+        # recover with the library function, or with a new Recorder on the root
+        if first % 8 == 1:
+            vp.recover_spools(root)
+        else:
+            with vp.Recorder(root, strict=True) as rec:
+                rec.recover()
+        for child in children:
+            present = {
+                s for (s,) in raw(root, f"SELECT claim_count FROM ev WHERE retry_attempt = {child.round_no}")
+            }
+            reported = child.reported()
+            assert reported, "the child never emitted"
+            if durability == "sync":
+                promised = {s for s, _ in reported}
+            else:
+                promised = {s for s, age in reported if age > 1.0}
+            missing = promised - present
+            assert not missing, (
+                f"round {child.round_no}: {len(missing)} promised events lost, e.g. {sorted(missing)[:5]}"
+            )
+        assert_unique(root)
+    assert not [p for p in (root / "_spool").iterdir() if p.suffix == ".spool"]
+
+
+# ------------------------------------------------------------- failing storage
+
+
+@pytest.fixture
+def quiet_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level("CRITICAL", logger="voicepipe_obs")
+    yield
+
+
+def _break(path: Path) -> None:
+    """Make a directory unusable even for root (chmod does not stop root): move it
+    aside and put a regular file in its place."""
+    if path.is_dir():
+        path.rename(path.with_name(path.name + ".aside"))
+    path.write_text("storage is down")
+
+
+def _mend(path: Path) -> None:
+    path.unlink()
+    aside = path.with_name(path.name + ".aside")
+    if aside.is_dir():
+        aside.rename(path)
+
+
+@pytest.mark.usefixtures("quiet_log")
+def test_events_dir_failing_spool_holds_then_everything_arrives_once(root: Path) -> None:
+    rec = vp.Recorder(root, flush_interval=0.05, spool_interval=0.02, batch_size=100, max_buffer=300)
+    rec.emit("rate_limit_hit", claim_count=-1)
+    assert rec.flush()
+    _break(root / "events")
+    for i in range(1000):  # more than max_buffer: the spool must take the rest
+        with rec.stage("transcription"):
+            rec.annotate(claim_count=i)
+        if i % 100 == 0:
+            time.sleep(0.03)
+    time.sleep(0.2)
+    s = rec.stats()
+    assert s["write_errors"] >= 1 and s["dropped"] == 0 and s["written"] == 1
+    assert s["buffered"] <= 300  # memory stays bounded while storage is down
+    assert rec.flush() is False
+    _mend(root / "events")
+    assert rec.flush() is True
+    rec.close()
+    assert rec.stats()["written"] == 2001
+    assert assert_unique(root) == 2001
+    assert (
+        raw(root, "SELECT count(DISTINCT claim_count) FROM ev WHERE event_type = 'transcription_completed'")[
+            0
+        ][0]
+        == 1000
+    )
+    assert not [p for p in (root / "_spool").iterdir() if p.suffix == ".spool"]
+
+
+@pytest.mark.usefixtures("quiet_log")
+def test_storage_down_at_close_leaves_the_spool_for_the_next_recorder(root: Path) -> None:
+    _break(root / "events")
+    rec = vp.Recorder(root, flush_interval=0.05, spool_interval=0.02)
+    for i in range(500):
+        rec.emit("rate_limit_hit", claim_count=i)
+    rec.close()  # cannot write: the events stay in the spool, nothing is dropped
+    assert rec.stats()["dropped"] == 0
+    _mend(root / "events")
+    with vp.Recorder(root) as later:
+        assert later.recover() == 500
+    assert assert_unique(root) == 500
+
+
+@pytest.mark.usefixtures("quiet_log")
+@pytest.mark.parametrize("durability", ["spool", "sync", "memory"])
+def test_spool_also_failing_keeps_max_buffer_then_drops_and_counts(root: Path, durability: str) -> None:
+    _break(root / "events")
+    _break(root / "_spool")
+    rec = vp.Recorder(root, durability=durability, max_buffer=100, flush_interval=0.05, spool_interval=0.02)  # type: ignore[arg-type]
+    for i in range(250):
+        rec.emit("rate_limit_hit", claim_count=i)
+        if i % 50 == 0:
+            time.sleep(0.06)  # let the flusher try (and fail) in between
+    time.sleep(0.1)
+    s = rec.stats()
+    assert (s["emitted"], s["dropped"], s["buffered"], s["written"]) == (250, 150, 100, 0)
+    _mend(root / "events")
+    _mend(root / "_spool")
+    assert rec.flush()
+    rec.close()
+    assert rec.stats()["written"] == 100
+    assert raw(root, "SELECT min(claim_count), max(claim_count), count(*) FROM ev") == [(0, 99, 100)]
+
+
+# ------------------------------------------------------------ spool permissions
+
+
+def test_spool_is_private_regardless_of_umask(root: Path) -> None:
+    (root / "_spool").mkdir(mode=0o777)
+    os.chmod(root / "_spool", 0o777)
+    old = os.umask(0)
+    try:
+        rec = vp.Recorder(root, durability="sync", flush_interval=60)
+        rec.emit("rate_limit_hit")
+        entries = list((root / "_spool").iterdir())
+        modes = {p.suffix: stat.S_IMODE(p.stat().st_mode) for p in entries if not p.name.startswith(".")}
+        assert modes == {".spool": 0o600, ".lock": 0o600}
+        assert stat.S_IMODE((root / "_spool").stat().st_mode) == 0o700
+        rec.close()
+    finally:
+        os.umask(old)
+
+
+# ------------------------------------------------------------- racing recovery
+
+RECOVERER = r"""
+import sys, time
+from voicepipe_obs import recover_spools
+while time.time() < float(sys.argv[2]):
+    pass
+print(recover_spools(sys.argv[1])[0])
+"""
+
+
+def test_racing_recoverers_recover_exactly_once(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    # two dead writers with unflushed events (flush_interval of an hour), killed
+    rng = random.Random("race")
+    for round_no in (1, 2):
+        child = Child(script, root, "sync", round_no, rng, flush_interval=3600)
+        time.sleep(0.5)
+        child.kill()
+    segments = len(list((root / "_spool").glob("*.spool")))
+    assert segments >= 2
+    rec_script = tmp_path / "recover.py"
+    rec_script.write_text(RECOVERER)
+    go = time.time() + 1.5  # start together
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(rec_script), str(root), str(go)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    in_thread: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: (
+                time.sleep(max(go - time.time(), 0)),
+                in_thread.append(vp.recover_spools(root)[0]),
+            )
+        )
+        for _ in range(2)
+    ]
+    for th in threads:
+        th.start()
+    counts = [int(p.communicate()[0]) for p in procs]
+    for th in threads:
+        th.join()
+    total = assert_unique(root)
+    assert sum(counts) + sum(in_thread) == total > 0
+    assert not list((root / "_spool").glob("*.spool"))

@@ -1,0 +1,216 @@
+"""The rendering module: value formatting, tables that fit 100 columns, charts, the
+flow graph, colour rules, JSON and CSV writers."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+from typing import Any
+
+import pytest
+
+from voicepipe_obs import render
+from voicepipe_obs.render import Style
+
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (None, "–"),
+        (float("nan"), "–"),
+        (0, "0ms"),
+        (850, "850ms"),
+        (999.4, "999ms"),
+        (5200, "5.2s"),
+        (59_940, "59.9s"),
+        (60_000, "1m"),
+        (190_000, "3m 10s"),
+        (3_600_000, "1h 00m"),
+        (7_500_000, "2h 05m"),
+        (3 * 86_400_000 + 4 * 3_600_000, "3d 4h"),
+        (-1500, "-1.5s"),
+    ],
+)
+def test_fmt_duration(ms: float | None, text: str) -> None:
+    assert render.fmt_duration(ms) == text
+
+
+def test_money_percent_and_null_are_never_zero() -> None:
+    assert render.fmt_money(None) == "–"
+    assert render.fmt_money(0.0) == "$0.00"
+    assert render.fmt_money(0.006) == "$0.0060"
+    assert render.fmt_money(1234.5) == "$1,234.50"
+    assert render.fmt_pct(None) == "–"
+    assert render.fmt_pct(0.0) == "0.0%"
+    assert render.fmt_pct(0.125) == "12.5%"
+    assert render.fmt_change(0.12) == "+12.0%"
+    assert render.fmt_change(-0.035) == "-3.5%"
+    assert render.fmt_int(None) == "–"
+    assert render.fmt_int(1234) == "1,234"
+
+
+def test_times_follow_the_style_time_zone() -> None:
+    ts = dt.datetime(2026, 11, 28, 9, 15, 8, tzinfo=UTC)
+    assert render.fmt_time(ts, Style(tz=UTC)) == "2026-11-28 09:15:08"
+    kolkata = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    assert render.fmt_time(ts, Style(tz=kolkata), date=False) == "14:45:08"
+    assert render.fmt_time(None, Style()) == "–"
+
+
+def test_table_fits_the_width_and_cuts_long_cells() -> None:
+    rows = [["a-1", "x" * 300, "ok"], ["a-2", "short", "y" * 80]]
+    out = render.table(rows, ["ID", "Message", "Other"], width=100)
+    assert max(len(line) for line in out.splitlines()) <= 100
+    assert "…" in out
+    assert "a-1" in out and "a-2" in out
+    out = render.table([[None, 1]], ["A", "B"])
+    assert "–" in out.splitlines()[2]
+
+
+def test_table_colour_does_not_change_layout() -> None:
+    rows = [["a-1", "failed"], ["a-2", "completed"]]
+    plain = render.table(rows, ["ID", "Status"])
+    coloured = render.table(
+        rows, ["ID", "Status"], colours=[[None, "red"], [None, "green"]], style=Style(colour=True)
+    )
+    assert "\x1b[31mfailed\x1b[0m" in coloured
+    assert render._visible_len(coloured) == len(plain)
+    assert "\x1b[" not in render.table(rows, ["ID", "Status"], colours=[[None, "red"]] * 2, style=Style())
+
+
+def test_bar_chart_scales_to_the_largest_value_and_fits() -> None:
+    out = render.bar_chart([("a", 10.0, "10"), ("b", 5.0, "5"), ("c", None, "–")], width=60)
+    lines = out.splitlines()
+    assert all(len(line) <= 60 for line in lines)
+    full = lines[0].count("█")
+    assert full > 0
+    assert abs(lines[1].count("█") - full / 2) <= 1
+    assert "█" not in lines[2] and lines[2].endswith("–")
+    assert render.bar_chart([]) == "  (no data)"
+
+
+def test_sparkline() -> None:
+    assert render.sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert render.sparkline([None, 1.0, None, 3.0]) == " ▁ █"
+    assert render.sparkline([]) == ""
+    assert render.sparkline([None, None]) == "  "
+    assert render.sparkline([2, 2]) == "▄▄"
+
+
+def test_histogram_labels_bins() -> None:
+    out = render.histogram([{"lo": 0.0, "hi": 0.5, "count": 2}, {"lo": 0.5, "hi": 1.0, "count": 4}])
+    assert "0.00–0.50" in out and "0.50–1.00" in out
+    assert render.histogram([{"lo": 0.0, "hi": 1.0, "count": 0}]) == "  (no data)"
+
+
+def test_flow_graph_marks_health_by_shape_and_fits() -> None:
+    stages: list[dict[str, Any]] = [
+        {
+            "stage": "ingestion",
+            "health": "green",
+            "queue_depth": 2,
+            "avg_latency_ms": None,
+            "throughput_per_hour": 10,
+        },
+        {
+            "stage": "transcription",
+            "health": "yellow",
+            "queue_depth": 0,
+            "avg_latency_ms": 5200,
+            "throughput_per_hour": 9.5,
+        },
+        {
+            "stage": "claims_extraction",
+            "health": "red",
+            "queue_depth": 7,
+            "avg_latency_ms": 61000,
+            "throughput_per_hour": 1,
+        },
+        {
+            "stage": "entity_resolution",
+            "health": "none",
+            "queue_depth": 0,
+            "avg_latency_ms": None,
+            "throughput_per_hour": 0,
+        },
+        {
+            "stage": "draft_generation",
+            "health": "green",
+            "queue_depth": 1,
+            "avg_latency_ms": 800,
+            "throughput_per_hour": 3,
+        },
+    ]
+    out = render.flow_graph(stages, style=Style())
+    lines = out.splitlines()
+    assert lines[0] == (
+        "[Ingestion] → [Transcription] → [Claims Extraction] → [Entity Resolution] → [Draft Generation]"
+    )
+    assert (
+        "● ok" in lines[1]
+        and "▲ degraded" in lines[1]
+        and "✖ failing" in lines[1]
+        and "○ no data" in lines[1]
+    )
+    assert lines[1].index("▲") == lines[0].index("[Transcription]") + 1
+    assert "queue 7" in lines[2] and "1m 01s avg" in lines[3] and "9.5/h" in lines[4]
+    assert max(len(line) for line in lines) <= 100
+    coloured = render.flow_graph(stages, style=Style(colour=True))
+    assert "\x1b[31m" in coloured and "\x1b[33m" in coloured
+
+
+def test_cards_fit_100_columns() -> None:
+    out = render.cards([("Title", "12", "sub line " * 10)] * 4, style=Style())
+    assert all(len(line) <= 100 for line in out.splitlines())
+    assert out.count("┌") == 4
+
+
+@pytest.mark.parametrize(
+    ("env", "tty", "expected"),
+    [
+        ({}, True, True),
+        ({"NO_COLOR": "1"}, True, False),
+        ({"NO_COLOR": ""}, True, False),
+        ({}, False, False),
+        ({"TERM": "dumb"}, True, False),
+    ],
+)
+def test_colour_only_on_a_tty_and_never_with_no_color(env: dict[str, str], tty: bool, expected: bool) -> None:
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    assert render.colour_wanted(Stream(), env) is expected
+    assert render.colour_wanted(None, env) is False
+
+
+def test_json_writer_uses_utc_iso_and_null_for_nan() -> None:
+    kolkata = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    data = {
+        "t": dt.datetime(2026, 11, 28, 14, 45, tzinfo=kolkata),
+        "x": float("nan"),
+        "nested": [{"v": math.inf}],
+        "d": dt.date(2026, 11, 28),
+    }
+    out = json.loads(render.to_json(data))
+    assert out == {"t": "2026-11-28T09:15:00Z", "x": None, "nested": [{"v": None}], "d": "2026-11-28"}
+    assert list(json.loads(render.to_json({"b": 1, "a": 2}))) == ["b", "a"]
+
+
+def test_csv_writer() -> None:
+    rows = [
+        {"a": 1, "b": None, "t": dt.datetime(2026, 1, 1, tzinfo=UTC), "m": {"k": "v"}},
+        {"a": "x,y", "b": 2.5},
+    ]
+    text = render.to_csv(rows, ["a", "b", "t", "m"])
+    parsed = list(csv.reader(io.StringIO(text)))
+    assert parsed == [
+        ["a", "b", "t", "m"],
+        ["1", "", "2026-01-01T00:00:00Z", '{"k": "v"}'],
+        ["x,y", "2.5", "", ""],
+    ]
