@@ -32,19 +32,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen_store import CACHE, ensure_store, store_info  # noqa: E402
+from gen_store import CACHE, ensure_store, store_info
 
-from voicepipe_obs import reports  # noqa: E402
+from voicepipe_obs import reports
 
 UTC = dt.timezone.utc
 
 
-def median_seconds(fn: Callable[[], object], rounds: int) -> float:
+def median_seconds(fn: Callable[[], object], rounds: int, *, slow: float = 10.0) -> float:
+    """Median wall time of ``rounds`` calls; a call slower than ``slow`` seconds is
+    not repeated (its single time is reported)."""
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if times[-1] > slow:
+            break
     return statistics.median(times)
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_reports import NOW, build_dataset
 
+from test_reports import NOW, build_dataset
 from voicepipe_obs.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -336,7 +336,7 @@ def test_bad_since_names_the_accepted_forms(runner: Any, store_root: Path, value
 # --------------------------------------------------------- empty store, colour
 
 
-@pytest.mark.parametrize("args", ALL_REPORTS + [["event", "x"], ["pipeline", "--format", "json"]], ids=str)
+@pytest.mark.parametrize("args", [*ALL_REPORTS, ["event", "x"], ["pipeline", "--format", "json"]], ids=str)
 def test_empty_or_missing_store_is_a_friendly_error(runner: Any, root: Path, args: list[str]) -> None:
     for where in (root, root / "nope"):
         result = runner.invoke(main, ["--data", str(where), "report", *args])
@@ -578,3 +578,21 @@ def test_dashboard_watch_redraws_until_ctrl_c(root: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_alerts_report_after_a_check(runner: Any, root: Path) -> None:
+    from voicepipe_obs import alerts
+
+    build_dataset(root)
+    alerts.run_check(root, now=NOW, notify=False)
+    expected = alerts.list_alerts(root, status="active")
+    assert expected, "the fixture should raise at least one alert (inactivity since 10:00)"
+    data = json.loads(run(runner, root, "alerts", "--format", "json").stdout)
+    assert sorted(r["alert_id"] for r in data["rows"]) == sorted(a.alert_id for a in expected)
+    table = run(runner, root, "alerts").stdout
+    for a in expected:
+        assert a.rule in table and a.alert_id in table
+    dash = json.loads(run(runner, root, "dashboard", "--format", "json").stdout)
+    assert len(dash["alerts"]) == len(expected)
+    rows = list(csv.DictReader(io.StringIO(run(runner, root, "alerts", "--format", "csv").stdout)))
+    assert {r["rule"] for r in rows} == {a.rule for a in expected}

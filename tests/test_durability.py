@@ -443,3 +443,115 @@ def test_racing_recoverers_recover_exactly_once(tmp_path: Path) -> None:
     total = assert_unique(root)
     assert sum(counts) + sum(in_thread) == total > 0
     assert not list((root / "_spool").glob("*.spool"))
+
+
+# ------------------------------------------------------- process exit paths
+
+EXIT_WITHOUT_CLOSE = r"""
+import sys
+import voicepipe_obs as vp
+rec = vp.Recorder(sys.argv[1], durability="memory", flush_interval=60)
+for i in range(25):
+    rec.emit("rate_limit_hit", claim_count=i)
+# no close(): the interpreter's exit must flush (pyarrow not imported yet)
+"""
+
+
+def test_a_short_script_is_flushed_at_interpreter_exit(tmp_path: Path) -> None:
+    script = tmp_path / "short.py"
+    script.write_text(EXIT_WITHOUT_CLOSE)
+    root = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "could not" not in done.stderr, done.stderr
+    assert assert_unique(root) == 25
+
+
+def _pool_work(i: int) -> int:
+    rec = _POOL_RECORDER[0]
+    rec.emit("rate_limit_hit", claim_count=i)
+    return i
+
+
+_POOL_RECORDER: list[vp.Recorder] = []
+
+
+def test_multiprocessing_workers_flush_at_exit(root: Path) -> None:
+    """multiprocessing children end with os._exit() (no atexit); their in-memory
+    events must still be written when the worker exits normally."""
+    import multiprocessing
+
+    rec = vp.Recorder(root, durability="memory", flush_interval=60)
+    _POOL_RECORDER[:] = [rec]
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(2)
+    try:
+        assert sum(pool.map(_pool_work, range(40))) == sum(range(40))
+    finally:
+        pool.close()
+        pool.join()
+    proc = ctx.Process(target=_pool_work, args=(1000,))
+    proc.start()
+    proc.join(60)
+    rec.close()
+    assert assert_unique(root) == 41
+
+
+def test_a_recorder_closed_before_fork_stays_closed_in_the_child(root: Path) -> None:
+    rec = vp.Recorder(root, durability="memory")
+    rec.close()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            rec.emit("rate_limit_hit")
+            code = 0 if rec.stats()["dropped"] == 1 and rec.stats()["emitted"] == 0 else 2
+        finally:
+            os._exit(code)
+    assert _wait_child(pid) == 0
+    assert not (root / "events").exists()
+
+
+@pytest.mark.usefixtures("quiet_log")
+def test_spilled_events_whose_spool_is_deleted_are_counted_as_dropped(root: Path) -> None:
+    _break(root / "events")
+    rec = vp.Recorder(root, flush_interval=0.05, spool_interval=0.02)
+    for i in range(300):
+        rec.emit("rate_limit_hit", claim_count=i)
+    assert rec.flush() is False  # storage down: the batch is released to the spool
+    assert rec.stats()["buffered"] == 0
+    for seg in (root / "_spool").glob("*.spool"):
+        seg.unlink()  # someone "cleans up" the spool
+    _mend(root / "events")
+    assert rec.flush() is True
+    rec.close()
+    s = rec.stats()
+    assert (s["emitted"], s["written"], s["dropped"]) == (300, 0, 300)
+
+
+def test_a_torn_spool_tail_ends_the_segment_and_recovery_keeps_the_rest(root: Path) -> None:
+    """A kill in the middle of a spool append leaves a torn record: recovery keeps
+    every complete record before it and writes them once."""
+    from voicepipe_obs.emit import read_spool_segment
+
+    pid = os.fork()
+    if pid == 0:  # a writer that dies without flushing
+        code = 1
+        try:
+            rec = vp.Recorder(root, durability="sync", flush_interval=3600)
+            for i in range(10):
+                rec.emit("rate_limit_hit", claim_count=i)
+            code = 0
+        finally:
+            os._exit(code)
+    assert _wait_child(pid) == 0
+    (segment,) = (root / "_spool").glob("*.spool")
+    data = segment.read_bytes()
+    first_len = int.from_bytes(data[:4], "little")  # record: length, crc32, payload
+    with open(segment, "ab") as fh:
+        fh.write(data[: 8 + first_len // 2])  # a record cut short by the kill
+    assert [row[0] for row in read_spool_segment(segment)] == list(range(1, 11))  # id counters
+    assert vp.recover_spools(root) == (10, 1)
+    assert vp.recover_spools(root) == (0, 0)
+    assert raw(root, "SELECT count(*), count(DISTINCT claim_count) FROM ev") == [(10, 10)]

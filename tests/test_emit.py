@@ -29,7 +29,8 @@ def read_events(root: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in sorted((root / "events").rglob("*.parquet")):
         rows.extend(pq.read_table(path).to_pylist())
-    return sorted(rows, key=lambda r: (r["timestamp"], r["event_id"]))
+    # ids of one recorder are a prefix and a counter: (length, id) is emission order
+    return sorted(rows, key=lambda r: (r["timestamp"], len(r["event_id"]), r["event_id"]))
 
 
 def flushed(rec: vp.Recorder) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ LOCK_FILE: Final = "aggregate.lock"
 STATE_VERSION: Final = 1
 #: merge receipt chunks into one when there are more than this many
 MAX_RECEIPT_CHUNKS: Final = 24
+#: snapshot files written in parallel
+WRITERS: Final = 4
 #: days computed by one query (bounds memory: ~330k events a day at 10M a month)
 CHUNK_DAYS: Final = 8
 #: how far before a live window :func:`window_metrics` looks for receipts not yet indexed
@@ -109,7 +112,10 @@ def _ratio(num: str, den: str) -> str:
 
 
 def _metric_exprs() -> list[tuple[str, str, str]]:
-    """(column, kind, SQL aggregate) in snapshot column order: DESIGN §6, verbatim."""
+    """(column, kind, SQL aggregate) in snapshot column order: DESIGN §6, verbatim.
+
+    Sums and means use DuckDB's compensated ``fsum``/``favg`` so that a recomputed
+    bucket is bit-for-bit the same whatever order the rows were read in."""
     out: list[tuple[str, str, str]] = [
         ("artifacts_received", "i64", _count(_eq("artifact_received"))),
         ("artifacts_completed", "i64", _count(_eq("artifact_completed"))),
@@ -121,7 +127,7 @@ def _metric_exprs() -> list[tuple[str, str, str]]:
         out.append(
             (f"p95_{stage}_latency_ms", "f64", f"quantile_cont(duration_ms, 0.95) FILTER (WHERE {done})")
         )
-    # e2e_ms is set on artifact_completed rows only (see _scan_sql)
+    # e2e_ms is set on artifact_completed rows only (see _with_latency)
     out += [
         ("avg_end_to_end_latency_ms", "f64", "favg(e2e_ms)"),
         ("p50_end_to_end_latency_ms", "f64", "quantile_cont(e2e_ms, [0.5, 0.95, 0.99])[1]"),
@@ -132,8 +138,7 @@ def _metric_exprs() -> list[tuple[str, str, str]]:
         failed = _count(_eq(STAGE_FAILURE_EVENTS[stage]))
         attempts = _count(_in((*STAGE_COMPLETION_EVENTS[stage], STAGE_FAILURE_EVENTS[stage])))
         out.append((f"{stage}_failure_rate", "f64", _ratio(failed, attempts)))
-    er_done = _in(STAGE_COMPLETION_EVENTS["entity_resolution"])
-    er_rows = f"{er_done} AND entity_count IS NOT NULL"
+    er_rows = f"{_in(STAGE_COMPLETION_EVENTS['entity_resolution'])} AND entity_count IS NOT NULL"
     entities = f"sum(entity_count) FILTER (WHERE {er_rows})"
     out += [
         (
@@ -162,13 +167,13 @@ def _metric_exprs() -> list[tuple[str, str, str]]:
         (
             "total_claims_extracted",
             "i64",
-            f"CAST(coalesce(sum(claim_count) FILTER (WHERE {_eq('claims_extracted')}), 0) AS BIGINT)",
+            f"coalesce(sum(claim_count) FILTER (WHERE {_eq('claims_extracted')}), 0)",
         ),
-        ("total_entities_resolved", "i64", f"CAST(coalesce({entities}, 0) AS BIGINT)"),
+        ("total_entities_resolved", "i64", f"coalesce({entities}, 0)"),
         (
             "total_drafts_generated",
             "i64",
-            f"CAST(coalesce(sum(draft_count) FILTER (WHERE {_eq('drafts_generated')}), 0) AS BIGINT)",
+            f"coalesce(sum(draft_count) FILTER (WHERE {_eq('drafts_generated')}), 0)",
         ),
         ("total_ai_cost", "f64", "coalesce(fsum(ai_cost), 0.0)"),
         (
@@ -206,18 +211,29 @@ def snapshot_schema() -> pa.Schema:
 
 
 def metrics_sql(source: str) -> str:
-    """The one definition of every metric: a SELECT over ``source`` (a table or view
-    with the :data:`EVENT_PROJECTION` columns, ``ts`` in epoch microseconds, ``bucket``
-    and ``e2e_ms``) giving a row per (bucket, organization) plus a row per bucket
-    for all organisations (``organization_id`` NULL)."""
-    metrics = ",\n  ".join(f"{expr} AS {name}" for name, _kind, expr in _metric_exprs())
+    """The one definition of every metric: a SELECT over ``source`` (a table with
+    the :data:`EVENT_PROJECTION` columns, ``ts`` in epoch microseconds, ``bucket`` and
+    ``e2e_ms``) giving a row per bucket for all organisations (``organization_id``
+    NULL) and a row per (bucket, organization), ordered by bucket, all-orgs row first.
+
+    Two plain GROUP BYs under UNION ALL: measurably faster in DuckDB than one
+    GROUPING SETS query with these holistic aggregates.
+    """
+    cols = ",\n  ".join(
+        f"CAST({expr} AS {'BIGINT' if kind == 'i64' else 'DOUBLE'}) AS {name}"
+        for name, kind, expr in _metric_exprs()
+    )
     return f"""
-SELECT bucket, organization_id, {", ".join(METRIC_NAMES)} FROM (
-  SELECT bucket, organization_id, GROUPING(organization_id) AS _all_orgs,
-  {metrics}
-  FROM {source}
-  GROUP BY GROUPING SETS ((bucket, organization_id), (bucket))
-) WHERE _all_orgs = 1 OR organization_id IS NOT NULL
+SELECT bucket, NULL::VARCHAR AS organization_id,
+  {cols}
+FROM {source}
+GROUP BY bucket
+UNION ALL
+SELECT bucket, organization_id,
+  {cols}
+FROM {source}
+WHERE organization_id IS NOT NULL
+GROUP BY bucket, organization_id
 ORDER BY bucket, organization_id NULLS FIRST
 """
 
@@ -272,19 +288,27 @@ def _load_events(con: duckdb.DuckDBPyConnection, files: Sequence[Path], lo_us: i
 
 
 def _with_latency(con: duckdb.DuckDBPyConnection, receipts: str) -> None:
-    """Temp table _vp_src: _vp_ev plus ``e2e_ms`` on artifact_completed rows (the
-    completion − the artifact's earliest receipt in ``receipts``, NULL without one)."""
+    """View _vp_src: _vp_ev plus ``e2e_ms`` on artifact_completed rows (the
+    completion − the artifact's earliest receipt in ``receipts``, NULL without one).
+
+    Only the first receipts of the artifacts completed here are materialised
+    (_vp_first); the join itself runs inside each query instead of copying every row.
+    """
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE _vp_src AS
+        CREATE OR REPLACE TEMP TABLE _vp_first AS
+        SELECT artifact_id, min(first_us) AS first_us FROM {receipts}
+        WHERE artifact_id IN (SELECT artifact_id FROM _vp_ev WHERE event_type = 'artifact_completed')
+        GROUP BY artifact_id
+        """
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP VIEW _vp_src AS
         SELECT e.*, CASE WHEN e.event_type = 'artifact_completed'
                          THEN (e.ts - r.first_us) / 1000.0 END AS e2e_ms
         FROM _vp_ev e
-        LEFT JOIN (
-          SELECT artifact_id, min(first_us) AS first_us FROM {receipts}
-          WHERE artifact_id IN (SELECT artifact_id FROM _vp_ev WHERE event_type = 'artifact_completed')
-          GROUP BY artifact_id
-        ) r ON e.event_type = 'artifact_completed' AND r.artifact_id = e.artifact_id
+        LEFT JOIN _vp_first r ON e.event_type = 'artifact_completed' AND r.artifact_id = e.artifact_id
         """
     )
 
@@ -413,9 +437,23 @@ class _EventFile:
     hour_us: int  # start of the partition's hour, epoch µs
 
 
-def _list_event_files(root: Path) -> list[_EventFile]:
+def _list_event_files(root: Path, seen: set[str]) -> list[_EventFile]:
+    """Every event file; files not aggregated before are vetted (a bad one is
+    skipped with a warning and stays unrecorded), seen ones were vetted already."""
+    paths = store.list_parquet(root)
+    fresh = [p for p in paths if p.relative_to(root).as_posix() not in seen]
+    _good, bad = store.vet_parquet(fresh)
+    for path, reason in bad:
+        log.warning(
+            "skipping unreadable file %s (%s); `voicepipe compact` moves such files to quarantine/",
+            path,
+            reason,
+        )
+    skip = {p for p, _ in bad}
     out = []
-    for path in vetted_files(root):
+    for path in paths:
+        if path in skip:
+            continue
         rel = path.relative_to(root).as_posix()
         try:
             date = path.parent.parent.name.removeprefix("date=")
@@ -550,7 +588,7 @@ def aggregate(
         return result
     with _run_lock(rootp):
         state = _State.load(rootp)
-        listing = _list_event_files(rootp)
+        listing = _list_event_files(rootp, state.seen)
         present = {f.rel for f in listing}
         new = [f for f in listing if f.rel not in state.seen]
         # compacted files whose sources were all aggregated carry nothing new
@@ -613,10 +651,10 @@ def aggregate(
                 _with_latency(con, receipts)
                 con.execute(
                     f"INSERT INTO _vp_missing SELECT DISTINCT artifact_id, ts - ts % {store.US_PER_DAY} "
-                    "FROM _vp_src WHERE event_type = 'artifact_completed' AND e2e_ms IS NULL "
-                    "AND artifact_id IS NOT NULL"
+                    "FROM _vp_ev WHERE event_type = 'artifact_completed' AND artifact_id IS NOT NULL "
+                    "AND artifact_id NOT IN (SELECT artifact_id FROM _vp_first)"
                 )
-                result.events_scanned += _scalar_int(con, "SELECT count(*) FROM _vp_src")
+                result.events_scanned += _scalar_int(con, "SELECT count(*) FROM _vp_ev")
                 want_hours = sorted(h for h in hours if lo <= h < hi)
                 if want_hours:
                     rows = _query_metrics(con, "_vp_src", f"ts - ts % {store.US_PER_HOUR}")
@@ -702,7 +740,8 @@ def _write_buckets(
 
     snap = _to_snapshot(rows, period_type, created_at_us)
     starts = rows["bucket"].cast("int64")
-    written = removed = 0
+    writes = []
+    removed = 0
     for bucket in buckets:
         path = _bucket_path(root, period_type, bucket)
         part = snap.filter(pc.equal(starts, bucket))
@@ -711,9 +750,12 @@ def _write_buckets(
                 path.unlink()
                 removed += 1
             continue
-        store.write_table(path, part)
-        written += 1
-    return written, removed
+        writes.append((path, part))
+    # Parquet encoding and fsync release the GIL: a few writers in parallel
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        for _ in pool.map(lambda job: store.write_table(*job), writes):
+            pass
+    return len(writes), removed
 
 
 # ---------------------------------------------------------------- window queries
@@ -752,7 +794,8 @@ def window_metrics(
     """Every snapshot metric over the raw events in [since, until), with the same
     definitions as the snapshots: the all-organisations row first
     (``organization_id`` None), then one row per organisation with events. Each row
-    has the snapshot columns (``period_type`` 'window'). Empty list: no events.
+    has the snapshot columns (``period_type`` 'window', ``created_at`` = ``until``).
+    Empty list: no events.
 
     ``organization_id`` restricts the events to one organisation (the first row is
     then that organisation's figures under ``organization_id`` None, then its own).
@@ -768,7 +811,7 @@ def window_metrics(
         result = _query_metrics(con, table, str(lo))
     finally:
         con.close()
-    return _rows(_to_snapshot(result, f"window:{hi}", store.to_us(dt.datetime.now(_UTC))))
+    return _rows(_to_snapshot(result, f"window:{hi}", hi))
 
 
 def live_metrics(

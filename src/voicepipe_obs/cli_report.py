@@ -22,6 +22,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 UTC = dt.timezone.utc
 
 _NOW_KEY = "voicepipe.report.now"
+#: --follow does not replay events older than this before it started (compaction
+#: rewrites closed hours into new files).
+FOLLOW_SKIP = dt.timedelta(minutes=10)
 
 
 def _now(ctx: click.Context) -> dt.datetime:
@@ -190,7 +193,7 @@ def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: st
 @click.option(
     "--since",
     metavar="WHEN",
-    default="7d",
+    default="24h",
     show_default=True,
     help="Received from: 30m, 2h, 7d or an ISO date/time.",
 )
@@ -412,7 +415,13 @@ def _follow(
         click.echo(f"voicepipe: waiting for events under {app.root} (Ctrl-C to stop)", err=True)
     sys.stdout.flush()
     try:
-        for ev in reports.follow_events(app.root, filters=filters, poll_interval=interval, seen_files=seen):
+        for ev in reports.follow_events(
+            app.root,
+            filters=filters,
+            poll_interval=interval,
+            seen_files=seen,
+            skip_before=dt.datetime.now(UTC) - FOLLOW_SKIP,
+        ):
             click.echo(line(ev))
             sys.stdout.flush()
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ import math
 import os
 import secrets
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -229,13 +230,23 @@ class _Invalid(Exception):
     pass
 
 
+_SETTABLE_KINDS: Final = {name: kind for name, kind in COLUMN_KINDS.items() if name in SETTABLE_FIELDS}
+
+
 def _check_value(name: str, value: Any) -> Any:
     """Validate (and normalise) one field value for the row; raises _Invalid."""
     if value is None:
         return None
-    kind = COLUMN_KINDS.get(name)
-    if kind is None or name not in SETTABLE_FIELDS:
+    kind = _SETTABLE_KINDS.get(name)
+    if kind is None:
         raise _Invalid(f"unknown field {name!r}")
+    vtype = type(value)  # exact-type fast paths first (bool is not int here)
+    if (vtype is str and kind == "str") or (
+        vtype is int and kind == "i32" and INT32_MIN <= value <= INT32_MAX
+    ):
+        return value
+    if vtype is float and kind == "f64" and math.isfinite(value):
+        return value
     if kind == "str":
         if isinstance(value, str):
             return value
@@ -661,7 +672,7 @@ class Recorder:
             self._internal_error(exc)
             return None
         self._append(row)
-        return self._event_id(row)
+        return f"{self._id_prefix}{row[_R_ID]}"  # = store.format_event_id for a counter
 
     def annotate(self, **fields: Any) -> None:
         """Attach fields to the completion/failure event of the innermost running stage."""
@@ -1060,25 +1071,38 @@ class Recorder:
     def _write_batches(self, batches: list[_Batch]) -> None:
         for batch in batches:
             stem = _segment_stem(self._writer_id, batch.seq)
+            poisoned = False
             try:
                 rows = batch.rows
                 if rows is None:
                     assert batch.path is not None
-                    rows = read_spool_segment(batch.path)
+                    try:
+                        rows = read_spool_segment(batch.path)
+                    except FileNotFoundError:  # removed by hand: nothing left to write
+                        rows = []
                 if rows:
                     try:
                         self._write_rows(rows, stem)
                     except OSError:
                         raise
-                    except Exception:
+                    except Exception as exc:
                         # a value Arrow cannot take (e.g. a lone surrogate) must not
-                        # block every later batch: repair the rows, count, write again
+                        # block every later batch: repair the rows, count, write again;
+                        # if that does not help, set the batch aside (counted as dropped)
                         rows, bad = _repair_rows(rows)
-                        if not bad:
-                            raise
                         with self._lock:
                             self._counts["invalid"] += bad
-                        self._write_rows(rows, stem)
+                        try:
+                            if not bad:
+                                raise
+                            self._write_rows(rows, stem)
+                        except OSError:
+                            raise
+                        except Exception:
+                            poisoned = True
+                            log.error(
+                                "voicepipe cannot write a batch of %d events (%r); set aside", batch.n, exc
+                            )
             except Exception as exc:
                 with self._lock:
                     self._counts["write_errors"] += 1
@@ -1090,12 +1114,17 @@ class Recorder:
                 return
             if batch.path is not None:
                 try:
-                    batch.path.unlink()
+                    if poisoned:  # kept for inspection; recovery ignores it
+                        batch.path.rename(batch.path.with_name(batch.path.name + ".bad"))
+                    else:
+                        batch.path.unlink()
                 except OSError:
                     pass
+            written = 0 if poisoned else len(rows)
             with self._lock:
                 self._sealed.popleft()
-                self._counts["written"] += batch.n
+                self._counts["written"] += written
+                self._counts["dropped"] += max(batch.n - written, 0)
                 if batch.rows is not None:
                     self._mem_rows -= len(batch.rows)
                     batch.rows = None
@@ -1201,8 +1230,10 @@ class StageSpec:
 
     def _start(self) -> StageRun:
         rec = self._recorder or get_recorder()
-        start_ns = _perf_ns()
+        # wall clock first: a preemption between the two reads then shortens the
+        # measured duration instead of pushing the end past later events' timestamps
         start_us = _time_ns() // 1000 if rec._clock is None else rec._clock()
+        start_ns = _perf_ns()
         run = StageRun(self, rec, start_us, start_ns)
         run.token = _stage_var.set(run)
         ctx = _artifact_var.get()
@@ -1569,6 +1600,27 @@ def _after_fork_child() -> None:
     _fork_gate = threading.Lock()
     for rec in list(_recorders):
         rec._after_fork_in_child()
+    _close_at_multiprocessing_exit()
+
+
+def _close_at_multiprocessing_exit() -> None:
+    """A multiprocessing child ends with os._exit(), skipping atexit. Its bootstrap
+    clears the finalizers it inherited and then runs the after-fork callbacks, so
+    register one there that adds a finalizer closing (and flushing) our recorders."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    try:
+        util.register_after_fork(_mp_hook, lambda _: util.Finalize(None, _close_all, exitpriority=100))
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
+class _MpHook:
+    """A weak-referenceable key for multiprocessing's after-fork registry."""
+
+
+_mp_hook = _MpHook()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)

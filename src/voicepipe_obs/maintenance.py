@@ -23,6 +23,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -42,6 +43,8 @@ COMPACTED_FROM_KEY: Final = b"voicepipe.compacted_from"
 COMPACTED_PREFIX: Final = "compact-"
 #: files younger than this (by mtime) are left alone: a live writer may still be settling
 DEFAULT_GRACE: Final = dt.timedelta(minutes=5)
+#: hours compacted in parallel (reading, encoding and fsync release the GIL)
+WORKERS: Final = 4
 SORT_KEYS: Final = (("artifact_id", "ascending"), ("timestamp", "ascending"))
 
 
@@ -110,6 +113,72 @@ def _dedup(table: pa.Table) -> pa.Table:
     return table.take(keep).sort_by(list(SORT_KEYS))
 
 
+@dataclass
+class _HourResult:
+    files_in: int = 0
+    events_in: int = 0
+    events_out: int = 0
+    skipped_young: int = 0
+    quarantined: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _compact_hour(root: Path, part: store.Partition, young: float) -> _HourResult:
+    """Compact one closed hour's directory (see :func:`compact`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .events import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+
+    out = _HourResult()
+    try:
+        names = sorted(n for n in os.listdir(part.path) if n.endswith(".parquet") and not n.startswith("."))
+    except FileNotFoundError:
+        return out
+    good, bad = store.vet_parquet([part.path / n for n in names])
+    for path, reason in bad:
+        out.quarantined.append((store.quarantine(root, path, reason), reason))
+    settled = []
+    for path in good:
+        try:
+            if path.stat().st_mtime > young:
+                out.skipped_young += 1
+                continue
+        except FileNotFoundError:
+            continue
+        settled.append(path)
+    if not settled or (len(settled) == 1 and settled[0].name.startswith(COMPACTED_PREFIX)):
+        return out
+    tables = []
+    sources = []
+    for path in settled:
+        try:
+            tables.append(_conform(pq.read_table(path)))
+            sources.append(path)
+        except FileNotFoundError:
+            continue  # another compactor got there first
+        except Exception as exc:  # unreadable beyond the footer check
+            reason = f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            out.quarantined.append((store.quarantine(root, path, reason), reason))
+    if not sources:
+        return out
+    merged = pa.concat_tables(tables)
+    table = _dedup(merged).replace_schema_metadata(
+        {
+            SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode(),
+            COMPACTED_FROM_KEY: json.dumps([p.name for p in sources]).encode(),
+        }
+    )
+    target = part.path / f"{COMPACTED_PREFIX}{store.unique_name()}.parquet"
+    store.write_table(target, table, row_group_size=128 * 1024)
+    for path in sources:  # only once the new file is complete
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    out.files_in, out.events_in, out.events_out = len(sources), merged.num_rows, table.num_rows
+    return out
+
+
 def compact(
     root: str | os.PathLike[str],
     *,
@@ -122,10 +191,6 @@ def compact(
     than ``grace`` ago (wall clock) are left for the next run; unreadable files move
     to ``quarantine/``. Idempotent: an hour already in one compacted file is skipped.
     """
-    import pyarrow.parquet as pq
-
-    from .events import SCHEMA_VERSION, SCHEMA_VERSION_KEY
-
     if now.tzinfo is None:
         raise UsageError("now must be timezone-aware")
     rootp = Path(root)
@@ -143,61 +208,20 @@ def compact(
         if store.to_us(day) + (part.hour or 0) * store.US_PER_HOUR >= open_hour:
             continue
         todo.append(part)
-    for i, part in enumerate(todo):
-        names = sorted(n for n in os.listdir(part.path) if n.endswith(".parquet") and not n.startswith("."))
-        paths = [part.path / n for n in names]
-        good, bad = store.vet_parquet(paths)
-        for path, reason in bad:
-            result.quarantined.append((store.quarantine(rootp, path, reason), reason))
-        settled = []
-        for path in good:
-            try:
-                if path.stat().st_mtime > young:
-                    result.skipped_young += 1
-                    continue
-            except FileNotFoundError:
-                continue
-            settled.append(path)
-        if not settled or (len(settled) == 1 and settled[0].name.startswith(COMPACTED_PREFIX)):
+    done = 0
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for hour in pool.map(lambda part: _compact_hour(rootp, part, young), todo):
+            result.quarantined += hour.quarantined
+            result.skipped_young += hour.skipped_young
+            if hour.files_in:
+                result.hours += 1
+                result.files_in += hour.files_in
+                result.files_out += 1
+                result.events_in += hour.events_in
+                result.events_out += hour.events_out
+            done += 1
             if progress is not None:
-                progress(i + 1, len(todo))
-            continue
-        tables = []
-        sources = []
-        for path in settled:
-            try:
-                tables.append(_conform(pq.read_table(path)))
-                sources.append(path)
-            except FileNotFoundError:
-                continue  # another compactor got there first
-            except Exception as exc:  # unreadable beyond the footer check
-                reason = f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-                result.quarantined.append((store.quarantine(rootp, path, reason), reason))
-        if not sources:
-            continue
-        import pyarrow as pa
-
-        merged = pa.concat_tables(tables)
-        out = _dedup(merged)
-        meta = {
-            SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode(),
-            COMPACTED_FROM_KEY: json.dumps([p.name for p in sources]).encode(),
-        }
-        out = out.replace_schema_metadata(meta)
-        target = part.path / f"{COMPACTED_PREFIX}{store.unique_name()}.parquet"
-        store.write_table(target, out, row_group_size=128 * 1024)
-        for path in sources:  # only after the new file is complete
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        result.hours += 1
-        result.files_in += len(sources)
-        result.files_out += 1
-        result.events_in += merged.num_rows
-        result.events_out += out.num_rows
-        if progress is not None:
-            progress(i + 1, len(todo))
+                progress(done, len(todo))
     if result.files_in:
         log.info(
             "compacted %d files into %d in %d hours (%d duplicate events dropped)",

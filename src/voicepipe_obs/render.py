@@ -727,7 +727,7 @@ def _grid(
             c.pop(i)
         hidden.append(name)
     status_col = 1
-    colours = [[None] * len(headers) for _ in rows]
+    colours: list[list[str | None]] = [[None] * len(headers) for _ in rows]
     for row_colours, r in zip(colours, rows, strict=True):
         row_colours[status_col] = STATUS_COLOURS.get(str(r["status"]))
     shrink = [i for i, h in enumerate(headers) if h in ("Org", "Coach", "Source")]
@@ -937,7 +937,11 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
         + (f"min {fmt_pct(min(present))} max {fmt_pct(max(present))}" if present else NULL),
         f"  cost          {sparkline(costs)}  total {fmt_money(c['total_ai_cost'])}",
         "",
-        section("Transcript confidence (transcription_completed)", style),
+        section(
+            "Transcript confidence (transcription_completed"
+            + (", last 24h)" if data.get("confidence_histogram_since") != data["start"] else ")"),
+            style,
+        ),
         histogram(data["confidence_histogram"], width=style.width, style=style),
         "",
         section("Organisations", style),
@@ -1008,26 +1012,21 @@ def render_event(ev: Mapping[str, Any], style: Style) -> str:
 
 
 def _alerts_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
-    sev = {"critical": "red", "warning": "yellow"}
-    return table(
-        [
-            [
-                fmt_time(r["raised_at"], style),
-                r["severity"],
-                r["rule"],
-                fmt_text(r["scope"]),
-                r["status"],
-                fmt_text(r.get("acknowledged_by")),
-                fmt_text(r.get("summary")),
-            ]
-            for r in rows
-        ],
-        ["Raised", "Severity", "Rule", "Scope", "Status", "Ack by", "Summary"],
-        width=style.width,
-        shrink=[6, 3],
-        colours=[[None, sev.get(str(r["severity"]))] + [None] * 5 for r in rows],
-        style=style,
-    )
+    """Alerts as two-line entries: what and where on the first, the summary below."""
+    marks = {"critical": ("✖", "red"), "warning": ("▲", "yellow")}
+    lines = []
+    for r in rows:
+        mark, colour = marks.get(str(r["severity"]), ("·", None))
+        status = str(r["status"])
+        if r.get("acknowledged_by"):
+            status += f", acknowledged by {r['acknowledged_by']}"
+        head = (
+            f"{style.paint(mark + ' ' + str(r['severity']), colour)}  {r['rule']}  {fmt_text(r['scope'])}"
+            f"  · raised {_short_time(r['raised_at'], style)} · {status}"
+        )
+        lines.append(head)
+        lines.append(truncate(f"    {fmt_text(r.get('summary'))}  (id {r['alert_id']})", style.width))
+    return "\n".join(lines)
 
 
 def render_alerts(data: Mapping[str, Any], style: Style) -> str:

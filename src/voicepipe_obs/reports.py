@@ -165,18 +165,57 @@ def _files(root: Path, since: dt.datetime | None, until: dt.datetime | None) -> 
 
 
 def event_files(root: Path) -> set[Path]:
-    """Every readable event file under the root now (what ``--follow`` starts after)."""
-    return set(_files(root, None, None))
+    """Every event file under the root now (what ``--follow`` starts after)."""
+    return set(store.list_parquet(root, store.EVENTS))
 
 
 #: Columns the reports read (the timestamps of stage start/end, transcript_duration,
 #: ai_model and attributes are only shown by `report event`, which reads every column).
-_PROJECTION: Final = (
-    "event_id, event_type, timestamp, artifact_id, voice_note_id, organization_id, coach_user_id, "
-    "source_channel, pipeline_stage, duration_ms, previous_status, new_status, error_message, error_code, "
-    "claim_count, entity_count, disambiguation_count, draft_count, transcript_word_count, retry_attempt, "
-    "confidence_score, ai_cost, actor"
+_COLUMNS: Final = (
+    "event_id",
+    "event_type",
+    "timestamp",
+    "artifact_id",
+    "voice_note_id",
+    "organization_id",
+    "coach_user_id",
+    "source_channel",
+    "pipeline_stage",
+    "duration_ms",
+    "previous_status",
+    "new_status",
+    "error_message",
+    "error_code",
+    "claim_count",
+    "entity_count",
+    "disambiguation_count",
+    "draft_count",
+    "transcript_word_count",
+    "retry_attempt",
+    "confidence_score",
+    "ai_cost",
+    "actor",
 )
+_PROJECTION: Final = ", ".join(_COLUMNS)
+#: What the dashboard needs of every event in its window (status, stage, latency, cost).
+_STATUS_COLUMNS: Final = (
+    "event_id",
+    "event_type",
+    "timestamp",
+    "artifact_id",
+    "pipeline_stage",
+    "new_status",
+    "duration_ms",
+    "ai_cost",
+)
+_SQL_TYPES: Final = {"str": "VARCHAR", "ts": "TIMESTAMPTZ", "f64": "DOUBLE", "i32": "INTEGER"}
+
+
+def _projection(columns: Sequence[str]) -> str:
+    """The report columns, reading only ``columns`` and NULL (typed) for the rest."""
+    from .events import COLUMN_KINDS
+
+    return ", ".join(c if c in columns else f"NULL::{_SQL_TYPES[COLUMN_KINDS[c]]} AS {c}" for c in _COLUMNS)
 
 
 def _connect(
@@ -186,14 +225,17 @@ def _connect(
     where: str | None = None,
     params: Mapping[str, Any] | None = None,
     materialise: bool = True,
+    columns: Sequence[str] = _COLUMNS,
 ) -> duckdb.DuckDBPyConnection:
     """A private connection over exactly ``files``: ``events_raw`` (every column, as
     stored), ``events`` (deduplicated by event_id, the columns reports use) and
     ``artifacts`` (query.ARTIFACTS_SQL over ``events``).
 
     With ``materialise`` the files are read once into a temp table (events at or
-    after ``since`` that satisfy ``where``), so a report's several queries do not
-    each re-read them.
+    after ``since`` that satisfy ``where``; only ``columns``, the others NULL), so a
+    report's several queries do not each re-read them. Deduplication keeps unique
+    event_ids as they are and collapses only the duplicated ones, which is much
+    cheaper than DISTINCT ON over every row.
     """
     import duckdb
 
@@ -211,9 +253,22 @@ def _connect(
         bound["since"] = aware(since)
     if where:
         conds.append(where)
-    body = f"SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw WHERE {' AND '.join(conds)}"
     if materialise:
-        con.execute(f"CREATE TEMP TABLE events AS {body}", bound)
+        con.execute(
+            f"CREATE TEMP TABLE _ev_all AS SELECT {_projection(columns)} FROM events_raw "
+            f"WHERE {' AND '.join(conds)}",
+            bound,
+        )
+        con.execute(
+            """
+            CREATE TEMP TABLE events AS
+            WITH dup AS (SELECT event_id FROM _ev_all GROUP BY event_id HAVING count(*) > 1)
+            SELECT * FROM _ev_all WHERE event_id NOT IN (SELECT event_id FROM dup)
+            UNION ALL
+            SELECT DISTINCT ON (event_id) * FROM _ev_all WHERE event_id IN (SELECT event_id FROM dup)
+            """
+        )
+        con.execute("DROP TABLE _ev_all")
     else:
         con.execute(f"CREATE VIEW events AS SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw")
     con.execute(f"CREATE VIEW artifacts AS {ARTIFACTS_SQL}")
@@ -450,7 +505,8 @@ def dashboard(
     yesterday = start_of_day(today - HOUR, tz)
     day_ago = now - DAY
     window = min(yesterday, day_ago)
-    con = _open(root, window)
+    require_events(root)
+    con = _connect(_files(root, window, None), since=window, columns=_STATUS_COLUMNS)
     p = {
         "now": now,
         "today": today,
@@ -565,15 +621,7 @@ def dashboard(
         "ai_service_changed_at": c.get("breaker_at"),
         "cost_today": c.get("cost_today"),
     }
-    recent_rows = [
-        _event_row(ev)
-        for ev in _dicts(
-            con,
-            f"SELECT {_EVENT_SELECT} FROM events WHERE timestamp <= $now "
-            "ORDER BY timestamp DESC, event_id DESC LIMIT $n",
-            {"now": now, "n": int(recent)},
-        )
-    ]
+    recent_rows = events(root, now=now, limit=recent)["rows"]
     return {
         "generated_at": now,
         "window_start": window,
@@ -821,12 +869,52 @@ def _day_groups(root: Path, since: dt.datetime | None = None) -> list[list[Path]
     return [by_day[d] for d in sorted(by_day, reverse=True)]
 
 
+#: Hour partitions searched one by one (newest first) before whole days.
+RECENT_HOURS: Final = 6
+
+
+def _search_groups(root: Path) -> Iterator[list[Path]]:
+    """Event files newest first, listed lazily: the latest RECENT_HOURS hour
+    partitions one at a time (a recent artifact is found after a few small reads),
+    then the rest a day at a time."""
+    base = root / store.EVENTS
+    try:
+        dates = sorted((d for d in os.listdir(base) if d.startswith("date=")), reverse=True)
+    except OSError:
+        return
+    hours_done = 0
+    for date in dates:
+        try:
+            hours = sorted((h for h in os.listdir(base / date) if h.startswith("hour=")), reverse=True)
+        except OSError:
+            continue
+        rest: list[Path] = []
+        for hour in hours:
+            hdir = base / date / hour
+            try:
+                names = sorted(
+                    n for n in os.listdir(hdir) if n.endswith(".parquet") and not n.startswith(".")
+                )
+            except OSError:
+                continue
+            if not names:
+                continue
+            files = [hdir / n for n in names]
+            if hours_done < RECENT_HOURS:
+                hours_done += 1
+                yield files
+            else:
+                rest.extend(files)
+        if rest:
+            yield rest
+
+
 def _artifact_connection(root: Path, artifact_id: str) -> duckdb.DuckDBPyConnection | None:
     """A connection whose ``events`` hold exactly one artifact's events, or None.
 
-    Searches day partitions newest first and stops at the day holding the
-    artifact's artifact_received (nothing of it can be older), so looking up a
-    recent artifact reads a day of files, not the store. Within a day, DuckDB skips
+    Searches partitions newest first (hours, then days) and stops at the one
+    holding the artifact's artifact_received (nothing of it can be older), so
+    looking up a recent artifact reads an hour or a day of files, not the store. Within a day, DuckDB skips
     row groups whose artifact_id min/max exclude the id (compacted files are sorted
     by artifact_id, which makes that skip effective).
     """
@@ -834,7 +922,7 @@ def _artifact_connection(root: Path, artifact_id: str) -> duckdb.DuckDBPyConnect
 
     con = _connect([], materialise=True)
     found = False
-    for day in _day_groups(root):
+    for day in _search_groups(root):
         good, _bad = store.vet_parquet(day)
         if not good:
             continue
@@ -997,6 +1085,116 @@ def _window(
     return rows[0], {str(r["organization_id"]): r for r in rows[1:] if r["organization_id"] is not None}
 
 
+def _snapshot_rows(
+    root: Path, period: str, start: dt.datetime, now: dt.datetime, org: str | None
+) -> list[dict[str, Any]]:
+    """Snapshot rows of one scope (all organisations, or ``org``) with period_start
+    in [start, now), straight from the snapshot files (DESIGN §6 columns)."""
+    import duckdb
+
+    from .query import vetted_files
+
+    area = store.SNAPSHOTS_HOURLY if period == "hourly" else store.SNAPSHOTS_DAILY
+    files = vetted_files(root, area, since=start, until=now)
+    if not files:
+        return []
+    con = _connect([], materialise=False)
+    try:
+        return _dicts(
+            con,
+            f"SELECT * FROM {_snapshot_scan(files)} WHERE period_start >= $start AND period_start < $now "
+            "AND (($org IS NULL AND organization_id IS NULL) OR organization_id = $org) "
+            "ORDER BY period_start, created_at DESC",
+            {"start": start, "now": now, "org": org},
+        )
+    except duckdb.Error:  # a foreign file under snapshots/: recompute from raw events
+        return []
+
+
+def _snapshot_scan(files: Sequence[Path]) -> str:
+    from .query import sql_str
+
+    return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], union_by_name=true, hive_partitioning=false)"
+
+
+_ORG_KEYS: Final = ("received", "completed", "failed", "cost", "p95_wsum", "p95_w", "p95_sum", "p95_n")
+
+
+def _org_acc() -> dict[str, Any]:
+    return dict.fromkeys(_ORG_KEYS, 0.0) | {"cost": None}
+
+
+def _add_org(acc: dict[str, Any], r: Mapping[str, Any]) -> None:
+    acc["received"] += r.get("artifacts_received") or 0
+    acc["completed"] += r.get("artifacts_completed") or 0
+    acc["failed"] += r.get("artifacts_failed") or 0
+    if r.get("total_ai_cost") is not None:
+        acc["cost"] = (acc["cost"] or 0.0) + r["total_ai_cost"]
+    p95 = r.get("p95_end_to_end_latency_ms")
+    if p95 is not None:
+        acc["p95_wsum"] += p95 * (r.get("artifacts_completed") or 0)
+        acc["p95_w"] += r.get("artifacts_completed") or 0
+        acc["p95_sum"] += p95
+        acc["p95_n"] += 1
+
+
+def _org_totals(acc: Mapping[str, Any]) -> dict[str, Any]:
+    p95 = (
+        acc["p95_wsum"] / acc["p95_w"]
+        if acc["p95_w"]
+        else (acc["p95_sum"] / acc["p95_n"] if acc["p95_n"] else None)
+    )
+    done, failed = int(acc["completed"]), int(acc["failed"])
+    return {
+        "artifacts_received": int(acc["received"]),
+        "artifacts_completed": done,
+        "artifacts_failed": failed,
+        "p95_end_to_end_latency_ms": p95,
+        "total_ai_cost": acc["cost"],
+        "overall_failure_rate": _ratio(failed, done + failed),
+    }
+
+
+def _snapshot_org_sums(root: Path, days: Sequence[dt.datetime], org: str | None) -> dict[str, dict[str, Any]]:
+    """Per organisation, the sums :func:`_org_totals` needs over these daily snapshots."""
+    import duckdb
+
+    from .query import vetted_files
+
+    if not days:
+        return {}
+    files = vetted_files(root, store.SNAPSHOTS_DAILY, since=min(days), until=max(days) + DAY)
+    if not files:
+        return {}
+    con = _connect([], materialise=False)
+    try:
+        rows = _dicts(
+            con,
+            f"""
+            SELECT organization_id,
+              sum(artifacts_received) AS received, sum(artifacts_completed) AS completed,
+              sum(artifacts_failed) AS failed, sum(total_ai_cost) AS cost,
+              coalesce(sum(p95_end_to_end_latency_ms * artifacts_completed), 0) AS p95_wsum,
+              coalesce(sum(artifacts_completed) FILTER (WHERE p95_end_to_end_latency_ms IS NOT NULL), 0) AS p95_w,
+              coalesce(sum(p95_end_to_end_latency_ms), 0) AS p95_sum,
+              count(p95_end_to_end_latency_ms) AS p95_n
+            FROM (SELECT DISTINCT ON (period_start, organization_id) * FROM {_snapshot_scan(files)}
+                  WHERE organization_id IS NOT NULL AND ($org IS NULL OR organization_id = $org)
+                    AND period_start IN (SELECT unnest($days::TIMESTAMPTZ[]))
+                  ORDER BY period_start, organization_id, created_at DESC)
+            GROUP BY organization_id
+            """,
+            {"org": org, "days": list(days)},
+        )
+    except duckdb.Error:
+        return {}
+    return {
+        str(r["organization_id"]): {k: (float(r[k]) if r[k] is not None else None) for k in _ORG_KEYS}
+        | {"cost": r["cost"]}
+        for r in rows
+    }
+
+
 def _source(row: Mapping[str, Any]) -> str | None:
     """Where a bucket's figures came from: "snapshot", "events" or None (no traffic)."""
     if not row:
@@ -1054,7 +1252,6 @@ def metrics(
     Range-level figures are exact for ranges of a day or less; for 7d and 30d they
     combine daily values (``approximate`` lists the weighted means).
     """
-    from . import aggregate
 
     check_choice("range", range_, tuple(RANGES))
     org = check_text("--org", org)
@@ -1068,16 +1265,12 @@ def metrics(
     org_rows: dict[int, dict[str, dict[str, Any]]] = {}
     snapshot_buckets = 0
     if period is not None:
-        for r in aggregate.read_snapshots(root, period, since=start, until=now):  # type: ignore[arg-type]
+        for r in _snapshot_rows(root, period, start, now, org):
             b_start, b_end = aware(r["period_start"]), aware(r["period_end"])
             if b_end > now or (r.get("created_at") is not None and aware(r["created_at"]) < b_end):
                 continue  # the current bucket, or built before its bucket ended
             i = int((store.to_us(b_start) - store.to_us(start)) // int(step.total_seconds() * 1_000_000))
-            oid = r.get("organization_id")
-            if (org is None and oid is None) or (org is not None and oid == org):
-                scope_rows[i] = r
-            if oid is not None and (org is None or oid == org):
-                org_rows.setdefault(i, {})[str(oid)] = r
+            scope_rows.setdefault(i, r)  # newest first: a rebuilt bucket's latest row wins
         snapshot_buckets = len(scope_rows)
     stale: list[dt.datetime] = []
     missing = [
@@ -1116,11 +1309,12 @@ def metrics(
         per_org_totals = exact_orgs
     else:
         totals = _combine([scope_rows[i] for i in sorted(scope_rows)])
-        grouped: dict[str, list[dict[str, Any]]] = {}
+        snap_days = [start + i * step for i in scope_rows if _source(scope_rows[i]) == "snapshot"]
+        sums = _snapshot_org_sums(root, snap_days, org)
         for rows in org_rows.values():
             for oid, r in rows.items():
-                grouped.setdefault(oid, []).append(r)
-        per_org_totals = {oid: _combine(rows) for oid, rows in grouped.items()}
+                _add_org(sums.setdefault(oid, _org_acc()), r)
+        per_org_totals = {oid: _org_totals(acc) for oid, acc in sums.items()}
         approximate = list(APPROXIMATE_WHEN_COMBINED) if len(scope_rows) > 1 else []
     series = []
     for i in range(n):
@@ -1138,6 +1332,8 @@ def metrics(
                 "source": _source(r),
             }
         )
+    # the histogram needs raw events: for 7d/30d, the last 24 hours of them
+    hist_since = start if step < DAY else now - DAY
     completed = int(totals.get("artifacts_completed") or 0)
     processed = completed + int(totals.get("artifacts_failed") or 0)
     cards = {
@@ -1187,7 +1383,8 @@ def metrics(
         "cards": cards,
         "series": series,
         "stages": stages,
-        "confidence_histogram": confidence_histogram(root, since=start, now=now, org=org),
+        "confidence_histogram_since": hist_since,
+        "confidence_histogram": confidence_histogram(root, since=hist_since, now=now, org=org),
         "organizations": organizations,
     }
 
@@ -1203,9 +1400,10 @@ def confidence_histogram(
             con,
             """
             SELECT least(floor(confidence_score * $bins), $bins - 1)::INT AS b, count(*) AS n
-            FROM events_raw
-            WHERE event_type = 'transcription_completed' AND confidence_score IS NOT NULL
-              AND timestamp >= $since AND timestamp <= $now AND ($org IS NULL OR organization_id = $org)
+            FROM (SELECT DISTINCT ON (event_id) event_id, confidence_score FROM events_raw
+                  WHERE event_type = 'transcription_completed' AND confidence_score IS NOT NULL
+                    AND timestamp >= $since AND timestamp <= $now
+                    AND ($org IS NULL OR organization_id = $org))
             GROUP BY ALL
             """,
             {"bins": bins, "since": since, "now": now, "org": org},
@@ -1223,9 +1421,9 @@ def disambiguation_backlog(root: Path, *, now: dt.datetime, org: str | None = No
         """
         SELECT coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_needs_disambiguation'), 0)
              - coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_user_resolved'), 0) AS n
-        FROM events
-        WHERE event_type IN ('entity_needs_disambiguation', 'entity_user_resolved')
-          AND timestamp <= $now AND ($org IS NULL OR organization_id = $org)
+        FROM (SELECT DISTINCT ON (event_id) event_id, event_type, disambiguation_count FROM events_raw
+              WHERE event_type IN ('entity_needs_disambiguation', 'entity_user_resolved')
+                AND timestamp <= $now AND ($org IS NULL OR organization_id = $org))
         """,
         {"now": aware(now), "org": org},
     )
@@ -1374,25 +1572,44 @@ def follow_events(
     filters: EventFilter | None = None,
     poll_interval: float = 1.0,
     seen_files: set[Path] | None = None,
+    skip_before: dt.datetime | None = None,
     stop_after: float | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield events as new files land under the root (like ``tail -f``), oldest
-    first within each batch, each event once. Files present in ``seen_files`` (or at
-    the first poll when it is None) are skipped. Runs until the caller stops
-    iterating (or ``stop_after`` seconds)."""
+    first within each batch, each event once.
+
+    Files in ``seen_files`` (default: those present at the first poll) are not read.
+    Events older than ``skip_before`` are not yielded, so an hour that
+    ``voicepipe compact`` rewrites into a new file is not replayed. Runs until the
+    caller stops iterating (or for ``stop_after`` seconds).
+    """
+    from .query import parquet_scan
+
     f = (filters or EventFilter()).validated()
     cond, params = f.sql()
-    seen = set(_files(root, None, None)) if seen_files is None else set(seen_files)
+    if skip_before is not None:
+        cond += " AND timestamp >= $skip_before"
+        params["skip_before"] = aware(skip_before)
+    known = set(store.list_parquet(root, store.EVENTS)) if seen_files is None else set(seen_files)
     seen_ids: set[str] = set()
     deadline = None if stop_after is None else time.monotonic() + stop_after
+    con = _connect([], materialise=False)
     while deadline is None or time.monotonic() < deadline:
-        fresh = [p for p in _files(root, None, None) if p not in seen]
+        fresh = [p for p in store.list_parquet(root, store.EVENTS) if p not in known]
         if fresh:
-            seen.update(fresh)
-            con = _connect(fresh, materialise=False)
-            for ev in _dicts(
-                con, f"SELECT {_EVENT_SELECT} FROM events WHERE {cond} ORDER BY timestamp, event_id", params
-            ):
+            known.update(fresh)
+            good, _bad = store.vet_parquet(fresh)
+            rows = (
+                _dicts(
+                    con,
+                    f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_EVENT_SELECT} FROM {parquet_scan(good)} "
+                    f"WHERE {cond}) ORDER BY timestamp, event_id",
+                    params,
+                )
+                if good
+                else []
+            )
+            for ev in rows:
                 if ev["event_id"] in seen_ids:
                     continue
                 seen_ids.add(ev["event_id"])
