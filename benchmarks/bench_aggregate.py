@@ -110,8 +110,8 @@ def phase_pandas(root: Path, start: dt.datetime, end: dt.datetime) -> dict[str, 
     done = t_ == "artifact_completed"
     df["e2e"] = np.nan
     df.loc[done, "e2e"] = (
-        (df.loc[done, "timestamp"] - df.loc[done, "artifact_id"].map(first)).dt.total_seconds() * 1000
-    )
+        df.loc[done, "timestamp"] - df.loc[done, "artifact_id"].map(first)
+    ).dt.total_seconds() * 1000
 
     def masked(mask: pd.Series, col: str) -> pd.Series:
         return df[col].where(mask)

@@ -88,12 +88,13 @@ def compacted_copy(source: Path, now: dt.datetime) -> Path:
     return target
 
 
-def recent_failed_artifact(root: Path, now: dt.datetime) -> str:
+def recent_failed_artifact(root: Path, now: dt.datetime, *, age: dt.timedelta = dt.timedelta(0)) -> str:
+    """The latest artifact that failed in the two hours before ``now - age``."""
     import duckdb
 
     from voicepipe_obs.query import parquet_scan
 
-    files = reports._files(root, now - dt.timedelta(hours=2), None)
+    files = reports._files(root, now - age - dt.timedelta(hours=2), now - age)
     row = (
         duckdb.connect()
         .execute(
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = {
         "voicepipe --help": 0.3,
         "report artifact ID": 0.15,
+        "report artifact ID (15 days old)": None,
         "report dashboard": 1.0,
         "report artifacts --status failed": 1.0,
         "report metrics --range 30d": 0.5,
@@ -131,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     help_s = help_seconds(max(args.rounds, 5))
     for layout, path in layouts.items():
         aid = recent_failed_artifact(path, now)
+        old = recent_failed_artifact(path, now, age=dt.timedelta(days=15))
         cases: dict[str, Callable[[], object]] = {
             "report artifact ID": lambda p=path, a=aid: reports.artifact_detail(p, a, now=now),
+            "report artifact ID (15 days old)": lambda p=path, a=old: reports.artifact_detail(p, a, now=now),
             "report dashboard": lambda p=path: reports.dashboard(p, now=now),
             "report artifacts --status failed": lambda p=path: reports.artifacts(
                 p, now=now, status="failed", since=now - dt.timedelta(hours=24)

@@ -69,13 +69,16 @@ def test_register_handler_validates_and_records_the_recorder(rec: vp.Recorder) -
 # ------------------------------------------------------------------- eligibility
 
 
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)  # a fixed clock: params are built at collection
+
+
 def _info(status: str = "failed", **kw: Any) -> retry.ArtifactInfo:
     base: dict[str, Any] = {
         "artifact_id": "a-1",
         "status": status,
         "organization_id": "org-1",
         "failed_stage": "claims_extraction" if status == "failed" else None,
-        "last_event_at": dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1),
+        "last_event_at": NOW - dt.timedelta(minutes=1),
     }
     base.update(kw)
     return retry.ArtifactInfo(**base)
@@ -101,7 +104,7 @@ def _handlers(*stages: str, deferred: bool = False) -> dict[str, retry.Handler]:
         (_info("transcribing"), {}, "in_flight", "still in flight (transcribing"),
         (_info("transcribing"), {"force": True}, "in_flight", "still in flight"),
         (
-            _info("processing", last_event_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)),
+            _info("processing", last_event_at=NOW - dt.timedelta(hours=2)),
             {},
             "in_flight",
             "looks stuck (processing, no event for 120 min); use --force",
@@ -126,7 +129,7 @@ def test_each_refusal_has_a_reason_and_a_message(
         "registry": _handlers(*retry.RETRY_STAGES),
     }
     args.update(kwargs)
-    result = retry.evaluate(info, **args)
+    result = retry.evaluate(info, now=NOW, **args)
     assert not result.ok
     assert result.reason == reason
     assert result.message is not None and fragment in result.message
@@ -147,7 +150,7 @@ def test_each_refusal_has_a_reason_and_a_message(
         (_info("completed"), {"force": True, "stage": "draft_generation"}, "draft_generation", True),
         (_info("retrying", previous_attempts=1), {"force": True}, "full", True),
         (
-            _info("processing", last_event_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)),
+            _info("processing", last_event_at=NOW - dt.timedelta(hours=2)),
             {"force": True},
             "full",
             True,
@@ -158,6 +161,7 @@ def test_each_refusal_has_a_reason_and_a_message(
 def test_eligible_plans(info: retry.ArtifactInfo, kwargs: dict[str, Any], stage: str, forced: bool) -> None:
     result = retry.evaluate(
         info,
+        now=NOW,
         artifact_id="a-1",
         actor="alice",
         settings=RetrySettings(),

@@ -486,7 +486,14 @@ def alerts_cmd(
 
 @report.command()
 @report_options()
-@since_until
+@click.option(
+    "--since",
+    metavar="WHEN",
+    default="7d",
+    show_default=True,
+    help="From: 30m, 2h, 7d (ago) or an ISO date/time.",
+)
+@click.option("--until", metavar="WHEN", help="Up to (exclusive): 30m, 2h, 7d (ago) or an ISO date/time.")
 @click.option("--artifact", metavar="ID", help="Only this artifact_id.")
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)

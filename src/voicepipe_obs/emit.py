@@ -7,16 +7,18 @@ is ``store.py``. Never imports duckdb or click, and never raises into the host
 pipeline at run time unless ``strict=True``: invalid values, unwritable roots and
 full disks are counted (:meth:`Recorder.stats`) and logged at a limited rate.
 
-Life of an event::
+Life of an event (two background threads per recorder)::
 
-    emit() ──append──▶ pending ──every spool_interval──▶ spool segment (per process)
-                                │                         and the current batch
-                                └──every flush_interval or batch_size──▶ seal the batch,
-                                   write its rows as Parquet (one file per hour,
-                                   named after the segment), then delete the segment.
+    emit() ──append (no lock)──▶ pending
+        spooler, every spool_interval: pending ──▶ spool segment (per process) and
+            the current batch; every flush_interval or batch_size: seal the batch
+        writer: sealed batch ──▶ Parquet (one file per hour, named after the
+            segment) ──▶ delete the segment
+    durability="sync": emit() appends to the segment and the batch itself.
 
 A segment whose Parquet files exist is never written twice (the names are
-deterministic), so recovery of a dead process's spool is exactly-once.
+deterministic), so recovery of a dead process's spool is exactly-once. Rows are
+compact tuples (see ``_R_ID``), transposed to columns only at write time.
 """
 
 from __future__ import annotations
@@ -495,6 +497,7 @@ class Recorder:
         root: data root directory (default: $VOICEPIPE_DATA, else ./voicepipe-data).
         flush_interval: seconds between Parquet writes.
         batch_size: write early when this many events are waiting.
+        spool_interval: seconds between appends to the crash spool ("spool" mode).
         durability: "spool" (default; events reach the crash spool within
             ``spool_interval``), "sync" (each event reaches the spool before emit
             returns) or "memory" (no spool).
@@ -671,7 +674,7 @@ class Recorder:
         except Exception as exc:  # pragma: no cover - defensive
             self._internal_error(exc)
             return None
-        self._append(row)
+        self._append(tuple(row))  # a tuple of atomic values: untracked by the cyclic GC
         return f"{self._id_prefix}{row[_R_ID]}"  # = store.format_event_id for a counter
 
     def annotate(self, **fields: Any) -> None:
@@ -1029,15 +1032,15 @@ class Recorder:
         with self._io_lock:
             self._wake_set = False
             pending = self._pending
-            with self._lock:
+            with self._lock:  # emitters never wait for it; stats() sees consistent counts
                 n = len(pending)
-                self._mem_rows += n  # counted before they leave the deque: max_buffer holds
-            if n:
+                self._mem_rows += n  # before the rows leave the deque: max_buffer holds
+                self._counts["emitted"] += n
                 rows = [pending.popleft() for _ in range(n)]
+            if n:
                 spool = self.durability == "spool"
                 spooled = self._spool_rows(self._current, rows) if spool else False
                 with self._lock:
-                    self._counts["emitted"] += n
                     if spool:
                         self._count_spool(spooled, n)
                     if not spooled:
@@ -1436,7 +1439,7 @@ class ArtifactScope:
                 row = rec._base_row("artifact_received", start_us)
                 row[_R_STAGE] = "ingestion"
                 row[_R_EXTRA] = {"source_channel": self.context.source_channel, "new_status": "received"}
-                rec._append(row)
+                rec._append(tuple(row))
             except Exception as exc:
                 rec._internal_error(exc)
         return self
@@ -1460,7 +1463,7 @@ class ArtifactScope:
                 row[_R_DUR] = duration_ms
                 if exc is not None:
                     row[_R_EXTRA] = {"error_code": code, "error_message": message}
-                rec._append(row)
+                rec._append(tuple(row))
             row = rec._base_row("artifact_failed" if exc is not None else "artifact_completed", end_us)
             extra = _extra(self.fields) or {}
             extra["new_status"] = "failed" if exc is not None else "completed"
@@ -1468,7 +1471,7 @@ class ArtifactScope:
                 extra["error_code"], extra["error_message"] = code, message
             row[_R_DUR] = duration_ms
             row[_R_EXTRA] = extra
-            rec._append(row)
+            rec._append(tuple(row))
         except Exception as err:
             rec._internal_error(err)
         finally:

@@ -109,7 +109,8 @@ WITH per AS (
   FROM events
   WHERE artifact_id IS NOT NULL
   GROUP BY artifact_id
-)
+),
+derived AS (
 SELECT
   artifact_id,
   organization_id,
@@ -131,7 +132,7 @@ SELECT
   END AS status,
   current_stage,
   current_stage_at,
-  CASE WHEN failed_at IS NOT NULL OR last_step IN {_STAGE_FAILURES} THEN failed_stage END AS failed_stage,
+  failed_stage,
   error_code,
   error_message,
   coalesce(received_at, first_event_at) AS received_at,
@@ -149,6 +150,14 @@ SELECT
   last_retry_attempt,
   event_count
 FROM per
+)
+-- the failure fields describe the current failure: a completed retry clears them
+SELECT * REPLACE (
+  CASE WHEN status IN ('failed', 'retrying') THEN failed_stage END AS failed_stage,
+  CASE WHEN status IN ('failed', 'retrying') THEN error_code END AS error_code,
+  CASE WHEN status IN ('failed', 'retrying') THEN error_message END AS error_message
+)
+FROM derived
 """
 
 FAILURE_TYPES_SQL = _in(FAILURE_EVENT_TYPES)

@@ -849,6 +849,10 @@ def render_artifact(data: Mapping[str, Any], style: Style) -> str:
     return "\n".join(lines)
 
 
+#: Organisations listed in the metrics table (busiest first); JSON has them all.
+ORG_ROWS: Final = 20
+
+
 def render_metrics(data: Mapping[str, Any], style: Style) -> str:
     c = data["cards"]
     approx = set(data.get("approximate") or ())
@@ -946,7 +950,7 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
         "",
         section("Organisations", style),
     ]
-    orgs = data["organizations"]
+    orgs = data["organizations"][:ORG_ROWS]
     if orgs:
         parts.append(
             table(
@@ -968,6 +972,11 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
                 shrink=[0],
             )
         )
+        if len(data["organizations"]) > ORG_ROWS:
+            parts.append(
+                f"(the {ORG_ROWS} busiest of {len(data['organizations'])} organisations; "
+                "--format json lists all, --org ORG shows one)"
+            )
     else:
         parts.append("  none")
     if approx:
