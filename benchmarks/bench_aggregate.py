@@ -5,6 +5,7 @@
 * one incremental run after an hour of new events;
 * compaction of every closed hour;
 * an incremental run after compaction (must find nothing to do);
+* the full rebuild again on the compacted store (721 files instead of ~11,000);
 * a pandas implementation of the same hourly metrics, as a reference;
 * peak RSS of each phase (each runs in its own process).
 
@@ -232,6 +233,7 @@ def main() -> None:
         rows.append(("incremental after 1 new hour", r))
         rows.append(("compaction", run_phase("compact", work, start, end)))
         rows.append(("incremental after compaction", run_phase("incremental", work, start, end)))
+        rows.append(("full rebuild after compaction", run_phase("rebuild", work, start, end)))
         rows.append(("pandas reference (hourly only)", run_phase("pandas", cached, start, end)))
     finally:
         shutil.rmtree(work, ignore_errors=True)

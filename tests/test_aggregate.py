@@ -448,3 +448,16 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFix
         bar(1, 2)
         bar(2, 2)
     assert "days" in capsys.readouterr().err
+
+
+def test_unreadable_new_file_is_skipped_and_left_for_later(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline(root, "a1", "o1", at(0, 4), "s1")
+    bad = store.hour_dir(root, "2026-05-04", 4) / "torn.parquet"
+    bad.write_bytes(b"PAR1 torn")
+    result = ag.aggregate(root, now=NOW)
+    assert result.new_files == 1 and result.hourly_written == 1
+    assert "torn.parquet" in caplog.text
+    state = (root / store.STATE / ag.STATE_FILE).read_text()
+    assert "torn.parquet" not in state and "s1.parquet" in state

@@ -596,3 +596,17 @@ def test_alerts_report_after_a_check(runner: Any, root: Path) -> None:
     assert len(dash["alerts"]) == len(expected)
     rows = list(csv.DictReader(io.StringIO(run(runner, root, "alerts", "--format", "csv").stdout)))
     assert {r["rule"] for r in rows} == {a.rule for a in expected}
+
+
+def test_colour_is_used_when_asked_for(store_root: Path) -> None:
+    """The CLI asks for colour only on a TTY without NO_COLOR (see test_render); when
+    it does, failures are red and the flow graph's marks are coloured."""
+    from voicepipe_obs import render, reports
+
+    data = reports.dashboard(store_root, now=NOW)
+    plain = render.render_dashboard(data, render.Style(tz=reports.UTC))
+    coloured = render.render_dashboard(data, render.Style(colour=True, tz=reports.UTC))
+    assert "\x1b[" not in plain
+    assert "\x1b[31m✗ artifact_failed\x1b[0m" in coloured
+    assert "\x1b[33m ▲ degraded" in coloured
+    assert render._visible_len(coloured) == len(plain)

@@ -223,6 +223,22 @@ def test_dashboard_today_follows_the_time_zone(data: Path) -> None:
     assert east["cards"]["completed_change"] is None
 
 
+def test_late_reviews_of_an_old_artifact_do_not_make_it_active(data: Path) -> None:
+    """a-007 completed three days ago; a reviewer resolving its entities today must not
+    bring it back into flight (its receipt lies outside the dashboard's window)."""
+    from voicepipe_obs import Recorder
+
+    before = reports.dashboard(data, now=NOW, tz=UTC)
+    with Recorder(data, strict=True, recover=False) as rec:
+        ctx = {"artifact_id": "a-007", "organization_id": "org-a"}
+        rec.emit("entity_user_resolved", timestamp=at(28, 10), disambiguation_count=2, **ctx)
+        rec.emit("draft_confirmed", timestamp=at(28, 10, 5), **ctx)
+    after = reports.dashboard(data, now=NOW, tz=UTC)
+    assert before["cards"]["active_artifacts"] == after["cards"]["active_artifacts"] == 2
+    queues = {s["stage"]: s["queue_depth"] for s in after["stages"]}
+    assert queues["ingestion"] == 0 and sum(queues.values()) == 2
+
+
 def test_artifact_detail_timeline_and_header(data: Path) -> None:
     d = reports.artifact_detail(data, "a-001", now=NOW)
     a = d["artifact"]

@@ -123,7 +123,10 @@ SELECT
       THEN 'retrying'
     WHEN completed_at IS NOT NULL AND (failed_at IS NULL OR completed_at >= failed_at) THEN 'completed'
     WHEN failed_at IS NOT NULL THEN 'failed'
-    WHEN last_step IS NULL THEN 'received'
+    WHEN last_step IS NULL AND received_at IS NOT NULL THEN 'received'
+    -- only events that do not move the status are known (reviews, costs; or a time
+    -- window / retention that cut off the rest): the status is unknown, not in flight
+    WHEN last_step IS NULL THEN NULL
     WHEN last_step = 'artifact_status_changed' THEN coalesce(last_new_status, 'processing')
     WHEN last_step = 'transcription_started' THEN 'transcribing'
     WHEN last_step = 'transcription_completed' THEN 'transcribed'

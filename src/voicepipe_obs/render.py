@@ -535,7 +535,7 @@ def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
     c = data["cards"]
     breaker = c.get("ai_service_status")
     if breaker is None:
-        service, since = "OK", "no circuit-breaker events"
+        service, since = "OK", "no breaker events since yesterday"
     else:
         service = "DOWN (breaker open)" if breaker == "open" else "OK (breaker closed)"
         since = "since " + fmt_time(c.get("ai_service_changed_at"), style)
