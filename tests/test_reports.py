@@ -266,9 +266,8 @@ def test_retry_options_follow_the_failure_and_the_attempt_limit(data: Path) -> N
     )
     assert none_left["retry_options"] == []
     a5 = reports.artifact_detail(data, "a-005", now=NOW)
-    assert [(r["event_type"], r["actor"], r["retry_attempt"]) for r in a5["retries"]] == [
-        ("retry_initiated", "alice", 1),
-        ("retry_succeeded", "alice", 1),
+    assert [(r["actor"], r["attempt"], r["stage"], r["outcome"]) for r in a5["retries"]] == [
+        ("alice", 1, "transcription", "succeeded"),
     ]
     with pytest.raises(NotFoundError, match="--search"):
         reports.artifact_detail(data, "nope", now=NOW)
@@ -393,8 +392,17 @@ def test_follow_events_yields_new_files_only(data: Path) -> None:
 
 def test_retries_report(data: Path) -> None:
     r = reports.retries(data, now=NOW)
-    assert r["totals"] == {"initiated": 1, "succeeded": 1, "failed": 0}
-    assert [x["event_type"] for x in r["rows"]] == ["retry_succeeded", "retry_initiated"]
+    assert r["totals"] == {"retries": 1, "succeeded": 1, "failed": 0, "pending": 0}
+    (row,) = r["rows"]
+    assert (row["artifact_id"], row["actor"], row["stage"], row["attempt"], row["outcome"]) == (
+        "a-005",
+        "alice",
+        "transcription",
+        1,
+        "succeeded",
+    )
+    assert (row["initiated_at"], row["finished_at"]) == (at(28, 8), at(28, 8, 0, 59))
+    assert reports.retries(data, now=NOW, artifact="a-001")["rows"] == []
     assert reports.retries(data, now=NOW, org="org-a")["rows"] == []
 
 

@@ -494,7 +494,8 @@ def alerts_cmd(
     help="From: 30m, 2h, 7d (ago) or an ISO date/time.",
 )
 @click.option("--until", metavar="WHEN", help="Up to (exclusive): 30m, 2h, 7d (ago) or an ISO date/time.")
-@click.option("--artifact", metavar="ID", help="Only this artifact_id.")
+@click.argument("artifact_id", required=False, metavar="[ARTIFACT_ID]")
+@click.option("--artifact", metavar="ID", help="Only this artifact_id (same as the argument).")
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @pass_app
@@ -506,14 +507,18 @@ def retries(
     utc: bool,
     since: str | None,
     until: str | None,
+    artifact_id: str | None,
     artifact: str | None,
     org: str | None,
     limit: int,
 ) -> None:
-    """Retry history: who retried what, when, and how it ended."""
+    """Retry history: who retried what, when, which stage, and how it ended."""
     from . import reports
     from .render import render_retries, to_csv, to_json
 
+    if artifact_id and artifact and artifact_id != artifact:
+        raise click.UsageError("give the artifact once: as the argument or with --artifact")
+    artifact = artifact_id or artifact
     now = _now(ctx)
     lo, hi = _range(since, until, now)
     data = reports.retries(app.root, now=now, since=lo, until=hi, artifact=artifact, org=org, limit=limit)

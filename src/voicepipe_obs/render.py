@@ -827,23 +827,7 @@ def render_artifact(data: Mapping[str, Any], style: Style) -> str:
         lines.append(f"  none ({a['status']}: only failed artifacts are retried)")
     lines += ["", section("Retry history", style)]
     if data["retries"]:
-        lines.append(
-            table(
-                [
-                    [
-                        fmt_time(r["timestamp"], style),
-                        r["event_type"],
-                        fmt_int(r["retry_attempt"]),
-                        fmt_text(r["pipeline_stage"]),
-                        fmt_text(r["actor"]),
-                        fmt_text(r["error_code"]),
-                    ]
-                    for r in data["retries"]
-                ],
-                ["Time", "Event", "Attempt", "Stage", "By", "Error"],
-                width=style.width,
-            )
-        )
+        lines.append(_retry_table(data["retries"], style, artifact=False))
     else:
         lines.append("  none")
     return "\n".join(lines)
@@ -1053,37 +1037,39 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
     return "\n".join(parts)
 
 
+def _retry_table(rows: Sequence[Mapping[str, Any]], style: Style, *, artifact: bool) -> str:
+    colours = {"succeeded": "green", "failed": "red", "pending": "yellow"}
+    head = ["Initiated", *(["Artifact"] if artifact else []), "Attempt", "Stage", "By", "Outcome"]
+    head += ["Duration", "Error"]
+    body = [
+        [
+            fmt_time(r["initiated_at"] or r["finished_at"], style),
+            *([fmt_text(r["artifact_id"])] if artifact else []),
+            fmt_int(r["attempt"]),
+            fmt_text(r["stage"]),
+            fmt_text(r["actor"]),
+            r["outcome"],
+            fmt_duration(r["duration_ms"]),
+            fmt_text(r["error_code"]),
+        ]
+        for r in rows
+    ]
+    at = head.index("Outcome")
+    tint = [[None] * at + [colours.get(r["outcome"])] + [None] * (len(head) - at - 1) for r in rows]
+    return table(body, head, width=style.width, colours=tint, style=style)
+
+
 def render_retries(data: Mapping[str, Any], style: Style) -> str:
     t = data["totals"]
     parts = [
         _header("voicepipe retries", data, style),
-        f"initiated {t['initiated']} · succeeded {t['succeeded']} · failed {t['failed']}",
+        f"{t['retries']} {'retry' if t['retries'] == 1 else 'retries'} · succeeded {t['succeeded']} · failed {t['failed']} · pending {t['pending']}",
     ]
     rows = data["rows"]
     if not rows:
         parts.append("no retries recorded (`voicepipe retry ARTIFACT_ID` starts one)")
         return "\n".join(parts)
-    colours = {"retry_succeeded": "green", "retry_failed": "red", "retry_initiated": "cyan"}
-    parts.append(
-        table(
-            [
-                [
-                    fmt_time(r["timestamp"], style),
-                    r["event_type"],
-                    fmt_text(r["artifact_id"]),
-                    fmt_text(r["pipeline_stage"]),
-                    fmt_int(r["retry_attempt"]),
-                    fmt_text(r["actor"]),
-                    fmt_text(r["error_code"]),
-                ]
-                for r in rows
-            ],
-            ["Time", "Event", "Artifact", "Stage", "Attempt", "By", "Error"],
-            width=style.width,
-            colours=[[None, colours.get(r["event_type"])] + [None] * 5 for r in rows],
-            style=style,
-        )
-    )
+    parts.append(_retry_table(rows, style, artifact=True))
     return "\n".join(parts)
 
 

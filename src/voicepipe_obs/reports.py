@@ -194,6 +194,7 @@ _COLUMNS: Final = (
     "confidence_score",
     "ai_cost",
     "actor",
+    "attributes",
 )
 _PROJECTION: Final = ", ".join(_COLUMNS)
 #: What the dashboard needs of every event in its window (status, stage, latency, cost).
@@ -207,7 +208,13 @@ _STATUS_COLUMNS: Final = (
     "duration_ms",
     "ai_cost",
 )
-_SQL_TYPES: Final = {"str": "VARCHAR", "ts": "TIMESTAMPTZ", "f64": "DOUBLE", "i32": "INTEGER"}
+_SQL_TYPES: Final = {
+    "str": "VARCHAR",
+    "ts": "TIMESTAMPTZ",
+    "f64": "DOUBLE",
+    "i32": "INTEGER",
+    "map": "MAP(VARCHAR, VARCHAR)",
+}
 
 
 def _projection(columns: Sequence[str]) -> str:
@@ -1047,19 +1054,7 @@ def artifact_detail(
         )
     }
     header["processing_ms"] = processing_ms
-    retries = [
-        {
-            k: ev[k]
-            for k in ("timestamp", "event_type", "pipeline_stage", "error_code", "error_message", "detail")
-        }
-        | {"retry_attempt": r.get("retry_attempt"), "actor": r.get("actor")}
-        for ev, r in zip(
-            timeline,
-            _dicts(con, f"SELECT {_EVENT_SELECT} FROM events ORDER BY timestamp, event_id"),
-            strict=True,
-        )
-        if ev["event_type"] in ("retry_initiated", "retry_succeeded", "retry_failed")
-    ]
+    retries = _retry_rows(con)[::-1]  # oldest first, beside the timeline
     return {
         "generated_at": now,
         "artifact": header,
@@ -1759,17 +1754,29 @@ def _files_in(root: Path, area: str) -> list[Path]:
 # -------------------------------------------------------------------- retries
 
 RETRY_COLUMNS: Final = (
-    "timestamp",
-    "event_type",
+    "initiated_at",
+    "finished_at",
     "artifact_id",
     "organization_id",
-    "pipeline_stage",
-    "retry_attempt",
     "actor",
+    "stage",
+    "attempt",
+    "mode",
+    "outcome",
+    "duration_ms",
     "error_code",
     "error_message",
-    "event_id",
+    "forced",
 )
+
+
+def _retry_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Retries paired from their events (retry.retry_history), newest first."""
+    from .retry import retry_history
+
+    records = [r.to_dict() for r in retry_history(con)]
+    records.sort(key=lambda r: r["initiated_at"] or r["finished_at"], reverse=True)
+    return [{k: r.get(k) for k in RETRY_COLUMNS} for r in records]
 
 
 def retries(
@@ -1782,8 +1789,9 @@ def retries(
     org: str | None = None,
     limit: int = 50,
 ) -> dict[str, Any]:
-    """Retry history (retry_initiated / retry_succeeded / retry_failed), newest first,
-    with per-outcome totals."""
+    """Retry history, newest first: when, who, which stage, attempt, mode, outcome,
+    duration and error — one row per retry (retry_initiated paired with its
+    retry_succeeded / retry_failed by artifact and attempt), with outcome totals."""
     f = EventFilter(
         types=("retry_initiated", "retry_succeeded", "retry_failed"),
         org=org,
@@ -1799,23 +1807,11 @@ def retries(
     cond += " AND timestamp <= $now"
     params["now"] = now
     con = _connect(_files(root, since, until), where=cond, params=params)
-    rows = _dicts(
-        con,
-        f"SELECT {_EVENT_SELECT} FROM events ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
-        {"limit": limit},
-    )
-    totals = _one(
-        con,
-        """SELECT count(*) FILTER (WHERE event_type = 'retry_initiated') AS initiated,
-                   count(*) FILTER (WHERE event_type = 'retry_succeeded') AS succeeded,
-                   count(*) FILTER (WHERE event_type = 'retry_failed') AS failed
-            FROM events""",
-    )
-    return {
-        "generated_at": now,
-        "totals": {k: int(totals.get(k) or 0) for k in ("initiated", "succeeded", "failed")},
-        "rows": [{k: r.get(k) for k in RETRY_COLUMNS} for r in rows],
+    rows = _retry_rows(con)
+    totals = {"retries": len(rows)} | {
+        k: sum(1 for r in rows if r["outcome"] == k) for k in ("succeeded", "failed", "pending")
     }
+    return {"generated_at": now, "totals": totals, "rows": rows[:limit]}
 
 
 # ------------------------------------------------------------------------ sql
