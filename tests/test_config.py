@@ -275,7 +275,7 @@ def test_cli_invalid_config_is_one_clean_line(runner: CliRunner, tmp_path: Path)
 
 
 def test_documented_example_config_is_valid_and_matches_defaults(tmp_path: Path) -> None:
-    doc = Path(__file__).resolve().parents[1] / "docs" / "readme" / "alerts.md"
+    doc = Path(__file__).resolve().parents[1] / "README.md"
     text = doc.read_text()
     start = text.index("A complete `voicepipe.toml` with the defaults:")
     block = text[start:].split("```toml\n", 1)[1].split("```", 1)[0]

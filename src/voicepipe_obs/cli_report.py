@@ -187,6 +187,7 @@ def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: st
     type=click.Choice(
         ["received", "transcribing", "transcribed", "processing", "completed", "failed", "retrying"]
     ),
+    help="Only artifacts whose derived status is this.",
 )
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
 @click.option("--channel", metavar="CHANNEL", help="Only this source channel (whatsapp, app, ...).")
@@ -204,6 +205,7 @@ def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: st
     type=click.Choice(["created", "updated", "status", "latency", "cost", "claims", "org", "id"]),
     default="created",
     show_default=True,
+    help="Sort column.",
 )
 @click.option("--asc", "ascending", is_flag=True, help="Ascending order (default: descending).")
 @click.option(
@@ -288,7 +290,12 @@ def artifact(ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, ut
 @report.command()
 @report_options()
 @click.option(
-    "--range", "range_", type=click.Choice(["1h", "6h", "24h", "7d", "30d"]), default="24h", show_default=True
+    "--range",
+    "range_",
+    type=click.Choice(["1h", "6h", "24h", "7d", "30d"]),
+    default="24h",
+    show_default=True,
+    help="Time range to report on (hourly buckets up to 24h, daily beyond).",
 )
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
 @pass_app
@@ -328,12 +335,15 @@ def metrics(ctx: click.Context, app: AppContext, fmt: str, utc: bool, range_: st
             "confirmation",
         ]
     ),
+    help="Only events of this pipeline stage.",
 )
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
 @click.option("--artifact", metavar="ID", help="Only this artifact_id.")
 @since_until
 @click.option("--errors-only", is_flag=True, help="Only failures and events with an error_code.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Rows to show at most."
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they land, until Ctrl-C.")
 @click.option(
     "--interval",
@@ -452,7 +462,7 @@ def event_cmd(app: AppContext, event_id: str, fmt: str, utc: bool) -> None:
 @since_until
 @click.option("--rule", metavar="RULE", help="Only this rule (failure_rate, latency, ...).")
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
-@click.option("--severity", type=click.Choice(["warning", "critical"]))
+@click.option("--severity", type=click.Choice(["warning", "critical"]), help="Only alerts of this severity.")
 @pass_app
 @click.pass_context
 def alerts_cmd(
@@ -497,7 +507,9 @@ def alerts_cmd(
 @click.argument("artifact_id", required=False, metavar="[ARTIFACT_ID]")
 @click.option("--artifact", metavar="ID", help="Only this artifact_id (same as the argument).")
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Rows to show at most."
+)
 @pass_app
 @click.pass_context
 def retries(
@@ -536,7 +548,13 @@ def retries(
 @click.command()
 @click.argument("query")
 @report_options()
-@click.option("--max-rows", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="Print at most this many rows (a note on stderr says when more matched).",
+)
 @pass_app
 def sql(app: AppContext, query: str, fmt: str, utc: bool, max_rows: int) -> None:
     """Run one read-only SQL query on the views (events, events_raw, artifacts,

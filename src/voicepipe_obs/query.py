@@ -179,6 +179,7 @@ def connect(
     """
     rootp = store.resolve_root(root)
     con = duckdb.connect(database)
+    con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
     register_views(con, rootp)
     return con
 

@@ -1039,7 +1039,7 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
 
 def _retry_table(rows: Sequence[Mapping[str, Any]], style: Style, *, artifact: bool) -> str:
     colours = {"succeeded": "green", "failed": "red", "pending": "yellow"}
-    head = ["Initiated", *(["Artifact"] if artifact else []), "Attempt", "Stage", "By", "Outcome"]
+    head = ["Initiated", *(["Artifact"] if artifact else []), "#", "Stage", "By", "Outcome"]
     head += ["Duration", "Error"]
     body = [
         [

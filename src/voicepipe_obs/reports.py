@@ -249,6 +249,7 @@ def _connect(
     from .query import ARTIFACTS_SQL, parquet_scan
 
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
     con.execute("SET TimeZone = 'UTC'")
     con.register("_voicepipe_empty_events", arrow_schema().empty_table())
     con.execute(f"CREATE VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
@@ -1721,6 +1722,7 @@ def alerts(
     )
     now = aware(now)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
     con.execute("SET TimeZone = 'UTC'")
     alerts_mod.register_views(con, root)
     states = alerts_mod.list_alerts(

@@ -620,6 +620,7 @@ def _events_connection(root: Path) -> tuple[duckdb.DuckDBPyConnection, list[Path
 
     files = vetted_files(root)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
     con.register("_voicepipe_empty_events", arrow_schema().empty_table())
     con.execute(f"CREATE VIEW events AS SELECT DISTINCT ON (event_id) * FROM {parquet_scan(files)}")
     return con, files
