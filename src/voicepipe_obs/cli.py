@@ -12,6 +12,7 @@ critical, could not evaluate); ``retry`` uses 4 when a retry is refused.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
 import os
@@ -87,6 +88,20 @@ def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
         show_default=True,
         help="Output format: table for people, json/csv for machines.",
     )
+
+
+def parse_now(value: str | None) -> dt.datetime | None:
+    """The hidden ``--now`` option (freeze the clock, for tests and reproducible
+    output): an ISO date/time, UTC unless it has an offset."""
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            "use an ISO date/time such as 2026-11-28T12:00:00Z", param_hint="--now"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 class LazyGroup(click.Group):

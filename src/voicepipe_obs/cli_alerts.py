@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,7 @@ from typing import Any
 
 import click
 
-from .cli import AppContext, format_option, pass_app
+from .cli import AppContext, format_option, parse_now, pass_app
 from .errors import VoicepipeError
 
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
@@ -27,16 +26,6 @@ _text_or_json = click.option(
     show_default=True,
     help="text: one line per alert, for people and Nagios; json: for machines.",
 )
-
-
-def _parse_now(value: str | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter("use an ISO time such as 2026-01-05T10:00:00Z", param_hint="--now") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _json(data: Any) -> str:
@@ -67,7 +56,7 @@ def check(ctx: click.Context, app: AppContext, fmt: str, now_s: str | None, no_n
     """
     from .alerts import run_check
 
-    now = _parse_now(now_s)
+    now = parse_now(now_s)
     try:
         result = run_check(app.root, app.settings, now=now, notify=not no_notify)
     except (VoicepipeError, OSError) as exc:

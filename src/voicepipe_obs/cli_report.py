@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli import AppContext, format_option, pass_app
+from .cli import AppContext, format_option, parse_now, pass_app
+from .events import ARTIFACT_STATUSES, STAGES, TIMED_STAGES
 
 F = TypeVar("F", bound=Callable[..., Any])
 UTC = dt.timezone.utc
@@ -77,18 +78,6 @@ def _thresholds(app: AppContext) -> Any:
     return Thresholds.from_settings(app.settings)
 
 
-def _parse_now(value: str | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            "use an ISO date/time such as 2026-11-28T12:00:00Z", param_hint="--now"
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
 # ------------------------------------------------------------------------ group
 
 
@@ -106,7 +95,7 @@ def report(ctx: click.Context, now_value: str | None) -> None:
 
     Every report takes --format table|json|csv; times are local unless --utc.
     """
-    frozen = _parse_now(now_value)
+    frozen = parse_now(now_value)
     if frozen is not None:
         ctx.meta[_NOW_KEY] = frozen
 
@@ -156,7 +145,7 @@ def dashboard(ctx: click.Context, app: AppContext, fmt: str, utc: bool, watch: f
 @report_options()
 @click.option(
     "--stage",
-    type=click.Choice(["transcription", "claims_extraction", "entity_resolution", "draft_generation"]),
+    type=click.Choice(list(TIMED_STAGES)),
     help="Only this stage.",
 )
 @click.option(
@@ -184,9 +173,7 @@ def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: st
 @report_options()
 @click.option(
     "--status",
-    type=click.Choice(
-        ["received", "transcribing", "transcribed", "processing", "completed", "failed", "retrying"]
-    ),
+    type=click.Choice(list(ARTIFACT_STATUSES)),
     help="Only artifacts whose derived status is this.",
 )
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
@@ -325,16 +312,7 @@ def metrics(ctx: click.Context, app: AppContext, fmt: str, utc: bool, range_: st
 )
 @click.option(
     "--stage",
-    type=click.Choice(
-        [
-            "ingestion",
-            "transcription",
-            "claims_extraction",
-            "entity_resolution",
-            "draft_generation",
-            "confirmation",
-        ]
-    ),
+    type=click.Choice(list(STAGES)),
     help="Only events of this pipeline stage.",
 )
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
