@@ -69,7 +69,8 @@ def test_register_handler_validates_and_records_the_recorder(rec: vp.Recorder) -
 # ------------------------------------------------------------------- eligibility
 
 
-NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)  # a fixed clock: params are built at collection
+# a fixed clock: the parameters below are built when tests are collected
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
 
 def _info(status: str = "failed", **kw: Any) -> retry.ArtifactInfo:
