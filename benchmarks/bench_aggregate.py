@@ -86,20 +86,9 @@ def phase_pandas(root: Path, start: dt.datetime, end: dt.datetime) -> dict[str, 
     import pyarrow.dataset as ds
 
     t = time.perf_counter()
-    cols = [
-        "event_id",
-        "event_type",
-        "timestamp",
-        "artifact_id",
-        "organization_id",
-        "duration_ms",
-        "confidence_score",
-        "claim_count",
-        "entity_count",
-        "disambiguation_count",
-        "draft_count",
-        "ai_cost",
-    ]
+    from voicepipe_obs.aggregate import EVENT_PROJECTION
+
+    cols = [c for c in EVENT_PROJECTION if c != "error_code"]  # what the metrics read
     files = sorted(str(p) for p in (root / "events").glob("date=*/hour=*/*.parquet"))
     table = ds.dataset(files, format="parquet").to_table(columns=cols)
     table = table.append_column("ts_us", table["timestamp"].cast("int64"))
