@@ -708,7 +708,8 @@ class AlertState:
         return out
 
 
-_STATE_COLS: Final = (
+#: The columns of an alert's derived state (the `alerts` view, AlertState).
+STATE_COLUMNS: Final = (
     "alert_id",
     "rule",
     "scope",
@@ -728,7 +729,7 @@ _STATE_COLS: Final = (
     "notifications_sent",
     "notifications_failed",
 )
-_TS_STATE_COLS: Final = frozenset({"raised_at", "escalated_at", "resolved_at", "acknowledged_at"})
+_TS_STATE_COLUMNS: Final = frozenset({"raised_at", "escalated_at", "resolved_at", "acknowledged_at"})
 
 
 def _iso(value: dt.datetime) -> str:
@@ -738,15 +739,15 @@ def _iso(value: dt.datetime) -> str:
 def _select_states(
     con: duckdb.DuckDBPyConnection, where: str = "", params: Sequence[Any] = ()
 ) -> list[AlertState]:
-    cols = ", ".join(f"epoch_us({c})" if c in _TS_STATE_COLS else c for c in _STATE_COLS)
+    cols = ", ".join(f"epoch_us({c})" if c in _TS_STATE_COLUMNS else c for c in STATE_COLUMNS)
     rows = con.execute(
         f"SELECT {cols} FROM alerts {where} ORDER BY raised_at, alert_id", list(params)
     ).fetchall()
     out = []
     for row in rows:
         values: dict[str, Any] = {
-            c: (store.from_us(v) if c in _TS_STATE_COLS and v is not None else v)
-            for c, v in zip(_STATE_COLS, row, strict=True)
+            c: (store.from_us(v) if c in _TS_STATE_COLUMNS and v is not None else v)
+            for c, v in zip(STATE_COLUMNS, row, strict=True)
         }
         out.append(AlertState(**values))
     return out

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from . import alerts as _alerts
 from . import store
 from .errors import EmptyStoreError, NotFoundError, UsageError
 from .events import (
@@ -1679,21 +1680,12 @@ def active_alerts(root: Path, *, now: dt.datetime) -> list[dict[str, Any]]:
     return rows
 
 
-ALERT_COLUMNS: Final = (
-    "alert_id",
-    "rule",
-    "scope",
-    "organization_id",
-    "status",
-    "severity",
-    "raised_at",
-    "escalated_at",
-    "resolved_at",
-    "acknowledged_by",
-    "acknowledged_at",
-    "summary",
-    "value",
-    "threshold",
+#: What the alerts report shows of an alert's state (alerts.STATE_COLUMNS, less the
+#: long text and delivery bookkeeping).
+ALERT_COLUMNS: Final = tuple(
+    c
+    for c in _alerts.STATE_COLUMNS
+    if c not in ("ack_comment", "description", "notifications_sent", "notifications_failed")
 )
 
 
