@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -86,6 +87,7 @@ def ensure_store(
         "orgs": orgs,
         "files_per_hour": list(files_per_hour),
         "seed": seed,
+        "event_ids": "recorder",
     }
     marker = root / "_generated.json"
     if marker.exists() and json.loads(marker.read_text()).get("params") == params:
@@ -276,7 +278,9 @@ def generate_events(
     for field in schema:
         name = field.name
         if name == "event_id":
-            arrays.append(pc.binary_join_element_wise(pa.scalar(f"{id_prefix}-"), ids, ""))
+            # like the Recorder's: 16 hex digits of its writer + a 12-digit counter
+            writer = hashlib.sha256(id_prefix.encode()).hexdigest()[:16]
+            arrays.append(pc.binary_join_element_wise(pa.scalar(writer), pc.utf8_lpad(ids, 12, "0"), ""))
         elif name == "timestamp":
             arrays.append(pa.concat_arrays(cols[name]).cast(pa.timestamp("us", tz="UTC")))
         elif name == "artifact_id":

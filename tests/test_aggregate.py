@@ -173,6 +173,42 @@ def test_receipt_written_after_the_completion_is_found_in_the_same_run(root: Pat
     assert hour["avg_end_to_end_latency_ms"] == -2 * 86_400_000.0
 
 
+def test_receipt_arriving_in_a_later_run_updates_the_completions_buckets(root: Path) -> None:
+    # a1 completes in an hour of its own; its receipt (an hour earlier, same day) is
+    # written only later. a2 likewise, with its receipt two days earlier.
+    store.write_event_rows(root, [ev("artifact_completed", at(0, 5), artifact_id="a1")], "c1")
+    store.write_event_rows(root, [ev("artifact_completed", at(0, 7), artifact_id="a2")], "c2")
+    ag.aggregate(root, now=NOW)
+    assert rows_of(root, "hourly", since=at(0, 5), until=at(0, 6))[0]["avg_end_to_end_latency_ms"] is None
+    store.write_event_rows(root, [ev("artifact_received", at(0, 4), artifact_id="a1")], "r1")
+    store.write_event_rows(root, [ev("artifact_received", at(-2, 7), artifact_id="a2")], "r2")
+    ag.aggregate(root, now=NOW)
+    [h5] = rows_of(root, "hourly", since=at(0, 5), until=at(0, 6))
+    [h7] = rows_of(root, "hourly", since=at(0, 7), until=at(0, 8))
+    assert (h5["avg_end_to_end_latency_ms"], h7["avg_end_to_end_latency_ms"]) == (
+        3_600_000.0,
+        2 * 86_400_000.0,
+    )
+    [day] = rows_of(root, "daily", since=at(0, 0), until=at(1, 0))
+    assert day["avg_end_to_end_latency_ms"] == pytest.approx((3_600_000.0 + 2 * 86_400_000.0) / 2)
+    # nothing is orphaned any more: a further run has nothing to do
+    assert not (root / store.STATE / ag.ORPHANS_FILE).exists()
+    assert ag.aggregate(root, now=NOW).nothing_to_do
+
+
+def test_receipt_backfilled_earlier_than_the_known_one_updates_the_completion(root: Path) -> None:
+    store.write_event_rows(root, [ev("artifact_received", at(0, 4), artifact_id="a1")], "r1")
+    store.write_event_rows(root, [ev("artifact_completed", at(1, 4), artifact_id="a1")], "c1")
+    ag.aggregate(root, now=NOW)
+    [before] = rows_of(root, "hourly", since=at(1, 4), until=at(1, 5))
+    assert before["avg_end_to_end_latency_ms"] == 86_400_000.0
+    # an earlier receipt of the same artifact turns up (a recovered spool)
+    store.write_event_rows(root, [ev("artifact_received", at(0, 2), artifact_id="a1")], "r0")
+    ag.aggregate(root, now=NOW)
+    [after] = rows_of(root, "hourly", since=at(1, 4), until=at(1, 5))
+    assert after["avg_end_to_end_latency_ms"] == 86_400_000.0 + 2 * 3_600_000.0
+
+
 def test_duplicate_event_ids_are_counted_once(root: Path) -> None:
     row = ev("artifact_received", at(0, 3), artifact_id="a1", event_id="dup")
     store.write_event_rows(root, [row], "one")
