@@ -73,7 +73,9 @@ def compacted_copy(source: Path, now: dt.datetime) -> Path:
 
     target = CACHE / f"{source.name}-compacted"
     marker = target / "_bench_report.json"
-    if marker.exists() and json.loads(marker.read_text()).get("source") == store_info(source):
+    version = (aggregate.snapshot_schema().metadata or {}).get(b"voicepipe.snapshot_version", b"").decode()
+    want = {"source": store_info(source), "snapshot_version": version}
+    if marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items() if k in want} == want:
         return target
     if target.exists():
         shutil.rmtree(target)
@@ -81,9 +83,7 @@ def compacted_copy(source: Path, now: dt.datetime) -> Path:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("_generated.json"))
     maintenance.compact(target, now=now + dt.timedelta(hours=1), grace=dt.timedelta(0))
     aggregate.aggregate(target, now=now)
-    marker.write_text(
-        json.dumps({"source": store_info(source), "seconds": round(time.perf_counter() - t0, 1)})
-    )
+    marker.write_text(json.dumps(want | {"seconds": round(time.perf_counter() - t0, 1)}))
     print(f"built {target} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return target
 

@@ -40,6 +40,8 @@ DESIGN_COLUMNS = [
     "total_claims_extracted", "total_entities_resolved", "total_drafts_generated",
     "total_ai_cost", "avg_cost_per_artifact",
     "retries_initiated", "retries_succeeded", "retries_failed",
+    # added after DESIGN §6 (its "derived" disambiguation backlog's two terms)
+    "disambiguations_flagged", "disambiguations_resolved",
 ]  # fmt: skip
 
 _ids = iter(range(10**9))

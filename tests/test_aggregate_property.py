@@ -46,6 +46,7 @@ TYPES = [
     "retry_initiated",
     "retry_succeeded",
     "retry_failed",
+    "entity_user_resolved",
     "circuit_breaker_opened",
 ]
 
@@ -159,6 +160,11 @@ def reference_metrics(evs: list[dict[str, Any]], first_receipt: dict[str, int]) 
     out["retries_initiated"] = len(of("retry_initiated"))
     out["retries_succeeded"] = len(of("retry_succeeded"))
     out["retries_failed"] = len(of("retry_failed"))
+    # the disambiguation backlog's two terms (DESIGN §6 "derived")
+    out["disambiguations_flagged"] = sum(
+        e["disambiguation_count"] or 0 for e in of("entity_needs_disambiguation")
+    )
+    out["disambiguations_resolved"] = sum(e["disambiguation_count"] or 0 for e in of("entity_user_resolved"))
     return out
 
 

@@ -425,3 +425,62 @@ def test_filter_values_are_bounded() -> None:
     with pytest.raises(UsageError, match="NUL"):
         reports.check_text("--org", "a\x00b")
     assert reports.check_text("--org", "' OR 1=1 --") == "' OR 1=1 --"
+
+
+# ------------------------------------------------------- disambiguation backlog
+
+
+def _disambiguation_rows(start: dt.datetime) -> list[list[Any]]:
+    """Four days from ``start``: o1 flags 3 a day and resolves 1; o2 flags 2 on day 1."""
+    from voicepipe_obs import store
+    from voicepipe_obs.events import COLUMN_INDEX, NUM_COLUMNS
+
+    def row(n: int, event_type: str, when: dt.datetime, org: str, count: int) -> list[Any]:
+        r: list[Any] = [None] * NUM_COLUMNS
+        values = {"event_id": f"d{n}", "event_type": event_type, "timestamp": store.to_us(when),
+                  "organization_id": org, "artifact_id": f"a{n}", "disambiguation_count": count}  # fmt: skip
+        for key, value in values.items():
+            r[COLUMN_INDEX[key]] = value
+        return r
+
+    rows = []
+    for day in range(4):
+        t = start + dt.timedelta(days=day, hours=3)
+        rows.append(row(10 * day, "entity_needs_disambiguation", t, "o1", 3))
+        rows.append(row(10 * day + 1, "entity_user_resolved", t + dt.timedelta(hours=1), "o1", 1))
+    rows.append(row(99, "entity_needs_disambiguation", start + dt.timedelta(days=1, hours=5), "o2", 2))
+    return rows
+
+
+def test_disambiguation_backlog_reads_daily_snapshots_and_raw_events(tmp_path: Path) -> None:
+    from voicepipe_obs import aggregate, store
+
+    root = tmp_path / "root"
+    start = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
+    now = start + dt.timedelta(days=3, hours=12)  # day 3 is today
+    store.write_event_rows(root, _disambiguation_rows(start), "d")
+    raw = (
+        reports.disambiguation_backlog(root, now=now),
+        reports.disambiguation_backlog(root, now=now, org="o1"),
+    )
+    assert raw == (4 * 2 + 2, 4 * 2)
+    aggregate.aggregate(root, now=now)
+    assert reports._snapshot_backlog(root, [start + dt.timedelta(days=d) for d in (1, 2)], None) == {
+        start + dt.timedelta(days=1): 4,
+        start + dt.timedelta(days=2): 2,
+    }
+    assert (
+        reports.disambiguation_backlog(root, now=now),
+        reports.disambiguation_backlog(root, now=now, org="o1"),
+    ) == raw
+    assert reports.disambiguation_backlog(root, now=now, org="o2") == 2
+    # day 2's figures now come from its snapshot: its raw events are no longer read
+    for path in store.list_parquet(
+        root, since=start + dt.timedelta(days=2), until=start + dt.timedelta(days=3)
+    ):
+        path.unlink()
+    assert reports.disambiguation_backlog(root, now=now) == 4 * 2 + 2
+    # the oldest retained day is always read raw (cleanup may have taken part of it)
+    for path in store.list_parquet(root, since=start, until=start + dt.timedelta(days=1)):
+        path.unlink()
+    assert reports.disambiguation_backlog(root, now=now) == 3 * 2 + 2

@@ -46,6 +46,7 @@ import duckdb
 from . import store
 from .errors import UsageError
 from .events import (
+    DISAMBIGUATION_EVENT,
     EVENT_TYPES,
     STAGE_COMPLETION_EVENTS,
     STAGE_FAILURE_EVENTS,
@@ -192,6 +193,18 @@ def _metric_exprs() -> list[tuple[str, str, str]]:
         ("retries_initiated", "i64", _count(_eq("retry_initiated"))),
         ("retries_succeeded", "i64", _count(_eq("retry_succeeded"))),
         ("retries_failed", "i64", _count(_eq("retry_failed"))),
+        # not DESIGN §6 columns but its disambiguation backlog's two terms, so the
+        # backlog over a month reads daily snapshots instead of every raw event
+        (
+            "disambiguations_flagged",
+            "i64",
+            f"coalesce(sum(disambiguation_count) FILTER (WHERE {_eq(DISAMBIGUATION_EVENT)}), 0)",
+        ),
+        (
+            "disambiguations_resolved",
+            "i64",
+            f"coalesce(sum(disambiguation_count) FILTER (WHERE {_eq('entity_user_resolved')}), 0)",
+        ),
     ]
     return out
 
@@ -215,7 +228,7 @@ def snapshot_schema() -> pa.Schema:
         pa.field("created_at", ts, nullable=False),
     ]
     fields += [pa.field(name, pa.int64() if kind == "i64" else pa.float64()) for name, kind in METRICS]
-    return pa.schema(fields, metadata={b"voicepipe.snapshot_version": b"1"})
+    return pa.schema(fields, metadata={b"voicepipe.snapshot_version": b"2"})
 
 
 def metrics_sql(source: str) -> str:
@@ -271,6 +284,15 @@ def _connect(root: Path | None = None) -> duckdb.DuckDBPyConnection:
 
 def _files_sql(files: Sequence[Path]) -> str:
     return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning = false)"
+
+
+def _snapshot_files_sql(files: Sequence[Path]) -> str:
+    """Snapshot files by column name: files written before a column was added lack it
+    (NULL there)."""
+    return (
+        f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning = false, "
+        "union_by_name = true)"
+    )
 
 
 def _dedup_sql(files: Sequence[Path], lo_us: int | None, hi_us: int | None) -> str:
@@ -414,6 +436,7 @@ SNAPSHOT_EVENT_TYPES: Final = frozenset(
     | {"retry_initiated", "retry_succeeded", "retry_failed"}
     | {ev for evs in STAGE_COMPLETION_EVENTS.values() for ev in evs}
     | set(STAGE_FAILURE_EVENTS.values())
+    | {"entity_user_resolved"}
 )
 #: DuckDB ENUM of the vocabulary: snapshot runs compare small integers, not strings
 _ET: Final = "_vp_event_type"
@@ -549,6 +572,8 @@ def _snapshot_metrics(
         "s_dis": f"sum(coalesce(disambiguation_count, 0)) FILTER (WHERE {er_rows})",
         "s_claims": f"sum(claim_count) FILTER (WHERE {_eq('claims_extracted')})",
         "s_drafts": f"sum(draft_count) FILTER (WHERE {_eq('drafts_generated')})",
+        "s_flagged": f"sum(disambiguation_count) FILTER (WHERE {_eq(DISAMBIGUATION_EVENT)})",
+        "s_resolved": f"sum(disambiguation_count) FILTER (WHERE {_eq('entity_user_resolved')})",
     }
     temps = ["_vp_pre_hourly", "_vp_stg", "_vp_art"]
     con.execute(
@@ -619,6 +644,8 @@ def _snapshot_metrics(
         "retries_initiated": n("c_retry_i"),
         "retries_succeeded": n("c_retry_s"),
         "retries_failed": n("c_retry_f"),
+        "disambiguations_flagged": f"coalesce({n('s_flagged')}, 0)",
+        "disambiguations_resolved": f"coalesce({n('s_resolved')}, 0)",
         "avg_end_to_end_latency_ms": "e.avg_ms",
     }
     for i, pct in enumerate((50, 95, 99), start=1):
@@ -1479,13 +1506,25 @@ def read_snapshots(
     con = _connect()
     try:
         table = con.sql(
-            f"SELECT * FROM {_files_sql(files)} WHERE {' AND '.join(where)} "
+            f"SELECT * FROM {_snapshot_files_sql(files)} WHERE {' AND '.join(where)} "
             "ORDER BY period_start, organization_id NULLS FIRST",
             params=params,
         ).to_arrow_table()
     finally:
         con.close()
-    return _rows(table.cast(snapshot_schema()))
+    return _rows(_conform(table))
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Snapshot rows read from files of any snapshot version → the current schema
+    (a column a file predates is NULL)."""
+    import pyarrow as pa
+
+    schema = snapshot_schema()
+    arrays = [
+        table[f.name] if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, names=schema.names).cast(schema)
 
 
 # ------------------------------------------------------------------------- views
@@ -1501,5 +1540,5 @@ def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
         ("snapshots_daily", store.SNAPSHOTS_DAILY),
     ):
         files = vetted_files(root, area)
-        src = _files_sql(files) if files else "_voicepipe_empty_snapshots"
+        src = _snapshot_files_sql(files) if files else "_voicepipe_empty_snapshots"
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {src}")

@@ -49,7 +49,12 @@ def vetted_files(
     until: dt.datetime | None = None,
 ) -> list[Path]:
     """Complete, readable-looking Parquet files of an area, pruned to [since, until)."""
-    good, bad = store.vet_parquet(store.list_parquet(root, area, since=since, until=until))
+    return vetted(store.list_parquet(root, area, since=since, until=until))
+
+
+def vetted(files: Iterable[Path]) -> list[Path]:
+    """The readable-looking ``files``; the others are skipped with a warning."""
+    good, bad = store.vet_parquet(files)
     for path, reason in bad:
         log.warning(
             "skipping unreadable file %s (%s); `voicepipe compact` moves such files to quarantine/",

@@ -244,16 +244,15 @@ def _connect(
     event_ids as they are and collapses only the duplicated ones, which is much
     cheaper than DISTINCT ON over every row.
     """
-    import duckdb
-
     from .events import arrow_schema
     from .query import ARTIFACTS_SQL, parquet_scan
 
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
+    con = _database().cursor()
+    # session settings: per cursor. No progress bar on stderr (cron mail)
+    con.execute("SET enable_progress_bar = false")
     con.execute("SET TimeZone = 'UTC'")
     con.register("_voicepipe_empty_events", arrow_schema().empty_table())
-    con.execute(f"CREATE VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
+    con.execute(f"CREATE TEMP VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
     conds = ["TRUE"]
     bound: dict[str, Any] = dict(params or {})
     if since is not None:
@@ -263,24 +262,43 @@ def _connect(
         conds.append(where)
     if materialise:
         con.execute(
-            f"CREATE TEMP TABLE _ev_all AS SELECT {_projection(columns)} FROM events_raw "
+            f"CREATE TEMP TABLE events AS SELECT {_projection(columns)} FROM events_raw "
             f"WHERE {' AND '.join(conds)}",
             bound,
         )
+        # duplicates (normally none or a few) are replaced in place: measured much
+        # cheaper than copying every row into a deduplicated table
         con.execute(
-            """
-            CREATE TEMP TABLE events AS
-            WITH dup AS (SELECT event_id FROM _ev_all GROUP BY event_id HAVING count(*) > 1)
-            SELECT * FROM _ev_all WHERE event_id NOT IN (SELECT event_id FROM dup)
-            UNION ALL
-            SELECT DISTINCT ON (event_id) * FROM _ev_all WHERE event_id IN (SELECT event_id FROM dup)
-            """
+            "CREATE TEMP TABLE _dup AS SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1"
         )
-        con.execute("DROP TABLE _ev_all")
+        if con.execute("SELECT count(*) FROM _dup").fetchall()[0][0]:
+            con.execute(
+                "CREATE TEMP TABLE _one AS SELECT DISTINCT ON (event_id) * FROM events "
+                "WHERE event_id IN (SELECT event_id FROM _dup)"
+            )
+            con.execute("DELETE FROM events WHERE event_id IN (SELECT event_id FROM _dup)")
+            con.execute("INSERT INTO events SELECT * FROM _one")
+            con.execute("DROP TABLE _one")
+        con.execute("DROP TABLE _dup")
     else:
-        con.execute(f"CREATE VIEW events AS SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw")
-    con.execute(f"CREATE VIEW artifacts AS {ARTIFACTS_SQL}")
+        con.execute(f"CREATE TEMP VIEW events AS SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw")
+    con.execute(f"CREATE TEMP VIEW artifacts AS {ARTIFACTS_SQL}")
     return con
+
+
+_DATABASE: duckdb.DuckDBPyConnection | None = None
+
+
+def _database() -> duckdb.DuckDBPyConnection:
+    """The process's in-memory DuckDB; each report query set gets its own cursor
+    (a connection of its own: temp views and tables are private to it). Opening a
+    database costs 20-30 ms, a cursor well under one."""
+    import duckdb
+
+    global _DATABASE
+    if _DATABASE is None:
+        _DATABASE = duckdb.connect()
+    return _DATABASE
 
 
 def _open(root: Path, since: dt.datetime | None) -> duckdb.DuckDBPyConnection:
@@ -1468,20 +1486,100 @@ def confidence_histogram(
 
 def disambiguation_backlog(root: Path, *, now: dt.datetime, org: str | None = None) -> int:
     """Σ disambiguation_count of entity_needs_disambiguation − Σ of entity_user_resolved,
-    over every event in the store (that is, within event retention)."""
-    con = _connect(_files(root, None, None), materialise=False)
-    row = _one(
-        con,
-        """
-        SELECT coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_needs_disambiguation'), 0)
-             - coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_user_resolved'), 0) AS n
-        FROM (SELECT DISTINCT ON (event_id) event_id, event_type, disambiguation_count FROM events_raw
-              WHERE event_type IN ('entity_needs_disambiguation', 'entity_user_resolved')
-                AND timestamp <= $now AND ($org IS NULL OR organization_id = $org))
-        """,
-        {"now": aware(now), "org": org},
+    over every event in the store (that is, within event retention), never below 0.
+
+    A whole day takes the two sums from its daily snapshot (columns
+    ``disambiguations_flagged`` / ``disambiguations_resolved``) when that was built
+    after the day ended; today, the oldest retained day (cleanup may have dropped part
+    of it) and days without such a snapshot are read from raw events."""
+    from .query import vetted
+
+    now = aware(now)
+    partitions: dict[dt.datetime, list[Path]] = {}
+    for part in store.iter_partitions(root, store.EVENTS):
+        day = _partition_day(part.date)
+        if day is not None and day <= now:
+            partitions.setdefault(day, []).append(part.path)
+    if not partitions:
+        return 0
+    days = sorted(partitions)
+    by_snapshot = _snapshot_backlog(root, [d for d in days[1:] if d + DAY <= now], org)
+    total = sum(by_snapshot.values())
+    files = vetted(
+        sorted(
+            hour / name
+            for d in days
+            if d not in by_snapshot
+            for hour in partitions[d]
+            for name in os.listdir(hour)
+            if name.endswith(".parquet") and not name.startswith(".")
+        )
     )
-    return max(int(row.get("n") or 0), 0)
+    if files:
+        con = _connect(files, materialise=False)
+        row = _one(
+            con,
+            """
+            SELECT coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_needs_disambiguation'), 0)
+                 - coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_user_resolved'), 0) AS n
+            FROM (SELECT DISTINCT ON (event_id) event_id, event_type, disambiguation_count FROM events_raw
+                  WHERE event_type IN ('entity_needs_disambiguation', 'entity_user_resolved')
+                    AND timestamp <= $now AND ($org IS NULL OR organization_id = $org))
+            """,
+            {"now": now, "org": org},
+        )
+        total += int(row.get("n") or 0)
+    return max(total, 0)
+
+
+def _partition_day(date: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def _snapshot_backlog(root: Path, days: Sequence[dt.datetime], org: str | None) -> dict[dt.datetime, int]:
+    """day → flagged − resolved of ``org`` (None: all) for the ``days`` whose daily
+    snapshot was built after the day ended and carries both sums."""
+    import duckdb
+
+    from .query import vetted_files
+
+    if not days:
+        return {}
+    files = vetted_files(root, store.SNAPSHOTS_DAILY, since=min(days), until=max(days) + DAY)
+    if not files:
+        return {}
+    con = _connect([], materialise=False)
+    try:
+        rows = _dicts(
+            con,
+            f"""
+            SELECT period_start, organization_id, created_at >= period_end AS complete,
+                   disambiguations_flagged - disambiguations_resolved AS n
+            FROM {_snapshot_scan(files)}
+            WHERE organization_id IS NULL OR organization_id = $org
+            ORDER BY created_at
+            """,
+            {"org": org},
+        )
+    except duckdb.Error:  # files from before these columns existed: raw events instead
+        return {}
+    wanted = set(days)
+    complete: dict[dt.datetime, bool] = {}
+    value: dict[dt.datetime, int] = {}
+    for r in rows:  # oldest first: a rebuilt day's latest row wins
+        day = aware(r["period_start"])
+        if day not in wanted:
+            continue
+        if r["organization_id"] is None:
+            complete[day] = bool(r["complete"]) and r["n"] is not None
+            if org is None:
+                value[day] = int(r["n"] or 0)
+        else:
+            value[day] = int(r["n"] or 0)
+    return {day: value.get(day, 0) for day, ok in complete.items() if ok}
 
 
 # --------------------------------------------------------------------- events
