@@ -468,7 +468,7 @@ def _snapshot_scan_sql(files: Sequence[Path], lo_us: int, hi_us: int, *, event_i
 
 
 def _load_snapshot_events(
-    con: duckdb.DuckDBPyConnection, files: Sequence[_EventFile], lo_us: int, hi_us: int
+    con: duckdb.DuckDBPyConnection, files: Sequence[_EventFile], lo_us: int, hi_us: int, *, receipts: bool
 ) -> None:
     """Temp table _vp_ev for a snapshot run: the deduplicated rows of
     :func:`_snapshot_scan_sql`; their first receipts are added to _vp_rc.
@@ -499,10 +499,11 @@ def _load_snapshot_events(
         )
     if clean:
         con.execute(f"INSERT INTO _vp_ev {_snapshot_scan_sql(clean, lo_us, hi_us, event_ids=False)}")
-    con.execute(
-        "INSERT INTO _vp_rc SELECT artifact_id, min(ts) FROM _vp_ev "
-        "WHERE event_type = 'artifact_received' AND artifact_id IS NOT NULL GROUP BY artifact_id"
-    )
+    if receipts:
+        con.execute(
+            "INSERT INTO _vp_rc SELECT artifact_id, min(ts) FROM _vp_ev "
+            "WHERE event_type = 'artifact_received' AND artifact_id IS NOT NULL GROUP BY artifact_id"
+        )
 
 
 def _drop_duplicates(con: duckdb.DuckDBPyConnection, table: str, rows: str = "true") -> None:
@@ -913,7 +914,6 @@ def _late_receipt_hours(
             "AND artifact_id IN (SELECT artifact_id FROM _vp_moved)"
         ).fetchall()
         hours |= {int(h) for (h,) in rows}
-    con.execute("DROP TABLE _vp_new_rc")
     con.execute("DROP TABLE _vp_moved")
     return hours
 
@@ -1073,6 +1073,7 @@ def aggregate(
                     late = {h for h in late if _floor(h, store.US_PER_DAY) in by_day}
                     hours |= late
                     days |= {_floor(h, store.US_PER_DAY) for h in late}
+                    con.execute("INSERT INTO _vp_rc SELECT artifact_id, first_us FROM _vp_new_rc")
             day_list = sorted(days | {_floor(h, store.US_PER_DAY) for h in hours})
             if full_index:  # the index must cover every event file: scan the days not computed
                 others = [f.path for d, fs in by_day.items() if d not in set(day_list) for f in fs]
@@ -1085,7 +1086,7 @@ def aggregate(
             def compute(chunk: list[int]) -> None:
                 lo, hi = chunk[0], chunk[-1] + store.US_PER_DAY
                 files = [f for day in chunk for f in by_day.get(day, [])]
-                _load_snapshot_events(con, files, lo, hi)
+                _load_snapshot_events(con, files, lo, hi, receipts=full_index)
                 _completions(con, receipts)
                 con.execute(
                     f"INSERT INTO _vp_missing SELECT DISTINCT artifact_id, ts - ts % {store.US_PER_HOUR} "
