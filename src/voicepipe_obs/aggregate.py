@@ -383,6 +383,8 @@ def _receipts_view(con: duckdb.DuckDBPyConnection, chunks: Sequence[Path], *, lo
     if load:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_rc_index AS {index}")
         index = "SELECT artifact_id, first_us FROM _vp_rc_index"
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _vp_rc_index AS {index}")
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW _vp_receipts AS SELECT artifact_id, first_us FROM _vp_rc UNION ALL {index}"
     )
@@ -893,7 +895,7 @@ def _late_receipt_hours(
     change: completions aggregated without a receipt (the orphans file) whose receipt
     has now arrived, and — rare: a receipt backfilled earlier than the one indexed —
     every completion of such an artifact (found by one scan of ``every`` file).
-    Needs _vp_rc_index (:func:`_receipts_view` with ``load``)."""
+    Needs _vp_rc_index (see :func:`_receipts_view`)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_new_rc AS {_receipts_sql(new)}")
     hours: set[int] = set()
     orphans = root / store.STATE / ORPHANS_FILE
@@ -904,7 +906,8 @@ def _late_receipt_hours(
         hours |= {int(h) for (h,) in rows}
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _vp_moved AS SELECT n.artifact_id FROM _vp_new_rc n "
-        "JOIN (SELECT artifact_id, min(first_us) AS first_us FROM _vp_rc_index GROUP BY artifact_id) i "
+        "JOIN (SELECT artifact_id, min(first_us) AS first_us FROM _vp_rc_index "
+        "WHERE artifact_id IN (SELECT artifact_id FROM _vp_new_rc) GROUP BY artifact_id) i "
         "USING (artifact_id) WHERE n.first_us < i.first_us"
     )
     if _scalar_int(con, "SELECT count(*) FROM _vp_moved"):
@@ -932,9 +935,16 @@ def _save_orphans(
             f" UNION ALL SELECT artifact_id, hour FROM {_files_sql([path])} "
             f"WHERE hour - hour % {store.US_PER_DAY} IN ({', '.join(map(str, keep))})"
         )
+    # the receipts of these artifacts first (a small hash table probed by the index),
+    # then the ones without
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_orphans AS SELECT DISTINCT artifact_id, hour FROM ({sql})")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _vp_found AS SELECT DISTINCT artifact_id FROM "
+        f"{receipts} WHERE artifact_id IN (SELECT artifact_id FROM _vp_orphans)"
+    )
     sql = (
-        f"SELECT DISTINCT artifact_id, hour FROM ({sql}) "
-        f"WHERE artifact_id NOT IN (SELECT artifact_id FROM {receipts}) ORDER BY artifact_id, hour"
+        "SELECT artifact_id, hour FROM _vp_orphans "
+        "WHERE artifact_id NOT IN (SELECT artifact_id FROM _vp_found) ORDER BY artifact_id, hour"
     )
     if not _scalar_int(con, f"SELECT count(*) FROM ({sql})"):
         path.unlink(missing_ok=True)
@@ -1067,7 +1077,8 @@ def aggregate(
             chunks = _receipt_chunks(rootp)
             full_index = mode == "rebuild" or not chunks
             if not full_index:
-                receipts = _receipts_view(con, chunks, load=True)
+                # read into memory once when it is looked up more than a few times
+                receipts = _receipts_view(con, chunks, load=len(_day_chunks(sorted(days))) > 1)
                 if new:  # hours aggregated before whose latency the new receipts change
                     late = _late_receipt_hours(con, rootp, [f.path for f in new], [f.path for f in listing])
                     late = {h for h in late if _floor(h, store.US_PER_DAY) in by_day}
