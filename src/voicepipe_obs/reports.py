@@ -1217,39 +1217,48 @@ def _org_totals(acc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _snapshot_org_sums(root: Path, days: Sequence[dt.datetime], org: str | None) -> dict[str, dict[str, Any]]:
-    """Per organisation, the sums :func:`_org_totals` needs over these daily snapshots."""
+def _daily_snapshot_rows(
+    root: Path, days: Sequence[dt.datetime], sql: str, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Rows of ``sql`` over the daily snapshot files covering ``days`` (``{src}`` in
+    ``sql`` is their scan); [] without files, or when they cannot answer it (a
+    foreign file, or files from before a column existed): callers then use raw events."""
     import duckdb
 
     from .query import vetted_files
 
     if not days:
-        return {}
+        return []
     files = vetted_files(root, store.SNAPSHOTS_DAILY, since=min(days), until=max(days) + DAY)
     if not files:
-        return {}
-    con = _connect([], materialise=False)
+        return []
     try:
-        rows = _dicts(
-            con,
-            f"""
-            SELECT organization_id,
-              sum(artifacts_received) AS received, sum(artifacts_completed) AS completed,
-              sum(artifacts_failed) AS failed, sum(total_ai_cost) AS cost,
-              coalesce(sum(p95_end_to_end_latency_ms * artifacts_completed), 0) AS p95_wsum,
-              coalesce(sum(artifacts_completed) FILTER (WHERE p95_end_to_end_latency_ms IS NOT NULL), 0) AS p95_w,
-              coalesce(sum(p95_end_to_end_latency_ms), 0) AS p95_sum,
-              count(p95_end_to_end_latency_ms) AS p95_n
-            FROM (SELECT DISTINCT ON (period_start, organization_id) * FROM {_snapshot_scan(files)}
-                  WHERE organization_id IS NOT NULL AND ($org IS NULL OR organization_id = $org)
-                    AND period_start IN (SELECT unnest($days::TIMESTAMPTZ[]))
-                  ORDER BY period_start, organization_id, created_at DESC)
-            GROUP BY organization_id
-            """,
-            {"org": org, "days": list(days)},
-        )
+        return _dicts(_connect([], materialise=False), sql.replace("{src}", _snapshot_scan(files)), params)
     except duckdb.Error:
-        return {}
+        return []
+
+
+def _snapshot_org_sums(root: Path, days: Sequence[dt.datetime], org: str | None) -> dict[str, dict[str, Any]]:
+    """Per organisation, the sums :func:`_org_totals` needs over these daily snapshots."""
+    rows = _daily_snapshot_rows(
+        root,
+        days,
+        """
+        SELECT organization_id,
+          sum(artifacts_received) AS received, sum(artifacts_completed) AS completed,
+          sum(artifacts_failed) AS failed, sum(total_ai_cost) AS cost,
+          coalesce(sum(p95_end_to_end_latency_ms * artifacts_completed), 0) AS p95_wsum,
+          coalesce(sum(artifacts_completed) FILTER (WHERE p95_end_to_end_latency_ms IS NOT NULL), 0) AS p95_w,
+          coalesce(sum(p95_end_to_end_latency_ms), 0) AS p95_sum,
+          count(p95_end_to_end_latency_ms) AS p95_n
+        FROM (SELECT DISTINCT ON (period_start, organization_id) * FROM {src}
+              WHERE organization_id IS NOT NULL AND ($org IS NULL OR organization_id = $org)
+                AND period_start IN (SELECT unnest($days::TIMESTAMPTZ[]))
+              ORDER BY period_start, organization_id, created_at DESC)
+        GROUP BY organization_id
+        """,
+        {"org": org, "days": list(days)},
+    )
     return {
         str(r["organization_id"]): {k: (float(r[k]) if r[k] is not None else None) for k in _ORG_KEYS}
         | {"cost": r["cost"]}
@@ -1542,30 +1551,18 @@ def _partition_day(date: str) -> dt.datetime | None:
 def _snapshot_backlog(root: Path, days: Sequence[dt.datetime], org: str | None) -> dict[dt.datetime, int]:
     """day → flagged − resolved of ``org`` (None: all) for the ``days`` whose daily
     snapshot was built after the day ended and carries both sums."""
-    import duckdb
-
-    from .query import vetted_files
-
-    if not days:
-        return {}
-    files = vetted_files(root, store.SNAPSHOTS_DAILY, since=min(days), until=max(days) + DAY)
-    if not files:
-        return {}
-    con = _connect([], materialise=False)
-    try:
-        rows = _dicts(
-            con,
-            f"""
-            SELECT period_start, organization_id, created_at >= period_end AS complete,
-                   disambiguations_flagged - disambiguations_resolved AS n
-            FROM {_snapshot_scan(files)}
-            WHERE organization_id IS NULL OR organization_id = $org
-            ORDER BY created_at
-            """,
-            {"org": org},
-        )
-    except duckdb.Error:  # files from before these columns existed: raw events instead
-        return {}
+    rows = _daily_snapshot_rows(
+        root,
+        days,
+        """
+        SELECT period_start, organization_id, created_at >= period_end AS complete,
+               disambiguations_flagged - disambiguations_resolved AS n
+        FROM {src}
+        WHERE organization_id IS NULL OR organization_id = $org
+        ORDER BY created_at
+        """,
+        {"org": org},
+    )
     wanted = set(days)
     complete: dict[dt.datetime, bool] = {}
     value: dict[dt.datetime, int] = {}
