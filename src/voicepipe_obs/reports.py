@@ -286,6 +286,14 @@ def _connect(
     return con
 
 
+def _cursor() -> duckdb.DuckDBPyConnection:
+    """A bare connection (no views) for queries that name their files themselves."""
+    con = _database().cursor()
+    con.execute("SET enable_progress_bar = false")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
 _DATABASE: duckdb.DuckDBPyConnection | None = None
 
 
@@ -1160,7 +1168,7 @@ def _snapshot_rows(
     files = vetted_files(root, area, since=start, until=now)
     if not files:
         return []
-    con = _connect([], materialise=False)
+    con = _cursor()
     try:
         return _dicts(
             con,
@@ -1233,7 +1241,7 @@ def _daily_snapshot_rows(
     if not files:
         return []
     try:
-        return _dicts(_connect([], materialise=False), sql.replace("{src}", _snapshot_scan(files)), params)
+        return _dicts(_cursor(), sql.replace("{src}", _snapshot_scan(files)), params)
     except duckdb.Error:
         return []
 
@@ -1354,14 +1362,22 @@ def metrics(
             scope_rows.setdefault(i, r)  # newest first: a rebuilt bucket's latest row wins
         snapshot_buckets = len(scope_rows)
     stale: list[dt.datetime] = []
-    missing = [
-        i
-        for i in range(n)
-        if i not in scope_rows
-        and store.list_parquet(
-            root, store.EVENTS, since=start + i * step, until=min(start + (i + 1) * step, now)
-        )
-    ]
+    # buckets without a snapshot that have event files (one listing for the range)
+    step_us = int(step.total_seconds() * 1_000_000)
+    with_files: set[int] = set()
+    for part in store.iter_partitions(root, store.EVENTS):
+        day = _partition_day(part.date)
+        if day is None or part.hour is None:
+            continue
+        hour_start = day + part.hour * HOUR
+        if not start - HOUR < hour_start < now:
+            continue
+        first = max(0, (store.to_us(hour_start) - store.to_us(start)) // step_us)
+        last = (store.to_us(min(hour_start + HOUR, now)) - 1 - store.to_us(start)) // step_us
+        wanted = range(first, min(last, n - 1) + 1)
+        if any(i not in scope_rows and i not in with_files for i in wanted) and _has_parquet(part.path):
+            with_files.update(wanted)
+    missing = sorted(i for i in with_files if i not in scope_rows)
     if missing:
         raw_scope, raw_orgs = _raw_buckets(root, start + missing[0] * step, now, step, org)
         for i in missing:
@@ -1539,6 +1555,13 @@ def disambiguation_backlog(root: Path, *, now: dt.datetime, org: str | None = No
         )
         total += int(row.get("n") or 0)
     return max(total, 0)
+
+
+def _has_parquet(directory: Path) -> bool:
+    try:
+        return any(name.endswith(".parquet") and not name.startswith(".") for name in os.listdir(directory))
+    except OSError:
+        return False
 
 
 def _partition_day(date: str) -> dt.datetime | None:
