@@ -473,7 +473,8 @@ def _load_snapshot_events(
     con: duckdb.DuckDBPyConnection, files: Sequence[_EventFile], lo_us: int, hi_us: int, *, receipts: bool
 ) -> None:
     """Temp table _vp_ev for a snapshot run: the deduplicated rows of
-    :func:`_snapshot_scan_sql`; their first receipts are added to _vp_rc.
+    :func:`_snapshot_scan_sql`; with ``receipts`` their first receipts are added to
+    _vp_rc (runs with a receipts index take only the new files' receipts instead).
 
     An event's copies share its timestamp, hence its hour partition, and a compacted
     file holds no duplicates: an hour that is one compacted file needs no check. The
