@@ -11,8 +11,10 @@ Owns:
   deduplicated by event_id; incremental by *file* (late and backfilled events are
   picked up wherever their timestamps fall);
 * the bookkeeping under ``<root>/_state/``: ``aggregate.json`` (the event files already
-  aggregated) and ``receipts/`` (each artifact's earliest ``artifact_received``, so
-  end-to-end latency can look receipts up outside the buckets being computed);
+  aggregated), ``receipts/`` (each artifact's earliest ``artifact_received``, so
+  end-to-end latency can look receipts up outside the buckets being computed) and
+  ``orphan-completions.parquet`` (completions aggregated before their receipt was
+  seen, recomputed when it arrives);
 * window queries returning plain Python data: :func:`window_metrics`,
   :func:`live_metrics`, :func:`stage_breakdown`, :func:`organization_breakdown`,
   :func:`read_snapshots`.
