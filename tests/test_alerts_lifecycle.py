@@ -243,7 +243,7 @@ def test_state_derived_from_log_matches_a_reference_model(
         ev = alerts.Evaluation(now, evaluated=list(alerts.RULES))
         for (rule, scope), sev in findings.items():
             org = scope.removeprefix("org:") if scope != "all" else None
-            ev.findings.append(alerts.Finding(rule, scope, org, sev, 1.0, 0.5, "s"))  # type: ignore[arg-type]
+            ev.findings.append(alerts.Finding(rule, org, sev, 1.0, 0.5, "s"))  # type: ignore[arg-type]
         alerts.write_records(root, alerts.lifecycle_records(active, ev), now)
         # the reference model
         for key in list(model):

@@ -55,7 +55,7 @@ from .events import (
     STAGE_STARTED_EVENTS,
     TIMED_STAGES,
 )
-from .query import sql_list, sql_str, vetted_files
+from .query import sql_list, sql_str, vetted, vetted_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -817,14 +817,7 @@ def _list_event_files(root: Path, seen: set[str]) -> list[_EventFile]:
         listed.append(_EventFile(rel, path, hour_us))
         if rel not in seen:
             fresh.append(path)
-    _good, bad = store.vet_parquet(fresh)
-    for path, reason in bad:
-        log.warning(
-            "skipping unreadable file %s (%s); `voicepipe compact` moves such files to quarantine/",
-            path,
-            reason,
-        )
-    skip = {p for p, _ in bad}
+    skip = set(fresh) - set(vetted(fresh))
     return [f for f in listed if f.path not in skip] if skip else listed
 
 
@@ -945,14 +938,14 @@ def _save_orphans(
         "CREATE OR REPLACE TEMP TABLE _vp_found AS SELECT DISTINCT artifact_id FROM "
         f"{receipts} WHERE artifact_id IN (SELECT artifact_id FROM _vp_orphans)"
     )
-    sql = (
+    table = con.sql(
         "SELECT artifact_id, hour FROM _vp_orphans "
         "WHERE artifact_id NOT IN (SELECT artifact_id FROM _vp_found) ORDER BY artifact_id, hour"
-    )
-    if not _scalar_int(con, f"SELECT count(*) FROM ({sql})"):
+    ).to_arrow_table()
+    if table.num_rows:
+        store.write_table(path, table)
+    else:
         path.unlink(missing_ok=True)
-        return
-    store.write_table(path, con.sql(sql).to_arrow_table())
 
 
 def reset_receipts(root: Path) -> None:

@@ -168,13 +168,17 @@ class Finding:
     """A rule's condition holding for one scope at evaluation time."""
 
     rule: str
-    scope: str
     organization_id: str | None
     severity: Severity
     value: float | None
     threshold: float | None
     summary: str
     description: str = ""
+
+    @property
+    def scope(self) -> str:
+        """``all`` or ``org:<id>`` (see :func:`scope_of`)."""
+        return scope_of(self.organization_id)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -317,7 +321,6 @@ def _failure_rate(c: _Ctx, ev: Evaluation) -> None:
         ev.findings.append(
             Finding(
                 "failure_rate",
-                scope_of(org),
                 org,
                 severity,
                 rate,
@@ -393,7 +396,6 @@ def _latency(c: _Ctx, ev: Evaluation) -> None:
             ev.findings.append(
                 Finding(
                     "latency",
-                    scope_of(org),
                     org,
                     "warning",
                     float(avg_ms),
@@ -417,7 +419,6 @@ def _queue_depth(c: _Ctx, ev: Evaluation) -> None:
             ev.findings.append(
                 Finding(
                     "queue_depth",
-                    scope_of(org),
                     org,
                     "warning",
                     float(depth),
@@ -444,7 +445,6 @@ def _backlog(c: _Ctx, ev: Evaluation) -> None:
             ev.findings.append(
                 Finding(
                     "disambiguation_backlog",
-                    scope_of(org),
                     org,
                     "warning",
                     float(backlog),
@@ -470,7 +470,6 @@ def _circuit_breaker(c: _Ctx, ev: Evaluation) -> None:
             ev.findings.append(
                 Finding(
                     "circuit_breaker",
-                    scope_of(org),
                     org,
                     "critical",
                     None,
@@ -536,7 +535,6 @@ def _inactivity(c: _Ctx, ev: Evaluation) -> None:
         ev.findings.append(
             Finding(
                 "inactivity",
-                scope_of(org),
                 org,
                 "warning",
                 float(r.minutes),
@@ -573,7 +571,6 @@ def _budget(c: _Ctx, ev: Evaluation) -> None:
         ev.findings.append(
             Finding(
                 "budget",
-                scope_of(org),
                 org,
                 severity,
                 float(cost),
@@ -602,7 +599,6 @@ def _stuck(c: _Ctx, ev: Evaluation) -> None:
         ev.findings.append(
             Finding(
                 "stuck",
-                scope_of(org),
                 org,
                 "warning",
                 float(count),

@@ -247,10 +247,7 @@ def _connect(
     from .events import arrow_schema
     from .query import ARTIFACTS_SQL, parquet_scan
 
-    con = _database().cursor()
-    # session settings: per cursor. No progress bar on stderr (cron mail)
-    con.execute("SET enable_progress_bar = false")
-    con.execute("SET TimeZone = 'UTC'")
+    con = _cursor()
     con.register("_voicepipe_empty_events", arrow_schema().empty_table())
     con.execute(f"CREATE TEMP VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
     conds = ["TRUE"]
@@ -289,6 +286,7 @@ def _connect(
 def _cursor() -> duckdb.DuckDBPyConnection:
     """A bare connection (no views) for queries that name their files themselves."""
     con = _database().cursor()
+    # session settings: per cursor. No progress bar on stderr (cron mail)
     con.execute("SET enable_progress_bar = false")
     con.execute("SET TimeZone = 'UTC'")
     return con
@@ -1365,17 +1363,17 @@ def metrics(
     # buckets without a snapshot that have event files (one listing for the range)
     step_us = int(step.total_seconds() * 1_000_000)
     with_files: set[int] = set()
-    for part in store.iter_partitions(root, store.EVENTS):
-        day = _partition_day(part.date)
-        if day is None or part.hour is None:
-            continue
-        hour_start = day + part.hour * HOUR
-        if not start - HOUR < hour_start < now:
+    partitions = list(store.iter_partitions(root, store.EVENTS))  # the backlog reads them too
+    for part in partitions:
+        hour_start = part.start
+        if hour_start is None or part.hour is None or not start - HOUR < hour_start < now:
             continue
         first = max(0, (store.to_us(hour_start) - store.to_us(start)) // step_us)
         last = (store.to_us(min(hour_start + HOUR, now)) - 1 - store.to_us(start)) // step_us
         wanted = range(first, min(last, n - 1) + 1)
-        if any(i not in scope_rows and i not in with_files for i in wanted) and _has_parquet(part.path):
+        if any(i not in scope_rows and i not in with_files for i in wanted) and store.parquet_files(
+            part.path
+        ):
             with_files.update(wanted)
     missing = sorted(i for i in with_files if i not in scope_rows)
     if missing:
@@ -1441,7 +1439,7 @@ def metrics(
         "p95_end_to_end_latency_ms": totals.get("p95_end_to_end_latency_ms"),
         "total_ai_cost": totals.get("total_ai_cost"),
         "auto_resolution_rate": totals.get("auto_resolution_rate"),
-        "disambiguation_backlog": disambiguation_backlog(root, now=now, org=org),
+        "disambiguation_backlog": disambiguation_backlog(root, now=now, org=org, partitions=partitions),
     }
     stages = [
         {
@@ -1509,35 +1507,36 @@ def confidence_histogram(
     return [{"lo": i / bins, "hi": (i + 1) / bins, "count": counts.get(i, 0)} for i in range(bins)]
 
 
-def disambiguation_backlog(root: Path, *, now: dt.datetime, org: str | None = None) -> int:
+def disambiguation_backlog(
+    root: Path,
+    *,
+    now: dt.datetime,
+    org: str | None = None,
+    partitions: Sequence[store.Partition] | None = None,
+) -> int:
     """Σ disambiguation_count of entity_needs_disambiguation − Σ of entity_user_resolved,
     over every event in the store (that is, within event retention), never below 0.
 
     A whole day takes the two sums from its daily snapshot (columns
     ``disambiguations_flagged`` / ``disambiguations_resolved``) when that was built
     after the day ended; today, the oldest retained day (cleanup may have dropped part
-    of it) and days without such a snapshot are read from raw events."""
+    of it) and days without such a snapshot are read from raw events. ``partitions``:
+    the event partitions when the caller has listed them already."""
     from .query import vetted
 
     now = aware(now)
-    partitions: dict[dt.datetime, list[Path]] = {}
-    for part in store.iter_partitions(root, store.EVENTS):
-        day = _partition_day(part.date)
-        if day is not None and day <= now:
-            partitions.setdefault(day, []).append(part.path)
-    if not partitions:
+    by_day: dict[dt.datetime, list[Path]] = {}
+    for part in store.iter_partitions(root, store.EVENTS) if partitions is None else partitions:
+        if part.start is not None and part.start <= now:
+            by_day.setdefault(_floor(part.start, DAY), []).append(part.path)
+    if not by_day:
         return 0
-    days = sorted(partitions)
+    days = sorted(by_day)
     by_snapshot = _snapshot_backlog(root, [d for d in days[1:] if d + DAY <= now], org)
     total = sum(by_snapshot.values())
     files = vetted(
         sorted(
-            hour / name
-            for d in days
-            if d not in by_snapshot
-            for hour in partitions[d]
-            for name in os.listdir(hour)
-            if name.endswith(".parquet") and not name.startswith(".")
+            f for d in days if d not in by_snapshot for hour in by_day[d] for f in store.parquet_files(hour)
         )
     )
     if files:
@@ -1555,20 +1554,6 @@ def disambiguation_backlog(root: Path, *, now: dt.datetime, org: str | None = No
         )
         total += int(row.get("n") or 0)
     return max(total, 0)
-
-
-def _has_parquet(directory: Path) -> bool:
-    try:
-        return any(name.endswith(".parquet") and not name.startswith(".") for name in os.listdir(directory))
-    except OSError:
-        return False
-
-
-def _partition_day(date: str) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
-    except ValueError:
-        return None
 
 
 def _snapshot_backlog(root: Path, days: Sequence[dt.datetime], org: str | None) -> dict[dt.datetime, int]:
@@ -1658,6 +1643,19 @@ def _hours_newest_first(root: Path, since: dt.datetime | None, until: dt.datetim
     return [by_hour[k] for k in sorted(by_hour, reverse=True)]
 
 
+def _log_query(
+    root: Path, f: EventFilter, limit: int, now: dt.datetime
+) -> tuple[str, dict[str, Any], dt.datetime]:
+    """The condition and parameters of ``f`` for events up to ``now`` (aware), after
+    checking ``limit`` and that the store has events."""
+    if not 1 <= limit <= 10_000:
+        raise UsageError("--limit must be between 1 and 10000")
+    require_events(root)
+    now = aware(now)
+    cond, params = f.sql()
+    return cond + " AND timestamp <= $now", params | {"now": now}, now
+
+
 def events(
     root: Path,
     *,
@@ -1670,13 +1668,7 @@ def events(
     from .query import parquet_scan
 
     f = (filters or EventFilter()).validated()
-    if not 1 <= limit <= 10_000:
-        raise UsageError("--limit must be between 1 and 10000")
-    require_events(root)
-    now = aware(now)
-    cond, params = f.sql()
-    cond += " AND timestamp <= $now"
-    params["now"] = now
+    cond, params, now = _log_query(root, f, limit, now)
     found: list[dict[str, Any]] = []
     seen: set[str] = set()
     con = _connect([], materialise=False)
@@ -1911,13 +1903,7 @@ def retries(
         since=since,
         until=until,
     ).validated()
-    if not 1 <= limit <= 10_000:
-        raise UsageError("--limit must be between 1 and 10000")
-    require_events(root)
-    now = aware(now)
-    cond, params = f.sql()
-    cond += " AND timestamp <= $now"
-    params["now"] = now
+    cond, params, now = _log_query(root, f, limit, now)
     con = _connect(_files(root, since, until), where=cond, params=params)
     rows = _retry_rows(con)
     totals = {"retries": len(rows)} | {

@@ -256,6 +256,26 @@ class Partition:
     hour: int | None
     path: Path
 
+    @property
+    def start(self) -> dt.datetime | None:
+        """Start (UTC) of the partition's hour, or of its day when it has no hour;
+        None for a directory whose date does not parse."""
+        try:
+            day = dt.datetime.fromisoformat(self.date).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            return None
+        return day + dt.timedelta(hours=self.hour or 0)
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    """The complete Parquet files directly in ``directory``, sorted (temporary files
+    start with a dot); none when the directory is gone."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [directory / n for n in names if n.endswith(".parquet") and not n.startswith(".")]
+
 
 def iter_partitions(root: Path, area: str = EVENTS) -> Iterator[Partition]:
     """date= (and, for events, hour=) partition directories under an area, sorted."""
@@ -289,21 +309,15 @@ def list_parquet(
     hi = to_us(until) if until is not None else None
     files: list[Path] = []
     for part in iter_partitions(root, area):
-        try:
-            day_start = to_us(dt.datetime.fromisoformat(part.date).replace(tzinfo=dt.timezone.utc))
-        except ValueError:
+        if part.start is None:
             continue
-        start = day_start + (part.hour or 0) * US_PER_HOUR
+        start = to_us(part.start)
         span = US_PER_HOUR if part.hour is not None else US_PER_DAY
         if lo is not None and start + span <= lo * US_PER_HOUR:
             continue
         if hi is not None and start >= hi:
             continue
-        try:
-            names = sorted(os.listdir(part.path))
-        except OSError:
-            continue
-        files.extend(part.path / n for n in names if n.endswith(".parquet") and not n.startswith("."))
+        files.extend(parquet_files(part.path))
     return files
 
 
