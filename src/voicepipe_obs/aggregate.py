@@ -55,7 +55,7 @@ from .events import (
     STAGE_STARTED_EVENTS,
     TIMED_STAGES,
 )
-from .query import sql_list, sql_str, vetted, vetted_files
+from .query import drop_duplicates, sql_list, sql_str, vetted, vetted_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -311,16 +311,11 @@ def _dedup_sql(files: Sequence[Path], lo_us: int | None, hi_us: int | None) -> s
 
 
 def _load_events(con: duckdb.DuckDBPyConnection, files: Sequence[Path], lo_us: int, hi_us: int) -> None:
-    """Temp table _vp_ev: the deduplicated, projected events of [lo, hi) in ``files``;
-    their first receipts are added to _vp_rc.
-
-    The scan is loaded as is and deduplicated only when an event_id occurs twice
-    (hashing one column to find out is much cheaper than a DISTINCT over every row).
-    A duplicate is normally the same row written twice; the rare event_id seen with
-    different contents keeps one of its rows, as before."""
+    """Temp table _vp_ev: the deduplicated (:func:`~voicepipe_obs.query.drop_duplicates`),
+    projected events of [lo, hi) in ``files``; their first receipts are added to _vp_rc."""
     if files:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ev AS {_dedup_sql(files, lo_us, hi_us)}")
-        _drop_duplicates(con, "_vp_ev")
+        drop_duplicates(con, "_vp_ev")
     else:
         con.execute("CREATE OR REPLACE TEMP TABLE _vp_ev AS SELECT * EXCLUDE (e2e_ms) FROM _vp_empty_ev")
     con.execute(
@@ -480,8 +475,7 @@ def _load_snapshot_events(
 
     An event's copies share its timestamp, hence its hour partition, and a compacted
     file holds no duplicates: an hour that is one compacted file needs no check. The
-    other hours are loaded first and checked (hashing one column to find duplicates
-    is much cheaper than a DISTINCT over every row)."""
+    other hours are loaded first and checked (:func:`~voicepipe_obs.query.drop_duplicates`)."""
     cols = ", ".join(f"{name} {kind}" for name, kind in _SNAPSHOT_TABLE)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ev ({cols}, ts BIGINT)")
     per_hour: dict[int, list[_EventFile]] = {}
@@ -499,7 +493,7 @@ def _load_snapshot_events(
         # a copy of any other event changes nothing (its bucket and organisation have
         # a row either way), so only these are checked: ~40% of a store are
         # ``*_started`` events no metric reads
-        _drop_duplicates(
+        drop_duplicates(
             con, "_vp_ev", f"event_type IN {sql_list(sorted(SNAPSHOT_EVENT_TYPES))} OR ai_cost IS NOT NULL"
         )
     if clean:
@@ -509,25 +503,6 @@ def _load_snapshot_events(
             "INSERT INTO _vp_rc SELECT artifact_id, min(ts) FROM _vp_ev "
             "WHERE event_type = 'artifact_received' AND artifact_id IS NOT NULL GROUP BY artifact_id"
         )
-
-
-def _drop_duplicates(con: duckdb.DuckDBPyConnection, table: str, rows: str = "true") -> None:
-    """Keep one row per event_id among the ``rows`` of ``table`` (normally the same
-    row written twice; the rare event_id seen with different contents keeps one of
-    its rows)."""
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _vp_dup AS SELECT event_id FROM {table} WHERE {rows} "
-        "GROUP BY event_id HAVING count(*) > 1"
-    )
-    if _scalar_int(con, "SELECT count(*) FROM _vp_dup"):
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _vp_one AS SELECT DISTINCT ON (event_id) * FROM {table} "
-            f"WHERE ({rows}) AND event_id IN (SELECT event_id FROM _vp_dup)"
-        )
-        con.execute(f"DELETE FROM {table} WHERE ({rows}) AND event_id IN (SELECT event_id FROM _vp_dup)")
-        con.execute(f"INSERT INTO {table} SELECT * FROM _vp_one")
-        con.execute("DROP TABLE _vp_one")
-    con.execute("DROP TABLE _vp_dup")
 
 
 def _snapshot_metrics(

@@ -64,6 +64,27 @@ def vetted(files: Iterable[Path]) -> list[Path]:
     return good
 
 
+def drop_duplicates(con: duckdb.DuckDBPyConnection, table: str, rows: str = "true") -> None:
+    """Keep one row per event_id among the ``rows`` (an SQL condition) of the temp
+    table ``table``, in place: duplicates are normally none or a few, and replacing
+    them measured much cheaper than copying every row into a deduplicated table. A
+    duplicate is normally the same row written twice; the rare event_id seen with
+    different contents keeps one of its rows."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _vp_dup AS SELECT event_id FROM {table} WHERE {rows} "
+        "GROUP BY event_id HAVING count(*) > 1"
+    )
+    if con.execute("SELECT count(*) FROM _vp_dup").fetchall()[0][0]:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _vp_one AS SELECT DISTINCT ON (event_id) * FROM {table} "
+            f"WHERE ({rows}) AND event_id IN (SELECT event_id FROM _vp_dup)"
+        )
+        con.execute(f"DELETE FROM {table} WHERE ({rows}) AND event_id IN (SELECT event_id FROM _vp_dup)")
+        con.execute(f"INSERT INTO {table} SELECT * FROM _vp_one")
+        con.execute("DROP TABLE _vp_one")
+    con.execute("DROP TABLE _vp_dup")
+
+
 def parquet_scan(files: Sequence[Path]) -> str:
     """A FROM-clause source reading exactly these event files (or an empty typed relation)."""
     if not files:

@@ -245,7 +245,7 @@ def _connect(
     cheaper than DISTINCT ON over every row.
     """
     from .events import arrow_schema
-    from .query import ARTIFACTS_SQL, parquet_scan
+    from .query import ARTIFACTS_SQL, drop_duplicates, parquet_scan
 
     con = _cursor()
     con.register("_voicepipe_empty_events", arrow_schema().empty_table())
@@ -263,20 +263,7 @@ def _connect(
             f"WHERE {' AND '.join(conds)}",
             bound,
         )
-        # duplicates (normally none or a few) are replaced in place: measured much
-        # cheaper than copying every row into a deduplicated table
-        con.execute(
-            "CREATE TEMP TABLE _dup AS SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1"
-        )
-        if con.execute("SELECT count(*) FROM _dup").fetchall()[0][0]:
-            con.execute(
-                "CREATE TEMP TABLE _one AS SELECT DISTINCT ON (event_id) * FROM events "
-                "WHERE event_id IN (SELECT event_id FROM _dup)"
-            )
-            con.execute("DELETE FROM events WHERE event_id IN (SELECT event_id FROM _dup)")
-            con.execute("INSERT INTO events SELECT * FROM _one")
-            con.execute("DROP TABLE _one")
-        con.execute("DROP TABLE _dup")
+        drop_duplicates(con, "events")
     else:
         con.execute(f"CREATE TEMP VIEW events AS SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw")
     con.execute(f"CREATE TEMP VIEW artifacts AS {ARTIFACTS_SQL}")
