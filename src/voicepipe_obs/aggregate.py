@@ -55,6 +55,7 @@ from .events import (
     STAGE_STARTED_EVENTS,
     TIMED_STAGES,
 )
+from .maintenance import COMPACTED_FROM_KEY, COMPACTED_PREFIX
 from .query import drop_duplicates, sql_list, sql_str, vetted, vetted_files
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -484,7 +485,7 @@ def _load_snapshot_events(
     clean: list[Path] = []
     mixed: list[Path] = []
     for group in per_hour.values():
-        if len(group) == 1 and group[0].path.name.startswith("compact-"):
+        if len(group) == 1 and group[0].path.name.startswith(COMPACTED_PREFIX):
             clean.append(group[0].path)
         else:
             mixed.extend(f.path for f in group)
@@ -810,8 +811,6 @@ def _compacted_sources(path: Path) -> list[str] | None:
     """Relative names of the files a compacted file replaced (its Parquet metadata)."""
     import pyarrow.parquet as pq
 
-    from .maintenance import COMPACTED_FROM_KEY
-
     try:
         meta = pq.read_metadata(path).metadata or {}
         raw = meta.get(COMPACTED_FROM_KEY)
@@ -996,7 +995,7 @@ def aggregate(
         # compacted files whose sources were all aggregated carry nothing new
         settled = set()
         for f in new:
-            if f.path.name.startswith("compact-"):
+            if f.path.name.startswith(COMPACTED_PREFIX):
                 sources = _compacted_sources(f.path)
                 parent = f.rel.rsplit("/", 1)[0]
                 if sources is not None and all(f"{parent}/{s}" in state.seen for s in sources):
