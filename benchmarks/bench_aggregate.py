@@ -13,6 +13,7 @@
 
     python benchmarks/bench_aggregate.py             # uses/creates benchmarks/.cache/store-10m
     python benchmarks/bench_aggregate.py --events 1000000
+    python benchmarks/bench_aggregate.py --rounds 3   # medians of 3 (interleaved)
 
 The cached store is never modified: each run works on a hard-linked copy (files are
 only ever replaced or unlinked, never written in place, so this is safe).
@@ -28,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +43,16 @@ UTC = dt.timezone.utc
 
 
 def _rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    fork and exec, so a phase would report at least the parent's peak (which is
+    large when the parent has just generated the store)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -203,6 +215,9 @@ def run_phase(name: str, root: Path, start: dt.datetime, end: dt.datetime) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run the rebuilds and pandas this many times each (medians)"
+    )
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--start", help=argparse.SUPPRESS)
@@ -228,24 +243,44 @@ def main() -> None:
         file=sys.stderr,
     )
     rows: list[tuple[str, dict[str, object]]] = []
+
+    def repeated(phases: list[tuple[str, str]]) -> None:
+        """Run the phases in turn, ``--rounds`` times (interleaved, so a noisy
+        neighbour hits them alike); keep each one's median time and largest RSS."""
+        runs: dict[str, list[dict[str, object]]] = {label: [] for label, _ in phases}
+        for _ in range(args.rounds):
+            for label, phase in phases:
+                runs[label].append(run_phase(phase, work, start, end))
+        for label, results in runs.items():
+            times = sorted(float(r["seconds"]) for r in results)  # type: ignore[arg-type]
+            r = dict(results[-1])
+            r["seconds"] = statistics.median(times)
+            r["rss_mb"] = max(float(x["rss_mb"]) for x in results)  # type: ignore[arg-type]
+            if len(times) > 1:
+                r["note"] = f"{r['note']} (median of {len(times)}: {times[0]:.2f}–{times[-1]:.2f} s)"
+            rows.append((label, r))
+
     try:
-        rows.append(("all 720 hours + 30 days (--since/--until)", run_phase("rebuild", work, start, end)))
-        rows.append(
-            (
-                "aggregate --rebuild (hourly: 7-day retention)",
-                run_phase("rebuild_retention", work, start, end),
-            )
+        repeated(
+            [
+                ("all 720 hours + 30 days (--since/--until)", "rebuild"),
+                ("aggregate --rebuild (hourly: 7-day retention)", "rebuild_retention"),
+                ("pandas reference (hourly only)", "pandas"),
+            ]
         )
-        rows.append(("pandas reference (hourly only)", run_phase("pandas", work, start, end)))
         added = append_hour(work, end)
         r = run_phase("incremental", work, start, end)
         r["note"] = f"+{added:,} events; " + str(r["note"])
         rows.append(("incremental after 1 new hour", r))
         rows.append(("compaction", run_phase("compact", work, start, end)))
         rows.append(("incremental after compaction", run_phase("incremental", work, start, end)))
-        rows.append(("compacted: all 720 hours + 30 days", run_phase("rebuild", work, start, end)))
-        rows.append(("compacted: aggregate --rebuild", run_phase("rebuild_retention", work, start, end)))
-        rows.append(("compacted: pandas reference", run_phase("pandas", work, start, end)))
+        repeated(
+            [
+                ("compacted: all 720 hours + 30 days", "rebuild"),
+                ("compacted: aggregate --rebuild", "rebuild_retention"),
+                ("compacted: pandas reference", "pandas"),
+            ]
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     width = max(len(label) for label, _ in rows)

@@ -333,6 +333,35 @@ def test_crash_between_buckets_and_bookkeeping_converges(root: Path, monkeypatch
     assert all(r["artifacts_failed"] == 1 for r in rows_of(root, "daily", organization_id=None))
 
 
+def test_failure_while_a_chunk_is_computed_in_the_background_converges(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one day per chunk: a chunk's rows are computed on a worker while the next loads
+    monkeypatch.setattr(ag, "CHUNK_DAYS", 1)
+    for i in range(4):
+        pipeline(root, f"a{i}", "o1", at(i, 4), f"s{i}")
+    real = ag._snapshot_rows
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second day's rows, while the third day loads
+            raise Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ag, "_snapshot_rows", flaky)
+    with pytest.raises(Crash):
+        ag.aggregate(root, now=NOW)
+    assert not (root / store.STATE / ag.STATE_FILE).exists()  # nothing recorded
+    monkeypatch.setattr(ag, "_snapshot_rows", real)
+    result = ag.aggregate(root, now=NOW)
+    assert (result.new_files, result.daily_written) == (4, 4)
+    converged = snapshot_files(root)
+    monkeypatch.setattr(ag, "CHUNK_DAYS", 8)
+    ag.aggregate(root, now=NOW, rebuild=True)
+    assert snapshot_files(root) == converged
+
+
 def test_compacted_files_are_not_recomputed_but_new_ones_are(root: Path) -> None:
     for i in range(3):
         pipeline(root, f"a{i}", "o1", at(0, 4), f"s{i}")  # three files in one hour

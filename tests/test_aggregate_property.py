@@ -219,17 +219,21 @@ def assert_matches(root: Path, events: dict[str, dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------- the test
 
 
-@settings(
+_SETTINGS = settings(
     max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(
+_STREAMS = given(
     first=st.lists(_event(), min_size=1, max_size=40),
     late=st.lists(_event(), max_size=15),
     dup_share=st.integers(0, 3),
     split=st.integers(1, 4),
 )
+
+
+@_SETTINGS
+@_STREAMS
 def test_snapshots_equal_the_reference(
     tmp_path_factory: pytest.TempPathFactory,
     first: list[dict[str, Any]],
@@ -237,7 +241,30 @@ def test_snapshots_equal_the_reference(
     dup_share: int,
     split: int,
 ) -> None:
-    root = tmp_path_factory.mktemp("prop")
+    check_stream(tmp_path_factory.mktemp("prop"), first, late, dup_share, split)
+
+
+@_SETTINGS
+@_STREAMS
+def test_snapshots_equal_the_reference_one_day_per_query(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    first: list[dict[str, Any]],
+    late: list[dict[str, Any]],
+    dup_share: int,
+    split: int,
+) -> None:
+    """The same with every day its own chunk: rows of one chunk computed while the
+    next loads, receipts and completions in different chunks, redone chunks."""
+    monkeypatch.setattr(ag, "CHUNK_DAYS", 1)
+    check_stream(tmp_path_factory.mktemp("prop1"), first, late, dup_share, split)
+
+
+def check_stream(
+    root: Path, first: list[dict[str, Any]], late: list[dict[str, Any]], dup_share: int, split: int
+) -> None:
+    """Write ``first`` (in ``split`` files plus duplicates), aggregate, compare; then
+    write ``late`` (plus repeats) into old and new hours, aggregate, compare."""
     events: dict[str, dict[str, Any]] = {}
     rows = []
     for i, ev in enumerate(first):

@@ -104,6 +104,7 @@ def write_table(
     row_group_size: int | None = None,
     statistics: bool | Sequence[str] = True,
     compression: str = "zstd",
+    dictionary: bool = True,
 ) -> Path:
     """Write ``table`` to ``path`` atomically: a temporary name no ``*.parquet`` glob
     matches, page checksums, fsync, then rename. Replaces an existing file.
@@ -111,8 +112,9 @@ def write_table(
     Encoded in memory and written with one call (pyarrow writing page by page
     through a Python file object cost more CPU than encoding a small file);
     dictionary encoding for string columns only (ids, types and names repeat,
-    measured numbers do not); min/max statistics for every column or only the
-    ``statistics`` named; zstd unless ``compression`` says otherwise.
+    measured numbers do not; none without ``dictionary``); min/max statistics for
+    every column or only the ``statistics`` named; zstd unless ``compression`` says
+    otherwise.
 
     This is the single writer path for every Parquet file the library makes; an
     object-store backend replaces this function (a single PUT needs no rename).
@@ -126,13 +128,14 @@ def write_table(
         if sort_by:
             table = table.sort_by(list(sort_by))
         buf = pa.BufferOutputStream()
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
         pq.write_table(
             table,
             buf,
             compression=compression,
             write_page_checksum=True,
             row_group_size=row_group_size,
-            use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)],
+            use_dictionary=strings if dictionary else False,
             write_statistics=statistics if isinstance(statistics, bool) else list(statistics),
         )
         with open(tmp, "wb") as fh:
