@@ -211,6 +211,25 @@ def test_receipt_backfilled_earlier_than_the_known_one_updates_the_completion(ro
     assert after["avg_end_to_end_latency_ms"] == 86_400_000.0 + 2 * 3_600_000.0
 
 
+def test_artifact_received_twice_counts_its_completion_once_in_a_range_run(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the artifact's two receipts land in two runs, so in two chunks of the receipts
+    # index; a range run over several chunks joins its completion with the earliest
+    store.write_event_rows(root, [ev("artifact_received", at(0, 10), artifact_id="a1")], "r1")
+    store.write_event_rows(root, [ev("artifact_completed", at(0, 12), artifact_id="a1")], "c1")
+    ag.aggregate(root, now=NOW)
+    store.write_event_rows(root, [ev("artifact_received", at(0, 11), artifact_id="a1")], "r2")
+    store.write_event_rows(root, [ev("artifact_received", at(2, 1), artifact_id="a2")], "r3")
+    ag.aggregate(root, now=NOW)
+    assert len(list((root / store.STATE / ag.RECEIPTS_DIR).glob("*.parquet"))) >= 2
+    monkeypatch.setattr(ag, "CHUNK_DAYS", 1)  # several chunks: the index is loaded once
+    ag.aggregate(root, now=NOW, since=at(0, 0), until=at(3, 0))
+    [hour] = rows_of(root, "hourly", since=at(0, 12), until=at(0, 13))
+    assert hour["artifacts_completed"] == 1
+    assert hour["avg_end_to_end_latency_ms"] == hour["p50_end_to_end_latency_ms"] == 2 * 3_600_000.0
+
+
 def test_duplicate_event_ids_are_counted_once(root: Path) -> None:
     row = ev("artifact_received", at(0, 3), artifact_id="a1", event_id="dup")
     store.write_event_rows(root, [row], "one")
