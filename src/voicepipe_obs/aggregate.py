@@ -56,7 +56,7 @@ from .events import (
     TIMED_STAGES,
 )
 from .maintenance import COMPACTED_FROM_KEY, COMPACTED_PREFIX
-from .query import drop_duplicates, sql_list, sql_str, vetted, vetted_files
+from .query import drop_duplicates, session_defaults, sql_list, sql_str, vetted, vetted_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -274,10 +274,7 @@ def _connect(root: Path | None = None) -> duckdb.DuckDBPyConnection:
     config: dict[str, Any] = {"threads": threads, "memory_limit": "1GB"}
     if root is not None:
         config["temp_directory"] = str(root / store.STATE / "tmp")
-    con = duckdb.connect(config=config)
-    con.execute("SET TimeZone = 'UTC'")
-    # DuckDB's own progress bar would write to the terminal (and into cron mail)
-    con.execute("SET enable_progress_bar = false")
+    con = session_defaults(duckdb.connect(config=config))
     # every result that needs an order says so (ORDER BY): loading and grouping in
     # parallel without keeping scan order measured ~30% faster on a month of events
     con.execute("SET preserve_insertion_order = false")
@@ -288,10 +285,7 @@ def _connect(root: Path | None = None) -> duckdb.DuckDBPyConnection:
 def _cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """A second connection to ``con``'s database (sees its main-schema tables, not its
     temp tables) with the same session settings."""
-    cursor = con.cursor()
-    cursor.execute("SET TimeZone = 'UTC'")
-    cursor.execute("SET enable_progress_bar = false")
-    return cursor
+    return session_defaults(con.cursor())
 
 
 def _rows_on(cursor: duckdb.DuckDBPyConnection, tag: str, period: PeriodType, created_at_us: int) -> pa.Table:
@@ -302,17 +296,11 @@ def _rows_on(cursor: duckdb.DuckDBPyConnection, tag: str, period: PeriodType, cr
         cursor.close()
 
 
-def _files_sql(files: Sequence[Path]) -> str:
-    return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning = false)"
-
-
-def _snapshot_files_sql(files: Sequence[Path]) -> str:
-    """Snapshot files by column name: files written before a column was added lack it
-    (NULL there)."""
-    return (
-        f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning = false, "
-        "union_by_name = true)"
-    )
+def _files_sql(files: Sequence[Path], *, by_name: bool = False) -> str:
+    """read_parquet of exactly ``files``; ``by_name`` matches columns by name (snapshot
+    files written before a column was added lack it: NULL there)."""
+    names = ", ".join(sql_str(str(f)) for f in files)
+    return f"read_parquet([{names}], hive_partitioning = false{', union_by_name = true' if by_name else ''})"
 
 
 def _dedup_sql(files: Sequence[Path], lo_us: int | None, hi_us: int | None) -> str:
@@ -436,15 +424,6 @@ def _query_metrics(con: duckdb.DuckDBPyConnection, table: str, bucket_expr: str)
     src = f"(SELECT *, {bucket_expr} AS bucket FROM {table})"
     result: pa.Table = con.sql(metrics_sql(src)).to_arrow_table()
     return result
-
-
-def _stage_map_sql() -> str:
-    """VALUES (event_type, stage) of every stage completion event."""
-    return ", ".join(
-        f"({sql_str(ev)}, {sql_str(stage)})"
-        for stage in TIMED_STAGES
-        for ev in STAGE_COMPLETION_EVENTS[stage]
-    )
 
 
 #: the event types some snapshot column reads; any other event counts only for its
@@ -1237,16 +1216,15 @@ def _write_buckets(
     period_type: PeriodType,
     rows: pa.Table,
     buckets: Sequence[int],
-    pending: _Writer | None = None,
+    writer: _Writer,
 ) -> tuple[int, int]:
-    """Write ``rows`` (snapshot rows ordered by period_start, see :func:`_as_snapshot`)
-    as one file per requested bucket; remove the file of a requested bucket
-    that has no rows. Returns (written, removed). With ``pending``, the files are
-    written in its background threads (complete once ``pending.drain()`` returns)."""
-    snap = rows
+    """Submit ``rows`` (snapshot rows ordered by period_start, see :func:`_as_snapshot`)
+    to ``writer`` as one file per requested bucket (complete once ``writer.drain()``
+    returns); remove the file of a requested bucket that has no rows. Returns
+    (written, removed)."""
     # rows come ordered by bucket: one zero-copy slice per bucket
     spans: dict[int, tuple[int, int]] = {}
-    for i, start in enumerate(snap["period_start"].cast("int64").to_pylist()):
+    for i, start in enumerate(rows["period_start"].cast("int64").to_pylist()):
         first, _ = spans.get(start, (i, i))
         spans[start] = (first, i + 1)
     writes = []
@@ -1254,20 +1232,15 @@ def _write_buckets(
     for bucket in buckets:
         path = _bucket_path(root, period_type, bucket)
         lo, hi = spans.get(bucket, (0, 0))
-        part = snap.slice(lo, hi - lo)
+        part = rows.slice(lo, hi - lo)
         if part.num_rows == 0:
             if path.exists():
                 path.unlink()
                 removed += 1
             continue
         writes.append((path, part))
-    if pending is not None:
-        for path, part in writes:
-            pending.submit(path, part)
-        return len(writes), removed
-    with _Writer() as writer:
-        for path, part in writes:
-            writer.submit(path, part)
+    for path, part in writes:
+        writer.submit(path, part)
     return len(writes), removed
 
 
@@ -1304,16 +1277,6 @@ class _Writer:
     def close(self) -> None:
         """Wait for the threads (without raising: after a failure elsewhere)."""
         self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if exc[0] is None:
-                self.drain()
-        finally:
-            self.close()
 
 
 # ---------------------------------------------------------------- window queries
@@ -1567,7 +1530,7 @@ def read_snapshots(
     con = _connect()
     try:
         table = con.sql(
-            f"SELECT * FROM {_snapshot_files_sql(files)} WHERE {' AND '.join(where)} "
+            f"SELECT * FROM {_files_sql(files, by_name=True)} WHERE {' AND '.join(where)} "
             "ORDER BY period_start, organization_id NULLS FIRST",
             params=params,
         ).to_arrow_table()
@@ -1601,5 +1564,5 @@ def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
         ("snapshots_daily", store.SNAPSHOTS_DAILY),
     ):
         files = vetted_files(root, area)
-        src = _snapshot_files_sql(files) if files else "_voicepipe_empty_snapshots"
+        src = _files_sql(files, by_name=True) if files else "_voicepipe_empty_snapshots"
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {src}")

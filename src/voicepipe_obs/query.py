@@ -64,6 +64,15 @@ def vetted(files: Iterable[Path]) -> list[Path]:
     return good
 
 
+def session_defaults(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Set what the library's own queries assume on ``con`` (session settings: each
+    cursor needs them again): timestamps in UTC, and no progress bar drawn on stderr
+    (it would end up in cron mail). Returns ``con``."""
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def drop_duplicates(con: duckdb.DuckDBPyConnection, table: str, rows: str = "true") -> None:
     """Keep one row per event_id among the ``rows`` (an SQL condition) of the temp
     table ``table``, in place: duplicates are normally none or a few, and replacing

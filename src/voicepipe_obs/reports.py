@@ -272,11 +272,9 @@ def _connect(
 
 def _cursor() -> duckdb.DuckDBPyConnection:
     """A bare connection (no views) for queries that name their files themselves."""
-    con = _database().cursor()
-    # session settings: per cursor. No progress bar on stderr (cron mail)
-    con.execute("SET enable_progress_bar = false")
-    con.execute("SET TimeZone = 'UTC'")
-    return con
+    from .query import session_defaults
+
+    return session_defaults(_database().cursor())
 
 
 _DATABASE: duckdb.DuckDBPyConnection | None = None
@@ -1803,6 +1801,7 @@ def alerts(
     import duckdb
 
     from . import alerts as alerts_mod
+    from .query import session_defaults
 
     rule, org, severity = (
         check_text("--rule", rule),
@@ -1810,9 +1809,7 @@ def alerts(
         check_text("--severity", severity),
     )
     now = aware(now)
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
-    con.execute("SET TimeZone = 'UTC'")
+    con = session_defaults(duckdb.connect())
     alerts_mod.register_views(con, root)
     states = alerts_mod.list_alerts(
         root,
