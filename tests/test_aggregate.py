@@ -547,3 +547,42 @@ def test_unreadable_new_file_is_skipped_and_left_for_later(
     assert "torn.parquet" in caplog.text
     state = (root / store.STATE / ag.STATE_FILE).read_text()
     assert "torn.parquet" not in state and "s1.parquet" in state
+
+
+def test_listing_sees_exactly_the_event_files_among_strays(root: Path) -> None:
+    """The incremental run's own listing (os.scandir, no pathlib) agrees with
+    store.list_parquet and skips what is not an event file of an hour partition."""
+    pipeline(root, "a1", "o1", at(0, 4), "s1")
+    pipeline(root, "a2", "o2", at(1, 23), "s2")
+    pipeline(root, "a3", "o1", at(1, 23, 30), "s3")
+    events = root / store.EVENTS
+    hour = store.hour_dir(root, "2026-05-04", 4)
+    valid = (hour / "s1.parquet").read_bytes()  # strays are readable: vetting cannot hide them
+    (hour / ".s9.parquet.1a2b.tmp").write_bytes(valid)  # a write in progress
+    (hour / ".hidden.parquet").write_bytes(valid)
+    (hour / "notes.txt").write_text("not an event file")
+    (events / "stray.parquet").write_bytes(valid)  # outside any partition
+    (events / "date=2026-05-09").write_text("a file, not a directory")
+    (events / "date=2026-05-04" / "hour=xx").mkdir()
+    (events / "date=2026-05-04" / "hour=xx" / "x.parquet").write_bytes(valid)
+    (events / "date=garbage" / "hour=01").mkdir(parents=True)
+    (events / "date=garbage" / "hour=01" / "g.parquet").write_bytes(valid)
+    (events / "misc").mkdir()
+
+    listed = ag._list_event_files(root, seen=set())
+    rels = [f.rel for f in listed]
+    assert rels == [
+        "events/date=2026-05-04/hour=04/s1.parquet",
+        "events/date=2026-05-05/hour=23/s2.parquet",
+        "events/date=2026-05-05/hour=23/s3.parquet",
+    ]
+    expected = [p.relative_to(root).as_posix() for p in store.list_parquet(root)]
+    assert rels == [r for r in expected if "garbage" not in r]
+    assert all(Path(f.file) == root / f.rel and f.path == root / f.rel for f in listed)
+    assert [f.hour_us for f in listed] == [
+        store.to_us(at(0, 4)),
+        store.to_us(at(1, 23)),
+        store.to_us(at(1, 23)),
+    ]
+    result = ag.aggregate(root, now=NOW)
+    assert result.new_files == 3 and result.hourly_written == 2

@@ -296,7 +296,7 @@ def _rows_on(cursor: duckdb.DuckDBPyConnection, tag: str, period: PeriodType, cr
         cursor.close()
 
 
-def _files_sql(files: Sequence[Path], *, by_name: bool = False) -> str:
+def _files_sql(files: Sequence[Path | str], *, by_name: bool = False) -> str:
     """read_parquet of exactly ``files``; ``by_name`` matches columns by name (snapshot
     files written before a column was added lack it: NULL there)."""
     names = ", ".join(sql_str(str(f)) for f in files)
@@ -452,7 +452,7 @@ _SNAPSHOT_TABLE: Final = (
 )
 
 
-def _snapshot_scan_sql(files: Sequence[Path], lo_us: int, hi_us: int, *, event_ids: bool) -> str:
+def _snapshot_scan_sql(files: Sequence[Path | str], lo_us: int, hi_us: int, *, event_ids: bool) -> str:
     """The rows of ``files`` in [lo, hi), event_type as :data:`_ET` (NULL outside the
     vocabulary); without ``event_ids`` event_id is NULL (materialising strings is
     most of what a load costs)."""
@@ -479,13 +479,13 @@ def _load_snapshot_events(
     per_hour: dict[int, list[_EventFile]] = {}
     for f in files:
         per_hour.setdefault(f.hour_us, []).append(f)
-    clean: list[Path] = []
-    mixed: list[Path] = []
+    clean: list[str] = []
+    mixed: list[str] = []
     for group in per_hour.values():
-        if len(group) == 1 and group[0].path.name.startswith(COMPACTED_PREFIX):
-            clean.append(group[0].path)
+        if len(group) == 1 and group[0].name.startswith(COMPACTED_PREFIX):
+            clean.append(group[0].file)
         else:
-            mixed.extend(f.path for f in group)
+            mixed.extend(f.file for f in group)
     if mixed:
         con.execute(f"INSERT INTO _vp_ev {_snapshot_scan_sql(mixed, lo_us, hi_us, event_ids=True)}")
         # a copy of any other event changes nothing (its bucket and organisation have
@@ -791,35 +791,59 @@ def _run_lock(root: Path) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class _EventFile:
-    rel: str
-    path: Path
+    rel: str  # relative to the root, "/"-separated
+    file: str  # the full path as text (what the SQL needs)
     hour_us: int  # start of the partition's hour, epoch µs
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+    @property
+    def name(self) -> str:
+        return self.rel.rsplit("/", 1)[-1]
 
 
 def _list_event_files(root: Path, seen: set[str]) -> list[_EventFile]:
-    """Every event file; files not aggregated before are vetted (a bad one is
-    skipped with a warning and stays unrecorded), seen ones were vetted already.
+    """Every event file (sorted); files not aggregated before are vetted (a bad one
+    is skipped with a warning and stays unrecorded), seen ones were vetted already.
 
-    String slicing rather than pathlib per file: a month is ~10,000 files and this
-    runs on every (incremental) run."""
-    base = str(root).rstrip("/") + "/"
-    hours: dict[str, int | None] = {}
+    ``os.scandir`` and strings rather than pathlib per file: a month is ~11,000 files
+    and this runs on every (incremental) run, most often to find nothing new
+    (pathlib made listing ~0.3 s of a ~0.6 s run)."""
+    base = os.path.join(os.fspath(root), store.EVENTS)
     listed: list[_EventFile] = []
     fresh: list[Path] = []
-    for path in store.list_parquet(root):
-        text = str(path)
-        rel = text[len(base) :] if text.startswith(base) else path.relative_to(root).as_posix()
-        parent = rel.rsplit("/", 1)[0]
-        hour_us = hours.get(parent, -1)
-        if hour_us == -1:
-            hour_us = hours[parent] = _partition_hour(parent)
-        if hour_us is None:
-            continue
-        listed.append(_EventFile(rel, path, hour_us))
-        if rel not in seen:
-            fresh.append(path)
-    skip = set(fresh) - set(vetted(fresh))
-    return [f for f in listed if f.path not in skip] if skip else listed
+    for date in _subdirs(base, "date="):
+        for hour in _subdirs(os.path.join(base, date), "hour="):
+            parent = f"{store.EVENTS}/{date}/{hour}"
+            hour_us = _partition_hour(parent)
+            if hour_us is None:
+                continue
+            directory = os.path.join(base, date, hour)
+            try:
+                names = sorted(os.listdir(directory))
+            except OSError:  # removed meanwhile (cleanup)
+                continue
+            for name in names:
+                # temporary files start with a dot (see store.write_table)
+                if not name.endswith(".parquet") or name.startswith("."):
+                    continue
+                f = _EventFile(f"{parent}/{name}", os.path.join(directory, name), hour_us)
+                listed.append(f)
+                if f.rel not in seen:
+                    fresh.append(f.path)
+    skip = {str(p) for p in set(fresh) - set(vetted(fresh))}
+    return [f for f in listed if f.file not in skip] if skip else listed
+
+
+def _subdirs(directory: str, prefix: str) -> list[str]:
+    """Names of the subdirectories of ``directory`` starting with ``prefix``, sorted."""
+    try:
+        with os.scandir(directory) as it:
+            return sorted(e.name for e in it if e.name.startswith(prefix) and e.is_dir())
+    except OSError:
+        return []
 
 
 def _partition_hour(parent: str) -> int | None:
@@ -851,7 +875,7 @@ def _receipt_chunks(root: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
 
 
-def _receipts_sql(files: Sequence[Path]) -> str:
+def _receipts_sql(files: Sequence[Path | str]) -> str:
     return (
         f"SELECT artifact_id, min(epoch_us(timestamp)) AS first_us FROM {_files_sql(files)} "
         "WHERE event_type = 'artifact_received' AND artifact_id IS NOT NULL GROUP BY artifact_id"
@@ -884,7 +908,7 @@ def _save_receipts(con: duckdb.DuckDBPyConnection, root: Path, *, full: bool) ->
 
 
 def _late_receipt_hours(
-    con: duckdb.DuckDBPyConnection, root: Path, new: Sequence[Path], every: Sequence[Path]
+    con: duckdb.DuckDBPyConnection, root: Path, new: Sequence[str], every: Sequence[str]
 ) -> set[int]:
     """Hours aggregated before whose end-to-end latency receipts in the ``new`` files
     change: completions aggregated without a receipt (the orphans file) whose receipt
@@ -1020,7 +1044,7 @@ def aggregate(
         # compacted files whose sources were all aggregated carry nothing new
         settled = set()
         for f in new:
-            if f.path.name.startswith(COMPACTED_PREFIX):
+            if f.name.startswith(COMPACTED_PREFIX):
                 sources = _compacted_sources(f.path)
                 parent = f.rel.rsplit("/", 1)[0]
                 if sources is not None and all(f"{parent}/{s}" in state.seen for s in sources):
@@ -1075,14 +1099,14 @@ def aggregate(
                 # read into memory once when it is looked up more than a few times
                 receipts = _receipts_view(con, chunks, load=len(_day_chunks(sorted(days))) > 1)
                 if new:  # hours aggregated before whose latency the new receipts change
-                    late = _late_receipt_hours(con, rootp, [f.path for f in new], [f.path for f in listing])
+                    late = _late_receipt_hours(con, rootp, [f.file for f in new], [f.file for f in listing])
                     late = {h for h in late if _floor(h, store.US_PER_DAY) in by_day}
                     hours |= late
                     days |= {_floor(h, store.US_PER_DAY) for h in late}
                     con.execute("INSERT INTO _vp_rc SELECT artifact_id, first_us FROM _vp_new_rc")
             day_list = sorted(days | {_floor(h, store.US_PER_DAY) for h in hours})
             if full_index:  # the index must cover every event file: scan the days not computed
-                others = [f.path for d, fs in by_day.items() if d not in set(day_list) for f in fs]
+                others = [f.file for d, fs in by_day.items() if d not in set(day_list) for f in fs]
                 if others:
                     con.execute(f"INSERT INTO _vp_rc {_receipts_sql(others)}")
                 receipts = "_vp_rc"
