@@ -56,7 +56,7 @@ from .events import (
     TIMED_STAGES,
 )
 from .maintenance import COMPACTED_FROM_KEY, COMPACTED_PREFIX
-from .query import drop_duplicates, session_defaults, sql_list, sql_str, vetted, vetted_files
+from .query import area_source, drop_duplicates, session_defaults, sql_list, sql_str, vetted, vetted_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -1578,15 +1578,15 @@ def _conform(table: pa.Table) -> pa.Table:
 # ------------------------------------------------------------------------- views
 
 
-def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+def register_views(con: duckdb.DuckDBPyConnection, root: Path, *, live: bool = False) -> None:
     """Create the snapshots_hourly and snapshots_daily views (empty and typed when
-    there are no snapshot files yet, so reports and alerts can always query them)."""
+    there are no snapshot files yet, so reports and alerts can always query them;
+    ``live``: see :func:`voicepipe_obs.query.connect`)."""
     empty = snapshot_schema().empty_table()
     con.register("_voicepipe_empty_snapshots", empty)
     for view, area in (
         ("snapshots_hourly", store.SNAPSHOTS_HOURLY),
         ("snapshots_daily", store.SNAPSHOTS_DAILY),
     ):
-        files = vetted_files(root, area)
-        src = _files_sql(files, by_name=True) if files else "_voicepipe_empty_snapshots"
+        src = area_source(root, area, live=live, by_name=True) or "_voicepipe_empty_snapshots"
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {src}")

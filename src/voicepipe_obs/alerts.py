@@ -36,7 +36,7 @@ import duckdb
 from . import store
 from .config import Settings, parse_hours
 from .errors import AlertError, NotFoundError, StoreError, UsageError
-from .query import parquet_scan, sql_list, sql_str, vetted_files
+from .query import area_source, parquet_scan, sql_list, vetted_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -143,18 +143,15 @@ GROUP BY alert_id
 """
 
 
-def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+def register_views(con: duckdb.DuckDBPyConnection, root: Path, *, live: bool = False) -> None:
     """Create the ``alert_log`` view (every record, typed and empty when there are
-    no files) and the ``alerts`` view (current state per alert)."""
+    no files) and the ``alerts`` view (current state per alert); ``live``: see
+    :func:`voicepipe_obs.query.connect`."""
     con.register("_voicepipe_empty_alert_log", log_schema().empty_table())
-    files = vetted_files(root, store.ALERTS)
-    if files:
-        src = ", ".join(sql_str(str(f)) for f in files)
+    src = area_source(root, store.ALERTS, live=live, by_name=True)
+    if src is not None:
         cols = ", ".join(LOG_COLUMN_NAMES)
-        con.execute(
-            "CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) "
-            f"{cols} FROM read_parquet([{src}], union_by_name=true, hive_partitioning=false)"
-        )
+        con.execute(f"CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) {cols} FROM {src}")
     else:
         con.execute("CREATE OR REPLACE VIEW alert_log AS SELECT * FROM _voicepipe_empty_alert_log")
     con.execute(f"CREATE OR REPLACE VIEW alerts AS {ALERTS_SQL}")
@@ -642,7 +639,7 @@ def evaluate(
         if name not in _RULE_FUNCS:
             raise UsageError(f"unknown rule {name!r}; choose from {', '.join(RULES)}")
     try:
-        con = con or connect(rootp)
+        con = con or connect(rootp, live=False)
         ctx = _Ctx(con, rootp, settings, at)
         ev = Evaluation(at)
         for name in rules or RULES:
@@ -770,7 +767,7 @@ def list_alerts(
     """Alerts in their current state (default: active only), oldest first."""
     from .query import connect
 
-    con = con or connect(store.resolve_root(root))
+    con = con or connect(store.resolve_root(root), live=False)
     clauses: list[str] = []
     params: list[Any] = []
     for name, value in (
@@ -800,7 +797,7 @@ def alert_history(
     notification attempt), oldest first, as plain dicts."""
     from .query import connect
 
-    con = con or connect(store.resolve_root(root))
+    con = con or connect(store.resolve_root(root), live=False)
     if record_type is not None and record_type not in RECORD_TYPES:
         raise UsageError(f"unknown record type {record_type!r}; choose from {', '.join(RECORD_TYPES)}")
     clauses: list[str] = []
@@ -945,7 +942,7 @@ def acknowledge(
     if not by:
         raise UsageError("--by needs a name (who is acknowledging)")
     at = _aware(now)
-    con = connect(rootp)
+    con = connect(rootp, live=False)
     states = _select_states(con, "WHERE alert_id = ?", [alert_id])
     if not states:
         raise NotFoundError(f"no alert with id {alert_id!r}; `voicepipe alerts list --all` shows the ids")
@@ -1215,7 +1212,7 @@ def run_check(
         )
     with check_lock(rootp, settings.alerts.lock_timeout_seconds):
         try:
-            con = connect(rootp)
+            con = connect(rootp, live=False)
         except duckdb.Error as exc:
             raise StoreError(_unreadable(rootp, exc)) from exc
         try:

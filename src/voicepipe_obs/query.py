@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Final
 
 import duckdb
 
@@ -205,9 +206,20 @@ def connect(
     root: str | os.PathLike[str] | None = None,
     *,
     database: str = ":memory:",
+    live: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views events, events_raw, artifacts,
-    snapshots_hourly, snapshots_daily and alerts over the data root.
+    snapshots_hourly, snapshots_daily, alerts and alert_log over the data root.
+
+    ``live`` (the default, for notebooks and long-lived connections): each query
+    reads the files present when it runs, so new events show up and the
+    connection keeps working after ``voicepipe compact`` and ``voicepipe cleanup``
+    replace or remove files. A file that is not valid Parquet then fails the query
+    with DuckDB's error naming it (``voicepipe compact`` moves such files to
+    ``quarantine/``). ``live=False`` fixes the views to the files present now,
+    skipping unreadable ones with a warning (what voicepipe's own commands use).
+    Either way, an area with no files yet (a new root) stays empty until you
+    connect again.
 
     A missing root gives empty views (not an error): check with
     ``SELECT count(*) FROM events``.
@@ -215,18 +227,45 @@ def connect(
     rootp = store.resolve_root(root)
     con = duckdb.connect(database)
     con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
-    register_views(con, rootp)
+    register_views(con, rootp, live=live)
     return con
 
 
-def register_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """(Re)create every view on ``con`` over the files under ``root`` now."""
+#: The files of each area, relative to the area (what :func:`area_source` globs).
+AREA_PATTERNS: Final = {
+    store.EVENTS: "date=*/hour=*/*.parquet",
+    store.SNAPSHOTS_HOURLY: "date=*/*.parquet",
+    store.SNAPSHOTS_DAILY: "date=*/*.parquet",
+    store.ALERTS: "date=*/*.parquet",
+}
+
+
+def area_source(root: Path, area: str, *, live: bool = False, by_name: bool = False) -> str | None:
+    """A ``read_parquet(...)`` FROM-source over an area's Parquet files; None when it
+    has none. With ``live`` a glob DuckDB expands again at every query (see
+    :func:`connect`), except when a file is unreadable now (it would fail every
+    query) or the root's path holds glob characters; otherwise exactly the vetted
+    files present now. ``by_name`` matches columns by name (files written before a
+    column was added lack it)."""
+    listed = store.list_parquet(root, area)
+    files = vetted(listed)
+    if not files:
+        return None
+    opts = "hive_partitioning = false" + (", union_by_name = true" if by_name else "")
+    if live and len(files) == len(listed) and not any(c in str(root) for c in "*?[]{}"):
+        return f"read_parquet({sql_str(str(root / area / AREA_PATTERNS[area]))}, {opts})"
+    return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], {opts})"
+
+
+def register_views(con: duckdb.DuckDBPyConnection, root: Path, *, live: bool = False) -> None:
+    """(Re)create every view on ``con`` over the files under ``root`` (``live``: see
+    :func:`connect`)."""
     con.register("_voicepipe_empty_events", arrow_schema().empty_table())
-    files = vetted_files(root)
-    con.execute(f"CREATE OR REPLACE VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
+    src = area_source(root, store.EVENTS, live=live) or "_voicepipe_empty_events"
+    con.execute(f"CREATE OR REPLACE VIEW events_raw AS SELECT * FROM {src}")
     con.execute("CREATE OR REPLACE VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw")
     con.execute(f"CREATE OR REPLACE VIEW artifacts AS {ARTIFACTS_SQL}")
     from . import aggregate, alerts
 
-    aggregate.register_views(con, root)
-    alerts.register_views(con, root)
+    aggregate.register_views(con, root, live=live)
+    alerts.register_views(con, root, live=live)

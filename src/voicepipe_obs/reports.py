@@ -1905,7 +1905,7 @@ def locked_connection(root: Path) -> duckdb.DuckDBPyConnection:
     from .query import connect
 
     root = root.resolve()
-    con = connect(root)
+    con = connect(root, live=False)
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET allowed_directories = $dirs", {"dirs": [str(root) + os.sep]})
     con.execute("SET autoinstall_known_extensions = false")
