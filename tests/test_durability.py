@@ -374,6 +374,23 @@ def test_spool_also_failing_keeps_max_buffer_then_drops_and_counts(root: Path, d
     assert raw(root, "SELECT min(claim_count), max(claim_count), count(*) FROM ev") == [(0, 99, 100)]
 
 
+@pytest.mark.usefixtures("quiet_log")
+def test_a_broken_spool_counts_failed_writes_not_skipped_attempts(root: Path) -> None:
+    """durability="sync": while the spool is known to be broken, emits do not try it
+    again, and those skipped attempts are no write errors; the events still arrive."""
+    _break(root / "_spool")
+    rec = vp.Recorder(root, durability="sync", flush_interval=1.0)
+    started = time.monotonic()
+    ids = [rec.emit("rate_limit_hit", claim_count=i) for i in range(200)]
+    s = rec.stats()
+    attempts = 1 + int(time.monotonic() - started)  # the spool is retried once a second
+    assert None not in ids
+    assert 1 <= s["write_errors"] <= attempts and s["spooled"] == 0
+    assert rec.flush()
+    rec.close()
+    assert rec.stats()["written"] == 200 and assert_unique(root) == 200
+
+
 # ------------------------------------------------------------ spool permissions
 
 
@@ -496,6 +513,55 @@ def test_multiprocessing_workers_flush_at_exit(root: Path) -> None:
     proc.join(60)
     rec.close()
     assert assert_unique(root) == 41
+
+
+MP_WORKER = r"""
+import multiprocessing, os, sys
+import voicepipe_obs as vp
+
+ROOT, N = os.environ["VP_TEST_ROOT"], 40
+# "module": a recorder made when the main module is imported (in a spawn or
+# forkserver child: while the child prepares, before multiprocessing's bootstrap)
+MODULE_REC = vp.Recorder(ROOT, durability="memory", flush_interval=3600) if sys.argv[2] == "module" else None
+
+def work():
+    rec = MODULE_REC or vp.Recorder(ROOT, durability="memory", flush_interval=3600)
+    for i in range(N):
+        with rec.artifact(f"a-{i}", organization_id="org"):
+            pass
+    # returns without rec.close(): multiprocessing then ends the child with os._exit()
+
+if __name__ == "__main__":
+    proc = multiprocessing.get_context(sys.argv[1]).Process(target=work)
+    proc.start()
+    proc.join(120)
+    sys.exit(proc.exitcode)
+"""
+
+
+@pytest.mark.parametrize("where", ["worker", "module"])
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_multiprocessing_worker_that_returns_without_close_keeps_its_events(
+    tmp_path: Path, method: str, where: str
+) -> None:
+    """Every start method (forkserver is Linux's default from Python 3.14) ends the
+    child with os._exit(); its normal return must still flush the recorder."""
+    import pyarrow.parquet as pq
+
+    script = tmp_path / "mp_worker.py"
+    script.write_text(MP_WORKER)
+    root = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, str(script), method, where],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "VP_TEST_ROOT": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    files = list((root / "events").rglob("*.parquet")) if (root / "events").exists() else []
+    ids = [eid for f in files for eid in pq.read_table(f, columns=["event_id"]).column(0).to_pylist()]
+    assert len(ids) == len(set(ids)) == 80  # artifact_received + artifact_completed, 40 times
 
 
 def test_a_recorder_closed_before_fork_stays_closed_in_the_child(root: Path) -> None:

@@ -8,8 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import enum
+import inspect
+import re
 import threading
+import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import voicepipe_obs as vp
-from voicepipe_obs.emit import _swap_default
+from voicepipe_obs.emit import _stage_var, _swap_default
 from voicepipe_obs.errors import EmitError
 
 UTC = dt.timezone.utc
@@ -312,6 +317,19 @@ def test_function_arguments_are_never_recorded(rec: vp.Recorder) -> None:
 # ------------------------------------------------------------- stage name checks
 
 
+def test_event_ids_of_one_recorder_sort_in_emission_order(rec: vp.Recorder) -> None:
+    """The counter is zero-padded: ids sort as emitted across 9→10, 99→100, 999→1000,
+    so (timestamp, event_id) orders events with tied timestamps as emitted."""
+    when = dt.datetime(2026, 1, 5, 9, tzinfo=UTC)
+    ids = [rec.emit("rate_limit_hit", timestamp=when, claim_count=i) for i in range(1005)]
+    assert all(eid is not None and len(eid) == 16 + 12 for eid in ids)
+    assert sorted(ids) == ids  # type: ignore[type-var]
+    assert rec.flush()
+    written = sorted(pq.read_table(rec.root / "events").to_pylist(), key=lambda r: r["event_id"])
+    assert [r["event_id"] for r in written] == ids
+    assert [r["claim_count"] for r in written] == list(range(1005))
+
+
 def test_misspelt_stage_name_names_the_closest() -> None:
     rec = vp.Recorder("unused-root")
     with pytest.raises(ValueError, match="did you mean 'transcription'"):
@@ -434,7 +452,9 @@ def test_emit_defaults_the_stage_and_takes_context(rec: vp.Recorder) -> None:
         ({"claim_count": 2**31}, "claim_count must be a 32-bit integer"),
         ({"claim_count": True}, "claim_count must be a 32-bit integer"),
         ({"confidence_score": float("nan")}, "confidence_score must be a finite number"),
-        ({"ai_model": 4}, "ai_model must be a string"),
+        ({"ai_model": 4.5}, "ai_model must be a string"),
+        ({"organization_id": b"org"}, "organization_id must be a string"),
+        ({"retry_attempt": "1"}, "retry_attempt must be a 32-bit integer"),
         ({"attributes": {"k": 1}}, "attributes must be a mapping of strings to strings"),
         ({"timestamp": dt.datetime(2025, 1, 1)}, "timezone-aware"),
         ({"timestamp": 1e30}, "years 1-9999"),
@@ -469,6 +489,125 @@ def test_unstorable_strings_do_not_block_later_events(lax: vp.Recorder) -> None:
     rows = flushed(lax)
     assert [r["ai_model"] for r in rows] == ["bad \ufffd surrogate", "fine"]
     assert lax.stats()["invalid"] == 1
+
+
+class Channel(str, enum.Enum):
+    WHATSAPP = "whatsapp"
+
+
+class Count(enum.IntEnum):
+    ONE = 1
+
+
+def test_ids_from_a_database_are_stored_as_strings(rec: vp.Recorder) -> None:
+    """Ints and UUIDs given for string columns are stored as str(value) (strict: no
+    error); str/int subclasses (enums) as their plain value."""
+    org = uuid.uuid4()
+    with rec.artifact(12345, organization_id=org, coach_user_id=7, source_channel=Channel.WHATSAPP):
+        with rec.stage("transcription") as st:
+            st.annotate(ai_model=Channel.WHATSAPP, claim_count=Count.ONE)
+        rec.emit("draft_confirmed", actor=42, voice_note_id=uuid.UUID(int=1))
+    rows = flushed(rec)
+    assert len(rows) == 5 and rec.stats()["invalid"] == 0
+    assert {r["artifact_id"] for r in rows} == {"12345"}
+    assert {r["organization_id"] for r in rows} == {str(org)}
+    assert {r["coach_user_id"] for r in rows} == {"7"}
+    assert rows[0]["source_channel"] == "whatsapp"
+    done = next(r for r in rows if r["event_type"] == "transcription_completed")
+    assert (done["ai_model"], done["claim_count"]) == ("whatsapp", 1)
+    confirmed = next(r for r in rows if r["event_type"] == "draft_confirmed")
+    assert confirmed["actor"] == "42" and confirmed["voice_note_id"] == str(uuid.UUID(int=1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"artifact_id": 12.5}, "artifact_id must be a string"),
+        ({"artifact_id": "a", "organization_id": object()}, "organization_id must be a string"),
+        ({"artifact_id": "a", "coach_user_id": True}, "coach_user_id must be a string"),
+        ({"artifact_id": "a", "retry_attempt": "1"}, "retry_attempt must be a 32-bit integer"),
+        ({"artifact_id": None}, "artifact_id is required"),
+    ],
+)
+def test_invalid_artifact_values_raise_when_strict(
+    rec: vp.Recorder, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(vp.EmitError, match=message):
+        rec.artifact(**kwargs)
+
+
+def test_an_invalid_id_costs_only_its_field(lax: vp.Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    """A bad id is left out where it enters; the batch it shares with good events is
+    written whole (it used to be set aside, every event of it dropped)."""
+    for i in range(300):
+        lax.emit("rate_limit_hit", claim_count=i)
+    with lax.artifact(12.5, organization_id=object(), coach_user_id=[7], retry_attempt="1"):  # type: ignore[arg-type]
+        with lax.stage("transcription"):
+            pass
+    lax.emit("rate_limit_hit", organization_id=uuid.uuid4, coach_user_id=3.0)  # the function, a float
+    rows = flushed(lax)
+    s = lax.stats()
+    assert (s["invalid"], s["dropped"], s["written"]) == (6, 0, 305)
+    assert len(rows) == 305
+    scoped = [r for r in rows if r["event_type"] != "rate_limit_hit"]
+    assert types(scoped) == [  # retry_attempt left out: an ordinary artifact scope
+        "artifact_received",
+        "transcription_started",
+        "transcription_completed",
+        "artifact_completed",
+    ]
+    assert all(r[c] is None for r in scoped for c in ("artifact_id", "organization_id", "coach_user_id"))
+    assert rows[-1]["organization_id"] is None and rows[-1]["coach_user_id"] is None
+    assert "artifact_id must be a string (or an int or UUID id), got float" in caplog.text
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_values_whose_own_methods_fail_are_invalid_not_raised(lax: vp.Recorder) -> None:
+    with lax.artifact("a-1", retry_attempt=Unprintable()):  # type: ignore[arg-type]
+        lax.annotate(claim_count=Unprintable())  # outside a stage: invalid too
+        lax.emit("rate_limit_hit", claim_count=Unprintable(), timestamp=Unprintable())  # type: ignore[arg-type]
+        lax.emit("rate_limit_hit", confidence_score=Unprintable())
+    assert lax.stats()["invalid"] == 4
+    assert types(flushed(lax)) == ["artifact_received", "rate_limit_hit", "artifact_completed"]
+
+
+def test_uuid_ids_reach_the_spool(root: Path) -> None:
+    rec = vp.Recorder(root, durability="sync", strict=True)
+    with rec.artifact(uuid.uuid4(), organization_id=uuid.uuid4()):
+        rec.emit("rate_limit_hit", coach_user_id=uuid.uuid4())
+    s = rec.stats()
+    assert (s["emitted"], s["spooled"], s["write_errors"]) == (3, 3, 0)
+    rec.close()
+    assert len(read_events(root)) == 3
+
+
+def test_unstorable_values_that_slip_past_validation_cost_only_themselves(
+    lax: vp.Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defence in depth: a row the validation did not vet (here made by hand) is
+    repaired value by value when Arrow refuses it; every other event is written."""
+    for i in range(100):
+        lax.emit("rate_limit_hit", claim_count=i)
+    now = time.time_ns() // 1000
+    org = uuid.uuid4()
+    bad = (next(lax._id_counter), "rate_limit_hit", now, ("a-1", None, org, None, None), None, None, None)
+    lax._append((*bad, None, {"claim_count": "x", "ai_model": 5, "attributes": {"k": "v"}}))
+    lax._append((next(lax._id_counter), None, now, None, None, None, None, None, None))  # no event type
+    for i in range(100, 200):
+        lax.emit("rate_limit_hit", claim_count=i)
+    rows = flushed(lax)
+    s = lax.stats()
+    assert (s["written"], s["dropped"], s["invalid"]) == (201, 1, 3)
+    assert sorted(r["claim_count"] for r in rows if r["claim_count"] is not None) == list(range(200))
+    (repaired,) = [r for r in rows if r["artifact_id"] == "a-1"]
+    assert repaired["organization_id"] == str(org) and repaired["ai_model"] == "5"
+    assert repaired["claim_count"] is None and dict(repaired["attributes"]) == {"k": "v"}
+    assert "coerced or left out 3 values" in caplog.text
+    assert "claim_count must be a 32-bit integer" in caplog.text
 
 
 # ----------------------------------------------------------------- default recorder
@@ -509,7 +648,7 @@ def test_module_level_default_recorder_is_bound_lazily(tmp_path: Path) -> None:
     ]
     assert one[2]["ai_model"] == "whisper-1" and one[3]["artifact_id"] == "a-1"
     assert types(two) == ["transcription_started", "transcription_completed"]
-    assert first.emit("rate_limit_hit") is not None and first.stats()["dropped"] == 1  # closed
+    assert first.emit("rate_limit_hit") is None and first.stats()["dropped"] == 1  # closed: dropped
     assert second is vp.get_recorder()
 
 
@@ -551,6 +690,95 @@ def test_unwritable_root_never_raises_into_the_pipeline(tmp_path: Path) -> None:
             pass
     assert rec.flush() is False
     s = rec.stats()
-    assert s["emitted"] == 4 and s["written"] == 0 and s["write_errors"] >= 1
+    assert s["emitted"] == 4 and s["written"] == 0 and s["write_errors"] >= 1 and s["buffered"] == 4
     rec.close()
-    assert rec.stats()["dropped"] == 4  # in memory only: lost at close, and counted
+    s = rec.stats()
+    # in memory only: lost at close, and counted once (as dropped, no longer as buffered)
+    assert (s["emitted"], s["dropped"], s["buffered"], s["written"]) == (4, 4, 0, 0)
+    assert rec.flush() is False  # nothing is written after close
+
+
+def test_a_strict_error_on_entry_leaves_no_context_behind(tmp_path: Path) -> None:
+    """A strict recorder that raises on entering an artifact or stage (here: the
+    spool cannot be written) must not leave that artifact or stage bound."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the root should be")
+    for kind in ("artifact", "stage"):
+        rec = vp.Recorder(blocker, durability="sync", strict=True)
+        with pytest.raises(EmitError, match="spool write failed"):
+            with rec.artifact("a-1") if kind == "artifact" else rec.stage("transcription"):
+                pass
+        assert vp.current_artifact() is None and _stage_var.get() is None
+        rec.close()
+
+
+def test_emit_after_close_returns_none_and_counts_a_drop(root: Path) -> None:
+    rec = vp.Recorder(root)
+    assert rec.emit("rate_limit_hit") is not None
+    rec.close()
+    assert rec.emit("rate_limit_hit") is None
+    s = rec.stats()
+    assert (s["emitted"], s["written"], s["dropped"], s["buffered"]) == (1, 1, 1, 0)
+
+
+def test_flush_honours_its_timeout(root: Path) -> None:
+    """flush(timeout=) gives up waiting (False) when a write in progress holds it
+    up; the flush then completes in the background."""
+    rec = vp.Recorder(root, flush_interval=60)
+    rec.emit("rate_limit_hit")
+    release = threading.Event()
+
+    def slow_writer() -> None:  # stands in for a background write stuck on slow storage
+        with rec._write_lock:
+            release.wait(10)
+
+    holder = threading.Thread(target=slow_writer)
+    holder.start()
+    try:
+        time.sleep(0.05)
+        started = time.monotonic()
+        assert rec.flush(timeout=0.2) is False
+        assert time.monotonic() - started < 2.0
+    finally:
+        release.set()
+        holder.join()
+    deadline = time.monotonic() + 10
+    while rec.stats()["written"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.flush(timeout=10) is True and rec.stats()["written"] == 1
+    rec.close()
+
+
+# ------------------------------------------------------------------- public API
+
+
+@pytest.mark.parametrize(
+    ("function", "method"),
+    [
+        (vp.artifact, vp.Recorder.artifact),
+        (vp.emit, vp.Recorder.emit),
+        (vp.flush, vp.Recorder.flush),
+    ],
+)
+def test_module_functions_mirror_the_recorder_methods(function: Any, method: Any) -> None:
+    """vp.artifact(org_id=...) must be a type error for mypy, not a TypeError at run time."""
+    params = list(inspect.signature(method).parameters.values())[1:]  # without self
+    assert list(inspect.signature(function).parameters.values()) == params
+    assert function.__doc__ and method.__doc__
+
+
+def test_module_functions_are_documented_and_the_api_is_exported(tmp_path: Path) -> None:
+    from voicepipe_obs.emit import ArtifactContext
+
+    for fn in (vp.emit, vp.artifact, vp.annotate, vp.flush, vp.stage, vp.configure):
+        assert (fn.__doc__ or "").strip(), fn.__name__
+    assert vp.EmitError is EmitError and issubclass(vp.EmitError, vp.VoicepipeError)
+    assert vp.ArtifactContext is ArtifactContext
+    assert {"EmitError", "ArtifactContext"} <= set(vp.__all__)
+    assert all(hasattr(vp, name) for name in vp.__all__)
+    con = vp.connect(tmp_path)  # the package docs name exactly the views connect() makes
+    names = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    views = {name for (name,) in names if not name.startswith("_")}
+    documented = set(re.findall(r"``(\w+)``", (vp.__doc__ or "").split("Reader side:")[1]))
+    assert documented == views
+    assert all(view in (vp.connect.__doc__ or "") for view in views)

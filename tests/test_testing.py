@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -114,3 +115,43 @@ def test_a_capture_matches_what_a_real_recorder_writes(root: Path) -> None:
         row["attributes"] = dict(row["attributes"]) if row["attributes"] is not None else None
     drop_id = [{k: v for k, v in r.items() if k != "event_id"} for r in rows]
     assert drop_id == [{k: v for k, v in e.items() if k != "event_id"} for e in fake.events]
+
+
+def test_capture_validates_exactly_as_the_recorder_does() -> None:
+    """What production would reject, a strict capture raises (EmitError) and a lax one
+    counts and leaves out; ids from a database are kept as strings."""
+    org = uuid.uuid4()
+    with capture() as cap:
+        with cap.artifact(12345, organization_id=org, coach_user_id=7):
+            cap.emit("rate_limit_hit", voice_note_id=uuid.UUID(int=5))
+    assert {e["artifact_id"] for e in cap.events} == {"12345"}
+    assert {e["organization_id"] for e in cap.events} == {str(org)}
+    assert {e["coach_user_id"] for e in cap.events} == {"7"}
+    assert cap.of_type("rate_limit_hit")[0]["voice_note_id"] == str(uuid.UUID(int=5))
+
+    strict = CaptureRecorder()
+    with pytest.raises(EmitError, match="artifact_id must be a string"):
+        strict.artifact(12.5)  # type: ignore[arg-type]
+    with pytest.raises(EmitError, match="retry_attempt must be a 32-bit integer"):
+        strict.artifact("a-1", retry_attempt="1")  # type: ignore[arg-type]
+    with pytest.raises(EmitError, match="organization_id must be a string"):
+        strict.emit("rate_limit_hit", organization_id=object())
+    with pytest.raises(EmitError, match="lone surrogate"):  # the writer would have to repair it
+        strict.emit("rate_limit_hit", ai_model="bad \ud800")
+    assert strict.events == []
+
+    lax = CaptureRecorder(strict=False)
+    with lax.artifact(12.5, organization_id="org", retry_attempt="1"):  # type: ignore[arg-type]
+        lax.emit("rate_limit_hit", ai_model="bad \ud800")
+    assert lax.stats()["invalid"] == 3
+    assert lax.types() == ["artifact_received", "rate_limit_hit", "artifact_completed"]
+    assert {e["artifact_id"] for e in lax.events} == {None}
+    assert {e["organization_id"] for e in lax.events} == {"org"}
+    assert lax.of_type("rate_limit_hit")[0]["ai_model"] == "bad \ufffd"
+
+
+def test_captured_event_ids_match_the_written_form() -> None:
+    rec = CaptureRecorder()
+    ids = [rec.emit("rate_limit_hit") for _ in range(12)]
+    assert [e["event_id"] for e in rec.events] == ids == sorted(ids)  # type: ignore[type-var]
+    assert len({len(i or "") for i in ids}) == 1

@@ -9,14 +9,17 @@ Pipeline side (cheap to import; never loads duckdb or click)::
     def transcribe(audio): ...
 
 Reader side: ``vp.connect(root)`` returns a DuckDB connection with the views
-``events``, ``artifacts``, ``snapshots_hourly``, ``snapshots_daily`` and ``alerts``.
+``events`` (deduplicated by event_id), ``events_raw``, ``artifacts``,
+``snapshots_hourly``, ``snapshots_daily``, ``alerts`` and ``alert_log``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING
 
 from .emit import (
+    ArtifactContext,
     ArtifactScope,
     Recorder,
     StageRun,
@@ -32,7 +35,7 @@ from .emit import (
     retry_handler,
     stage,
 )
-from .errors import VoicepipeError
+from .errors import EmitError, VoicepipeError
 from .events import ARTIFACT_STATUSES, EVENT_TYPES, STAGES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +47,9 @@ __all__ = [
     "ARTIFACT_STATUSES",
     "EVENT_TYPES",
     "STAGES",
+    "ArtifactContext",
     "ArtifactScope",
+    "EmitError",
     "Recorder",
     "StageRun",
     "StageSpec",
@@ -64,9 +69,14 @@ __all__ = [
 ]
 
 
-def connect(root: Any = None, **kwargs: Any) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection over the data root with the views events, artifacts,
-    snapshots_hourly, snapshots_daily and alerts (see :func:`voicepipe_obs.query.connect`)."""
+def connect(
+    root: str | os.PathLike[str] | None = None, *, database: str = ":memory:", live: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection over the data root (default ``$VOICEPIPE_DATA`` or
+    ``./voicepipe-data``) with the views events, events_raw, artifacts,
+    snapshots_hourly, snapshots_daily, alerts and alert_log. Live views by default:
+    each query reads the files present when it runs (see
+    :func:`voicepipe_obs.query.connect` for ``live=False`` and ``database``)."""
     from .query import connect as _connect
 
-    return _connect(root, **kwargs)
+    return _connect(root, database=database, live=live)

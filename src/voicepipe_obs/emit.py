@@ -46,12 +46,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
 from . import store
 from .errors import EmitError
 from .events import (
     COLUMN_KINDS,
+    COLUMN_NAMES,
+    CONTEXT_FIELDS,
     DISAMBIGUATION_EVENT,
     EVENT_STAGE,
     EVENT_TYPE_SET,
@@ -65,6 +67,13 @@ from .events import (
     TIMED_STAGES,
     closest,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import TypeAlias
+    from uuid import UUID
+
+    #: An id column's value as given: a string, or an int / UUID stored as str(value).
+    IdValue: TypeAlias = str | int | UUID
 
 log = logging.getLogger("voicepipe_obs")
 
@@ -132,13 +141,49 @@ def _rows_to_columns(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
     return columns
 
 
+#: Event ids are ``<id_prefix><counter>``, the counter zero-padded to this many digits
+#: so that the ids of one recorder sort in emission order.
+_ID_DIGITS: Final = 12
+
+
+def format_event_id(id_prefix: str, counter: int) -> str:
+    """The event_id of a recorder's ``counter``-th event (rows hold the counter only)."""
+    return id_prefix + str(counter).zfill(_ID_DIGITS)
+
+
+def _event_id_array(ids: Sequence[Any], id_prefix: str) -> Any:
+    """The event_id column (an Arrow array) for a batch's counters, built column-wise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        counters = pa.array(ids, type=pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # ids made by hand
+        return pa.array(
+            [format_event_id(id_prefix, v) if type(v) is int else str(v) for v in ids], type=pa.string()
+        )
+    digits = pc.utf8_lpad(pc.cast(counters, pa.string()), _ID_DIGITS, "0")
+    return pc.binary_join_element_wise(id_prefix, digits, "")
+
+
+def _columns_to_table(columns: dict[str, Any], n: int, id_prefix: str) -> Any:
+    """store.columns_to_table, with the event ids formatted here (zero-padded)."""
+    ids = columns.pop("event_id")
+    table = store.columns_to_table(columns, n)
+    at = table.schema.get_field_index("event_id")
+    return table.set_column(at, table.schema.field(at), _event_id_array(ids, id_prefix))
+
+
 def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_prefix: str) -> None:
     """Write compact rows as Parquet, one file per hour named ``<stem>.parquet``; an
     hour whose file exists is skipped (exactly-once, see store.write_event_rows)."""
     if not rows:
         return
     if len(rows[0]) == NUM_COLUMNS:  # a full-width row (spool of an older version)
-        store.write_event_rows(root, rows, stem, id_prefix=id_prefix)
+        rows = [
+            (format_event_id(id_prefix, row[0]) if type(row[0]) is int else row[0], *row[1:]) for row in rows
+        ]
+        store.write_event_rows(root, rows, stem)
         return
     columns = _rows_to_columns(rows)
     stamps = columns["timestamp"]
@@ -153,7 +198,40 @@ def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_p
             continue
         if cols is None:
             cols = _rows_to_columns(bucket)
-        store.write_table(path, store.columns_to_table(cols, len(bucket), id_prefix=id_prefix))
+        store.write_table(path, _columns_to_table(cols, len(bucket), id_prefix))
+
+
+def _write_rows_repairing(
+    root: Path, rows: Sequence[Row], stem: str, id_prefix: str
+) -> tuple[int, list[str], bool]:
+    """Write rows (:func:`_write_event_rows`). When Arrow refuses a value that
+    validation let through, repair the rows (:func:`_repair_rows`: the offending
+    values coerced or left out, an unusable row left out) and write the rest.
+
+    Returns (events written, values repaired, whether the rows were unwritable even
+    after repair). OSError (storage) propagates: the caller retries later.
+    """
+    try:
+        _write_event_rows(root, rows, stem, id_prefix)
+        return len(rows), [], False
+    except OSError:
+        raise
+    except Exception as exc:
+        first_error = exc
+    repaired, problems, lost = _repair_rows(rows)
+    if not problems and not lost:  # not a value problem: nothing to repair
+        log.error("voicepipe cannot write a batch of %d events (%r); set aside", len(rows), first_error)
+        return 0, [], True
+    if lost:
+        log.error("voicepipe left out %d event rows without a usable id, type or time", lost)
+    try:
+        _write_event_rows(root, repaired, stem, id_prefix)
+    except OSError:
+        raise
+    except Exception as exc:
+        log.error("voicepipe cannot write a batch of %d events (%r); set aside", len(rows), exc)
+        return 0, problems, True
+    return len(repaired), problems, False
 
 
 _SPOOL_HEADER = struct.Struct("<II")  # payload length, crc32
@@ -166,9 +244,10 @@ _LOCK_SUFFIX = ".lock"
 
 @dataclass(frozen=True, slots=True)
 class ArtifactContext:
-    """The artifact a piece of code is working on; inherited by nested stages/emits."""
+    """The artifact a piece of code is working on; inherited by nested stages/emits.
+    ``rec.artifact(...)`` makes it from validated values (ids as strings)."""
 
-    artifact_id: str
+    artifact_id: str | None
     voice_note_id: str | None = None
     organization_id: str | None = None
     coach_user_id: str | None = None
@@ -236,7 +315,14 @@ _SETTABLE_KINDS: Final = {name: kind for name, kind in COLUMN_KINDS.items() if n
 
 
 def _check_value(name: str, value: Any) -> Any:
-    """Validate (and normalise) one field value for the row; raises _Invalid."""
+    """Validate (and normalise) one field value for the row; raises _Invalid (only).
+
+    What comes back is an exact built-in type that both Arrow and the spool (marshal)
+    take: str, int (int32 range), finite float, epoch µs or a dict of str. A string
+    column also takes an int (not a bool) or a uuid.UUID, stored as ``str(value)``
+    (ids straight from a database); subclasses (a StrEnum, an IntEnum) become their
+    plain value. Anything else is invalid for the column.
+    """
     if value is None:
         return None
     kind = _SETTABLE_KINDS.get(name)
@@ -249,41 +335,71 @@ def _check_value(name: str, value: Any) -> Any:
         return value
     if vtype is float and kind == "f64" and math.isfinite(value):
         return value
+    try:
+        return _check_other(name, kind, value)
+    except _Invalid:
+        raise
+    except Exception as exc:  # a value whose own methods fail (__int__, __repr__, ...)
+        raise _Invalid(f"{name}: the value could not be checked ({type(exc).__name__})") from None
+
+
+def _check_other(name: str, kind: str, value: Any) -> Any:
+    """_check_value past the fast paths."""
     if kind == "str":
         if isinstance(value, str):
-            return value
-        raise _Invalid(f"{name} must be a string, got {type(value).__name__}")
+            return str.__str__(value)  # a subclass's plain value: marshal takes exact str only
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(int(value))
+        uuid_module = sys.modules.get("uuid")  # a UUID exists only once uuid is imported
+        if uuid_module is not None and isinstance(value, uuid_module.UUID):
+            return str(value)
+        raise _Invalid(f"{name} must be a string (or an int or UUID id), got {type(value).__name__}")
     if kind == "i32":
         if isinstance(value, int) and not isinstance(value, bool) and INT32_MIN <= value <= INT32_MAX:
-            return value
-        raise _Invalid(f"{name} must be a 32-bit integer, got {value!r}")
+            return int(value)
+        raise _Invalid(f"{name} must be a 32-bit integer, got {_show(value)}")
     if kind == "f64":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             f = float(value)
             if math.isfinite(f):
                 return f
-        raise _Invalid(f"{name} must be a finite number, got {value!r}")
+        raise _Invalid(f"{name} must be a finite number, got {_show(value)}")
     if kind == "ts":
         return _to_us(name, value)
     if kind == "map":
         if isinstance(value, Mapping) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
-            return dict(value)
+            return {str.__str__(k): str.__str__(v) for k, v in value.items()}
         raise _Invalid(f"{name} must be a mapping of strings to strings")
     raise _Invalid(f"unknown field {name!r}")  # pragma: no cover
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """repr(value) for a message: short, and never raising."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _to_us(name: str, value: Any) -> int:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise _Invalid(f"{name} must be timezone-aware (e.g. datetime.now(timezone.utc))")
-        return store.to_us(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        us = round(value * 1_000_000)  # epoch seconds
-        if _MIN_US <= us <= _MAX_US:
-            return us
-    raise _Invalid(f"{name} must be an aware datetime or epoch seconds (years 1-9999), got {value!r}")
+    """An aware datetime or epoch seconds as epoch µs; raises _Invalid (only)."""
+    try:
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise _Invalid(f"{name} must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            return store.to_us(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            us = round(value * 1_000_000)  # epoch seconds
+            if _MIN_US <= us <= _MAX_US:
+                return int(us)
+    except _Invalid:
+        raise
+    except Exception:  # an overflow, a broken tzinfo: invalid like any other value
+        pass
+    raise _Invalid(f"{name} must be an aware datetime or epoch seconds (years 1-9999), got {_show(value)}")
 
 
 _MIN_US = store.to_us(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
@@ -351,32 +467,113 @@ def _prewarm_writer() -> None:
         log.debug("voicepipe could not preload pyarrow: %r", exc)
 
 
-def _repair_rows(rows: list[Row]) -> tuple[list[Row], int]:
-    """Replace string values Parquet cannot store (lone surrogates) with U+FFFD.
-    Returns the repaired rows and how many values were changed."""
-    bad = 0
-
-    def fix(value: str) -> str:
-        nonlocal bad
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            bad += 1
-            return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, str):
-            return fix(value)
-        if isinstance(value, tuple):
-            return tuple(walk(v) for v in value)
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        if isinstance(value, dict):
-            return {fix(k): walk(v) for k, v in value.items()}
+def _storable_str(value: str) -> str:
+    """``value`` with lone surrogates (which Parquet cannot store) replaced by U+FFFD."""
+    try:
+        value.encode("utf-8")
         return value
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
 
-    return [walk(row) for row in rows], bad
+
+def _repair_value(name: str, value: Any) -> tuple[Any, str | None]:
+    """(a value column ``name`` can store, what was wrong or None): the
+    :func:`_check_value` rules, except that a row's timestamps are epoch µs already."""
+    if value is None:
+        return None, None
+    fixed: Any
+    try:
+        if COLUMN_KINDS.get(name) == "ts":
+            if type(value) is not int or not _MIN_US <= value <= _MAX_US:
+                raise _Invalid(f"{name} must be epoch microseconds, got {_show(value)}")
+            fixed = value
+        else:
+            fixed = _check_value(name, value)
+    except _Invalid as exc:
+        return None, f"{exc}; left out"
+    problem = None
+    if type(fixed) is str:
+        clean = _storable_str(fixed)
+        if clean is not fixed:
+            fixed, problem = clean, f"{name} is not valid UTF-8 (a lone surrogate); replaced with U+FFFD"
+    elif type(fixed) is dict:
+        clean_map = {_storable_str(k): _storable_str(v) for k, v in fixed.items()}
+        if clean_map != fixed:
+            fixed, problem = clean_map, f"{name} is not valid UTF-8 (a lone surrogate); replaced with U+FFFD"
+    if problem is None and fixed is not value and fixed != value:
+        problem = f"{name}: {_show(value)} stored as {_show(fixed)}"
+    return fixed, problem
+
+
+def _repair_row(row: Row) -> tuple[Row | None, list[str]]:
+    """A row whose every value its column can store, and what had to be coerced or
+    left out (each a value counted as invalid). None for a row that is unusable as a
+    whole (no integer id, string event type or timestamp): only it is lost."""
+    problems: list[str] = []
+
+    def fix(name: str, value: Any) -> Any:
+        fixed, problem = _repair_value(name, value)
+        if problem is not None:
+            problems.append(problem)
+        return fixed
+
+    out = list(row)
+    if len(row) == NUM_COLUMNS:  # a full-width row (spool of an older version)
+        for i, name in enumerate(COLUMN_NAMES[3:], start=3):
+            out[i] = fix(name, row[i])
+    elif len(row) == _R_EXTRA + 1:  # the compact layout
+        ctx = row[_R_CTX]
+        if ctx is not None:
+            if isinstance(ctx, (tuple, list)) and len(ctx) == len(_CTX_COLUMNS):
+                out[_R_CTX] = tuple(fix(name, v) for name, v in zip(_CTX_COLUMNS, ctx, strict=True))
+            else:
+                out[_R_CTX] = None
+                problems.append(f"artifact context {_show(ctx)} is not a context tuple; left out")
+        for name, slot in _SLOTS.items():
+            out[slot] = fix(name, row[slot])
+        extra = row[_R_EXTRA]
+        if extra is not None:
+            if isinstance(extra, Mapping):
+                fields = {}
+                for name, value in extra.items():
+                    if isinstance(name, str) and name in _SETTABLE_KINDS and name not in _SLOTS:
+                        fields[str.__str__(name)] = fix(name, value)
+                    else:
+                        problems.append(f"unknown field {_show(name)}; left out")
+                out[_R_EXTRA] = fields or None
+            else:
+                out[_R_EXTRA] = None
+                problems.append(f"event fields {_show(extra)} are not a mapping; left out")
+    else:
+        return None, []
+    event_id, event_type, ts = row[_R_ID], row[_R_TYPE], row[_R_TS]
+    if (
+        not (type(event_id) is int or isinstance(event_id, str))
+        or not isinstance(event_type, str)
+        or type(ts) is not int
+        or not _MIN_US <= ts <= _MAX_US
+    ):
+        return None, problems
+    if isinstance(event_id, str):
+        out[_R_ID] = _storable_str(str.__str__(event_id))
+    out[_R_TYPE] = _storable_str(str.__str__(event_type))
+    return tuple(out), problems
+
+
+def _repair_rows(rows: Sequence[Row]) -> tuple[list[Row], list[str], int]:
+    """Rows a Parquet write can take (see :func:`_repair_row`): the repaired rows, the
+    values coerced or left out, and how many rows were unusable (left out)."""
+    repaired: list[Row] = []
+    problems: list[str] = []
+    lost = 0
+    for row in rows:
+        fixed, row_problems = _repair_row(row)
+        problems.extend(row_problems)
+        if fixed is None:
+            lost += 1
+        else:
+            repaired.append(fixed)
+    return repaired, problems, lost
 
 
 def _ensure_spool_dir(root: Path) -> Path:
@@ -390,7 +587,10 @@ def _ensure_spool_dir(root: Path) -> Path:
 
 
 def _spool_record(rows: list[Row]) -> bytes:
-    payload = marshal.dumps(rows)
+    try:
+        payload = marshal.dumps(rows)
+    except ValueError:  # a value marshal cannot take: validation should have caught it
+        payload = marshal.dumps(_repair_rows(rows)[0])
     return _SPOOL_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -452,11 +652,18 @@ def _recover_spools(rootp: Path) -> tuple[int, int]:
                         continue
                     path = spool / name
                     rows = read_spool_segment(path)
+                    written, poisoned = 0, False
                     if rows:
-                        _write_event_rows(rootp, rows, name[: -len(_SPOOL_SUFFIX)], writer.rsplit("-", 1)[-1])
-                    events += len(rows)
+                        stem = name[: -len(_SPOOL_SUFFIX)]
+                        written, _, poisoned = _write_rows_repairing(
+                            rootp, rows, stem, writer.rsplit("-", 1)[-1]
+                        )
+                    events += written
                     segments += 1
-                    path.unlink()
+                    if poisoned:  # kept for inspection; recovery ignores it
+                        path.rename(path.with_name(path.name + ".bad"))
+                    else:
+                        path.unlink()
                 lock_path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
@@ -549,6 +756,7 @@ class Recorder:
 
         self._init_process_state()
         _recorders.add(self)
+        _close_at_multiprocessing_exit()
 
     # -- process-local state (re-made in a forked child) --------------------------
 
@@ -621,27 +829,37 @@ class Recorder:
 
     def artifact(
         self,
-        artifact_id: str,
+        artifact_id: IdValue,
         *,
-        organization_id: str | None = None,
-        coach_user_id: str | None = None,
-        voice_note_id: str | None = None,
+        organization_id: IdValue | None = None,
+        coach_user_id: IdValue | None = None,
+        voice_note_id: IdValue | None = None,
         source_channel: str | None = None,
         retry_attempt: int | None = None,
     ) -> ArtifactScope:
         """Bind an artifact's context; emits artifact_received on entry and
         artifact_completed / artifact_failed on exit.
 
+        Ids are strings; an int or a uuid.UUID (an id straight from a database) is
+        stored as ``str(value)``. Any other value is invalid: that field is left out
+        (counted in ``stats()["invalid"]``; ``EmitError`` when strict) and everything
+        else is recorded.
+
         With ``retry_attempt`` (a retry worker reopening an existing artifact) no
         artifact_received is emitted, every event inside carries the attempt, and the
         exit records retry_succeeded / retry_failed before the artifact's outcome.
         """
-        return ArtifactScope(
-            self,
-            ArtifactContext(
-                artifact_id, voice_note_id, organization_id, coach_user_id, source_channel, retry_attempt
-            ),
-        )
+        given = (artifact_id, voice_note_id, organization_id, coach_user_id, source_channel, retry_attempt)
+        values: list[Any] = []
+        for name, value in zip(CONTEXT_FIELDS, given, strict=True):
+            try:
+                values.append(_check_value(name, value))
+            except _Invalid as exc:
+                self._invalid(f"{exc}; rec.artifact() leaves it out")
+                values.append(None)
+        if values[0] is None and artifact_id is None:
+            self._invalid("artifact_id is required; rec.artifact(None) records events without it")
+        return ArtifactScope(self, ArtifactContext(*values))
 
     def emit(
         self,
@@ -652,13 +870,16 @@ class Recorder:
         **fields: Any,
     ) -> str | None:
         """Record one event of any type. Context fields not given are taken from the
-        enclosing artifact. Returns the event_id, or None if the event was rejected."""
+        enclosing artifact; field values are validated as in :meth:`artifact` and
+        :meth:`annotate` (an invalid value leaves that field out; an unknown field or
+        event type, or an invalid ``timestamp``, rejects the event).
+
+        Returns the event_id, or None if the event was not recorded: rejected, emitted
+        after :meth:`close`, or dropped at once (memory full and the spool failing).
+        """
         try:
-            if event_type not in EVENT_TYPE_SET:
-                hint = closest(event_type, EVENT_TYPES) if isinstance(event_type, str) else None
-                raise _Invalid(
-                    f"unknown event type {event_type!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-                )
+            if type(event_type) is not str or event_type not in EVENT_TYPE_SET:
+                event_type = self._check_event_type(event_type)
             row = self._base_row(event_type)
             if timestamp is not None:
                 row[_R_TS] = _to_us("timestamp", timestamp)
@@ -674,8 +895,21 @@ class Recorder:
         except Exception as exc:  # pragma: no cover - defensive
             self._internal_error(exc)
             return None
-        self._append(tuple(row))  # a tuple of atomic values: untracked by the cyclic GC
-        return f"{self._id_prefix}{row[_R_ID]}"  # = store.format_event_id for a counter
+        if not self._append(tuple(row)):  # a tuple of atomic values: untracked by the cyclic GC
+            return None
+        return self._id_prefix + str(row[_R_ID]).zfill(12)  # = format_event_id(prefix, counter)
+
+    @staticmethod
+    def _check_event_type(event_type: Any) -> str:
+        """The event type as a plain str (a StrEnum member is fine); raises _Invalid."""
+        if isinstance(event_type, str):
+            if event_type in EVENT_TYPE_SET:
+                return str.__str__(event_type)
+            hint = closest(event_type, EVENT_TYPES)
+            raise _Invalid(
+                f"unknown event type {_show(event_type)}" + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+        raise _Invalid(f"event type must be a string, got {type(event_type).__name__}")
 
     def annotate(self, **fields: Any) -> None:
         """Attach fields to the completion/failure event of the innermost running stage."""
@@ -698,18 +932,46 @@ class Recorder:
         return decorate
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Write everything emitted so far as Parquet. True when nothing is left over."""
-        del timeout  # the flush runs in the caller's thread
-        try:
-            self._tick(force=True)
-            self._write_sealed(force=True)
-        except Exception as exc:
+        """Write everything emitted so far as Parquet. True when nothing is left over.
+
+        Without ``timeout`` the write runs in the calling thread (waiting, if need
+        be, for a background write in progress). With ``timeout`` (seconds) it runs
+        on a helper thread and flush returns False if it has not finished by then;
+        the write then completes in the background. After :meth:`close` nothing is
+        written: True if close left nothing behind.
+        """
+        errors: list[Exception] = []
+        if not self._closed:
+            if timeout is None:
+                self._flush_into(errors)
+            else:
+                helper = threading.Thread(
+                    target=self._flush_into, args=(errors,), name="voicepipe-flush", daemon=True
+                )
+                try:
+                    helper.start()
+                except RuntimeError:  # no new threads at interpreter shutdown
+                    self._flush_into(errors)
+                else:
+                    helper.join(max(timeout, 0.0))
+                    if helper.is_alive():
+                        if self.strict:
+                            raise EmitError(f"flush did not finish within {timeout} s under {self.root}")
+                        return False
+        for exc in errors:
             self._internal_error(exc)
         with self._lock:
             ok = not self._pending and not self._sealed and self._current.n == 0
         if not ok and self.strict:
             raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
         return ok
+
+    def _flush_into(self, errors: list[Exception]) -> None:
+        try:
+            self._tick(force=True)
+            self._write_sealed(force=True)
+        except Exception as exc:
+            errors.append(exc)
 
     def close(self) -> None:
         """Flush, stop the background thread and release the spool. Idempotent.
@@ -739,6 +1001,11 @@ class Recorder:
             )
             self._pending.clear()
             self._counts["dropped"] += lost
+            # nothing stays in memory: what is not lost waits in the spool
+            for batch in [self._current, *self._sealed]:
+                if batch.rows is not None:
+                    self._mem_rows -= len(batch.rows)
+                    batch.rows = None
             for batch in [self._current, *self._sealed, *([self._overflow] if self._overflow else [])]:
                 if batch.fd is not None:
                     try:
@@ -791,7 +1058,7 @@ class Recorder:
 
     def _event_id(self, row: Row) -> str:
         """The event_id a row will be written with (rows hold the counter only)."""
-        return store.format_event_id(self._id_prefix, row[_R_ID])
+        return format_event_id(self._id_prefix, row[_R_ID])
 
     def _base_row(self, event_type: str, ts_us: int | None = None) -> list[Any]:
         """A new row (layout: see _R_ID) with the id, type, time and artifact context."""
@@ -835,14 +1102,17 @@ class Recorder:
                 message = self.redact(message)
             except Exception:
                 message = "<redaction failed>"
+            if not isinstance(message, str):
+                message = "<redaction failed>"
+        if type(message) is not str:
+            message = str.__str__(message)  # a str subclass: its plain value
         if len(message) > self.error_message_max:
             message = message[: max(self.error_message_max - 1, 0)] + "…"
         return message
 
     def _error_fields(self, exc: BaseException) -> tuple[str, str]:
         code = getattr(exc, "error_code", None)
-        if not isinstance(code, str):
-            code = type(exc).__name__
+        code = str.__str__(code) if isinstance(code, str) else type(exc).__name__
         try:
             message = str(exc)
         except Exception:
@@ -851,22 +1121,24 @@ class Recorder:
 
     # -- the buffer ---------------------------------------------------------------
 
-    def _append(self, row: Row) -> None:
-        """Hand a finished row to the buffer. Lock-free on the default path: a deque
-        append is atomic and the flusher pops from the other end."""
+    def _append(self, row: Row) -> bool:
+        """Hand a finished row to the buffer; False when it was dropped at once.
+        Lock-free on the default path: a deque append is atomic and the flusher pops
+        from the other end."""
         if self._closed:
             with self._lock:
                 self._counts["dropped"] += 1
             self._warn.warning("closed", "event emitted after Recorder.close() was dropped")
-            return
+            return False
+        kept = True
         if self._sync:
-            self._append_sync(row)
+            kept = self._append_sync(row)
         else:
             pending = self._pending
             if len(pending) + self._mem_rows >= self.max_buffer:
                 with self._lock:
                     self._counts["emitted"] += 1
-                    self._overflow_row(row)
+                    kept = self._overflow_row(row)
             else:
                 pending.append(row)
                 if len(pending) >= self.batch_size and not self._wake_set:
@@ -874,16 +1146,16 @@ class Recorder:
                     self._wake.set()
         if not self._started:
             self._start()
+        return kept
 
-    def _append_sync(self, row: Row) -> None:
+    def _append_sync(self, row: Row) -> bool:
         """durability="sync": the row reaches the current segment before emit returns.
         Spooling and adding to the batch happen under one lock, so a row is always in
         the same batch in memory as on disk (sealing takes the same lock)."""
         with self._lock:
             self._counts["emitted"] += 1
             if self._mem_rows >= self.max_buffer:
-                self._overflow_row(row)
-                return
+                return self._overflow_row(row)
             batch = self._current
             if not self._count_spool(self._spool_rows(batch, [row]), 1):
                 batch.unspooled += 1
@@ -894,40 +1166,49 @@ class Recorder:
             if batch.n >= self.batch_size and not self._wake_set:
                 self._wake_set = True
                 self._wake.set()
+        return True
 
-    def _overflow_row(self, row: Row) -> None:
-        """Called with _lock held when memory is full: spool only, else drop."""
+    def _overflow_row(self, row: Row) -> bool:
+        """Called with _lock held when memory is full: spool only, else drop (False)."""
         if self.durability != "memory":
             if self._overflow is None:
                 self._overflow = self._new_batch()
                 self._overflow.rows = None
             if self._count_spool(self._spool_rows(self._overflow, [row]), 1):
                 self._overflow.n += 1
-                return
+                return True
         self._counts["dropped"] += 1
         self._warn.warning(
             "dropped",
             "voicepipe buffer full (%d events) and spool unavailable: events dropped",
             self.max_buffer,
         )
+        return False
 
-    def _count_spool(self, ok: bool, n: int) -> bool:
-        self._counts["spooled" if ok else "write_errors"] += n if ok else 1
-        return ok
+    def _count_spool(self, outcome: bool | None, n: int) -> bool:
+        """Count a _spool_rows outcome: n spooled, or one failed write. A skipped
+        attempt (None: the spool is off, or failed moments ago) is no new error."""
+        if outcome:
+            self._counts["spooled"] += n
+        elif outcome is False:
+            self._counts["write_errors"] += 1
+        return bool(outcome)
 
-    def _spool_rows(self, batch: _Batch, rows: list[Row]) -> bool:
-        """Append rows to a batch's segment file. Never raises; False on failure.
+    def _spool_rows(self, batch: _Batch, rows: list[Row]) -> bool | None:
+        """Append rows to a batch's segment file. Never raises; True when written,
+        False when the write failed, None when skipped (durability="memory", or the
+        spool failed less than a second ago: its rows wait in memory meanwhile).
         The caller counts the outcome (with _lock held) through _count_spool.
 
         A failed append is cut off again (ftruncate to the last good size), so a
         torn record can never hide the records appended after it from recovery.
         """
         if self.durability == "memory":
-            return False
+            return None
         now = time.monotonic()
         with self._spool_lock:
             if now < self._spool_broken_until:
-                return False
+                return None
             try:
                 if batch.fd is None:
                     if self._lock_fd is None:
@@ -968,6 +1249,7 @@ class Recorder:
             if self._started:
                 return
             self._started = True
+        _close_at_multiprocessing_exit()  # multiprocessing may be imported since __init__
         self._threads = (
             threading.Thread(target=self._run_spooler, name="voicepipe-spool", daemon=True),
             threading.Thread(target=self._run_writer, name="voicepipe-writer", daemon=True),
@@ -1039,10 +1321,9 @@ class Recorder:
                 rows = [pending.popleft() for _ in range(n)]
             if n:
                 spool = self.durability == "spool"
-                spooled = self._spool_rows(self._current, rows) if spool else False
+                outcome = self._spool_rows(self._current, rows) if spool else None
                 with self._lock:
-                    if spool:
-                        self._count_spool(spooled, n)
+                    spooled = self._count_spool(outcome, n)
                     if not spooled:
                         self._current.unspooled += n
                     assert self._current.rows is not None  # the current batch is never spilled
@@ -1083,29 +1364,22 @@ class Recorder:
                         rows = read_spool_segment(batch.path)
                     except FileNotFoundError:  # removed by hand: nothing left to write
                         rows = []
+                written = 0
                 if rows:
-                    try:
-                        self._write_rows(rows, stem)
-                    except OSError:
-                        raise
-                    except Exception as exc:
-                        # a value Arrow cannot take (e.g. a lone surrogate) must not
-                        # block every later batch: repair the rows, count, write again;
-                        # if that does not help, set the batch aside (counted as dropped)
-                        rows, bad = _repair_rows(rows)
+                    # a value Arrow cannot take (validation should have caught it) must
+                    # not cost the batch's good events: repaired, counted, written
+                    written, problems, poisoned = _write_rows_repairing(
+                        self.root, rows, stem, self._id_prefix
+                    )
+                    if problems:
                         with self._lock:
-                            self._counts["invalid"] += bad
-                        try:
-                            if not bad:
-                                raise
-                            self._write_rows(rows, stem)
-                        except OSError:
-                            raise
-                        except Exception:
-                            poisoned = True
-                            log.error(
-                                "voicepipe cannot write a batch of %d events (%r); set aside", batch.n, exc
-                            )
+                            self._counts["invalid"] += len(problems)
+                        self._warn.warning(
+                            "repair",
+                            "voicepipe coerced or left out %d values Parquet cannot store: %s",
+                            len(problems),
+                            "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
+                        )
             except Exception as exc:
                 with self._lock:
                     self._counts["write_errors"] += 1
@@ -1123,7 +1397,6 @@ class Recorder:
                         batch.path.unlink()
                 except OSError:
                     pass
-            written = 0 if poisoned else len(rows)
             with self._lock:
                 self._sealed.popleft()
                 self._counts["written"] += written
@@ -1256,7 +1529,11 @@ class StageSpec:
                 )
             )
         except Exception as exc:
-            rec._internal_error(exc)
+            try:
+                rec._internal_error(exc)
+            except BaseException:  # strict: the stage does not run, so it leaves no context
+                _stage_var.reset(run.token)
+                raise
         return run
 
     def _finish_ok(self, run: StageRun) -> None:
@@ -1418,7 +1695,7 @@ class ArtifactScope:
         self._tokens: list[tuple[contextvars.Token[ArtifactContext | None], int, int]] = []
 
     @property
-    def artifact_id(self) -> str:
+    def artifact_id(self) -> str | None:
         return self.context.artifact_id
 
     def annotate(self, **fields: Any) -> None:
@@ -1441,7 +1718,12 @@ class ArtifactScope:
                 row[_R_EXTRA] = {"source_channel": self.context.source_channel, "new_status": "received"}
                 rec._append(tuple(row))
             except Exception as exc:
-                rec._internal_error(exc)
+                try:
+                    rec._internal_error(exc)
+                except BaseException:  # strict: the block does not run, so it leaves no context
+                    self._tokens.pop()
+                    _artifact_var.reset(token)
+                    raise
         return self
 
     def __exit__(
@@ -1537,15 +1819,53 @@ def stage(name: str) -> StageSpec:
     return StageSpec(name, None)
 
 
-def artifact(artifact_id: str, **kwargs: Any) -> ArtifactScope:
-    return get_recorder().artifact(artifact_id, **kwargs)
+def artifact(
+    artifact_id: IdValue,
+    *,
+    organization_id: IdValue | None = None,
+    coach_user_id: IdValue | None = None,
+    voice_note_id: IdValue | None = None,
+    source_channel: str | None = None,
+    retry_attempt: int | None = None,
+) -> ArtifactScope:
+    """``with vp.artifact(id, ...)``: :meth:`Recorder.artifact` on the default recorder.
+
+    Binds the artifact's context for everything inside (sync or async); records
+    artifact_received on entry and artifact_completed / artifact_failed on exit (with
+    ``retry_attempt``: retry_succeeded / retry_failed, and no artifact_received).
+    Ids may be given as int or uuid.UUID (stored as ``str(value)``).
+    """
+    return get_recorder().artifact(
+        artifact_id,
+        organization_id=organization_id,
+        coach_user_id=coach_user_id,
+        voice_note_id=voice_note_id,
+        source_channel=source_channel,
+        retry_attempt=retry_attempt,
+    )
 
 
-def emit(event_type: str, **kwargs: Any) -> str | None:
-    return get_recorder().emit(event_type, **kwargs)
+def emit(
+    event_type: str,
+    *,
+    timestamp: dt.datetime | float | None = None,
+    attributes: Mapping[str, str] | None = None,
+    **fields: Any,
+) -> str | None:
+    """Record one event on the default recorder (:meth:`Recorder.emit`).
+
+    ``fields`` are event columns (``claim_count=3``, ``error_code="Timeout"``, ...);
+    context fields not given come from the enclosing artifact. ``timestamp`` (an
+    aware datetime or epoch seconds) backdates the event; ``attributes`` are your
+    own string labels. Returns the event_id, or None if the event was not recorded.
+    """
+    return get_recorder().emit(event_type, timestamp=timestamp, attributes=attributes, **fields)
 
 
 def annotate(**fields: Any) -> None:
+    """Attach fields (``claim_count=``, ``confidence_score=``, ``ai_cost=``, ...) to the
+    completion or failure event of the innermost running stage, whichever recorder
+    runs it; outside a stage the call is counted as invalid (raises when strict)."""
     run = _stage_var.get()
     if run is not None:
         run.annotate(**fields)
@@ -1553,8 +1873,10 @@ def annotate(**fields: Any) -> None:
         get_recorder().annotate(**fields)
 
 
-def flush() -> bool:
-    return get_recorder().flush() if _default is not None else True
+def flush(timeout: float | None = None) -> bool:
+    """Write the default recorder's events as Parquet now (:meth:`Recorder.flush`).
+    True when nothing is left over (also when no default recorder exists yet)."""
+    return get_recorder().flush(timeout) if _default is not None else True
 
 
 def retry_handler(
@@ -1603,20 +1925,43 @@ def _after_fork_child() -> None:
     _fork_gate = threading.Lock()
     for rec in list(_recorders):
         rec._after_fork_in_child()
-    _close_at_multiprocessing_exit()
+    if _recorders:
+        _close_at_multiprocessing_exit()
+
+
+# A multiprocessing child (start method fork, forkserver or spawn) ends with
+# os._exit(), skipping atexit; what it runs instead are multiprocessing's finalizers.
+# So once per process that has a recorder and has imported multiprocessing, register
+# a finalizer that closes (and flushes) every recorder. A child's bootstrap clears
+# the finalizers it inherited or registered while importing the main module (spawn,
+# forkserver) and then runs the after-fork callbacks: one of those registers ours again.
+_mp_finalizer_pid = 0  # the process whose finalizer registry holds ours
+_mp_after_fork_set = False  # our after-fork callback is registered (forked children inherit it)
 
 
 def _close_at_multiprocessing_exit() -> None:
-    """A multiprocessing child ends with os._exit(), skipping atexit. Its bootstrap
-    clears the finalizers it inherited and then runs the after-fork callbacks, so
-    register one there that adds a finalizer closing (and flushing) our recorders."""
+    """Make sure a multiprocessing child's normal exit closes our recorders. Cheap
+    after the first call in a process; a no-op while multiprocessing is not imported."""
+    global _mp_finalizer_pid, _mp_after_fork_set
     util = sys.modules.get("multiprocessing.util")
-    if util is None:
+    if util is None or (_mp_finalizer_pid == os.getpid() and _mp_after_fork_set):
         return
     try:
-        util.register_after_fork(_mp_hook, lambda _: util.Finalize(None, _close_all, exitpriority=100))
+        if not _mp_after_fork_set:
+            util.register_after_fork(_mp_hook, _mp_after_fork)
+            _mp_after_fork_set = True
+        if _mp_finalizer_pid != os.getpid():
+            util.Finalize(None, _close_all, exitpriority=100)
+            _mp_finalizer_pid = os.getpid()
     except Exception:  # pragma: no cover - best effort
         pass
+
+
+def _mp_after_fork(_: object) -> None:
+    """multiprocessing's after-fork callback: its finalizer registry was just cleared."""
+    global _mp_finalizer_pid
+    _mp_finalizer_pid = 0
+    _close_at_multiprocessing_exit()
 
 
 class _MpHook:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import store
-from .emit import Durability, Recorder, Row, _rows_to_columns, _swap_default
+from .emit import Durability, Recorder, Row, _repair_row, _rows_to_columns, _swap_default, format_event_id
 from .events import COLUMN_KINDS, COLUMN_NAMES
 
 __all__ = ["CaptureRecorder", "FrozenClock", "capture"]
@@ -95,7 +95,12 @@ def _parse_instant(value: dt.datetime | str | float) -> int:
 class CaptureRecorder(Recorder):
     """A Recorder that keeps every event as a dict in :attr:`events` instead of
     writing it. Validation, context propagation, truncation and redaction are the
-    real Recorder's. ``strict`` defaults to True here: invalid fields raise.
+    real Recorder's. ``strict`` defaults to True here: invalid fields raise
+    :class:`~voicepipe_obs.errors.EmitError`.
+
+    A value the real Recorder's Parquet writer would have to repair (a string with
+    a lone surrogate) is treated like an invalid field too: EmitError when strict,
+    else repaired as the writer would and counted in ``stats()["invalid"]``.
     """
 
     def __init__(
@@ -118,18 +123,28 @@ class CaptureRecorder(Recorder):
         )
         self.events: list[dict[str, Any]] = []
 
-    def _append(self, row: Row) -> None:
+    def _append(self, row: Row) -> bool:
         if self._closed:
             with self._lock:
                 self._counts["dropped"] += 1
-            return
-        event = _row_to_event(row, self._id_prefix)
+            return False
+        repaired, problems = _repair_row(row)  # what the Parquet writer would store
+        for problem in problems:
+            self._invalid(problem)
+        if repaired is None:  # pragma: no cover - rows are built by the Recorder
+            with self._lock:
+                self._counts["emitted"] += 1
+                self._counts["dropped"] += 1
+            return False
+        event = _row_to_event(repaired, self._id_prefix)
         with self._lock:
             self._counts["emitted"] += 1
             self._counts["written"] += 1
             self.events.append(event)
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
+        """Nothing to write: always True."""
         return True
 
     def close(self) -> None:
@@ -162,7 +177,7 @@ def _row_to_event(row: Row, id_prefix: str) -> dict[str, Any]:
     for name in COLUMN_NAMES:
         value = columns[name][0] if name in columns else None
         if name == "event_id":
-            value = store.format_event_id(id_prefix, value)
+            value = format_event_id(id_prefix, value) if type(value) is int else str(value)
         elif value is not None and COLUMN_KINDS[name] == "ts":
             value = store.from_us(value)
         elif isinstance(value, Mapping):
