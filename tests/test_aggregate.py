@@ -586,3 +586,47 @@ def test_listing_sees_exactly_the_event_files_among_strays(root: Path) -> None:
     ]
     result = ag.aggregate(root, now=NOW)
     assert result.new_files == 3 and result.hourly_written == 2
+
+
+@pytest.mark.timeout(120)  # iterating every hour since year 1 would take hours
+def test_a_far_range_computes_only_the_buckets_with_something_to_do(root: Path, runner: Any) -> None:
+    """--since 1970 (or year 1, through the library) on a two-day store: the same
+    snapshots as a tight range, buckets left without events still lose their file,
+    and only the days with events or snapshots are computed (not every hour since)."""
+    import shutil
+
+    pipeline(root, "a1", "o1", at(0, 4), "s1")
+    pipeline(root, "a2", "o2", at(1, 6), "s2")
+    pipeline(root, "a3", "o1", at(1, 7), "s3", fail=True)
+    ag.aggregate(root, now=NOW)
+    for path in store.list_parquet(root, since=at(1, 6), until=at(1, 7)):
+        path.unlink()  # removed by hand: its hourly bucket must go, its day shrink
+    copies = {name: root.parent / name for name in ("tight", "cli")}
+    for copy in copies.values():
+        shutil.copytree(root, copy)
+
+    tight = ag.aggregate(copies["tight"], now=NOW, since=at(0, 0), until=at(2, 0))
+    assert (tight.hourly_written, tight.daily_written, tight.removed) == (2, 2, 1)
+    steps: list[tuple[int, int]] = []
+    far = ag.aggregate(
+        root,
+        now=NOW,
+        since=dt.datetime(1, 1, 1, tzinfo=UTC),
+        until=dt.datetime(9998, 12, 31, tzinfo=UTC),
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    assert steps[-1] == (2, 2)  # two days computed, not 3.6 million
+    assert (far.hourly_written, far.daily_written, far.removed, far.events_scanned) == (
+        tight.hourly_written,
+        tight.daily_written,
+        tight.removed,
+        tight.events_scanned,
+    )
+    assert snapshot_files(root) == snapshot_files(copies["tight"])
+
+    since = ["--since", "1970-01-01", "--now", NOW.isoformat()]
+    result = runner.invoke(main, ["-v", "--data", str(copies["cli"]), "aggregate", *since])
+    assert result.exit_code == 0, result.stderr
+    assert "2 hourly snapshots and 2 daily snapshots written, 1 empty bucket removed" in result.stdout
+    assert "aggregating days: 2 of 2 days done" in result.stderr
+    assert snapshot_files(copies["cli"]) == snapshot_files(copies["tight"])

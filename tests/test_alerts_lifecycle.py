@@ -143,6 +143,77 @@ def test_full_lifecycle(rec: vp.Recorder, root: Path) -> None:
     assert len(files) == 5  # one per check that changed something, one for the ack
 
 
+def test_reacknowledging_records_the_new_comment(rec: vp.Recorder, root: Path) -> None:
+    finish(rec, 7, 3, at(-5), "a")
+    (alert,) = check(root, 0).active
+    alerts.acknowledge(root, alert.alert_id, "alice", comment="looking at whisper", now=at(1))
+    bob = alerts.acknowledge(root, alert.alert_id, "bob", now=at(2))
+    assert (bob.acknowledged_by, bob.acknowledged_at, bob.ack_comment) == ("bob", at(2), None)
+    carol = alerts.acknowledge(root, alert.alert_id, "carol", comment="failing over", now=at(3))
+    assert (carol.acknowledged_by, carol.ack_comment) == ("carol", "failing over")
+    acks = alerts.alert_history(root, record_type="acknowledged")
+    assert [(a["actor"], a["comment"]) for a in acks] == [
+        ("alice", "looking at whisper"),
+        ("bob", None),
+        ("carol", "failing over"),
+    ]
+
+
+def test_acknowledging_a_resolved_alert_fails_with_exit_1(rec: vp.Recorder, root: Path) -> None:
+    finish(rec, 7, 3, at(-5), "a")
+    (alert,) = check(root, 0).active
+    check(root, 40)
+    with pytest.raises(AlertError, match="already resolved") as info:
+        alerts.acknowledge(root, alert.alert_id, "alice", now=at(41))
+    assert info.value.exit_code == 1  # the operation failed; 3 is check's "could not evaluate"
+
+
+def test_list_alerts_most_urgent_first(rec: vp.Recorder, root: Path) -> None:
+    s = Settings.model_validate(
+        {
+            "alerts": {
+                "failure_rate": {"per_organization": True},
+                **{
+                    r: {"enabled": False}
+                    for r in alerts.RULES
+                    if r not in ("failure_rate", "circuit_breaker")
+                },
+            }
+        }
+    )
+    for i in range(10):  # org b: 2 of 10 failed → warning, raised first
+        rec.emit(
+            "artifact_completed" if i < 8 else "artifact_failed",
+            timestamp=at(-5),
+            artifact_id=f"b{i}",
+            organization_id="b",
+        )
+    rec.flush()
+    alerts.run_check(root, s, now=at(0))
+    rec.emit("circuit_breaker_opened", timestamp=at(0.5))  # critical, raised later
+    rec.flush()
+    alerts.run_check(root, s, now=at(1))
+    rec.emit("circuit_breaker_closed", timestamp=at(1.5))
+    rec.flush()
+    alerts.run_check(root, s, now=at(2))  # breaker resolved
+    rec.emit("circuit_breaker_opened", timestamp=at(2.5))
+    rec.flush()
+    alerts.run_check(root, s, now=at(3))  # a new breaker alert
+    active = [(a.rule, a.scope, a.severity) for a in alerts.list_alerts(root)]
+    assert active == [
+        ("circuit_breaker", "all", "critical"),
+        ("failure_rate", "all", "warning"),
+        ("failure_rate", "org:b", "warning"),
+    ]
+    everything = [(a.status, a.rule, a.raised_at) for a in alerts.list_alerts(root, status="all")]
+    assert everything == [
+        ("active", "circuit_breaker", at(3)),
+        ("active", "failure_rate", at(0)),
+        ("active", "failure_rate", at(0)),
+        ("resolved", "circuit_breaker", at(1)),
+    ]
+
+
 def test_ack_unknown_alert(root: Path) -> None:
     with pytest.raises(NotFoundError, match="no alert with id"):
         alerts.acknowledge(root, "nope", "alice")

@@ -141,7 +141,8 @@ def test_missing_data_root_exits_3(runner: CliRunner, tmp_path: Path) -> None:
     # a typo in --data must not look healthy to Nagios
     result = invoke(runner, tmp_path / "no-such-root", "check")
     assert result.exit_code == 3
-    assert "no-such-root does not exist; check --data" in result.stderr
+    assert "no-such-root" in result.stderr and "does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "no-such-root").exists()
 
 
@@ -201,8 +202,8 @@ def test_ack_and_list(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path
     listed = invoke(runner, root, "alerts", "list", "--format", "json")
     (row,) = json.loads(listed.stdout)
     assert (row["alert_id"], row["acknowledged_by"], row["ack_comment"]) == (state.alert_id, "alice", "on it")
-    # the check line shows who acknowledged
-    line = invoke(runner, root, "check", "--now", "2026-03-02T12:01:00Z", config=cfg).stdout
+    # the check line shows who acknowledged (a dry run: the ack is later than 12:01)
+    line = invoke(runner, root, "check", "--now", "2026-03-02T12:01:00Z", "--dry-run", config=cfg).stdout
     assert line.rstrip().endswith(f"(id {state.alert_id}, acked by alice)")
 
 
@@ -275,3 +276,174 @@ def test_failed_notification_is_a_warning_on_stderr(
         assert result.stdout.startswith("CRITICAL failure_rate")
         assert "voicepipe: warning: notifier pager: raised notification for alert" in result.stderr
         assert "retrying on the next check" in result.stderr
+
+
+# --------------------------------------------- usage errors are UNKNOWN for Nagios
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--now", "garbage"], "--now"),
+        (["--format", "xml"], "'xml' is not one of 'text', 'json'"),
+        (["--bogus"], "No such option '--bogus'"),
+        (["extra"], "unexpected extra argument"),
+        (["--now"], "--now"),
+        (["--now", "0001-01-01T00:00:00Z"], "0001-01-01"),
+    ],
+)
+def test_usage_errors_exit_3_with_one_line(
+    runner: CliRunner, root: Path, args: list[str], message: str
+) -> None:
+    result = invoke(runner, root, "check", *args)
+    assert result.exit_code == 3, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("voicepipe: error: check could not evaluate: ")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Usage:" not in result.stderr
+    assert not (root / "alerts").exists()
+
+
+@pytest.mark.parametrize("fmt_args", [["--format", "json"], ["--format=json"]])
+def test_usage_error_with_json_prints_unknown(runner: CliRunner, root: Path, fmt_args: list[str]) -> None:
+    result = invoke(runner, root, "check", "--now", "garbage", *fmt_args)
+    assert result.exit_code == 3
+    data = json.loads(result.stdout)
+    assert (data["status"], data["exit_code"]) == ("UNKNOWN", 3)
+    assert "--now" in data["error"]
+
+
+def test_usage_error_exits_3_in_a_real_process(root: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "check", "--format", "xml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stdout) == (3, "")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "'xml'" in proc.stderr
+
+
+def test_check_help_still_exits_0(runner: CliRunner, root: Path) -> None:
+    result = invoke(runner, root, "check", "--help")
+    assert result.exit_code == 0 and "--dry-run" in result.stdout
+
+
+# -------------------------------------------------------- alerts: missing root
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["alerts", "list"],
+        ["alerts", "list", "--all", "--format", "json"],
+        ["alerts", "ack", "x", "--by", "a"],
+    ],
+)
+def test_alerts_on_a_missing_root_is_an_error(runner: CliRunner, tmp_path: Path, args: list[str]) -> None:
+    missing = tmp_path / "no-such-root"
+    result = invoke(runner, missing, *args)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("voicepipe: error: data root ")
+    assert str(missing) in result.stderr and "does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not missing.exists()
+
+
+# ------------------------------------------------------------ alerts: details
+
+
+def test_ack_of_a_resolved_alert_exits_1(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path) -> None:
+    finish(rec, 7, 3)
+    invoke(runner, root, "check", "--now", NOW, config=cfg)
+    (state,) = alerts.list_alerts(root)
+    invoke(runner, root, "check", "--now", "2026-03-02T13:00:00Z", config=cfg)  # resolves it
+    result = invoke(runner, root, "alerts", "ack", state.alert_id, "--by", "alice")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"voicepipe: error: alert {state.alert_id} already resolved at 2026-03-02T13:00:00Z; nothing to acknowledge"
+    )
+
+
+def test_reack_replaces_the_comment(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path) -> None:
+    finish(rec, 7, 3)
+    invoke(runner, root, "check", "--now", NOW, config=cfg)
+    (state,) = alerts.list_alerts(root)
+    invoke(runner, root, "alerts", "ack", state.alert_id, "--by", "alice", "--comment", "on it")
+    result = invoke(runner, root, "alerts", "ack", state.alert_id, "--by", "bob", "--format", "json")
+    data = json.loads(result.stdout)
+    assert (data["acknowledged_by"], data["ack_comment"]) == ("bob", None)
+
+
+def test_ack_format_help_describes_ack(runner: CliRunner, root: Path) -> None:
+    text = " ".join(invoke(runner, root, "alerts", "ack", "--help").stdout.split())
+    assert "one confirmation line" in text and "Nagios" not in text
+
+
+LONG_ORG = "organisation-with-a-rather-long-identifier-0001"
+
+
+@pytest.fixture
+def busy(rec: vp.Recorder, root: Path, tmp_path: Path) -> Path:
+    """A log with a critical alert raised after warnings, long scopes and summaries,
+    an acknowledgement, a resolved alert and notification attempts."""
+    conf = tmp_path / "busy.toml"
+    conf.write_text(
+        "[alerts.inactivity]\nenabled = false\n[alerts.stuck]\nenabled = false\n"
+        "[alerts.queue_depth]\nenabled = false\n"
+        f"[[notifiers]]\ntype = 'command'\nname = 'pager-with-a-long-name-for-the-on-call-rotation'\n"
+        f"command = [{sys.executable!r}, '-c', 'raise SystemExit(1)']\n"
+    )
+    for org in (LONG_ORG, LONG_ORG.replace("0001", "0002")):
+        for i in range(10):
+            rec.emit(
+                "artifact_completed" if i < 8 else "artifact_failed",
+                timestamp=T0 - dt.timedelta(minutes=5),
+                artifact_id=f"{org}-{i}",
+                organization_id=org,
+                error_message="x" * 200,
+            )
+    rec.emit("circuit_breaker_opened", timestamp=T0 - dt.timedelta(minutes=1), error_message="y" * 300)
+    rec.flush()
+    runner = CliRunner()
+    assert invoke(runner, root, "check", "--now", NOW, config=conf).exit_code == 2
+    rec.emit("circuit_breaker_closed", timestamp=T0 + dt.timedelta(minutes=1))
+    rec.flush()
+    invoke(runner, root, "check", "--now", "2026-03-02T12:02:00Z", config=conf)
+    rec.emit("circuit_breaker_opened", timestamp=T0 + dt.timedelta(minutes=3))
+    rec.flush()
+    invoke(runner, root, "check", "--now", "2026-03-02T12:04:00Z", config=conf)
+    first = alerts.list_alerts(root)[-1]
+    alerts.acknowledge(root, first.alert_id, "alice-the-incident-commander", comment="z " * 100)
+    return root
+
+
+@pytest.mark.parametrize("extra", [[], ["--all"], ["--history"]])
+def test_list_tables_fit_100_columns(runner: CliRunner, busy: Path, extra: list[str]) -> None:
+    table = invoke(runner, busy, "alerts", "list", *extra)
+    assert table.exit_code == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) >= 3
+    assert max(len(line) for line in lines) <= 100, table.stdout
+    assert "…" in table.stdout  # long text is cut, visibly
+    wide = invoke(runner, busy, "alerts", "list", "--wide", *extra)
+    assert max(len(line) for line in wide.stdout.splitlines()) > 100
+    assert f"org:{LONG_ORG}" in wide.stdout and "…" not in wide.stdout
+    as_json = json.loads(invoke(runner, busy, "alerts", "list", "--format", "json", *extra).stdout)
+    assert any(f"org:{LONG_ORG}" == r["scope"] for r in as_json)
+
+
+def test_list_is_sorted_by_severity_then_raise_time(runner: CliRunner, busy: Path) -> None:
+    rows = json.loads(invoke(runner, busy, "alerts", "list", "--all", "--format", "json").stdout)
+    assert [(r["status"], r["severity"], r["rule"], r["raised_at"]) for r in rows] == [
+        ("active", "critical", "circuit_breaker", "2026-03-02T12:04:00Z"),
+        ("active", "warning", "failure_rate", "2026-03-02T12:00:00Z"),
+        ("active", "warning", "failure_rate", "2026-03-02T12:00:00Z"),
+        ("active", "warning", "failure_rate", "2026-03-02T12:00:00Z"),
+        ("resolved", "critical", "circuit_breaker", "2026-03-02T12:00:00Z"),
+    ]
+    table = invoke(runner, busy, "alerts", "list").stdout.splitlines()
+    assert table[2].split()[:2] == [rows[0]["alert_id"], "critical"]

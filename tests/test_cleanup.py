@@ -112,3 +112,28 @@ def test_cli_cleanup_uses_configured_retention(root: Path, runner: Any, tmp_path
     )
     assert result.exit_code == 0, result.stderr
     assert dates(root, store.EVENTS) == {"2026-05-05", "2026-05-06", "2026-05-07"}
+
+
+def test_cleanup_that_cannot_write_drops_nothing(root: Path, runner: Any) -> None:
+    """``_state`` is a file (a real failure: the trash cannot be made): one line,
+    exit 1, every partition still there."""
+    populate(root, days_back=40)
+    (root / store.STATE).write_text("not a directory")
+    before = {area: dates(root, area) for area in AREAS}
+    result = runner.invoke(main, ["--data", str(root), "cleanup", "--now", NOW.isoformat()])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"voicepipe: error: cannot write under {root} (")
+    assert result.stderr.count("\n") == 1
+    assert {area: dates(root, area) for area in AREAS} == before
+
+
+def test_verbose_cleanup_logs_each_dropped_partition(root: Path, runner: Any) -> None:
+    populate(root, days_back=9)
+    args = ["--data", str(root), "cleanup", "--now", NOW.isoformat()]
+    result = runner.invoke(main, ["-v", *args])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("voicepipe: info: cleanup: 1 partitions under ")
+    assert lines[1].startswith("voicepipe: info: cleanup: dropped ") and "date=2026-04-29" in lines[1]
+    quiet = runner.invoke(main, args)
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")  # -v does not stick

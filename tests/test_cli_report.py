@@ -10,9 +10,11 @@ the diff.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,6 +69,7 @@ TABLE_CASES = {
     "artifacts": ["artifacts", "--since", "7d"],
     "artifacts_collapsed": ["artifacts", "--since", "7d", "--collapsed"],
     "artifacts_expanded": ["artifacts", "--since", "24h", "--expanded", "--limit", "2"],
+    "artifacts_expanded_failed": ["artifacts", "--since", "24h", "--expanded", "--status", "failed"],
     "artifact_a-001": ["artifact", "a-001"],
     "artifact_a-002": ["artifact", "a-002"],
     "artifact_a-005": ["artifact", "a-005"],
@@ -82,8 +85,11 @@ TABLE_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(TABLE_CASES))
-def test_table_output_matches_golden_and_fits_100_columns(runner: Any, store_root: Path, name: str) -> None:
-    result = run(runner, store_root, *TABLE_CASES[name])
+def test_table_output_matches_golden_and_fits_100_columns(
+    runner: Any, store_root: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(store_root.parent)  # `--data data`: suggested commands carry a stable path
+    result = run(runner, Path(store_root.name), *TABLE_CASES[name])
     assert result.exit_code == 0, result.stderr
     out = result.stdout
     assert "\x1b[" not in out  # not a TTY, and NO_COLOR is set
@@ -340,7 +346,7 @@ def test_bad_since_names_the_accepted_forms(runner: Any, store_root: Path, value
 def test_empty_or_missing_store_is_a_friendly_error(runner: Any, root: Path, args: list[str]) -> None:
     for where in (root, root / "nope"):
         result = runner.invoke(main, ["--data", str(where), "report", *args])
-        if args[0] == "alerts":
+        if args[0] == "alerts" and where == root:  # no alert log yet is not an error
             assert result.exit_code == 0 and "voicepipe check" in result.stdout
             continue
         assert result.exit_code == 1, result.stdout
@@ -428,6 +434,272 @@ def test_sql_errors_are_one_line(runner: Any, store_root: Path) -> None:
     result = sql(runner, store_root, "SELECT nope FROM events")
     assert result.exit_code == 2 and "SQL error" in result.stderr and "Traceback" not in result.stderr
     assert sql(runner, store_root, "   ").exit_code == 2
+
+
+@pytest.mark.parametrize("statement", ["INSTALL httpfs", "  install httpfs", "LOAD httpfs", "ATTACH 'x.db'"])
+def test_sql_refusal_names_the_statement_as_written(runner: Any, store_root: Path, statement: str) -> None:
+    result = sql(runner, store_root, statement)
+    word = statement.split()[0].upper()
+    assert result.exit_code == 2
+    assert f"only read-only queries are allowed (got {word})" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_sql_repeated_column_names_keep_every_value(runner: Any, store_root: Path, fmt: str) -> None:
+    result = sql(runner, store_root, "SELECT 1 AS a, 2 AS a, 3 AS a_2, 4 AS b", "--format", fmt)
+    assert result.exit_code == 0, result.stderr
+    expected = {"a": 1, "a_3": 2, "a_2": 3, "b": 4}  # a_2 is taken: the second `a` becomes a_3
+    if fmt == "json":
+        assert json.loads(result.stdout) == [expected]
+    elif fmt == "csv":
+        rows = list(csv.reader(io.StringIO(result.stdout)))
+        assert rows == [list(expected), [str(v) for v in expected.values()]]
+    else:
+        head, _, values = result.stdout.splitlines()[:3]
+        assert head.split() == list(expected) and values.split() == ["1", "2", "3", "4"]
+    assert "repeated column names made unique: a_3 (a)" in result.stderr
+
+
+def test_sql_join_of_tables_sharing_column_names(runner: Any, store_root: Path) -> None:
+    query = (
+        "SELECT a.artifact_id, a.status, b.artifact_id, b.status FROM artifacts a "
+        "JOIN artifacts b ON b.artifact_id = 'a-001' WHERE a.artifact_id = 'a-002'"
+    )
+    data = json.loads(sql(runner, store_root, query, "--format", "json").stdout)
+    assert data == [
+        {"artifact_id": "a-002", "status": "failed", "artifact_id_2": "a-001", "status_2": "completed"}
+    ]
+
+
+# ------------------------------------------------ suggested retry commands work
+
+
+def _suggested_commands(text: str) -> list[str]:
+    """Every `voicepipe ...` command a report printed, continuation lines joined."""
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        at = lines[i].find("voicepipe --")
+        at = at if at >= 0 else lines[i].find("voicepipe retry")
+        if at < 0:
+            i += 1
+            continue
+        command = lines[i][at:]
+        while command.endswith(" \\"):
+            i += 1
+            command = command[:-2] + " " + lines[i].strip()
+        out.append(command)
+        i += 1
+    return out
+
+
+RETRY_REPORTS = {
+    "artifact": ["artifact", "a-002"],
+    "expanded": ["artifacts", "--since", "7d", "--expanded", "--status", "failed"],
+    "pipeline": ["pipeline", "--stage", "claims_extraction"],
+}
+EXAMPLE_APP = "voicepipe_obs._examples.voice_pipeline"
+
+
+@pytest.fixture
+def retry_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The report dataset at ``my data/vp`` (relative: a path with a space, not the
+    default root), and the handler registry and default recorder reset after the
+    retries ran."""
+    from retry_apps import helpers
+
+    monkeypatch.chdir(tmp_path)
+    root = Path("my data") / "vp"
+    build_dataset(tmp_path / root)
+    yield root
+    helpers.reset()
+
+
+@pytest.mark.parametrize("how", ["config", "demo-root", "placeholder"])
+@pytest.mark.parametrize("report", sorted(RETRY_REPORTS))
+def test_suggested_retry_commands_work_when_pasted(
+    runner: Any, retry_root: Path, tmp_path: Path, report: str, how: str
+) -> None:
+    """What `report artifact|artifacts --expanded|pipeline` prints runs as printed
+    (shell-quoted, with the report's --data and --config, and --app unless retry.app
+    names the module): here with --dry-run appended."""
+    config = Path("conf dir") / "vp.toml"
+    config.parent.mkdir()
+    config.write_text(f'[retry]\napp = "{EXAMPLE_APP}"\n' if how == "config" else "")
+    if how == "demo-root":  # what `voicepipe demo` leaves: its commands need the demo's app
+        (retry_root / "_state").mkdir()
+        (retry_root / "_state" / "demo.json").write_text('{"written_by": "voicepipe demo"}')
+    argv = ["--data", str(retry_root), "--config", str(config), "report", "--now", NOW_ISO]
+    result = runner.invoke(main, [*argv, *RETRY_REPORTS[report], "--utc"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+    if report == "pipeline":  # the Action column is readable, the command under the table
+        assert "voicepip…" not in result.stdout and "retry ↓" in result.stdout
+    commands = _suggested_commands(result.stdout)
+    assert commands and all(" a-002" in c for c in commands)
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:5] == ["voicepipe", "--data", str(retry_root), "--config", str(config)]
+        if how == "config":
+            assert "--app" not in words
+        elif how == "demo-root":
+            assert words[-2:] == ["--app", EXAMPLE_APP]
+        else:
+            assert words[-2:] == ["--app", "MODULE"]
+            assert "MODULE: the module that registers your retry handlers" in result.stdout
+            words[-1] = EXAMPLE_APP  # what the note asks the user to do
+        ran = runner.invoke(main, [*words[1:], "--dry-run"], catch_exceptions=False)
+        assert ran.exit_code == 0, (command, ran.stderr)
+        assert ran.stdout.startswith("would retry a-002 [")
+    data = json.loads(runner.invoke(main, [*argv, *RETRY_REPORTS[report], "--format", "json"]).stdout)
+    assert data["retry_note"] is None if how != "placeholder" else data["retry_note"].startswith("MODULE")
+
+
+def test_retry_commands_omit_data_when_the_root_was_not_given(
+    runner: Any, retry_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root found by $VOICEPIPE_DATA is found again by the pasted command."""
+    monkeypatch.setenv("VOICEPIPE_DATA", str(retry_root))
+    result = runner.invoke(main, ["report", "--now", NOW_ISO, "artifact", "a-002"], catch_exceptions=False)
+    assert _suggested_commands(result.stdout) == [
+        "voicepipe retry a-002 --app MODULE",
+        "voicepipe retry a-002 --full --app MODULE",
+    ]
+
+
+# ------------------------------------------------------------ empty pages, help
+
+
+def test_a_page_past_the_end_names_the_last_page(runner: Any, store_root: Path) -> None:
+    result = run(runner, store_root, "artifacts", "--since", "7d", "--limit", "2", "--page", "99")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == (
+        "page 99 is past the end (7 artifacts, 2 per page): the last page is --page 4"
+    )
+    data = json.loads(
+        run(runner, store_root, "artifacts", "--since", "7d", "--limit", "2", "--format", "json").stdout
+    )
+    assert data["last_page"] == 4 and data["next_page"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "footer"),
+    [
+        (["--org", "nope"], "no artifacts for organisation nope were received in this window"),
+        (
+            ["--org", "org-a", "--status", "retrying"],
+            "no artifacts for organisation org-a match these filters",
+        ),
+        (["--status", "retrying"], "no artifacts match these filters"),
+        (["--since", "2026-11-01", "--until", "2026-11-02"], "no artifacts were received in this window"),
+    ],
+)
+def test_an_empty_grid_says_why(runner: Any, store_root: Path, args: list[str], footer: str) -> None:
+    result = run(runner, store_root, "artifacts", *args)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == footer
+    assert "(of 0)" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["retry"],
+        ["config", "show"],
+        ["sql"],
+        *(["report", name] for name in ("dashboard", "metrics", "events")),
+    ],
+    ids=" ".join,
+)
+def test_format_help_names_only_the_accepted_formats(runner: Any, command: list[str]) -> None:
+    import click
+
+    from voicepipe_obs.cli import LAZY_COMMANDS
+
+    cmd: Any = main
+    ctx = click.Context(main)
+    for name in command:
+        cmd = cmd.get_command(ctx, name)
+    option = next(p for p in cmd.params if p.name == "fmt")
+    accepted = set(option.type.choices)
+    for fmt in ("table", "json", "csv"):
+        assert (fmt in option.help) == (fmt in accepted), (command, option.help)
+    assert LAZY_COMMANDS  # the lazy group loaded every command above
+
+
+def test_metrics_range_help_matches_the_buckets(runner: Any) -> None:
+    from voicepipe_obs.reports import RANGES
+
+    result = runner.invoke(main, ["report", "metrics", "--help"])
+    help_text = " ".join(result.stdout.split())
+    assert RANGES["1h"][1].total_seconds() == 300 and "1h (5-minute buckets)" in help_text
+    assert RANGES["6h"][1].total_seconds() == 1800 and "6h (30-minute)" in help_text
+    assert "hourly buckets up to 24h" not in help_text
+
+
+# ------------------------------------------------ metrics wording, machine output
+
+
+def test_metrics_without_snapshots_are_exact_not_approximate(runner: Any, store_root: Path) -> None:
+    """No daily snapshot: the 7d figures come from raw events, exactly, and the
+    report does not mark them ≈ or say they need the raw events."""
+    from voicepipe_obs import aggregate
+
+    result = run(runner, store_root, "metrics", "--range", "7d")
+    assert "computed from raw events" in result.stdout
+    assert "≈" not in result.stdout and "need the raw events" not in result.stdout
+    data = json.loads(run(runner, store_root, "metrics", "--range", "7d", "--format", "json").stdout)
+    assert data["approximate"] == [] and data["snapshot_buckets"] == 0
+    start = dt.datetime.fromisoformat(data["start"].replace("Z", "+00:00"))
+    exact = aggregate.window_metrics(store_root, start, NOW)[0]
+    assert data["cards"]["p95_end_to_end_latency_ms"] == pytest.approx(exact["p95_end_to_end_latency_ms"])
+    assert data["cards"]["avg_end_to_end_latency_ms"] == pytest.approx(exact["avg_end_to_end_latency_ms"])
+
+
+def test_metrics_of_an_unknown_org_total_zero_cost(runner: Any, store_root: Path) -> None:
+    data = json.loads(run(runner, store_root, "metrics", "--org", "nope", "--format", "json").stdout)
+    assert data["cards"]["total_ai_cost"] == 0 and data["cards"]["artifacts_received"] == 0
+    assert {b["total_ai_cost"] for b in data["series"]} == {0}
+    assert "│ $0.00 " in run(runner, store_root, "metrics", "--org", "nope").stdout
+
+
+def _floats(value: Any) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _floats(v)]
+    if isinstance(value, list):
+        return [f for v in value for f in _floats(v)]
+    return []
+
+
+@pytest.mark.parametrize("args", ALL_REPORTS, ids=lambda a: a[0])
+def test_machine_output_carries_no_float_noise(runner: Any, store_root: Path, args: list[str]) -> None:
+    data = json.loads(run(runner, store_root, *args, "--format", "json").stdout)
+    for f in _floats(data):
+        assert len(repr(f).lstrip("-").replace(".", "").lstrip("0").split("e")[0]) <= 12, f
+    text = run(runner, store_root, *args, "--format", "csv").stdout
+    for row in csv.reader(io.StringIO(text)):
+        for cell in row:
+            try:
+                value = float(cell)
+            except ValueError:
+                continue
+            assert value == float(f"{value:.12g}"), cell
+
+
+def test_reports_round_machine_output_but_sql_does_not(runner: Any, store_root: Path) -> None:
+    """The day's costs add up to 0.085 (not exactly, as a float sum); rates have 6
+    decimals. Your own query's values are written as DuckDB returns them."""
+    data = json.loads(run(runner, store_root, "dashboard", "--format", "json").stdout)
+    assert data["cards"]["cost_today"] == 0.085
+    assert data["cards"]["failure_rate_today"] == 0.333333
+    rows = list(csv.DictReader(io.StringIO(run(runner, store_root, "dashboard", "--format", "csv").stdout)))
+    assert {"section": "cards", "key": "cost_today", "value": "0.085"} in rows
+    query = "SELECT 0.1::DOUBLE + 0.2::DOUBLE AS x"
+    assert json.loads(sql(runner, store_root, query, "--format", "json").stdout) == [{"x": 0.1 + 0.2}]
+    assert sql(runner, store_root, query, "--format", "csv").stdout.split() == ["x", repr(0.1 + 0.2)]
 
 
 # --------------------------------------------------- follow and watch (subprocess)

@@ -228,3 +228,31 @@ def test_a_concurrent_reader_never_misses_an_event(root: Path, tmp_path: Path) -
     assert seen_after > seen_before  # it really read while compaction ran
     assert counts and all(c == n_events for c in counts), sorted(set(counts))
     assert os.environ.get("VOICEPIPE_DATA") is None
+
+
+def test_a_quarantined_file_is_named_once(root: Path, runner: Any) -> None:
+    store.write_event_rows(root, [ev("e1", HOUR0)], "good")
+    bad = store.hour_dir(root, "2026-05-04", 6) / "torn.parquet"
+    bad.write_bytes(b"PAR1 this is not really parquet")
+    result = runner.invoke(main, ["--data", str(root), "compact", "--grace", "0s", "--now", NOW.isoformat()])
+    assert result.exit_code == 0, result.stderr
+    target = root / "quarantine" / "events" / "date=2026-05-04" / "hour=06" / "torn.parquet"
+    assert result.stderr == (
+        f"voicepipe: warning: quarantined unreadable file (truncated (no Parquet footer)): {target}\n"
+    )
+
+
+def test_compact_of_an_unwritable_root_is_a_store_error(root: Path) -> None:
+    """A path in the layout that is a file (a real failure: mkdir cannot make it a
+    directory) gives StoreError, never a bare OSError; nothing is deleted."""
+    from voicepipe_obs.errors import StoreError
+
+    store.write_event_rows(root, [ev("e1", HOUR0)], "a")
+    store.write_event_rows(root, [ev("e2", HOUR0)], "b")
+    bad = store.hour_dir(root, "2026-05-04", 6) / "torn.parquet"
+    bad.write_bytes(b"PAR1 this is not really parquet")
+    (root / "quarantine").write_text("a file where the quarantine directory belongs")
+    with pytest.raises(StoreError, match=f"cannot write under {root} .*quarantine"):
+        maintenance.compact(root, now=NOW, grace=NO_GRACE)
+    assert bad.read_bytes() == b"PAR1 this is not really parquet"
+    assert sorted(p.name for p in event_files(root)) == ["a.parquet", "b.parquet", "torn.parquet"]

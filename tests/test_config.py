@@ -290,3 +290,63 @@ def test_documented_example_config_is_valid_and_matches_defaults(tmp_path: Path)
         "retry.app",
         "retry.allowed_actors",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "got"),
+    [
+        ('[alerts.failure_rate]\nenabled = "yes"\n', "alerts.failure_rate.enabled", "'yes'"),
+        ("[alerts.failure_rate]\nper_organization = 1\n", "alerts.failure_rate.per_organization", "1"),
+        ('[alerts.latency]\nper_organization = "false"\n', "alerts.latency.per_organization", "'false'"),
+        ("[alerts.stuck]\nenabled = 0\n", "alerts.stuck.enabled", "0"),
+    ],
+)
+def test_booleans_must_be_toml_booleans(tmp_path: Path, text: str, key: str, got: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert (
+        str(info.value)
+        == f"{path}: {key}: must be true or false (a TOML boolean, without quotes) (got {got})"
+    )
+
+
+def test_boolean_environment_values_are_toml_literals() -> None:
+    loaded = load_settings(env={"VOICEPIPE_ALERTS__FAILURE_RATE__ENABLED": "false"})
+    assert loaded.settings.alerts.failure_rate.enabled is False
+    with pytest.raises(
+        ConfigError, match=r"VOICEPIPE_ALERTS__BUDGET__ENABLED: alerts.budget.enabled: must be true"
+    ):
+        load_settings(env={"VOICEPIPE_ALERTS__BUDGET__ENABLED": "yes"})
+
+
+def test_every_problem_is_listed_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[alerts.budget]\ndaily_budget_usd = -1\norganizations = { a = 'x' }\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    line = str(info.value)
+    assert "\n" not in line and "more problems" not in line
+    assert line.startswith(f"{path}: 2 problems: (1) alerts.budget.daily_budget_usd: ")
+    assert "; (2) alerts.budget.organizations.a: " in line and "(got 'x')" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alerts = 3\n", "alerts: must be a table ([alerts] or { key = value, ... }) (got 3)"),
+        ("retry = 'x'\n", "retry: must be a table ([retry] or { key = value, ... }) (got 'x')"),
+        ("notifiers = [3]\n", "notifiers.0: must be a table (got 3)"),
+    ],
+)
+def test_errors_do_not_name_internal_classes(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert str(info.value) == f"{path}: {message}"
+    assert "instance of" not in str(info.value) and "Rules" not in str(info.value)
+
+
+def test_config_show_format_help_names_the_accepted_formats(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["config", "show", "--help"])
+    assert "json for machines" in result.stdout and "csv" not in result.stdout
+    assert runner.invoke(main, ["config", "show", "--format", "csv"]).exit_code == 2

@@ -222,3 +222,103 @@ def test_client_errors_are_not_retried(hook: Hook) -> None:
     result = notify.deliver(cfg, {"alert_id": "x", "rule": "r"})
     assert (result.ok, result.attempts) == (False, 1)
     assert result.error is not None and result.error.startswith("HTTP 400")
+
+
+def _history_without_notifiers(rec: vp.Recorder, root: Path) -> str:
+    """A store whose log already holds a breaker alert raised and resolved (t0-t5)
+    and a failure-rate alert raised at t10, warning then critical, still active;
+    returns the failure-rate alert's id."""
+    quiet = only_breaker([])
+    rec.emit("circuit_breaker_opened", timestamp=at(-1))
+    rec.flush()
+    alerts.run_check(root, quiet, now=at(0))
+    rec.emit("circuit_breaker_closed", timestamp=at(3))
+    for i in range(10):  # 2 of 10 failed → warning
+        rec.emit("artifact_completed" if i < 8 else "artifact_failed", timestamp=at(8), artifact_id=f"a{i}")
+    rec.flush()
+    alerts.run_check(root, quiet, now=at(5))
+    r = alerts.run_check(root, quiet, now=at(10))
+    for i in range(5):  # 7 of 15 → critical
+        rec.emit("artifact_failed", timestamp=at(11), artifact_id=f"b{i}")
+    rec.flush()
+    alerts.run_check(root, quiet, now=at(12))
+    history = [(h["record_type"], h["rule"]) for h in alerts.alert_history(root)]
+    assert history == [
+        ("raised", "circuit_breaker"),
+        ("resolved", "circuit_breaker"),
+        ("raised", "failure_rate"),
+        ("escalated", "failure_rate"),
+    ]
+    return r.active[0].alert_id
+
+
+def test_a_new_notifier_gets_the_active_alerts_not_the_backlog(
+    rec: vp.Recorder, root: Path, hook: Hook
+) -> None:
+    alert_id = _history_without_notifiers(rec, root)
+    s = only_breaker([{"type": "webhook", "name": "slack", "url": hook.url}])
+    first = alerts.run_check(root, s, now=at(15))
+    # the present state, once: the active alert at its current severity; nothing
+    # about the breaker alert that came and went before the notifier existed
+    assert [(b["event"], b["alert_id"], b["severity"]) for b in hook.bodies] == [
+        ("escalated", alert_id, "critical")
+    ]
+    assert first.changes == []
+    (added,) = alerts.alert_history(root, record_type="notifier_added")
+    assert (added["notifier"], added["timestamp"]) == ("slack", "2026-03-02T12:15:00Z")
+    assert alerts.run_check(root, s, now=at(16)).deliveries == []  # once
+    # from now on every change goes out
+    rec.emit("circuit_breaker_opened", timestamp=at(17))
+    rec.flush()
+    alerts.run_check(root, s, now=at(18))
+    alerts.run_check(root, s, now=at(60))  # failure window empty → resolved
+    assert [(b["event"], b["rule"]) for b in hook.bodies[1:]] == [
+        ("raised", "circuit_breaker"),
+        ("resolved", "failure_rate"),
+    ]
+    assert len(alerts.alert_history(root, record_type="notifier_added")) == 1
+
+
+def test_a_new_notifier_failing_at_first_is_retried(rec: vp.Recorder, root: Path, hook: Hook) -> None:
+    alert_id = _history_without_notifiers(rec, root)
+    s = only_breaker([{"type": "webhook", "url": hook.url, "retries": 0}])
+    hook.statuses = [503]
+    r1 = alerts.run_check(root, s, now=at(15))
+    assert [(d.alert_id, d.ok) for d in r1.deliveries] == [(alert_id, False)]
+    r2 = alerts.run_check(root, s, now=at(20))
+    assert [(d.alert_id, d.event, d.ok) for d in r2.deliveries] == [(alert_id, "escalated", True)]
+    assert [b["event"] for b in hook.bodies] == ["escalated"]
+
+
+def test_a_new_notifier_first_run_without_notify_keeps_its_deliveries_pending(
+    rec: vp.Recorder, root: Path, hook: Hook
+) -> None:
+    """The notifier's history starts at the first check run with it configured,
+    even one that sends nothing (or dies before sending): what changed from then
+    on goes out on the next check that notifies, the older backlog does not."""
+    _history_without_notifiers(rec, root)
+    s = only_breaker([{"type": "webhook", "url": hook.url}])
+    alerts.run_check(root, s, now=at(15), notify=False)
+    assert hook.posts == []
+    rec.emit("circuit_breaker_opened", timestamp=at(16))
+    rec.flush()
+    alerts.run_check(root, s, now=at(17), notify=False)
+    alerts.run_check(root, s, now=at(20))
+    assert [(b["event"], b["rule"]) for b in hook.bodies] == [
+        ("escalated", "failure_rate"),
+        ("raised", "circuit_breaker"),
+    ]
+
+
+def test_an_alert_ending_in_the_new_notifiers_first_check_is_not_sent(
+    rec: vp.Recorder, root: Path, hook: Hook
+) -> None:
+    _history_without_notifiers(rec, root)
+    s = only_breaker([{"type": "webhook", "url": hook.url}])
+    r = alerts.run_check(root, s, now=at(60))  # the failure-rate alert resolves in this very check
+    assert [c["record_type"] for c in r.changes] == ["resolved"]
+    assert r.deliveries == [] and hook.posts == []  # neither its raise nor its end: it is over
+    rec.emit("circuit_breaker_opened", timestamp=at(61))
+    rec.flush()
+    alerts.run_check(root, s, now=at(62))
+    assert [(b["event"], b["rule"]) for b in hook.bodies] == [("raised", "circuit_breaker")]

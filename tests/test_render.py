@@ -214,3 +214,91 @@ def test_csv_writer() -> None:
         ["1", "", "2026-01-01T00:00:00Z", '{"k": "v"}'],
         ["x,y", "2.5", "", ""],
     ]
+
+
+def test_machine_output_rounds_float_noise_and_ratios() -> None:
+    noisy = {
+        "cost_today": 0.8412020000000006,
+        "total_ai_cost": 0.018841999999999998,
+        "failure_rate": 1 / 3,
+        "completed_change": -0.4862385321100917,
+        "avg_end_to_end_latency_ms": 15079.493428571428,
+        "ai_cost": 0.0000012345,  # a stored sub-microdollar cost survives
+        "rows": [{"overall_failure_rate": 2 / 3}],
+    }
+    out = json.loads(render.to_json(noisy))
+    assert out == {
+        "cost_today": 0.841202,
+        "total_ai_cost": 0.018842,
+        "failure_rate": 0.333333,
+        "completed_change": -0.486239,
+        "avg_end_to_end_latency_ms": 15079.4934286,
+        "ai_cost": 0.0000012345,
+        "rows": [{"overall_failure_rate": 0.666667}],
+    }
+    assert json.loads(render.to_json(noisy, rounded=False)) == noisy  # `voicepipe sql`
+    text = render.to_csv([noisy], ["cost_today", "failure_rate", "avg_end_to_end_latency_ms"])
+    assert text.splitlines()[1] == "0.841202,0.333333,15079.4934286"
+    dash = {
+        "cards": {"cost_today": 0.8412020000000006, "failure_rate_today": 1 / 3},
+        "stages": [],
+        "alerts": [],
+    }
+    assert render.csv_dashboard(dash).splitlines()[1:] == [
+        "cards,cost_today,0.841202",
+        "cards,failure_rate_today,0.333333",
+        "alerts,active,0",
+    ]
+
+
+@pytest.mark.parametrize("width", [100, 70, 52])
+def test_shell_command_wraps_into_lines_that_paste_as_one_command(width: int) -> None:
+    import shlex
+
+    words = ["voicepipe", "--data", "/srv/voice pipe/data", "retry", "art-20261128-112656-844d66"]
+    command = shlex.join([*words, "--full", "--app", "voicepipe_obs._examples.voice_pipeline"])
+    lines = render.shell_command(command, width=width, prefix="  full   ")
+    assert all(len(line) <= width for line in lines), lines
+    assert all(line.endswith(" \\") for line in lines[:-1]) and not lines[-1].endswith("\\")
+    assert lines[0].startswith("  full   voicepipe")
+    assert all(line.startswith("      ") for line in lines[1:])  # the prefix's indent + 4
+    # the shell reads backslash-newline as nothing: the lines are the command
+    assert shlex.split(" ".join(line.removesuffix("\\") for line in lines)[9:]) == shlex.split(command)
+    for line in lines[1:]:  # an option never parts from its value
+        assert not line.strip().endswith(("--data \\", "--app \\", "retry \\"))
+
+
+def test_dashboard_cards_never_cut_their_text() -> None:
+    """Every card line fits its box (no …), even with large numbers."""
+    cards = {
+        "active_artifacts": 123_456,
+        "completed_today": 123_456,
+        "completed_yesterday_same_time": 1_234_567,
+        "completed_change": -0.8999,
+        "failed_today": 12_345,
+        "failure_rate_today": 0.0909,
+        "avg_end_to_end_latency_ms_today": 7_500_000.0,
+        "ai_service_status": None,
+        "ai_service_changed_at": None,
+        "cost_today": 12_345.678,
+    }
+    data = {
+        "generated_at": dt.datetime(2026, 11, 28, 12, tzinfo=UTC),
+        "window_start": dt.datetime(2026, 11, 27, tzinfo=UTC),
+        "cards": cards,
+        "stages": [],
+        "alerts": [],
+        "recent_events": [],
+    }
+    data["stages"] = [{"stage": "ingestion", "health": "green", "queue_depth": 1, "throughput_per_hour": 1.0}]
+    for breaker in (None, "open", "closed"):
+        cards["ai_service_status"] = breaker
+        cards["ai_service_changed_at"] = (
+            None if breaker is None else dt.datetime(2026, 11, 28, 11, tzinfo=UTC)
+        )
+        out = render.render_dashboard(data, Style(tz=UTC))
+        boxes = [line for line in out.splitlines() if line.startswith("│")]
+        assert len(boxes) == 6 and not any("…" in line for line in boxes), out
+    assert "│ 123,456  (-90.0%)" in out and "vs 1,234,567 by now yesterday" in out
+    cards["ai_service_status"] = None
+    assert "no breaker events since 11-27" in render.render_dashboard(data, Style(tz=UTC))

@@ -260,7 +260,9 @@ def test_artifact_detail_timeline_and_header(data: Path) -> None:
 def test_retry_options_follow_the_failure_and_the_attempt_limit(data: Path) -> None:
     d = reports.artifact_detail(data, "a-002", now=NOW)
     assert [o["stage"] for o in d["retry_options"]] == ["claims_extraction", "full"]
-    assert d["retry_options"][1]["command"] == "voicepipe retry a-002 --full"
+    # a library call on a root that is not the default one: the command names it
+    assert d["retry_options"][1]["command"] == f"voicepipe --data {data} retry a-002 --full --app MODULE"
+    assert d["retry_note"] is not None and d["retry_note"].startswith("MODULE: ")
     none_left = reports.artifact_detail(
         data, "a-002", now=NOW, thresholds=reports.Thresholds(max_retry_attempts=0)
     )
@@ -271,6 +273,48 @@ def test_retry_options_follow_the_failure_and_the_attempt_limit(data: Path) -> N
     ]
     with pytest.raises(NotFoundError, match="--search"):
         reports.artifact_detail(data, "nope", now=NOW)
+
+
+def test_retry_command_spelling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    root = tmp_path / "my data" / "vp's"
+    cmd = reports.RetryCommand.for_root(root, data_flag=True, config="conf dir/v.toml")
+    assert cmd.needs_app
+    assert shlex.split(cmd.command("a-1; rm -rf /", full=True)) == [
+        "voicepipe",
+        "--data",
+        str(root),
+        "--config",
+        "conf dir/v.toml",
+        "retry",
+        "a-1; rm -rf /",
+        "--full",
+        "--app",
+        "MODULE",
+    ]
+    # retry.app configured: no --app; the root given as --data is carried
+    configured = reports.RetryCommand.for_root(root, data_flag=True, configured_app="mypipeline.retry")
+    assert configured.command("a-1") == f"voicepipe --data {shlex.quote(str(root))} retry a-1"
+    assert not configured.needs_app
+    # what `voicepipe demo` wrote: the demo's handler module
+    (root / "_state").mkdir(parents=True)
+    (root / "_state" / "demo.json").write_text("{}")
+    demo = reports.RetryCommand.for_root(root, data_flag=False)
+    assert demo.command("a-1") == "voicepipe retry a-1 --app voicepipe_obs._examples.voice_pipeline"
+    # a library call: --data unless the root is the one voicepipe finds by itself
+    monkeypatch.chdir(tmp_path)
+    assert reports.RetryCommand.for_root(Path("voicepipe-data")).data is None
+    assert reports.RetryCommand.for_root(root).data == str(root)
+    monkeypatch.setenv("VOICEPIPE_DATA", str(root))
+    assert reports.RetryCommand.for_root(root).data is None
+    assert reports.RetryCommand.for_root(Path("voicepipe-data")).data == "voicepipe-data"
+
+
+def test_unique_column_names() -> None:
+    assert reports.unique_columns(["a", "b"]) == ["a", "b"]
+    assert reports.unique_columns(["a", "a", "a"]) == ["a", "a_2", "a_3"]
+    assert reports.unique_columns(["a", "a", "a_2"]) == ["a", "a_3", "a_2"]
 
 
 def test_pipeline_in_progress_and_retry_queue(data: Path) -> None:
@@ -333,6 +377,37 @@ def test_metrics_read_snapshots_and_say_when_they_are_behind(data: Path) -> None
     assert [s.date().isoformat() for s in behind["stale_buckets"]] == ["2026-11-27"]
     assert "snapshots are behind: 1 daily bucket" in behind["notes"][0]
     assert behind["cards"]["artifacts_processed"] == raw["cards"]["artifacts_processed"]
+
+
+def test_metrics_over_days_without_snapshots_are_exact(data: Path) -> None:
+    """7d with no daily snapshot: range figures over the raw events of the whole range,
+    as aggregate.window_metrics gives them — not weighted means of the days."""
+    from voicepipe_obs import aggregate
+
+    for org in (None, "org-b"):
+        m = reports.metrics(data, now=NOW, range_="7d", org=org)
+        assert m["approximate"] == []
+        exact = aggregate.window_metrics(data, m["start"], NOW, organization_id=org)[0]
+        for key in ("avg_end_to_end_latency_ms", "p95_end_to_end_latency_ms"):
+            assert m["cards"][key] == pytest.approx(exact[key]), key
+        assert m["cards"]["auto_resolution_rate"] == pytest.approx(exact["auto_resolution_rate"])
+        stages = {s["stage"]: s for s in m["stages"]}
+        assert stages["transcription"]["p95_latency_ms"] == pytest.approx(
+            exact["p95_transcription_latency_ms"]
+        )
+        by_org = {o["organization_id"]: o for o in m["organizations"]}
+        for row in aggregate.window_metrics(data, m["start"], NOW, organization_id=org)[1:]:
+            got = by_org[row["organization_id"]]["p95_end_to_end_latency_ms"]
+            assert got == pytest.approx(row["p95_end_to_end_latency_ms"])
+
+
+def test_totals_are_zero_not_null_when_nothing_adds_up(data: Path) -> None:
+    for range_ in ("1h", "24h", "7d"):
+        m = reports.metrics(data, now=NOW, range_=range_, org="nope")
+        assert m["cards"]["total_ai_cost"] == 0.0 and m["cards"]["artifacts_processed"] == 0
+        assert {b["total_ai_cost"] for b in m["series"]} == {0.0}
+    quiet = NOW + dt.timedelta(days=1, hours=1)  # no cost recorded on the 29th
+    assert reports.dashboard(data, now=quiet, tz=UTC)["cards"]["cost_today"] == 0.0
 
 
 def test_metrics_org_filter(data: Path) -> None:

@@ -1080,8 +1080,20 @@ def aggregate(
             lo = _floor(store.to_us(since) if since is not None else first, store.US_PER_HOUR)
             hi_raw = store.to_us(until) if until is not None else now_us + 1
             hi = -(-hi_raw // store.US_PER_HOUR) * store.US_PER_HOUR
-            hours = set(range(lo, hi, store.US_PER_HOUR))
-            days = {_floor(h, store.US_PER_DAY) for h in hours}
+            # Only buckets with events or with a snapshot file have anything to do (an
+            # empty bucket without a file stays without one): take those in the range
+            # rather than every hour of it (--since 1970-01-01 would be ~500,000 hours).
+            # A day touched by the range is recomputed whole, as before.
+            known_hours = {f.hour_us for f in listing} | _existing_buckets(rootp, "hourly")
+            known_days = {_floor(h, store.US_PER_DAY) for h in known_hours}
+            known_days |= _existing_buckets(rootp, "daily")
+            hours = {h for h in known_hours if lo <= h < hi}
+            days = {d for d in known_days if d + store.US_PER_DAY > lo and d < hi}
+            log.info(
+                "recomputing the %d hourly and %d daily buckets of the range with events or snapshots",
+                len(hours),
+                len(days),
+            )
         else:
             hours = {f.hour_us for f in new}
             days = {_floor(h, store.US_PER_DAY) for h in hours}

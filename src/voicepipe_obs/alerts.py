@@ -56,13 +56,20 @@ RULES: Final = (
     "budget",
     "stuck",
 )
-#: Alert-log record types.
-RECORD_TYPES: Final = ("raised", "escalated", "resolved", "acknowledged", "notification")
+#: Alert-log record types. ``notifier_added`` marks the first check that ran with
+#: a notifier configured: its deliveries start there (see :func:`send_notifications`).
+RECORD_TYPES: Final = ("raised", "escalated", "resolved", "acknowledged", "notification", "notifier_added")
 NOTIFY_ON: Final = ("raised", "escalated", "resolved")
 OVERALL: Final = "all"
 LOCK_FILE: Final = "check.lock"
 
 _UTC = dt.timezone.utc
+#: How far an explicit ``now`` may run ahead of the system clock when a check
+#: records (clocks of the machines sharing a data root differ a little).
+MAX_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
+#: No check can evaluate before this: nothing was recorded then, and rule windows
+#: reaching further back would leave the representable date range.
+EARLIEST_NOW: Final = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
 #: (name, kind) of an alert-log record, in file order.
 LOG_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
@@ -129,7 +136,7 @@ SELECT
   max(timestamp) FILTER (WHERE record_type = 'resolved') AS resolved_at,
   arg_max(actor, timestamp) FILTER (WHERE record_type = 'acknowledged') AS acknowledged_by,
   max(timestamp) FILTER (WHERE record_type = 'acknowledged') AS acknowledged_at,
-  arg_max(comment, timestamp) FILTER (WHERE record_type = 'acknowledged') AS ack_comment,
+  arg_max_null(comment, timestamp) FILTER (WHERE record_type = 'acknowledged') AS ack_comment,
   arg_max(summary, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS summary,
   arg_max(description, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS description,
   arg_max(value, timestamp) FILTER (WHERE record_type IN ('raised', 'escalated')) AS value,
@@ -143,15 +150,34 @@ GROUP BY alert_id
 """
 
 
-def register_views(con: duckdb.DuckDBPyConnection, root: Path, *, live: bool = False) -> None:
+def register_views(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    *,
+    live: bool = False,
+    extra: Sequence[dict[str, Any]] = (),
+) -> None:
     """Create the ``alert_log`` view (every record, typed and empty when there are
     no files) and the ``alerts`` view (current state per alert); ``live``: see
-    :func:`voicepipe_obs.query.connect`."""
+    :func:`voicepipe_obs.query.connect`. ``extra`` records (not written anywhere)
+    are added to the log as if they had been: ``check --dry-run`` shows the state
+    a check would leave."""
+    import pyarrow as pa
+
     con.register("_voicepipe_empty_alert_log", log_schema().empty_table())
+    if extra:
+        con.register("_voicepipe_extra_alert_log", pa.Table.from_pylist(list(extra), schema=log_schema()))
+    cols = ", ".join(LOG_COLUMN_NAMES)
     src = area_source(root, store.ALERTS, live=live, by_name=True)
-    if src is not None:
-        cols = ", ".join(LOG_COLUMN_NAMES)
+    if src is not None and extra:
+        con.execute(
+            f"CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) {cols} FROM "
+            f"(SELECT {cols} FROM {src} UNION ALL SELECT {cols} FROM _voicepipe_extra_alert_log)"
+        )
+    elif src is not None:
         con.execute(f"CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) {cols} FROM {src}")
+    elif extra:
+        con.execute("CREATE OR REPLACE VIEW alert_log AS SELECT * FROM _voicepipe_extra_alert_log")
     else:
         con.execute("CREATE OR REPLACE VIEW alert_log AS SELECT * FROM _voicepipe_empty_alert_log")
     con.execute(f"CREATE OR REPLACE VIEW alerts AS {ALERTS_SQL}")
@@ -202,7 +228,32 @@ def _aware(now: dt.datetime | None) -> dt.datetime:
         return dt.datetime.now(_UTC)
     if now.tzinfo is None:
         raise UsageError("now must be timezone-aware (e.g. 2026-01-05T10:00:00+00:00)")
-    return now.astimezone(_UTC)
+    try:
+        return now.astimezone(_UTC)
+    except OverflowError:
+        raise UsageError(f"time {now.isoformat()} is out of range") from None
+
+
+def _evaluable(at: dt.datetime) -> dt.datetime:
+    """``at``, or :class:`UsageError` when rules cannot be evaluated at it."""
+    if at < EARLIEST_NOW:
+        raise UsageError(
+            f"cannot evaluate at {_iso(at)}: it is before {EARLIEST_NOW:%Y-%m-%d}, when nothing was recorded; "
+            "give a time such as 2026-11-28T12:00:00Z"
+        )
+    return at
+
+
+def require_root(root: str | os.PathLike[str] | None) -> Path:
+    """The resolved data root, or :class:`StoreError` when it does not exist or is
+    not a directory (a mistyped path must not read as "no alerts")."""
+    rootp = store.resolve_root(root)
+    if not rootp.is_dir():
+        problem = "is not a directory" if rootp.exists() else "does not exist"
+        raise StoreError(
+            f"data root {rootp} {problem}; check --data / $VOICEPIPE_DATA / `data` in voicepipe.toml"
+        )
+    return rootp
 
 
 def _pct(x: float) -> str:
@@ -634,7 +685,7 @@ def evaluate(
 
     settings = settings or Settings()
     rootp = store.resolve_root(root)
-    at = _aware(now)
+    at = _evaluable(_aware(now))
     for name in rules or ():
         if name not in _RULE_FUNCS:
             raise UsageError(f"unknown rule {name!r}; choose from {', '.join(RULES)}")
@@ -645,7 +696,13 @@ def evaluate(
         for name in rules or RULES:
             if not getattr(settings.alerts, name).enabled:
                 continue
-            _RULE_FUNCS[name](ctx, ev)
+            try:
+                _RULE_FUNCS[name](ctx, ev)
+            except OverflowError:
+                raise UsageError(
+                    f"rule {name}: its window reaches outside the supported dates when evaluated at "
+                    f"{_iso(at)}; check the time given and the rule's settings under [alerts.{name}]"
+                ) from None
             ev.evaluated.append(name)
     except duckdb.Error as exc:
         raise StoreError(_unreadable(rootp, exc)) from exc
@@ -729,13 +786,22 @@ def _iso(value: dt.datetime) -> str:
     return value.astimezone(_UTC).isoformat().replace("+00:00", "Z")
 
 
+#: Most urgent first: active before resolved, critical before warning, then the
+#: oldest raise first, then rule and scope (``alerts list``).
+_URGENCY_ORDER: Final = (
+    "status = 'active' DESC, CASE severity WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END DESC, "
+    "raised_at, rule, scope, alert_id"
+)
+
+
 def _select_states(
-    con: duckdb.DuckDBPyConnection, where: str = "", params: Sequence[Any] = ()
+    con: duckdb.DuckDBPyConnection,
+    where: str = "",
+    params: Sequence[Any] = (),
+    order: str = "raised_at, alert_id",
 ) -> list[AlertState]:
     cols = ", ".join(f"epoch_us({c})" if c in _TS_STATE_COLUMNS else c for c in STATE_COLUMNS)
-    rows = con.execute(
-        f"SELECT {cols} FROM alerts {where} ORDER BY raised_at, alert_id", list(params)
-    ).fetchall()
+    rows = con.execute(f"SELECT {cols} FROM alerts {where} ORDER BY {order}", list(params)).fetchall()
     out = []
     for row in rows:
         values: dict[str, Any] = {
@@ -764,7 +830,8 @@ def list_alerts(
     severity: str | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> list[AlertState]:
-    """Alerts in their current state (default: active only), oldest first."""
+    """Alerts in their current state (default: active only), most urgent first:
+    active before resolved, critical before warning, then oldest raise first."""
     from .query import connect
 
     con = con or connect(store.resolve_root(root), live=False)
@@ -780,7 +847,7 @@ def list_alerts(
             clauses.append(f"{_FILTERS[name]} = ?")
             params.append(value)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    return _select_states(con, where, params)
+    return _select_states(con, where, params, order=_URGENCY_ORDER)
 
 
 def alert_history(
@@ -922,6 +989,13 @@ def lifecycle_records(
     return out
 
 
+class AlertResolvedError(AlertError):
+    """Acknowledging an alert that has already resolved: the operation failed
+    (exit 1, like an unknown id); exit 3 is ``check``'s "could not evaluate"."""
+
+    exit_code = 1
+
+
 def acknowledge(
     root: str | os.PathLike[str] | None,
     alert_id: str,
@@ -932,12 +1006,12 @@ def acknowledge(
 ) -> AlertState:
     """Record that ``by`` acknowledged an active alert; returns its new state.
 
-    Raises :class:`NotFoundError` for an unknown id and :class:`AlertError` for a
-    resolved alert.
+    Raises :class:`NotFoundError` for an unknown id, :class:`AlertResolvedError`
+    for a resolved alert and :class:`StoreError` for a missing data root.
     """
     from .query import connect
 
-    rootp = store.resolve_root(root)
+    rootp = require_root(root)
     by = by.strip()
     if not by:
         raise UsageError("--by needs a name (who is acknowledging)")
@@ -948,7 +1022,7 @@ def acknowledge(
         raise NotFoundError(f"no alert with id {alert_id!r}; `voicepipe alerts list --all` shows the ids")
     state = states[0]
     if state.status != "active":
-        raise AlertError(
+        raise AlertResolvedError(
             f"alert {alert_id} already resolved at {_iso(state.resolved_at or at)}; nothing to acknowledge"
         )
     write_records(
@@ -1049,18 +1123,51 @@ def notification_payload(rec: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _pending(con: duckdb.DuckDBPyConnection, name: str, since: dt.datetime) -> list[dict[str, Any]]:
+def notifier_starts(con: duckdb.DuckDBPyConnection) -> dict[str, dt.datetime]:
+    """When each notifier's history starts: its ``notifier_added`` record, or (logs
+    written before that record existed) its first delivery attempt."""
+    rows = con.execute(
+        """SELECT notifier, epoch_us(min(timestamp)) FROM alert_log
+           WHERE notifier IS NOT NULL AND record_type IN ('notifier_added', 'notification')
+           GROUP BY notifier"""
+    ).fetchall()
+    return {str(name): store.from_us(us) for name, us in rows}
+
+
+def _pending(
+    con: duckdb.DuckDBPyConnection, name: str, since: dt.datetime, start: dt.datetime
+) -> list[dict[str, Any]]:
+    """Lifecycle records not yet delivered to notifier ``name``, whose history began
+    with the check at ``start``: the state that check left — the latest raise or
+    escalation of each alert raised before it and still active after it — then every
+    record from that check on, within ``since`` (the baseline too, while ``start``
+    is). An alert that was already over, or ended in that first check, is not sent:
+    the notifier never heard of it."""
     cols = ", ".join(
         f"epoch_us(l.{c})" if c in ("timestamp", "started_at") else f"l.{c}" for c in LOG_COLUMN_NAMES
     )
     rows = con.execute(
-        f"""SELECT {cols} FROM alert_log l
-            WHERE l.record_type IN ('raised', 'escalated', 'resolved') AND l.timestamp >= ?
+        f"""WITH life AS (
+              SELECT * FROM alert_log WHERE record_type IN ('raised', 'escalated', 'resolved')),
+            before_start AS (
+              SELECT alert_id FROM life WHERE timestamp < $start GROUP BY alert_id),
+            over_at_start AS (
+              SELECT alert_id FROM life
+              WHERE record_type = 'resolved' AND timestamp <= $start
+                AND alert_id IN (SELECT alert_id FROM before_start)),
+            baseline AS (
+              SELECT arg_max(record_id, timestamp) AS record_id FROM life
+              WHERE timestamp < $start AND alert_id NOT IN (SELECT alert_id FROM over_at_start)
+              GROUP BY alert_id)
+            SELECT {cols} FROM life l
+            WHERE ((l.timestamp >= $start AND l.timestamp >= $since
+                    AND l.alert_id NOT IN (SELECT alert_id FROM over_at_start))
+                   OR ($start >= $since AND l.record_id IN (SELECT record_id FROM baseline)))
               AND NOT EXISTS (SELECT 1 FROM alert_log n
                               WHERE n.record_type = 'notification' AND n.delivered
-                                AND n.ref_record_id = l.record_id AND n.notifier = ?)
+                                AND n.ref_record_id = l.record_id AND n.notifier = $name)
             ORDER BY l.timestamp, l.record_id""",
-        [since, name],
+        {"since": since, "start": start, "name": name},
     ).fetchall()
     out = []
     for row in rows:
@@ -1075,17 +1182,25 @@ def _pending(con: duckdb.DuckDBPyConnection, name: str, since: dt.datetime) -> l
 def send_notifications(
     con: duckdb.DuckDBPyConnection, root: Path, settings: Settings, now: dt.datetime
 ) -> tuple[list[DeliveryOutcome], list[dict[str, Any]]]:
-    """Deliver every lifecycle record not yet delivered to each notifier (within
+    """Deliver to each notifier every lifecycle record it has not had yet (within
     ``alerts.notification_max_age_hours``), oldest first; returns the outcomes
-    and the notification records to append."""
+    and the notification records to append.
+
+    A notifier's history starts at the first check that ran with it configured
+    (its ``notifier_added`` record, see :func:`notifier_records`): it gets the
+    alerts still active after that check, once each, and every raise, escalation
+    and resolution after — never the backlog of alerts that came and went before
+    it existed (see :func:`_pending`).
+    """
     from .notify import deliver, notifier_name
 
     since = now - dt.timedelta(hours=settings.alerts.notification_max_age_hours)
+    starts = notifier_starts(con)
     outcomes: list[DeliveryOutcome] = []
     records: list[dict[str, Any]] = []
     for cfg in settings.notifiers:
         name = notifier_name(cfg)
-        for rec in _pending(con, name, since):
+        for rec in _pending(con, name, since, starts.get(name, now)):
             result = deliver(cfg, notification_payload(rec))
             outcomes.append(
                 DeliveryOutcome(
@@ -1118,6 +1233,32 @@ def send_notifications(
                 )
             )
     return outcomes, records
+
+
+def notifier_records(
+    con: duckdb.DuckDBPyConnection, settings: Settings, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """A ``notifier_added`` record for each configured notifier the log has never
+    seen (written with the check's changes, before anything is delivered)."""
+    from .notify import notifier_name
+
+    if not settings.notifiers:
+        return []
+    known = notifier_starts(con)
+    out = []
+    for cfg in settings.notifiers:
+        name = notifier_name(cfg)
+        if name not in known:
+            known[name] = now
+            out.append(
+                _record(
+                    "notifier_added",
+                    now,
+                    notifier=name,
+                    description="first check with this notifier: it gets the active alerts, then every change",
+                )
+            )
+    return out
 
 
 def _refresh_alertmanagers(settings: Settings, active: Sequence[AlertState], now: dt.datetime) -> None:
@@ -1155,7 +1296,9 @@ def _refresh_alertmanagers(settings: Settings, active: Sequence[AlertState], now
 @dataclass
 class CheckResult:
     """What one check did: the active alerts after it, the lifecycle records it
-    appended, the deliveries it attempted, notes on rules with nothing to judge."""
+    appended, the deliveries it attempted, notes on rules with nothing to judge.
+    With ``dry_run`` nothing was written or sent: ``active`` and ``changes`` are
+    what the check would have left and written."""
 
     now: dt.datetime
     active: list[AlertState]
@@ -1163,6 +1306,7 @@ class CheckResult:
     deliveries: list[DeliveryOutcome]
     notes: list[str]
     evaluated: list[str]
+    dry_run: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -1178,6 +1322,7 @@ class CheckResult:
             "status": self.status,
             "exit_code": self.exit_code,
             "checked_at": _iso(self.now),
+            "dry_run": self.dry_run,
             "active": [a.to_dict() for a in self.active],
             "changes": [
                 {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in c.items() if v is not None}
@@ -1189,28 +1334,65 @@ class CheckResult:
         }
 
 
+def _not_in_future(at: dt.datetime) -> None:
+    """Refuse to record a check at an explicit time later than the system clock:
+    it would raise alerts before they happen, and the next real check would resolve
+    them "before" they were raised."""
+    clock = dt.datetime.now(_UTC)
+    if at > clock + MAX_CLOCK_SKEW:
+        raise UsageError(
+            f"cannot record a check at {_iso(at)}: it is more than {MAX_CLOCK_SKEW.seconds // 60} min "
+            f"after the system clock ({_iso(clock.replace(microsecond=0))}); evaluate future times with "
+            "--dry-run (dry_run=True), which records nothing"
+        )
+
+
+def _not_before_log(at: dt.datetime, con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Refuse to record a check at an explicit time earlier than the alert log's
+    latest record: its lifecycle would run backwards (resolved before raised)."""
+    try:
+        row = con.execute("SELECT epoch_us(max(timestamp)) FROM alert_log").fetchone()
+    except duckdb.Error as exc:
+        raise StoreError(
+            f"cannot read the alert log under {root / store.ALERTS}: {_first_line(exc)}"
+        ) from exc
+    latest = store.from_us(row[0]) if row and row[0] is not None else None
+    if latest is not None and at < latest:
+        raise UsageError(
+            f"cannot record a check at {_iso(at)}: the alert log already has records up to {_iso(latest)} "
+            "and its lifecycle cannot run backwards; give a later time, or evaluate with --dry-run "
+            "(dry_run=True), which records nothing"
+        )
+
+
 def run_check(
     root: str | os.PathLike[str] | None,
     settings: Settings | None = None,
     *,
     now: dt.datetime | None = None,
     notify: bool = True,
+    dry_run: bool = False,
 ) -> CheckResult:
     """Evaluate every rule at ``now`` under the check lock, append the lifecycle
     changes to the alert log, deliver pending notifications and record each
     attempt. Raises :class:`StoreError` / :class:`AlertError` when it cannot
-    evaluate (``voicepipe check`` exits 3)."""
+    evaluate, :class:`UsageError` for a ``now`` it must not record at (``voicepipe
+    check`` exits 3 for all of them).
+
+    An explicit ``now`` may not be later than the system clock (plus
+    :data:`MAX_CLOCK_SKEW`) nor earlier than the alert log's latest record. With
+    ``dry_run`` any ``now`` goes: nothing is written, locked or sent, and the
+    result shows the state the check would have left.
+    """
     from .query import connect
 
     settings = settings or Settings()
-    rootp = store.resolve_root(root)
-    at = _aware(now)
-    if not rootp.is_dir():
-        problem = "is not a directory" if rootp.exists() else "does not exist"
-        raise StoreError(
-            f"data root {rootp} {problem}; check --data / $VOICEPIPE_DATA / `data` in voicepipe.toml"
-        )
-    with check_lock(rootp, settings.alerts.lock_timeout_seconds):
+    at = _evaluable(_aware(now))
+    if now is not None and not dry_run:
+        _not_in_future(at)
+    rootp = require_root(root)
+    guard = contextlib.nullcontext() if dry_run else check_lock(rootp, settings.alerts.lock_timeout_seconds)
+    with guard:
         try:
             con = connect(rootp, live=False)
         except duckdb.Error as exc:
@@ -1221,22 +1403,27 @@ def run_check(
             raise StoreError(
                 f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
             ) from exc
+        if now is not None and not dry_run:
+            _not_before_log(at, con, rootp)
         ev = evaluate(rootp, settings, now=at, con=con)
         changes = lifecycle_records(active, ev)
-        write_records(rootp, changes, at)
         deliveries: list[DeliveryOutcome] = []
         try:
-            register_views(con, rootp)
-            if notify and settings.notifiers:
-                deliveries, attempts = send_notifications(con, rootp, settings, at)
-                write_records(rootp, attempts, at)
+            if dry_run:
+                register_views(con, rootp, extra=changes)
+            else:
+                write_records(rootp, [*notifier_records(con, settings, at), *changes], at)
                 register_views(con, rootp)
+                if notify and settings.notifiers:
+                    deliveries, attempts = send_notifications(con, rootp, settings, at)
+                    write_records(rootp, attempts, at)
+                    register_views(con, rootp)
             current = _select_states(con, "WHERE status = 'active'")
         except duckdb.Error as exc:
             raise StoreError(
                 f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
             ) from exc
-        if notify:
+        if notify and not dry_run:
             _refresh_alertmanagers(settings, current, at)
     current.sort(key=lambda a: (-SEVERITY_RANK.get(a.severity, 0), a.rule, a.scope))
     fresh = {f.key: f for f in ev.findings}
@@ -1244,4 +1431,4 @@ def run_check(
         f = fresh.get(a.key)
         if f is not None:
             a.value, a.threshold, a.summary, a.description = f.value, f.threshold, f.summary, f.description
-    return CheckResult(at, current, changes, deliveries, ev.notes, ev.evaluated)
+    return CheckResult(at, current, changes, deliveries, ev.notes, ev.evaluated, dry_run)

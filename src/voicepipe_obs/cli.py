@@ -13,6 +13,7 @@ critical, could not evaluate); ``retry`` uses 4 when a retry is refused.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import importlib
 import logging
 import os
@@ -71,8 +72,30 @@ class AppContext:
         return self.loaded.settings
 
     @property
-    def root(self) -> Path:
+    def root_path(self) -> Path:
+        """The data root as configured, which may not exist yet (``demo`` creates it)."""
         return self.settings.root
+
+    @property
+    def root(self) -> Path:
+        """The data root, which must be an existing directory: a mistyped ``--data``
+        or ``$VOICEPIPE_DATA`` in a crontab must fail loudly, not report an empty
+        store. Raises :class:`StoreError` (exit 1) naming the path and where it came from."""
+        from .errors import StoreError
+        from .store import root_problem
+
+        root = self.settings.root
+        problem = root_problem(root)
+        if problem is not None:
+            origin = self.loaded.source_of("data")
+            where = {"flag": "from --data", "default": "the default"}.get(origin)
+            if where is None:
+                where = f"from ${origin[4:]}" if origin.startswith("env ") else f"`data` in {origin[5:]}"
+            raise StoreError(
+                f"data root {root.absolute()} ({where}) {problem}: pass --data DIR or set VOICEPIPE_DATA "
+                "to your data root (`voicepipe demo` writes sample data into a new one)"
+            )
+        return root
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
@@ -95,13 +118,19 @@ def parse_now(value: str | None) -> dt.datetime | None:
     output): an ISO date/time, UTC unless it has an offset."""
     if value is None:
         return None
+    from .timeparse import check_in_range
+
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(
             "use an ISO date/time such as 2026-11-28T12:00:00Z", param_hint="--now"
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
+    parsed = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.timezone.utc)
+    try:
+        return check_in_range(parsed, value)
+    except VoicepipeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--now") from None
 
 
 class LazyGroup(click.Group):
@@ -141,6 +170,27 @@ class LazyGroup(click.Group):
         except BrokenPipeError:  # `voicepipe report events | head`
             sys.stderr.close()
             ctx.exit(0)
+        except OSError as exc:
+            # A permission or read-only problem the command did not translate itself
+            # is still the user's environment, not a bug: one line, exit 1.
+            if exc.errno not in _PERMISSION_ERRNOS:
+                raise
+            click.echo(f"voicepipe: error: {_permission_message(ctx, exc)}", err=True)
+            ctx.exit(1)
+
+
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _permission_message(ctx: click.Context, exc: OSError) -> str:
+    app = ctx.find_object(AppContext)
+    root = app.settings.root if app is not None and app._loaded is not None else None
+    if root is not None and exc.errno == errno.EROFS:
+        from .store import write_error
+
+        return str(write_error(root, exc))
+    where = f" {exc.filename}" if exc.filename is not None else ""
+    return f"cannot access{where} ({exc.strerror or exc}): check permissions"
 
 
 class _StderrFormatter(logging.Formatter):
@@ -179,7 +229,13 @@ def _setup_logging(verbose: bool) -> None:
     metavar="FILE",
     help="Configuration file (default: $VOICEPIPE_CONFIG, else ./voicepipe.toml).",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log progress to stderr: what aggregate, compact, cleanup and demo --reset list, "
+    "compute, write and delete.",
+)
 @click.version_option(package_name="voicepipe_obs", prog_name="voicepipe")
 @click.pass_context
 def main(ctx: click.Context, data: str | None, config_path: str | None, verbose: bool) -> None:

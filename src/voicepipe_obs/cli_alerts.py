@@ -1,14 +1,16 @@
 """``voicepipe check`` (evaluate rules, record lifecycle changes, notify; exit
-0 OK / 1 warning / 2 critical / 3 could not evaluate) and ``voicepipe alerts``
-(``ack``, ``list``). Parses, calls :mod:`voicepipe_obs.alerts`, renders."""
+0 OK / 1 warning / 2 critical / 3 could not evaluate — usage errors included, as
+Nagios reads 2 as CRITICAL) and ``voicepipe alerts`` (``ack``, ``list``). Parses,
+calls :mod:`voicepipe_obs.alerts`, renders."""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -17,19 +19,59 @@ from .errors import VoicepipeError
 
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
 EXIT_UNKNOWN = 3
-
-_text_or_json = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="text: one line per alert, for people and Nagios; json: for machines.",
-)
+#: ``alerts list`` tables fit this many columns (``--wide``: no limit).
+TABLE_WIDTH = 100
 
 
 def _json(data: Any) -> str:
     return json.dumps(data, indent=2, default=str)
+
+
+def _unknown(message: str, as_json: bool) -> NoReturn:
+    """``check`` could not evaluate: one line on stderr (and the JSON status on
+    stdout with --format json), exit 3 (Nagios UNKNOWN)."""
+    if as_json:
+        click.echo(_json({"status": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "error": message}))
+    click.echo(f"voicepipe: error: check could not evaluate: {message}", err=True)
+    raise click.exceptions.Exit(EXIT_UNKNOWN)
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    """Whether raw ``check`` arguments ask for --format json (for errors raised
+    before the options are parsed)."""
+    return any(
+        a == "--format=json" or (a == "--format" and args[i + 1 : i + 2] == ["json"])
+        for i, a in enumerate(args)
+    )
+
+
+def _usage(exc: click.UsageError) -> str:
+    return exc.format_message().rstrip(".") + "; see `voicepipe check --help`"
+
+
+class _NagiosCommand(click.Command):
+    """A command whose usage errors (unknown option, bad --format or --now value)
+    exit 3 with one line instead of click's usage block and exit 2: ``check`` is a
+    Nagios plugin, and 2 would read as CRITICAL."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        raw = list(args)
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            _unknown(_usage(exc), _wants_json(raw))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _unknown(_usage(exc), ctx.params.get("fmt") == "json")
 
 
 def _line(alert: Mapping[str, Any]) -> str:
@@ -38,19 +80,39 @@ def _line(alert: Mapping[str, Any]) -> str:
     return f"{str(alert['severity']).upper()} {alert['rule']} [{scope}] {alert.get('summary') or ''} (id {alert['alert_id']}{ack})"
 
 
-@click.command()
-@_text_or_json
-@click.option("--now", "now_s", metavar="TIME", help="Evaluate as of this ISO time (tests, backfills).")
+@click.command(cls=_NagiosCommand)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one line per alert, for people and Nagios; json: for machines.",
+)
+@click.option(
+    "--now",
+    "now_s",
+    metavar="TIME",
+    help="Evaluate as of this ISO time (tests, backfills); not later than the clock, "
+    "nor earlier than the alert log's latest record, unless --dry-run.",
+)
 @click.option("--no-notify", is_flag=True, help="Record lifecycle changes but send no notifications.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Evaluate and show what the check would record; write, lock and send nothing.",
+)
 @pass_app
 @click.pass_context
-def check(ctx: click.Context, app: AppContext, fmt: str, now_s: str | None, no_notify: bool) -> None:
+def check(
+    ctx: click.Context, app: AppContext, fmt: str, now_s: str | None, no_notify: bool, dry_run: bool
+) -> None:
     """Evaluate every alert rule now, record raises/escalations/resolutions,
     send notifications, and print one line per active alert.
 
     Exit status follows the Nagios plugin convention: 0 no active alert,
-    1 warning, 2 critical, 3 could not evaluate (bad configuration, unreadable
-    store, another check holding the lock). Meant for cron:
+    1 warning, 2 critical, 3 could not evaluate (bad configuration or option,
+    unreadable store, another check holding the lock). Meant for cron:
 
         */5 * * * * voicepipe --data /srv/voicepipe check >/dev/null
     """
@@ -58,13 +120,11 @@ def check(ctx: click.Context, app: AppContext, fmt: str, now_s: str | None, no_n
 
     now = parse_now(now_s)
     try:
-        result = run_check(app.root, app.settings, now=now, notify=not no_notify)
+        result = run_check(app.root, app.settings, now=now, notify=not no_notify, dry_run=dry_run)
     except (VoicepipeError, OSError) as exc:
-        message = str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}"
-        if fmt == "json":
-            click.echo(_json({"status": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "error": message}))
-        click.echo(f"voicepipe: error: check could not evaluate: {message}", err=True)
-        ctx.exit(EXIT_UNKNOWN)
+        _unknown(
+            str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}", fmt == "json"
+        )
     if fmt == "json":
         click.echo(_json(result.to_dict()))
     elif not result.active:
@@ -84,7 +144,14 @@ def alerts() -> None:
 @click.argument("alert_id")
 @click.option("--by", "by", required=True, metavar="NAME", help="Who acknowledges (recorded).")
 @click.option("--comment", metavar="TEXT", help="Why, or what is being done.")
-@_text_or_json
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one confirmation line; json: the alert's state after the acknowledgement.",
+)
 @pass_app
 def ack(app: AppContext, alert_id: str, by: str, comment: str | None, fmt: str) -> None:
     """Acknowledge an active alert (holds until it resolves)."""
@@ -99,6 +166,7 @@ def ack(app: AppContext, alert_id: str, by: str, comment: str | None, fmt: str) 
         )
 
 
+#: json/csv (and --wide) columns.
 _LIST_COLUMNS = (
     "alert_id",
     "status",
@@ -123,28 +191,142 @@ _HISTORY_COLUMNS = (
     "summary",
     "error",
 )
+#: How tables are cut to fit TABLE_WIDTH: in this order, each stage shortens its
+#: columns (widest first) down to its floor until the table fits. Ids, times,
+#: severities and record types always show whole.
+_SHRINK_STAGES: tuple[tuple[frozenset[str], int], ...] = (
+    (frozenset({"summary", "detail"}), 40),
+    (frozenset({"acked_by"}), 12),
+    (frozenset({"scope"}), 24),
+    (frozenset({"summary", "detail"}), 28),
+    (frozenset({"rule"}), 14),
+    (frozenset({"scope"}), 16),
+    (frozenset({"acked_by"}), 8),
+    (frozenset({"summary", "detail"}), 20),
+    (frozenset({"scope"}), 12),
+    (frozenset({"rule"}), 10),
+    (frozenset({"summary", "detail"}), 12),
+)
+#: Columns cut in the middle (org ids often share a prefix); the rest lose their end.
+_CUT_MIDDLE = frozenset({"scope"})
 
 
-def _render(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str, empty: str) -> str:
+def _minute(value: Any) -> str:
+    """A table time: UTC, month-day and minute (json/csv/--wide: full ISO time)."""
+    if value is None:
+        return "–"
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return f"{value.astimezone(dt.timezone.utc):%m-%d %H:%M}"
+
+
+def _text(value: Any) -> str:
+    return "–" if value is None or value == "" else " ".join(str(value).split())
+
+
+def _cut(value: str, width: int, middle: bool) -> str:
+    if len(value) <= width:
+        return value
+    if not middle:
+        return value[: width - 1] + "…"
+    head = (width - 1) // 2
+    return value[:head] + "…" + value[len(value) - (width - 1 - head) :]
+
+
+def _fit(headers: Sequence[str], rows: list[list[str]], width: int) -> list[list[str]]:
+    """Cut columns, stage by stage (see _SHRINK_STAGES), until the table fits ``width``."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    for names, floor in _SHRINK_STAGES:
+        while excess > 0:
+            cuttable = [i for i, h in enumerate(headers) if h in names and widths[i] > max(floor, len(h))]
+            if not cuttable:
+                break
+            i = max(cuttable, key=lambda j: widths[j])
+            widths[i] -= 1
+            excess -= 1
+    return [[_cut(v, w, h in _CUT_MIDDLE) for v, w, h in zip(r, widths, headers, strict=True)] for r in rows]
+
+
+def _table(headers: Sequence[str], rows: list[list[str]], wide: bool) -> str:
+    """A plain table: headers, a dashed rule, rows; two spaces between columns.
+    Cut to TABLE_WIDTH unless ``wide``."""
+    if not wide:
+        rows = _fit(headers, rows, TABLE_WIDTH)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _state_table(states: Sequence[Any], show_all: bool, wide: bool) -> str:
+    """Alerts as a table: by default what fits 100 columns (times to the minute,
+    long text cut); ``wide``: every list column in full."""
+    if wide:
+        dicts = [s.to_dict() for s in states]
+        return _table(_LIST_COLUMNS, [[_text(d[c]) for c in _LIST_COLUMNS] for d in dicts], wide=True)
+    last = "resolved" if show_all else "acked_by"  # resolved "–": still active
+    headers = ("alert_id", "severity", "rule", "scope", "raised", last, "summary")
+    rows = [
+        [
+            s.alert_id,
+            s.severity,
+            s.rule,
+            s.scope,
+            _minute(s.raised_at),
+            _minute(s.resolved_at) if show_all else _text(s.acknowledged_by),
+            _text(s.summary),
+        ]
+        for s in states
+    ]
+    return _table(headers, rows, wide=False)
+
+
+def _history_detail(rec: Mapping[str, Any]) -> str:
+    """What a log record says, in one cell of the history table."""
+    kind = rec["record_type"]
+    if kind == "notification":
+        outcome = "delivered" if rec["delivered"] else f"failed: {_text(rec['error'])}"
+        return f"{rec['notifier']}: {rec['ref_record_type']} {outcome}"
+    if kind == "notifier_added":
+        return f"{rec['notifier']}: {_text(rec['description'])}"
+    if kind == "acknowledged":
+        return f"{rec['actor']}: {_text(rec['comment'])}"
+    severity = rec["severity"]
+    if kind == "escalated":
+        severity = f"{rec['previous_severity']} → {severity}"
+    return f"[{severity}] {_text(rec['summary'])}"
+
+
+def _history_table(records: Sequence[Mapping[str, Any]], wide: bool) -> str:
+    if wide:
+        rows = [[_text(r.get(c)) for c in _HISTORY_COLUMNS] for r in records]
+        return _table(_HISTORY_COLUMNS, rows, wide=True)
+    headers = ("timestamp", "record_type", "alert_id", "rule", "scope", "detail")
+    rows = [
+        [
+            _minute(r["timestamp"]),
+            r["record_type"],
+            _text(r["alert_id"]),
+            _text(r["rule"]),
+            _text(r["scope"]),
+            _history_detail(r),
+        ]
+        for r in records
+    ]
+    return _table(headers, rows, wide=False)
+
+
+def _render(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str) -> str:
     if fmt == "json":
         return _json(list(rows))
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buf.getvalue().rstrip("\n")
-    if not rows:
-        return empty
-    from tabulate import tabulate
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        text = str(v)
-        return text if len(text) <= 60 else text[:59] + "…"
-
-    return tabulate([[cell(r.get(c)) for c in columns] for r in rows], headers=list(columns))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().rstrip("\n")
 
 
 @alerts.command("list")
@@ -154,6 +336,7 @@ def _render(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str,
 @click.option("--org", "organization_id", metavar="ORG", help="Only this organisation.")
 @click.option("--severity", type=click.Choice(["warning", "critical"]), help="Only this severity.")
 @click.option("--alert-id", metavar="ID", help="Only this alert (with --history).")
+@click.option("--wide", is_flag=True, help="Tables: every column in full (default: fit 100 columns).")
 @format_option()
 @pass_app
 def list_(
@@ -164,21 +347,26 @@ def list_(
     organization_id: str | None,
     severity: str | None,
     alert_id: str | None,
+    wide: bool,
     fmt: str,
 ) -> None:
     """List active alerts (--all: also resolved; --history: the log)."""
-    from .alerts import RULES, alert_history, list_alerts
+    from .alerts import RULES, alert_history, list_alerts, require_root
 
     if rule is not None and rule not in RULES:
         raise click.BadParameter(f"unknown rule; choose from {', '.join(RULES)}", param_hint="--rule")
+    root = require_root(app.root)
     if history:
-        rows = alert_history(app.root, alert_id=alert_id, rule=rule, organization_id=organization_id)
+        rows = alert_history(root, alert_id=alert_id, rule=rule, organization_id=organization_id)
         if severity is not None:
             rows = [r for r in rows if r["severity"] == severity]
-        click.echo(_render(rows, _HISTORY_COLUMNS, fmt, "no alert records"))
+        if fmt == "table":
+            click.echo(_history_table(rows, wide) if rows else "no alert records")
+        else:
+            click.echo(_render(rows, _HISTORY_COLUMNS, fmt))
         return
     states = list_alerts(
-        app.root,
+        root,
         status="all" if show_all else "active",
         rule=rule,
         organization_id=organization_id,
@@ -186,11 +374,8 @@ def list_(
     )
     if alert_id is not None:
         states = [s for s in states if s.alert_id == alert_id]
-    click.echo(
-        _render(
-            [s.to_dict() for s in states],
-            _LIST_COLUMNS,
-            fmt,
-            "no active alerts" if not show_all else "no alerts",
-        )
-    )
+    if fmt == "table":
+        empty = "no alerts" if show_all else "no active alerts"
+        click.echo(_state_table(states, show_all, wide) if states else empty)
+    else:
+        click.echo(_render([s.to_dict() for s in states], _LIST_COLUMNS, fmt))

@@ -42,7 +42,8 @@ from .cli import AppContext, format_option, pass_app
 @click.option(
     "--reset",
     is_flag=True,
-    help="Delete the root's events, snapshots and alerts first (needed when it already holds data).",
+    help="Delete the root's events/, snapshots/, alerts/, quarantine/, _spool/ and _state/ first "
+    "(needed when it already holds data); all or nothing, other files in the root are kept.",
 )
 @format_option("table", "json")
 @pass_app
@@ -54,10 +55,16 @@ def demo(app: AppContext, days: int, per_day: int, live: int, seed: int, reset: 
 
         voicepipe --data /tmp/vp demo --days 7 --artifacts-per-day 150
     """
-    from ._examples.demo import run_demo
+    from ._examples.demo import LAYOUT_DIRS, run_demo
+    from .maintenance import reset_layout
 
+    root = app.root_path  # may not exist yet: the demo creates it
+    if reset:
+        # all or nothing: the layout is renamed aside before anything is deleted, so a
+        # read-only root (or part of it) fails with nothing lost
+        reset_layout(root, LAYOUT_DIRS)
     summary = run_demo(
-        app.root,
+        root,
         days=days,
         per_day=per_day,
         live=live,

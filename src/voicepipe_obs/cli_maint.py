@@ -1,18 +1,25 @@
 """``voicepipe aggregate``, ``voicepipe compact`` and ``voicepipe cleanup``: the cron
 commands. Parse options, call ``aggregate.py`` / ``maintenance.py``, print one line.
 
-Cron-friendly: no progress bar unless stderr is a terminal; ``compact`` and
-``cleanup`` print nothing when there was nothing to do; warnings (quarantined
-files) go to stderr; the exit status is non-zero only on a real failure.
+Cron-friendly: no progress bar unless stderr is a terminal (with ``-v``, progress
+is logged as lines instead); ``compact`` and ``cleanup`` print nothing when there was
+nothing to do; warnings (quarantined files) go to stderr; the exit status is
+non-zero only on a real failure (a missing or unwritable root: 1; a bad option: 2).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import click
 
 from .cli import AppContext, pass_app
+
+log = logging.getLogger("voicepipe_obs.cli")
 
 
 def _now(value: str | None) -> dt.datetime:
@@ -31,6 +38,30 @@ _now_option = click.option(
     metavar="TIME",
     help="Pretend the current time is TIME (tests, backfills).",
 )
+
+
+@contextmanager
+def _progress(label: str, noun: str) -> Iterator[Callable[[int, int], None] | None]:
+    """The progress bar on a terminal; with ``-v`` (INFO logging) also a log line
+    per step, at most one a second (cron mail stays short), and the last one."""
+    from .progress import progress_bar
+
+    with progress_bar(label) as bar:
+        if not log.isEnabledFor(logging.INFO):
+            yield bar
+            return
+        last = 0.0
+
+        def update(done: int, total: int) -> None:
+            nonlocal last
+            if bar is not None:
+                bar(done, total)
+            now = time.monotonic()
+            if done >= total or now - last >= 1.0:
+                last = now
+                log.info("%s: %d of %d %s done", label, done, total, noun)
+
+        yield update
 
 
 def _size(n: int) -> str:
@@ -64,23 +95,27 @@ def aggregate(
     """
     from .aggregate import aggregate as run_aggregate
     from .errors import UsageError
-    from .progress import progress_bar
+    from .store import write_error
     from .timeparse import parse_range
 
     now = _now(now_value)
     if rebuild and (since or until):
         raise UsageError("--rebuild recomputes everything within retention: drop --since/--until")
     lo, hi = parse_range(since, until, now)
-    with progress_bar("aggregating days") as bar:
-        result = run_aggregate(
-            app.root,
-            now=now,
-            since=lo,
-            until=hi,
-            rebuild=rebuild,
-            retention=app.settings.retention,
-            progress=bar,
-        )
+    root = app.root
+    try:
+        with _progress("aggregating days", "days") as bar:
+            result = run_aggregate(
+                root,
+                now=now,
+                since=lo,
+                until=hi,
+                rebuild=rebuild,
+                retention=app.settings.retention,
+                progress=bar,
+            )
+    except OSError as exc:  # the run lock, the state files, a snapshot file
+        raise write_error(root, exc) from exc
     if result.nothing_to_do and result.mode == "incremental":
         click.echo("snapshots up to date (no new event files)")
         return
@@ -117,14 +152,14 @@ def compact(app: AppContext, grace: str, now_value: str | None) -> None:
     nothing to do.
     """
     from .maintenance import compact as run_compact
-    from .progress import progress_bar
     from .timeparse import parse_duration
 
     grace_td = parse_duration(grace)
-    with progress_bar("compacting hours") as bar:
-        result = run_compact(app.root, now=_now(now_value), grace=grace_td, progress=bar)
-    for path, reason in result.quarantined:
-        click.echo(f"voicepipe: warning: quarantined unreadable file ({reason}): {path}", err=True)
+    now = _now(now_value)
+    root = app.root
+    with _progress("compacting hours", "hours") as bar:
+        # each quarantined file is named on stderr by the library's warning
+        result = run_compact(root, now=now, grace=grace_td, progress=bar)
     parts = []
     if result.files_in:
         parts.append(
@@ -154,7 +189,8 @@ def cleanup(app: AppContext, dry_run: bool, now_value: str | None) -> None:
     """
     from .maintenance import cleanup as run_cleanup
 
-    dropped = run_cleanup(app.root, app.settings.retention, now=_now(now_value), dry_run=dry_run)
+    now = _now(now_value)
+    dropped = run_cleanup(app.root, app.settings.retention, now=now, dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
     for part in dropped:
         click.echo(

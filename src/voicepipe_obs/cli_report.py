@@ -78,6 +78,19 @@ def _thresholds(app: AppContext) -> Any:
     return Thresholds.from_settings(app.settings)
 
 
+def _retry_command(app: AppContext) -> Any:
+    """How suggested retry commands are spelt so they work pasted into this shell:
+    with this invocation's --data and --config, and --app unless retry.app is set."""
+    from .reports import RetryCommand
+
+    return RetryCommand.for_root(
+        app.root,
+        data_flag=app.data is not None,
+        config=app.config_path,
+        configured_app=app.settings.retry.app,
+    )
+
+
 # ------------------------------------------------------------------------ group
 
 
@@ -160,7 +173,14 @@ def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: st
 
     now = _now(ctx)
     lo, _ = _range(since, None, now)
-    data = reports.pipeline(app.root, now=now, stage=stage, since=lo, thresholds=_thresholds(app))
+    data = reports.pipeline(
+        app.root,
+        now=now,
+        stage=stage,
+        since=lo,
+        thresholds=_thresholds(app),
+        retry_command=_retry_command(app),
+    )
     if fmt == "json":
         _out(to_json(data))
     elif fmt == "csv":
@@ -246,6 +266,7 @@ def artifacts(
         page=page,
         expanded=expanded,
         thresholds=_thresholds(app),
+        retry_command=_retry_command(app),
     )
     if fmt == "json":
         _out(to_json(data))
@@ -265,7 +286,9 @@ def artifact(ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, ut
     from . import reports
     from .render import csv_artifact, render_artifact, to_json
 
-    data = reports.artifact_detail(app.root, artifact_id, now=_now(ctx), thresholds=_thresholds(app))
+    data = reports.artifact_detail(
+        app.root, artifact_id, now=_now(ctx), thresholds=_thresholds(app), retry_command=_retry_command(app)
+    )
     if fmt == "json":
         _out(to_json(data))
     elif fmt == "csv":
@@ -282,7 +305,7 @@ def artifact(ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, ut
     type=click.Choice(["1h", "6h", "24h", "7d", "30d"]),
     default="24h",
     show_default=True,
-    help="Time range to report on (hourly buckets up to 24h, daily beyond).",
+    help="Time range: 1h (5-minute buckets), 6h (30-minute), 24h (hourly), 7d or 30d (UTC days).",
 )
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
 @pass_app
@@ -551,9 +574,12 @@ def sql(app: AppContext, query: str, fmt: str, utc: bool, max_rows: int) -> None
     data = reports.run_sql(app.root, query, max_rows=max_rows)
     if data["truncated"]:
         click.echo(f"voicepipe: note: output cut at {max_rows} rows (--max-rows)", err=True)
+    if data["renamed"]:
+        names = ", ".join(f"{new} ({old})" for new, old in data["renamed"].items())
+        click.echo(f"voicepipe: note: repeated column names made unique: {names}", err=True)
     if fmt == "json":
-        _out(to_json(data["rows"]))
+        _out(to_json(data["rows"], rounded=False))
     elif fmt == "csv":
-        _out(to_csv(data["rows"], data["columns"]))
+        _out(to_csv(data["rows"], data["columns"], rounded=False))
     else:
         _out(render_sql(data, _style(utc)))

@@ -18,9 +18,17 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -36,6 +44,9 @@ ENV_PREFIX = "VOICEPIPE_"
 
 
 class _Model(BaseModel):
+    """A section of voicepipe.toml: unknown keys are errors, and booleans must be TOML
+    booleans (``enabled = "yes"`` or ``= 1`` is an error, not true)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -60,12 +71,12 @@ class RetentionSettings(_Model):
 
 
 class FailureRateRule(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     window_minutes: int = Field(30, ge=1)
     warning: float = Field(0.10, ge=0, le=1)
     critical: float = Field(0.25, ge=0, le=1)
     min_sample: int = Field(10, ge=1)
-    per_organization: bool = True
+    per_organization: StrictBool = True
 
     @model_validator(mode="after")
     def _order(self) -> FailureRateRule:
@@ -75,30 +86,30 @@ class FailureRateRule(_Model):
 
 
 class LatencyRule(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     window_minutes: int = Field(30, ge=1)
     multiplier: float = Field(2.0, gt=0)
     history_days: int = Field(7, ge=1)
     min_sample: int = Field(1, ge=1)
     receipt_lookback_hours: int = Field(24, ge=1)
-    per_organization: bool = False
+    per_organization: StrictBool = False
 
 
 class QueueDepthRule(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     warning: int = Field(50, ge=0)
-    per_organization: bool = False
+    per_organization: StrictBool = False
 
 
 class DisambiguationBacklogRule(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     warning: int = Field(100, ge=0)
-    per_organization: bool = False
+    per_organization: StrictBool = False
 
 
 class CircuitBreakerRule(_Model):
-    enabled: bool = True
-    per_organization: bool = False
+    enabled: StrictBool = True
+    per_organization: StrictBool = False
 
 
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(?:([01]\d|2[0-3]):([0-5]\d)|(24):(00))$")
@@ -117,11 +128,11 @@ def parse_hours(spec: str) -> tuple[int, int]:
 
 
 class InactivityRule(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     minutes: int = Field(60, ge=1)
     expected_hours: str = "00:00-24:00"
     timezone: str = "UTC"
-    per_organization: bool = False
+    per_organization: StrictBool = False
 
     @field_validator("expected_hours")
     @classmethod
@@ -142,7 +153,7 @@ class InactivityRule(_Model):
 
 
 class BudgetRule(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     daily_budget_usd: float | None = Field(None, gt=0)
     organizations: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     warning_ratio: float = Field(0.8, gt=0)
@@ -158,10 +169,10 @@ class BudgetRule(_Model):
 
 
 class StuckRule(_Model):
-    enabled: bool = True
+    enabled: StrictBool = True
     minutes: int = Field(30, ge=1)
     warning_count: int = Field(1, ge=1)
-    per_organization: bool = False
+    per_organization: StrictBool = False
 
 
 class AlertRules(_Model):
@@ -325,9 +336,21 @@ _NOTIFIER_TYPES: dict[str, type[BaseModel]] = {
 
 
 def _describe(exc: ValidationError, origin: str, raw: Mapping[str, Any]) -> str:
-    """One line: where, which key, what is wrong (and a did-you-mean for typos)."""
-    errors = exc.errors()
-    err = errors[0]
+    """One line: where, then for every problem which key and what is wrong (and a
+    did-you-mean for typos)."""
+    problems = [_problem(err, raw) for err in exc.errors()]
+    if len(problems) == 1:
+        return f"{origin}: {problems[0]}"
+    listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1))
+    return f"{origin}: {len(problems)} problems: {listed}"
+
+
+#: pydantic error types → what to say instead (their messages name internal classes).
+_TABLE_ERRORS: Final = ("model_type", "model_attributes_type", "dict_type")
+
+
+def _problem(err: Any, raw: Mapping[str, Any]) -> str:
+    """One validation error as ``key: what is wrong (got value)``."""
     parts = list(err["loc"])
     if len(parts) > 2 and parts[0] == "notifiers" and parts[2] in _NOTIFIER_TYPES:
         del parts[2]  # the discriminator tag pydantic inserts
@@ -339,21 +362,25 @@ def _describe(exc: ValidationError, origin: str, raw: Mapping[str, Any]) -> str:
 
         hint = difflib.get_close_matches(str(parts[-1]), allowed, n=1)
         suffix = f"; did you mean {parent + '.' if parent else ''}{hint[0]}?" if hint else ""
-        return f"{origin}: unknown key {loc!r}{suffix}"
+        return f"unknown key {loc!r}{suffix}"
     if err["type"] == "union_tag_invalid":
         return (
-            f"{origin}: {loc}.type: unknown notifier type {err['input'].get('type')!r}; "
+            f"{loc}.type: unknown notifier type {err['input'].get('type')!r}; "
             f"use one of {', '.join(_NOTIFIER_TYPES)}"
         )
     if err["type"] == "union_tag_not_found":
-        return f"{origin}: {loc}: missing `type` (one of {', '.join(_NOTIFIER_TYPES)})"
+        return f"{loc}: missing `type` (one of {', '.join(_NOTIFIER_TYPES)})"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "bool_type":
+        msg = "must be true or false (a TOML boolean, without quotes)"
+    elif err["type"] in _TABLE_ERRORS:
+        header = loc and not any(isinstance(part, int) for part in parts)
+        msg = f"must be a table ([{loc}] or {{ key = value, ... }})" if header else "must be a table"
     if "input" in err and not isinstance(err["input"], Mapping | list) and repr(err["input"]) not in msg:
         msg += f" (got {err['input']!r})"
-    extra = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return f"{origin}: {loc or 'configuration'}: {msg}{extra}"
+    return f"{loc or 'configuration'}: {msg}"
 
 
 def _allowed_keys(dotted_parent: str, raw: Mapping[str, Any] | None = None) -> list[str]:

@@ -21,15 +21,16 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from . import store
-from .errors import StoreError, UsageError
+from .errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -76,10 +77,14 @@ class CompactResult:
 
 def recover(root: str | os.PathLike[str]) -> tuple[int, int]:
     """The spool recovery sweep: write dead processes' spools as Parquet, exactly
-    once. Returns (events, segments) recovered."""
+    once. Returns (events, segments) recovered. Raises :class:`StoreError` when the
+    root cannot be written."""
     from .emit import recover_spools
 
-    return recover_spools(root)
+    try:
+        return recover_spools(root)
+    except OSError as exc:
+        raise store.write_error(store.resolve_root(root), exc) from exc
 
 
 def _conform(table: pa.Table) -> pa.Table:
@@ -179,6 +184,7 @@ def _compact_hour(root: Path, part: store.Partition, young: float) -> _HourResul
     )
     target = part.path / f"{COMPACTED_PREFIX}{store.unique_name()}.parquet"
     store.write_table(target, table, row_group_size=128 * 1024)
+    log.debug("compact: wrote %s (%d files, %d events)", target, len(sources), table.num_rows)
     for path in sources:  # only once the new file is complete
         try:
             path.unlink()
@@ -203,6 +209,15 @@ def compact(
     if now.tzinfo is None:
         raise UsageError("now must be timezone-aware")
     rootp = Path(root)
+    try:
+        return _compact(rootp, now, grace, progress)
+    except OSError as exc:
+        raise store.write_error(rootp, exc) from exc
+
+
+def _compact(
+    rootp: Path, now: dt.datetime, grace: dt.timedelta, progress: Callable[[int, int], None] | None
+) -> CompactResult:
     result = CompactResult()
     result.spool_events, result.spool_segments = recover(rootp)
     open_hour = store.to_us(now) - store.to_us(now) % store.US_PER_HOUR
@@ -217,6 +232,13 @@ def compact(
         if store.to_us(day) + (part.hour or 0) * store.US_PER_HOUR >= open_hour:
             continue
         todo.append(part)
+    log.info(
+        "compact: %d hour partitions under %s, %d closed (before %s)",
+        len(parts),
+        rootp / store.EVENTS,
+        len(todo),
+        store.from_us(open_hour).strftime("%Y-%m-%d %H:00 UTC"),
+    )
     done = 0
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         for hour in pool.map(lambda part: _compact_hour(rootp, part, young), todo):
@@ -231,14 +253,15 @@ def compact(
             done += 1
             if progress is not None:
                 progress(done, len(todo))
-    if result.files_in:
-        log.info(
-            "compacted %d files into %d in %d hours (%d duplicate events dropped)",
-            result.files_in,
-            result.files_out,
-            result.hours,
-            result.duplicates_dropped,
-        )
+    log.info(
+        "compacted %d files into %d in %d hours (%d duplicate events dropped; "
+        "%d files younger than the grace period left for the next run)",
+        result.files_in,
+        result.files_out,
+        result.hours,
+        result.duplicates_dropped,
+        result.skipped_young,
+    )
     return result
 
 
@@ -310,22 +333,102 @@ def cleanup(
     out of the layout (so it vanishes from globs at once), then deleted."""
     rootp = Path(root)
     expired = expired_partitions(rootp, retention, now=now)
+    log.info(
+        "cleanup: %d partitions under %s past retention (events %d days, hourly snapshots %d, "
+        "daily snapshots %d, alerts %d)",
+        len(expired),
+        rootp,
+        retention.events_days,
+        retention.hourly_snapshots_days,
+        retention.daily_snapshots_days,
+        retention.alerts_days,
+    )
     if dry_run or not expired:
         return expired
     trash = rootp / store.STATE / "trash"
-    store.ensure_dir(trash)
+    try:
+        store.ensure_dir(trash)
+    except OSError as exc:
+        raise store.write_error(rootp, exc) from exc
     for part in expired:
         target = trash / f"{part.area.replace('/', '_')}-{part.date}-{secrets.token_hex(3)}"
         try:
             os.replace(part.path, target)
         except OSError as exc:
-            raise StoreError(
-                f"could not remove {part.path}: {exc.strerror or exc}; check permissions"
-            ) from exc
+            raise store.write_error(rootp, exc) from exc
         shutil.rmtree(target, ignore_errors=True)
+        log.info("cleanup: dropped %s (%d files, %d bytes)", part.path, part.files, part.bytes)
     if any(p.area == store.EVENTS for p in expired):
         from .aggregate import reset_receipts
 
         reset_receipts(rootp)  # receipts of dropped events must not outlive them
     log.info("dropped %d partitions past retention", len(expired))
     return expired
+
+
+# ---------------------------------------------------------------------- reset
+
+#: Prefix of the directory :func:`reset_layout` moves the layout into (hidden: no
+#: glob of the layout matches it).
+TRASH_PREFIX: Final = ".voicepipe-trash-"
+
+
+def reset_layout(root: str | os.PathLike[str], names: Sequence[str]) -> list[str]:
+    """Remove the layout directories ``names`` (``events``, ``snapshots``, ...) under
+    ``root``, all or nothing: each is first renamed into one trash directory inside
+    the root — a rename fails on a read-only or foreign file system before anything
+    is lost, and the renames already done are then rolled back — and only then is
+    the trash deleted. Returns the names removed; the root itself and other files in
+    it are never touched.
+
+    Raises :class:`StoreError` (nothing changed) when a rename fails. A trash that
+    cannot be deleted completely (a read-only directory deep inside) is left in
+    place with a warning: the layout is empty either way.
+    """
+    rootp = Path(root)
+    present = [n for n in names if (rootp / n).exists() or (rootp / n).is_symlink()]
+    if not rootp.is_dir() or not present:
+        return []
+    trash = rootp / f"{TRASH_PREFIX}{secrets.token_hex(4)}"
+    moved: list[str] = []
+    try:
+        trash.mkdir()
+        for name in present:
+            os.rename(rootp / name, trash / name.replace("/", "_"))
+            moved.append(name)
+    except OSError as exc:
+        for name in reversed(moved):
+            try:
+                os.rename(trash / name.replace("/", "_"), rootp / name)
+            except OSError:  # pragma: no cover - the rename just worked the other way
+                log.error("could not move %s back from %s", name, trash)
+        try:
+            trash.rmdir()
+        except OSError:
+            pass
+        raise store.write_error(rootp, exc) from exc
+    log.info("reset: moved %s under %s into %s", ", ".join(moved), rootp, trash.name)
+    leftovers = [trash, *sorted(p for p in rootp.glob(f"{TRASH_PREFIX}*") if p != trash)]
+    for path in leftovers:  # this run's trash, and any an earlier interrupted reset left
+        problems = _rmtree(path)
+        if problems:
+            log.warning(
+                "could not delete everything in %s (%s); the layout is empty, delete it by hand",
+                path,
+                problems[0],
+            )
+    return moved
+
+
+def _rmtree(path: Path) -> list[str]:
+    """Delete a tree as far as possible; the errors met ("path: reason")."""
+    problems: list[str] = []
+
+    def note(_func: object, failed: str, exc: BaseException) -> None:
+        problems.append(f"{failed}: {getattr(exc, 'strerror', None) or exc}")
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=note)
+    else:  # Python 3.10, 3.11
+        shutil.rmtree(path, onerror=lambda f, p, info: note(f, p, info[1]))
+    return problems

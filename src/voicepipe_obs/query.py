@@ -53,15 +53,33 @@ def vetted_files(
     return vetted(store.list_parquet(root, area, since=since, until=until))
 
 
+#: (file, reason) pairs already warned about: once per file per process, however
+#: many connections and scans list it.
+_warned: set[tuple[str, str]] = set()
+
+
+def _unreadable_advice(path: Path) -> str:
+    """What to do about an unreadable file, by the area of the layout it is in."""
+    kind = path.parent.parent.name  # events/date=/hour=/f, snapshots/hourly/date=/f, alerts/date=/f
+    if path.parent.name.startswith("hour=") and path.parent.parent.parent.name == store.EVENTS:
+        return "`voicepipe compact` moves such files to quarantine/"
+    if kind in ("hourly", "daily") and path.parent.parent.parent.name == "snapshots":
+        return "`voicepipe aggregate --rebuild` rewrites the snapshots within retention (or delete the file)"
+    if kind == store.ALERTS:
+        return "move it out of alerts/ (the alert log is read without it meanwhile)"
+    return "move it out of the data root"
+
+
 def vetted(files: Iterable[Path]) -> list[Path]:
-    """The readable-looking ``files``; the others are skipped with a warning."""
+    """The readable-looking ``files``; the others are skipped with a warning (once per
+    file per process) saying what to do about them."""
     good, bad = store.vet_parquet(files)
     for path, reason in bad:
-        log.warning(
-            "skipping unreadable file %s (%s); `voicepipe compact` moves such files to quarantine/",
-            path,
-            reason,
-        )
+        key = (str(path), reason)
+        if key in _warned:
+            continue
+        _warned.add(key)
+        log.warning("skipping unreadable file %s (%s); %s", path, reason, _unreadable_advice(path))
     return good
 
 

@@ -435,6 +435,46 @@ def section(title: str, style: Style) -> str:
     return style.bold(title) + "\n" + "─" * min(len(title), style.width)
 
 
+def shell_command(command: str, *, width: int = WIDTH, prefix: str = "") -> list[str]:
+    """A shell command as lines of at most ``width`` (after ``prefix`` on the first;
+    later lines indented 4 more than the prefix's own indent): cut before an option
+    (``--app MODULE`` stays together), every line but the last ending in `` \\`` so
+    the lines paste into a shell as one command. Never cuts a word; a word longer
+    than the width gets a line of its own."""
+    import shlex
+
+    try:
+        words = [shlex.quote(w) for w in shlex.split(command)]
+    except ValueError:  # not shell syntax: print it as it is
+        return [prefix + command]
+    chunks: list[str] = []  # "voicepipe", "--data ROOT", "retry ID", "--full", "--app MODULE"
+    for w in words:
+        opens = w.startswith("-") or w == "retry"
+        last = chunks[-1] if chunks else ""
+        if not opens and " " not in last and (last.startswith("-") or last == "retry"):
+            chunks[-1] += " " + w  # an option's value, the subcommand's argument
+        else:
+            chunks.append(w)
+    indent = " " * (len(prefix) - len(prefix.lstrip(" ")) + 4)
+    lines: list[str] = []
+    line = prefix + chunks[0]
+    for i, chunk in enumerate(chunks[1:], start=2):
+        room = width - (0 if i == len(chunks) else 2)  # a line that continues ends in " \\"
+        if len(line) + 1 + len(chunk) <= room:
+            line += " " + chunk
+        else:
+            lines.append(line + " \\")
+            line = indent + chunk
+    lines.append(line)
+    return lines
+
+
+def _wrapped(text: str, width: int, indent: str = "") -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ")
+
+
 # --------------------------------------------------------------- JSON and CSV
 
 
@@ -454,41 +494,68 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
+#: Significant digits of floats in report JSON and CSV: enough for any stored
+#: value, few enough that sums carry no binary noise (0.841202, not 0.8412020000000006).
+FLOAT_DIGITS: Final = 12
+#: Decimal places of rates and ratios (keys ending in these) in report JSON and CSV.
+RATIO_PLACES: Final = 6
+_RATIO_KEYS: Final = ("_rate", "rate_today", "_ratio", "_change")
+
+
+def machine_float(value: float, key: str | None = None) -> float:
+    """A float as report JSON and CSV write it: rates and ratios (by their key) to
+    :data:`RATIO_PLACES` decimal places, anything else to :data:`FLOAT_DIGITS`
+    significant digits."""
+    if math.isnan(value) or math.isinf(value):
+        return value
+    if key is not None and key.endswith(_RATIO_KEYS):
+        return round(value, RATIO_PLACES)
+    return float(f"{value:.{FLOAT_DIGITS}g}")
+
+
+def _clean(value: Any, key: str | None = None, *, rounded: bool = False) -> Any:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        return machine_float(value, key) if rounded else value
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): _clean(v, str(k), rounded=rounded) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [_clean(v, key, rounded=rounded) for v in value]
     return value
 
 
-def to_json(data: Any) -> str:
-    """JSON with UTC ISO-8601 times (``…Z``), NaN as null; keys in report order."""
-    return json.dumps(_clean(data), default=_json_default, indent=2, ensure_ascii=False)
+def to_json(data: Any, *, rounded: bool = True) -> str:
+    """JSON with UTC ISO-8601 times (``…Z``), NaN as null; keys in report order.
+    ``rounded``: floats as :func:`machine_float` writes them (reports); False writes
+    them as they are (``voicepipe sql``)."""
+    return json.dumps(_clean(data, rounded=rounded), default=_json_default, indent=2, ensure_ascii=False)
 
 
-def _csv_cell(value: Any) -> Any:
+def _csv_cell(value: Any, key: str | None = None, *, rounded: bool = True) -> Any:
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
         return _json_default(value)
-    if isinstance(value, float) and math.isnan(value):
-        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return machine_float(value, key) if rounded else value
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(_clean(value), default=_json_default, ensure_ascii=False, sort_keys=True)
+        return json.dumps(
+            _clean(value, key, rounded=rounded), default=_json_default, ensure_ascii=False, sort_keys=True
+        )
     return value
 
 
-def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, rounded: bool = True) -> str:
     """CSV with a header row; times as UTC ISO-8601, NULL as an empty cell, nested
-    values as JSON text."""
+    values as JSON text, floats as in :func:`to_json`."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+        writer.writerow([_csv_cell(row.get(c), c, rounded=rounded) for c in columns])
     return buf.getvalue()
 
 
@@ -535,16 +602,19 @@ def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
     c = data["cards"]
     breaker = c.get("ai_service_status")
     if breaker is None:
-        service, since = "OK", "no breaker events since yesterday"
+        window = data.get("window_start")
+        service = "OK"
+        since = "no breaker events" + (f" since {to_tz(window, style.tz):%m-%d}" if window else "")
     else:
         service = "DOWN (breaker open)" if breaker == "open" else "OK (breaker closed)"
         since = "since " + fmt_time(c.get("ai_service_changed_at"), style)
+    change = "" if is_null(c["completed_change"]) else f"  ({fmt_change(c['completed_change'])})"
     items = [
         ("Active artifacts", fmt_int(c["active_artifacts"]), "in flight now"),
         (
             "Completed today",
-            fmt_int(c["completed_today"]),
-            f"{fmt_change(c['completed_change'])} vs {fmt_int(c['completed_yesterday_same_time'])} by now yesterday",
+            fmt_int(c["completed_today"]) + change,
+            f"vs {fmt_int(c['completed_yesterday_same_time'])} by now yesterday",
         ),
         ("Failed today", fmt_int(c["failed_today"]), f"failure rate {fmt_pct(c['failure_rate_today'])}"),
         (
@@ -648,15 +718,22 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
                             fmt_text(r["error_code"]),
                             fmt_text(r["organization_id"]),
                             fmt_int(r["retry_count"]),
-                            r["retry_options"][0]["command"] if r["retry_options"] else "(max attempts)",
+                            "retry ↓" if r["retry_options"] else "used up",
                         ]
                         for r in s["retry_queue"]
                     ],
                     ["Artifact", "Failed at", "Error", "Org", "Retries", "Action"],
                     width=style.width,
-                    shrink=[5, 2],
+                    shrink=[3, 2],
                 )
             )
+            commands = [r["retry_options"][0]["command"] for r in s["retry_queue"] if r["retry_options"]]
+            if commands:
+                parts.append("Retry commands (resume at the failed stage; --full re-runs everything):")
+                for command in commands:
+                    parts += shell_command(command, width=style.width, prefix="  ")
+    if data.get("retry_note"):
+        parts += ["", *_wrapped(data["retry_note"], style.width)]
     return "\n".join(parts)
 
 
@@ -744,15 +821,32 @@ def _grid(
     return out, hidden
 
 
+def _artifacts_footer(data: Mapping[str, Any]) -> str:
+    """``1–50 of 312 artifacts``, or why the page is empty."""
+    total = int(data["total"])
+    if data["rows"]:
+        return f"{data['first']}–{data['last']} of {total} artifact{'s' if total != 1 else ''}"
+    if total:
+        last = data.get("last_page") or max(1, -(-total // int(data["limit"])))
+        return (
+            f"page {data['page']} is past the end ({total} artifact{'s' if total != 1 else ''}, "
+            f"{data['limit']} per page): the last page is --page {last}"
+        )
+    f = data.get("filters") or {}
+    org = f.get("org")
+    narrowed = any(f.get(k) is not None for k in ("status", "channel", "search"))
+    if org is not None:
+        return f"no artifacts for organisation {org}" + (
+            " match these filters" if narrowed else " were received in this window"
+        )
+    return "no artifacts match these filters" if narrowed else "no artifacts were received in this window"
+
+
 def render_artifacts(
     data: Mapping[str, Any], style: Style, *, collapsed: bool = False, expanded: bool = False
 ) -> str:
     rows = data["rows"]
-    footer = (
-        f"{data['first']}–{data['last']} of {data['total']} artifacts"
-        if rows
-        else f"no artifacts match (of {data['total']})"
-    )
+    footer = _artifacts_footer(data)
     if data["next_page"]:
         footer += f"  ·  next page: --page {data['next_page']}"
     parts = [_header("voicepipe artifacts", data, style)]
@@ -776,7 +870,11 @@ def render_artifacts(
             for ev in r.get("timeline", []):
                 parts.append("  " + _timeline_line(ev, style))
             for opt in r.get("retry_options", []):
-                parts.append(f"  retry ({opt['stage']}): {opt['command']}")
+                parts += shell_command(
+                    opt["command"], width=style.width, prefix=f"  retry ({opt['stage']}): "
+                )
+        if data.get("retry_note"):
+            parts += ["", *_wrapped(data["retry_note"], style.width)]
     parts += ["", footer]
     if hidden:
         parts.append(
@@ -820,7 +918,10 @@ def render_artifact(data: Mapping[str, Any], style: Style) -> str:
         lines.append(_timeline_line(ev, style))
     lines += ["", section("Retry options", style)]
     if data["retry_options"]:
-        lines += [f"  {o['stage']:<18} {o['command']}" for o in data["retry_options"]]
+        for o in data["retry_options"]:
+            lines += shell_command(o["command"], width=style.width, prefix=f"  {o['stage']:<18} ")
+        if data.get("retry_note"):
+            lines += _wrapped(data["retry_note"], style.width, "  ")
     elif a["status"] == "failed":
         lines.append("  none: the retry limit is reached")
     else:
@@ -964,7 +1065,7 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
     else:
         parts.append("  none")
     if approx:
-        parts += ["", "≈ volume-weighted mean of daily values (exact figures need the raw events)"]
+        parts += ["", "≈ volume-weighted mean of each day's value, not an exact figure over the whole range"]
     return "\n".join(parts)
 
 
@@ -1120,13 +1221,16 @@ CSV_COLUMNS: Final = {
 
 
 def csv_dashboard(data: Mapping[str, Any]) -> str:
+    def value(key: str, v: Any) -> Any:
+        return machine_float(v, key) if isinstance(v, float) else v
+
     rows: list[dict[str, Any]] = [
-        {"section": "cards", "key": k, "value": v} for k, v in data["cards"].items()
+        {"section": "cards", "key": k, "value": value(k, v)} for k, v in data["cards"].items()
     ]
     for s in data["stages"]:
         for k, v in s.items():
             if k != "stage":
-                rows.append({"section": f"stage:{s['stage']}", "key": k, "value": v})
+                rows.append({"section": f"stage:{s['stage']}", "key": k, "value": value(k, v)})
     rows.append({"section": "alerts", "key": "active", "value": len(data["alerts"])})
     return to_csv(rows, CSV_COLUMNS["dashboard"])
 

@@ -482,21 +482,109 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return float(num) / float(den)
 
 
-def retry_options(artifact: Mapping[str, Any], th: Thresholds) -> list[dict[str, str]]:
-    """What `voicepipe retry` can do for an artifact in its current state."""
+#: What a printed retry command says in place of ``--app``'s module when neither
+#: ``retry.app`` nor the data root tells which module registers the handlers.
+APP_PLACEHOLDER: Final = "MODULE"
+
+
+@dataclass(frozen=True)
+class RetryCommand:
+    """How the ``voicepipe retry`` commands a report suggests are spelt, so that one
+    pasted into the shell the report ran in works: ``--data`` and ``--config`` when
+    the report was given them, and ``--app`` unless ``retry.app`` is configured.
+
+    ``app`` is the module for ``--app`` (None: leave ``--app`` out, because
+    ``retry.app`` names it); :data:`APP_PLACEHOLDER` when it is not known.
+    """
+
+    data: str | None = None
+    config: str | None = None
+    app: str | None = APP_PLACEHOLDER
+
+    @classmethod
+    def for_root(
+        cls,
+        root: Path,
+        *,
+        data_flag: bool | None = None,
+        config: str | None = None,
+        configured_app: str | None = None,
+    ) -> RetryCommand:
+        """The spelling for reports on ``root``.
+
+        ``data_flag``: whether the root was given as ``--data`` (then the commands
+        carry it); None (a library call) carries it unless ``root`` is what
+        ``voicepipe`` finds by itself ($VOICEPIPE_DATA, else ./voicepipe-data).
+        ``config``: the ``--config FILE`` the report was given. ``configured_app``:
+        ``retry.app`` from the configuration. Without it, a root written by
+        ``voicepipe demo`` gets the demo's own handler module, anything else
+        :data:`APP_PLACEHOLDER`.
+        """
+        if data_flag is None:
+            try:
+                data_flag = Path(root).resolve() != store.resolve_root(None).resolve()
+            except OSError:  # pragma: no cover - an unresolvable path
+                data_flag = True
+        app: str | None = None
+        if not configured_app:
+            from ._examples.demo import APP_MODULE, MARKER
+
+            app = APP_MODULE if (Path(root) / MARKER).is_file() else APP_PLACEHOLDER
+        return cls(data=str(root) if data_flag else None, config=config, app=app)
+
+    @property
+    def needs_app(self) -> bool:
+        """True when the commands carry :data:`APP_PLACEHOLDER` for the user to replace."""
+        return self.app == APP_PLACEHOLDER
+
+    def command(self, artifact_id: str, *, full: bool = False) -> str:
+        """``voicepipe [--data ROOT] [--config FILE] retry ID [--full] [--app MODULE]``,
+        every word shell-quoted."""
+        import shlex
+
+        argv = ["voicepipe"]
+        if self.data is not None:
+            argv += ["--data", self.data]
+        if self.config is not None:
+            argv += ["--config", self.config]
+        argv += ["retry", artifact_id]
+        if full:
+            argv.append("--full")
+        if self.app:
+            argv += ["--app", self.app]
+        return shlex.join(argv)
+
+
+#: What reports say under retry commands that carry :data:`APP_PLACEHOLDER`.
+APP_NOTE: Final = (
+    f"{APP_PLACEHOLDER}: the module that registers your retry handlers "
+    "(set retry.app in voicepipe.toml to leave --app out)"
+)
+
+
+def retry_options(
+    artifact: Mapping[str, Any], th: Thresholds, command: RetryCommand | None = None
+) -> list[dict[str, str]]:
+    """What `voicepipe retry` can do for an artifact in its current state, each
+    with the command that does it (spelt by ``command``; default: bare)."""
     status = artifact.get("status")
     if status != "failed":
         return []
     attempts = int(artifact.get("retry_count") or 0)
     if attempts >= th.max_retry_attempts:
         return []
+    cmd = command or RetryCommand(app=None)
     aid = str(artifact.get("artifact_id"))
     out = []
     failed = artifact.get("failed_stage")
     if failed in RETRY_STAGES:
-        out.append({"stage": str(failed), "command": f"voicepipe retry {aid}"})
-    out.append({"stage": "full", "command": f"voicepipe retry {aid} --full"})
+        out.append({"stage": str(failed), "command": cmd.command(aid)})
+    out.append({"stage": "full", "command": cmd.command(aid, full=True)})
     return out
+
+
+def _retry_note(command: RetryCommand, options: bool) -> str | None:
+    return APP_NOTE if options and command.needs_app else None
 
 
 # ------------------------------------------------------------------ dashboard
@@ -636,7 +724,7 @@ def dashboard(
         if breaker is None
         else ("open" if breaker.endswith("opened") else "closed"),
         "ai_service_changed_at": c.get("breaker_at"),
-        "cost_today": c.get("cost_today"),
+        "cost_today": c.get("cost_today") or 0.0,
     }
     recent_rows = events(root, now=now, limit=recent)["rows"]
     return {
@@ -660,11 +748,15 @@ def pipeline(
     stage: str | None = None,
     since: dt.datetime | None = None,
     thresholds: Thresholds | None = None,
+    retry_command: RetryCommand | None = None,
 ) -> dict[str, Any]:
     """Per stage: artifacts at it now (time in stage, coach, org, channel), hourly
     latency over the last 24 hours, error breakdown by error_code, and the retry
-    queue (artifacts that failed at it). ``since`` bounds the window (default 24h)."""
+    queue (artifacts that failed at it) with the commands that retry them (spelt
+    by ``retry_command``; default :meth:`RetryCommand.for_root`). ``since`` bounds
+    the window (default 24h)."""
     th = thresholds or Thresholds()
+    cmd = retry_command or RetryCommand.for_root(root)
     check_choice("stage", stage, TIMED_STAGES)
     now = aware(now)
     since = aware(since) if since is not None else now - DAY
@@ -672,6 +764,7 @@ def pipeline(
     con = _open(root, min(since, chart_start))
     stages = [stage] if stage else list(TIMED_STAGES)
     out = []
+    queues: list[dict[str, Any]] = []  # every stage's retry queue
     for st in stages:
         done = list(STAGE_COMPLETION_EVENTS[st])
         fail = STAGE_FAILURE_EVENTS[st]
@@ -744,7 +837,8 @@ def pipeline(
             {"stage": st, "since": since, "now": now},
         )
         for q in queue:
-            q["retry_options"] = retry_options({**q, "status": "failed", "failed_stage": st}, th)
+            q["retry_options"] = retry_options({**q, "status": "failed", "failed_stage": st}, th, cmd)
+        queues += queue
         completions, failures = int(summary.get("completions") or 0), int(summary.get("failures") or 0)
         out.append(
             {
@@ -760,7 +854,8 @@ def pipeline(
                 "retry_queue": queue,
             }
         )
-    return {"generated_at": now, "since": since, "stages": out}
+    note = _retry_note(cmd, any(q["retry_options"] for q in queues))
+    return {"generated_at": now, "since": since, "stages": out, "retry_note": note}
 
 
 # ------------------------------------------------------------------ artifacts
@@ -782,10 +877,15 @@ def artifacts(
     page: int = 1,
     expanded: bool = False,
     thresholds: Thresholds | None = None,
+    retry_command: RetryCommand | None = None,
 ) -> dict[str, Any]:
     """The artifact grid: artifacts received in [since, until), filtered, sorted,
-    one page of at most ``limit`` rows; ``next_page`` is None on the last page."""
+    one page of at most ``limit`` rows; ``next_page`` is None on the last page,
+    ``last_page`` the number of the last one. ``expanded`` adds each row's timeline
+    and retry commands (spelt by ``retry_command``; default
+    :meth:`RetryCommand.for_root`)."""
     th = thresholds or Thresholds()
+    cmd = retry_command or RetryCommand.for_root(root)
     check_choice("status", status, ARTIFACT_STATUSES)
     check_choice("sort key", sort, tuple(ARTIFACT_SORTS))
     org, channel, search = (
@@ -836,7 +936,7 @@ def artifacts(
     out_rows = []
     for r in rows:
         row = {k: r.get(k) for k in ARTIFACT_COLUMNS if k != "action"}
-        opts = retry_options(r, th)
+        opts = retry_options(r, th, cmd)
         row["action"] = "retry" if opts else None
         if expanded:
             row["entity_count"] = r.get("entity_count")
@@ -874,7 +974,9 @@ def artifacts(
         "first": offset + 1 if rows else 0,
         "last": offset + len(rows),
         "next_page": page + 1 if offset + len(rows) < total else None,
+        "last_page": max(1, -(-total // limit)),
         "rows": out_rows,
+        "retry_note": _retry_note(cmd, expanded and any(r.get("retry_options") for r in out_rows)),
     }
 
 
@@ -1012,11 +1114,14 @@ def artifact_detail(
     *,
     now: dt.datetime,
     thresholds: Thresholds | None = None,
+    retry_command: RetryCommand | None = None,
 ) -> dict[str, Any]:
     """One artifact: header (status, channel, coach, org, times, cost), its event
-    timeline with human details, the retry options its state allows, and its retry
+    timeline with human details, the retry options its state allows (commands spelt
+    by ``retry_command``; default :meth:`RetryCommand.for_root`), and its retry
     history. Raises :class:`NotFoundError` for an unknown id."""
     th = thresholds or Thresholds()
+    cmd = retry_command or RetryCommand.for_root(root)
     check_text("artifact id", artifact_id)
     require_events(root)
     now = aware(now)
@@ -1066,11 +1171,13 @@ def artifact_detail(
     }
     header["processing_ms"] = processing_ms
     retries = _retry_rows(con)[::-1]  # oldest first, beside the timeline
+    options = retry_options(head, th, cmd)
     return {
         "generated_at": now,
         "artifact": header,
         "timeline": timeline,
-        "retry_options": retry_options(head, th),
+        "retry_options": options,
+        "retry_note": _retry_note(cmd, bool(options)),
         "retries": retries,
     }
 
@@ -1130,7 +1237,13 @@ def _window(
     """aggregate.window_metrics over [since, until): (scope row, {org: row})."""
     from . import aggregate
 
-    rows = aggregate.window_metrics(root, since, until, organization_id=org)
+    return _window_rows(aggregate.window_metrics(root, since, until, organization_id=org), org)
+
+
+def _window_rows(
+    rows: Sequence[dict[str, Any]], org: str | None
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """window_metrics rows → (scope row, {org: row})."""
     if not rows:
         return None, {}
     if org is not None:
@@ -1265,12 +1378,19 @@ def _source(row: Mapping[str, Any]) -> str | None:
 
 
 def _raw_buckets(
-    root: Path, lo: dt.datetime, hi: dt.datetime, step: dt.timedelta, org: str | None
+    root: Path,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    step: dt.timedelta,
+    org: str | None,
+    whole: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[dt.datetime, dict[str, Any]], dict[dt.datetime, dict[str, dict[str, Any]]]]:
     """Snapshot metrics per ``step`` bucket of [lo, hi) from raw events, with the
     aggregation's own definitions and window materialisation — in one pass through
     aggregate's window internals, or (should those change) one
-    :func:`~voicepipe_obs.aggregate.window_metrics` call per bucket."""
+    :func:`~voicepipe_obs.aggregate.window_metrics` call per bucket. ``whole``, when
+    given, receives the rows over all of [lo, hi) (as ``window_metrics`` returns
+    them), from the same materialised window."""
     from . import aggregate
 
     lo_us, hi_us = store.to_us(lo), store.to_us(hi)
@@ -1286,6 +1406,9 @@ def _raw_buckets(
             table = aggregate._window_table(con, root, lo_us, hi_us, org)
             bucket = f"({lo_us} + (ts - {lo_us}) // {step_us} * {step_us})"
             rows = aggregate._query_metrics(con, table, bucket).to_pylist()
+            if whole is not None:
+                found = aggregate._query_metrics(con, table, str(lo_us)).to_pylist()
+                whole.extend(sorted(found, key=lambda r: r.get("organization_id") is not None))
         finally:
             con.close()
     except (AttributeError, TypeError):  # pragma: no cover - aggregate's internals moved
@@ -1294,6 +1417,8 @@ def _raw_buckets(
                 root, store.from_us(b), store.from_us(min(b + step_us, hi_us)), organization_id=org
             ):
                 rows.append(r | {"bucket": b})
+        if whole is not None:
+            whole.extend(aggregate.window_metrics(root, lo, hi, organization_id=org))
     for r in rows:
         start = store.from_us(int(r["bucket"]))
         r["period_type"] = "window"
@@ -1315,14 +1440,16 @@ def metrics(
     """Cards, time series (throughput, failure rate, cost, latency), latency by
     stage, a transcript-confidence histogram and the organisation breakdown.
 
-    Buckets: 5 minutes for 1h, hours for 6h and 24h, UTC days for 7d and 30d. A
-    complete hour or day is read from its snapshot (``voicepipe aggregate``); the
-    current bucket, and any bucket whose snapshot is missing or was built before the
-    bucket ended, is computed from raw events with the same definitions
-    (:func:`voicepipe_obs.aggregate.window_metrics`) and listed in ``stale_buckets``
-    (the current one excepted), with a note naming the command that fixes it.
-    Range-level figures are exact for ranges of a day or less; for 7d and 30d they
-    combine daily values (``approximate`` lists the weighted means).
+    Buckets: 5 minutes for 1h, 30 minutes for 6h, hours for 24h, UTC days for 7d
+    and 30d. A complete hour or day is read from its snapshot (``voicepipe
+    aggregate``); the current bucket, and any bucket whose snapshot is missing or was
+    built before the bucket ended, is computed from raw events with the same
+    definitions (:func:`voicepipe_obs.aggregate.window_metrics`) and listed in
+    ``stale_buckets`` (the current one excepted), with a note naming the command that
+    fixes it. Range-level figures are exact for ranges of a day or less, and for 7d
+    and 30d when no day has a snapshot (all computed from raw events); otherwise they
+    combine daily values (``approximate`` lists the weighted means). Counts and
+    costs are 0, never NULL, when there is nothing to add up.
     """
 
     check_choice("range", range_, tuple(RANGES))
@@ -1361,8 +1488,11 @@ def metrics(
         ):
             with_files.update(wanted)
     missing = sorted(i for i in with_files if i not in scope_rows)
+    # daily buckets with no snapshot at all: the raw window gives exact range figures too
+    whole: list[dict[str, Any]] | None = [] if step >= DAY and not snapshot_buckets else None
     if missing:
-        raw_scope, raw_orgs = _raw_buckets(root, start + missing[0] * step, now, step, org)
+        lo_raw = start if whole is not None else start + missing[0] * step
+        raw_scope, raw_orgs = _raw_buckets(root, lo_raw, now, step, org, whole)
         for i in missing:
             b_start = start + i * step
             if b_start not in raw_scope:
@@ -1387,6 +1517,10 @@ def metrics(
         exact, exact_orgs = _window(root, start, now, org)
         totals = exact or {}
         per_org_totals = exact_orgs
+    elif whole:
+        exact, exact_orgs = _window_rows(whole, org)
+        totals = exact or {}
+        per_org_totals = exact_orgs
     else:
         totals = _combine([scope_rows[i] for i in sorted(scope_rows)])
         snap_days = [start + i * step for i in scope_rows if _source(scope_rows[i]) == "snapshot"]
@@ -1408,7 +1542,7 @@ def metrics(
                 "overall_failure_rate": r.get("overall_failure_rate"),
                 "avg_end_to_end_latency_ms": r.get("avg_end_to_end_latency_ms"),
                 "p95_end_to_end_latency_ms": r.get("p95_end_to_end_latency_ms"),
-                "total_ai_cost": r.get("total_ai_cost"),
+                "total_ai_cost": r.get("total_ai_cost") or 0.0,
                 "source": _source(r),
             }
         )
@@ -1422,7 +1556,7 @@ def metrics(
         "completion_rate": _ratio(completed, processed),
         "avg_end_to_end_latency_ms": totals.get("avg_end_to_end_latency_ms"),
         "p95_end_to_end_latency_ms": totals.get("p95_end_to_end_latency_ms"),
-        "total_ai_cost": totals.get("total_ai_cost"),
+        "total_ai_cost": totals.get("total_ai_cost") or 0.0,
         "auto_resolution_rate": totals.get("auto_resolution_rate"),
         "disambiguation_backlog": disambiguation_backlog(root, now=now, org=org, partitions=partitions),
     }
@@ -1443,7 +1577,7 @@ def metrics(
                 "artifacts_completed": int(r.get("artifacts_completed") or 0),
                 "artifacts_failed": int(r.get("artifacts_failed") or 0),
                 "p95_end_to_end_latency_ms": r.get("p95_end_to_end_latency_ms"),
-                "total_ai_cost": r.get("total_ai_cost"),
+                "total_ai_cost": r.get("total_ai_cost") or 0.0,
                 "overall_failure_rate": r.get("overall_failure_rate"),
             }
             for oid, r in per_org_totals.items()
@@ -1915,9 +2049,42 @@ def locked_connection(root: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def unique_columns(names: Sequence[str]) -> list[str]:
+    """Result column names made unique: a repeated name gets ``_2``, ``_3``, … (the
+    first free suffix that no other column uses), so ``SELECT 1 AS a, 2 AS a``
+    gives ``a, a_2`` and no value is lost in JSON, CSV or the table."""
+    taken = set(names)
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        unique = name
+        if name in seen:
+            k = 2
+            while f"{name}_{k}" in taken or f"{name}_{k}" in seen:
+                k += 1
+            unique = f"{name}_{k}"
+        seen.add(unique)
+        out.append(unique)
+    return out
+
+
+def _statement_word(statement: Any) -> str:
+    """The statement's first keyword as written (INSTALL, COPY, …): DuckDB reports
+    some statements under another type (INSTALL as LOAD)."""
+    import re
+
+    text = str(getattr(statement, "query", "") or "")
+    text = re.sub(r"^(\s+|--[^\n]*\n?|/\*.*?\*/)*", "", text, flags=re.S)
+    m = re.match(r"[A-Za-z_]+", text)
+    word = m.group(0).upper() if m else ""
+    return word if word and word != "WITH" else str(statement.type.name)
+
+
 def run_sql(root: Path, sql: str, *, max_rows: int = 1000) -> dict[str, Any]:
     """Run one read-only statement (SELECT, WITH … SELECT, DESCRIBE, SHOW, EXPLAIN)
-    over the views; anything else is refused before it runs."""
+    over the views; anything else is refused before it runs. ``columns`` are the
+    result's names made unique (:func:`unique_columns`); ``renamed`` maps each
+    renamed column to the name the query gave it."""
     import duckdb
 
     if not sql.strip():
@@ -1934,17 +2101,19 @@ def run_sql(root: Path, sql: str, *, max_rows: int = 1000) -> dict[str, Any]:
     kind = statements[0].type
     if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
         raise UsageError(
-            f"only read-only queries are allowed (got {kind.name}); "
+            f"only read-only queries are allowed (got {_statement_word(statements[0])}); "
             "use SELECT over the views events, artifacts, snapshots_hourly, snapshots_daily, alerts"
         )
     try:
         cur = con.execute(statements[0])
-        columns = [d[0] for d in cur.description]
+        names = [d[0] for d in cur.description]
         rows = cur.fetchmany(max_rows + 1)
     except duckdb.Error as exc:
         raise UsageError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+    columns = unique_columns(names)
     return {
         "columns": columns,
+        "renamed": {c: n for c, n in zip(columns, names, strict=True) if c != n},
         "rows": [dict(zip(columns, r, strict=True)) for r in rows[:max_rows]],
         "truncated": len(rows) > max_rows,
     }
@@ -1952,12 +2121,14 @@ def run_sql(root: Path, sql: str, *, max_rows: int = 1000) -> dict[str, Any]:
 
 __all__ = [
     "ALERT_COLUMNS",
+    "APP_PLACEHOLDER",
     "ARTIFACT_COLUMNS",
     "ARTIFACT_SORTS",
     "EVENT_COLUMNS",
     "RANGES",
     "RETRY_COLUMNS",
     "EventFilter",
+    "RetryCommand",
     "Thresholds",
     "alerts",
     "artifact_detail",
@@ -1973,4 +2144,5 @@ __all__ = [
     "pipeline",
     "retries",
     "run_sql",
+    "unique_columns",
 ]

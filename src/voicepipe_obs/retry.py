@@ -41,7 +41,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import store
-from .errors import ConfigError, RetryError, UsageError
+from .errors import ConfigError, RetryError, StoreError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -227,6 +227,7 @@ class RetryLock:
     """
 
     def __init__(self, root: Path, artifact_id: str) -> None:
+        self.root = root
         self.path = lock_path(root, artifact_id)
         self.artifact_id = artifact_id
         self._fd: int | None = None
@@ -236,11 +237,16 @@ class RetryLock:
         return self._fd is not None
 
     def acquire(self, timeout: float = 0.0, *, holder: LockHolder | None = None) -> bool:
-        """Take the lock, waiting up to ``timeout`` seconds. False if someone else holds it."""
+        """Take the lock, waiting up to ``timeout`` seconds. False if someone else holds it.
+        Raises :class:`StoreError` when the lock file cannot be created (a read-only
+        or foreign root)."""
         if self._fd is not None:
             return True
-        store.ensure_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            store.ensure_dir(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise store.write_error(self.root, exc) from exc
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             try:
@@ -289,8 +295,11 @@ class RetryLock:
         """The holder if the lock is held by someone else now, else None (not kept)."""
         if self._fd is not None or not self.path.exists():
             return None
-        if self.acquire(0.0):
-            self.release()
+        try:
+            if self.acquire(0.0):
+                self.release()
+                return None
+        except StoreError:  # cannot open it for writing here: report it as free
             return None
         return self.holder()
 

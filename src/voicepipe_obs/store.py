@@ -13,6 +13,7 @@ only needed once a batch is written.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import secrets
@@ -54,6 +55,37 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     if root is None or str(root) == "":
         root = os.environ.get(ENV_ROOT) or DEFAULT_ROOT
     return Path(root).expanduser()
+
+
+def root_problem(root: Path) -> str | None:
+    """Why ``root`` cannot be used as an existing data root ("does not exist", "is
+    not a directory"), or None when it is a directory."""
+    if root.is_dir():
+        return None
+    return "is not a directory" if root.exists() or root.is_symlink() else "does not exist"
+
+
+_PERMISSION_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def write_error(root: Path, exc: OSError) -> StoreError:
+    """The :class:`StoreError` for an ``OSError`` raised while writing under ``root``:
+    ``cannot write under ROOT (Read-only file system: ROOT/_state/x.lock): check
+    permissions`` (or what else to do for a full disk or a path that is not a
+    directory)."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.filename is not None:
+        reason += f": {exc.filename}"
+    if exc.errno in _PERMISSION_ERRNOS:
+        advice = "check permissions"
+    elif exc.errno in _SPACE_ERRNOS:
+        advice = "free some disk space"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        advice = "a path in the storage layout is of the wrong kind; move it away"
+    else:
+        advice = "check the path and its permissions"
+    return StoreError(f"cannot write under {root} ({reason}): {advice}")
 
 
 def host_name() -> str:
@@ -370,12 +402,12 @@ def quarantine(root: Path, path: Path, reason: str) -> Path:
     except ValueError:
         rel = Path(path.name)
     target = root / QUARANTINE / rel
-    ensure_dir(target.parent)
     if target.exists():
         target = target.with_name(f"{target.stem}-{secrets.token_hex(3)}{target.suffix}")
     try:
+        ensure_dir(target.parent)
         os.replace(path, target)
     except OSError as exc:
-        raise StoreError(f"could not quarantine {path}: {exc}") from exc
-    log.warning("quarantined %s (%s) as %s", path, reason, target)
+        raise write_error(root, exc) from exc
+    log.warning("quarantined unreadable file (%s): %s", reason, target)
     return target

@@ -5,7 +5,9 @@
 
 Pure functions of their arguments (the current time is a parameter, so tests freeze
 it); every result is a timezone-aware UTC datetime. Naive ISO values are read as UTC.
-Bad values raise :class:`UsageError` with a message listing the accepted forms.
+Bad values raise :class:`UsageError` with a message listing the accepted forms, and
+so do times outside [:data:`EARLIEST`, :data:`LATEST`): nothing in a store is older
+than 1970, and the bound leaves room for the arithmetic callers do on a range.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ ACCEPTED_FORMS: Final = (
     "or now, today, yesterday"
 )
 
+#: The earliest and (exclusive) latest time a command accepts.
+EARLIEST: Final = dt.datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = dt.datetime(9999, 1, 1, tzinfo=UTC)
+_OUT_OF_RANGE: Final = "use a time from 1970-01-01 up to 9998-12-31"
+
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 
@@ -33,7 +40,27 @@ def parse_duration(value: str) -> dt.timedelta:
     match = _DURATION.match(value)
     if match is None:
         raise UsageError(f"invalid duration {value!r}: use a number and a unit, e.g. 90s, 30m, 2h, 7d or 1w")
-    return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
+    try:
+        return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
+    except OverflowError:
+        raise UsageError(
+            f"invalid duration {value!r}: too large; use a number and a unit, e.g. 90s, 30m, 2h, 7d or 1w"
+        ) from None
+
+
+def check_in_range(when: dt.datetime, value: str) -> dt.datetime:
+    """``when`` (aware) in UTC, or :class:`UsageError` naming ``value`` (what the user
+    typed) when it lies before 1970-01-01 or in the year 9999 or later."""
+    try:
+        utc = when.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        early = utc is not None and utc < EARLIEST
+        raise UsageError(
+            f"invalid time {value!r}: {'before 1970-01-01' if early else 'out of range'}; {_OUT_OF_RANGE}"
+        )
+    return utc
 
 
 def parse_since(value: str, now: dt.datetime) -> dt.datetime:
@@ -47,12 +74,15 @@ def parse_since(value: str, now: dt.datetime) -> dt.datetime:
     text = value.strip()
     lowered = text.lower()
     if lowered == "now":
-        return now.astimezone(UTC)
+        return check_in_range(now, value)
     if lowered in ("today", "yesterday"):
         midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return midnight - dt.timedelta(days=1 if lowered == "yesterday" else 0)
+        return check_in_range(midnight - dt.timedelta(days=1 if lowered == "yesterday" else 0), value)
     if _DURATION.match(text):
-        return now.astimezone(UTC) - parse_duration(text)
+        try:
+            return check_in_range(now.astimezone(UTC) - parse_duration(text), value)
+        except (OverflowError, UsageError):  # a duration too large, or before year 1
+            raise UsageError(f"invalid time {value!r}: before 1970-01-01; {_OUT_OF_RANGE}") from None
     iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
     try:
         parsed = dt.datetime.fromisoformat(iso)
@@ -60,7 +90,7 @@ def parse_since(value: str, now: dt.datetime) -> dt.datetime:
         raise UsageError(f"invalid time {value!r}: use {ACCEPTED_FORMS}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return check_in_range(parsed, value)
 
 
 def parse_until(value: str, now: dt.datetime) -> dt.datetime:
