@@ -447,3 +447,13 @@ def test_list_is_sorted_by_severity_then_raise_time(runner: CliRunner, busy: Pat
     ]
     table = invoke(runner, busy, "alerts", "list").stdout.splitlines()
     assert table[2].split()[:2] == [rows[0]["alert_id"], "critical"]
+
+
+def test_report_alerts_lists_active_alerts_in_the_same_order(runner: CliRunner, busy: Path) -> None:
+    listed = json.loads(invoke(runner, busy, "alerts", "list", "--format", "json").stdout)
+    report = invoke(runner, busy, "report", "alerts", "--format", "json")
+    assert report.exit_code == 0, report.stderr
+    rows = json.loads(report.stdout)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert [r["alert_id"] for r in rows] == [r["alert_id"] for r in listed]
+    assert rows[0]["severity"] == "critical"

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 import voicepipe_obs as vp
@@ -455,3 +456,31 @@ def test_help_says_what_reset_deletes_and_what_verbose_logs(runner: Any) -> None
         assert area in demo_help
     main_help = " ".join(runner.invoke(main, ["--help"]).stdout.split())
     assert "aggregate, compact, cleanup" in main_help
+
+
+def _commands(group: click.Group, ctx: click.Context, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, ctx, (*prefix, name))
+        elif cmd is not None:
+            out.append((*prefix, name))
+    return out
+
+
+def test_format_help_names_only_the_formats_a_command_takes() -> None:
+    ctx = click.Context(main)
+    checked = 0
+    for path in _commands(main, ctx):
+        cmd: Any = main
+        for name in path:
+            cmd = cmd.get_command(ctx, name)
+        for param in cmd.params:
+            if param.name == "fmt" and isinstance(param.type, click.Choice):
+                checked += 1
+                help_text = param.help or ""
+                for fmt in ("table", "json", "csv", "nagios"):
+                    if fmt in help_text:
+                        assert fmt in param.type.choices, (path, help_text, param.type.choices)
+    assert checked >= 10

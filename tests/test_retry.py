@@ -111,6 +111,12 @@ def _handlers(*stages: str, deferred: bool = False) -> dict[str, retry.Handler]:
             "looks stuck (processing, no event for 120 min); use --force",
         ),
         (_info(previous_attempts=3), {}, "max_attempts", "has had 3 retries (retry.max_attempts = 3)"),
+        (
+            _info(previous_attempts=1),
+            {"settings": RetrySettings(max_attempts=1)},
+            "max_attempts",
+            "has had 1 retry (retry.max_attempts = 1)",
+        ),
         (_info(failed_stage=None), {"registry": _handlers("draft_generation")}, "no_stage", "--stage"),
         (
             _info(),

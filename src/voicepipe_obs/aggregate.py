@@ -1051,6 +1051,7 @@ def aggregate(
                     settled.add(f.rel)
         new = [f for f in new if f.rel not in settled]
         result.new_files = len(new)
+        log.info("%d event files, %d of them new since the last run", len(listing), len(new))
 
         hours: set[int]
         days: set[int]
@@ -1209,6 +1210,15 @@ def aggregate(
             state.seen = present
         state.save(rootp)
     result.seconds = time.perf_counter() - started
+    log.info(
+        "%s run: %d events read; %d hourly and %d daily snapshot files written, %d removed, in %.1f s",
+        mode,
+        result.events_scanned,
+        result.hourly_written,
+        result.daily_written,
+        result.removed,
+        result.seconds,
+    )
     return result
 
 

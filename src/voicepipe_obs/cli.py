@@ -103,13 +103,17 @@ pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
 def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
     """``--format table|json|csv`` (or the given choices)."""
+    choices = choices or ("table", "json", "csv")
+    machines = "/".join(c for c in choices if c != "table")
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(choices or ("table", "json", "csv")),
+        type=click.Choice(choices),
         default=default,
         show_default=True,
-        help="Output format: table for people, json/csv for machines.",
+        help=f"Output format: table for people, {machines} for machines."
+        if "table" in choices
+        else f"Output format: {'/'.join(choices)}.",
     )
 
 

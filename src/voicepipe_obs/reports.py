@@ -1929,9 +1929,10 @@ def alerts(
     org: str | None = None,
     severity: str | None = None,
 ) -> dict[str, Any]:
-    """Active alerts (current state per alert, newest first) or, with ``history``,
-    every alert as it stands, raised in [since, until), newest first. Reads the alert
-    log only (see :mod:`voicepipe_obs.alerts`)."""
+    """Active alerts (current state per alert, most urgent first: critical before
+    warning, then oldest raised, as ``voicepipe alerts list`` and ``check``) or, with
+    ``history``, every alert as it stands, raised in [since, until), newest first.
+    Reads the alert log only (see :mod:`voicepipe_obs.alerts`)."""
     import duckdb
 
     from . import alerts as alerts_mod
@@ -1962,7 +1963,8 @@ def alerts(
         if until is not None and raised >= aware(until):
             continue
         rows.append(d)
-    rows.sort(key=lambda r: (r["raised_at"], r["alert_id"]), reverse=True)
+    if history:
+        rows.sort(key=lambda r: (r["raised_at"], r["alert_id"]), reverse=True)
     has_log = bool(_files_in(root, store.ALERTS))
     return {"generated_at": now, "history": history, "alert_log_present": has_log, "rows": rows}
 

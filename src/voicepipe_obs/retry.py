@@ -41,7 +41,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import store
-from .errors import ConfigError, RetryError, StoreError, UsageError
+from .errors import ConfigError, RetryError, StoreError, UsageError, VoicepipeError
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -547,7 +547,8 @@ def evaluate(
     if info.previous_attempts >= settings.max_attempts:
         return no(
             "max_attempts",
-            f"artifact {artifact_id!r} has had {info.previous_attempts} retries "
+            f"artifact {artifact_id!r} has had {info.previous_attempts} "
+            f"{'retry' if info.previous_attempts == 1 else 'retries'} "
             f"(retry.max_attempts = {settings.max_attempts}); raise retry.max_attempts to try again",
         )
     if full:
@@ -757,7 +758,10 @@ def load_app(
             ) from exc
         raise ConfigError(f"importing retry app {module!r} failed: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
-        raise ConfigError(f"importing retry app {module!r} failed: {type(exc).__name__}: {exc}") from exc
+        # our own errors (the app's configure() failing, say) read as they are; a
+        # foreign exception is named by its type (SyntaxError: ...)
+        detail = str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"importing retry app {module!r} failed: {detail}") from exc
 
 
 def _import_path(path: Path) -> ModuleType:

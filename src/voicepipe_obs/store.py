@@ -184,49 +184,34 @@ def write_table(
     return path
 
 
-def format_event_id(id_prefix: str | None, value: Any) -> str:
-    """The event_id of a row whose id is a writer's counter: prefix + decimal."""
-    if isinstance(value, str) or id_prefix is None:
-        return str(value)
-    return f"{id_prefix}{value}"
-
-
-def rows_to_table(rows: Sequence[Sequence[Any]], *, id_prefix: str | None = None) -> pa.Table:
-    """Turn event rows (the Recorder's in-memory form, columns in
-    :data:`events.COLUMNS` order, timestamps as int microseconds) into an Arrow table.
+def rows_to_table(rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """Turn event rows (columns in :data:`events.COLUMNS` order, timestamps as int
+    microseconds) into an Arrow table.
 
     Transposes to per-column lists first: building each column from a plain list is
-    several times faster than converting row objects. The event_id column may hold a
-    writer's integer counters; with ``id_prefix`` they become ``<prefix><n>``
-    (:func:`format_event_id`), built column-wise in Arrow.
+    several times faster than converting row objects. (The Recorder formats its
+    event ids itself: see ``emit.format_event_id``.)
     """
     from .events import COLUMN_NAMES
 
     if not rows:
         return columns_to_table({}, 0)
-    return columns_to_table(
-        dict(zip(COLUMN_NAMES, zip(*rows, strict=True), strict=True)), len(rows), id_prefix=id_prefix
-    )
+    return columns_to_table(dict(zip(COLUMN_NAMES, zip(*rows, strict=True), strict=True)), len(rows))
 
 
-def _event_ids(values: Sequence[Any], id_prefix: str | None) -> pa.Array:
+def _event_ids(values: Sequence[Any]) -> pa.Array:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    if id_prefix is not None:
-        try:  # the common case: all writer counters, formatted column-wise
-            digits = pc.cast(pa.array(values, type=pa.int64()), pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            pass  # some ids are strings already
-        else:
-            return pc.binary_join_element_wise(id_prefix, digits, "")
-    return pa.array([format_event_id(id_prefix, v) for v in values], type=pa.string())
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # not all strings
+        return pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], type=pa.string())
 
 
-def columns_to_table(columns: Mapping[str, Any], n: int, *, id_prefix: str | None = None) -> pa.Table:
+def columns_to_table(columns: Mapping[str, Any], n: int) -> pa.Table:
     """An event table from {column name: n values} (sequences; timestamps as int
-    microseconds). Absent columns are all null. Integer event ids become
-    ``<id_prefix><n>`` (:func:`format_event_id`), built column-wise in Arrow."""
+    microseconds). Absent columns are all null; event ids that are not strings are
+    stored as ``str(value)``."""
     import pyarrow as pa
 
     from .events import COLUMNS, arrow_schema
@@ -238,7 +223,7 @@ def columns_to_table(columns: Mapping[str, Any], n: int, *, id_prefix: str | Non
         if values is None:
             arrays.append(pa.nulls(n, type=field.type))
         elif name == "event_id":
-            arrays.append(_event_ids(values, id_prefix))
+            arrays.append(_event_ids(values))
         elif kind == "ts":
             arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
         else:
@@ -264,9 +249,7 @@ def event_file(root: Path, hour_number: int, stem: str) -> Path:
     return hour_dir(root, date, hour) / f"{stem}.parquet"
 
 
-def write_event_rows(
-    root: Path, rows: Sequence[Sequence[Any]], stem: str, *, id_prefix: str | None = None
-) -> list[Path]:
+def write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str) -> list[Path]:
     """Write rows into their hour partitions, one file per hour named ``<stem>.parquet``.
 
     Names are deterministic for a given stem: writing the same stem again is a no-op
@@ -277,7 +260,7 @@ def write_event_rows(
         path = event_file(root, hour_number, stem)
         if path.exists():
             continue
-        write_table(path, rows_to_table(bucket, id_prefix=id_prefix))
+        write_table(path, rows_to_table(bucket))
         written.append(path)
     return written
 

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import shlex
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -68,13 +67,11 @@ def prepare_root(root: Path, *, reset: bool) -> RootState:
 
 
 def reset_root(root: Path) -> None:
-    """Remove the layout's directories under ``root`` (not the root, not other files)."""
-    for name in LAYOUT_DIRS:
-        path = root / name
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.is_dir():
-            shutil.rmtree(path)
+    """Remove the layout's directories under ``root`` (not the root, not other files),
+    all or nothing (:func:`voicepipe_obs.maintenance.reset_layout`)."""
+    from ..maintenance import reset_layout
+
+    reset_layout(root, LAYOUT_DIRS)
 
 
 def _write_marker(root: Path, info: Mapping[str, Any]) -> None:
@@ -251,7 +248,8 @@ def _iso(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+        # "Z", like every other JSON timestamp voicepipe prints
+        return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     return str(value)
 
 
