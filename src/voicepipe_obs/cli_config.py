@@ -7,7 +7,7 @@ import json
 
 import click
 
-from .cli import AppContext, pass_app
+from .cli import AppContext, format_option, pass_app
 
 
 @click.group()
@@ -16,14 +16,7 @@ def config() -> None:
 
 
 @config.command("show")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format: table for people, json for machines.",
-)
+@format_option("table", "json")
 @pass_app
 def show(app: AppContext, fmt: str) -> None:
     """Print every setting with its effective value and source."""

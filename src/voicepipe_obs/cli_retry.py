@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .cli import AppContext, pass_app
+from .cli import AppContext, format_option, pass_app
 from .errors import RetryError
 from .retry import (
     RESUMABLE_STAGES,
@@ -95,14 +95,7 @@ def _emit_json(data: Any) -> None:
 @click.option("--org", metavar="ORG", help="With --all-failed: only this organization_id.")
 @click.option("--since", metavar="WHEN", help="With --all-failed: failed since 24h, 30m, 7d or an ISO time.")
 @click.option("-y", "--yes", is_flag=True, help="With --all-failed: do not ask for confirmation.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format: table for people, json for machines.",
-)
+@format_option("table", "json")
 @pass_app
 @click.pass_context
 def retry(
