@@ -311,13 +311,64 @@ def test_booleans_must_be_toml_booleans(tmp_path: Path, text: str, key: str, got
     )
 
 
-def test_boolean_environment_values_are_toml_literals() -> None:
-    loaded = load_settings(env={"VOICEPIPE_ALERTS__FAILURE_RATE__ENABLED": "false"})
-    assert loaded.settings.alerts.failure_rate.enabled is False
-    with pytest.raises(
-        ConfigError, match=r"VOICEPIPE_ALERTS__BUDGET__ENABLED: alerts.budget.enabled: must be true"
-    ):
-        load_settings(env={"VOICEPIPE_ALERTS__BUDGET__ENABLED": "yes"})
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("True", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("Yes", True),
+        ("on", True),
+        ("ON", True),
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("NO", False),
+        ("off", False),
+        ("Off", False),
+    ],
+)
+def test_boolean_environment_values_take_the_usual_spellings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool
+) -> None:
+    """Cron files and shells hold ``False``, ``0``, ``no``...: a boolean setting in
+    the environment takes them (over the file's value), while the file itself must
+    use TOML booleans."""
+    write(tmp_path, f"[alerts.latency]\nenabled = {str(not expected).lower()}\n")
+    loaded = load_settings(
+        env={"VOICEPIPE_ALERTS__LATENCY__ENABLED": raw, "VOICEPIPE_ALERTS__STUCK__PER_ORGANIZATION": raw}
+    )
+    assert loaded.settings.alerts.latency.enabled is expected
+    assert loaded.settings.alerts.stuck.per_organization is expected
+    assert loaded.source_of("alerts.latency.enabled") == "env VOICEPIPE_ALERTS__LATENCY__ENABLED"
+
+
+@pytest.mark.parametrize("raw", ["maybe", "", "2", "y", "enabled", '"true"'])
+def test_other_boolean_environment_values_name_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"VOICEPIPE_ALERTS__BUDGET__ENABLED": raw})
+    assert str(info.value) == (
+        "environment variable VOICEPIPE_ALERTS__BUDGET__ENABLED: alerts.budget.enabled: "
+        f"must be true or false (also accepted: 1/0, yes/no, on/off, in any case) (got {raw!r})"
+    )
+
+
+def test_check_runs_with_a_boolean_environment_value(
+    runner: CliRunner, rec: Any, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check` from cron with ``..._ENABLED=False`` evaluates (not exit 3, UNKNOWN)."""
+    for name in ("LATENCY", "QUEUE_DEPTH", "DISAMBIGUATION_BACKLOG", "INACTIVITY", "BUDGET", "STUCK"):
+        monkeypatch.setenv(f"VOICEPIPE_ALERTS__{name}__ENABLED", "False")
+    monkeypatch.setenv("VOICEPIPE_ALERTS__FAILURE_RATE__PER_ORGANIZATION", "0")
+    monkeypatch.setenv("VOICEPIPE_ALERTS__CIRCUIT_BREAKER__ENABLED", "no")
+    rec.emit("artifact_completed", artifact_id="a1")
+    rec.flush()
+    result = runner.invoke(main, ["--data", str(root), "check", "--no-notify"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("OK"), result.output
 
 
 def test_every_problem_is_listed_in_one_line(tmp_path: Path) -> None:

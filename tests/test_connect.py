@@ -15,7 +15,7 @@ import pytest
 import voicepipe_obs as vp
 from voicepipe_obs import aggregate, maintenance, query, store
 from voicepipe_obs.config import RetentionSettings
-from voicepipe_obs.events import COLUMN_INDEX, NUM_COLUMNS
+from voicepipe_obs.events import COLUMN_INDEX, NUM_COLUMNS, arrow_schema
 
 UTC = dt.timezone.utc
 DAY1 = dt.datetime(2026, 5, 4, tzinfo=UTC)
@@ -95,7 +95,9 @@ def test_live_connection_with_an_unreadable_file_uses_the_readable_ones(
     assert "torn.parquet" in caplog.text and "quarantine" in caplog.text
     assert count(con, "events") == 4
     # a glob would have read the torn file: the view lists the readable files
-    assert "torn.parquet" not in str(query.area_source(root, store.EVENTS, live=True))
+    src = query.area_source(root, store.EVENTS, empty="e", columns=arrow_schema().names, live=True)
+    assert "torn.parquet" not in src and "*" not in src
+    assert "w1.parquet" in src
 
 
 def test_a_new_root_gives_empty_typed_views(tmp_path: Path) -> None:
@@ -111,3 +113,27 @@ def test_a_new_root_gives_empty_typed_views(tmp_path: Path) -> None:
     ):
         assert count(con, view) == 0
     assert "event_type" in [d[0] for d in con.execute("SELECT * FROM events").description]
+
+
+def test_live_views_of_areas_filled_after_connecting_and_emptied_by_cleanup(root: Path) -> None:
+    con = vp.connect(root)  # nothing written yet
+    assert count(con, "events") == 0 and count(con, "snapshots_hourly") == 0
+    write(root, 0, 0, "w1")
+    now = DAY1 + dt.timedelta(days=1)
+    aggregate.aggregate(root, now=now)
+    assert count(con, "events") == 4 and count(con, "artifacts") == 2
+    assert count(con, "snapshots_hourly") == 2 and count(con, "snapshots_daily") == 2
+    cols = [d[0] for d in con.execute("SELECT * FROM snapshots_daily").description]
+    assert cols == aggregate.snapshot_schema().names  # the contract's columns, in order
+
+    dropped = maintenance.cleanup(
+        root,
+        RetentionSettings(events_days=1, hourly_snapshots_days=1, daily_snapshots_days=1),
+        now=now + dt.timedelta(days=5),
+    )
+    assert {d.area for d in dropped} == {store.EVENTS, store.SNAPSHOTS_HOURLY, store.SNAPSHOTS_DAILY}
+    for view in ("events", "artifacts", "snapshots_hourly", "snapshots_daily", "alerts", "alert_log"):
+        assert count(con, view) == 0, view  # emptied areas read as empty, typed
+    assert [d[0] for d in con.execute("SELECT * FROM events_raw").description] == [
+        f.name for f in arrow_schema()
+    ]

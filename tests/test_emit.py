@@ -525,7 +525,7 @@ def test_ids_from_a_database_are_stored_as_strings(rec: vp.Recorder) -> None:
         ({"artifact_id": 12.5}, "artifact_id must be a string"),
         ({"artifact_id": "a", "organization_id": object()}, "organization_id must be a string"),
         ({"artifact_id": "a", "coach_user_id": True}, "coach_user_id must be a string"),
-        ({"artifact_id": "a", "retry_attempt": "1"}, "retry_attempt must be a 32-bit integer"),
+        ({"artifact_id": "a", "retry_attempt": "one"}, "retry_attempt must be a 32-bit integer"),
         ({"artifact_id": None}, "artifact_id is required"),
     ],
 )
@@ -541,7 +541,7 @@ def test_an_invalid_id_costs_only_its_field(lax: vp.Recorder, caplog: pytest.Log
     written whole (it used to be set aside, every event of it dropped)."""
     for i in range(300):
         lax.emit("rate_limit_hit", claim_count=i)
-    with lax.artifact(12.5, organization_id=object(), coach_user_id=[7], retry_attempt="1"):  # type: ignore[arg-type]
+    with lax.artifact(12.5, organization_id=object(), coach_user_id=[7], retry_attempt="one"):  # type: ignore[arg-type]
         with lax.stage("transcription"):
             pass
     lax.emit("rate_limit_hit", organization_id=uuid.uuid4, coach_user_id=3.0)  # the function, a float
@@ -550,10 +550,10 @@ def test_an_invalid_id_costs_only_its_field(lax: vp.Recorder, caplog: pytest.Log
     assert (s["invalid"], s["dropped"], s["written"]) == (6, 0, 305)
     assert len(rows) == 305
     scoped = [r for r in rows if r["event_type"] != "rate_limit_hit"]
-    assert types(scoped) == [  # retry_attempt left out: an ordinary artifact scope
-        "artifact_received",
+    assert types(scoped) == [  # retry_attempt left out, but the scope is still a retry
         "transcription_started",
         "transcription_completed",
+        "retry_succeeded",
         "artifact_completed",
     ]
     assert all(r[c] is None for r in scoped for c in ("artifact_id", "organization_id", "coach_user_id"))
@@ -572,7 +572,37 @@ def test_values_whose_own_methods_fail_are_invalid_not_raised(lax: vp.Recorder) 
         lax.emit("rate_limit_hit", claim_count=Unprintable(), timestamp=Unprintable())  # type: ignore[arg-type]
         lax.emit("rate_limit_hit", confidence_score=Unprintable())
     assert lax.stats()["invalid"] == 4
-    assert types(flushed(lax)) == ["artifact_received", "rate_limit_hit", "artifact_completed"]
+    assert types(flushed(lax)) == ["rate_limit_hit", "retry_succeeded", "artifact_completed"]
+
+
+def test_retry_attempt_as_a_string_of_digits_is_taken_as_its_int(lax: vp.Recorder) -> None:
+    """An attempt read from a queue message ("2") is a retry of attempt 2, not a new artifact."""
+    with pytest.raises(RuntimeError), lax.artifact("a-1", retry_attempt="2"):  # type: ignore[arg-type]
+        raise RuntimeError("boom")
+    rows = flushed(lax)
+    assert types(rows) == ["retry_failed", "artifact_failed"]
+    assert {r["retry_attempt"] for r in rows} == {2}
+    assert lax.stats()["invalid"] == 0
+
+
+@pytest.mark.parametrize("attempt", ["x1", "1.5", -(2**40), True])
+def test_an_invalid_retry_attempt_still_makes_a_retry_scope(lax: vp.Recorder, attempt: Any) -> None:
+    """An invalid attempt is left out (NULL, counted invalid); the scope stays a retry:
+    no artifact_received, and the retry's outcome is recorded."""
+    with lax.artifact("a-1", retry_attempt=attempt):
+        lax.emit("rate_limit_hit")
+    with pytest.raises(RuntimeError), lax.artifact("a-2", retry_attempt=attempt):
+        raise RuntimeError("boom")
+    rows = flushed(lax)
+    assert types(rows) == [
+        "rate_limit_hit",
+        "retry_succeeded",
+        "artifact_completed",
+        "retry_failed",
+        "artifact_failed",
+    ]
+    assert all(r["retry_attempt"] is None for r in rows)
+    assert lax.stats()["invalid"] == 2
 
 
 def test_uuid_ids_reach_the_spool(root: Path) -> None:

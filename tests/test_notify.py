@@ -322,3 +322,29 @@ def test_an_alert_ending_in_the_new_notifiers_first_check_is_not_sent(
     rec.flush()
     alerts.run_check(root, s, now=at(62))
     assert [(b["event"], b["rule"]) for b in hook.bodies] == [("raised", "circuit_breaker")]
+
+
+@pytest.mark.parametrize("first_check_notifies", [True, False])
+def test_an_alert_escalating_in_the_new_notifiers_first_check_pages_once(
+    rec: vp.Recorder, root: Path, hook: Hook, first_check_notifies: bool
+) -> None:
+    """An alert raised (warning) before the notifier existed and escalated in its
+    first check reaches it once, as the escalation — not the stale raise too; also
+    when that first check sends nothing (notify off, or it died before sending)."""
+    quiet = only_breaker([])
+    for i in range(10):  # 2 of 10 failed → warning
+        rec.emit("artifact_completed" if i < 8 else "artifact_failed", timestamp=at(8), artifact_id=f"a{i}")
+    rec.flush()
+    (raised,) = alerts.run_check(root, quiet, now=at(10)).changes
+    assert (raised["record_type"], raised["severity"]) == ("raised", "warning")
+    for i in range(5):  # 7 of 15 → critical, in the notifier's first check
+        rec.emit("artifact_failed", timestamp=at(11), artifact_id=f"b{i}")
+    rec.flush()
+    s = only_breaker([{"type": "webhook", "url": hook.url}])
+    first = alerts.run_check(root, s, now=at(12), notify=first_check_notifies)
+    assert [(c["record_type"], c["severity"]) for c in first.changes] == [("escalated", "critical")]
+    alerts.run_check(root, s, now=at(13))
+    alerts.run_check(root, s, now=at(14))
+    assert [(b["event"], b["alert_id"], b["severity"], b["previous_severity"]) for b in hook.bodies] == [
+        ("escalated", raised["alert_id"], "critical", "warning")
+    ]

@@ -133,7 +133,7 @@ def test_capture_validates_exactly_as_the_recorder_does() -> None:
     with pytest.raises(EmitError, match="artifact_id must be a string"):
         strict.artifact(12.5)  # type: ignore[arg-type]
     with pytest.raises(EmitError, match="retry_attempt must be a 32-bit integer"):
-        strict.artifact("a-1", retry_attempt="1")  # type: ignore[arg-type]
+        strict.artifact("a-1", retry_attempt="one")  # type: ignore[arg-type]
     with pytest.raises(EmitError, match="organization_id must be a string"):
         strict.emit("rate_limit_hit", organization_id=object())
     with pytest.raises(EmitError, match="lone surrogate"):  # the writer would have to repair it
@@ -141,10 +141,11 @@ def test_capture_validates_exactly_as_the_recorder_does() -> None:
     assert strict.events == []
 
     lax = CaptureRecorder(strict=False)
-    with lax.artifact(12.5, organization_id="org", retry_attempt="1"):  # type: ignore[arg-type]
+    with lax.artifact(12.5, organization_id="org", retry_attempt="one"):  # type: ignore[arg-type]
         lax.emit("rate_limit_hit", ai_model="bad \ud800")
     assert lax.stats()["invalid"] == 3
-    assert lax.types() == ["artifact_received", "rate_limit_hit", "artifact_completed"]
+    # an invalid attempt still makes a retry scope (no new receipt; the retry's outcome)
+    assert lax.types() == ["rate_limit_hit", "retry_succeeded", "artifact_completed"]
     assert {e["artifact_id"] for e in lax.events} == {None}
     assert {e["organization_id"] for e in lax.events} == {"org"}
     assert lax.of_type("rate_limit_hit")[0]["ai_model"] == "bad \ufffd"

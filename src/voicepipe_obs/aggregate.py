@@ -1604,11 +1604,13 @@ def register_views(con: duckdb.DuckDBPyConnection, root: Path, *, live: bool = F
     """Create the snapshots_hourly and snapshots_daily views (empty and typed when
     there are no snapshot files yet, so reports and alerts can always query them;
     ``live``: see :func:`voicepipe_obs.query.connect`)."""
-    empty = snapshot_schema().empty_table()
-    con.register("_voicepipe_empty_snapshots", empty)
+    schema = snapshot_schema()
+    con.register("_voicepipe_empty_snapshots", schema.empty_table())
     for view, area in (
         ("snapshots_hourly", store.SNAPSHOTS_HOURLY),
         ("snapshots_daily", store.SNAPSHOTS_DAILY),
     ):
-        src = area_source(root, area, live=live, by_name=True) or "_voicepipe_empty_snapshots"
+        src = area_source(
+            root, area, empty="_voicepipe_empty_snapshots", columns=schema.names, live=live, by_name=True
+        )
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {src}")

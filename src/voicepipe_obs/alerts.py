@@ -168,18 +168,17 @@ def register_views(
     if extra:
         con.register("_voicepipe_extra_alert_log", pa.Table.from_pylist(list(extra), schema=log_schema()))
     cols = ", ".join(LOG_COLUMN_NAMES)
-    src = area_source(root, store.ALERTS, live=live, by_name=True)
-    if src is not None and extra:
-        con.execute(
-            f"CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) {cols} FROM "
-            f"(SELECT {cols} FROM {src} UNION ALL SELECT {cols} FROM _voicepipe_extra_alert_log)"
-        )
-    elif src is not None:
-        con.execute(f"CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) {cols} FROM {src}")
-    elif extra:
-        con.execute("CREATE OR REPLACE VIEW alert_log AS SELECT * FROM _voicepipe_extra_alert_log")
-    else:
-        con.execute("CREATE OR REPLACE VIEW alert_log AS SELECT * FROM _voicepipe_empty_alert_log")
+    src = area_source(
+        root,
+        store.ALERTS,
+        empty="_voicepipe_empty_alert_log",
+        columns=LOG_COLUMN_NAMES,
+        live=live,
+        by_name=True,
+    )
+    if extra:
+        src = f"(SELECT {cols} FROM {src} UNION ALL SELECT {cols} FROM _voicepipe_extra_alert_log)"
+    con.execute(f"CREATE OR REPLACE VIEW alert_log AS SELECT DISTINCT ON (record_id) {cols} FROM {src}")
     con.execute(f"CREATE OR REPLACE VIEW alerts AS {ALERTS_SQL}")
 
 
@@ -1141,8 +1140,10 @@ def _pending(
     with the check at ``start``: the state that check left — the latest raise or
     escalation of each alert raised before it and still active after it — then every
     record from that check on, within ``since`` (the baseline too, while ``start``
-    is). An alert that was already over, or ended in that first check, is not sent:
-    the notifier never heard of it."""
+    is). An alert raised or escalated again in that check or later has no baseline
+    record: its own newer record carries its current severity, so the notifier gets
+    one page, not the stale one too. An alert that was already over, or ended in
+    that first check, is not sent: the notifier never heard of it."""
     cols = ", ".join(
         f"epoch_us(l.{c})" if c in ("timestamp", "started_at") else f"l.{c}" for c in LOG_COLUMN_NAMES
     )
@@ -1155,9 +1156,13 @@ def _pending(
               SELECT alert_id FROM life
               WHERE record_type = 'resolved' AND timestamp <= $start
                 AND alert_id IN (SELECT alert_id FROM before_start)),
+            changed_since_start AS (
+              SELECT alert_id FROM life
+              WHERE record_type IN ('raised', 'escalated') AND timestamp >= $start),
             baseline AS (
               SELECT arg_max(record_id, timestamp) AS record_id FROM life
               WHERE timestamp < $start AND alert_id NOT IN (SELECT alert_id FROM over_at_start)
+                AND alert_id NOT IN (SELECT alert_id FROM changed_since_start)
               GROUP BY alert_id)
             SELECT {cols} FROM life l
             WHERE ((l.timestamp >= $start AND l.timestamp >= $since

@@ -5,7 +5,9 @@ then environment variables, then flags — and where each value came from.
 Environment variables: ``VOICEPIPE_DATA`` sets ``data``; any key can be set as
 ``VOICEPIPE_<SECTION>__<KEY>`` (double underscores between levels), e.g.
 ``VOICEPIPE_ALERTS__FAILURE_RATE__WARNING=0.2``. Values are read as TOML literals
-(numbers, booleans, quoted strings, arrays) and fall back to plain strings.
+(numbers, booleans, quoted strings, arrays) and fall back to plain strings; a
+boolean setting also takes true/false, 1/0, yes/no or on/off in any case (a TOML
+file must use real booleans).
 
 This module reads files and the environment; it never touches the data root.
 """
@@ -45,7 +47,8 @@ ENV_PREFIX = "VOICEPIPE_"
 
 class _Model(BaseModel):
     """A section of voicepipe.toml: unknown keys are errors, and booleans must be TOML
-    booleans (``enabled = "yes"`` or ``= 1`` is an error, not true)."""
+    booleans (``enabled = "yes"`` or ``= 1`` is an error, not true; environment
+    variables are more lenient, see :func:`_parse_env_bool`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -305,6 +308,40 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+_ENV_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_ENV_FALSE: Final = frozenset({"false", "0", "no", "off"})
+
+
+def _is_bool_key(dotted: str) -> bool:
+    """Whether the dotted key names a boolean setting (e.g. ``alerts.latency.enabled``)."""
+    model: Any = Settings
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        fld = getattr(model, "model_fields", {}).get(part)
+        if fld is None:
+            return False
+        if i == len(parts) - 1:
+            return fld.annotation is bool
+        if not isinstance(fld.annotation, type) or not issubclass(fld.annotation, BaseModel):
+            return False
+        model = fld.annotation
+    return False
+
+
+def _parse_env_bool(name: str, dotted: str, raw: str) -> bool:
+    """An environment variable for a boolean setting: true/false, 1/0, yes/no or
+    on/off in any case (what shells, systemd and cron files commonly hold)."""
+    word = raw.strip().lower()
+    if word in _ENV_TRUE:
+        return True
+    if word in _ENV_FALSE:
+        return False
+    raise ConfigError(
+        f"environment variable {name}: {dotted}: must be true or false "
+        f"(also accepted: 1/0, yes/no, on/off, in any case) (got {raw!r})"
+    )
+
+
 def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = target
@@ -439,7 +476,8 @@ def load_settings(
                 sources["data"] = f"env {ENV_DATA}"
         elif name.startswith(ENV_PREFIX) and "__" in name[len(ENV_PREFIX) :]:
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _set_path(data, dotted, _parse_env_value(raw))
+            value = _parse_env_bool(name, dotted, raw) if _is_bool_key(dotted) else _parse_env_value(raw)
+            _set_path(data, dotted, value)
             sources[dotted] = f"env {name}"
             origin_env = f"environment variable {name}"
             try:

@@ -209,7 +209,10 @@ def _write_rows_repairing(
     values coerced or left out, an unusable row left out) and write the rest.
 
     Returns (events written, values repaired, whether the rows were unwritable even
-    after repair). OSError (storage) propagates: the caller retries later.
+    after repair). Rows are set aside (True) only when a repair was made and the
+    write still failed. Any other error propagates (OSError, MemoryError, an Arrow
+    failure that is not about a value): it may be transient, so the caller keeps the
+    rows and retries later.
     """
     try:
         _write_event_rows(root, rows, stem, id_prefix)
@@ -219,9 +222,8 @@ def _write_rows_repairing(
     except Exception as exc:
         first_error = exc
     repaired, problems, lost = _repair_rows(rows)
-    if not problems and not lost:  # not a value problem: nothing to repair
-        log.error("voicepipe cannot write a batch of %d events (%r); set aside", len(rows), first_error)
-        return 0, [], True
+    if not problems and not lost:  # not a value problem: nothing to repair, retry later
+        raise first_error
     if lost:
         log.error("voicepipe left out %d event rows without a usable id, type or time", lost)
     try:
@@ -255,8 +257,12 @@ class ArtifactContext:
     retry_attempt: int | None = None
     #: The context columns as a row stores them (see _CTX_COLUMNS).
     row: tuple[str | int | None, ...] = field(init=False, repr=False, compare=False)
+    #: A retry scope (no artifact_received; retry_succeeded / retry_failed on exit):
+    #: a retry_attempt was given, even one left out as invalid.
+    is_retry: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "is_retry", self.retry_attempt is not None)
         object.__setattr__(
             self,
             "row",
@@ -646,6 +652,7 @@ def _recover_spools(rootp: Path) -> tuple[int, int]:
             fd = _lock_file(lock_path)
             if fd is None:
                 continue  # alive
+            kept = False  # a segment left for a later recovery
             try:
                 for name in seg_names:
                     if name.rsplit("-", 1)[0] != writer:
@@ -655,16 +662,26 @@ def _recover_spools(rootp: Path) -> tuple[int, int]:
                     written, poisoned = 0, False
                     if rows:
                         stem = name[: -len(_SPOOL_SUFFIX)]
-                        written, _, poisoned = _write_rows_repairing(
-                            rootp, rows, stem, writer.rsplit("-", 1)[-1]
-                        )
+                        try:
+                            written, _, poisoned = _write_rows_repairing(
+                                rootp, rows, stem, writer.rsplit("-", 1)[-1]
+                            )
+                        except OSError:
+                            raise
+                        except Exception as exc:  # maybe transient: kept for the next recovery
+                            log.error(
+                                "voicepipe could not recover spool segment %s (will retry): %r", path, exc
+                            )
+                            kept = True
+                            continue
                     events += written
                     segments += 1
                     if poisoned:  # kept for inspection; recovery ignores it
                         path.rename(path.with_name(path.name + ".bad"))
                     else:
                         path.unlink()
-                lock_path.unlink(missing_ok=True)
+                if not kept:
+                    lock_path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
     finally:
@@ -798,6 +815,9 @@ class Recorder:
         self._spool_dir: Path | None = None
         self._spool_broken_until = 0.0
         self._started = False
+        self._flush_helper: threading.Thread | None = None  # flush(timeout=)'s thread
+        self._flush_helper_lock = threading.Lock()  # taken alone, never with another
+        self._flush_errors: list[Exception] = []  # what the helper met, for the next flush
         self._counts = dict.fromkeys(
             ("emitted", "written", "spooled", "recovered", "dropped", "invalid", "write_errors"), 0
         )
@@ -835,7 +855,7 @@ class Recorder:
         coach_user_id: IdValue | None = None,
         voice_note_id: IdValue | None = None,
         source_channel: str | None = None,
-        retry_attempt: int | None = None,
+        retry_attempt: int | str | None = None,
     ) -> ArtifactScope:
         """Bind an artifact's context; emits artifact_received on entry and
         artifact_completed / artifact_failed on exit.
@@ -847,8 +867,12 @@ class Recorder:
 
         With ``retry_attempt`` (a retry worker reopening an existing artifact) no
         artifact_received is emitted, every event inside carries the attempt, and the
-        exit records retry_succeeded / retry_failed before the artifact's outcome.
+        exit records retry_succeeded / retry_failed before the artifact's outcome. A
+        string of digits (an attempt read from a queue message) is taken as its int;
+        an invalid attempt is left out (counted invalid) but the scope is still a retry.
         """
+        if type(retry_attempt) is str and retry_attempt.isascii() and retry_attempt.isdigit():
+            retry_attempt = int(retry_attempt)
         given = (artifact_id, voice_note_id, organization_id, coach_user_id, source_channel, retry_attempt)
         values: list[Any] = []
         for name, value in zip(CONTEXT_FIELDS, given, strict=True):
@@ -859,7 +883,10 @@ class Recorder:
                 values.append(None)
         if values[0] is None and artifact_id is None:
             self._invalid("artifact_id is required; rec.artifact(None) records events without it")
-        return ArtifactScope(self, ArtifactContext(*values))
+        ctx = ArtifactContext(*values)
+        if retry_attempt is not None and ctx.retry_attempt is None:  # invalid: still a retry
+            object.__setattr__(ctx, "is_retry", True)
+        return ArtifactScope(self, ctx)
 
     def emit(
         self,
@@ -944,20 +971,13 @@ class Recorder:
         if not self._closed:
             if timeout is None:
                 self._flush_into(errors)
-            else:
-                helper = threading.Thread(
-                    target=self._flush_into, args=(errors,), name="voicepipe-flush", daemon=True
-                )
-                try:
-                    helper.start()
-                except RuntimeError:  # no new threads at interpreter shutdown
-                    self._flush_into(errors)
-                else:
-                    helper.join(max(timeout, 0.0))
-                    if helper.is_alive():
-                        if self.strict:
-                            raise EmitError(f"flush did not finish within {timeout} s under {self.root}")
-                        return False
+            elif not self._flush_with_helper(max(timeout, 0.0)):
+                if self.strict:
+                    raise EmitError(f"flush did not finish within {timeout} s under {self.root}")
+                return False
+        with self._lock:  # also what a helper that outlived an earlier timeout met
+            errors.extend(self._flush_errors)
+            self._flush_errors.clear()
         for exc in errors:
             self._internal_error(exc)
         with self._lock:
@@ -966,10 +986,48 @@ class Recorder:
             raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
         return ok
 
+    def _flush_with_helper(self, timeout: float) -> bool:
+        """Flush on the helper thread, waiting at most ``timeout`` s; True when done.
+
+        One helper at a time: while one runs (storage stuck) a new call waits on it
+        instead of starting another, then flushes again for what came since.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._flush_helper_lock:  # started under it: others see it running
+                helper = self._flush_helper
+                mine = helper is None or not helper.is_alive()
+                if mine:
+                    helper = threading.Thread(
+                        target=self._flush_helper_run, name="voicepipe-flush", daemon=True
+                    )
+                    try:
+                        helper.start()
+                    except RuntimeError:  # no new threads at interpreter shutdown
+                        helper = None
+                    self._flush_helper = helper
+            if helper is None:
+                self._flush_helper_run()
+                return True
+            helper.join(max(deadline - time.monotonic(), 0.0))
+            if helper.is_alive():
+                return False
+            if mine:
+                return True
+
+    def _flush_helper_run(self) -> None:
+        errors: list[Exception] = []
+        self._flush_into(errors)
+        if errors:
+            with self._lock:
+                self._flush_errors.extend(errors)
+
     def _flush_into(self, errors: list[Exception]) -> None:
+        """A flush's work; nothing once the recorder is closed (checked under each
+        lock, so a helper that outlived close() cannot touch the released spool)."""
         try:
-            self._tick(force=True)
-            self._write_sealed(force=True)
+            self._tick(force=True, unless_closed=True)
+            self._write_sealed(force=True, unless_closed=True)
         except Exception as exc:
             errors.append(exc)
 
@@ -1277,7 +1335,7 @@ class Recorder:
             if self._stop:
                 break
             try:
-                if self._tick(force=False):
+                if self._tick(force=False, unless_closed=True):
                     self._write_wake.set()
             except Exception as exc:  # the threads must survive anything, strict or not
                 self._warn.warning("internal", "voicepipe spooler error: %r", exc)
@@ -1296,22 +1354,26 @@ class Recorder:
             if self._stop:
                 break
             try:
-                self._write_sealed(force=False)
+                self._write_sealed(force=False, unless_closed=True)
             except Exception as exc:
                 self._warn.warning("internal", "voicepipe writer error: %r", exc)
 
-    def _write_sealed(self, force: bool) -> None:
+    def _write_sealed(self, force: bool, unless_closed: bool = False) -> None:
         """Write the sealed batches as Parquet (after a failure, not before the retry delay)."""
         with self._write_lock:
+            if unless_closed and self._closed:
+                return
             with self._lock:
                 batches = list(self._sealed)
             if batches and (force or time.monotonic() >= self._retry_after):
                 self._write_batches(batches)
 
-    def _tick(self, force: bool) -> bool:
+    def _tick(self, force: bool, unless_closed: bool = False) -> bool:
         """Move pending rows into the current batch and its spool segment; seal the
         batch when it is due. True when sealed batches wait for the writer."""
         with self._io_lock:
+            if unless_closed and self._closed:
+                return False
             self._wake_set = False
             pending = self._pending
             with self._lock:  # emitters never wait for it; stats() sees consistent counts
@@ -1711,7 +1773,7 @@ class ArtifactScope:
         token = _artifact_var.set(self.context)
         start_us = rec._now_us()
         self._tokens.append((token, start_us, time.perf_counter_ns()))
-        if self.context.retry_attempt is None:
+        if not self.context.is_retry:
             try:
                 row = rec._base_row("artifact_received", start_us)
                 row[_R_STAGE] = "ingestion"
@@ -1740,7 +1802,7 @@ class ArtifactScope:
                 end_us = start_us + (time.perf_counter_ns() - start_ns) // 1000
             duration_ms = (end_us - start_us) / 1000
             code, message = rec._error_fields(exc) if exc is not None else (None, None)
-            if self.context.retry_attempt is not None:
+            if self.context.is_retry:
                 row = rec._base_row("retry_failed" if exc is not None else "retry_succeeded", end_us)
                 row[_R_DUR] = duration_ms
                 if exc is not None:
@@ -1826,7 +1888,7 @@ def artifact(
     coach_user_id: IdValue | None = None,
     voice_note_id: IdValue | None = None,
     source_channel: str | None = None,
-    retry_attempt: int | None = None,
+    retry_attempt: int | str | None = None,
 ) -> ArtifactScope:
     """``with vp.artifact(id, ...)``: :meth:`Recorder.artifact` on the default recorder.
 
@@ -1931,10 +1993,13 @@ def _after_fork_child() -> None:
 
 # A multiprocessing child (start method fork, forkserver or spawn) ends with
 # os._exit(), skipping atexit; what it runs instead are multiprocessing's finalizers.
-# So once per process that has a recorder and has imported multiprocessing, register
-# a finalizer that closes (and flushes) every recorder. A child's bootstrap clears
-# the finalizers it inherited or registered while importing the main module (spawn,
-# forkserver) and then runs the after-fork callbacks: one of those registers ours again.
+# So once per multiprocessing child process that has a recorder, register a finalizer
+# that closes (and flushes) every recorder. A child's bootstrap sets its parent
+# process, clears the finalizers it inherited or registered while importing the main
+# module (spawn, forkserver) and then runs the after-fork callbacks: one of those
+# registers ours again. Not in the main process: there atexit closes the recorders,
+# and multiprocessing's own exit hook would close them before atexit handlers
+# registered earlier than multiprocessing's import (which may still emit) had run.
 _mp_finalizer_pid = 0  # the process whose finalizer registry holds ours
 _mp_after_fork_set = False  # our after-fork callback is registered (forked children inherit it)
 
@@ -1950,11 +2015,17 @@ def _close_at_multiprocessing_exit() -> None:
         if not _mp_after_fork_set:
             util.register_after_fork(_mp_hook, _mp_after_fork)
             _mp_after_fork_set = True
-        if _mp_finalizer_pid != os.getpid():
+        if _mp_finalizer_pid != os.getpid() and _in_multiprocessing_child():
             util.Finalize(None, _close_all, exitpriority=100)
             _mp_finalizer_pid = os.getpid()
     except Exception:  # pragma: no cover - best effort
         pass
+
+
+def _in_multiprocessing_child() -> bool:
+    """This process is a multiprocessing child (its bootstrap has begun)."""
+    process = sys.modules.get("multiprocessing.process")
+    return process is not None and process.parent_process() is not None
 
 
 def _mp_after_fork(_: object) -> None:

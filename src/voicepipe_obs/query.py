@@ -230,14 +230,15 @@ def connect(
     snapshots_hourly, snapshots_daily, alerts and alert_log over the data root.
 
     ``live`` (the default, for notebooks and long-lived connections): each query
-    reads the files present when it runs, so new events show up and the
-    connection keeps working after ``voicepipe compact`` and ``voicepipe cleanup``
-    replace or remove files. A file that is not valid Parquet then fails the query
-    with DuckDB's error naming it (``voicepipe compact`` moves such files to
-    ``quarantine/``). ``live=False`` fixes the views to the files present now,
-    skipping unreadable ones with a warning (what voicepipe's own commands use).
-    Either way, an area with no files yet (a new root) stays empty until you
-    connect again.
+    reads the files present when it runs, so new events and snapshots show up
+    (also in a root that had none when you connected) and the connection keeps
+    working after ``voicepipe compact``, ``aggregate`` and ``cleanup`` replace or
+    remove files, down to none. A file that is not valid Parquet then fails the
+    query with DuckDB's error naming it (``voicepipe compact`` moves such files to
+    ``quarantine/``); one that is already there when you connect is skipped with a
+    warning, and that area's view lists the files present now. ``live=False``
+    fixes the views to the files present now, skipping unreadable ones with a
+    warning (what voicepipe's own commands use): connect again after compaction.
 
     A missing root gives empty views (not an error): check with
     ``SELECT count(*) FROM events``.
@@ -258,28 +259,47 @@ AREA_PATTERNS: Final = {
 }
 
 
-def area_source(root: Path, area: str, *, live: bool = False, by_name: bool = False) -> str | None:
-    """A ``read_parquet(...)`` FROM-source over an area's Parquet files; None when it
-    has none. With ``live`` a glob DuckDB expands again at every query (see
-    :func:`connect`), except when a file is unreadable now (it would fail every
-    query) or the root's path holds glob characters; otherwise exactly the vetted
-    files present now. ``by_name`` matches columns by name (files written before a
-    column was added lack it)."""
+def area_source(
+    root: Path,
+    area: str,
+    *,
+    empty: str,
+    columns: Sequence[str],
+    live: bool = False,
+    by_name: bool = False,
+) -> str:
+    """A FROM-source over an area's Parquet files with exactly ``columns``; ``empty``
+    names a registered empty table of the area's schema (the source when there are
+    no files). ``by_name`` matches columns by name (files written before a column was
+    added lack it: NULL there).
+
+    With ``live`` the source is a glob DuckDB expands again at every query, typed by
+    a union with ``empty`` (so an area emptied by cleanup, or filled after connecting,
+    still works; see :func:`connect`), except when a file is unreadable now (it would
+    fail every query) or the root's path holds glob characters. Otherwise it reads
+    exactly the vetted files present now."""
     listed = store.list_parquet(root, area)
     files = vetted(listed)
-    if not files:
-        return None
     opts = "hive_partitioning = false" + (", union_by_name = true" if by_name else "")
+    cols = ", ".join(columns)
     if live and len(files) == len(listed) and not any(c in str(root) for c in "*?[]{}"):
-        return f"read_parquet({sql_str(str(root / area / AREA_PATTERNS[area]))}, {opts})"
+        glob = sql_str(str(root / area / AREA_PATTERNS[area]))
+        # an empty glob reads as one column named "empty": the projection drops it
+        return (
+            f"(SELECT {cols} FROM (SELECT * FROM read_parquet({glob}, {opts}, allow_empty = true) "
+            f"UNION ALL BY NAME SELECT * FROM {empty}))"
+        )
+    if not files:
+        return empty
     return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], {opts})"
 
 
 def register_views(con: duckdb.DuckDBPyConnection, root: Path, *, live: bool = False) -> None:
     """(Re)create every view on ``con`` over the files under ``root`` (``live``: see
     :func:`connect`)."""
-    con.register("_voicepipe_empty_events", arrow_schema().empty_table())
-    src = area_source(root, store.EVENTS, live=live) or "_voicepipe_empty_events"
+    schema = arrow_schema()
+    con.register("_voicepipe_empty_events", schema.empty_table())
+    src = area_source(root, store.EVENTS, empty="_voicepipe_empty_events", columns=schema.names, live=live)
     con.execute(f"CREATE OR REPLACE VIEW events_raw AS SELECT * FROM {src}")
     con.execute("CREATE OR REPLACE VIEW events AS SELECT DISTINCT ON (event_id) * FROM events_raw")
     con.execute(f"CREATE OR REPLACE VIEW artifacts AS {ARTIFACTS_SQL}")
