@@ -882,10 +882,6 @@ def _receipts_sql(files: Sequence[Path | str]) -> str:
     )
 
 
-def _receipts_sql_from_chunks(chunks: Sequence[Path]) -> str:
-    return f"SELECT artifact_id, min(first_us) AS first_us FROM {_files_sql(chunks)} GROUP BY artifact_id"
-
-
 def _save_receipts(con: duckdb.DuckDBPyConnection, root: Path, *, full: bool) -> None:
     """Write this run's receipts (_vp_rc) as an index chunk; ``full`` replaces the
     index (it then covers every event file). Too many chunks are merged into one."""

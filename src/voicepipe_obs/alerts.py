@@ -247,8 +247,8 @@ def require_root(root: str | os.PathLike[str] | None) -> Path:
     """The resolved data root, or :class:`StoreError` when it does not exist or is
     not a directory (a mistyped path must not read as "no alerts")."""
     rootp = store.resolve_root(root)
-    if not rootp.is_dir():
-        problem = "is not a directory" if rootp.exists() else "does not exist"
+    problem = store.root_problem(rootp)
+    if problem is not None:
         raise StoreError(
             f"data root {rootp} {problem}; check --data / $VOICEPIPE_DATA / `data` in voicepipe.toml"
         )

@@ -101,19 +101,19 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
 
-def format_option(*choices: str, default: str = "table") -> Callable[[F], F]:
-    """``--format table|json|csv`` (or the given choices)."""
+def format_option(*choices: str, default: str = "table", help: str | None = None) -> Callable[[F], F]:
+    """``--format table|json|csv`` (or the given choices); the help says what each
+    is for unless ``help`` does."""
     choices = choices or ("table", "json", "csv")
-    machines = "/".join(c for c in choices if c != "table")
+    if help is None:
+        machines = "/".join(c for c in choices if c != "table")
+        help = (
+            f"Output format: table for people, {machines} for machines."
+            if "table" in choices
+            else f"Output format: {'/'.join(choices)}."
+        )
     return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(choices),
-        default=default,
-        show_default=True,
-        help=f"Output format: table for people, {machines} for machines."
-        if "table" in choices
-        else f"Output format: {'/'.join(choices)}.",
+        "--format", "fmt", type=click.Choice(choices), default=default, show_default=True, help=help
     )
 
 
@@ -177,13 +177,12 @@ class LazyGroup(click.Group):
         except OSError as exc:
             # A permission or read-only problem the command did not translate itself
             # is still the user's environment, not a bug: one line, exit 1.
-            if exc.errno not in _PERMISSION_ERRNOS:
+            from .store import PERMISSION_ERRNOS
+
+            if exc.errno not in PERMISSION_ERRNOS:
                 raise
             click.echo(f"voicepipe: error: {_permission_message(ctx, exc)}", err=True)
             ctx.exit(1)
-
-
-_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def _permission_message(ctx: click.Context, exc: OSError) -> str:

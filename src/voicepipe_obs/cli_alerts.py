@@ -81,12 +81,10 @@ def _line(alert: Mapping[str, Any]) -> str:
 
 
 @click.command(cls=_NagiosCommand)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
+@format_option(
+    "text",
+    "json",
     default="text",
-    show_default=True,
     help="text: one line per alert, for people and Nagios; json: for machines.",
 )
 @click.option(
@@ -144,12 +142,10 @@ def alerts() -> None:
 @click.argument("alert_id")
 @click.option("--by", "by", required=True, metavar="NAME", help="Who acknowledges (recorded).")
 @click.option("--comment", metavar="TEXT", help="Why, or what is being done.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
+@format_option(
+    "text",
+    "json",
     default="text",
-    show_default=True,
     help="text: one confirmation line; json: the alert's state after the acknowledgement.",
 )
 @pass_app
@@ -351,11 +347,11 @@ def list_(
     fmt: str,
 ) -> None:
     """List active alerts (--all: also resolved; --history: the log)."""
-    from .alerts import RULES, alert_history, list_alerts, require_root
+    from .alerts import RULES, alert_history, list_alerts
 
     if rule is not None and rule not in RULES:
         raise click.BadParameter(f"unknown rule; choose from {', '.join(RULES)}", param_hint="--rule")
-    root = require_root(app.root)
+    root = app.root  # an existing directory (AppContext.root checks)
     if history:
         rows = alert_history(root, alert_id=alert_id, rule=rule, organization_id=organization_id)
         if severity is not None:

@@ -55,14 +55,10 @@ def demo(app: AppContext, days: int, per_day: int, live: int, seed: int, reset: 
 
         voicepipe --data /tmp/vp demo --days 7 --artifacts-per-day 150
     """
-    from ._examples.demo import LAYOUT_DIRS, run_demo
-    from .maintenance import reset_layout
+    from ._examples.demo import run_demo
 
     root = app.root_path  # may not exist yet: the demo creates it
-    if reset:
-        # all or nothing: the layout is renamed aside before anything is deleted, so a
-        # read-only root (or part of it) fails with nothing lost
-        reset_layout(root, LAYOUT_DIRS)
+    # --reset is all or nothing (maintenance.reset_layout, via run_demo)
     summary = run_demo(
         root,
         days=days,

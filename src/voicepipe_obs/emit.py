@@ -258,11 +258,12 @@ class ArtifactContext:
     #: The context columns as a row stores them (see _CTX_COLUMNS).
     row: tuple[str | int | None, ...] = field(init=False, repr=False, compare=False)
     #: A retry scope (no artifact_received; retry_succeeded / retry_failed on exit):
-    #: a retry_attempt was given, even one left out as invalid.
-    is_retry: bool = field(init=False, repr=False, compare=False)
+    #: a retry_attempt was given, even one left out as invalid (pass True then).
+    is_retry: bool = field(default=False, kw_only=True, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "is_retry", self.retry_attempt is not None)
+        if self.retry_attempt is not None:
+            object.__setattr__(self, "is_retry", True)
         object.__setattr__(
             self,
             "row",
@@ -883,10 +884,8 @@ class Recorder:
                 values.append(None)
         if values[0] is None and artifact_id is None:
             self._invalid("artifact_id is required; rec.artifact(None) records events without it")
-        ctx = ArtifactContext(*values)
-        if retry_attempt is not None and ctx.retry_attempt is None:  # invalid: still a retry
-            object.__setattr__(ctx, "is_retry", True)
-        return ArtifactScope(self, ctx)
+        # an attempt left out as invalid still makes a retry scope
+        return ArtifactScope(self, ArtifactContext(*values, is_retry=retry_attempt is not None))
 
     def emit(
         self,
@@ -924,7 +923,7 @@ class Recorder:
             return None
         if not self._append(tuple(row)):  # a tuple of atomic values: untracked by the cyclic GC
             return None
-        return self._id_prefix + str(row[_R_ID]).zfill(12)  # = format_event_id(prefix, counter)
+        return self._id_prefix + str(row[_R_ID]).zfill(_ID_DIGITS)  # = format_event_id, inlined
 
     @staticmethod
     def _check_event_type(event_type: Any) -> str:

@@ -827,7 +827,7 @@ def _artifacts_footer(data: Mapping[str, Any]) -> str:
     if data["rows"]:
         return f"{data['first']}–{data['last']} of {total} artifact{'s' if total != 1 else ''}"
     if total:
-        last = data.get("last_page") or max(1, -(-total // int(data["limit"])))
+        last = data["last_page"]
         return (
             f"page {data['page']} is past the end ({total} artifact{'s' if total != 1 else ''}, "
             f"{data['limit']} per page): the last page is --page {last}"

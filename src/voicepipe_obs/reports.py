@@ -2038,11 +2038,10 @@ def retries(
 def locked_connection(root: Path) -> duckdb.DuckDBPyConnection:
     """The views of :func:`voicepipe_obs.query.connect` on a connection that cannot
     touch files outside the root, install or load extensions, or change settings."""
-    from .query import connect
+    from .query import connect, session_defaults
 
     root = root.resolve()
-    con = connect(root, live=False)
-    con.execute("SET TimeZone = 'UTC'")
+    con = session_defaults(connect(root, live=False))
     con.execute("SET allowed_directories = $dirs", {"dirs": [str(root) + os.sep]})
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")

@@ -65,7 +65,7 @@ def root_problem(root: Path) -> str | None:
     return "is not a directory" if root.exists() or root.is_symlink() else "does not exist"
 
 
-_PERMISSION_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+PERMISSION_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -77,7 +77,7 @@ def write_error(root: Path, exc: OSError) -> StoreError:
     reason = exc.strerror or type(exc).__name__
     if exc.filename is not None:
         reason += f": {exc.filename}"
-    if exc.errno in _PERMISSION_ERRNOS:
+    if exc.errno in PERMISSION_ERRNOS:
         advice = "check permissions"
     elif exc.errno in _SPACE_ERRNOS:
         advice = "free some disk space"
