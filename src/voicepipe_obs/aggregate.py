@@ -1019,12 +1019,34 @@ def aggregate(
 
     Buckets without events get no file (an existing one is removed). ``progress`` is
     called with (days done, days total).
+
+    Raises :class:`~voicepipe_obs.errors.StoreError` when the root cannot be written
+    (the run lock, the bookkeeping, a snapshot file), like compact and cleanup.
     """
+    rootp = Path(root)
+    try:
+        return _aggregate(
+            rootp, now=now, since=since, until=until, rebuild=rebuild, retention=retention, progress=progress
+        )
+    except OSError as exc:
+        raise store.write_error(rootp, exc) from exc
+
+
+def _aggregate(
+    rootp: Path,
+    *,
+    now: dt.datetime,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    rebuild: bool,
+    retention: RetentionSettings | None,
+    progress: Progress | None,
+) -> AggregateResult:
+    """:func:`aggregate`, raising OSError as it comes."""
     if now.tzinfo is None:
         raise UsageError("now must be timezone-aware")
     if rebuild and (since is not None or until is not None):
         raise UsageError("--rebuild recomputes everything within retention: drop --since/--until")
-    rootp = Path(root)
     started = time.perf_counter()
     now_us = store.to_us(now)
     mode = "rebuild" if rebuild else "range" if since is not None or until is not None else "incremental"

@@ -37,6 +37,7 @@ from . import store
 from .config import Settings, parse_hours
 from .errors import AlertError, NotFoundError, StoreError, UsageError
 from .query import area_source, parquet_scan, sql_list, vetted_files
+from .timeparse import EARLIEST
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -67,9 +68,6 @@ _UTC = dt.timezone.utc
 #: How far an explicit ``now`` may run ahead of the system clock when a check
 #: records (clocks of the machines sharing a data root differ a little).
 MAX_CLOCK_SKEW: Final = dt.timedelta(minutes=5)
-#: No check can evaluate before this: nothing was recorded then, and rule windows
-#: reaching further back would leave the representable date range.
-EARLIEST_NOW: Final = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
 #: (name, kind) of an alert-log record, in file order.
 LOG_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
@@ -235,9 +233,9 @@ def _aware(now: dt.datetime | None) -> dt.datetime:
 
 def _evaluable(at: dt.datetime) -> dt.datetime:
     """``at``, or :class:`UsageError` when rules cannot be evaluated at it."""
-    if at < EARLIEST_NOW:
+    if at < EARLIEST:
         raise UsageError(
-            f"cannot evaluate at {_iso(at)}: it is before {EARLIEST_NOW:%Y-%m-%d}, when nothing was recorded; "
+            f"cannot evaluate at {_iso(at)}: it is before {EARLIEST:%Y-%m-%d}, when nothing was recorded; "
             "give a time such as 2026-11-28T12:00:00Z"
         )
     return at

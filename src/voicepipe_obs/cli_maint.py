@@ -95,27 +95,22 @@ def aggregate(
     """
     from .aggregate import aggregate as run_aggregate
     from .errors import UsageError
-    from .store import write_error
     from .timeparse import parse_range
 
     now = _now(now_value)
     if rebuild and (since or until):
         raise UsageError("--rebuild recomputes everything within retention: drop --since/--until")
     lo, hi = parse_range(since, until, now)
-    root = app.root
-    try:
-        with _progress("aggregating days", "days") as bar:
-            result = run_aggregate(
-                root,
-                now=now,
-                since=lo,
-                until=hi,
-                rebuild=rebuild,
-                retention=app.settings.retention,
-                progress=bar,
-            )
-    except OSError as exc:  # the run lock, the state files, a snapshot file
-        raise write_error(root, exc) from exc
+    with _progress("aggregating days", "days") as bar:
+        result = run_aggregate(
+            app.root,
+            now=now,
+            since=lo,
+            until=hi,
+            rebuild=rebuild,
+            retention=app.settings.retention,
+            progress=bar,
+        )
     if result.nothing_to_do and result.mode == "incremental":
         click.echo("snapshots up to date (no new event files)")
         return
