@@ -38,12 +38,17 @@ LAYOUT = ("events", "snapshots", "alerts", "quarantine", "_spool", "_state")
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo store (one day, a few failed artifacts), aggregated and checked
-    once; tests work on copies."""
+    """A small demo store (one day, a few failed artifacts), aggregated once; tests
+    work on copies. The day ends on the latest Wednesday 18:00 UTC: the demo's
+    volume follows the weekday and hour, and a Sunday's day has no failure."""
     from voicepipe_obs._examples.demo import run_demo
 
     root = tmp_path_factory.mktemp("demo") / "data"
-    run_demo(root, days=1, per_day=30, live=0, in_flight=0, seed=7)
+    now = dt.datetime.now(dt.timezone.utc)
+    end = now.replace(hour=18, minute=0, second=0, microsecond=0) - dt.timedelta(days=(now.weekday() - 2) % 7)
+    if end > now:
+        end -= dt.timedelta(days=7)
+    run_demo(root, days=1, per_day=30, live=0, in_flight=0, seed=7, end=end)
     aggregate.aggregate(root, now=dt.datetime.now(dt.timezone.utc))
     return root
 

@@ -137,6 +137,7 @@ def run_demo(
     reset: bool = False,
     recorder_options: Mapping[str, Any] | None = None,
     data_flag: bool = False,
+    end: dt.datetime | None = None,
 ) -> DemoSummary:
     """Write the demo into ``root`` and summarise it.
 
@@ -144,7 +145,9 @@ def run_demo(
     on a weekday), then ``live`` artifacts run on the real clock and ``in_flight``
     more are left unfinished (none when ``live`` is 0). ``recorder_options`` are
     passed to the live Recorder (the config's [recorder] section). ``data_flag``:
-    the suggested commands carry ``--data ROOT``.
+    the suggested commands carry ``--data ROOT``. ``end``: when the history ends
+    (default: a minute ago); the history's shape follows the weekday and hour
+    (fewer artifacts at weekends), so a fixed ``end`` makes it reproducible.
     """
     from ..emit import Recorder
     from . import voice_pipeline as vpl
@@ -169,7 +172,7 @@ def run_demo(
         )
     except OSError as exc:
         raise StoreError(f"cannot write under {rootp} ({exc.strerror or exc}); pass --data DIR") from exc
-    vpl.backfill(rootp, days=days, per_day=per_day, seed=seed)
+    vpl.backfill(rootp, days=days, per_day=per_day, seed=seed, end=end)
     if live > 0:
         with Recorder(rootp, **dict(recorder_options or {})) as rec:
             vpl.run_live(rec, count=live, in_flight=in_flight, seed=seed)
