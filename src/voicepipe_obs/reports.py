@@ -1965,14 +1965,9 @@ def alerts(
         rows.append(d)
     if history:
         rows.sort(key=lambda r: (r["raised_at"], r["alert_id"]), reverse=True)
-    has_log = bool(_files_in(root, store.ALERTS))
+    row = con.execute("SELECT EXISTS (SELECT 1 FROM alert_log)").fetchone()
+    has_log = bool(row and row[0])
     return {"generated_at": now, "history": history, "alert_log_present": has_log, "rows": rows}
-
-
-def _files_in(root: Path, area: str) -> list[Path]:
-    from .query import vetted_files
-
-    return vetted_files(root, area)
 
 
 # -------------------------------------------------------------------- retries
