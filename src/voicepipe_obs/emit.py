@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import datetime as dt
+import errno
 import fcntl
 import functools
 import inspect
@@ -185,20 +186,61 @@ def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_p
         ]
         store.write_event_rows(root, rows, stem)
         return
-    columns = _rows_to_columns(rows)
-    stamps = columns["timestamp"]
-    first, last = min(stamps) // store.US_PER_HOUR, max(stamps) // store.US_PER_HOUR
-    if first == last:  # the usual batch: one hour, transposed once
-        buckets: list[tuple[int, Sequence[Sequence[Any]], dict[str, Any] | None]] = [(first, rows, columns)]
-    else:  # backfills, or a batch across an hour boundary
+    buckets: list[tuple[int, Sequence[Sequence[Any]], dict[str, Any] | None]]
+    if len(rows) > _SLICE:
         buckets = [(h, b, None) for h, b in sorted(store.split_by_hour(rows).items())]
+    else:
+        columns = _rows_to_columns(rows)
+        stamps = columns["timestamp"]
+        first, last = min(stamps) // store.US_PER_HOUR, max(stamps) // store.US_PER_HOUR
+        if first == last:  # the usual batch: one hour, transposed once
+            buckets = [(first, rows, columns)]
+        else:  # backfills, or a batch across an hour boundary
+            buckets = [(h, b, None) for h, b in sorted(store.split_by_hour(rows).items())]
     for hour_number, bucket, cols in buckets:
         path = store.event_file(root, hour_number, stem)
         if path.exists():
-            continue
-        if cols is None:
-            cols = _rows_to_columns(bucket)
-        store.write_table(path, _columns_to_table(cols, len(bucket), id_prefix))
+            if _rows_in(path) == len(bucket):
+                continue  # written before: by this writer, or by a recovery of its spool
+            # Part of these rows under this name: a recoverer took the segment of a live
+            # writer for a dead one's (its lock file was deleted). All of them go under a
+            # name of their own; the copies are dropped by readers, nothing is lost.
+            path = store.event_file(root, hour_number, f"{stem}-{len(bucket)}")
+            if path.exists() and _rows_in(path) == len(bucket):
+                continue
+        store.write_table(path, _rows_to_table(bucket, id_prefix, cols))
+
+
+#: rows turned into Arrow per step: each step holds the GIL throughout, so a large
+#: batch or a recovered spool converted at once would stall the pipeline's threads
+#: (~1 s for 500,000 rows); 20,000 rows take a few milliseconds
+_SLICE: Final = 20_000
+
+
+def _rows_to_table(
+    rows: Sequence[Sequence[Any]], id_prefix: str, columns: dict[str, Any] | None = None
+) -> Any:
+    """Compact rows as an Arrow table (``columns``: already transposed), converted
+    :data:`_SLICE` rows at a time."""
+    if len(rows) <= _SLICE:
+        return _columns_to_table(columns or _rows_to_columns(rows), len(rows), id_prefix)
+    import pyarrow as pa
+
+    parts = []
+    for lo in range(0, len(rows), _SLICE):
+        part = rows[lo : lo + _SLICE]
+        parts.append(_columns_to_table(_rows_to_columns(part), len(part), id_prefix))
+    return pa.concat_tables(parts)
+
+
+def _rows_in(path: Path) -> int:
+    """The row count of an event file (-1 when it cannot be read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except Exception:
+        return -1
 
 
 def _write_rows_repairing(
@@ -621,34 +663,87 @@ def read_spool_segment(path: Path) -> list[Row]:
     return rows
 
 
+def _has_spool_segments(root: Path) -> bool:
+    """Whether ``root``'s spool holds any segment (a cheap look: one directory read)."""
+    try:
+        with os.scandir(root / store.SPOOL) as entries:
+            return any(e.name.endswith(_SPOOL_SUFFIX) for e in entries)
+    except OSError:
+        return False
+
+
 def _segment_stem(writer_id: str, seq: int) -> str:
     return f"{writer_id}-{seq:08d}"
 
 
-def recover_spools(root: str | os.PathLike[str]) -> tuple[int, int]:
+#: one recovery at a time in this process (the gate file's POSIX lock is per process)
+_recover_lock = threading.Lock()
+
+
+def recover_spools(root: str | os.PathLike[str], *, wait: bool = True) -> tuple[int, int]:
     """Write the spools of dead processes under ``root`` into Parquet, exactly once.
 
-    A process is dead when its ``<writer>.lock`` can be locked. Returns
-    (events recovered, segments recovered). Safe to run concurrently: recoverers are
-    serialised by a lock, and re-writing a segment whose files exist is a no-op.
+    A process is dead when its ``<writer>.lock`` can be locked; a segment whose lock
+    file is missing (deleted by hand or by a temp cleaner) is left alone while a
+    process of that id runs on this host. Returns (events recovered, segments
+    recovered). Safe to run concurrently: recoverers are serialised by a lock, and
+    re-writing a segment whose files exist is a no-op. ``wait``: when another
+    recovery is running under the root, wait for it (the default) or return (0, 0) at
+    once (what a Recorder does: the other recoverer writes those spools).
     """
-    with _fork_gate:  # a fork in the middle would leave the child holding the gate's flock
-        return _recover_spools(Path(root))
+    if not _recover_lock.acquire(blocking=wait):
+        return 0, 0
+    try:
+        return _recover_spools(Path(root), wait)
+    finally:
+        _recover_lock.release()
 
 
-def _recover_spools(rootp: Path) -> tuple[int, int]:
+def _writer_alive(writer: str) -> bool:
+    """Whether the process behind a writer id (``<host>-<pid>-<prefix>``) runs on
+    this host: in this process, a recorder of that id still open."""
+    parts = writer.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != store.host_name() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return any(r._writer_id == writer and not r._closed for r in list(_recorders))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user
+        return True
+    try:  # a zombie is dead (Linux; elsewhere assume it runs)
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _recover_spools(rootp: Path, wait: bool) -> tuple[int, int]:
     spool = rootp / store.SPOOL
     if not spool.is_dir():
         return 0, 0
-    gate = os.open(spool / ".recover", os.O_RDWR | os.O_CREAT, 0o600)
+    gate = os.open(spool / ".recover", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     events = segments = 0
     try:
-        fcntl.flock(gate, fcntl.LOCK_EX)
+        # a POSIX lock, not flock: a child forked meanwhile does not inherit it (with
+        # flock it would hold the gate for as long as it lives), so a fork never has
+        # to wait for a recovery
+        try:
+            fcntl.lockf(gate, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if wait or exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            return 0, 0
         names = sorted(os.listdir(spool))
         writers = {n[: -len(_LOCK_SUFFIX)] for n in names if n.endswith(_LOCK_SUFFIX)}
         seg_names = [n for n in names if n.endswith(_SPOOL_SUFFIX)]
         orphans = {n.rsplit("-", 1)[0] for n in seg_names} - writers
         for writer in sorted(writers | orphans):
+            if writer in orphans and _writer_alive(writer):
+                continue  # its lock file was deleted, but it runs: its segments are live
             lock_path = spool / f"{writer}{_LOCK_SUFFIX}"
             fd = _lock_file(lock_path)
             if fd is None:
@@ -664,9 +759,12 @@ def _recover_spools(rootp: Path) -> tuple[int, int]:
                     if rows:
                         stem = name[: -len(_SPOOL_SUFFIX)]
                         try:
-                            written, _, poisoned = _write_rows_repairing(
-                                rootp, rows, stem, writer.rsplit("-", 1)[-1]
-                            )
+                            # one segment at a time under the fork gate: a fork waits
+                            # for the write in progress, not for the whole recovery
+                            with _fork_gate:
+                                written, _, poisoned = _write_rows_repairing(
+                                    rootp, rows, stem, writer.rsplit("-", 1)[-1]
+                                )
                         except OSError:
                             raise
                         except Exception as exc:  # maybe transient: kept for the next recovery
@@ -775,6 +873,8 @@ class Recorder:
         self._init_process_state()
         _recorders.add(self)
         _close_at_multiprocessing_exit()
+        if recover and _has_spool_segments(self.root):
+            self._start()  # recover dead processes' spools now, not at the first emit
 
     # -- process-local state (re-made in a forked child) --------------------------
 
@@ -815,6 +915,7 @@ class Recorder:
         self._lock_fd: int | None = None
         self._spool_dir: Path | None = None
         self._spool_broken_until = 0.0
+        self._spool_error: Exception | None = None  # the last failed spool write
         self._started = False
         self._flush_helper: threading.Thread | None = None  # flush(timeout=)'s thread
         self._flush_helper_lock = threading.Lock()  # taken alone, never with another
@@ -1214,7 +1315,8 @@ class Recorder:
             if self._mem_rows >= self.max_buffer:
                 return self._overflow_row(row)
             batch = self._current
-            if not self._count_spool(self._spool_rows(batch, [row]), 1):
+            outcome = self._spool_rows(batch, [row])
+            if not self._count_spool(outcome, 1):
                 batch.unspooled += 1
             assert batch.rows is not None  # the current batch is never spilled
             batch.rows.append(row)
@@ -1223,15 +1325,19 @@ class Recorder:
             if batch.n >= self.batch_size and not self._wake_set:
                 self._wake_set = True
                 self._wake.set()
+            if outcome is False:
+                self._raise_if_strict_spool()
         return True
 
     def _overflow_row(self, row: Row) -> bool:
         """Called with _lock held when memory is full: spool only, else drop (False)."""
+        outcome: bool | None = None
         if self.durability != "memory":
             if self._overflow is None:
                 self._overflow = self._new_batch()
                 self._overflow.rows = None
-            if self._count_spool(self._spool_rows(self._overflow, [row]), 1):
+            outcome = self._spool_rows(self._overflow, [row])
+            if self._count_spool(outcome, 1):
                 self._overflow.n += 1
                 return True
         self._counts["dropped"] += 1
@@ -1240,6 +1346,8 @@ class Recorder:
             "voicepipe buffer full (%d events) and spool unavailable: events dropped",
             self.max_buffer,
         )
+        if outcome is False:
+            self._raise_if_strict_spool()
         return False
 
     def _count_spool(self, outcome: bool | None, n: int) -> bool:
@@ -1267,19 +1375,23 @@ class Recorder:
             if now < self._spool_broken_until:
                 return None
             try:
+                again: list[Row] = []
+                if batch.fd is not None and os.fstat(batch.fd).st_nlink == 0:
+                    # the segment was deleted under us (the spool directory removed, or a
+                    # recoverer on another host took us for dead): start it again with
+                    # the rows it held, so a crash still loses nothing
+                    os.close(batch.fd)
+                    batch.fd = None
+                    again = list(batch.rows or ())
                 if batch.fd is None:
-                    if self._lock_fd is None:
-                        self._spool_dir = _ensure_spool_dir(self.root)
-                        self._lock_fd = _acquire_writer_lock(
-                            self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}"
-                        )
+                    self._hold_writer_lock()
                     assert self._spool_dir is not None
                     path = self._spool_dir / f"{_segment_stem(self._writer_id, batch.seq)}{_SPOOL_SUFFIX}"
                     batch.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                     os.fchmod(batch.fd, 0o600)
                     batch.path = path
                     batch.size = os.fstat(batch.fd).st_size
-                data = _spool_record(rows)
+                data = _spool_record(again + rows if again else rows)
                 try:
                     written = os.write(batch.fd, data)
                     if written != len(data):
@@ -1291,13 +1403,34 @@ class Recorder:
                         pass
                     raise
                 batch.size += written
+                if again:
+                    batch.unspooled = 0
             except Exception as exc:
                 self._spool_broken_until = now + min(self.flush_interval, 1.0)
+                self._spool_error = exc
                 self._warn.warning("spool", "voicepipe spool write failed under %s: %s", self.root, exc)
-                if self.strict:
-                    raise EmitError(f"spool write failed: {exc}") from exc
                 return False
         return True
+
+    def _raise_if_strict_spool(self) -> None:
+        """strict, in the emitting thread: the spool write just failed (the event is
+        kept in memory or counted as dropped first; the spooler thread never raises)."""
+        if self.strict:
+            raise EmitError(f"spool write failed under {self.root}: {self._spool_error}")
+
+    def _hold_writer_lock(self) -> None:
+        """Make sure this writer's lock file exists and is the one it holds (called
+        with _spool_lock held, before a segment is opened): a lock file deleted by hand
+        or by a temp cleaner, or a spool directory removed, is made again, so no
+        recoverer takes this live writer's segments for a dead one's."""
+        assert self._spool_dir is not None or self._lock_fd is None
+        if self._lock_fd is not None and self._spool_dir is not None:
+            if _same_file(self._lock_fd, self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}"):
+                return
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self._spool_dir = _ensure_spool_dir(self.root)
+        self._lock_fd = _acquire_writer_lock(self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}")
 
     # -- background work ----------------------------------------------------------
 
@@ -1314,10 +1447,11 @@ class Recorder:
         for thread in self._threads:
             thread.start()
 
-    def recover(self) -> int:
-        """Recover dead processes' spools under the root now; the number of events."""
+    def recover(self, *, wait: bool = True) -> int:
+        """Recover dead processes' spools under the root now; the number of events.
+        ``wait``: see :func:`recover_spools` (a recorder starting up does not wait)."""
         try:
-            recovered, _ = recover_spools(self.root)
+            recovered, _ = recover_spools(self.root, wait=wait)
         except Exception as exc:
             self._warn.warning("recover", "voicepipe could not recover spools under %s: %s", self.root, exc)
             if self.strict:
@@ -1344,7 +1478,7 @@ class Recorder:
             _prewarm_writer()
         if self._recover:
             try:
-                self.recover()
+                self.recover(wait=False)
             except Exception as exc:
                 self._warn.warning("recover", "voicepipe spool recovery failed: %r", exc)
         while not self._stop:
@@ -1956,9 +2090,11 @@ def retry_handler(
 # ------------------------------------------------------------ fork and exit hooks
 
 
-#: Held while the writer thread imports pyarrow or a recovery runs; the fork hook takes
-#: it first, so a child never inherits a half-done import (its module locks would be
-#: held forever) or a recovery's flock. Never taken while holding a recorder's lock.
+#: Held while the writer thread imports pyarrow, and while a recovery writes one
+#: segment; the fork hook takes it first, so a child never inherits a half-done import
+#: (its module locks would be held forever) or write. A recovery's wait for the
+#: recovery lock, and the rest of its run, are outside it: a fork never waits for a
+#: whole recovery. Never taken while holding a recorder's lock.
 _fork_gate = threading.Lock()
 
 
@@ -1981,9 +2117,10 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
-    global _default_lock, _fork_gate
+    global _default_lock, _fork_gate, _recover_lock
     _default_lock = threading.Lock()  # another thread may have held it at the fork
     _fork_gate = threading.Lock()
+    _recover_lock = threading.Lock()
     for rec in list(_recorders):
         rec._after_fork_in_child()
     if _recorders:
