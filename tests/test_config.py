@@ -191,6 +191,30 @@ def test_invalid_environment_value_names_the_variable() -> None:
         load_settings(env={"VOICEPIPE_ALERTS__STUCK__MINUTES": "soon"})
 
 
+def test_environment_variables_are_checked_together() -> None:
+    """Lowering both thresholds: the variables apply in name order (CRITICAL before
+    WARNING), and critical 0.05 against the default warning 0.1 alone is invalid."""
+    env = {
+        "VOICEPIPE_ALERTS__FAILURE_RATE__WARNING": "0.01",
+        "VOICEPIPE_ALERTS__FAILURE_RATE__CRITICAL": "0.05",
+    }
+    rule = load_settings(env=env).settings.alerts.failure_rate
+    assert (rule.warning, rule.critical) == (0.01, 0.05)
+    # a pair that is invalid together names both variables, and only those
+    env = {
+        "VOICEPIPE_ALERTS__FAILURE_RATE__WARNING": "0.5",
+        "VOICEPIPE_ALERTS__FAILURE_RATE__CRITICAL": "0.2",
+        "VOICEPIPE_ALERTS__STUCK__MINUTES": "90",
+    }
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert str(info.value).startswith(
+        "environment variables VOICEPIPE_ALERTS__FAILURE_RATE__CRITICAL, "
+        "VOICEPIPE_ALERTS__FAILURE_RATE__WARNING: "
+    )
+    assert "\n" not in str(info.value)
+
+
 def test_notifiers_parse_by_type(tmp_path: Path) -> None:
     write(
         tmp_path,

@@ -372,6 +372,20 @@ _NOTIFIER_TYPES: dict[str, type[BaseModel]] = {
 }
 
 
+def _env_origin(exc: ValidationError, from_env: Mapping[str, str]) -> str:
+    """"environment variable(s) …" naming the variables behind the failing keys (a key,
+    a setting inside it, or the section a cross-field check failed on)."""
+    locs = [".".join(str(p) for p in err["loc"]) for err in exc.errors()]
+    names = sorted(
+        {
+            name
+            for dotted, name in from_env.items()
+            if any(dotted == loc or dotted.startswith(loc + ".") or loc.startswith(dotted + ".") for loc in locs)
+        }
+    ) or sorted(from_env.values())
+    return f"environment variable{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+
 def _describe(exc: ValidationError, origin: str, raw: Mapping[str, Any]) -> str:
     """One line: where, then for every problem which key and what is wrong (and a
     did-you-mean for typos)."""
@@ -469,6 +483,7 @@ def load_settings(
             Settings.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, str(path), data)) from exc
+    from_env: dict[str, str] = {}  # dotted key → the variable that set it
     for name, raw in sorted(env.items()):
         if name == ENV_DATA:
             if raw:
@@ -479,11 +494,14 @@ def load_settings(
             value = _parse_env_bool(name, dotted, raw) if _is_bool_key(dotted) else _parse_env_value(raw)
             _set_path(data, dotted, value)
             sources[dotted] = f"env {name}"
-            origin_env = f"environment variable {name}"
-            try:
-                Settings.model_validate(data)
-            except ValidationError as exc:
-                raise ConfigError(_describe(exc, origin_env, data)) from exc
+            from_env[dotted] = name
+    if from_env:
+        # validated once all are applied: settings checked together (critical ≥
+        # warning) may only be valid once every variable is in
+        try:
+            Settings.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, _env_origin(exc, from_env), data)) from exc
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
