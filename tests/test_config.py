@@ -4,6 +4,7 @@ did-you-mean, and ``voicepipe config show`` with each value's source."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import voicepipe_obs as vp
 from voicepipe_obs.cli import main
 from voicepipe_obs.config import (
     AlertmanagerNotifier,
@@ -213,6 +215,47 @@ def test_environment_variables_are_checked_together() -> None:
         "VOICEPIPE_ALERTS__FAILURE_RATE__WARNING: "
     )
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[retention]\nevents_days = true\n",
+            "retention: events_days must be a number, not a boolean (got true)",
+        ),
+        (
+            "[alerts.failure_rate]\nwarning = true\n",
+            "alerts.failure_rate: warning must be a number, not a boolean (got true)",
+        ),
+        ("[retention]\nevents_days = 100000000\n", "events_days must be at most 36,500 days, 100 years"),
+        ("[alerts.stuck]\nminutes = 99999999999\n", "minutes must be at most 52,560,000 minutes"),
+    ],
+)
+def test_a_boolean_is_not_a_number_and_durations_are_bounded(tmp_path: Path, text: str, message: str) -> None:
+    """pydantic reads true as 1: `events_days = true` was one day of retention, and
+    cleanup deleted nearly every event; a huge retention overflowed in cleanup."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={})
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+    key = text.split("\n")[1].split(" =")[0]
+    section = text.split("]")[0][1:].upper().replace(".", "__")
+    variable = f"VOICEPIPE_{section}__{key.upper()}"
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(env={variable: text.split("= ")[1].strip()}, config=write(tmp_path, ""))
+
+
+def test_cleanup_refuses_a_boolean_retention(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    rec = vp.Recorder(root)
+    rec.emit("rate_limit_hit", timestamp=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+    rec.close()
+    before = sorted(p.relative_to(root) for p in (root / "events").rglob("*.parquet"))
+    config = write(tmp_path, "[retention]\nevents_days = true\n")
+    result = CliRunner().invoke(main, ["--data", str(root), "--config", str(config), "cleanup"])
+    assert result.exit_code == 2
+    assert sorted(p.relative_to(root) for p in (root / "events").rglob("*.parquet")) == before
 
 
 def test_notifiers_parse_by_type(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -51,6 +51,33 @@ class _Model(BaseModel):
     variables are more lenient, see :func:`_parse_env_bool`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sane_numbers(cls, data: Any) -> Any:
+        """A boolean is not a number (pydantic would read ``events_days = true`` as 1
+        day, and cleanup would delete nearly every event), and a duration is at most
+        100 years (beyond that, dates overflow)."""
+        if not isinstance(data, Mapping):
+            return data
+        for name, value in data.items():
+            spec = cls.model_fields.get(name)
+            if spec is None or isinstance(value, str):
+                continue
+            kinds = get_args(spec.annotation) or (spec.annotation,)
+            if isinstance(value, bool):
+                if bool not in kinds and (int in kinds or float in kinds):
+                    raise ValueError(f"{name} must be a number, not a boolean (got {str(value).lower()})")
+                continue
+            unit = name.rsplit("_", 1)[-1]
+            limit = _MAX_SPAN.get(unit)
+            if limit is not None and isinstance(value, int | float) and value > limit:
+                raise ValueError(f"{name} must be at most {limit:,} {unit}, 100 years (got {value})")
+        return data
+
+
+#: the largest duration a setting may give, per unit (100 years)
+_MAX_SPAN: Final = {"days": 36_500, "hours": 876_000, "minutes": 52_560_000, "seconds": 3_153_600_000}
 
 
 # ----------------------------------------------------------------------- sections
@@ -373,14 +400,16 @@ _NOTIFIER_TYPES: dict[str, type[BaseModel]] = {
 
 
 def _env_origin(exc: ValidationError, from_env: Mapping[str, str]) -> str:
-    """"environment variable(s) …" naming the variables behind the failing keys (a key,
+    """ "environment variable(s) …" naming the variables behind the failing keys (a key,
     a setting inside it, or the section a cross-field check failed on)."""
     locs = [".".join(str(p) for p in err["loc"]) for err in exc.errors()]
     names = sorted(
         {
             name
             for dotted, name in from_env.items()
-            if any(dotted == loc or dotted.startswith(loc + ".") or loc.startswith(dotted + ".") for loc in locs)
+            if any(
+                dotted == loc or dotted.startswith(loc + ".") or loc.startswith(dotted + ".") for loc in locs
+            )
         }
     ) or sorted(from_env.values())
     return f"environment variable{'s' if len(names) > 1 else ''} {', '.join(names)}"
