@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
 from . import store
@@ -1269,13 +1269,22 @@ class Recorder:
         return message
 
     def _error_fields(self, exc: BaseException) -> tuple[str, str]:
-        code = getattr(exc, "error_code", None)
-        code = str.__str__(code) if isinstance(code, str) else type(exc).__name__
+        """(error_code, error_message) of a failure; never raises, so a failure is
+        recorded whatever the exception does: an ``error_code`` that is not a string,
+        or whose property raises, gives the class name; a failing ``str(exc)`` a
+        placeholder. The text is the pipeline's, not a value the caller passed, so a
+        lone surrogate in it (a file name decoded with surrogateescape) is replaced
+        with U+FFFD here rather than counted invalid (or raised, when strict)."""
+        try:
+            code = getattr(exc, "error_code", None)
+        except Exception:
+            code = None
+        code = _storable_str(str.__str__(code)) if isinstance(code, str) else type(exc).__name__
         try:
             message = str(exc)
         except Exception:
             message = "<unprintable exception>"
-        return code, self._clean_message(message or code)
+        return code, _storable_str(self._clean_message(message or code))
 
     # -- the buffer ---------------------------------------------------------------
 
@@ -1628,6 +1637,54 @@ class Recorder:
 
 # ------------------------------------------------------------------------ stages
 
+#: Fields a stage or an artifact scope records itself; annotate() refuses them (a
+#: measured duration or time, the stage's name, the outcome's status).
+_STAGE_OWN_FIELDS: Final = frozenset(_SLOTS)
+_ARTIFACT_OWN_FIELDS: Final = frozenset({*_SLOTS, "new_status"})
+
+
+def _is_async_callable(fn: Callable[..., Any]) -> bool:
+    """An ``async def`` function (or a partial of one), or an object whose class
+    defines ``async def __call__``: calling it returns a coroutine to be timed when
+    awaited, not when made."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, type) or not callable(fn):
+        return False
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _not_raised(rec: Recorder, err: Exception) -> None:
+    """An error met while an exception propagates out of a stage or artifact scope:
+    logged, strict or not, since raising it would replace the pipeline's own
+    exception. (What it is about, a failed spool write, is counted where it happens.)"""
+    rec._warn.warning("internal", "voicepipe could not record a failure: %r", err)
+
+
+def _append_unraised(rec: Recorder, row: Row) -> None:
+    """Append the outcome row of a stage or artifact that an exception is leaving.
+
+    Never raises. A strict recorder (``testing.capture()``) would raise for a value
+    the Parquet writer must repair (a lone surrogate in an annotated string): here
+    the row is repaired first, the value counted invalid and logged, and the event
+    recorded.
+    """
+    try:
+        if rec.strict:
+            fixed, problems = _repair_row(row)
+            if problems:
+                with rec._lock:
+                    rec._counts["invalid"] += len(problems)
+                rec._warn.warning(
+                    "invalid:unraised", "voicepipe: %s (not raised: the stage's exception is)", problems[0]
+                )
+            if fixed is None:  # pragma: no cover - rows made here always have an id, type and time
+                return
+            row = fixed
+        rec._append(row)
+    except Exception as err:
+        _not_raised(rec, err)
+
 
 class StageRun:
     """One running execution of a stage; what ``with rec.stage(...) as st`` gives."""
@@ -1649,8 +1706,13 @@ class StageRun:
 
     def annotate(self, **fields: Any) -> None:
         """Attach fields (claim_count=..., confidence_score=..., ai_cost=...) to the
-        stage's completion or failure event. Invalid values are counted, not raised."""
+        stage's completion or failure event. Invalid values, and the fields the stage
+        records itself (duration_ms, pipeline_stage, stage_started_at,
+        stage_completed_at), are counted and left out (EmitError when strict)."""
         for name, value in fields.items():
+            if name in _STAGE_OWN_FIELDS:
+                self.recorder._invalid(f"{name} is recorded by the stage itself; annotate() leaves it out")
+                continue
             try:
                 self.fields[name] = _check_value(name, value)
             except _Invalid as exc:
@@ -1768,6 +1830,12 @@ class StageSpec:
                 _stage_var.reset(run.token)
             except ValueError:  # finished in another context than it started
                 _stage_var.set(None)
+        # While an exception leaves the stage nothing may replace it, strict or not.
+        # GeneratorExit is no failure: a generator's consumer stopped early (break,
+        # close(), aclose()), and the work the stage did succeeded, so it completes.
+        propagating = exc is not None
+        if isinstance(exc, GeneratorExit):
+            exc = None
         try:
             end_us = run.start_us + elapsed_ns // 1000
             fields = run.fields
@@ -1785,21 +1853,26 @@ class StageSpec:
                 extra = extra or {}
                 extra["error_code"] = extra.get("error_code") or code
                 extra["error_message"] = extra.get("error_message") or message  # annotated: cleaned above
-            rec._append(
-                (
-                    next(rec._id_counter),
-                    etype,
-                    end_us,
-                    run.context,
-                    self.name,
-                    run.start_us,
-                    end_us,
-                    elapsed_ns / 1e6,
-                    extra,
-                )
+            row = (
+                next(rec._id_counter),
+                etype,
+                end_us,
+                run.context,
+                self.name,
+                run.start_us,
+                end_us,
+                elapsed_ns / 1e6,
+                extra,
             )
+            if propagating:
+                _append_unraised(rec, row)
+            else:
+                rec._append(row)
         except Exception as err:
-            rec._internal_error(err)
+            if propagating:
+                _not_raised(rec, err)
+            else:
+                rec._internal_error(err)
 
     # -- decorator ----------------------------------------------------------------
 
@@ -1814,7 +1887,7 @@ class StageSpec:
                 f"@stage({self.name!r}) cannot time a generator function ({fn.__qualname__}); "
                 "decorate the function that consumes it, or use `with rec.stage(...)`"
             )
-        if inspect.iscoroutinefunction(fn):
+        if _is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -1830,6 +1903,7 @@ class StageSpec:
             return async_wrapper
 
         plain = self.name != "entity_resolution"  # its completion event depends on the fields
+        coroutine = CoroutineType
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -1839,6 +1913,8 @@ class StageSpec:
             except BaseException as exc:
                 self._finish(run, exc)
                 raise
+            if type(result) is coroutine:  # an async callable inspect did not recognise
+                return self._awaited(run, result)
             if plain and not run.fields and run.recorder._clock is None:
                 self._finish_ok(run)
             else:
@@ -1846,6 +1922,27 @@ class StageSpec:
             return result
 
         return wrapper
+
+    def _awaited(self, run: StageRun, coro: Awaitable[Any]) -> Awaitable[Any]:
+        """The rest of a stage whose sync-looking callable returned a coroutine (a
+        function returning another's coroutine, a partial of an async callable): the
+        work runs, and the stage completes or fails, when the coroutine is awaited.
+        The caller is not inside the stage meanwhile."""
+        try:
+            _stage_var.reset(run.token)  # type: ignore[arg-type]
+        except ValueError:  # pragma: no cover - set in this same call and context
+            _stage_var.set(None)
+        return self._await_in_stage(run, coro)
+
+    async def _await_in_stage(self, run: StageRun, coro: Awaitable[Any]) -> Any:
+        run.token = _stage_var.set(run)  # annotate() inside reaches this run
+        try:
+            result = await coro
+        except BaseException as exc:
+            self._finish(run, exc)
+            raise
+        self._finish(run, None)
+        return result
 
     # -- context manager ------------------------------------------------------------
 
@@ -1894,8 +1991,15 @@ class ArtifactScope:
         return self.context.artifact_id
 
     def annotate(self, **fields: Any) -> None:
-        """Attach fields (e.g. ai_cost, claim_count) to artifact_completed / artifact_failed."""
+        """Attach fields (e.g. ai_cost, claim_count) to artifact_completed / artifact_failed.
+        Invalid values, and the fields the scope records itself (duration_ms,
+        new_status, ...), are counted and left out (EmitError when strict)."""
         for name, value in fields.items():
+            if name in _ARTIFACT_OWN_FIELDS:
+                self.recorder._invalid(
+                    f"{name} is recorded by rec.artifact() itself; annotate() leaves it out"
+                )
+                continue
             try:
                 self.fields[name] = _check_value(name, value)
             except _Invalid as exc:
@@ -1928,6 +2032,11 @@ class ArtifactScope:
         if not self._tokens:
             return False
         token, start_us, start_ns = self._tokens.pop()
+        # as in StageSpec._finish: nothing replaces a propagating exception, and a
+        # generator closed early (GeneratorExit) completes its artifact
+        propagating = exc is not None
+        if isinstance(exc, GeneratorExit):
+            exc = None
         try:
             if rec._clock is not None:  # a given (simulated) clock also measures the duration
                 end_us = max(rec._now_us(), start_us)
@@ -1935,12 +2044,13 @@ class ArtifactScope:
                 end_us = start_us + (time.perf_counter_ns() - start_ns) // 1000
             duration_ms = (end_us - start_us) / 1000
             code, message = rec._error_fields(exc) if exc is not None else (None, None)
+            rows: list[Row] = []
             if self.context.is_retry:
                 row = rec._base_row("retry_failed" if exc is not None else "retry_succeeded", end_us)
                 row[_R_DUR] = duration_ms
                 if exc is not None:
                     row[_R_EXTRA] = {"error_code": code, "error_message": message}
-                rec._append(tuple(row))
+                rows.append(tuple(row))
             row = rec._base_row("artifact_failed" if exc is not None else "artifact_completed", end_us)
             extra = _extra(self.fields) or {}
             extra["new_status"] = "failed" if exc is not None else "completed"
@@ -1948,9 +2058,17 @@ class ArtifactScope:
                 extra["error_code"], extra["error_message"] = code, message
             row[_R_DUR] = duration_ms
             row[_R_EXTRA] = extra
-            rec._append(tuple(row))
+            rows.append(tuple(row))
+            for outcome in rows:
+                if propagating:
+                    _append_unraised(rec, outcome)
+                else:
+                    rec._append(outcome)
         except Exception as err:
-            rec._internal_error(err)
+            if propagating:
+                _not_raised(rec, err)
+            else:
+                rec._internal_error(err)
         finally:
             try:
                 _artifact_var.reset(token)

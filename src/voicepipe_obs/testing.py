@@ -100,7 +100,10 @@ class CaptureRecorder(Recorder):
 
     A value the real Recorder's Parquet writer would have to repair (a string with
     a lone surrogate) is treated like an invalid field too: EmitError when strict,
-    else repaired as the writer would and counted in ``stats()["invalid"]``.
+    else repaired as the writer would and counted in ``stats()["invalid"]``. The
+    exception of a failing stage or artifact is never replaced by EmitError: its
+    failure event is recorded, repaired, and the problem counted instead (the text
+    of the exception itself is repaired where it is read, as by any Recorder).
     """
 
     def __init__(
