@@ -729,8 +729,10 @@ class AlertState:
     scope: str
     organization_id: str | None
     status: str
-    severity: str
-    raised_at: dt.datetime
+    #: None (with ``raised_at``) only for an alert whose raise is missing from the
+    #: log (trimmed by a cleanup before retention kept active alerts' records).
+    severity: str | None
+    raised_at: dt.datetime | None
     escalated_at: dt.datetime | None
     resolved_at: dt.datetime | None
     acknowledged_by: str | None
@@ -954,7 +956,27 @@ def lifecycle_records(
             out.append(
                 _record("raised", now, alert_id=new_alert_id(f.rule, f.scope, now), started_at=now, **common)
             )
-        elif SEVERITY_RANK[f.severity] > SEVERITY_RANK.get(current.severity, 0):
+        elif current.severity is None:
+            # The log lost this alert's raise (trimmed by a cleanup before retention
+            # kept active alerts' records): record it again under the same id rather
+            # than "escalate" from no severity, or forget the alert and page a new one.
+            log.warning(
+                "alert %s (%s [%s]) has no raise record in the alert log; recording it again",
+                current.alert_id,
+                current.rule,
+                current.scope,
+            )
+            out.append(
+                _record(
+                    "raised",
+                    now,
+                    alert_id=current.alert_id,
+                    started_at=current.raised_at or now,
+                    comment="raise record missing from the alert log; recorded again",
+                    **common,
+                )
+            )
+        elif SEVERITY_RANK[f.severity] > SEVERITY_RANK[current.severity]:
             out.append(
                 _record(
                     "escalated",
@@ -1092,6 +1114,9 @@ class DeliveryOutcome:
     ok: bool
     attempts: int
     error: str | None
+    #: Not attempted this check (the notifier already failed in it, or the
+    #: delivery deadline passed): still pending, tried first by the next check.
+    deferred: bool = False
 
 
 def notification_payload(rec: dict[str, Any]) -> dict[str, Any]:
@@ -1131,14 +1156,12 @@ def notifier_starts(con: duckdb.DuckDBPyConnection) -> dict[str, dt.datetime]:
     return {str(name): store.from_us(us) for name, us in rows}
 
 
-def _pending(
-    con: duckdb.DuckDBPyConnection, name: str, since: dt.datetime, start: dt.datetime
-) -> list[dict[str, Any]]:
-    """Lifecycle records not yet delivered to notifier ``name``, whose history began
-    with the check at ``start``: the state that check left — the latest raise or
-    escalation of each alert raised before it and still active after it — then every
-    record from that check on, within ``since`` (the baseline too, while ``start``
-    is). An alert raised or escalated again in that check or later has no baseline
+def _pending(con: duckdb.DuckDBPyConnection, name: str, start: dt.datetime) -> list[dict[str, Any]]:
+    """Lifecycle records not yet delivered to notifier ``name`` nor given up on
+    (an ``expired:`` notification record), whose history began with the check at
+    ``start``: the state that check left — the latest raise or escalation of each
+    alert raised before it and still active after it — then every record from that
+    check on. An alert raised or escalated again in that check or later has no baseline
     record: its own newer record carries its current severity, so the notifier gets
     one page, not the stale one too. An alert that was already over, or ended in
     that first check, is not sent: the notifier never heard of it."""
@@ -1163,14 +1186,14 @@ def _pending(
                 AND alert_id NOT IN (SELECT alert_id FROM changed_since_start)
               GROUP BY alert_id)
             SELECT {cols} FROM life l
-            WHERE ((l.timestamp >= $start AND l.timestamp >= $since
-                    AND l.alert_id NOT IN (SELECT alert_id FROM over_at_start))
-                   OR ($start >= $since AND l.record_id IN (SELECT record_id FROM baseline)))
+            WHERE ((l.timestamp >= $start AND l.alert_id NOT IN (SELECT alert_id FROM over_at_start))
+                   OR l.record_id IN (SELECT record_id FROM baseline))
               AND NOT EXISTS (SELECT 1 FROM alert_log n
-                              WHERE n.record_type = 'notification' AND n.delivered
+                              WHERE n.record_type = 'notification'
+                                AND (n.delivered OR starts_with(n.error, $expired))
                                 AND n.ref_record_id = l.record_id AND n.notifier = $name)
             ORDER BY l.timestamp, l.record_id""",
-        {"since": since, "start": start, "name": name},
+        {"start": start, "name": name, "expired": EXPIRED_PREFIX},
     ).fetchall()
     out = []
     for row in rows:
@@ -1182,35 +1205,114 @@ def _pending(
     return out
 
 
+#: ``error`` of the notification record that gives up on a lifecycle record older
+#: than ``alerts.notification_max_age_hours`` (written once per record and notifier).
+EXPIRED_PREFIX: Final = "expired:"
+#: Delivery records are appended to the log at least this often (seconds) during a
+#: check, and after every failure: a run cut short keeps what it attempted.
+_FLUSH_EVERY: Final = 1.0
+
+
+def _attempt_record(
+    rec: dict[str, Any], name: str, now: dt.datetime, ok: bool, attempts: int, error: str | None
+) -> dict[str, Any]:
+    return _record(
+        "notification",
+        now,
+        alert_id=rec["alert_id"],
+        rule=rec["rule"],
+        scope=rec["scope"],
+        organization_id=rec["organization_id"],
+        severity=rec["severity"],
+        notifier=name,
+        ref_record_id=rec["record_id"],
+        ref_record_type=rec["record_type"],
+        delivered=ok,
+        attempts=attempts,
+        error=error,
+    )
+
+
 def send_notifications(
-    con: duckdb.DuckDBPyConnection, root: Path, settings: Settings, now: dt.datetime
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    settings: Settings,
+    now: dt.datetime,
+    *,
+    record: Callable[[list[dict[str, Any]]], object] | None = None,
 ) -> tuple[list[DeliveryOutcome], list[dict[str, Any]]]:
-    """Deliver to each notifier every lifecycle record it has not had yet (within
-    ``alerts.notification_max_age_hours``), oldest first; returns the outcomes
-    and the notification records to append.
+    """Deliver to each notifier every lifecycle record it has not had yet, oldest
+    first; returns the outcomes and the notification records (every one, also
+    those already passed to ``record``).
 
     A notifier's history starts at the first check that ran with it configured
     (its ``notifier_added`` record, see :func:`notifier_records`): it gets the
     alerts still active after that check, once each, and every raise, escalation
     and resolution after — never the backlog of alerts that came and went before
     it existed (see :func:`_pending`).
+
+    Bounded in time, so a slow or dead endpoint cannot hold the check lock for
+    minutes: after a notifier's first failed delivery its remaining ones are
+    deferred (outcome ``deferred``, nothing sent or recorded: still pending, and
+    tried in order by the next check), and nothing starts after
+    ``alerts.delivery_deadline_seconds``, which also cuts the attempt in flight.
+    A record older than ``alerts.notification_max_age_hours`` is not sent: it gets
+    one notification record with ``delivered`` false and an ``expired:`` error, and
+    a warning. With ``record``, attempt records are handed to it as the run goes
+    (after each failure, and at least every second), so a run killed or cut short
+    keeps what it tried.
     """
     from .notify import deliver, notifier_name
 
-    since = now - dt.timedelta(hours=settings.alerts.notification_max_age_hours)
+    max_age = settings.alerts.notification_max_age_hours
+    since = now - dt.timedelta(hours=max_age)
+    expiry = f"{EXPIRED_PREFIX} older than {max_age:g} h (alerts.notification_max_age_hours)"
+    budget = settings.alerts.delivery_deadline_seconds
+    deadline = time.monotonic() + budget
     starts = notifier_starts(con)
     outcomes: list[DeliveryOutcome] = []
     records: list[dict[str, Any]] = []
+    unflushed: list[dict[str, Any]] = []
+    last_flush = time.monotonic()
+
+    def keep(rec: dict[str, Any], urgent: bool) -> None:
+        nonlocal last_flush
+        records.append(rec)
+        unflushed.append(rec)
+        if record is not None and (urgent or time.monotonic() - last_flush >= _FLUSH_EVERY):
+            record(list(unflushed))
+            unflushed.clear()
+            last_flush = time.monotonic()
+
     for cfg in settings.notifiers:
         name = notifier_name(cfg)
-        for rec in _pending(con, name, since, starts.get(name, now)):
-            result = deliver(cfg, notification_payload(rec))
+        failed = False
+        deferred: list[dict[str, Any]] = []
+        expired: list[dict[str, Any]] = []
+        for rec in _pending(con, name, starts.get(name, now)):
+            if dt.datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")) < since:
+                expired.append(rec)
+                keep(_attempt_record(rec, name, now, False, 0, expiry), urgent=False)
+                continue
+            if failed or time.monotonic() >= deadline:
+                deferred.append(rec)
+                why = (
+                    "deferred: an earlier delivery to this notifier failed in this check"
+                    if failed
+                    else f"deferred: the check's delivery deadline ({budget:g} s) passed"
+                )
+                outcomes.append(
+                    DeliveryOutcome(name, rec["alert_id"], rec["record_type"], False, 0, why, deferred=True)
+                )
+                continue
+            result = deliver(cfg, notification_payload(rec), deadline=deadline)
             outcomes.append(
                 DeliveryOutcome(
                     name, rec["alert_id"], rec["record_type"], result.ok, result.attempts, result.error
                 )
             )
             if not result.ok:
+                failed = True
                 log.warning(
                     "notifier %s: %s notification for alert %s not delivered (%s); retrying on the next check",
                     name,
@@ -1218,23 +1320,28 @@ def send_notifications(
                     rec["alert_id"],
                     result.error,
                 )
-            records.append(
-                _record(
-                    "notification",
-                    now,
-                    alert_id=rec["alert_id"],
-                    rule=rec["rule"],
-                    scope=rec["scope"],
-                    organization_id=rec["organization_id"],
-                    severity=rec["severity"],
-                    notifier=name,
-                    ref_record_id=rec["record_id"],
-                    ref_record_type=rec["record_type"],
-                    delivered=result.ok,
-                    attempts=result.attempts,
-                    error=result.error,
-                )
+            keep(_attempt_record(rec, name, now, result.ok, result.attempts, result.error), not result.ok)
+        if expired:
+            first = expired[0]
+            log.warning(
+                "notifier %s: %s never delivered and now %s; given up and recorded in the alert log "
+                "(first: %s for alert %s at %s)",
+                name,
+                _n(len(expired), "notification"),
+                expiry,
+                first["record_type"],
+                first["alert_id"],
+                first["timestamp"],
             )
+        if deferred:
+            log.warning(
+                "notifier %s: %s deferred to the next check (%s)",
+                name,
+                _n(len(deferred), "notification"),
+                "a delivery to it failed" if failed else f"delivery deadline of {budget:g} s reached",
+            )
+    if record is not None and unflushed:
+        record(list(unflushed))
     return outcomes, records
 
 
@@ -1268,7 +1375,8 @@ def _refresh_alertmanagers(settings: Settings, active: Sequence[AlertState], now
     from .config import AlertmanagerNotifier
     from .notify import notifier_name, refresh_alertmanager
 
-    if not active:
+    managers = [cfg for cfg in settings.notifiers if isinstance(cfg, AlertmanagerNotifier)]
+    if not active or not managers:
         return
     alerts = [
         {
@@ -1279,18 +1387,15 @@ def _refresh_alertmanagers(settings: Settings, active: Sequence[AlertState], now
             "severity": a.severity,
             "summary": a.summary,
             "description": a.description,
-            "started_at": _iso(a.raised_at),
+            "started_at": _iso(a.raised_at) if a.raised_at is not None else None,
             "timestamp": _iso(now),
         }
         for a in active
     ]
-    for cfg in settings.notifiers:
-        if isinstance(cfg, AlertmanagerNotifier):
-            result = refresh_alertmanager(cfg, alerts)
-            if not result.ok:
-                log.warning(
-                    "notifier %s: could not refresh firing alerts: %s", notifier_name(cfg), result.error
-                )
+    for cfg in managers:
+        result = refresh_alertmanager(cfg, alerts)
+        if not result.ok:
+            log.warning("notifier %s: could not refresh firing alerts: %s", notifier_name(cfg), result.error)
 
 
 # ----------------------------------------------------------------------- check
@@ -1314,7 +1419,7 @@ class CheckResult:
     @property
     def exit_code(self) -> int:
         """0 no active alert, 1 warning, 2 critical (the Nagios convention)."""
-        return max((SEVERITY_RANK.get(a.severity, 1) for a in self.active), default=0)
+        return max((SEVERITY_RANK.get(a.severity or "", 1) for a in self.active), default=0)
 
     @property
     def status(self) -> str:
@@ -1350,22 +1455,46 @@ def _not_in_future(at: dt.datetime) -> None:
         )
 
 
-def _not_before_log(at: dt.datetime, con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """Refuse to record a check at an explicit time earlier than the alert log's
-    latest record: its lifecycle would run backwards (resolved before raised)."""
+def _latest_record(con: duckdb.DuckDBPyConnection, root: Path) -> dt.datetime | None:
+    """The time of the alert log's latest record (None: empty log)."""
     try:
-        row = con.execute("SELECT epoch_us(max(timestamp)) FROM alert_log").fetchone()
+        rows = con.execute("SELECT epoch_us(max(timestamp)) FROM alert_log").fetchall()
     except duckdb.Error as exc:
         raise StoreError(
             f"cannot read the alert log under {root / store.ALERTS}: {_first_line(exc)}"
         ) from exc
-    latest = store.from_us(row[0]) if row and row[0] is not None else None
+    return store.from_us(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def _not_before_log(at: dt.datetime, con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Refuse to record a check at an explicit time earlier than the alert log's
+    latest record: its lifecycle would run backwards (resolved before raised)."""
+    latest = _latest_record(con, root)
     if latest is not None and at < latest:
         raise UsageError(
             f"cannot record a check at {_iso(at)}: the alert log already has records up to {_iso(latest)} "
             "and its lifecycle cannot run backwards; give a later time, or evaluate with --dry-run "
             "(dry_run=True), which records nothing"
         )
+
+
+def _after_log(at: dt.datetime, con: duckdb.DuckDBPyConnection, root: Path) -> dt.datetime:
+    """The time a check on the system clock records at: ``at``, or the log's latest
+    record when that is later (an earlier ``check --now`` ran ahead of this clock,
+    within :data:`MAX_CLOCK_SKEW`, or another host's clock is ahead). Refusing would
+    make every cron check exit 3 until the clock catches up; recording at the
+    latest record keeps the lifecycle in order and loses at most that skew."""
+    latest = _latest_record(con, root)
+    if latest is None or latest <= at:
+        return at
+    log.warning(
+        "the alert log has records up to %s, later than the system clock (%s); "
+        "recording this check at %s so its lifecycle does not run backwards",
+        _iso(latest),
+        _iso(at),
+        _iso(latest),
+    )
+    return latest
 
 
 def run_check(
@@ -1383,7 +1512,9 @@ def run_check(
     check`` exits 3 for all of them).
 
     An explicit ``now`` may not be later than the system clock (plus
-    :data:`MAX_CLOCK_SKEW`) nor earlier than the alert log's latest record. With
+    :data:`MAX_CLOCK_SKEW`) nor earlier than the alert log's latest record; without
+    one, a check records at the system clock or at the log's latest record when
+    that is later (see :func:`_after_log`). With
     ``dry_run`` any ``now`` goes: nothing is written, locked or sent, and the
     result shows the state the check would have left.
     """
@@ -1408,6 +1539,8 @@ def run_check(
             ) from exc
         if now is not None and not dry_run:
             _not_before_log(at, con, rootp)
+        elif not dry_run:
+            at = _after_log(at, con, rootp)
         ev = evaluate(rootp, settings, now=at, con=con)
         changes = lifecycle_records(active, ev)
         deliveries: list[DeliveryOutcome] = []
@@ -1418,8 +1551,9 @@ def run_check(
                 write_records(rootp, [*notifier_records(con, settings, at), *changes], at)
                 register_views(con, rootp)
                 if notify and settings.notifiers:
-                    deliveries, attempts = send_notifications(con, rootp, settings, at)
-                    write_records(rootp, attempts, at)
+                    deliveries, _attempts = send_notifications(
+                        con, rootp, settings, at, record=lambda recs: write_records(rootp, recs, at)
+                    )
                     register_views(con, rootp)
             current = _select_states(con, "WHERE status = 'active'")
         except duckdb.Error as exc:
@@ -1428,7 +1562,7 @@ def run_check(
             ) from exc
         if notify and not dry_run:
             _refresh_alertmanagers(settings, current, at)
-    current.sort(key=lambda a: (-SEVERITY_RANK.get(a.severity, 0), a.rule, a.scope))
+    current.sort(key=lambda a: (-SEVERITY_RANK.get(a.severity or "", 0), a.rule, a.scope))
     fresh = {f.key: f for f in ev.findings}
     for a in current:  # show the value measured now, not the one at raise time
         f = fresh.get(a.key)

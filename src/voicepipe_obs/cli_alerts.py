@@ -9,6 +9,7 @@ import csv
 import datetime as dt
 import io
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -19,6 +20,9 @@ from .errors import VoicepipeError
 
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
 EXIT_UNKNOWN = 3
+#: Set (non-empty) to let an unexpected error in ``check`` end in its traceback
+#: instead of the one-line UNKNOWN.
+DEBUG_ENV = "VOICEPIPE_DEBUG"
 #: ``alerts list`` tables fit this many columns (``--wide``: no limit).
 TABLE_WIDTH = 100
 
@@ -122,6 +126,15 @@ def check(
     except (VoicepipeError, OSError) as exc:
         _unknown(
             str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}", fmt == "json"
+        )
+    except Exception as exc:  # a bug must not read as WARNING (exit 1) with no text
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        _unknown(
+            f"unexpected {type(exc).__name__}: {first} (a bug: please report it; "
+            f"set {DEBUG_ENV}=1 for the traceback)",
+            fmt == "json",
         )
     if fmt == "json":
         click.echo(_json(result.to_dict()))
@@ -268,7 +281,7 @@ def _state_table(states: Sequence[Any], show_all: bool, wide: bool) -> str:
     rows = [
         [
             s.alert_id,
-            s.severity,
+            _text(s.severity),
             s.rule,
             s.scope,
             _minute(s.raised_at),

@@ -216,6 +216,9 @@ class AlertRules(_Model):
     stuck: StuckRule = Field(default_factory=StuckRule)
     lock_timeout_seconds: float = Field(10.0, ge=0)
     notification_max_age_hours: float = Field(24.0, gt=0)
+    #: Wall-clock budget for all deliveries of one check (well under a 60 s Nagios
+    #: plugin timeout); what is left over is delivered by the next check.
+    delivery_deadline_seconds: float = Field(20.0, gt=0)
 
 
 class CommandNotifier(_Model):

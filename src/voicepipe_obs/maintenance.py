@@ -345,6 +345,7 @@ def cleanup(
     )
     if dry_run or not expired:
         return expired
+    _carry_active_alert_records(rootp, [p for p in expired if p.area == store.ALERTS], now)
     trash = rootp / store.STATE / "trash"
     try:
         store.ensure_dir(trash)
@@ -364,6 +365,76 @@ def cleanup(
         reset_receipts(rootp)  # receipts of dropped events must not outlive them
     log.info("dropped %d partitions past retention", len(expired))
     return expired
+
+
+#: Name prefix of the alert-log files :func:`_carry_active_alert_records` writes.
+CARRIED_PREFIX: Final = "carried-"
+
+
+def _carry_active_alert_records(root: Path, parts: Sequence[DroppedPartition], now: dt.datetime) -> int:
+    """Before expired alert-log partitions are dropped, copy every record of a
+    still-active (unresolved) alert they hold — its raise, escalations, acks and
+    notification attempts — unchanged (same ``record_id`` and times) into one new
+    file under ``alerts/date=<now>/``; returns how many were copied.
+
+    Dropping them would leave an active alert without a raise: ``check`` would
+    "escalate" it from no severity, or forget it and page a new alert. Copying
+    rather than keeping the whole partition lets the rest of the day expire on
+    time. Crash-safe and idempotent: the copy is written atomically before anything
+    is dropped; records already present outside the expired partitions (an earlier
+    run that stopped before dropping) are not copied again, and readers
+    deduplicate by ``record_id`` anyway. A file that cannot be read is not
+    carried (it is unreadable to ``check`` as well).
+    """
+    if not parts:
+        return 0
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .alerts import LOG_COLUMN_NAMES, log_schema
+
+    expired_dirs = {p.path for p in parts}
+    keys = ["record_id", "record_type", "alert_id"]
+    resolved: set[str] = set()
+    kept_ids: set[str] = set()
+    candidates: dict[str, dict[str, object]] = {}
+    for path in store.list_parquet(root, store.ALERTS):
+        expired = path.parent in expired_dirs
+        try:
+            with pq.ParquetFile(path) as fh:
+                names = set(fh.schema_arrow.names)
+                table = fh.read(columns=None if expired else [k for k in keys if k in names])
+        except Exception as exc:  # unreadable: the readers skip it too
+            log.warning("cleanup: cannot read alert-log file %s (%s); not carried forward", path, exc)
+            continue
+        for rec in table.to_pylist():
+            if rec.get("record_type") == "resolved" and rec.get("alert_id") is not None:
+                resolved.add(str(rec["alert_id"]))
+            if expired:
+                if rec.get("alert_id") is not None:
+                    candidates.setdefault(str(rec["record_id"]), rec)
+            else:
+                kept_ids.add(str(rec["record_id"]))
+    carry = [
+        {name: rec.get(name) for name in LOG_COLUMN_NAMES}
+        for rid, rec in sorted(candidates.items(), key=lambda kv: (str(kv[1].get("timestamp")), kv[0]))
+        if str(rec["alert_id"]) not in resolved and rid not in kept_ids
+    ]
+    if not carry:
+        return 0
+    table = pa.Table.from_pylist(carry, schema=log_schema())
+    target = root / store.ALERTS / f"date={now:%Y-%m-%d}" / f"{CARRIED_PREFIX}{store.unique_name()}.parquet"
+    try:
+        store.write_table(target, table)
+    except OSError as exc:
+        raise store.write_error(root, exc) from exc
+    log.info(
+        "cleanup: carried %d records of %d still-active alerts forward into %s",
+        len(carry),
+        len({r["alert_id"] for r in carry}),
+        target,
+    )
+    return len(carry)
 
 
 # ---------------------------------------------------------------------- reset

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -59,17 +61,26 @@ def alert_text(alert: Mapping[str, Any]) -> str:
     return f"{head} {event}: {alert.get('summary') or ''} (alert {alert.get('alert_id')})".rstrip()
 
 
-def deliver(cfg: NotifierConfig, alert: Mapping[str, Any]) -> DeliveryResult:
-    """Send one notification; never raises."""
+def deliver(
+    cfg: NotifierConfig, alert: Mapping[str, Any], *, deadline: float | None = None
+) -> DeliveryResult:
+    """Send one notification; never raises. ``deadline`` (a ``time.monotonic()``
+    instant) bounds the whole delivery, retries included: each attempt's timeout is
+    cut to the time left, and no attempt starts after it."""
     try:
         if isinstance(cfg, CommandNotifier):
-            return _run_command(cfg, alert)
+            return _run_command(cfg, alert, deadline)
         if isinstance(cfg, WebhookNotifier):
             body = dict(alert)
             body["text"] = alert_text(alert)
-            return _post_json(cfg.url, body, cfg.timeout, cfg.retries, cfg.headers)
+            return _post_json(cfg.url, body, cfg.timeout, cfg.retries, cfg.headers, deadline)
         return _post_json(
-            cfg.url + "/api/v2/alerts", alertmanager_alerts(cfg, alert), cfg.timeout, cfg.retries, {}
+            cfg.url + "/api/v2/alerts",
+            alertmanager_alerts(cfg, alert),
+            cfg.timeout,
+            cfg.retries,
+            {},
+            deadline,
         )
     except Exception as exc:  # pragma: no cover - defensive: a notifier must not crash check
         return DeliveryResult(False, 1, _short(f"{type(exc).__name__}: {exc}"))
@@ -151,16 +162,38 @@ def _short(message: str) -> str:
     return message if len(message) <= _ERROR_MAX else message[: _ERROR_MAX - 1] + "…"
 
 
+#: An attempt is not started with less time than this left before the deadline.
+_MIN_ATTEMPT = 0.05
+
+
+def _left(timeout: float, deadline: float | None) -> float:
+    """``timeout``, cut to the time left before ``deadline`` (may be <= 0)."""
+    return timeout if deadline is None else min(timeout, deadline - time.monotonic())
+
+
 def _post_json(
-    url: str, body: Any, timeout: float, retries: int, headers: Mapping[str, str]
+    url: str,
+    body: Any,
+    timeout: float,
+    retries: int,
+    headers: Mapping[str, str],
+    deadline: float | None = None,
 ) -> DeliveryResult:
     data = json.dumps(body, default=_iso).encode()
     error = ""
     attempts = 0
     for attempt in range(retries + 1):
-        attempts = attempt + 1
         if attempt:
-            time.sleep(RETRY_BACKOFF * attempt)
+            pause = RETRY_BACKOFF * attempt
+            if deadline is not None and time.monotonic() + pause + _MIN_ATTEMPT > deadline:
+                error += "; no time left to retry before the check's delivery deadline"
+                break
+            time.sleep(pause)
+        left = _left(timeout, deadline)
+        if left < _MIN_ATTEMPT:
+            error = error or "delivery deadline passed before the first attempt"
+            break
+        attempts = attempt + 1
         request = urllib.request.Request(
             url,
             data=data,
@@ -168,7 +201,7 @@ def _post_json(
             headers={"Content-Type": "application/json", "User-Agent": "voicepipe", **headers},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:  # http(s) only (validated)
+            with urllib.request.urlopen(request, timeout=left) as resp:  # http(s) only (validated)
                 resp.read()
             return DeliveryResult(True, attempts)
         except urllib.error.HTTPError as exc:
@@ -187,25 +220,52 @@ def _post_json(
     return DeliveryResult(False, attempts, _short(error))
 
 
-def _run_command(cfg: CommandNotifier, alert: Mapping[str, Any]) -> DeliveryResult:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the command and everything it started (its own session: see
+    :func:`_run_command`), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a pipe held open by a stopped process
+        pass
+
+
+def _run_command(
+    cfg: CommandNotifier, alert: Mapping[str, Any], deadline: float | None = None
+) -> DeliveryResult:
+    """Run the command with the notification as JSON on stdin. It runs in its own
+    session (process group), so a timeout kills the whole tree it started, not just
+    the direct child: a script's ``sleep`` or ``curl`` must not be left behind."""
     payload = dict(alert)
     payload["text"] = alert_text(alert)
+    timeout = _left(cfg.timeout, deadline)
+    if timeout < _MIN_ATTEMPT:
+        return DeliveryResult(False, 0, "delivery deadline passed before the first attempt")
     try:
-        proc = subprocess.run(  # argv from the operator's config, no shell
+        proc = subprocess.Popen(  # argv from the operator's config, no shell
             cfg.command,
-            input=json.dumps(payload, default=_iso).encode(),
-            capture_output=True,
-            timeout=cfg.timeout,
-            check=False,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
     except FileNotFoundError:
         return DeliveryResult(False, 1, f"command not found: {cfg.command[0]}")
-    except subprocess.TimeoutExpired:
-        return DeliveryResult(False, 1, f"command {cfg.command[0]} timed out after {cfg.timeout:g}s")
     except OSError as exc:
         return DeliveryResult(False, 1, _short(f"cannot run {cfg.command[0]}: {exc}"))
+    try:
+        _out, stderr = proc.communicate(json.dumps(payload, default=_iso).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return DeliveryResult(False, 1, f"command {cfg.command[0]} timed out after {timeout:.3g}s")
+    except BaseException:
+        _kill_group(proc)
+        raise
     if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip()
+        err = stderr.decode("utf-8", "replace").strip()
         return DeliveryResult(
             False,
             1,

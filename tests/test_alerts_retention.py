@@ -1,0 +1,404 @@
+"""The alert log against operational faults: retention must not drop what defines
+a still-active alert (cleanup carries it forward), a log that already lost a raise
+is repaired rather than "escalated" or crashed on, ``check`` never ends in a
+traceback, slow or dead notifiers are bounded in time, expired notifications are
+recorded, a command notifier's whole process tree is killed on timeout, and a
+check never records before the log's latest record.
+
+Real data roots, the real CLI (CliRunner), a real HTTP server on 127.0.0.1 and real
+subprocesses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import voicepipe_obs as vp
+from voicepipe_obs import alerts, maintenance
+from voicepipe_obs.cli import main
+from voicepipe_obs.config import RetentionSettings
+
+UTC = dt.timezone.utc
+
+
+def hour_ago(hours: float) -> dt.datetime:
+    """A time ``hours`` before the system clock, on the hour (checks that record
+    may not run ahead of the clock)."""
+    now = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    return now - dt.timedelta(hours=hours)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def config(tmp_path: Path, *rules: str, extra: str = "", name: str = "c.toml") -> Path:
+    """A config with only ``rules`` enabled (plus ``extra`` TOML)."""
+    lines = [f"[alerts.{r}]\nenabled = false\n" for r in alerts.RULES if r not in rules]
+    path = tmp_path / name
+    path.write_text("".join(lines) + extra)
+    return path
+
+
+def invoke(runner: CliRunner, root: Path, cfg: Path | None, *args: str) -> Any:
+    head = ["--data", str(root)] + (["--config", str(cfg)] if cfg else [])
+    return runner.invoke(main, [*head, *args], catch_exceptions=False)
+
+
+def history(root: Path) -> list[dict[str, Any]]:
+    return alerts.alert_history(root)
+
+
+def breaker_alert(
+    rec: vp.Recorder, runner: CliRunner, root: Path, cfg: Path, t0: dt.datetime, ack: bool = True
+) -> str:
+    """A circuit_breaker alert raised by a check at t0 + 5 min and (now) acknowledged."""
+    rec.emit("circuit_breaker_opened", timestamp=t0)
+    rec.flush()
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0 + dt.timedelta(minutes=5)), "--format", "json")
+    assert r.exit_code == 2, r.stderr
+    (alert_id,) = [a["alert_id"] for a in json.loads(r.stdout)["active"]]
+    if ack:
+        r = invoke(runner, root, None, "alerts", "ack", alert_id, "--by", "alice")
+        assert r.exit_code == 0, r.stderr
+    return str(alert_id)
+
+
+# ------------------------------------------------------------------ 1. retention
+
+
+def test_cleanup_keeps_what_defines_an_active_alert(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    t0 = hour_ago(72)
+    cfg = config(tmp_path, "circuit_breaker", extra="[retention]\nalerts_days = 1\n")
+    alert_id = breaker_alert(rec, runner, root, cfg, t0)
+    day = f"date={t0:%Y-%m-%d}"
+    assert (root / "alerts" / day).is_dir()
+
+    r = invoke(runner, root, cfg, "cleanup")
+    assert r.exit_code == 0, r.stderr
+    assert not (root / "alerts" / day).exists()  # the partition itself is gone ...
+    carried = list((root / "alerts").glob(f"*/{maintenance.CARRIED_PREFIX}*.parquet"))
+    assert len(carried) == 1  # ... its active alert's records live on
+
+    for fmt in ("text", "json"):
+        r = invoke(runner, root, cfg, "check", "--format", fmt)
+        assert r.exit_code == 2, r.stderr
+        assert "Traceback" not in r.stderr
+        if fmt == "json":
+            out = json.loads(r.stdout)
+            assert out["changes"] == [] and [a["alert_id"] for a in out["active"]] == [alert_id]
+        else:
+            assert r.stdout.startswith("CRITICAL circuit_breaker") and "acked by alice" in r.stdout
+    (state,) = alerts.list_alerts(root)
+    assert state.alert_id == alert_id and state.severity == "critical"
+    assert state.raised_at == t0 + dt.timedelta(minutes=5)
+    assert state.acknowledged_by == "alice"
+    assert [h["record_type"] for h in history(root)] == ["raised", "acknowledged"]
+
+    # a second cleanup copies nothing again
+    assert invoke(runner, root, cfg, "cleanup").exit_code == 0
+    assert list((root / "alerts").glob(f"*/{maintenance.CARRIED_PREFIX}*.parquet")) == carried
+
+
+def test_carry_forward_is_idempotent_after_a_crash_before_the_drop(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    t0 = hour_ago(72)
+    cfg = config(tmp_path, "circuit_breaker")
+    alert_id = breaker_alert(rec, runner, root, cfg, t0)
+    retention = RetentionSettings(alerts_days=1)
+    now = dt.datetime.now(UTC)
+    (part,) = [p for p in maintenance.expired_partitions(root, retention, now=now) if p.area == "alerts"]
+    # a cleanup that wrote the copy (the raise: the ack is today's), then died
+    # before dropping the partition; the next run copies nothing again
+    assert maintenance._carry_active_alert_records(root, [part], now) == 1
+    assert maintenance._carry_active_alert_records(root, [part], now) == 0
+    maintenance.cleanup(root, retention, now=now)
+    assert [h["record_type"] for h in history(root)] == ["raised", "acknowledged"]
+    assert len(list((root / "alerts").glob(f"*/{maintenance.CARRIED_PREFIX}*.parquet"))) == 1
+    assert [a.alert_id for a in alerts.list_alerts(root)] == [alert_id]
+
+
+def test_records_of_resolved_alerts_expire(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    t0 = hour_ago(72)
+    cfg = config(tmp_path, "circuit_breaker", extra="[retention]\nalerts_days = 1\n")
+    breaker_alert(rec, runner, root, cfg, t0, ack=False)
+    rec.emit("circuit_breaker_closed", timestamp=t0 + dt.timedelta(minutes=6))
+    rec.flush()
+    assert invoke(runner, root, cfg, "check", "--now", iso(t0 + dt.timedelta(minutes=10))).exit_code == 0
+    assert invoke(runner, root, cfg, "cleanup").exit_code == 0
+    assert history(root) == []
+    assert not (root / "alerts").exists() or not list((root / "alerts").glob("*/*.parquet"))
+
+
+def test_a_log_that_lost_a_raise_is_repaired_not_escalated(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    """A log trimmed by an older cleanup: the ack survives, the raise is gone."""
+    t0 = hour_ago(72)
+    cfg = config(tmp_path, "circuit_breaker")
+    rec.emit("circuit_breaker_opened", timestamp=t0)
+    rec.flush()
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0 + dt.timedelta(minutes=5)), "--format", "json")
+    (alert_id,) = [a["alert_id"] for a in json.loads(r.stdout)["active"]]
+    ack = runner.invoke(main, ["--data", str(root), "alerts", "ack", alert_id, "--by", "alice"])
+    assert ack.exit_code == 0, ack.stderr
+    shutil.rmtree(root / "alerts" / f"date={t0:%Y-%m-%d}")  # the ack (today) survives
+
+    r = invoke(runner, root, cfg, "check", "--format", "json")
+    assert r.exit_code == 2, r.stderr
+    out = json.loads(r.stdout)
+    assert [(c["record_type"], c["alert_id"]) for c in out["changes"]] == [("raised", alert_id)]
+    assert [a["alert_id"] for a in out["active"]] == [alert_id]
+    assert "no raise record" in r.stderr
+    r = invoke(runner, root, cfg, "check")
+    assert r.exit_code == 2 and r.stdout.startswith("CRITICAL circuit_breaker")
+    assert [h["record_type"] for h in history(root)] == ["acknowledged", "raised"]
+    listed = invoke(runner, root, None, "alerts", "list", "--format", "json")
+    assert json.loads(listed.stdout)[0]["raised_at"] is not None
+
+
+def test_check_turns_an_unexpected_error_into_unknown(
+    runner: CliRunner, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'astimezone'\nsecond line")
+
+    monkeypatch.setattr(alerts, "run_check", broken)
+    for fmt in ("text", "json"):
+        r = runner.invoke(main, ["--data", str(root), "check", "--format", fmt])
+        assert r.exit_code == 3
+        assert r.stderr.count("\n") == 1 and "unexpected AttributeError" in r.stderr
+        assert "VOICEPIPE_DEBUG" in r.stderr and "Traceback" not in r.stderr
+        if fmt == "json":
+            assert json.loads(r.stdout)["status"] == "UNKNOWN"
+        else:
+            assert r.stdout == ""
+    monkeypatch.setenv("VOICEPIPE_DEBUG", "1")
+    r = runner.invoke(main, ["--data", str(root), "check"])
+    assert isinstance(r.exception, AttributeError)
+
+
+# -------------------------------------------------------------- 2. slow notifier
+
+
+class SlowHook:
+    """A real HTTP server on 127.0.0.1 that waits ``delay`` seconds before answering."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.bodies: list[Any] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(hook.delay)
+                try:
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    return  # the client gave up
+                hook.bodies.append(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_hook() -> Iterator[SlowHook]:
+    h = SlowHook(3.0)
+    yield h
+    h.close()
+
+
+def six_org_failures(rec: vp.Recorder, at: dt.datetime) -> None:
+    for i in range(6):
+        rec.emit("artifact_failed", timestamp=at, artifact_id=f"a{i}", organization_id=f"org{i}")
+    rec.flush()
+
+
+def test_a_slow_webhook_fails_once_then_defers(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook
+) -> None:
+    t0 = hour_ago(2)
+    six_org_failures(rec, t0 - dt.timedelta(minutes=1))
+    hook_toml = f'[[notifiers]]\ntype = "webhook"\nname = "hook"\nurl = "{slow_hook.url}"\ntimeout = 0.5\n'
+    cfg = config(tmp_path, "failure_rate", extra="[alerts.failure_rate]\nmin_sample = 1\n" + hook_toml)
+    started = time.monotonic()
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0), "--format", "json")
+    took = time.monotonic() - started
+    assert r.exit_code == 2, r.stderr
+    assert took < 2 * 3 * 0.5 + 2  # one delivery's attempts, not seven
+    sent = json.loads(r.stdout)["notifications"]
+    assert len(sent) == 7
+    assert [(n["ok"], n["attempts"], n["deferred"]) for n in sent] == [(False, 3, False)] + [
+        (False, 0, True)
+    ] * 6
+    assert "6 notifications deferred to the next check" in r.stderr
+    attempts = [h for h in history(root) if h["record_type"] == "notification"]
+    assert [(a["delivered"], a["attempts"]) for a in attempts] == [(False, 3)]  # deferred: not recorded
+
+    slow_hook.delay = 0
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0 + dt.timedelta(minutes=1)), "--format", "json")
+    sent = json.loads(r.stdout)["notifications"]
+    assert [n["ok"] for n in sent] == [True] * 7
+    assert sent[0]["alert_id"] == attempts[0]["alert_id"]  # oldest pending first, in order
+    assert len(slow_hook.bodies) == 7
+
+
+def test_delivery_deadline_cuts_the_check_and_keeps_the_attempt(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook
+) -> None:
+    slow_hook.delay = 10
+    t0 = hour_ago(2)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    cfg = config(
+        tmp_path,
+        "circuit_breaker",
+        extra="[alerts]\ndelivery_deadline_seconds = 1.5\n"
+        f'[[notifiers]]\ntype = "webhook"\nurl = "{slow_hook.url}"\ntimeout = 30\nretries = 5\n',
+    )
+    started = time.monotonic()
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0), "--format", "json")
+    assert time.monotonic() - started < 5
+    assert r.exit_code == 2, r.stderr
+    (sent,) = json.loads(r.stdout)["notifications"]
+    assert (sent["ok"], sent["attempts"]) == (False, 1)
+    (attempt,) = [h for h in history(root) if h["record_type"] == "notification"]
+    assert attempt["delivered"] is False and attempt["attempts"] == 1
+
+
+# ------------------------------------------------------- 3. expired notifications
+
+
+def test_expired_notification_is_warned_and_recorded_once(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    t0 = hour_ago(3)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    dead = tmp_path / "dead.sh"
+    dead.write_text("#!/bin/sh\nexit 1\n")
+    dead.chmod(0o755)
+    extra = "[alerts]\nnotification_max_age_hours = 1\n"
+    failing = config(
+        tmp_path,
+        "circuit_breaker",
+        extra=extra + f'[[notifiers]]\ntype = "command"\nname = "pager"\ncommand = ["{dead}"]\n',
+        name="f.toml",
+    )
+    out = tmp_path / "got.jsonl"
+    ok_script = f"import sys; open({str(out)!r}, 'a').write(sys.stdin.read() + '\\n')"
+    working = config(
+        tmp_path,
+        "circuit_breaker",
+        extra=extra
+        + f'[[notifiers]]\ntype = "command"\nname = "pager"\ncommand = {json.dumps([sys.executable, "-c", ok_script])}\n',
+        name="w.toml",
+    )
+    assert invoke(runner, root, failing, "check", "--now", iso(t0)).exit_code == 2
+    r = invoke(runner, root, working, "check", "--now", iso(t0 + dt.timedelta(minutes=61)))
+    assert r.exit_code == 2
+    assert "expired: older than 1 h" in r.stderr and "given up" in r.stderr
+    assert not out.exists()
+    r = invoke(runner, root, working, "check", "--now", iso(t0 + dt.timedelta(minutes=62)))
+    assert "expired" not in r.stderr
+    notes = [h for h in history(root) if h["record_type"] == "notification"]
+    assert [(n["delivered"], (n["error"] or "")[:8]) for n in notes] == [
+        (False, "command "),
+        (False, "expired:"),
+    ]
+    listed = invoke(runner, root, None, "alerts", "list", "--history", "--wide")
+    assert "expired: older than 1 h" in listed.stdout
+
+
+# ------------------------------------------------------ 4. command process group
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_command_timeout_kills_the_whole_process_tree(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    t0 = hour_ago(2)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    cfg = config(
+        tmp_path,
+        "circuit_breaker",
+        extra=f'[[notifiers]]\ntype = "command"\ncommand = ["{script}"]\ntimeout = 1\n',
+    )
+    started = time.monotonic()
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0), "--format", "json")
+    assert time.monotonic() - started < 10
+    (sent,) = json.loads(r.stdout)["notifications"]
+    assert not sent["ok"] and "timed out after 1s" in sent["error"]
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 3
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _running(pid), "the notifier's grandchild outlived its timeout"
+    finally:
+        if _running(pid):
+            os.kill(pid, 9)
+
+
+# ---------------------------------------------------------------- 5. clock skew
+
+
+def test_plain_check_never_records_before_the_log(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    clock = dt.datetime.now(UTC).replace(microsecond=0)
+    rec.emit("circuit_breaker_opened", timestamp=clock - dt.timedelta(minutes=10))
+    rec.flush()
+    ahead = clock + dt.timedelta(minutes=4)  # allowed: within MAX_CLOCK_SKEW
+    assert (
+        invoke(runner, root, config(tmp_path, "circuit_breaker"), "check", "--now", iso(ahead)).exit_code == 2
+    )
+    r = invoke(runner, root, config(tmp_path, name="off.toml"), "check", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert "later than the system clock" in r.stderr
+    assert json.loads(r.stdout)["checked_at"] == iso(ahead)
+    (state,) = alerts.list_alerts(root, status="all")
+    assert state.resolved_at is not None and state.raised_at is not None
+    assert state.resolved_at >= state.raised_at
