@@ -373,16 +373,14 @@ _NOTIFIER_TYPES: dict[str, type[BaseModel]] = {
 
 
 def _env_origin(exc: ValidationError, from_env: Mapping[str, str]) -> str:
-    """ "environment variable(s) …" naming the variables behind the failing keys (a key,
+    """"environment variable(s) …" naming the variables behind the failing keys (a key,
     a setting inside it, or the section a cross-field check failed on)."""
     locs = [".".join(str(p) for p in err["loc"]) for err in exc.errors()]
     names = sorted(
         {
             name
             for dotted, name in from_env.items()
-            if any(
-                dotted == loc or dotted.startswith(loc + ".") or loc.startswith(dotted + ".") for loc in locs
-            )
+            if any(dotted == loc or dotted.startswith(loc + ".") or loc.startswith(dotted + ".") for loc in locs)
         }
     ) or sorted(from_env.values())
     return f"environment variable{'s' if len(names) > 1 else ''} {', '.join(names)}"
