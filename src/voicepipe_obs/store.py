@@ -421,6 +421,7 @@ def vet_parquet(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str
 
 
 _GONE: Final = "gone"
+_FOOTER_READ: Final = 16 * 1024
 #: (path, size, mtime_ns, inode) -> the verdict of :func:`_check_parquet` (None: fine)
 _VERDICTS: dict[tuple[str, int, int, int], str | None] = {}
 _MAX_VERDICTS: Final = 200_000
@@ -449,8 +450,11 @@ def _read_check(fh: Any, size: int, event_file: bool) -> str | None:
         return "too small to be Parquet"
     if fh.read(4) != _MAGIC:
         return "no Parquet header"
-    fh.seek(size - 8)
-    tail = fh.read(8)
+    # an event file's footer is read too: one read of the end (usually all of it)
+    end = min(size - 4, _FOOTER_READ if event_file else 8)
+    fh.seek(size - end)
+    chunk = fh.read(end)
+    tail = chunk[-8:]
     if tail[4:] != _MAGIC:
         return "truncated (no Parquet footer)"
     footer_len = int.from_bytes(tail[:4], "little")
@@ -458,8 +462,11 @@ def _read_check(fh: Any, size: int, event_file: bool) -> str | None:
         return "corrupt footer"
     if not event_file:
         return None
-    fh.seek(size - 8 - footer_len)
-    footer = fh.read(footer_len)
+    if footer_len + 8 <= len(chunk):
+        footer = chunk[len(chunk) - 8 - footer_len : -8]
+    else:
+        fh.seek(size - 8 - footer_len)
+        footer = fh.read(footer_len)
     for length in _SCHEMA_LENGTHS:  # files written alike share their schema's bytes
         known = _SCHEMA_VERDICTS.get(footer[:length], _GONE)
         if known is not _GONE:
