@@ -124,10 +124,11 @@ def test_unreadable_store_exits_3(runner: CliRunner, tmp_path: Path) -> None:
 def test_corrupt_event_file_exits_3(runner: CliRunner, rec: vp.Recorder, root: Path) -> None:
     finish(rec, 10, 0)
     (good,) = list((root / "events").rglob("*.parquet"))
-    # passes the cheap header/footer vetting, but DuckDB cannot decode it
-    (good.parent / "broken.parquet").write_bytes(
-        b"PAR1" + b"\x07" * 200 + (100).to_bytes(4, "little") + b"PAR1"
-    )
+    # passes the cheap vetting (magic, footer, schema), but its data pages are garbage
+    data = bytearray(good.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[4 : len(data) - 8 - footer] = b"\x07" * (len(data) - 12 - footer)
+    (good.parent / "broken.parquet").write_bytes(bytes(data))
     result = invoke(runner, root, "check", "--now", NOW)
     assert result.exit_code == 3
     assert result.stdout == ""

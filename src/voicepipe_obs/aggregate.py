@@ -31,14 +31,13 @@ Never writes event files; every time-dependent function takes ``now``.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -56,7 +55,17 @@ from .events import (
     TIMED_STAGES,
 )
 from .maintenance import COMPACTED_FROM_KEY, COMPACTED_PREFIX
-from .query import area_source, drop_duplicates, session_defaults, sql_list, sql_str, vetted, vetted_files
+from .query import (
+    area_source,
+    drop_duplicates,
+    relist,
+    retry_vanished,
+    session_defaults,
+    sql_list,
+    sql_str,
+    vetted,
+    vetted_files,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -776,17 +785,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def _run_lock(root: Path) -> Iterator[None]:
-    """One aggregate run at a time per root (a second cron run waits)."""
-    path = root / store.STATE / LOCK_FILE
-    store.ensure_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _run_lock(root: Path, timeout: float = store.LOCK_TIMEOUT) -> AbstractContextManager[None]:
+    """One aggregate run at a time per root (a second cron run waits up to ``timeout``
+    seconds, then raises :class:`~voicepipe_obs.errors.BusyError`: exit 5)."""
+    return store.run_lock(root, LOCK_FILE, command="aggregate", timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -906,6 +908,44 @@ def _save_receipts(con: duckdb.DuckDBPyConnection, root: Path, *, full: bool) ->
 def _late_receipt_hours(
     con: duckdb.DuckDBPyConnection, root: Path, new: Sequence[str], every: Sequence[str]
 ) -> set[int]:
+    """:func:`_late_receipt_hours_once`, listing the files again when one vanished
+    (:func:`~voicepipe_obs.query.retry_vanished`)."""
+
+    def read(attempt: int) -> set[int]:
+        if attempt:
+            return _late_receipt_hours_once(con, root, _relisted_str(new), _relisted_str(every))
+        return _late_receipt_hours_once(con, root, new, every)
+
+    return retry_vanished(read, what="aggregate")
+
+
+def _relisted_str(files: Sequence[str]) -> list[str]:
+    return [str(p) for p in relist(files)]
+
+
+def _relisted(files: Sequence[_EventFile]) -> list[_EventFile]:
+    """``files`` as they are now (:func:`~voicepipe_obs.query.relist`): a compacted
+    file in place of the sources that vanished."""
+    parents = {os.path.dirname(f.file): f for f in files}
+    out = []
+    for path in relist(f.file for f in files):
+        like = parents[str(path.parent)]
+        out.append(_EventFile(f"{like.rel.rsplit('/', 1)[0]}/{path.name}", str(path), like.hour_us))
+    return out
+
+
+def _reading(files: Sequence[_EventFile], read: Callable[[Sequence[_EventFile]], None]) -> None:
+    """``read(files)``, retried over the files listed again when one vanished."""
+
+    def attempt(n: int) -> None:
+        read(_relisted(files) if n else files)
+
+    retry_vanished(attempt, what="aggregate")
+
+
+def _late_receipt_hours_once(
+    con: duckdb.DuckDBPyConnection, root: Path, new: Sequence[str], every: Sequence[str]
+) -> set[int]:
     """Hours aggregated before whose end-to-end latency receipts in the ``new`` files
     change: completions aggregated without a receipt (the orphans file) whose receipt
     has now arrived, and — rare: a receipt backfilled earlier than the one indexed —
@@ -1007,6 +1047,7 @@ def aggregate(
     rebuild: bool = False,
     retention: RetentionSettings | None = None,
     progress: Progress | None = None,
+    lock_timeout: float = store.LOCK_TIMEOUT,
 ) -> AggregateResult:
     """Bring the snapshots up to date and return what was done.
 
@@ -1021,12 +1062,21 @@ def aggregate(
     called with (days done, days total).
 
     Raises :class:`~voicepipe_obs.errors.StoreError` when the root cannot be written
-    (the run lock, the bookkeeping, a snapshot file), like compact and cleanup.
+    (the run lock, the bookkeeping, a snapshot file), like compact and cleanup, and
+    :class:`~voicepipe_obs.errors.BusyError` when another run holds the run lock
+    for longer than ``lock_timeout`` seconds.
     """
     rootp = Path(root)
     try:
         return _aggregate(
-            rootp, now=now, since=since, until=until, rebuild=rebuild, retention=retention, progress=progress
+            rootp,
+            now=now,
+            since=since,
+            until=until,
+            rebuild=rebuild,
+            retention=retention,
+            progress=progress,
+            lock_timeout=lock_timeout,
         )
     except OSError as exc:
         raise store.write_error(rootp, exc) from exc
@@ -1041,6 +1091,7 @@ def _aggregate(
     rebuild: bool,
     retention: RetentionSettings | None,
     progress: Progress | None,
+    lock_timeout: float = store.LOCK_TIMEOUT,
 ) -> AggregateResult:
     """:func:`aggregate`, raising OSError as it comes."""
     if now.tzinfo is None:
@@ -1054,7 +1105,7 @@ def _aggregate(
     if not (rootp / store.EVENTS).is_dir() and mode == "incremental":
         result.seconds = time.perf_counter() - started
         return result
-    with _run_lock(rootp):
+    with _run_lock(rootp, lock_timeout):
         state = _State.load(rootp)
         listing = _list_event_files(rootp, state.seen)
         present = {f.rel for f in listing}
@@ -1139,7 +1190,12 @@ def _aggregate(
             if full_index:  # the index must cover every event file: scan the days not computed
                 others = [f.file for d, fs in by_day.items() if d not in set(day_list) for f in fs]
                 if others:
-                    con.execute(f"INSERT INTO _vp_rc {_receipts_sql(others)}")
+                    retry_vanished(
+                        lambda n: con.execute(
+                            f"INSERT INTO _vp_rc {_receipts_sql(_relisted_str(others) if n else others)}"
+                        ),
+                        what="aggregate",
+                    )
                 receipts = "_vp_rc"
             con.execute("CREATE OR REPLACE TEMP TABLE _vp_missing (artifact_id VARCHAR, hour BIGINT)")
             created = store.to_us(now)
@@ -1171,7 +1227,7 @@ def _aggregate(
             def compute(chunk: list[int], tag: str) -> None:
                 lo, hi = chunk[0], chunk[-1] + store.US_PER_DAY
                 files = [f for day in chunk for f in by_day.get(day, [])]
-                _load_snapshot_events(con, files, lo, hi, receipts=full_index)
+                _reading(files, lambda fs: _load_snapshot_events(con, fs, lo, hi, receipts=full_index))
                 _completions(con, receipts, f"_vp_done_{tag}")
                 con.execute(
                     f"INSERT INTO _vp_missing SELECT DISTINCT artifact_id, ts - ts % {store.US_PER_HOUR} "
@@ -1347,6 +1403,15 @@ class _Writer:
 
 
 def _window_table(
+    con: duckdb.DuckDBPyConnection, root: Path, lo_us: int, hi_us: int, organization_id: str | None
+) -> str:
+    """:func:`_window_table_once`, listing again when a file vanished under it."""
+    return retry_vanished(
+        lambda _n: _window_table_once(con, root, lo_us, hi_us, organization_id), what="window query"
+    )
+
+
+def _window_table_once(
     con: duckdb.DuckDBPyConnection, root: Path, lo_us: int, hi_us: int, organization_id: str | None
 ) -> str:
     """Table _vp_src: the deduplicated events of [lo, hi) (of one organisation if
@@ -1575,7 +1640,20 @@ def read_snapshots(
     Missing buckets mean no traffic (see :func:`empty_metrics`)."""
     if period_type not in _AREA:
         raise UsageError(f"period_type must be 'hourly' or 'daily', not {period_type!r}")
-    files = vetted_files(Path(root), _AREA[period_type], since=since, until=until)
+    return retry_vanished(
+        lambda _n: _read_snapshots(Path(root), period_type, since, until, organization_id),
+        what="snapshot read",
+    )
+
+
+def _read_snapshots(
+    root: Path,
+    period_type: PeriodType,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    organization_id: str | object | None,
+) -> list[dict[str, Any]]:
+    files = vetted_files(root, _AREA[period_type], since=since, until=until)
     if not files:
         return []
     where = ["true"]

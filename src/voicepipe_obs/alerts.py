@@ -1518,7 +1518,7 @@ def run_check(
     ``dry_run`` any ``now`` goes: nothing is written, locked or sent, and the
     result shows the state the check would have left.
     """
-    from .query import connect
+    from .query import connect, retry_vanished
 
     settings = settings or Settings()
     at = _evaluable(_aware(now))
@@ -1526,22 +1526,32 @@ def run_check(
         _not_in_future(at)
     rootp = require_root(root)
     guard = contextlib.nullcontext() if dry_run else check_lock(rootp, settings.alerts.lock_timeout_seconds)
-    with guard:
+
+    def read(_attempt: int) -> tuple[duckdb.DuckDBPyConnection, list[AlertState], Evaluation, dt.datetime]:
+        # connected (files listed) again when a listed file vanished (compaction)
         try:
             con = connect(rootp, live=False)
         except duckdb.Error as exc:
             raise StoreError(_unreadable(rootp, exc)) from exc
         try:
-            active = _select_states(con, "WHERE status = 'active'")
-        except duckdb.Error as exc:
-            raise StoreError(
-                f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
-            ) from exc
-        if now is not None and not dry_run:
-            _not_before_log(at, con, rootp)
-        elif not dry_run:
-            at = _after_log(at, con, rootp)
-        ev = evaluate(rootp, settings, now=at, con=con)
+            try:
+                active = _select_states(con, "WHERE status = 'active'")
+            except duckdb.Error as exc:
+                raise StoreError(
+                    f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
+                ) from exc
+            when = at
+            if now is not None and not dry_run:
+                _not_before_log(at, con, rootp)
+            elif not dry_run:
+                when = _after_log(at, con, rootp)
+            return con, active, evaluate(rootp, settings, now=when, con=con), when
+        except BaseException:
+            con.close()
+            raise
+
+    with guard:
+        con, active, ev, at = retry_vanished(read, what="check")
         changes = lifecycle_records(active, ev)
         deliveries: list[DeliveryOutcome] = []
         try:

@@ -14,10 +14,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from .cli import AppContext, pass_app
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .maintenance import Leftovers
 
 log = logging.getLogger("voicepipe_obs.cli")
 
@@ -77,14 +81,26 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+_wait_option = click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for another run of the command to finish, then exit 5 having done nothing.",
+)
+
+
 @click.command()
 @click.option("--since", metavar="TIME", help="Recompute buckets from TIME (30m, 2h, 7d, 2026-11-01, ...).")
 @click.option("--until", metavar="TIME", help="Recompute buckets before TIME (default: now).")
 @click.option("--rebuild", is_flag=True, help="Recompute every snapshot within retention.")
+@_wait_option
 @_now_option
 @pass_app
 def aggregate(
-    app: AppContext, since: str | None, until: str | None, rebuild: bool, now_value: str | None
+    app: AppContext, since: str | None, until: str | None, rebuild: bool, wait_s: float, now_value: str | None
 ) -> None:
     """Build hourly and daily snapshots under snapshots/.
 
@@ -110,6 +126,7 @@ def aggregate(
             rebuild=rebuild,
             retention=app.settings.retention,
             progress=bar,
+            lock_timeout=wait_s,
         )
     if result.nothing_to_do and result.mode == "incremental":
         click.echo("snapshots up to date (no new event files)")
@@ -136,9 +153,10 @@ def aggregate(
     metavar="DURATION",
     help="Leave files younger than this alone (a live writer may still be settling).",
 )
+@_wait_option
 @_now_option
 @pass_app
-def compact(app: AppContext, grace: str, now_value: str | None) -> None:
+def compact(app: AppContext, grace: str, wait_s: float, now_value: str | None) -> None:
     """Merge each closed hour's event files into one sorted file.
 
     Duplicate events are dropped, spools of dead processes are recovered, and
@@ -154,7 +172,7 @@ def compact(app: AppContext, grace: str, now_value: str | None) -> None:
     root = app.root
     with _progress("compacting hours", "hours") as bar:
         # each quarantined file is named on stderr by the library's warning
-        result = run_compact(root, now=now, grace=grace_td, progress=bar)
+        result = run_compact(root, now=now, grace=grace_td, progress=bar, lock_timeout=wait_s)
     parts = []
     if result.files_in:
         parts.append(
@@ -168,8 +186,21 @@ def compact(app: AppContext, grace: str, now_value: str | None) -> None:
         )
     if result.quarantined:
         parts.append(f"quarantined {_plural(len(result.quarantined), 'file')}")
+    if result.leftovers:
+        parts.append(_leftover_line("removed", result.leftovers))
     if parts:
         click.echo("; ".join(parts))
+
+
+def _leftover_line(verb: str, left: Leftovers) -> str:
+    """What interrupted runs left: ``removed what interrupted runs left: 1 trashed
+    partition, 2 temporary files (157.0 MB)``."""
+    parts = []
+    if left.trash:
+        parts.append(_plural(len(left.trash), "trashed partition"))
+    if left.tmp_files:
+        parts.append(_plural(len(left.tmp_files), "temporary file"))
+    return f"{verb} what interrupted runs left: {', '.join(parts)} ({_size(left.bytes)})"
 
 
 @click.command()
@@ -183,9 +214,13 @@ def cleanup(app: AppContext, dry_run: bool, now_value: str | None) -> None:
     Prints one line per dropped partition; nothing when nothing is past retention.
     """
     from .maintenance import cleanup as run_cleanup
+    from .maintenance import leftovers
 
     now = _now(now_value)
+    left = leftovers(app.root)
     dropped = run_cleanup(app.root, app.settings.retention, now=now, dry_run=dry_run)
+    if left:
+        click.echo(_leftover_line("would remove" if dry_run else "removed", left))
     verb = "would drop" if dry_run else "dropped"
     for part in dropped:
         click.echo(

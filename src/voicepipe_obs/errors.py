@@ -32,6 +32,13 @@ class StoreError(VoicepipeError):
     exit_code = 1
 
 
+class BusyError(StoreError):
+    """Another run of the same maintenance command (aggregate, compact) holds the
+    root's run lock past the wait: nothing was done; the next run catches up."""
+
+    exit_code = 5
+
+
 class EmptyStoreError(StoreError):
     """No events under the root: nothing to report yet."""
 

@@ -42,6 +42,7 @@ log = logging.getLogger("voicepipe_obs.maintenance")
 #: Parquet key-value metadata of a compacted file: JSON list of its source file names.
 COMPACTED_FROM_KEY: Final = b"voicepipe.compacted_from"
 COMPACTED_PREFIX: Final = "compact-"
+COMPACT_LOCK: Final = "compact.lock"
 #: files younger than this (by mtime) are left alone: a live writer may still be settling
 DEFAULT_GRACE: Final = dt.timedelta(minutes=5)
 #: hours compacted in parallel (reading, encoding and fsync release the GIL)
@@ -65,6 +66,8 @@ class CompactResult:
     spool_segments: int = 0
     quarantined: list[tuple[Path, str]] = field(default_factory=list)
     skipped_young: int = 0
+    #: what interrupted runs had left (removed)
+    leftovers: Leftovers | None = None
 
     @property
     def duplicates_dropped(self) -> int:
@@ -89,7 +92,8 @@ def recover(root: str | os.PathLike[str]) -> tuple[int, int]:
 
 def _conform(table: pa.Table) -> pa.Table:
     """A table in the event schema: columns by name, missing ones null, cast to the
-    schema's types (raises on a column that cannot be cast)."""
+    schema's types (raises on a column that cannot be cast, or on nulls in a
+    required one)."""
     import pyarrow as pa
 
     from .events import arrow_schema
@@ -98,6 +102,8 @@ def _conform(table: pa.Table) -> pa.Table:
     arrays = []
     for fld in schema:
         if fld.name in table.column_names:
+            if not fld.nullable and table[fld.name].null_count:
+                raise ValueError(f"column {fld.name} has nulls")
             arrays.append(table[fld.name].cast(fld.type))
         else:
             arrays.append(pa.nulls(table.num_rows, fld.type))
@@ -200,17 +206,25 @@ def compact(
     now: dt.datetime,
     grace: dt.timedelta = DEFAULT_GRACE,
     progress: Callable[[int, int], None] | None = None,
+    lock_timeout: float = store.LOCK_TIMEOUT,
 ) -> CompactResult:
     """Recover dead processes' spools, then merge each closed hour's files (hours
     before ``now``'s hour) into one sorted, deduplicated file. Files modified less
-    than ``grace`` ago (wall clock) are left for the next run; unreadable files move
-    to ``quarantine/``. Idempotent: an hour already in one compacted file is skipped.
+    than ``grace`` ago (wall clock) are left for the next run; unreadable files and
+    files that are not event files move to ``quarantine/`` whatever their age.
+    Idempotent: an hour already in one compacted file is skipped. Also finishes what
+    an interrupted run left: stale temporary files and cleanup's trash.
+
+    One run at a time per root (``<root>/_state/compact.lock``): a second waits up
+    to ``lock_timeout`` seconds, then raises :class:`~voicepipe_obs.errors.BusyError`
+    (exit 5) having done nothing.
     """
     if now.tzinfo is None:
         raise UsageError("now must be timezone-aware")
     rootp = Path(root)
     try:
-        return _compact(rootp, now, grace, progress)
+        with store.run_lock(rootp, COMPACT_LOCK, command="compact", timeout=lock_timeout):
+            return _compact(rootp, now, grace, progress)
     except OSError as exc:
         raise store.write_error(rootp, exc) from exc
 
@@ -219,6 +233,7 @@ def _compact(
     rootp: Path, now: dt.datetime, grace: dt.timedelta, progress: Callable[[int, int], None] | None
 ) -> CompactResult:
     result = CompactResult()
+    result.leftovers = remove_leftovers(rootp)
     result.spool_events, result.spool_segments = recover(rootp)
     open_hour = store.to_us(now) - store.to_us(now) % store.US_PER_HOUR
     young = time.time() - grace.total_seconds()
@@ -263,6 +278,98 @@ def _compact(
         result.skipped_young,
     )
     return result
+
+
+# ---------------------------------------------------------------------- leftovers
+
+#: A temporary file (see ``store.write_table``) older than this is a killed
+#: writer's: a live writer renames its file within seconds of creating it.
+STALE_TMP: Final = dt.timedelta(hours=1)
+TRASH: Final = "trash"
+#: where temporary files can be left (the recorder's spool is its own business)
+_TMP_AREAS: Final = (store.EVENTS, "snapshots", store.ALERTS, store.STATE)
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What killed runs left behind: partitions cleanup had moved to its trash but
+    not deleted yet, and temporary files of interrupted writes."""
+
+    trash: list[Path]
+    tmp_files: list[Path]
+    bytes: int
+
+    def __bool__(self) -> bool:
+        return bool(self.trash or self.tmp_files)
+
+
+def leftovers(root: str | os.PathLike[str], *, stale: dt.timedelta = STALE_TMP) -> Leftovers:
+    """The trash directories under ``<root>/_state/trash/`` and the temporary files
+    (``.<name>.<random>.tmp``) older than ``stale`` by mtime — never a live writer's
+    file in progress."""
+    rootp = Path(root)
+    trash_dir = rootp / store.STATE / TRASH
+    try:
+        trash = sorted(p for p in trash_dir.iterdir())
+    except OSError:
+        trash = []
+    size = sum(_tree_size(p) for p in trash)
+    cutoff = time.time() - stale.total_seconds()
+    tmp: list[Path] = []
+    for area in _TMP_AREAS:
+        for dirpath, dirs, names in os.walk(rootp / area):
+            if Path(dirpath) == trash_dir.parent:
+                dirs[:] = [d for d in dirs if d != TRASH]
+            for name in names:
+                if not (name.startswith(".") and name.endswith(store.TMP_SUFFIX)):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                if st.st_mtime < cutoff:
+                    tmp.append(path)
+                    size += st.st_size
+    return Leftovers(trash, sorted(tmp), size)
+
+
+def remove_leftovers(root: str | os.PathLike[str], found: Leftovers | None = None) -> Leftovers:
+    """Delete what :func:`leftovers` finds (or ``found``) and return it. An events
+    partition in the trash also resets the receipts index (as cleanup does once it
+    has deleted one)."""
+    rootp = Path(root)
+    found = found if found is not None else leftovers(rootp)
+    for path in found.tmp_files:
+        try:
+            path.unlink()
+            log.info("removed the stale temporary file %s (an interrupted write)", path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise store.write_error(rootp, exc) from exc
+    for path in found.trash:
+        problems = _rmtree(path)
+        if problems:
+            log.warning("could not delete everything in %s (%s): delete it by hand", path, problems[0])
+        else:
+            log.info("removed %s (left by an interrupted cleanup)", path)
+    if any(p.name.startswith(f"{store.EVENTS}-") for p in found.trash):
+        from .aggregate import reset_receipts
+
+        reset_receipts(rootp)
+    return found
+
+
+def _tree_size(path: Path) -> int:
+    size = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                size += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return size
 
 
 # ---------------------------------------------------------------------- retention
@@ -343,10 +450,13 @@ def cleanup(
         retention.daily_snapshots_days,
         retention.alerts_days,
     )
-    if dry_run or not expired:
+    if dry_run:
+        return expired
+    remove_leftovers(rootp)
+    if not expired:
         return expired
     _carry_active_alert_records(rootp, [p for p in expired if p.area == store.ALERTS], now)
-    trash = rootp / store.STATE / "trash"
+    trash = rootp / store.STATE / TRASH
     try:
         store.ensure_dir(trash)
     except OSError as exc:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import duckdb
 
@@ -81,6 +83,77 @@ def vetted(files: Iterable[Path]) -> list[Path]:
         _warned.add(key)
         log.warning("skipping unreadable file %s (%s); %s", path, reason, _unreadable_advice(path))
     return good
+
+
+#: How often a read is tried when files it listed vanish under it (compaction).
+READ_ATTEMPTS: Final = 8
+_QUOTED = re.compile(r'"([^"]+)"')
+_MISSING_FILE_ERRORS: Final = ("No files found that match the pattern", "No such file or directory")
+T = TypeVar("T")
+
+
+def vanished_file(exc: BaseException) -> str | None:
+    """The file a DuckDB error (or the error it caused, e.g. a StoreError raised
+    from it) failed on because it does not exist *now*, or None. That is how a read
+    over a listed set of files fails when ``voicepipe compact`` or ``cleanup``
+    removed one of them after the listing."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, duckdb.Error):
+            text = str(seen)
+            if any(m in text for m in _MISSING_FILE_ERRORS):
+                for candidate in map(str, _QUOTED.findall(text)):
+                    if candidate.endswith(".parquet") and not os.path.exists(candidate):
+                        return candidate
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def retry_vanished(read: Callable[[int], T], *, what: str = "read", attempts: int = READ_ATTEMPTS) -> T:
+    """``read(attempt)`` — which lists the files it reads, and lists them again when
+    ``attempt`` > 0 — retried while it fails on a file that vanished since it was
+    listed (:func:`vanished_file`).
+
+    Compaction writes the merged file before it unlinks the sources, and cleanup
+    takes whole partitions out at once, so a fresh listing is complete: the retry
+    sees every event (duplicates are deduplicated by every reader). Bounded: a read
+    that keeps losing its files ``attempts`` times raises the last error. This is
+    how every reader over a fixed file list (``connect(live=False)``, aggregation,
+    reports) keeps the promise that a reader never misses an event and needs no lock.
+    """
+    attempt = 0
+    while True:
+        try:
+            return read(attempt)
+        except Exception as exc:
+            gone = vanished_file(exc)
+            attempt += 1
+            if gone is None or attempt >= attempts:
+                raise
+            log.debug("%s: %s vanished since it was listed (compaction); listing again", what, gone)
+            time.sleep(min(0.5, 0.02 * 2**attempt))
+
+
+def relist(files: Iterable[Path | str]) -> list[Path]:
+    """``files`` as they are now: the ones still present, plus — for a directory
+    that lost one — its current (vetted) Parquet files not already among them (what
+    compaction wrote in their place)."""
+    present: list[Path] = []
+    lost_dirs: dict[Path, None] = {}
+    for f in files:
+        path = Path(f)
+        if path.exists():
+            present.append(path)
+        else:
+            lost_dirs[path.parent] = None
+    if not lost_dirs:
+        return present
+    have = set(present)
+    fresh = [p for d in lost_dirs for p in store.parquet_files(d) if p not in have]
+    return present + vetted(fresh)
 
 
 def session_defaults(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import fcntl
+import functools
 import logging
 import os
 import secrets
 import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import StoreError
+from .errors import BusyError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -265,6 +268,57 @@ def write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str) -> li
     return written
 
 
+# ------------------------------------------------------------------------- run locks
+
+#: How long a maintenance run waits for another run of the same command to finish
+#: before it gives up with :class:`BusyError` (exit 5).
+LOCK_TIMEOUT: Final = 60.0
+
+
+@contextmanager
+def run_lock(root: Path, name: str, *, command: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """One ``command`` run at a time per root: hold ``<root>/_state/<name>`` (an
+    fcntl lock, released when the process dies), waiting up to ``timeout`` seconds
+    for the holder. The lock file names its holder (pid, host, start), which the
+    :class:`BusyError` raised on timeout repeats. Raises OSError when the lock
+    cannot be created (the caller turns it into a :class:`StoreError`)."""
+    path = root / STATE / name
+    ensure_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+            if time.monotonic() >= deadline:
+                holder = _lock_holder(fd)
+                raise BusyError(
+                    f"another `voicepipe {command}` ({holder or 'holder unknown'}) still holds {path} after "
+                    f"{timeout:g}s; nothing done: the next run catches up"
+                )
+            time.sleep(min(0.2, max(0.01, deadline - time.monotonic())))
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        except OSError:  # who holds it is only for the message
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
 # ------------------------------------------------------------------------- listing
 
 
@@ -344,37 +398,361 @@ _MAGIC = b"PAR1"
 
 def vet_parquet(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Split files into readable-looking and bad ones with a reason, cheaply (header
-    and footer magic, footer length), so one truncated file cannot fail a query."""
+    and footer magic, footer length; for an event file — one in an ``hour=``
+    directory — also its schema, from the footer: see :func:`event_schema_problem`),
+    so one truncated or foreign file cannot fail a query.
+
+    A file that is gone is in neither list: compaction replaces files (writing the
+    merged one first), and cleanup removes whole partitions, so a file that vanished
+    since it was listed is no problem to report (a debug log). Verdicts are cached
+    per process by (path, size, mtime, inode): a retrying reader vets again cheaply.
+    """
     good: list[Path] = []
     bad: list[tuple[Path, str]] = []
     for path in paths:
         reason = _check_parquet(path)
         if reason is None:
             good.append(path)
+        elif reason is _GONE:
+            log.debug("%s vanished since it was listed (compacted or cleaned up)", path)
         else:
             bad.append((path, reason))
     return good, bad
 
 
+_GONE: Final = "gone"
+_FOOTER_READ: Final = 16 * 1024
+#: (path, size, mtime_ns, inode) -> the verdict of :func:`_check_parquet` (None: fine)
+_VERDICTS: dict[tuple[str, int, int, int], str | None] = {}
+_MAX_VERDICTS: Final = 200_000
+
+
 def _check_parquet(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size < 12:
-                return "too small to be Parquet"
-            if fh.read(4) != _MAGIC:
-                return "no Parquet header"
-            fh.seek(size - 8)
-            tail = fh.read(8)
+            st = os.fstat(fh.fileno())
+            key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+            if key in _VERDICTS:
+                return _VERDICTS[key]
+            reason = _read_check(fh, st.st_size, path.parent.name.startswith("hour="))
     except FileNotFoundError:
-        return "vanished while listing"
+        return _GONE
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
+    if len(_VERDICTS) >= _MAX_VERDICTS:
+        _VERDICTS.clear()
+    _VERDICTS[key] = reason
+    return reason
+
+
+def _read_check(fh: Any, size: int, event_file: bool) -> str | None:
+    if size < 12:
+        return "too small to be Parquet"
+    if fh.read(4) != _MAGIC:
+        return "no Parquet header"
+    # an event file's footer is read too: one read of the end (usually all of it)
+    end = min(size - 4, _FOOTER_READ if event_file else 8)
+    fh.seek(size - end)
+    chunk = fh.read(end)
+    tail = chunk[-8:]
     if tail[4:] != _MAGIC:
         return "truncated (no Parquet footer)"
     footer_len = int.from_bytes(tail[:4], "little")
     if footer_len <= 0 or footer_len > size - 12:
         return "corrupt footer"
+    if not event_file:
+        return None
+    if footer_len + 8 <= len(chunk):
+        footer = chunk[len(chunk) - 8 - footer_len : -8]
+    else:
+        fh.seek(size - 8 - footer_len)
+        footer = fh.read(footer_len)
+    for length in _SCHEMA_LENGTHS:  # files written alike share their schema's bytes
+        known = _SCHEMA_VERDICTS.get(footer[:length], _GONE)
+        if known is not _GONE:
+            return known
+    try:
+        columns, end = footer_columns(footer)
+    except (IndexError, ValueError, KeyError) as exc:
+        return f"corrupt footer ({exc or type(exc).__name__})"
+    verdict = event_schema_problem(columns)
+    if len(_SCHEMA_VERDICTS) < 1000:
+        _SCHEMA_VERDICTS[footer[:end]] = verdict
+        _SCHEMA_LENGTHS.add(end)
+    return verdict
+
+
+#: verdicts by the footer bytes up to the end of the schema (a version and a
+#: self-delimiting list of schema elements: the bytes determine the schema), and
+#: those bytes' lengths
+_SCHEMA_VERDICTS: dict[bytes, str | None] = {}
+_SCHEMA_LENGTHS: set[int] = set()
+
+
+# --------------------------------------------------------------- footer schema
+#
+# The schema is the second field of a Parquet footer (FileMetaData, Thrift compact
+# protocol), before the row groups: reading just that part in Python costs tens of
+# microseconds a file, where opening it with pyarrow costs milliseconds.
+
+#: Parquet physical types
+_INT32, _INT64, _INT96, _FLOAT, _DOUBLE, _BYTE_ARRAY, _FIXED = 1, 2, 3, 4, 5, 6, 7
+_PHYSICAL_NAMES: Final = {
+    0: "boolean",
+    1: "int32",
+    2: "int64",
+    3: "int96",
+    4: "float",
+    5: "double",
+    6: "binary",
+    7: "fixed_len_byte_array",
+}
+#: ConvertedType values (legacy annotations)
+_C_UTF8, _C_MAP, _C_MAP_KV, _C_ENUM, _C_DECIMAL, _C_JSON = 0, 1, 2, 4, 5, 19
+_C_TIMESTAMP: Final = frozenset({9, 10})
+_C_INTS: Final = frozenset(range(11, 19))  # UINT_8 .. INT_64
+#: LogicalType union members
+_L_STRING, _L_MAP, _L_ENUM, _L_DECIMAL, _L_TIMESTAMP, _L_INTEGER, _L_NULL, _L_JSON = 1, 2, 4, 5, 8, 10, 11, 12
+
+
+@dataclass(frozen=True)
+class FooterColumn:
+    """A top-level column of a Parquet file, as its footer describes it."""
+
+    name: str
+    physical: int | None  # None for a group (a nested column)
+    converted: int | None
+    logical: int | None  # the LogicalType member set, if any
+    children: int
+    repeated: bool
+
+    def describe(self) -> str:
+        kind = _kind_of(self)
+        if kind != "other":
+            return {"null": "all null", "num": "a number"}.get(kind, f"a {_KIND_NAMES.get(kind, kind)}")
+        if self.physical is None or self.repeated:
+            return "a nested column"
+        return _PHYSICAL_NAMES.get(self.physical, f"of type {self.physical}")
+
+
+class _Thrift:
+    """Just enough of the Thrift compact protocol to read a footer's schema."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def byte(self) -> int:
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def varint(self) -> int:
+        shift = result = 0
+        while True:
+            b = self.byte()
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift > 70:
+                raise ValueError("bad varint")
+
+    def zigzag(self) -> int:
+        n = self.varint()
+        return (n >> 1) ^ -(n & 1)
+
+    def binary(self) -> bytes:
+        n = self.varint()
+        out = self.data[self.pos : self.pos + n]
+        if len(out) != n:
+            raise IndexError("binary past the end")
+        self.pos += n
+        return out
+
+    def fields(self) -> Iterator[tuple[int, int]]:
+        """(field id, compact type) of a struct's fields; the caller reads or skips each value."""
+        fid = 0
+        while True:
+            head = self.byte()
+            if head == 0:
+                return
+            delta, kind = head >> 4, head & 0x0F
+            fid = fid + delta if delta else self.zigzag()
+            yield fid, kind
+
+    def skip(self, kind: int) -> None:
+        if kind in (1, 2):  # bool in a field header
+            return
+        if kind == 3:
+            self.pos += 1
+        elif kind in (4, 5, 6):
+            self.varint()
+        elif kind == 7:
+            self.pos += 8
+        elif kind == 8:
+            self.binary()
+        elif kind in (9, 10):
+            size, elem = self.list_header()
+            for _ in range(size):
+                if elem in (1, 2):
+                    self.pos += 1
+                else:
+                    self.skip(elem)
+        elif kind == 11:
+            size = self.varint()
+            if size:
+                kv = self.byte()
+                for _ in range(size):
+                    self.skip(kv >> 4)
+                    self.skip(kv & 0x0F)
+        elif kind == 12:
+            for _fid, k in self.fields():
+                self.skip(k)
+        else:
+            raise ValueError(f"unknown thrift type {kind}")
+
+    def list_header(self) -> tuple[int, int]:
+        head = self.byte()
+        size = head >> 4
+        if size == 15:
+            size = self.varint()
+        return size, head & 0x0F
+
+    def union_member(self) -> int | None:
+        member = None
+        for fid, kind in self.fields():
+            member = fid
+            self.skip(kind)
+        return member
+
+
+def footer_columns(footer: bytes) -> tuple[list[FooterColumn], int]:
+    """The top-level columns of a Parquet footer (FileMetaData, without the trailing
+    length and magic), and the offset where its schema ends. Raises
+    ValueError/IndexError on a footer that does not parse."""
+    t = _Thrift(footer)
+    elements: list[FooterColumn] | None = None
+    for fid, kind in t.fields():
+        if fid == 2 and kind == 9:
+            size, _elem = t.list_header()
+            elements = [_schema_element(t) for _ in range(size)]
+            end = t.pos
+            break
+        t.skip(kind)
+    if not elements:
+        raise ValueError("no schema")
+    # elements are the schema tree depth-first; keep the root's direct children
+    out: list[FooterColumn] = []
+    i, remaining = 1, elements[0].children
+    while remaining and i < len(elements):
+        col = elements[i]
+        out.append(col)
+        i = _skip_subtree(elements, i)
+        remaining -= 1
+    return out, end
+
+
+def _skip_subtree(elements: Sequence[FooterColumn], i: int) -> int:
+    pending = elements[i].children
+    i += 1
+    while pending:
+        pending -= 1
+        pending += elements[i].children
+        i += 1
+    return i
+
+
+def _schema_element(t: _Thrift) -> FooterColumn:
+    physical = converted = logical = None
+    name = ""
+    children = 0
+    repeated = False
+    for fid, kind in t.fields():
+        if fid == 1 and kind == 5:
+            physical = t.zigzag()
+        elif fid == 3 and kind == 5:
+            repeated = t.zigzag() == 2
+        elif fid == 4 and kind == 8:
+            name = t.binary().decode("utf-8", "replace")
+        elif fid == 5 and kind == 5:
+            children = t.zigzag()
+        elif fid == 6 and kind == 5:
+            converted = t.zigzag()
+        elif fid == 10 and kind == 12:
+            logical = t.union_member()
+        else:
+            t.skip(kind)
+    return FooterColumn(name, physical, converted, logical, children, repeated)
+
+
+def _kind_of(col: FooterColumn) -> str:
+    """What a column can be read as: str, ts, num (int or float), map, null or other."""
+    if col.repeated:
+        return "other"
+    if col.physical is None:
+        is_map = col.converted in (_C_MAP, _C_MAP_KV) or col.logical == _L_MAP
+        return "map" if is_map else "other"
+    if col.logical == _L_NULL:
+        return "null"
+    if col.physical == _BYTE_ARRAY:
+        text = col.converted in (_C_UTF8, _C_ENUM, _C_JSON) or col.logical in (_L_STRING, _L_ENUM, _L_JSON)
+        return "str" if text else "other"
+    if col.physical == _INT96 or col.converted in _C_TIMESTAMP or col.logical == _L_TIMESTAMP:
+        return "ts" if col.physical in (_INT64, _INT96) else "other"
+    if col.physical in (_INT32, _INT64):
+        plain = col.converted is None or col.converted in _C_INTS or col.converted == _C_DECIMAL
+        return "num" if plain and col.logical in (None, _L_INTEGER, _L_DECIMAL) else "other"
+    if col.physical in (_FLOAT, _DOUBLE):
+        return "num"
+    return "other"
+
+
+#: event column kind (events.COLUMNS) -> the stored kinds readers can cast to it:
+#: any timestamp unit, with or without a time zone (naive is taken as UTC); any
+#: integer or floating type for numbers (a pandas round trip makes int columns
+#: float); a column of nulls only for an optional column.
+_COMPATIBLE: Final = {
+    "str": frozenset({"str"}),
+    "ts": frozenset({"ts"}),
+    "f64": frozenset({"num"}),
+    "i32": frozenset({"num"}),
+    "map": frozenset({"map"}),
+}
+_KIND_NAMES: Final = {"str": "string", "ts": "timestamp", "f64": "number", "i32": "integer", "map": "map"}
+
+
+@functools.cache
+def _required_columns() -> tuple[str, ...]:
+    """The non-nullable columns of ``events.arrow_schema`` (event_id, event_type, timestamp)."""
+    from .events import arrow_schema
+
+    return tuple(f.name for f in arrow_schema() if not f.nullable)
+
+
+def event_schema_problem(columns: Sequence[FooterColumn]) -> str | None:
+    """Why a file with these columns is not an event file readers can use, or None.
+
+    The required columns (event_id, event_type, timestamp: non-nullable in
+    ``events.arrow_schema``) must be present; every event column present must have
+    a type readers cast to the schema's (see :data:`_COMPATIBLE`); an optional
+    column may be missing (files written before it was added: NULL there) or all
+    null. Columns outside the event schema are ignored."""
+    from .events import COLUMN_KINDS
+
+    required = _required_columns()
+    by_name = {c.name: c for c in columns}
+    missing = [n for n in required if n not in by_name]
+    if missing:
+        return f"not an event file: no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}"
+    for name, kind in COLUMN_KINDS.items():
+        col = by_name.get(name)
+        if col is None:
+            continue
+        got = _kind_of(col)
+        if got in _COMPATIBLE[kind] or (got == "null" and name not in required):
+            continue
+        return f"not an event file: column {name} is {col.describe()}, not a {_KIND_NAMES[kind]}"
     return None
 
 

@@ -1,0 +1,371 @@
+"""Operations running at once: readers (check, aggregate, window queries) while
+compaction replaces files in another process; foreign files in events/; two
+maintenance runs at once; what a killed run leaves behind (trash, temporary files).
+
+Real files, real processes, real DuckDB: a compactor runs in a subprocess while
+this process reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from voicepipe_obs import aggregate, query, store
+from voicepipe_obs.cli import main
+
+UTC = dt.timezone.utc
+NOW = dt.datetime.now(UTC)
+#: the last closed hours before now: compaction takes them, check reads them
+FIRST_HOUR = NOW.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=4)
+HOURS = 3
+FILES_PER_HOUR = 40
+EVENTS_PER_FILE = 5
+TOTAL = HOURS * FILES_PER_HOUR * EVENTS_PER_FILE
+
+QUIET = """
+[alerts.inactivity]
+enabled = false
+[alerts.queue_depth]
+enabled = false
+[alerts.stuck]
+enabled = false
+"""
+
+
+def write_small_files(root: Path, hour: int, *, prefix: str = "w") -> None:
+    """FILES_PER_HOUR small files of received artifacts in the ``hour``-th closed hour."""
+    start = FIRST_HOUR + dt.timedelta(hours=hour)
+    for f in range(FILES_PER_HOUR):
+        ids = [f"h{hour}-f{f}-e{e}" for e in range(EVENTS_PER_FILE)]
+        ts = [store.to_us(start + dt.timedelta(seconds=f * 60 + e)) for e in range(EVENTS_PER_FILE)]
+        table = store.columns_to_table(
+            {
+                "event_id": ids,
+                "event_type": ["artifact_received"] * EVENTS_PER_FILE,
+                "timestamp": ts,
+                "artifact_id": ids,
+                "organization_id": ["org"] * EVENTS_PER_FILE,
+            },
+            EVENTS_PER_FILE,
+        )
+        date, h = store.partition_key(ts[0])
+        store.write_table(store.hour_dir(root, date, h) / f"{prefix}-{f:05d}.parquet", table)
+
+
+def make_store(root: Path) -> None:
+    for hour in range(HOURS):
+        write_small_files(root, hour)
+
+
+#: Compacts the store again and again: each round splits the compacted hours back
+#: into small files (written before the compacted file is removed, as compaction
+#: does), then compacts them — so files vanish under readers all the time.
+CHURN = textwrap.dedent(
+    """
+    import datetime as dt, sys, time
+    from pathlib import Path
+    sys.path[:0] = [{tests!r}]
+    from voicepipe_obs import maintenance, store
+    from test_ops_races import write_small_files, HOURS
+    root, stop = Path(sys.argv[1]), Path(sys.argv[2])
+    rounds = 0
+    while not stop.exists():
+        maintenance.compact(root, now=dt.datetime.now(dt.timezone.utc), grace=dt.timedelta(0))
+        olds = store.list_parquet(root)
+        for hour in range(HOURS):
+            write_small_files(root, hour, prefix=f"r{{rounds}}")
+        for path in olds:
+            if path.name.startswith("compact-"):
+                path.unlink()
+        rounds += 1
+    print(rounds)
+    """
+)
+
+
+@pytest.fixture
+def churning(tmp_path: Path) -> Iterator[Path]:
+    """A store of many small files in closed hours, compacted over and over by
+    another process while the test runs."""
+    root = tmp_path / "data"
+    make_store(root)
+    stop = tmp_path / "stop"
+    script = tmp_path / "churn.py"
+    script.write_text(CHURN.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(root), str(stop)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1.0)
+    try:
+        yield root
+    finally:
+        stop.touch()
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert int(out.strip()) > 0, "the compactor never finished a round"
+
+
+def distinct_events(root: Path) -> int:
+    def read(_attempt: int) -> int:
+        con = query.connect(root, live=False)
+        try:
+            return int(con.execute("SELECT count(*) FROM events").fetchall()[0][0])
+        finally:
+            con.close()
+
+    return query.retry_vanished(read)
+
+
+ITERATIONS = 12
+
+
+def test_check_while_compacting_exits_0_without_warnings(
+    churning: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tmp_path / "quiet.toml"
+    cfg.write_text(QUIET)
+    runner = CliRunner()
+    for _ in range(ITERATIONS):
+        result = runner.invoke(main, ["--data", str(churning), "--config", str(cfg), "check"])
+        assert result.exit_code == 0, result.output + str(result.exception)
+        assert "vanished" not in result.output
+    for _ in range(3):  # what check's connection reads (listed again when compaction removed a file)
+        assert distinct_events(churning) == TOTAL
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "vanished" in r.getMessage()]
+
+
+def test_aggregate_while_compacting_is_complete(churning: Path) -> None:
+    for _ in range(ITERATIONS // 2):
+        aggregate.aggregate(churning, now=NOW, rebuild=True)
+        rows = aggregate.read_snapshots(churning, "hourly", organization_id=None)
+        assert sum(r["artifacts_received"] for r in rows) == TOTAL
+        metrics = aggregate.window_metrics(churning, FIRST_HOUR, FIRST_HOUR + dt.timedelta(hours=HOURS))
+        assert metrics[0]["artifacts_received"] == TOTAL
+
+
+def test_aggregate_cli_while_compacting_exits_0(churning: Path) -> None:
+    for _ in range(ITERATIONS):
+        result = CliRunner().invoke(main, ["--data", str(churning), "aggregate", "--rebuild"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_vanished_file_is_recognised_only_when_gone(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    files = store.list_parquet(tmp_path)
+    con = query.connect(tmp_path, live=False)
+    files[0].unlink()
+    with pytest.raises(Exception) as info:
+        con.execute("SELECT count(*) FROM events").fetchall()
+    assert query.vanished_file(info.value) == str(files[0])
+    # relisting a directory that lost a file finds what replaced it
+    store.write_table(files[0].with_name("compact-x.parquet"), pq.read_table(files[1]))
+    assert files[0].with_name("compact-x.parquet") in query.relist(files)
+    assert query.vanished_file(ValueError("No such file or directory")) is None
+
+
+# ------------------------------------------------------------- foreign files
+
+
+def foreign_files(root: Path) -> list[Path]:
+    """A file of another schema and an event file whose timestamp is a string, in a
+    closed hour; both just written (younger than compaction's grace)."""
+    d = store.hour_dir(root, *store.partition_key(store.to_us(FIRST_HOUR)))
+    foo = d / "foo.parquet"
+    pq.write_table(pa.table({"foo": [1, 2, 3]}), foo)
+    good = pq.read_table(d / "w-00000.parquet")
+    strings = good.set_column(
+        good.schema.get_field_index("timestamp"), "timestamp", pa.array(["x"] * good.num_rows)
+    )
+    text_ts = d / "text-ts.parquet"
+    pq.write_table(strings, text_ts)
+    return [foo, text_ts]
+
+
+def pandas_variant(root: Path) -> Path:
+    """New events written the way a pandas round trip writes them: a naive
+    timestamp, integer columns as int64/double, optional columns missing."""
+    d = store.hour_dir(root, *store.partition_key(store.to_us(FIRST_HOUR)))
+    table = pq.read_table(d / "w-00000.parquet")
+    df = table.to_pandas()
+    df["timestamp"] = df["timestamp"].dt.tz_localize(None)
+    df["event_id"] = df["event_id"] + "-pd"
+    df["artifact_id"] = df["artifact_id"] + "-pd"
+    variant = pa.Table.from_pandas(df.drop(columns=["actor", "attributes"]), preserve_index=False)
+    path = d / "pandas.parquet"
+    pq.write_table(variant, path)
+    return path
+
+
+def test_vetting_checks_the_event_schema(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    foo, text_ts = foreign_files(tmp_path)
+    variant = pandas_variant(tmp_path)
+    files = store.list_parquet(tmp_path)
+    good, bad = store.vet_parquet(files)
+    assert dict(bad) == {
+        foo: "not an event file: no event_id, event_type, timestamp columns",
+        text_ts: "not an event file: column timestamp is a string, not a timestamp",
+    }
+    assert variant in good and len(good) == len(files) - 2
+    # a file outside events/ is not held to the event schema
+    other = tmp_path / "snapshots" / "hourly" / "date=2026-01-01" / "x.parquet"
+    other.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"foo": [1]}), other)
+    assert store.vet_parquet([other]) == ([other], [])
+
+
+def test_foreign_files_are_skipped_by_readers_and_quarantined_by_compact(
+    tmp_path: Path, runner: CliRunner
+) -> None:
+    root = tmp_path / "data"
+    make_store(root)
+    bad = foreign_files(root)
+    pandas_variant(root)
+    cfg = tmp_path / "quiet.toml"
+    cfg.write_text(QUIET)
+    head = ["--data", str(root), "--config", str(cfg)]
+
+    result = runner.invoke(main, [*head, "aggregate"])
+    assert result.exit_code == 0, result.stderr + repr(result.exception)
+    for path in bad:
+        assert result.stderr.count(str(path)) == 1
+    assert "`voicepipe compact` moves such files to quarantine/" in result.stderr
+    rows = aggregate.read_snapshots(root, "hourly", organization_id=None)
+    assert sum(r["artifacts_received"] for r in rows) == TOTAL + EVENTS_PER_FILE
+
+    result = runner.invoke(main, [*head, "check"])
+    assert result.exit_code == 0, result.stderr
+
+    # young (default grace) but known bad: quarantined at once; the pandas file stays
+    result = runner.invoke(main, [*head, "compact"])
+    assert result.exit_code == 0, result.stderr
+    assert "quarantined 2 files" in result.stdout
+    for path in bad:
+        assert not path.exists()
+        assert (root / "quarantine" / path.relative_to(root)).exists()
+    assert "not an event file" in result.stderr
+    result = runner.invoke(main, [*head, "compact", "--grace", "0s"])
+    assert result.exit_code == 0, result.stderr
+    assert distinct_events(root) == TOTAL + EVENTS_PER_FILE
+
+
+# ---------------------------------------------------------------- run locks
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from voicepipe_obs import store
+    with store.run_lock(Path(sys.argv[1]), sys.argv[2], command="test"):
+        print("held", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[Any]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def hold(root: Path, name: str) -> int:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(root), name], stdout=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        return proc.pid
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize(("command", "lock"), [("compact", "compact.lock"), ("aggregate", "aggregate.lock")])
+def test_a_held_run_lock_exits_5_naming_the_holder(
+    tmp_path: Path, runner: CliRunner, holder: Any, command: str, lock: str
+) -> None:
+    make_store(tmp_path)
+    pid = holder(tmp_path, lock)
+    started = time.monotonic()
+    result = runner.invoke(main, ["--data", str(tmp_path), command, "--wait", "0.5"])
+    assert result.exit_code == 5
+    assert time.monotonic() - started < 10
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pid {pid} " in lines[0] and lock in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_two_compactions_at_once_do_not_duplicate_the_store(tmp_path: Path) -> None:
+    for hour in range(HOURS):
+        write_small_files(tmp_path, hour)
+        write_small_files(tmp_path, hour, prefix="x")  # more work per run
+    run = textwrap.dedent(
+        """
+        import datetime as dt, sys
+        from voicepipe_obs import maintenance
+        maintenance.compact(sys.argv[1], now=dt.datetime.now(dt.timezone.utc), grace=dt.timedelta(0))
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", run, str(tmp_path)]) for _ in range(3)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    files = store.list_parquet(tmp_path)
+    assert len(files) == HOURS
+    assert sum(pq.read_metadata(f).num_rows for f in files) == TOTAL
+
+
+# -------------------------------------------------- what killed runs leave
+
+
+def test_cleanup_finishes_a_killed_cleanups_trash(tmp_path: Path, runner: CliRunner) -> None:
+    make_store(tmp_path)
+    # what a cleanup SIGKILLed between its rename and its delete leaves behind
+    day = store.hour_dir(tmp_path, *store.partition_key(store.to_us(FIRST_HOUR))).parent
+    trash = tmp_path / "_state" / "trash" / f"events-{day.name[5:]}-abc123"
+    trash.parent.mkdir(parents=True)
+    os.rename(day, trash)
+    result = runner.invoke(main, ["--data", str(tmp_path), "cleanup", "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    assert "would remove what interrupted runs left: 1 trashed partition" in result.stdout
+    assert trash.exists()
+    result = runner.invoke(main, ["--data", str(tmp_path), "cleanup"])
+    assert result.exit_code == 0, result.stderr
+    assert "removed what interrupted runs left: 1 trashed partition" in result.stdout
+    assert not trash.exists()
+    result = runner.invoke(main, ["--data", str(tmp_path), "cleanup", "--dry-run"])
+    assert result.stdout == ""
+
+
+def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path: Path, runner: CliRunner) -> None:
+    make_store(tmp_path)
+    d = store.hour_dir(tmp_path, *store.partition_key(store.to_us(FIRST_HOUR)))
+    snap = tmp_path / "snapshots" / "hourly" / "date=2026-01-01"
+    snap.mkdir(parents=True)
+    stale = [d / ".compact-x.parquet.0badc0de.tmp", snap / ".hourly-x.parquet.12345678.tmp"]
+    live = d / ".w-live.parquet.feedf00d.tmp"
+    for path in [*stale, live]:
+        path.write_bytes(b"PAR1 partial")
+    old = time.time() - 2 * 3600
+    for path in stale:
+        os.utime(path, (old, old))
+    result = runner.invoke(main, ["--data", str(tmp_path), "cleanup", "--dry-run"])
+    assert "would remove what interrupted runs left: 2 temporary files" in result.stdout
+    assert all(p.exists() for p in stale)
+    result = runner.invoke(main, ["--data", str(tmp_path), "compact"])
+    assert result.exit_code == 0, result.stderr
+    assert "removed what interrupted runs left: 2 temporary files" in result.stdout
+    assert not any(p.exists() for p in stale)
+    assert live.exists()
