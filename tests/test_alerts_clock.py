@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 import voicepipe_obs as vp
 from voicepipe_obs import alerts, store
@@ -129,15 +130,18 @@ def test_times_before_1970_are_a_clean_error(root: Path) -> None:
         alerts.evaluate(root, BREAKER, now=dt.datetime(1, 1, 1, tzinfo=UTC))
 
 
-def test_a_window_past_the_supported_dates_is_a_clean_error(rec: vp.Recorder, root: Path) -> None:
+def test_a_window_past_the_supported_dates_is_refused_and_the_largest_allowed_works(
+    rec: vp.Recorder, root: Path
+) -> None:
+    """A window reaching before year 1 (it overflowed the date arithmetic) is a
+    configuration error now; the largest allowed window (100 years) evaluates."""
     open_breaker(rec, at(-5))
-    # the largest window configuration allows (100 years) reaches before 1970
-    huge = Settings.model_validate({"alerts": {"failure_rate": {"window_minutes": 52_560_000}}})
-    with pytest.raises(
-        UsageError, match=r"rule failure_rate: its window reaches outside the supported dates"
-    ):
-        alerts.run_check(root, huge, now=at(0))
-    assert log_files(root) == []
+    with pytest.raises(ValidationError, match="window_minutes must be at most 52,560,000 minutes"):
+        Settings.model_validate({"alerts": {"failure_rate": {"window_minutes": 10**10}}})
+    largest = Settings.model_validate({"alerts": {"failure_rate": {"window_minutes": 52_560_000}}})
+    result = alerts.run_check(root, largest, now=at(0))
+    assert "failure_rate" in result.evaluated
+    assert "circuit_breaker" in [a.rule for a in result.active]
 
 
 # ------------------------------------------------------------------------- CLI
