@@ -650,7 +650,7 @@ def test_metrics_without_snapshots_are_exact_not_approximate(runner: Any, store_
     assert "computed from raw events" in result.stdout
     assert "≈" not in result.stdout and "need the raw events" not in result.stdout
     data = json.loads(run(runner, store_root, "metrics", "--range", "7d", "--format", "json").stdout)
-    assert data["approximate"] == [] and data["snapshot_buckets"] == 0
+    assert data["unavailable"] == [] and data["snapshot_buckets"] == 0
     start = dt.datetime.fromisoformat(data["start"].replace("Z", "+00:00"))
     exact = aggregate.window_metrics(store_root, start, NOW)[0]
     assert data["cards"]["p95_end_to_end_latency_ms"] == pytest.approx(exact["p95_end_to_end_latency_ms"])

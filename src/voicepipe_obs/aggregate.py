@@ -11,11 +11,12 @@ Owns:
   deduplicated by event_id; incremental by *file* (late and backfilled events are
   picked up wherever their timestamps fall);
 * the bookkeeping under ``<root>/_state/``: ``aggregate.json`` (the event files already
-  aggregated), ``receipts/`` (each artifact's earliest ``artifact_received``, so
+  aggregated; :func:`pending_hours` lists the hours of those that are not), ``receipts/`` (each artifact's earliest ``artifact_received``, so
   end-to-end latency can look receipts up outside the buckets being computed) and
   ``orphan-completions.parquet`` (completions aggregated before their receipt was
   seen, recomputed when it arrives);
 * window queries returning plain Python data: :func:`window_metrics`,
+  :func:`window_latency` (the figures a long range cannot combine from its days),
   :func:`live_metrics`, :func:`stage_breakdown`, :func:`organization_breakdown`,
   :func:`read_snapshots`.
 
@@ -243,32 +244,37 @@ def snapshot_schema() -> pa.Schema:
     return pa.schema(fields, metadata={b"voicepipe.snapshot_version": b"2"})
 
 
-def metrics_sql(source: str) -> str:
+def metrics_sql(source: str, *, names: Sequence[str] | None = None, per_org: bool = True) -> str:
     """The one definition of every metric: a SELECT over ``source`` (a table with
     the :data:`EVENT_PROJECTION` columns, ``ts`` in epoch microseconds, ``bucket`` and
     ``e2e_ms``) giving a row per bucket for all organisations (``organization_id``
     NULL) and a row per (bucket, organization), ordered by bucket, all-orgs row first.
+    ``names``: only these metric columns (in :data:`METRICS` order); ``per_org=False``:
+    the all-organisations rows only.
 
     Two plain GROUP BYs under UNION ALL: measurably faster in DuckDB than one
     GROUPING SETS query with these holistic aggregates. Used for live windows;
     snapshot runs use :func:`_snapshot_rows`, which computes the same columns from
     the same rows piecewise (several times faster over millions of events).
     """
+    wanted = None if names is None else set(names)
     cols = ",\n  ".join(
         f"CAST({expr} AS {'BIGINT' if kind == 'i64' else 'DOUBLE'}) AS {name}"
         for name, kind, expr in _metric_exprs()
+        if wanted is None or name in wanted
     )
-    return f"""
-SELECT bucket, NULL::VARCHAR AS organization_id,
-  {cols}
-FROM {source}
-GROUP BY bucket
+    orgs = f"""
 UNION ALL
 SELECT bucket, organization_id,
   {cols}
 FROM {source}
 WHERE organization_id IS NOT NULL
-GROUP BY bucket, organization_id
+GROUP BY bucket, organization_id"""
+    return f"""
+SELECT bucket, NULL::VARCHAR AS organization_id,
+  {cols}
+FROM {source}
+GROUP BY bucket{orgs if per_org else ""}
 ORDER BY bucket, organization_id NULLS FIRST
 """
 
@@ -358,14 +364,14 @@ def _with_latency(con: duckdb.DuckDBPyConnection, receipts: str) -> None:
     )
 
 
-def _first_receipts(con: duckdb.DuckDBPyConnection, receipts: str) -> None:
+def _first_receipts(con: duckdb.DuckDBPyConnection, receipts: str, events: str = "_vp_ev") -> None:
     """Temp table _vp_first: the earliest receipt in ``receipts`` of each artifact
-    completed in _vp_ev."""
+    completed in ``events``."""
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _vp_first AS
         SELECT artifact_id, min(first_us) AS first_us FROM {receipts}
-        WHERE artifact_id IN (SELECT artifact_id FROM _vp_ev WHERE event_type = 'artifact_completed')
+        WHERE artifact_id IN (SELECT artifact_id FROM {events} WHERE event_type = 'artifact_completed')
         GROUP BY artifact_id
         """
     )
@@ -429,9 +435,11 @@ def _empty_events(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_empty_ev ({', '.join(cols)})")
 
 
-def _query_metrics(con: duckdb.DuckDBPyConnection, table: str, bucket_expr: str) -> pa.Table:
+def _query_metrics(
+    con: duckdb.DuckDBPyConnection, table: str, bucket_expr: str, *, per_org: bool = True
+) -> pa.Table:
     src = f"(SELECT *, {bucket_expr} AS bucket FROM {table})"
-    result: pa.Table = con.sql(metrics_sql(src)).to_arrow_table()
+    result: pa.Table = con.sql(metrics_sql(src, per_org=per_org)).to_arrow_table()
     return result
 
 
@@ -806,9 +814,10 @@ class _EventFile:
         return self.rel.rsplit("/", 1)[-1]
 
 
-def _list_event_files(root: Path, seen: set[str]) -> list[_EventFile]:
+def _list_event_files(root: Path, seen: set[str], *, vet: bool = True) -> list[_EventFile]:
     """Every event file (sorted); files not aggregated before are vetted (a bad one
     is skipped with a warning and stays unrecorded), seen ones were vetted already.
+    ``vet=False``: the listing alone (no file is opened).
 
     ``os.scandir`` and strings rather than pathlib per file: a month is ~11,000 files
     and this runs on every (incremental) run, most often to find nothing new
@@ -835,8 +844,43 @@ def _list_event_files(root: Path, seen: set[str]) -> list[_EventFile]:
                 listed.append(f)
                 if f.rel not in seen:
                     fresh.append(f.path)
+    if not vet:
+        return listed
     skip = {str(p) for p in set(fresh) - set(vetted(fresh))}
     return [f for f in listed if f.file not in skip] if skip else listed
+
+
+def _settled(new: Sequence[_EventFile], seen: set[str]) -> set[str]:
+    """The compacted files among ``new`` whose sources were all aggregated (read from
+    their Parquet metadata): they carry nothing new."""
+    settled = set()
+    for f in new:
+        if f.name.startswith(COMPACTED_PREFIX):
+            sources = _compacted_sources(f.path)
+            parent = f.rel.rsplit("/", 1)[0]
+            if sources is not None and all(f"{parent}/{s}" in seen for s in sources):
+                settled.add(f.rel)
+    return settled
+
+
+def pending_hours(root: str | os.PathLike[str]) -> dict[dt.datetime, int]:
+    """Hour partitions (start, UTC) holding event files that the next incremental
+    :func:`aggregate` run would read — files that arrived since the last run, by
+    ``_state/aggregate.json`` — with how many each; every hour with files when
+    aggregate never ran. Snapshots of these hours (and their days) are behind.
+
+    Cheap: a directory listing, plus the Parquet footer of any compacted file not yet
+    aggregated (whose sources may all have been); no event is read."""
+    rootp = Path(root)
+    seen = _State.load(rootp).seen
+    new = [f for f in _list_event_files(rootp, seen, vet=False) if f.rel not in seen]
+    settled = _settled(new, seen) if seen else set()  # never aggregated: all of them
+    out: dict[dt.datetime, int] = {}
+    for f in new:
+        if f.rel not in settled:
+            hour = store.from_us(f.hour_us)
+            out[hour] = out.get(hour, 0) + 1
+    return out
 
 
 def _subdirs(directory: str, prefix: str) -> list[str]:
@@ -1110,14 +1154,7 @@ def _aggregate(
         listing = _list_event_files(rootp, state.seen)
         present = {f.rel for f in listing}
         new = [f for f in listing if f.rel not in state.seen]
-        # compacted files whose sources were all aggregated carry nothing new
-        settled = set()
-        for f in new:
-            if f.name.startswith(COMPACTED_PREFIX):
-                sources = _compacted_sources(f.path)
-                parent = f.rel.rsplit("/", 1)[0]
-                if sources is not None and all(f"{parent}/{s}" in state.seen for s in sources):
-                    settled.add(f.rel)
+        settled = _settled(new, state.seen)  # compacted files that carry nothing new
         new = [f for f in new if f.rel not in settled]
         result.new_files = len(new)
         log.info("%d event files, %d of them new since the last run", len(listing), len(new))
@@ -1402,6 +1439,24 @@ class _Writer:
 # ---------------------------------------------------------------- window queries
 
 
+#: The metrics a range cannot combine from the rows of its buckets (snapshots keep
+#: neither the values a percentile needs nor the counts behind these averages and
+#: rates): :func:`window_latency` computes them over the raw events.
+LATENCY_METRICS: Final = tuple(
+    name
+    for name in METRIC_NAMES
+    if name.startswith(("p50_", "p95_", "p99_"))
+    or (name.startswith("avg_") and name != "avg_cost_per_artifact")
+    or (name.endswith("_failure_rate") and name != "overall_failure_rate")
+)
+#: The events :data:`LATENCY_METRICS` read (plus artifact_received, for receipts).
+_LATENCY_STAGE_TYPES: Final = tuple(
+    sorted(
+        {ev for evs in STAGE_COMPLETION_EVENTS.values() for ev in evs} | set(STAGE_FAILURE_EVENTS.values())
+    )
+)
+
+
 def _window_table(
     con: duckdb.DuckDBPyConnection, root: Path, lo_us: int, hi_us: int, organization_id: str | None
 ) -> str:
@@ -1465,6 +1520,131 @@ def window_metrics(
     finally:
         con.close()
     return _rows(result)
+
+
+def _indexed_files(root: Path) -> set[str]:
+    """Event files (relative names) whose receipts the receipts index holds: those
+    aggregated before (a run indexes its new files' receipts before recording them),
+    none when the index is missing (cleanup resets it until the next run)."""
+    return _State.load(root).seen if _receipt_chunks(root) else set()
+
+
+def _load_latency_events(
+    con: duckdb.DuckDBPyConnection, root: Path, lo_us: int, hi_us: int, organization_id: str | None
+) -> None:
+    """Temp table _vp_lat: the deduplicated stage completion and failure events (of
+    ``organization_id`` if given) and artifact_completed events of [lo, hi), with the
+    columns :data:`LATENCY_METRICS` read (artifact_id on completions alone: strings
+    are most of what a load costs); into _vp_rc the receipts that the receipts index
+    may lack, as :func:`_window_table` finds them (the window and
+    :data:`RECEIPT_LOOKBACK` before it), read only from files not indexed yet.
+
+    As in :func:`_load_snapshot_events`, an hour that is one compacted file holds no
+    duplicates (an event's copies share its hour) and is not checked."""
+    files = vetted_files(root, since=store.from_us(lo_us), until=store.from_us(hi_us))
+    per_hour: dict[Path, list[Path]] = {}
+    for f in files:
+        per_hour.setdefault(f.parent, []).append(f)
+    clean: list[Path] = []
+    mixed: list[Path] = []
+    for group in per_hour.values():
+        if len(group) == 1 and group[0].name.startswith(COMPACTED_PREFIX):
+            clean.append(group[0])
+        else:
+            mixed.extend(group)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _vp_lat (event_id VARCHAR, event_type VARCHAR, artifact_id VARCHAR, "
+        "organization_id VARCHAR, duration_ms DOUBLE, confidence_score DOUBLE, ts BIGINT)"
+    )
+    span = f"timestamp >= make_timestamptz({int(lo_us)}) AND timestamp < make_timestamptz({int(hi_us)})"
+    org = "" if organization_id is None else " AND organization_id = $org"
+    params = {} if organization_id is None else {"org": organization_id}
+    # two scans: one reading artifact_id on every row measured slower than both
+    for group, event_id in ((mixed, "event_id"), (clean, "NULL")):
+        if not group:
+            continue
+        src = _files_sql(group)
+        con.execute(
+            f"INSERT INTO _vp_lat SELECT {event_id}, event_type, NULL, organization_id, duration_ms, "
+            f"confidence_score, epoch_us(timestamp) FROM {src} "
+            f"WHERE {span} AND event_type IN {sql_list(_LATENCY_STAGE_TYPES)}{org}",
+            params,
+        )
+        con.execute(
+            f"INSERT INTO _vp_lat SELECT {event_id}, event_type, artifact_id, organization_id, NULL, NULL, "
+            f"epoch_us(timestamp) FROM {src} WHERE {span} AND event_type = 'artifact_completed'{org}",
+            params,
+        )
+        if event_id != "NULL":
+            drop_duplicates(con, "_vp_lat")
+    indexed = _indexed_files(root)
+    before = vetted_files(root, since=store.from_us(lo_us) - RECEIPT_LOOKBACK, until=store.from_us(lo_us))
+    unindexed = [f for f in (*before, *files) if f.relative_to(root).as_posix() not in indexed]
+    if unindexed:
+        con.execute(f"INSERT INTO _vp_rc {_receipts_sql(unindexed)}")
+
+
+def window_latency(
+    root: str | os.PathLike[str],
+    since: dt.datetime,
+    until: dt.datetime,
+    *,
+    organization_id: str | None = None,
+    org_metrics: Sequence[str] = LATENCY_METRICS,
+) -> list[dict[str, Any]]:
+    """:data:`LATENCY_METRICS` — end-to-end latency (avg, p50, p95, p99), each timed
+    stage's average and p95 latency and failure rate, the average confidences — over
+    the raw events in [since, until), exactly as :func:`window_metrics` computes them
+    (same SQL, same receipts), reading only the events they need: the all-organisations
+    row first (``organization_id`` None), then one per organisation with such events.
+    Empty list: no such events.
+
+    For ranges whose counts and sums come from daily snapshots: a percentile over
+    several buckets is not a combination of the buckets' percentiles, and snapshots
+    keep no count behind these averages and rates. ``org_metrics``: the columns of
+    the per-organisation rows (fewer is faster: quantiles per organisation are most
+    of the cost; ``()`` for no such rows). Over a month of 10 million events this
+    reads about half of them, against all of them for :func:`window_metrics`."""
+    lo, hi = store.to_us(since), store.to_us(until)
+    if lo >= hi:
+        raise UsageError("the window's start must be before its end")
+    unknown = set(org_metrics) - set(LATENCY_METRICS)
+    if unknown:
+        raise UsageError(f"not a latency metric: {', '.join(sorted(unknown))}")
+    rootp = Path(root)
+    con = _connect()
+    try:
+        _prepare(con)
+        _load_latency_events(con, rootp, lo, hi, organization_id)
+        _first_receipts(con, _receipts_view(con, _receipt_chunks(rootp)), "_vp_lat")
+        # e2e_ms on the completions as _with_latency adds it; the other rows are not
+        # copied (a view puts them together)
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _vp_lat_done AS
+            SELECT e.*, (e.ts - r.first_us) / 1000.0 AS e2e_ms, 0 AS bucket FROM _vp_lat e
+            LEFT JOIN _vp_first r ON r.artifact_id = e.artifact_id WHERE e.event_type = 'artifact_completed'
+            """
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW _vp_lat_src AS SELECT *, NULL::DOUBLE AS e2e_ms, 0 AS bucket "
+            "FROM _vp_lat WHERE event_type <> 'artifact_completed' UNION ALL SELECT * FROM _vp_lat_done"
+        )
+        scope = metrics_sql("_vp_lat_src", names=LATENCY_METRICS, per_org=False)
+        rows = _rows(con.sql(f"SELECT * EXCLUDE (bucket) FROM ({scope})").to_arrow_table())
+        if rows and org_metrics and organization_id is None:
+            # end-to-end figures read the completions alone
+            e2e_only = all("_end_to_end_" in name for name in org_metrics)
+            per_org = metrics_sql("_vp_lat_done" if e2e_only else "_vp_lat_src", names=org_metrics)
+            found = con.sql(
+                f"SELECT * EXCLUDE (bucket) FROM ({per_org}) WHERE organization_id IS NOT NULL"
+            ).to_arrow_table()
+            rows += _rows(found)
+        elif rows and org_metrics:
+            rows.append({"organization_id": organization_id} | {k: rows[0][k] for k in org_metrics})
+    finally:
+        con.close()
+    return rows
 
 
 def live_metrics(

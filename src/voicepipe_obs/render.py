@@ -940,13 +940,9 @@ ORG_ROWS: Final = 20
 
 def render_metrics(data: Mapping[str, Any], style: Style) -> str:
     c = data["cards"]
-    approx = set(data.get("approximate") or ())
-
-    def a(key: str, text: str) -> str:
-        return ("≈" + text) if key in approx and text != NULL else text
-
     scope = f"org {data['organization_id']}" if data.get("organization_id") else "all organisations"
-    parts = [_header(f"voicepipe metrics · last {data['range']} · {scope}", data, style)]
+    window = data.get("range_label") or f"last {data['range']}"
+    parts = [_header(f"voicepipe metrics · {window} · {scope}", data, style)]
     import textwrap
 
     for note in data.get("notes") or ():
@@ -961,8 +957,8 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
         ("Completion rate", fmt_pct(c["completion_rate"]), "of completed + failed"),
         (
             "End-to-end latency",
-            a("avg_end_to_end_latency_ms", fmt_duration(c["avg_end_to_end_latency_ms"])) + " avg",
-            "p95 " + a("p95_end_to_end_latency_ms", fmt_duration(c["p95_end_to_end_latency_ms"])),
+            fmt_duration(c["avg_end_to_end_latency_ms"]) + " avg",
+            "p95 " + fmt_duration(c["p95_end_to_end_latency_ms"]),
         ),
         ("Total AI cost", fmt_money(c["total_ai_cost"]), "sum of ai_cost"),
         ("Auto-resolution rate", fmt_pct(c["auto_resolution_rate"]), "resolved without review"),
@@ -1005,10 +1001,7 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
                 (
                     stage_title(s["stage"]),
                     s["avg_latency_ms"],
-                    a("avg_" + s["stage"] + "_latency_ms", fmt_duration(s["avg_latency_ms"]))
-                    + "; "
-                    + "p95 "
-                    + a("p95_" + s["stage"] + "_latency_ms", fmt_duration(s["p95_latency_ms"])),
+                    fmt_duration(s["avg_latency_ms"]) + "; p95 " + fmt_duration(s["p95_latency_ms"]),
                 )
                 for s in data["stages"]
             ],
@@ -1045,7 +1038,7 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
                         fmt_int(o["artifacts_received"]),
                         fmt_int(o["artifacts_completed"]),
                         fmt_int(o["artifacts_failed"]),
-                        a("p95_end_to_end_latency_ms", fmt_duration(o["p95_end_to_end_latency_ms"])),
+                        fmt_duration(o["p95_end_to_end_latency_ms"]),
                         fmt_money(o["total_ai_cost"]),
                         fmt_pct(o["overall_failure_rate"]),
                     ]
@@ -1064,8 +1057,6 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
             )
     else:
         parts.append("  none")
-    if approx:
-        parts += ["", "≈ volume-weighted mean of each day's value, not an exact figure over the whole range"]
     return "\n".join(parts)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -1185,59 +1185,53 @@ def artifact_detail(
 # -------------------------------------------------------------------- metrics
 
 
-def _combine(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Range-level figures from per-bucket snapshot rows: counts and totals summed,
-    ratios recomputed from the sums where the sums allow it, averages and p95s as
-    volume-weighted means of the buckets' values."""
+def _through(now: dt.datetime) -> dt.datetime:
+    """The exclusive end of a window that counts events up to and including ``now``
+    (as the dashboard and pipeline reports do)."""
+    return now + dt.timedelta(microseconds=1)
 
-    def total(key: str) -> float | None:
-        vals = [float(r[key]) for r in rows if r.get(key) is not None]
-        return sum(vals) if vals else None
 
-    def weighted(key: str, weight: str) -> float | None:
-        pairs = [(float(r[key]), float(r.get(weight) or 0)) for r in rows if r.get(key) is not None]
-        if not pairs:
-            return None
-        wsum = sum(w for _, w in pairs)
-        if not wsum:
-            return sum(v for v, _ in pairs) / len(pairs)
-        return sum(v * w for v, w in pairs) / wsum
+def _sums(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Range-level figures that per-bucket rows add up to exactly: counts and cost
+    summed, the overall failure rate from the summed counts, and the auto-resolution
+    rate from each bucket's Σ(entity_count − disambiguation_count) (its rate times
+    its own Σ entity_count, an integer) over the summed Σ entity_count.
 
-    out: dict[str, Any] = {}
-    for key in ("artifacts_received", "artifacts_completed", "artifacts_failed", "total_entities_resolved"):
-        out[key] = int(total(key) or 0)
-    out["total_ai_cost"] = total("total_ai_cost")
+    Nothing else combines: a percentile of a range is not any mean of its buckets'
+    percentiles, and snapshots keep no count behind the latency averages and the
+    stage failure rates (see :data:`~voicepipe_obs.aggregate.LATENCY_METRICS`)."""
+    out: dict[str, Any] = {
+        key: sum(int(r.get(key) or 0) for r in rows)
+        for key in (
+            "artifacts_received",
+            "artifacts_completed",
+            "artifacts_failed",
+            "total_entities_resolved",
+        )
+    }
+    out["total_ai_cost"] = sum(float(r.get("total_ai_cost") or 0.0) for r in rows)
     out["overall_failure_rate"] = _ratio(
         out["artifacts_failed"], out["artifacts_completed"] + out["artifacts_failed"]
     )
-    out["avg_end_to_end_latency_ms"] = weighted("avg_end_to_end_latency_ms", "artifacts_completed")
-    out["p95_end_to_end_latency_ms"] = weighted("p95_end_to_end_latency_ms", "artifacts_completed")
-    out["avg_transcript_confidence"] = weighted("avg_transcript_confidence", "artifacts_received")
-    out["auto_resolution_rate"] = weighted("auto_resolution_rate", "total_entities_resolved")
-    for st in TIMED_STAGES:
-        for key in (f"avg_{st}_latency_ms", f"p95_{st}_latency_ms", f"{st}_failure_rate"):
-            out[key] = weighted(key, "artifacts_received")
+    rated = [
+        r for r in rows if r.get("auto_resolution_rate") is not None and r.get("total_entities_resolved")
+    ]
+    out["auto_resolution_rate"] = _ratio(
+        sum(round(float(r["auto_resolution_rate"]) * int(r["total_entities_resolved"])) for r in rated),
+        sum(int(r["total_entities_resolved"]) for r in rated),
+    )
     return out
 
 
-#: Range-level figures that are weighted means of bucket values when combined from snapshots.
-APPROXIMATE_WHEN_COMBINED: Final = (
+#: The range-level figures metrics shows that need raw events over the whole range
+#: (see :func:`voicepipe_obs.aggregate.window_latency`); listed under ``unavailable``
+#: when part of a 7d/30d range is past event retention.
+RANGE_LATENCY_FIGURES: Final = (
     "avg_end_to_end_latency_ms",
     "p95_end_to_end_latency_ms",
-    "avg_transcript_confidence",
-    *(f"avg_{st}_latency_ms" for st in TIMED_STAGES),
-    *(f"p95_{st}_latency_ms" for st in TIMED_STAGES),
+    *(f"{kind}_{st}_latency_ms" for st in TIMED_STAGES for kind in ("avg", "p95")),
     *(f"{st}_failure_rate" for st in TIMED_STAGES),
 )
-
-
-def _window(
-    root: Path, since: dt.datetime, until: dt.datetime, org: str | None
-) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """aggregate.window_metrics over [since, until): (scope row, {org: row})."""
-    from . import aggregate
-
-    return _window_rows(aggregate.window_metrics(root, since, until, organization_id=org), org)
 
 
 def _window_rows(
@@ -1283,7 +1277,7 @@ def _snapshot_scan(files: Sequence[Path]) -> str:
     return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], union_by_name=true, hive_partitioning=false)"
 
 
-_ORG_KEYS: Final = ("received", "completed", "failed", "cost", "p95_wsum", "p95_w", "p95_sum", "p95_n")
+_ORG_KEYS: Final = ("received", "completed", "failed", "cost")
 
 
 def _org_acc() -> dict[str, Any]:
@@ -1296,20 +1290,9 @@ def _add_org(acc: dict[str, Any], r: Mapping[str, Any]) -> None:
     acc["failed"] += r.get("artifacts_failed") or 0
     if r.get("total_ai_cost") is not None:
         acc["cost"] = (acc["cost"] or 0.0) + r["total_ai_cost"]
-    p95 = r.get("p95_end_to_end_latency_ms")
-    if p95 is not None:
-        acc["p95_wsum"] += p95 * (r.get("artifacts_completed") or 0)
-        acc["p95_w"] += r.get("artifacts_completed") or 0
-        acc["p95_sum"] += p95
-        acc["p95_n"] += 1
 
 
-def _org_totals(acc: Mapping[str, Any]) -> dict[str, Any]:
-    p95 = (
-        acc["p95_wsum"] / acc["p95_w"]
-        if acc["p95_w"]
-        else (acc["p95_sum"] / acc["p95_n"] if acc["p95_n"] else None)
-    )
+def _org_totals(acc: Mapping[str, Any], p95: float | None) -> dict[str, Any]:
     done, failed = int(acc["completed"]), int(acc["failed"])
     return {
         "artifacts_received": int(acc["received"]),
@@ -1350,11 +1333,7 @@ def _snapshot_org_sums(root: Path, days: Sequence[dt.datetime], org: str | None)
         """
         SELECT organization_id,
           sum(artifacts_received) AS received, sum(artifacts_completed) AS completed,
-          sum(artifacts_failed) AS failed, sum(total_ai_cost) AS cost,
-          coalesce(sum(p95_end_to_end_latency_ms * artifacts_completed), 0) AS p95_wsum,
-          coalesce(sum(artifacts_completed) FILTER (WHERE p95_end_to_end_latency_ms IS NOT NULL), 0) AS p95_w,
-          coalesce(sum(p95_end_to_end_latency_ms), 0) AS p95_sum,
-          count(p95_end_to_end_latency_ms) AS p95_n
+          sum(artifacts_failed) AS failed, sum(total_ai_cost) AS cost
         FROM (SELECT DISTINCT ON (period_start, organization_id) * FROM {src}
               WHERE organization_id IS NOT NULL AND ($org IS NULL OR organization_id = $org)
                 AND period_start IN (SELECT unnest($days::TIMESTAMPTZ[]))
@@ -1384,50 +1363,46 @@ def _raw_buckets(
     step: dt.timedelta,
     org: str | None,
     whole: list[dict[str, Any]] | None = None,
+    *,
+    per_org: bool = True,
+    buckets: int | None = None,
 ) -> tuple[dict[dt.datetime, dict[str, Any]], dict[dt.datetime, dict[str, dict[str, Any]]]]:
     """Snapshot metrics per ``step`` bucket of [lo, hi) from raw events, with the
-    aggregation's own definitions and window materialisation — in one pass through
-    aggregate's window internals, or (should those change) one
-    :func:`~voicepipe_obs.aggregate.window_metrics` call per bucket. ``whole``, when
-    given, receives the rows over all of [lo, hi) (as ``window_metrics`` returns
-    them), from the same materialised window."""
+    aggregation's own definitions (:func:`~voicepipe_obs.aggregate.metrics_sql`) over
+    one materialised window (as :func:`~voicepipe_obs.aggregate.window_metrics`
+    makes it). ``whole``, when given, receives the rows over all of [lo, hi) (as
+    ``window_metrics`` returns them), from the same window. ``per_org=False``: no
+    per-organisation rows per bucket; ``buckets``: at most this many, the last one
+    taking the rest of the window."""
     from . import aggregate
 
     lo_us, hi_us = store.to_us(lo), store.to_us(hi)
     step_us = int(step.total_seconds() * 1_000_000)
     scope: dict[dt.datetime, dict[str, Any]] = {}
-    per_org: dict[dt.datetime, dict[str, dict[str, Any]]] = {}
+    orgs: dict[dt.datetime, dict[str, dict[str, Any]]] = {}
     if lo_us >= hi_us:
-        return scope, per_org
-    rows: list[dict[str, Any]] = []
+        return scope, orgs
+    con = aggregate._connect()
     try:
-        con = aggregate._connect()
-        try:
-            table = aggregate._window_table(con, root, lo_us, hi_us, org)
-            bucket = f"({lo_us} + (ts - {lo_us}) // {step_us} * {step_us})"
-            rows = aggregate._query_metrics(con, table, bucket).to_pylist()
-            if whole is not None:
-                found = aggregate._query_metrics(con, table, str(lo_us)).to_pylist()
-                whole.extend(sorted(found, key=lambda r: r.get("organization_id") is not None))
-        finally:
-            con.close()
-    except (AttributeError, TypeError):  # pragma: no cover - aggregate's internals moved
-        for b in range(lo_us, hi_us, step_us):
-            for r in aggregate.window_metrics(
-                root, store.from_us(b), store.from_us(min(b + step_us, hi_us)), organization_id=org
-            ):
-                rows.append(r | {"bucket": b})
+        table = aggregate._window_table(con, root, lo_us, hi_us, org)
+        bucket = f"({lo_us} + (ts - {lo_us}) // {step_us} * {step_us})"
+        if buckets is not None:
+            bucket = f"least({bucket}, {lo_us + (buckets - 1) * step_us})"
+        rows = aggregate._query_metrics(con, table, bucket, per_org=per_org).to_pylist()
         if whole is not None:
-            whole.extend(aggregate.window_metrics(root, lo, hi, organization_id=org))
+            found = aggregate._query_metrics(con, table, str(lo_us)).to_pylist()
+            whole.extend(sorted(found, key=lambda r: r.get("organization_id") is not None))
+    finally:
+        con.close()
     for r in rows:
         start = store.from_us(int(r["bucket"]))
         r["period_type"] = "window"
         oid = r.get("organization_id")
         if oid is None:
             scope[start] = r
-        if oid is not None:
-            per_org.setdefault(start, {})[str(oid)] = r
-    return scope, per_org
+        else:
+            orgs.setdefault(start, {})[str(oid)] = r
+    return scope, orgs
 
 
 def metrics(
@@ -1440,17 +1415,25 @@ def metrics(
     """Cards, time series (throughput, failure rate, cost, latency), latency by
     stage, a transcript-confidence histogram and the organisation breakdown.
 
-    Buckets: 5 minutes for 1h, 30 minutes for 6h, hours for 24h, UTC days for 7d
-    and 30d. A complete hour or day is read from its snapshot (``voicepipe
-    aggregate``); the current bucket, and any bucket whose snapshot is missing or was
-    built before the bucket ended, is computed from raw events with the same
-    definitions (:func:`voicepipe_obs.aggregate.window_metrics`) and listed in
-    ``stale_buckets`` (the current one excepted), with a note naming the command that
-    fixes it. Range-level figures are exact for ranges of a day or less, and for 7d
-    and 30d when no day has a snapshot (all computed from raw events); otherwise they
-    combine daily values (``approximate`` lists the weighted means). Counts and
-    costs are 0, never NULL, when there is nothing to add up.
+    ``1h``, ``6h`` and ``24h`` cover exactly the hour(s) up to ``now`` — the same
+    window as the dashboard's and the pipeline report's "24h" — in 12, 12 and 24
+    buckets of 5 minutes, 30 minutes and an hour, all computed from raw events with
+    the aggregation's definitions (:func:`voicepipe_obs.aggregate.window_metrics`).
+
+    ``7d`` and ``30d`` cover UTC days, today's part included (``range_label`` says
+    which). A complete day is read from its daily snapshot (``voicepipe aggregate``);
+    today, and any day whose snapshot is missing, was built before the day ended, or
+    misses event files that arrived since (:func:`voicepipe_obs.aggregate.pending_hours`),
+    is computed from raw events and listed in ``stale_buckets`` (today excepted),
+    with a note naming the command that fixes it. Range-level counts, cost and rates
+    of counts add the days up exactly; percentiles, latency averages and stage
+    failure rates cannot be combined from days, so they are computed over the raw
+    events of the whole range (:func:`voicepipe_obs.aggregate.window_latency`) — or,
+    when some of the range's events are past retention, left None (listed in
+    ``unavailable``, with a note). Every figure is exact; counts and costs are 0,
+    never NULL, when there is nothing to add up.
     """
+    from . import aggregate
 
     check_choice("range", range_, tuple(RANGES))
     org = check_text("--org", org)
@@ -1458,78 +1441,107 @@ def metrics(
     now = aware(now)
     length, step = RANGES[range_]
     n = int(length / step)
-    start = _floor(now, step) - (n - 1) * step
-    period = "hourly" if step == HOUR else "daily" if step == DAY else None
+    until = _through(now)
+    partitions = list(store.iter_partitions(root, store.EVENTS))  # the backlog reads them too
+    # days with event files the last `voicepipe aggregate` has not seen: their
+    # snapshots are behind (a listing, no file read)
+    pending = aggregate.pending_hours(root)
+    behind = {_floor(hour, DAY) for hour in pending}
     scope_rows: dict[int, dict[str, Any]] = {}
-    org_rows: dict[int, dict[str, dict[str, Any]]] = {}
     snapshot_buckets = 0
-    if period is not None:
-        for r in _snapshot_rows(root, period, start, now, org):
+    stale: list[dt.datetime] = []
+    notes: list[str] = []
+    unavailable: list[str] = []
+    if step < DAY:
+        # a rolling window: exactly the last 1, 6 or 24 hours, from raw events
+        start = now - length
+        label = f"last {range_}"
+        whole: list[dict[str, Any]] = []
+        raw_scope, _ = _raw_buckets(root, start, until, step, org, whole, per_org=False, buckets=n)
+        scope_rows = {i: raw_scope[start + i * step] for i in range(n) if start + i * step in raw_scope}
+        exact, per_org_rows = _window_rows(whole, org)
+        totals = exact or {}
+        per_org_totals: dict[str, dict[str, Any]] = per_org_rows
+    else:
+        start = _floor(now, DAY) - (n - 1) * DAY
+        label = f"{start:%m-%d} → {_floor(now, DAY):%m-%d} ({n} UTC days)"
+        for r in _snapshot_rows(root, "daily", start, now, org):
             b_start, b_end = aware(r["period_start"]), aware(r["period_end"])
             if b_end > now or (r.get("created_at") is not None and aware(r["created_at"]) < b_end):
-                continue  # the current bucket, or built before its bucket ended
-            i = int((store.to_us(b_start) - store.to_us(start)) // int(step.total_seconds() * 1_000_000))
-            scope_rows.setdefault(i, r)  # newest first: a rebuilt bucket's latest row wins
+                continue  # today, or built before its day ended
+            if b_start in behind:
+                continue  # event files arrived since it was built
+            # newest first: a rebuilt day's latest row wins
+            scope_rows.setdefault((b_start - start) // DAY, r)
         snapshot_buckets = len(scope_rows)
-    stale: list[dt.datetime] = []
-    # buckets without a snapshot that have event files (one listing for the range)
-    step_us = int(step.total_seconds() * 1_000_000)
-    with_files: set[int] = set()
-    partitions = list(store.iter_partitions(root, store.EVENTS))  # the backlog reads them too
-    for part in partitions:
-        hour_start = part.start
-        if hour_start is None or part.hour is None or not start - HOUR < hour_start < now:
-            continue
-        first = max(0, (store.to_us(hour_start) - store.to_us(start)) // step_us)
-        last = (store.to_us(min(hour_start + HOUR, now)) - 1 - store.to_us(start)) // step_us
-        wanted = range(first, min(last, n - 1) + 1)
-        if any(i not in scope_rows and i not in with_files for i in wanted) and store.parquet_files(
-            part.path
-        ):
-            with_files.update(wanted)
-    missing = sorted(i for i in with_files if i not in scope_rows)
-    # daily buckets with no snapshot at all: the raw window gives exact range figures too
-    whole: list[dict[str, Any]] | None = [] if step >= DAY and not snapshot_buckets else None
-    if missing:
-        lo_raw = start if whole is not None else start + missing[0] * step
-        raw_scope, raw_orgs = _raw_buckets(root, lo_raw, now, step, org, whole)
-        for i in missing:
-            b_start = start + i * step
-            if b_start not in raw_scope:
-                continue  # no traffic
-            scope_rows[i] = raw_scope[b_start]
-            org_rows[i] = raw_orgs.get(b_start, {})
-            if period is not None and b_start + step <= now:
-                stale.append(b_start)
-    notes: list[str] = []
-    if stale and not snapshot_buckets:
-        notes.append(
-            f"no {period} snapshots for this range: computed from raw events; "
-            "run `voicepipe aggregate` (from cron) to make this report fast"
-        )
-    elif stale:
-        notes.append(
-            f"snapshots are behind: {len(stale)} {period} bucket(s) computed from raw events; "
-            "run `voicepipe aggregate` to bring them up to date"
-        )
-    approximate: list[str] = []
-    if step < DAY:
-        exact, exact_orgs = _window(root, start, now, org)
-        totals = exact or {}
-        per_org_totals = exact_orgs
-    elif whole:
-        exact, exact_orgs = _window_rows(whole, org)
-        totals = exact or {}
-        per_org_totals = exact_orgs
-    else:
-        totals = _combine([scope_rows[i] for i in sorted(scope_rows)])
-        snap_days = [start + i * step for i in scope_rows if _source(scope_rows[i]) == "snapshot"]
-        sums = _snapshot_org_sums(root, snap_days, org)
-        for rows in org_rows.values():
-            for oid, r in rows.items():
-                _add_org(sums.setdefault(oid, _org_acc()), r)
-        per_org_totals = {oid: _org_totals(acc) for oid, acc in sums.items()}
-        approximate = list(APPROXIMATE_WHEN_COMBINED) if len(scope_rows) > 1 else []
+        event_days = {_floor(p.start, DAY) for p in partitions if p.start is not None and p.hour is not None}
+        missing = [i for i in range(n) if i not in scope_rows and start + i * DAY in event_days]
+        org_rows: dict[int, dict[str, dict[str, Any]]] = {}
+        # no usable snapshot at all: the raw window gives the range figures too
+        whole_days: list[dict[str, Any]] | None = [] if not snapshot_buckets else None
+        if missing:
+            lo_raw = start if whole_days is not None else start + missing[0] * DAY
+            raw_scope, raw_orgs = _raw_buckets(root, lo_raw, until, DAY, org, whole_days)
+            for i in missing:
+                b_start = start + i * DAY
+                if b_start not in raw_scope:
+                    continue  # no traffic
+                scope_rows[i] = raw_scope[b_start]
+                org_rows[i] = raw_orgs.get(b_start, {})
+                if b_start + DAY <= now:
+                    stale.append(b_start)
+        files_behind = sum(k for hour, k in pending.items() if _floor(hour, DAY) in set(stale))
+        if stale and not snapshot_buckets:
+            notes.append(
+                "no daily snapshots for this range: computed from raw events; "
+                "run `voicepipe aggregate` (from cron) to make this report fast"
+            )
+        elif stale and files_behind:
+            notes.append(
+                f"snapshots are behind: {files_behind} event file(s) arrived since the last "
+                f"`voicepipe aggregate`, so {len(stale)} daily bucket(s) were computed from raw events; "
+                "run `voicepipe aggregate` to bring them up to date"
+            )
+        elif stale:
+            notes.append(
+                f"snapshots are behind: {len(stale)} daily bucket(s) computed from raw events; "
+                "run `voicepipe aggregate` to bring them up to date"
+            )
+        if whole_days is not None:
+            exact, per_org_totals = _window_rows(whole_days, org)
+            totals = exact or {}
+        else:
+            totals = _sums([scope_rows[i] for i in sorted(scope_rows)])
+            snap_days = [start + i * DAY for i in scope_rows if _source(scope_rows[i]) == "snapshot"]
+            sums = _snapshot_org_sums(root, snap_days, org)
+            for rows in org_rows.values():
+                for oid, r in rows.items():
+                    _add_org(sums.setdefault(oid, _org_acc()), r)
+            # percentiles (and the averages and rates whose counts snapshots do not
+            # keep) need the raw events of the whole range
+            gone = sorted(d for d in snap_days if d not in event_days)
+            latency: dict[str, Any] = {}
+            latency_orgs: dict[str, dict[str, Any]] = {}
+            if gone:
+                unavailable = list(RANGE_LATENCY_FIGURES)
+                days = f"{gone[0]:%Y-%m-%d}" + (f" … {gone[-1]:%Y-%m-%d}" if len(gone) > 1 else "")
+                notes.append(
+                    f"latency averages, percentiles and stage failure rates are not shown (–): they need "
+                    f"the raw events of the whole range, and those of {days} are past event retention; "
+                    "a percentile cannot be combined from daily snapshots. Counts, rates of artifacts "
+                    "and costs are complete (from the snapshots)"
+                )
+            else:
+                lat_rows = aggregate.window_latency(
+                    root, start, until, organization_id=org, org_metrics=("p95_end_to_end_latency_ms",)
+                )
+                found, latency_orgs = _window_rows(lat_rows, org)
+                latency = found or {}
+            totals |= {key: latency.get(key) for key in aggregate.LATENCY_METRICS}
+            per_org_totals = {
+                oid: _org_totals(acc, latency_orgs.get(oid, {}).get("p95_end_to_end_latency_ms"))
+                for oid, acc in sums.items()
+            }
     series = []
     for i in range(n):
         r = scope_rows.get(i, {})
@@ -1558,7 +1570,9 @@ def metrics(
         "p95_end_to_end_latency_ms": totals.get("p95_end_to_end_latency_ms"),
         "total_ai_cost": totals.get("total_ai_cost") or 0.0,
         "auto_resolution_rate": totals.get("auto_resolution_rate"),
-        "disambiguation_backlog": disambiguation_backlog(root, now=now, org=org, partitions=partitions),
+        "disambiguation_backlog": disambiguation_backlog(
+            root, now=now, org=org, partitions=partitions, stale_days=behind
+        ),
     }
     stages = [
         {
@@ -1587,13 +1601,14 @@ def metrics(
     return {
         "generated_at": now,
         "range": range_,
+        "range_label": label,
         "organization_id": org,
         "start": start,
         "bucket_seconds": int(step.total_seconds()),
         "snapshot_buckets": snapshot_buckets,
         "stale_buckets": stale,
         "notes": notes,
-        "approximate": approximate,
+        "unavailable": unavailable,
         "cards": cards,
         "series": series,
         "stages": stages,
@@ -1632,6 +1647,7 @@ def disambiguation_backlog(
     now: dt.datetime,
     org: str | None = None,
     partitions: Sequence[store.Partition] | None = None,
+    stale_days: Collection[dt.datetime] = (),
 ) -> int:
     """Σ disambiguation_count of entity_needs_disambiguation − Σ of entity_user_resolved,
     over every event in the store (that is, within event retention), never below 0.
@@ -1639,8 +1655,9 @@ def disambiguation_backlog(
     A whole day takes the two sums from its daily snapshot (columns
     ``disambiguations_flagged`` / ``disambiguations_resolved``) when that was built
     after the day ended; today, the oldest retained day (cleanup may have dropped part
-    of it) and days without such a snapshot are read from raw events. ``partitions``:
-    the event partitions when the caller has listed them already."""
+    of it), days without such a snapshot and ``stale_days`` (days with event files
+    the snapshot has not seen) are read from raw events. ``partitions``: the event
+    partitions when the caller has listed them already."""
     from .query import vetted
 
     now = aware(now)
@@ -1651,7 +1668,9 @@ def disambiguation_backlog(
     if not by_day:
         return 0
     days = sorted(by_day)
-    by_snapshot = _snapshot_backlog(root, [d for d in days[1:] if d + DAY <= now], org)
+    by_snapshot = _snapshot_backlog(
+        root, [d for d in days[1:] if d + DAY <= now and d not in stale_days], org
+    )
     total = sum(by_snapshot.values())
     files = vetted(
         sorted(
