@@ -240,7 +240,7 @@ def close(a: float | None, b: float | None) -> bool:
 def test_range_figures_are_exact_from_snapshots_and_raw_events(
     built: Path, ref: duckdb.DuckDBPyConnection, range_: str, org: str | None
 ) -> None:
-    m = reports.metrics(built, now=NOW, range_=range_, org=org)
+    m = reports.metrics(built, now=NOW, range_=range_, org=org, exact=True)
     days = 7 if range_ == "7d" else 30
     start = TODAY - dt.timedelta(days=days - 1)
     want = reference(ref, built, start, NOW, org)
@@ -269,7 +269,7 @@ def test_range_figures_are_exact_from_snapshots_and_raw_events(
 def test_the_reviewers_case_through_the_cli(built: Path, runner: Any, ref: duckdb.DuckDBPyConnection) -> None:
     """A 2-day-old failed artifact retried and completed today, then aggregated:
     org-b's 7d p95 is the percentile of its completions, not a mean of daily p95s."""
-    argv = ["--data", str(built), "report", "--now", NOW.isoformat(), "metrics", "--range", "7d"]
+    argv = ["--data", str(built), "report", "--now", NOW.isoformat(), "metrics", "--range", "7d", "--exact"]
     result = runner.invoke(main, [*argv, "--format", "json"], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""
@@ -284,6 +284,33 @@ def test_the_reviewers_case_through_the_cli(built: Path, runner: Any, ref: duckd
     table = runner.invoke(main, [*argv, "--utc"], catch_exceptions=False)
     assert table.exit_code == 0 and "≈" not in table.stdout
     assert "voicepipe metrics · 11-19 → 11-25 (7 UTC days) · all organisations" in table.stdout
+
+
+@pytest.mark.parametrize("range_", ["7d", "30d"])
+def test_without_exact_a_range_shows_no_figure_it_cannot_add_up(
+    built: Path, ref: duckdb.DuckDBPyConnection, runner: Any, range_: str
+) -> None:
+    """The fast default (snapshots only): what days add up to exactly is shown; the
+    range's percentiles, latency averages and stage failure rates are left out with
+    a note naming --exact — never a mean of the days' values."""
+    m = reports.metrics(built, now=NOW, range_=range_)
+    days = 7 if range_ == "7d" else 30
+    want = reference(ref, built, TODAY - dt.timedelta(days=days - 1), NOW, None)
+    assert m["cards"]["p95_end_to_end_latency_ms"] is None and m["cards"]["avg_end_to_end_latency_ms"] is None
+    assert all(
+        s[k] is None for s in m["stages"] for k in ("avg_latency_ms", "p95_latency_ms", "failure_rate")
+    )
+    assert all(o["p95_end_to_end_latency_ms"] is None for o in m["organizations"])
+    assert set(m["unavailable"]) == set(reports.RANGE_LATENCY_FIGURES)
+    assert any("add --exact" in n for n in m["notes"])
+    assert m["cards"]["artifacts_received"] == want["received"]
+    assert m["cards"]["artifacts_processed"] == want["completed"] + want["failed"]
+    assert m["cards"]["total_ai_cost"] == pytest.approx(want["cost"], rel=1e-12)
+    # each day's own figures stay in the series
+    assert any(b["p95_end_to_end_latency_ms"] is not None for b in m["series"])
+    argv = ["--data", str(built), "report", "--now", NOW.isoformat(), "metrics", "--range", range_, "--utc"]
+    table = runner.invoke(main, argv, catch_exceptions=False)
+    assert table.exit_code == 0 and "│ p95 –" in table.stdout and "--exact" in table.stdout
 
 
 @pytest.mark.parametrize("org", [None, "org-a"])
@@ -410,11 +437,11 @@ def backfill_failures(root: Path, n: int = 50) -> None:
 def test_event_files_newer_than_the_snapshots_are_counted_and_noted(
     store: Path, runner: Any, ref: duckdb.DuckDBPyConnection
 ) -> None:
-    old = reports.metrics(store, now=NOW, range_="7d")
+    old = reports.metrics(store, now=NOW, range_="7d", exact=True)
     assert old["notes"] == []
     backfill_failures(store)
     day = TODAY - dt.timedelta(days=2)
-    m = reports.metrics(store, now=NOW, range_="7d")
+    m = reports.metrics(store, now=NOW, range_="7d", exact=True)
     want = reference(ref, store, TODAY - dt.timedelta(days=6), NOW)
     assert m["cards"]["artifacts_received"] == old["cards"]["artifacts_received"] + 50 == want["received"]
     assert m["cards"]["artifacts_processed"] == want["completed"] + want["failed"]
@@ -435,7 +462,7 @@ def test_event_files_newer_than_the_snapshots_are_counted_and_noted(
         "up to date"
     ]
     # the CLI says so on stderr with --format json, in the table otherwise
-    argv = ["--data", str(store), "report", "--now", NOW.isoformat(), "metrics", "--range", "7d"]
+    argv = ["--data", str(store), "report", "--now", NOW.isoformat(), "metrics", "--range", "7d", "--exact"]
     result = runner.invoke(main, [*argv, "--format", "json"], catch_exceptions=False)
     assert result.exit_code == 0
     assert result.stderr == f"voicepipe: note: {m['notes'][0]}\n"
@@ -445,7 +472,7 @@ def test_event_files_newer_than_the_snapshots_are_counted_and_noted(
     # aggregated: the same figures, from snapshots, without a note
     aggregate.aggregate(store, now=NOW)
     assert aggregate.pending_hours(store) == {}
-    fresh = reports.metrics(store, now=NOW, range_="7d")
+    fresh = reports.metrics(store, now=NOW, range_="7d", exact=True)
     assert fresh["notes"] == [] and fresh["stale_buckets"] == []
     assert fresh["cards"] == pytest.approx(m["cards"])
     assert [b["artifacts_failed"] for b in fresh["series"]] == [b["artifacts_failed"] for b in m["series"]]
@@ -455,7 +482,7 @@ def test_event_files_newer_than_the_snapshots_are_counted_and_noted(
 def test_compacting_aggregated_files_does_not_make_snapshots_behind(store: Path) -> None:
     maintenance.compact(store, now=NOW, grace=dt.timedelta(0))
     assert any(p.name.startswith("compact-") for p in (store / "events").rglob("*.parquet"))
-    m = reports.metrics(store, now=NOW, range_="7d")
+    m = reports.metrics(store, now=NOW, range_="7d", exact=True)
     assert m["notes"] == [] and m["stale_buckets"] == [] and m["snapshot_buckets"] == 6
     assert aggregate.pending_hours(store) == {}
 

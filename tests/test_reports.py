@@ -351,11 +351,11 @@ def test_duplicate_files_count_once(data: Path) -> None:
 def test_metrics_read_snapshots_and_say_when_they_are_behind(data: Path) -> None:
     from voicepipe_obs import aggregate
 
-    raw = reports.metrics(data, now=NOW, range_="7d")
+    raw = reports.metrics(data, now=NOW, range_="7d", exact=True)
     assert raw["snapshot_buckets"] == 0 and "voicepipe aggregate" in raw["notes"][0]
     assert [s.date().isoformat() for s in raw["stale_buckets"]] == ["2026-11-25", "2026-11-27"]
     aggregate.aggregate(data, now=NOW)
-    snap = reports.metrics(data, now=NOW, range_="7d")
+    snap = reports.metrics(data, now=NOW, range_="7d", exact=True)
     assert snap["snapshot_buckets"] == 2 and snap["notes"] == [] and snap["stale_buckets"] == []
     for key in ("artifacts_received", "artifacts_processed", "completion_rate", "disambiguation_backlog"):
         assert snap["cards"][key] == raw["cards"][key], key
@@ -373,7 +373,7 @@ def test_metrics_read_snapshots_and_say_when_they_are_behind(data: Path) -> None
     # a missing daily snapshot is recomputed from raw events, and said so
     for f in (data / "snapshots" / "daily" / "date=2026-11-27").glob("*.parquet"):
         f.unlink()
-    behind = reports.metrics(data, now=NOW, range_="7d")
+    behind = reports.metrics(data, now=NOW, range_="7d", exact=True)
     assert [s.date().isoformat() for s in behind["stale_buckets"]] == ["2026-11-27"]
     assert "snapshots are behind: 1 daily bucket" in behind["notes"][0]
     assert behind["cards"]["artifacts_processed"] == raw["cards"]["artifacts_processed"]

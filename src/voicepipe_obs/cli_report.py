@@ -308,15 +308,24 @@ def artifact(ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, ut
     help="Time range: 1h (5-minute buckets), 6h (30-minute), 24h (hourly), 7d or 30d (UTC days).",
 )
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="7d/30d: compute the range's latency averages, percentiles and stage failure rates "
+    "from the raw events (slower); without it they are left out (a percentile cannot be "
+    "combined from daily snapshots).",
+)
 @pass_app
 @click.pass_context
-def metrics(ctx: click.Context, app: AppContext, fmt: str, utc: bool, range_: str, org: str | None) -> None:
+def metrics(
+    ctx: click.Context, app: AppContext, fmt: str, utc: bool, range_: str, org: str | None, exact: bool
+) -> None:
     """Cards, throughput, latency by stage, failure and cost trends, confidence
     histogram and the organisation breakdown."""
     from . import reports
     from .render import CSV_COLUMNS, render_metrics, to_csv, to_json
 
-    data = reports.metrics(app.root, now=_now(ctx), range_=range_, org=org)
+    data = reports.metrics(app.root, now=_now(ctx), range_=range_, org=org, exact=exact)
     if fmt != "table":
         for note in data["notes"]:
             click.echo(f"voicepipe: note: {note}", err=True)

@@ -1411,6 +1411,7 @@ def metrics(
     now: dt.datetime,
     range_: str = "24h",
     org: str | None = None,
+    exact: bool = False,
 ) -> dict[str, Any]:
     """Cards, time series (throughput, failure rate, cost, latency), latency by
     stage, a transcript-confidence histogram and the organisation breakdown.
@@ -1427,11 +1428,12 @@ def metrics(
     is computed from raw events and listed in ``stale_buckets`` (today excepted),
     with a note naming the command that fixes it. Range-level counts, cost and rates
     of counts add the days up exactly; percentiles, latency averages and stage
-    failure rates cannot be combined from days, so they are computed over the raw
-    events of the whole range (:func:`voicepipe_obs.aggregate.window_latency`) — or,
-    when some of the range's events are past retention, left None (listed in
-    ``unavailable``, with a note). Every figure is exact; counts and costs are 0,
-    never NULL, when there is nothing to add up.
+    failure rates cannot be combined from days: with ``exact`` they are computed over
+    the raw events of the whole range (:func:`voicepipe_obs.aggregate.window_latency`;
+    seconds on a large store, where the rest takes well under one); without it, or
+    when some of the range's events are past retention, they are left None (listed in
+    ``unavailable``, with a note saying why and what to do). Every figure shown is
+    exact; counts and costs are 0, never NULL, when there is nothing to add up.
     """
     from . import aggregate
 
@@ -1522,7 +1524,15 @@ def metrics(
             gone = sorted(d for d in snap_days if d not in event_days)
             latency: dict[str, Any] = {}
             latency_orgs: dict[str, dict[str, Any]] = {}
-            if gone:
+            if not exact and not gone:
+                unavailable = list(RANGE_LATENCY_FIGURES)
+                notes.append(
+                    "latency averages, percentiles and stage failure rates over several days are not "
+                    "shown (–): a percentile cannot be combined from daily snapshots; add --exact to "
+                    "compute them from the raw events of the whole range (slower). The daily series "
+                    "shows each day's exact values"
+                )
+            elif gone:
                 unavailable = list(RANGE_LATENCY_FIGURES)
                 days = f"{gone[0]:%Y-%m-%d}" + (f" … {gone[-1]:%Y-%m-%d}" if len(gone) > 1 else "")
                 notes.append(
