@@ -137,6 +137,38 @@ def parse_now(value: str | None) -> dt.datetime | None:
         raise click.BadParameter(str(exc), param_hint="--now") from None
 
 
+class OneLineUsageError(click.UsageError):
+    """A click usage error (unknown command or option, bad value) shown as the one
+    line every voicepipe error is — ``voicepipe: error: …; see `voicepipe report
+    events --help``` — instead of click's usage block. Exit code 2."""
+
+    def __init__(self, exc: click.UsageError) -> None:
+        super().__init__(exc.message, exc.ctx)
+        self.text = exc.format_message()  # with the option's name ("Invalid value for '--limit': …")
+
+    def command_path(self) -> str:
+        names: list[str] = []
+        ctx = self.ctx
+        while ctx is not None:
+            names.append(ctx.info_name or "")
+            ctx = ctx.parent
+        names[-1] = "voicepipe"  # the root, whatever the console script was called
+        return " ".join(reversed(names))
+
+    def show(self, file: Any = None) -> None:
+        message = " ".join(self.text.split()).rstrip(".")
+        hint = f"; see `{self.command_path()} --help`" if self.ctx is not None else ""
+        click.echo(f"voicepipe: error: {message}{hint}", file=file, err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """``exc`` as a :class:`OneLineUsageError`; a group run without a command
+    (``voicepipe report``) keeps click's help text."""
+    if isinstance(exc, OneLineUsageError) or type(exc).__name__ == "NoArgsIsHelpError":
+        return exc
+    return OneLineUsageError(exc)
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use, and whose --help lists
     them from LAZY_COMMANDS without importing anything."""
@@ -165,9 +197,19 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(sorted(rows))
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except VoicepipeError as exc:
             click.echo(f"voicepipe: error: {exc}", err=True)
             ctx.exit(exc.exit_code)

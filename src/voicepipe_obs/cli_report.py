@@ -33,10 +33,19 @@ def _now(ctx: click.Context) -> dt.datetime:
     return frozen if isinstance(frozen, dt.datetime) else dt.datetime.now(UTC)
 
 
-def _style(utc: bool) -> Any:
-    from .render import Style, colour_wanted
+def _style(utc: bool, width: int | None = None) -> Any:
+    """Colour on a TTY without NO_COLOR; times in UTC or local time; the width from
+    --width, else the terminal's on a TTY, else 100."""
+    from .render import Style, colour_wanted, output_width
 
-    return Style(colour=colour_wanted(sys.stdout), tz=UTC if utc else None)
+    return Style(
+        colour=colour_wanted(sys.stdout), tz=UTC if utc else None, width=output_width(sys.stdout, width)
+    )
+
+
+def _zone(utc: bool) -> dt.tzinfo | None:
+    """The zone times typed in are read in: the one the tables show (None: local)."""
+    return UTC if utc else None
 
 
 def _out(text: str) -> None:
@@ -44,32 +53,43 @@ def _out(text: str) -> None:
 
 
 def report_options(*formats: str) -> Callable[[F], F]:
-    """--format and --utc, shared by every report."""
+    """--format, --utc and --width, shared by every report."""
 
     def decorate(fn: F) -> F:
         fn = click.option(
-            "--utc", is_flag=True, help="Show times in UTC (default: local time). JSON/CSV are always UTC."
+            "--width",
+            metavar="N",
+            type=click.IntRange(60, 1000),
+            help="Lay tables out for N columns (default: the terminal's width on a TTY, else 100).",
+        )(fn)
+        fn = click.option(
+            "--utc",
+            is_flag=True,
+            help="Times in UTC, shown and typed in (default: local time). JSON/CSV are always UTC.",
         )(fn)
         return format_option(*(formats or ("table", "json", "csv")))(fn)
 
     return decorate
 
 
+_WHEN_HELP = (
+    "30m, 2h, 7d (ago), today, or an ISO date/time (local time, UTC with --utc, unless it has an offset)"
+)
+
+
 def since_until(fn: F) -> F:
-    fn = click.option(
-        "--until", metavar="WHEN", help="Up to (exclusive): 30m, 2h, 7d (ago) or an ISO date/time."
-    )(fn)
-    return click.option("--since", metavar="WHEN", help="From: 30m, 2h, 7d (ago) or an ISO date/time (UTC).")(
-        fn
-    )
+    fn = click.option("--until", metavar="WHEN", help=f"Up to (exclusive): {_WHEN_HELP}.")(fn)
+    return click.option("--since", metavar="WHEN", help=f"From: {_WHEN_HELP}.")(fn)
 
 
 def _range(
-    since: str | None, until: str | None, now: dt.datetime
+    since: str | None, until: str | None, now: dt.datetime, utc: bool
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """--since/--until as UTC datetimes; naive times, today and yesterday are read
+    in the zone the tables show (local time, or UTC with --utc)."""
     from .timeparse import parse_range
 
-    return parse_range(since, until, now)
+    return parse_range(since, until, now, _zone(utc))
 
 
 def _thresholds(app: AppContext) -> Any:
@@ -120,18 +140,20 @@ def report(ctx: click.Context, now_value: str | None) -> None:
 )
 @pass_app
 @click.pass_context
-def dashboard(ctx: click.Context, app: AppContext, fmt: str, utc: bool, watch: float | None) -> None:
+def dashboard(
+    ctx: click.Context, app: AppContext, fmt: str, utc: bool, width: int | None, watch: float | None
+) -> None:
     """Status cards, the pipeline flow graph, active alerts and the latest events."""
     from . import reports
     from .render import csv_dashboard, render_dashboard, to_json
 
-    style = _style(utc)
+    style = _style(utc, width)
     th = _thresholds(app)
 
     def draw() -> str:
         data = reports.dashboard(app.root, now=_now(ctx), tz=style.tz, thresholds=th)
-        if fmt == "json":
-            return to_json(data)
+        if fmt == "json":  # --watch: one compact object per line (JSON Lines)
+            return to_json(data, indent=None if watch is not None else 2)
         if fmt == "csv":
             return csv_dashboard(data)
         return render_dashboard(data, style)
@@ -146,7 +168,7 @@ def dashboard(ctx: click.Context, app: AppContext, fmt: str, utc: bool, watch: f
             if tty:
                 click.echo("\x1b[H\x1b[2J", nl=False)
             _out(text)
-            if not tty:
+            if not tty and fmt != "json":
                 click.echo("")
             sys.stdout.flush()
             time.sleep(watch)
@@ -162,17 +184,23 @@ def dashboard(ctx: click.Context, app: AppContext, fmt: str, utc: bool, watch: f
     help="Only this stage.",
 )
 @click.option(
-    "--since", metavar="WHEN", default="24h", show_default=True, help="Window for errors and the retry queue."
+    "--since",
+    metavar="WHEN",
+    default="24h",
+    show_default=True,
+    help=f"Window for errors and the retry queue: {_WHEN_HELP}.",
 )
 @pass_app
 @click.pass_context
-def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: str | None, since: str) -> None:
+def pipeline(
+    ctx: click.Context, app: AppContext, fmt: str, utc: bool, width: int | None, stage: str | None, since: str
+) -> None:
     """Per stage: artifacts at it now, hourly latency, errors by code, retry queue."""
     from . import reports
     from .render import csv_pipeline, render_pipeline, to_json
 
     now = _now(ctx)
-    lo, _ = _range(since, None, now)
+    lo, _ = _range(since, None, now, utc)
     data = reports.pipeline(
         app.root,
         now=now,
@@ -186,7 +214,7 @@ def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: st
     elif fmt == "csv":
         _out(csv_pipeline(data))
     else:
-        _out(render_pipeline(data, _style(utc)))
+        _out(render_pipeline(data, _style(utc, width)))
 
 
 @report.command()
@@ -203,9 +231,9 @@ def pipeline(ctx: click.Context, app: AppContext, fmt: str, utc: bool, stage: st
     metavar="WHEN",
     default="24h",
     show_default=True,
-    help="Received from: 30m, 2h, 7d or an ISO date/time.",
+    help=f"Received from: {_WHEN_HELP}.",
 )
-@click.option("--until", metavar="WHEN", help="Received before: 30m, 2h, 7d (ago) or an ISO date/time.")
+@click.option("--until", metavar="WHEN", help=f"Received before: {_WHEN_HELP}.")
 @click.option("--search", metavar="PREFIX", help="Artifact id starts with PREFIX.")
 @click.option(
     "--sort",
@@ -230,6 +258,7 @@ def artifacts(
     app: AppContext,
     fmt: str,
     utc: bool,
+    width: int | None,
     status: str | None,
     org: str | None,
     channel: str | None,
@@ -250,7 +279,7 @@ def artifacts(
     if collapsed and expanded:
         raise click.UsageError("--collapsed and --expanded exclude each other")
     now = _now(ctx)
-    lo, hi = _range(since, until, now)
+    lo, hi = _range(since, until, now, utc)
     data = reports.artifacts(
         app.root,
         now=now,
@@ -268,12 +297,20 @@ def artifacts(
         thresholds=_thresholds(app),
         retry_command=_retry_command(app),
     )
+    if not data["total"] and org is not None:
+        reports.require_organization(app.root, org)  # a misspelt --org is an error, not "no artifacts"
+    if data.get("past_end") and fmt != "table":  # the table's footer says so
+        click.echo(
+            f"voicepipe: note: page {page} is past the end ({data['total']} artifacts, {limit} per page): "
+            f"the last page is --page {data['last_page']}",
+            err=True,
+        )
     if fmt == "json":
         _out(to_json(data))
     elif fmt == "csv":
         _out(to_csv(data["rows"], reports.ARTIFACT_COLUMNS))
     else:
-        _out(render_artifacts(data, _style(utc), collapsed=collapsed, expanded=expanded))
+        _out(render_artifacts(data, _style(utc, width), collapsed=collapsed, expanded=expanded))
 
 
 @report.command()
@@ -281,7 +318,9 @@ def artifacts(
 @report_options()
 @pass_app
 @click.pass_context
-def artifact(ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, utc: bool) -> None:
+def artifact(
+    ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, utc: bool, width: int | None
+) -> None:
     """One artifact: header, event timeline, retry options and retry history."""
     from . import reports
     from .render import csv_artifact, render_artifact, to_json
@@ -294,7 +333,7 @@ def artifact(ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, ut
     elif fmt == "csv":
         _out(csv_artifact(data))
     else:
-        _out(render_artifact(data, _style(utc)))
+        _out(render_artifact(data, _style(utc, width)))
 
 
 @report.command()
@@ -318,7 +357,14 @@ def artifact(ctx: click.Context, app: AppContext, artifact_id: str, fmt: str, ut
 @pass_app
 @click.pass_context
 def metrics(
-    ctx: click.Context, app: AppContext, fmt: str, utc: bool, range_: str, org: str | None, exact: bool
+    ctx: click.Context,
+    app: AppContext,
+    fmt: str,
+    utc: bool,
+    width: int | None,
+    range_: str,
+    org: str | None,
+    exact: bool,
 ) -> None:
     """Cards, throughput, latency by stage, failure and cost trends, confidence
     histogram and the organisation breakdown."""
@@ -326,6 +372,8 @@ def metrics(
     from .render import CSV_COLUMNS, render_metrics, to_csv, to_json
 
     data = reports.metrics(app.root, now=_now(ctx), range_=range_, org=org, exact=exact)
+    if org is not None and not data["cards"].get("artifacts_received") and not data["organizations"]:
+        reports.require_organization(app.root, org)  # a misspelt --org is an error, not all zeros
     if fmt != "table":
         for note in data["notes"]:
             click.echo(f"voicepipe: note: {note}", err=True)
@@ -334,7 +382,7 @@ def metrics(
     elif fmt == "csv":
         _out(to_csv(data["series"], CSV_COLUMNS["metrics"]))
     else:
-        _out(render_metrics(data, _style(utc)))
+        _out(render_metrics(data, _style(utc, width)))
 
 
 @report.command()
@@ -352,8 +400,12 @@ def metrics(
 @since_until
 @click.option("--errors-only", is_flag=True, help="Only failures and events with an error_code.")
 @click.option(
-    "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Rows to show at most."
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    help="Events per page (at most 10000). Default: 50 in a table; --format csv/json export every "
+    "matching event unless --limit or --page is given.",
 )
+@click.option("--page", type=click.IntRange(min=1), help="Page number (of --limit events, default 50).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they land, until Ctrl-C.")
 @click.option(
     "--interval",
@@ -369,6 +421,7 @@ def events(
     app: AppContext,
     fmt: str,
     utc: bool,
+    width: int | None,
     types: tuple[str, ...],
     stage: str | None,
     org: str | None,
@@ -376,7 +429,8 @@ def events(
     since: str | None,
     until: str | None,
     errors_only: bool,
-    limit: int,
+    limit: int | None,
+    page: int | None,
     follow: bool,
     interval: float,
 ) -> None:
@@ -385,20 +439,89 @@ def events(
     from .render import render_events, to_csv, to_json
 
     now = _now(ctx)
-    lo, hi = _range(since, until, now)
+    lo, hi = _range(since, until, now, utc)
     filters = reports.EventFilter(
         types=types, stage=stage, org=org, artifact=artifact, since=lo, until=hi, errors_only=errors_only
     )
-    if not follow:
-        data = reports.events(app.root, now=now, filters=filters, limit=limit)
-        if fmt == "json":
-            _out(to_json(data))
-        elif fmt == "csv":
-            _out(to_csv(data["rows"], reports.EVENT_COLUMNS))
-        else:
-            _out(render_events(data, _style(utc)))
+    if follow:
+        if page is not None:
+            raise click.UsageError("--page does not go with --follow")
+        _follow(app, filters, fmt, utc, width, limit or EVENTS_PER_PAGE, interval, now)
         return
-    _follow(app, filters, fmt, utc, limit, interval, now)
+    if fmt != "table" and limit is None and page is None:
+        _export_events(app, filters, fmt, now)
+        return
+    data = reports.events(app.root, now=now, filters=filters, limit=limit or EVENTS_PER_PAGE, page=page or 1)
+    if not data["rows"] and not data["total"]:
+        _require_known(app, filters)
+    if data["truncated"] and fmt != "table":
+        first = data["offset"] + 1
+        shown = f"events {first:,}–{first + len(data['rows']) - 1:,}" if data["rows"] else "no events"
+        click.echo(
+            f"voicepipe: note: wrote {shown} of {data['total']:,} matching (--limit {data['limit']}, "
+            f"--page {data['page']}); without --limit and --page, --format {fmt} exports them all",
+            err=True,
+        )
+    if fmt == "json":
+        _out(to_json(data))
+    elif fmt == "csv":
+        _out(to_csv(data["rows"], reports.EVENT_COLUMNS))
+    else:
+        _out(render_events(data, _style(utc, width)))
+
+
+#: Events in a page of the table (and with --page but no --limit).
+EVENTS_PER_PAGE = 50
+
+
+def _require_known(app: AppContext, filters: Any) -> None:
+    """An --org or --artifact that the store does not know is an error (exit 1, with
+    a "did you mean"), not an empty log."""
+    from . import reports
+
+    if filters.artifact is not None:
+        reports.require_artifact(app.root, filters.artifact)
+    if filters.org is not None:
+        reports.require_organization(app.root, filters.org)
+
+
+def _export_events(app: AppContext, filters: Any, fmt: str, now: dt.datetime) -> None:
+    """Every matching event, newest first, streamed as CSV or JSON (memory stays
+    bounded): the export is complete, or the command fails."""
+    from . import reports
+    from .render import write_csv, write_json_rows
+
+    rows = reports.iter_events(app.root, now=now, filters=filters)
+    first = next(rows, None)
+    if first is None:
+        _require_known(app, filters)
+    stream = sys.stdout
+
+    def everything() -> Any:
+        if first is not None:
+            yield first
+            yield from rows
+
+    if fmt == "csv":
+        write_csv(everything(), reports.EVENT_COLUMNS, stream)
+        return
+    f = filters.validated()
+    head = {
+        "generated_at": now,
+        "filters": {
+            "types": list(f.types),
+            "stage": f.stage,
+            "org": f.org,
+            "artifact": f.artifact,
+            "since": f.since,
+            "until": f.until,
+            "errors_only": f.errors_only,
+        },
+        "limit": None,
+        "page": 1,
+        "offset": 0,
+    }
+    write_json_rows(head, everything(), lambda n: {"total": n, "truncated": False}, stream)
 
 
 def _follow(
@@ -406,16 +529,18 @@ def _follow(
     filters: Any,
     fmt: str,
     utc: bool,
+    width: int | None,
     limit: int,
     interval: float,
     now: dt.datetime,
 ) -> None:
+    """--follow: the latest ``limit`` events oldest first, then each new one."""
     import json
 
     from . import reports
     from .render import render_event_line, to_csv, to_json
 
-    style = _style(utc)
+    style = _style(utc, width)
 
     def line(ev: dict[str, Any]) -> str:
         if fmt == "json":
@@ -428,7 +553,7 @@ def _follow(
     if fmt == "csv":
         click.echo(",".join(reports.EVENT_COLUMNS))
     if reports.has_events(app.root):
-        initial = reports.events(app.root, now=now, filters=filters, limit=limit)["rows"]
+        initial = reports.events(app.root, now=now, filters=filters, limit=limit, count=False)["rows"]
         for ev in reversed(initial):
             click.echo(line(ev))
     else:
@@ -452,7 +577,7 @@ def _follow(
 @click.argument("event_id")
 @report_options()
 @pass_app
-def event_cmd(app: AppContext, event_id: str, fmt: str, utc: bool) -> None:
+def event_cmd(app: AppContext, event_id: str, fmt: str, utc: bool, width: int | None) -> None:
     """One event's full payload."""
     from . import reports
     from .render import render_event, to_csv, to_json
@@ -463,7 +588,7 @@ def event_cmd(app: AppContext, event_id: str, fmt: str, utc: bool) -> None:
     elif fmt == "csv":
         _out(to_csv([data], list(data)))
     else:
-        _out(render_event(data, _style(utc)))
+        _out(render_event(data, _style(utc, width)))
 
 
 @report.command("alerts")
@@ -480,6 +605,7 @@ def alerts_cmd(
     app: AppContext,
     fmt: str,
     utc: bool,
+    width: int | None,
     history: bool,
     since: str | None,
     until: str | None,
@@ -492,16 +618,18 @@ def alerts_cmd(
     from .render import render_alerts, to_csv, to_json
 
     now = _now(ctx)
-    lo, hi = _range(since, until, now)
+    lo, hi = _range(since, until, now, utc)
     data = reports.alerts(
         app.root, now=now, history=history, since=lo, until=hi, rule=rule, org=org, severity=severity
     )
+    if not data["rows"] and org is not None:
+        reports.require_organization(app.root, org)
     if fmt == "json":
         _out(to_json(data))
     elif fmt == "csv":
         _out(to_csv(data["rows"], reports.ALERT_COLUMNS))
     else:
-        _out(render_alerts(data, _style(utc)))
+        _out(render_alerts(data, _style(utc, width)))
 
 
 @report.command()
@@ -511,9 +639,9 @@ def alerts_cmd(
     metavar="WHEN",
     default="7d",
     show_default=True,
-    help="From: 30m, 2h, 7d (ago) or an ISO date/time.",
+    help=f"From: {_WHEN_HELP}.",
 )
-@click.option("--until", metavar="WHEN", help="Up to (exclusive): 30m, 2h, 7d (ago) or an ISO date/time.")
+@click.option("--until", metavar="WHEN", help=f"Up to (exclusive): {_WHEN_HELP}.")
 @click.argument("artifact_id", required=False, metavar="[ARTIFACT_ID]")
 @click.option("--artifact", metavar="ID", help="Only this artifact_id (same as the argument).")
 @click.option("--org", metavar="ORG", help="Only this organization_id.")
@@ -527,6 +655,7 @@ def retries(
     app: AppContext,
     fmt: str,
     utc: bool,
+    width: int | None,
     since: str | None,
     until: str | None,
     artifact_id: str | None,
@@ -542,14 +671,19 @@ def retries(
         raise click.UsageError("give the artifact once: as the argument or with --artifact")
     artifact = artifact_id or artifact
     now = _now(ctx)
-    lo, hi = _range(since, until, now)
+    lo, hi = _range(since, until, now, utc)
     data = reports.retries(app.root, now=now, since=lo, until=hi, artifact=artifact, org=org, limit=limit)
+    if not data["rows"]:  # an unknown artifact or organisation is an error, not "no retries"
+        if artifact is not None:
+            reports.require_artifact(app.root, artifact)
+        if org is not None:
+            reports.require_organization(app.root, org)
     if fmt == "json":
         _out(to_json(data))
     elif fmt == "csv":
         _out(to_csv(data["rows"], reports.RETRY_COLUMNS))
     else:
-        _out(render_retries(data, _style(utc)))
+        _out(render_retries(data, _style(utc, width)))
 
 
 # -------------------------------------------------------------------------- sql
@@ -566,7 +700,7 @@ def retries(
     help="Print at most this many rows (a note on stderr says when more matched).",
 )
 @pass_app
-def sql(app: AppContext, query: str, fmt: str, utc: bool, max_rows: int) -> None:
+def sql(app: AppContext, query: str, fmt: str, utc: bool, width: int | None, max_rows: int) -> None:
     """Run one read-only SQL query on the views (events, events_raw, artifacts,
     snapshots_hourly, snapshots_daily, alerts, alert_log).
 
@@ -591,4 +725,4 @@ def sql(app: AppContext, query: str, fmt: str, utc: bool, max_rows: int) -> None
     elif fmt == "csv":
         _out(to_csv(data["rows"], data["columns"], rounded=False))
     else:
-        _out(render_sql(data, _style(utc)))
+        _out(render_sql(data, _style(utc, width)))

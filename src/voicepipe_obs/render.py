@@ -4,8 +4,12 @@ pipeline flow graph, status cards — and writes JSON and CSV.
 
 Formatting conventions live here and nowhere else: durations humanised (``850ms``,
 ``5.2s``, ``3m 10s``), dollars, percentages, NULL as ``–`` (never 0), times in local
-time unless a time zone is given, 100 columns wide, colour only when asked for
-(the CLI asks on a TTY without ``NO_COLOR``).
+time unless a time zone is given, colour only when asked for (the CLI asks on a
+TTY without ``NO_COLOR``). Everything fits :attr:`Style.width` (100 columns unless
+the CLI gives the terminal's width or ``--width``): tables cut descriptive columns,
+hide the least important ones or move them to a line under each row, but never cut
+an id people paste (artifact, alert, event, organisation); cards, charts and the
+flow graph are laid out for at most 100 columns.
 
 This module runs no queries and reads no files; it must not import duckdb.
 """
@@ -23,6 +27,9 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 WIDTH: Final = 100
+#: Narrowest and widest layout (``--width``, the terminal).
+MIN_WIDTH: Final = 60
+MAX_WIDTH: Final = 1000
 NULL: Final = "–"
 ELLIPSIS: Final = "…"
 
@@ -73,6 +80,24 @@ def colour_wanted(stream: IO[str] | None, env: Mapping[str, str] | None = None) 
         return False
 
 
+def output_width(stream: IO[str] | None, explicit: int | None = None) -> int:
+    """The width to lay reports out for: ``explicit`` (``--width``) if given; the
+    terminal's width (``shutil.get_terminal_size``, which honours ``$COLUMNS``) when
+    ``stream`` is a TTY; else :data:`WIDTH` (100), so pipes, files and tests get the
+    same output wherever they run. Kept within [:data:`MIN_WIDTH`, :data:`MAX_WIDTH`]."""
+    if explicit is not None:
+        return max(MIN_WIDTH, min(explicit, MAX_WIDTH))
+    try:
+        tty = bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):
+        tty = False
+    if not tty:
+        return WIDTH
+    import shutil
+
+    return max(MIN_WIDTH, min(shutil.get_terminal_size((WIDTH, 24)).columns, MAX_WIDTH))
+
+
 @dataclass(frozen=True)
 class Style:
     """How to render: colour on/off, the time zone for times (None = local), width."""
@@ -80,6 +105,12 @@ class Style:
     colour: bool = False
     tz: dt.tzinfo | None = None
     width: int = WIDTH
+
+    @property
+    def chart_width(self) -> int:
+        """Cards, bar charts and the flow graph: the width, but at most 100 (they
+        gain nothing from a wider terminal)."""
+        return min(self.width, WIDTH)
 
     def paint(self, text: str, colour: str | None) -> str:
         if not self.colour or not colour or not text:
@@ -89,11 +120,15 @@ class Style:
     def bold(self, text: str) -> str:
         return self.paint(text, "bold")
 
-    def tzname(self) -> str:
+    def tzname(self, at: dt.datetime | None = None) -> str:
+        """The zone times are shown in: ``UTC``, ``local time, CET`` (the local
+        zone's abbreviation at ``at``, default now) or the zone's name."""
         if self.tz is dt.timezone.utc:
             return "UTC"
         if self.tz is None:
-            return "local time"
+            when = at if at is not None else dt.datetime.now(dt.timezone.utc)
+            abbrev = to_tz(when, None).tzname()
+            return f"local time, {abbrev}" if abbrev else "local time"
         return str(self.tz)
 
 
@@ -214,6 +249,23 @@ def stage_title(stage: str | None) -> str:
 # ------------------------------------------------------------------------- tables
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """A table laid out to a width: its text, the columns hidden to make it fit
+    (say so under the table) and those moved to a line under each row."""
+
+    text: str
+    hidden: tuple[str, ...] = ()
+    moved: tuple[str, ...] = ()
+
+
+#: Narrowest a cut column gets (or its header, if longer).
+MIN_CUT: Final = 6
+#: A text column moved under its row is cut to the line when at least this much of
+#: the line is left, else it starts a line of its own.
+MIN_TEXT: Final = 20
+
+
 def table(
     rows: Sequence[Sequence[Any]],
     headers: Sequence[str],
@@ -221,72 +273,190 @@ def table(
     width: int = WIDTH,
     align: Sequence[str] | None = None,
     max_col: int = 40,
-    shrink: Sequence[int] = (),
+    shrink: Sequence[int] | None = None,
+    ids: Sequence[int] = (),
     colours: Sequence[Sequence[str | None]] | None = None,
     style: Style | None = None,
+    **layout: Any,
 ) -> str:
+    """A plain table (tabulate "simple") that fits ``width`` columns: see
+    :func:`fit_table` (this is its text; ``layout`` takes its other options)."""
+    return fit_table(
+        rows,
+        headers,
+        width=width,
+        align=align,
+        max_col=max_col,
+        shrink=shrink,
+        ids=ids,
+        colours=colours,
+        style=style,
+        **layout,
+    ).text
+
+
+def fit_table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    *,
+    width: int = WIDTH,
+    align: Sequence[str] | None = None,
+    max_col: int = 40,
+    shrink: Sequence[int] | None = None,
+    ids: Sequence[int] = (),
+    drop: Sequence[int] = (),
+    priority: Sequence[int] | None = None,
+    labels: Mapping[int, str | None] | None = None,
+    min_cut: Mapping[int, int] | None = None,
+    colours: Sequence[Sequence[str | None]] | None = None,
+    style: Style | None = None,
+) -> Fitted:
     """A plain table (tabulate "simple") that fits ``width`` columns.
 
-    Cells are already-formatted strings (NULL shown as –). Cells longer than
-    ``max_col`` are cut with …; if the table is still too wide, the columns named
-    in ``shrink`` (else the widest) are cut further. ``colours`` (per cell) are
-    applied after layout so ANSI codes never count towards the width.
-    """
+    Cells are already-formatted strings (NULL shown as –). Columns in ``ids`` (an
+    artifact, alert, event or organisation id: something people paste) are never
+    cut. Other cells longer than ``max_col`` are cut with …; if the table is still
+    too wide, the column gap narrows to one space, then the ``shrink`` columns (by
+    default every column that is not an id; the widest first) are cut, down to
+    their header or ``min_cut[column]`` (default :data:`MIN_CUT`) characters. If that is not enough, the columns
+    in ``drop`` are hidden, in that order (``hidden``: say so under the table).
 
-    text_rows = [[NULL if is_null(c) else str(c) for c in row] for row in rows]
+    As a last resort the table keeps the columns that fit, taken in ``priority``
+    order (default: left to right; the ``shrink`` columns only when every column
+    fits), and shows the others on a line under each row (``moved``), as
+    ``label value`` pairs joined by `` · ``: ``labels`` maps a column to its label
+    (default: the header in lower case; "" for none; None leaves the column out
+    there). Those lines wrap between pairs and never cut an id; a cut column's
+    text is cut to the line. ``colours`` (per cell) are applied after layout so
+    ANSI codes never count towards the width.
+    """
     ncols = len(headers)
-    limits = [max_col] * ncols
+    id_set = set(ids)
+    text_rows = [[NULL if is_null(c) else str(c).replace("\n", " ") for c in row] for row in rows]
     for row in text_rows:
         for i, cell in enumerate(row):
-            row[i] = truncate(cell.replace("\n", " "), limits[i])
+            if i not in id_set:
+                row[i] = truncate(cell, max_col)
+    cuttable = [i for i in (range(ncols) if shrink is None else shrink) if i not in id_set]
 
-    def widths() -> list[int]:
-        ws = [len(h) for h in headers]
-        for row in text_rows:
-            for i, cell in enumerate(row):
-                ws[i] = max(ws[i], len(cell))
-        return ws
+    def natural(i: int) -> int:
+        return max([len(headers[i])] + [len(r[i]) for r in text_rows])
 
-    ws = widths()
-    gap = 2
-    if sum(ws) + gap * (ncols - 1) > width:
-        gap = 1  # a narrower column gap before cutting any cell
-    total = sum(ws) + gap * (ncols - 1)
-    candidates = list(shrink) or list(range(ncols))
-    while total > width and candidates:
-        i = max(candidates, key=lambda c: ws[c])
-        excess = total - width
-        target = max(ws[i] - excess, max(len(headers[i]), 6))
-        if target >= ws[i]:
-            candidates.remove(i)
-            continue
-        for row in text_rows:
-            row[i] = truncate(row[i], target)
-        ws = widths()
-        total = sum(ws) + gap * (ncols - 1)
-    colalign = list(align) if align else None
+    def layout(cols: Sequence[int], cut: Sequence[int]) -> tuple[dict[int, int], int] | None:
+        """Column widths (and the gap) that fit ``cols`` in the width, cutting only
+        ``cut``; None if they cannot fit."""
+        ws = {i: natural(i) for i in cols}
+        gap = 2 if sum(ws.values()) + 2 * (len(cols) - 1) <= width else 1
+        total = sum(ws.values()) + gap * (len(cols) - 1)
+        candidates = [i for i in cut if i in ws]
+        least = min_cut or {}
+        floor = {i: min(ws[i], max(len(headers[i]), least.get(i, MIN_CUT))) for i in candidates}
+        if total - sum(ws[i] - floor[i] for i in candidates) > width:
+            return None
+        while total > width:
+            i = max((c for c in candidates if ws[c] > floor[c]), key=lambda c: ws[c])
+            target = max(ws[i] - (total - width), floor[i])
+            total -= ws[i] - target
+            ws[i] = target
+        return ws, gap
+
+    hidden: list[int] = []
+    moved: list[int] = []
+    fitted = layout(range(ncols), cuttable)
+    if fitted is None:
+        for k in range(1, len(drop) + 1):
+            cols = [i for i in range(ncols) if i not in drop[:k]]
+            fitted = layout(cols, cuttable)
+            if fitted is not None:
+                hidden = list(drop[:k])
+                break
+    if fitted is None:
+        hidden = list(drop)
+        order = [i for i in (priority if priority is not None else range(ncols)) if i not in hidden]
+        keep: list[int] = []
+        for i in order:
+            if i in cuttable and shrink is not None:
+                continue  # text columns go under the row, where they have room
+            trial = layout(sorted([*keep, i]), ())
+            if trial is not None or not keep:
+                keep.append(i)
+        moved = [i for i in order if i not in keep]
+        keep.sort()
+        fitted = layout(keep, ()) or ({i: natural(i) for i in keep}, 1)
+    ws, gap = fitted
+    cols = sorted(ws)
+    for row in text_rows:
+        for i in cols:
+            row[i] = truncate(row[i], ws[i]) if len(row[i]) > ws[i] else row[i]
+    body = [[row[i] for i in cols] for row in text_rows]
+    colalign = [align[i] for i in cols] if align else None
     import tabulate as tabulate_mod
 
     saved, tabulate_mod.MIN_PADDING = tabulate_mod.MIN_PADDING, 0  # widths above are exact
     try:
-        out = _tabulate(text_rows, headers, colalign, gap)
+        out = _tabulate(body, [headers[i] for i in cols], colalign, gap)
     finally:
         tabulate_mod.MIN_PADDING = saved
-    if style is None or not style.colour or colours is None:
-        return out
     lines = out.split("\n")
-    # header, rule, then one line per row
-    for r, row_colours in enumerate(colours):
-        li = r + 2
-        if li >= len(lines):
-            break
-        line = lines[li]
-        for c, colour in enumerate(row_colours):
-            cell = text_rows[r][c]
-            if colour and cell and cell in line:
-                line = line.replace(cell, style.paint(cell, colour), 1)
-        lines[li] = line
-    return "\n".join(lines)
+    if style is not None and style.colour and colours is not None:
+        # header, rule, then one line per row
+        for r, row_colours in enumerate(colours):
+            li = r + 2
+            if li >= len(lines):
+                break
+            line = lines[li]
+            for j, c in enumerate(cols):
+                colour = row_colours[c]
+                cell = body[r][j]
+                if colour and cell and cell in line:
+                    line = line.replace(cell, style.paint(cell, colour), 1)
+            lines[li] = line
+    if moved:
+        names = labels or {}
+        out_lines = lines[:2]
+        for r, line in enumerate(lines[2 : 2 + len(text_rows)]):
+            out_lines.append(line)
+            parts: list[tuple[str, bool]] = []
+            for i in moved:
+                label = names.get(i, headers[i].lower())
+                cell = text_rows[r][i]
+                if label is None or not cell or cell == NULL:
+                    continue
+                parts.append((f"{label} {cell}" if label else cell, i in cuttable))
+            out_lines += _under_row(parts, width)
+        lines = out_lines
+    return Fitted(
+        "\n".join(lines),
+        tuple(headers[i] for i in hidden),
+        tuple(headers[i] for i in moved),
+    )
+
+
+#: Indent of the line under a row that holds the columns moved there.
+UNDER_INDENT: Final = "    "
+
+
+def _under_row(parts: Sequence[tuple[str, bool]], width: int) -> list[str]:
+    """``(text, cuttable)`` parts as lines under a table row: joined by `` · ``,
+    wrapped between parts; a part that may be cut is cut to the line (on a line of
+    its own when less than :data:`MIN_TEXT` is left); others are never cut."""
+    lines: list[str] = []
+    line = ""
+    for text, cuttable in parts:
+        sep = " · " if line else ""
+        room = width - len(UNDER_INDENT) - len(line) - len(sep)
+        if len(text) <= room:
+            line += sep + text
+            continue
+        if cuttable and room >= MIN_TEXT:
+            line += sep + truncate(text, room)
+            continue
+        if line:
+            lines.append(UNDER_INDENT + line)
+        line = truncate(text, width - len(UNDER_INDENT)) if cuttable else text
+    if line:
+        lines.append(UNDER_INDENT + line)
+    return lines
 
 
 def _tabulate(rows: list[list[str]], headers: Sequence[str], colalign: list[str] | None, gap: int) -> str:
@@ -386,8 +556,22 @@ def histogram(bins: Sequence[Mapping[str, Any]], *, width: int = WIDTH, style: S
 
 
 def cards(items: Sequence[tuple[str, str, str]], *, style: Style, per_row: int = 3) -> str:
-    """Status cards: (title, value, sub-line) in boxes, ``per_row`` to a line."""
-    inner = (style.width - 2 * (per_row - 1)) // per_row - 2
+    """Status cards: (title, value, sub-line) in boxes, at most ``per_row`` to a
+    line: fewer when the width (:attr:`Style.chart_width`) would cut their text."""
+    width = style.chart_width
+    longest = max((len(t) for item in items for t in item), default=0)
+    heading = max((len(t) for item in items for t in item[:2]), default=0)
+
+    def inner_for(n: int) -> int:
+        return (width - 2 * (n - 1)) // n - 2
+
+    # as many to a line as keep every text whole; else as many as keep titles and
+    # values whole (a sub-line may be cut rather than stack the cards one per line)
+    per_row = next(
+        (n for n in range(per_row, 0, -1) if inner_for(n) - 1 >= longest),
+        next((n for n in range(per_row, 0, -1) if inner_for(n) - 1 >= heading), 1),
+    )
+    inner = inner_for(per_row)
     out: list[str] = []
     for start in range(0, len(items), per_row):
         chunk = items[start : start + per_row]
@@ -406,33 +590,59 @@ def cards(items: Sequence[tuple[str, str, str]], *, style: Style, per_row: int =
 
 def flow_graph(stages: Sequence[Mapping[str, Any]], *, style: Style) -> str:
     """``[Ingestion] → [Transcription] → …`` with, under each box, its health mark,
-    queue depth, average latency and throughput per hour."""
+    queue depth, average latency and throughput per hour. When the boxes do not fit
+    :attr:`Style.chart_width` on one line they continue on the next (the line ends
+    in ``→``)."""
+    width = style.chart_width
     boxes = [f"[{stage_title(s['stage'])}]" for s in stages]
-    widths = [len(b) + 3 for b in boxes]
-    widths[-1] = len(boxes[-1])
-    head = " → ".join(boxes)
-    lines = [style.bold(head) if style.colour else head]
-    rows: list[list[tuple[str, str | None]]] = [[], [], [], []]
+    cells: list[list[tuple[str, str | None]]] = []
     for s in stages:
         mark, colour = HEALTH_MARKS.get(str(s.get("health") or "none"), HEALTH_MARKS["none"])
         label = {"green": "ok", "yellow": "degraded", "red": "failing", "none": "no data"}.get(
             str(s.get("health") or "none"), "no data"
         )
-        rows[0].append((f"{mark} {label}", colour))
-        rows[1].append((f"queue {fmt_int(s.get('queue_depth'))}", None))
-        rows[2].append((f"{fmt_duration(s.get('avg_latency_ms'))} avg", None))
-        rows[3].append((fmt_rate(s.get("throughput_per_hour")), None))
-    for row in rows:
-        parts = []
-        for (text, paint), w in zip(row, widths, strict=True):
-            cell = truncate(" " + text, w)
-            parts.append(style.paint(cell, paint) + " " * (w - len(cell)))
-        lines.append("".join(parts).rstrip())
+        cells.append(
+            [
+                (f"{mark} {label}", colour),
+                (f"queue {fmt_int(s.get('queue_depth'))}", None),
+                (f"{fmt_duration(s.get('avg_latency_ms'))} avg", None),
+                (fmt_rate(s.get("throughput_per_hour")), None),
+            ]
+        )
+    rows: list[list[int]] = [[]]
+    used = 0
+    for i, box in enumerate(boxes):
+        need = len(box) + (3 if rows[-1] else 0)
+        more = 2 if i < len(boxes) - 1 else 0  # a row that continues ends in " →"
+        if rows[-1] and used + need + more > width:
+            rows.append([])
+            need = len(box)
+            used = 0
+        rows[-1].append(i)
+        used += need
+    lines: list[str] = []
+    for n, row in enumerate(rows):
+        if n:
+            lines.append("")
+        last_row = n == len(rows) - 1
+        head = " → ".join(boxes[i] for i in row) + ("" if last_row else " →")
+        lines.append(style.bold(head) if style.colour else head)
+        widths = [len(boxes[i]) + 3 for i in row]
+        widths[-1] = len(boxes[row[-1]])
+        for k in range(4):
+            parts = []
+            for i, w in zip(row, widths, strict=True):
+                text, paint = cells[i][k]
+                cell = truncate(" " + text, w)
+                parts.append(style.paint(cell, paint) + " " * (w - len(cell)))
+            lines.append("".join(parts).rstrip())
     return "\n".join(lines)
 
 
 def section(title: str, style: Style) -> str:
-    return style.bold(title) + "\n" + "─" * min(len(title), style.width)
+    """A title (wrapped to the width) underlined with ─."""
+    lines = _wrapped(title, style.width) or [title]
+    return "\n".join(style.bold(line) for line in lines) + "\n" + "─" * max(len(line) for line in lines)
 
 
 def shell_command(command: str, *, width: int = WIDTH, prefix: str = "") -> list[str]:
@@ -469,10 +679,49 @@ def shell_command(command: str, *, width: int = WIDTH, prefix: str = "") -> list
     return lines
 
 
-def _wrapped(text: str, width: int, indent: str = "") -> list[str]:
+def _wrapped(
+    text: str,
+    width: int,
+    indent: str = "",
+    *,
+    subsequent: str | None = None,
+    prose: bool = False,
+    max_lines: int | None = None,
+) -> list[str]:
+    """``text`` wrapped to ``width`` at spaces, never splitting a word (an id longer
+    than the line gets a line of its own) unless ``prose`` (free text such as an
+    error message: long words are split, and at most ``max_lines`` lines, the last
+    ending in …)."""
     import textwrap
 
-    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ")
+    return textwrap.wrap(
+        text,
+        width,
+        initial_indent=indent,
+        subsequent_indent=indent + "  " if subsequent is None else subsequent,
+        break_long_words=prose,
+        break_on_hyphens=False,
+        max_lines=max_lines if prose else None,
+        placeholder=" " + ELLIPSIS,
+    )
+
+
+def _joined(parts: Sequence[str], width: int, indent: str = "  ", subsequent: str = "    ") -> list[str]:
+    """Parts joined by `` · `` on lines of at most ``width``, breaking only between
+    parts (a part longer than a line is cut: parts are descriptive text)."""
+    lines: list[str] = []
+    line = indent
+    for part in parts:
+        sep = " · " if line.strip() else ""
+        if len(line) + len(sep) + len(part) <= width:
+            line += sep + part
+            continue
+        if line.strip():
+            lines.append(line)
+        line = subsequent + truncate(part, width - len(subsequent))
+    if line.strip():
+        lines.append(line)
+    return lines
 
 
 # --------------------------------------------------------------- JSON and CSV
@@ -525,11 +774,35 @@ def _clean(value: Any, key: str | None = None, *, rounded: bool = False) -> Any:
     return value
 
 
-def to_json(data: Any, *, rounded: bool = True) -> str:
+def to_json(data: Any, *, rounded: bool = True, indent: int | None = 2) -> str:
     """JSON with UTC ISO-8601 times (``…Z``), NaN as null; keys in report order.
     ``rounded``: floats as :func:`machine_float` writes them (reports); False writes
-    them as they are (``voicepipe sql``)."""
-    return json.dumps(_clean(data, rounded=rounded), default=_json_default, indent=2, ensure_ascii=False)
+    them as they are (``voicepipe sql``). ``indent=None``: one line (JSON Lines)."""
+    return json.dumps(_clean(data, rounded=rounded), default=_json_default, indent=indent, ensure_ascii=False)
+
+
+def write_json_rows(
+    head: Mapping[str, Any],
+    rows: Iterable[Mapping[str, Any]],
+    tail: Any,
+    stream: IO[str],
+) -> int:
+    """One JSON object written as it is produced — ``head``'s keys, then ``rows``
+    (streamed: never all in memory), then the keys ``tail(number of rows)`` returns
+    — formatted as :func:`to_json` would. Returns the number of rows."""
+    stream.write("{\n")
+    for key, value in head.items():
+        stream.write(f"  {json.dumps(key)}: {to_json(value).replace(chr(10), chr(10) + '  ')},\n")
+    stream.write('  "rows": [')
+    n = 0
+    for row in rows:
+        stream.write(("," if n else "") + "\n    " + to_json(row).replace("\n", "\n    "))
+        n += 1
+    stream.write("\n  ]" if n else "]")
+    for key, value in tail(n).items():
+        stream.write(f",\n  {json.dumps(key)}: {to_json(value).replace(chr(10), chr(10) + '  ')}")
+    stream.write("\n}\n")
+    return n
 
 
 def _csv_cell(value: Any, key: str | None = None, *, rounded: bool = True) -> Any:
@@ -552,11 +825,22 @@ def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, rounded
     """CSV with a header row; times as UTC ISO-8601, NULL as an empty cell, nested
     values as JSON text, floats as in :func:`to_json`."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    write_csv(rows, columns, buf, rounded=rounded)
+    return buf.getvalue()
+
+
+def write_csv(
+    rows: Iterable[Mapping[str, Any]], columns: Sequence[str], stream: IO[str], *, rounded: bool = True
+) -> int:
+    """:func:`to_csv` written to ``stream`` row by row (``rows`` may be a generator
+    over more than fits in memory). Returns the number of rows."""
+    writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(columns)
+    n = 0
     for row in rows:
         writer.writerow([_csv_cell(row.get(c), c, rounded=rounded) for c in columns])
-    return buf.getvalue()
+        n += 1
+    return n
 
 
 # ===================================================================== reports
@@ -571,31 +855,80 @@ def _short_time(ts: dt.datetime | None, style: Style) -> str:
     return NULL if ts is None else to_tz(ts, style.tz).strftime("%m-%d %H:%M:%S")
 
 
-def _event_table(rows: Sequence[Mapping[str, Any]], style: Style, *, stage: bool = True) -> str:
-    headers = ["Time", "Event", "Artifact", *(["Stage"] if stage else []), "Details"]
+#: event kind → mark; marks differ in shape so they survive without colour.
+_KIND_MARK: Final = {"success": "✓", "failure": "✗", "info": "·"}
+#: The same in a timeline, where an info event is a dot on the line.
+_TIMELINE_MARK: Final = {"success": "✓", "failure": "✗", "info": "●"}
+
+
+def _without_duration(detail: str, duration: str) -> str:
+    """An event's detail less its leading duration (shown in its own column)."""
+    if duration != NULL and (detail == duration or detail.startswith(duration + ", ")):
+        return detail[len(duration) + 2 :]
+    return detail
+
+
+def _event_table(rows: Sequence[Mapping[str, Any]], style: Style, *, full: bool = True) -> str:
+    """The event log. ``full`` (``report events``): Time, Event, Stage, Artifact,
+    Org, Duration, Event ID and Details, one line per event when the width allows,
+    else the columns that do not fit on a line under each event (ids never cut).
+    Otherwise (the dashboard's feed) Time, Event, Artifact and Details."""
+    if full:
+        headers = ["Time", "Event", "Stage", "Artifact", "Org", "Duration", "Event ID", "Details"]
+        ids = [3, 4, 6]
+        priority = [0, 1, 3, 4, 6, 5, 2, 7]
+        labels: dict[int, str | None] = {2: "stage", 3: "artifact", 4: "org", 5: "", 6: "id", 7: ""}
+        align = ["left"] * 5 + ["right"] + ["left"] * 2
+    else:
+        headers = ["Time", "Event", "Artifact", "Details"]
+        ids = [2]
+        priority = [0, 1, 2, 3]
+        labels = {2: "artifact", 3: ""}
+        align = ["left"] * 4
     body, colours = [], []
     for r in rows:
-        body.append(
-            [
+        duration = fmt_duration(r.get("duration_ms"))
+        event = f"{_KIND_MARK.get(str(r.get('kind')), '·')} {r.get('event_type')}"
+        detail = str(r.get("detail") or "")
+        if full:
+            cells = [
                 _short_time(r.get("timestamp"), style),
-                f"{_KIND_MARK.get(str(r.get('kind')), '·')} {r.get('event_type')}",
+                event,
+                fmt_text(r.get("pipeline_stage")),
                 fmt_text(r.get("artifact_id")),
-                *([fmt_text(r.get("pipeline_stage"))] if stage else []),
-                r.get("detail") or "",
+                fmt_text(r.get("organization_id")),
+                duration,
+                fmt_text(r.get("event_id")),
+                _without_duration(detail, duration),
             ]
-        )
+        else:
+            cells = [_short_time(r.get("timestamp"), style), event, fmt_text(r.get("artifact_id")), detail]
+        body.append(cells)
         colours.append([None, _kind_colour(r.get("kind"))] + [None] * (len(headers) - 2))
-    return table(
-        body, headers, width=style.width, shrink=[len(headers) - 1], max_col=60, colours=colours, style=style
-    )
-
-
-_KIND_MARK: Final = {"success": "✓", "failure": "✗", "info": "·"}
+    return fit_table(
+        body,
+        headers,
+        width=style.width,
+        align=align,
+        ids=ids,
+        shrink=[len(headers) - 1],
+        min_cut={len(headers) - 1: MIN_TEXT},
+        priority=priority,
+        labels=labels,
+        max_col=style.width,
+        colours=colours,
+        style=style,
+    ).text
 
 
 def _header(title: str, data: Mapping[str, Any], style: Style) -> str:
-    when = fmt_time(data.get("generated_at"), style)
-    return f"{style.bold(title)}  ·  {when} ({style.tzname()})"
+    """``title  ·  2026-11-28 10:57:10 (UTC)``; the time on a line of its own when
+    both do not fit the width."""
+    generated = data.get("generated_at")
+    when = f"{fmt_time(generated, style)} ({style.tzname(generated)})"
+    if len(title) + 5 + len(when) <= style.width:
+        return f"{style.bold(title)}  ·  {when}"
+    return "\n".join([*(style.bold(line) for line in _wrapped(title, style.width)), when])
 
 
 def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
@@ -631,7 +964,7 @@ def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
     parts.append(_alerts_table(data["alerts"], style) if data["alerts"] else "  none")
     parts += ["", section(f"Latest {len(data['recent_events'])} events", style)]
     parts.append(
-        _event_table(data["recent_events"], style, stage=False) if data["recent_events"] else "  none"
+        _event_table(data["recent_events"], style, full=False) if data["recent_events"] else "  none"
     )
     return "\n".join(parts)
 
@@ -665,6 +998,9 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
                     ],
                     ["Artifact", "Status", "In stage", "Coach", "Org", "Channel"],
                     width=style.width,
+                    ids=[0, 4],
+                    shrink=[3, 5],
+                    priority=[0, 1, 2, 4, 3, 5],
                 )
             )
         parts.append("Latency by hour (avg, last 24h):")
@@ -680,7 +1016,7 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
                         )
                         for h in hours
                     ],
-                    width=style.width,
+                    width=style.chart_width,
                     style=style,
                 )
             )
@@ -703,6 +1039,8 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
                     align=["left", "right", "left", "left"],
                     width=style.width,
                     shrink=[3],
+                    min_cut={3: MIN_TEXT},
+                    labels={3: ""},
                 )
             )
         else:
@@ -724,12 +1062,16 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
                     ],
                     ["Artifact", "Failed at", "Error", "Org", "Retries", "Action"],
                     width=style.width,
-                    shrink=[3, 2],
+                    ids=[0, 3],
+                    shrink=[2],
+                    priority=[0, 5, 1, 3, 4, 2],
                 )
             )
             commands = [r["retry_options"][0]["command"] for r in s["retry_queue"] if r["retry_options"]]
             if commands:
-                parts.append("Retry commands (resume at the failed stage; --full re-runs everything):")
+                parts += _wrapped(
+                    "Retry commands (resume at the failed stage; --full re-runs everything):", style.width
+                )
                 for command in commands:
                     parts += shell_command(command, width=style.width, prefix="  ")
     if data.get("retry_note"):
@@ -776,49 +1118,37 @@ ARTIFACT_HEADERS: Final = [
 ARTIFACT_HEADERS_COLLAPSED: Final = ["Artifact ID", "Status", "Org", "Created"]
 
 
-#: Columns the grid hides, in this order, when long ids leave no room (CSV/JSON keep them).
-_GRID_DROPPABLE: Final = ("Source", "Coach", "Disambig.")
+#: Columns the grid hides, in this order, when ids leave no room (CSV/JSON keep them).
+_GRID_DROPPABLE: Final = ("Source", "Coach", "Disambig.", "Claims", "Cost", "Latency", "Created")
 
 
 def _grid(
     rows: Sequence[Mapping[str, Any]], style: Style, collapsed: bool, *, colour: bool = True
 ) -> tuple[str, list[str]]:
-    """The artifact grid fitted to the width: drop the least important columns
-    before cutting ids (an id must stay copyable). Returns (table, hidden columns)."""
+    """The artifact grid fitted to the width: hide the least important columns
+    (:data:`_GRID_DROPPABLE`, in order) rather than cut an id (artifact and
+    organisation ids must stay copyable); if the ids still do not fit, the org goes
+    on a line under its row. Returns (table, hidden columns)."""
     headers = list(ARTIFACT_HEADERS_COLLAPSED if collapsed else ARTIFACT_HEADERS)
     cells = [_artifact_cells(r, style, collapsed) for r in rows]
     align = ["left"] * 4 if collapsed else ["left"] * 5 + ["right"] * 4 + ["left"] * 2
-    hidden: list[str] = []
-
-    def natural(hs: list[str], cs: list[list[str]]) -> int:
-        widths = [max([len(h)] + [len(c[i]) for c in cs]) for i, h in enumerate(hs)]
-        return sum(widths) + len(hs) - 1
-
-    for name in () if collapsed else _GRID_DROPPABLE:
-        if natural(headers, cells) <= style.width:
-            break
-        i = headers.index(name)
-        headers.pop(i)
-        align.pop(i)
-        for c in cells:
-            c.pop(i)
-        hidden.append(name)
-    status_col = 1
     colours: list[list[str | None]] = [[None] * len(headers) for _ in rows]
     for row_colours, r in zip(colours, rows, strict=True):
-        row_colours[status_col] = STATUS_COLOURS.get(str(r["status"]))
-    shrink = [i for i, h in enumerate(headers) if h in ("Org", "Coach", "Source")]
-    out = table(
+        row_colours[1] = STATUS_COLOURS.get(str(r["status"]))
+    droppable = () if collapsed else _GRID_DROPPABLE
+    fitted = fit_table(
         cells,
         headers,
         align=align,
         width=style.width,
-        shrink=shrink,
+        ids=[headers.index("Artifact ID"), headers.index("Org")],
+        shrink=[],
+        drop=[headers.index(h) for h in droppable],
         max_col=60,
         colours=colours if colour else None,
         style=style,
     )
-    return out, hidden
+    return fitted.text, list(fitted.hidden)
 
 
 def _artifacts_footer(data: Mapping[str, Any]) -> str:
@@ -857,18 +1187,27 @@ def render_artifacts(
     else:
         for r in rows:
             parts.append("")
-            grid, hidden = _grid([r], style, False)
+            grid, row_hidden = _grid([r], style, False)
+            hidden += [h for h in row_hidden if h not in hidden]
             parts.append(grid)
-            parts.append(
-                f"  claims {fmt_int(r['claim_count'])} · entities {fmt_int(r.get('entity_count'))} "
-                f"(needs review {fmt_int(r['disambiguation_count'])}) · drafts {fmt_int(r.get('draft_count'))}"
+            parts += _joined(
+                [
+                    f"claims {fmt_int(r['claim_count'])}",
+                    f"entities {fmt_int(r.get('entity_count'))} (needs review {fmt_int(r['disambiguation_count'])})",
+                    f"drafts {fmt_int(r.get('draft_count'))}",
+                ],
+                style.width,
             )
             if r["status"] == "failed":
                 parts.append(
-                    f"  error at {fmt_text(r['failed_stage'])}: {fmt_text(r['error_code'])}: {fmt_text(r['error_message'])}"
+                    truncate(
+                        f"  error at {fmt_text(r['failed_stage'])}: {fmt_text(r['error_code'])}: "
+                        f"{fmt_text(r['error_message'])}",
+                        style.width,
+                    )
                 )
             for ev in r.get("timeline", []):
-                parts.append("  " + _timeline_line(ev, style))
+                parts.append(_timeline_line(ev, style, indent="  "))
             for opt in r.get("retry_options", []):
                 parts += shell_command(
                     opt["command"], width=style.width, prefix=f"  retry ({opt['stage']}): "
@@ -877,16 +1216,23 @@ def render_artifacts(
             parts += ["", *_wrapped(data["retry_note"], style.width)]
     parts += ["", footer]
     if hidden:
-        parts.append(
-            f"(hidden to fit {style.width} columns: {', '.join(hidden)}; --format csv has every field)"
+        hidden = [h for h in ARTIFACT_HEADERS if h in hidden]
+        parts += _wrapped(
+            f"(hidden to fit {style.width} columns: {', '.join(hidden)}; a wider terminal or --width N "
+            "shows them, --format csv has every field)",
+            style.width,
+            subsequent=" ",
         )
     return "\n".join(parts)
 
 
-def _timeline_line(ev: Mapping[str, Any], style: Style, *, date: bool = False) -> str:
-    mark = style.paint("●", _kind_colour(ev.get("kind")))
+def _timeline_line(ev: Mapping[str, Any], style: Style, *, date: bool = False, indent: str = "") -> str:
+    """``HH:MM:SS ✓ event_type (detail)``: ✓ success, ✗ failure, ● anything else
+    (distinct shapes, so they read without colour), cut to the width."""
+    kind = str(ev.get("kind"))
+    mark = style.paint(_TIMELINE_MARK.get(kind, "●"), _kind_colour(kind))
     detail = f" ({ev['detail']})" if ev.get("detail") else ""
-    line = f"{fmt_time(ev['timestamp'], style, date=date)} {mark} {ev['event_type']}{detail}"
+    line = f"{indent}{fmt_time(ev['timestamp'], style, date=date)} {mark} {ev['event_type']}{detail}"
     limit = style.width + (len(mark) - 1)
     return truncate(line, limit)
 
@@ -894,19 +1240,42 @@ def _timeline_line(ev: Mapping[str, Any], style: Style, *, date: bool = False) -
 def render_artifact(data: Mapping[str, Any], style: Style) -> str:
     a = data["artifact"]
     status = style.paint(str(a["status"]), STATUS_COLOURS.get(str(a["status"])))
-    lines = [
-        f"{style.bold('Artifact ' + str(a['artifact_id']))}  {status}",
-        f"  channel {fmt_text(a['source_channel'])} · coach {fmt_text(a['coach_user_id'])} · "
-        f"org {fmt_text(a['organization_id'])} · voice note {fmt_text(a['voice_note_id'])}",
-        f"  created {fmt_time(a['received_at'], style)} ({style.tzname()}) · "
-        f"total processing {fmt_duration(a['processing_ms'])} · cost {fmt_money(a['total_ai_cost'])}",
-        f"  claims {fmt_int(a['claim_count'])} · entities {fmt_int(a['entity_count'])} "
-        f"(needs review {fmt_int(a['disambiguation_count'])}) · drafts {fmt_int(a['draft_count'])} · "
-        f"retries {fmt_int(a['retry_count'])}",
-    ]
+    lines = [f"{style.bold('Artifact ' + str(a['artifact_id']))}  {status}"]
+    lines += _joined(
+        [
+            f"channel {fmt_text(a['source_channel'])}",
+            f"coach {fmt_text(a['coach_user_id'])}",
+            f"org {fmt_text(a['organization_id'])}",
+            f"voice note {fmt_text(a['voice_note_id'])}",
+        ],
+        style.width,
+    )
+    lines += _joined(
+        [
+            f"created {fmt_time(a['received_at'], style)} ({style.tzname(a['received_at'])})",
+            f"total processing {fmt_duration(a['processing_ms'])}",
+            f"cost {fmt_money(a['total_ai_cost'])}",
+        ],
+        style.width,
+    )
+    lines += _joined(
+        [
+            f"claims {fmt_int(a['claim_count'])}",
+            f"entities {fmt_int(a['entity_count'])} (needs review {fmt_int(a['disambiguation_count'])})",
+            f"drafts {fmt_int(a['draft_count'])}",
+            f"retries {fmt_int(a['retry_count'])}",
+        ],
+        style.width,
+    )
     if a["status"] == "failed":
-        lines.append(
-            f"  failed at {fmt_text(a['failed_stage'])}: {fmt_text(a['error_code'])}: {fmt_text(a['error_message'])}"
+        lines += _wrapped(
+            f"failed at {fmt_text(a['failed_stage'])}: {fmt_text(a['error_code'])}: "
+            f"{fmt_text(a['error_message'])}",
+            style.width,
+            "  ",
+            subsequent="    ",
+            prose=True,
+            max_lines=6,
         )
     lines += ["", section("Timeline", style)]
     day = None
@@ -989,7 +1358,7 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
                 )
                 for r in series
             ],
-            width=style.width,
+            width=style.chart_width,
             style=style,
             colour="green",
         )
@@ -1005,7 +1374,7 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
                 )
                 for s in data["stages"]
             ],
-            width=style.width,
+            width=style.chart_width,
             style=style,
         )
     )
@@ -1024,32 +1393,39 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
             + (", last 24h)" if data.get("confidence_histogram_since") != data["start"] else ")"),
             style,
         ),
-        histogram(data["confidence_histogram"], width=style.width, style=style),
+        histogram(data["confidence_histogram"], width=style.chart_width, style=style),
         "",
         section("Organisations", style),
     ]
     orgs = data["organizations"][:ORG_ROWS]
     if orgs:
-        parts.append(
-            table(
+        fitted = fit_table(
+            [
                 [
-                    [
-                        fmt_text(o["organization_id"]),
-                        fmt_int(o["artifacts_received"]),
-                        fmt_int(o["artifacts_completed"]),
-                        fmt_int(o["artifacts_failed"]),
-                        fmt_duration(o["p95_end_to_end_latency_ms"]),
-                        fmt_money(o["total_ai_cost"]),
-                        fmt_pct(o["overall_failure_rate"]),
-                    ]
-                    for o in orgs
-                ],
-                ["Organisation", "Received", "Completed", "Failed", "p95 latency", "Cost", "Failure rate"],
-                align=["left"] + ["right"] * 6,
-                width=style.width,
-                shrink=[0],
-            )
+                    fmt_text(o["organization_id"]),
+                    fmt_int(o["artifacts_received"]),
+                    fmt_int(o["artifacts_completed"]),
+                    fmt_int(o["artifacts_failed"]),
+                    fmt_duration(o["p95_end_to_end_latency_ms"]),
+                    fmt_money(o["total_ai_cost"]),
+                    fmt_pct(o["overall_failure_rate"]),
+                ]
+                for o in orgs
+            ],
+            ["Organisation", "Received", "Completed", "Failed", "p95 latency", "Cost", "Failure rate"],
+            align=["left"] + ["right"] * 6,
+            width=style.width,
+            ids=[0],
+            shrink=[],
+            drop=[1, 4, 2],
         )
+        parts.append(fitted.text)
+        if fitted.hidden:
+            parts += _wrapped(
+                f"(hidden to fit {style.width} columns: {', '.join(fitted.hidden)}; --format json has them)",
+                style.width,
+                subsequent=" ",
+            )
         if len(data["organizations"]) > ORG_ROWS:
             parts.append(
                 f"(the {ORG_ROWS} busiest of {len(data['organizations'])} organisations; "
@@ -1060,22 +1436,58 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
     return "\n".join(parts)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def render_events(data: Mapping[str, Any], style: Style) -> str:
+    """The event log and a footer that says how many events matched, which of
+    them are shown, and how to see the rest."""
     rows = data["rows"]
+    total = data.get("total")
+    zone = f"times in {style.tzname(data.get('generated_at'))}"
+    limit = data.get("limit")
+    page = int(data.get("page") or 1)
     if not rows:
+        if total:
+            last = max(1, -(-int(total) // int(limit))) if limit else 1
+            return (
+                f"page {page} is past the end ({_plural(int(total), 'event')}, {limit} per page): "
+                f"the last page is --page {last}"
+            )
         return "no events match these filters"
-    return _event_table(rows, style) + f"\n\n{len(rows)} events (newest first; --limit {data['limit']})"
+    first = int(data.get("offset") or 0) + 1
+    last_row = first + len(rows) - 1
+    if not data.get("truncated"):
+        footer = "\n".join(_wrapped(f"{_plural(len(rows), 'event')} (newest first; {zone})", style.width))
+    else:
+        shown = f"{first:,}–{last_row:,}" if first > 1 or len(rows) > 1 else f"{first:,}"
+        of = f"of {int(total):,}" if total is not None else "of more"
+        footer = "\n".join(_wrapped(f"events {shown} {of} (newest first; {zone})", style.width))
+        nxt = []
+        if total is None or last_row < int(total):
+            nxt.append(f"next page: --page {page + 1}")
+        nxt += ["more per page: --limit N (at most 10000)", "all: --format csv"]
+        footer += "\n" + "\n".join(_joined(nxt, style.width, indent="", subsequent=""))
+    return _event_table(rows, style) + "\n\n" + footer
 
 
 def render_event_line(ev: Mapping[str, Any], style: Style) -> str:
-    """One line per event for --follow (like tail -f)."""
+    """One line per event for --follow (like tail -f): the detail is cut to the
+    width, never the artifact id (at a narrow width it goes on a second line)."""
     mark = style.paint(_KIND_MARK.get(str(ev.get("kind")), "·"), _kind_colour(ev.get("kind")))
-    detail = f"  {ev['detail']}" if ev.get("detail") else ""
-    line = (
-        f"{fmt_time(ev['timestamp'], style)} {mark} {ev['event_type']:<28} "
-        f"{fmt_text(ev.get('artifact_id')):<14}{detail}"
-    )
-    return truncate(line, style.width + (len(mark) - 1)).rstrip()
+    extra = len(mark) - 1  # colour codes
+    head = f"{fmt_time(ev['timestamp'], style)} {mark} {ev['event_type']:<28}"
+    artifact = fmt_text(ev.get("artifact_id"))
+    detail = str(ev.get("detail") or "")
+    line = f"{head} {artifact:<14}"
+    if len(line) - extra > style.width:
+        line = head.rstrip() + "\n" + UNDER_INDENT + artifact
+    last = line.rsplit("\n", 1)[-1]
+    room = style.width + (extra if "\n" not in line else 0) - len(last) - 2
+    if detail and room >= MIN_CUT:
+        line += "  " + truncate(detail, room)
+    return "\n".join(part.rstrip() for part in line.split("\n"))
 
 
 def render_event(ev: Mapping[str, Any], style: Style) -> str:
@@ -1085,19 +1497,29 @@ def render_event(ev: Mapping[str, Any], style: Style) -> str:
     for k in keys:
         v = ev[k]
         if isinstance(v, dt.datetime):
-            text = f"{fmt_time(v, style)} ({style.tzname()})"
+            text = f"{fmt_time(v, style)} ({style.tzname(v)})"
         elif isinstance(v, Mapping):
             text = ", ".join(f"{kk}={vv}" for kk, vv in sorted(v.items())) if v else NULL
         else:
             text = fmt_text(v)
-        lines.append(f"  {k:<{width}}  {truncate(text, style.width - width - 4)}")
+        room = style.width - width - 4
+        if k.endswith("_id"):  # ids are never cut
+            lines.append(f"  {k:<{width}}  {text}")
+        else:
+            lines += _wrapped(
+                text, style.width, f"  {k:<{width}}  ", subsequent=" " * (width + 4), prose=True, max_lines=3
+            ) or [f"  {k:<{width}}  {truncate(text, room)}"]
     if ev.get("detail"):
-        lines += ["", f"  {ev['detail']}"]
+        lines += [
+            "",
+            *_wrapped(str(ev["detail"]), style.width, "  ", subsequent="  ", prose=True, max_lines=6),
+        ]
     return "\n".join(lines)
 
 
 def _alerts_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
-    """Alerts as two-line entries: what and where on the first, the summary below."""
+    """Alerts as entries of two lines (more when narrow): what and where first, the
+    summary below, wrapped; the alert id (for `voicepipe alerts ack`) is never cut."""
     marks = {"critical": ("✖", "red"), "warning": ("▲", "yellow")}
     lines = []
     for r in rows:
@@ -1105,12 +1527,37 @@ def _alerts_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
         status = str(r["status"])
         if r.get("acknowledged_by"):
             status += f", acknowledged by {r['acknowledged_by']}"
-        head = (
-            f"{style.paint(mark + ' ' + str(r['severity']), colour)}  {r['rule']}  {fmt_text(r['scope'])}"
-            f"  · raised {_short_time(r['raised_at'], style)} · {status}"
+        severity = f"{mark} {r['severity']}"
+        one_line = (
+            f"{severity}  {r['rule']}  {fmt_text(r['scope'])}  · raised {_short_time(r['raised_at'], style)}"
+            f" · {status}"
         )
-        lines.append(head)
-        lines.append(truncate(f"    {fmt_text(r.get('summary'))}  (id {r['alert_id']})", style.width))
+        head = (
+            [one_line]
+            if len(one_line) <= style.width
+            else _joined(
+                [
+                    f"{severity}  {r['rule']}  {fmt_text(r['scope'])}",
+                    f"raised {_short_time(r['raised_at'], style)}",
+                    status,
+                ],
+                style.width,
+                indent="",
+                subsequent="    ",
+            )
+        )
+        if colour and style.colour and head[0].startswith(severity):
+            head[0] = style.paint(severity, colour) + head[0][len(severity) :]
+        lines += head
+        ref = f"(id {r['alert_id']})"
+        summary = _wrapped(
+            fmt_text(r.get("summary")), style.width, "    ", subsequent="    ", prose=True, max_lines=3
+        )
+        if summary and len(summary[-1]) + 2 + len(ref) <= style.width:
+            summary[-1] += "  " + ref
+        else:
+            summary.append("    " + ref)
+        lines += summary
     return "\n".join(lines)
 
 
@@ -1121,8 +1568,9 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
         parts.append(_alerts_table(data["rows"], style))
         parts.append(f"\n{len(data['rows'])} alerts")
     elif not data.get("alert_log_present"):
-        parts.append(
-            "no alert log yet: `voicepipe check` (run from cron) evaluates the rules and records alerts"
+        parts += _wrapped(
+            "no alert log yet: `voicepipe check` (run from cron) evaluates the rules and records alerts",
+            style.width,
         )
     else:
         parts.append("no active alerts" if not data["history"] else "no alerts match these filters")
@@ -1130,56 +1578,85 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
 
 
 def _retry_table(rows: Sequence[Mapping[str, Any]], style: Style, *, artifact: bool) -> str:
+    """Retries, one a row; the artifact id is never cut (the date goes first, then
+    columns move to a line under each row)."""
     colours = {"succeeded": "green", "failed": "red", "pending": "yellow"}
     head = ["Initiated", *(["Artifact"] if artifact else []), "#", "Stage", "By", "Outcome"]
     head += ["Duration", "Error"]
-    body = [
-        [
-            fmt_time(r["initiated_at"] or r["finished_at"], style),
-            *([fmt_text(r["artifact_id"])] if artifact else []),
-            fmt_int(r["attempt"]),
-            fmt_text(r["stage"]),
-            fmt_text(r["actor"]),
-            r["outcome"],
-            fmt_duration(r["duration_ms"]),
-            fmt_text(r["error_code"]),
-        ]
-        for r in rows
-    ]
     at = head.index("Outcome")
     tint = [[None] * at + [colours.get(r["outcome"])] + [None] * (len(head) - at - 1) for r in rows]
-    return table(body, head, width=style.width, colours=tint, style=style)
+    ids = [1] if artifact else []
+    priority = [0, *ids, at, head.index("#"), head.index("By"), head.index("Duration")]
+    priority += [head.index("Stage"), head.index("Error")]
+    fitted = Fitted("")
+    for short in (False, True):
+        body = [
+            [
+                (_short_time if short else fmt_time)(r["initiated_at"] or r["finished_at"], style),
+                *([fmt_text(r["artifact_id"])] if artifact else []),
+                fmt_int(r["attempt"]),
+                fmt_text(r["stage"]),
+                fmt_text(r["actor"]),
+                r["outcome"],
+                fmt_duration(r["duration_ms"]),
+                fmt_text(r["error_code"]),
+            ]
+            for r in rows
+        ]
+        fitted = fit_table(
+            body,
+            head,
+            width=style.width,
+            ids=ids,
+            shrink=[len(head) - 1],
+            priority=priority,
+            colours=tint,
+            style=style,
+        )
+        if not fitted.moved:
+            break
+    return fitted.text
 
 
 def render_retries(data: Mapping[str, Any], style: Style) -> str:
     t = data["totals"]
-    parts = [
-        _header("voicepipe retries", data, style),
-        f"{t['retries']} {'retry' if t['retries'] == 1 else 'retries'} · succeeded {t['succeeded']} · failed {t['failed']} · pending {t['pending']}",
-    ]
+    parts = [_header("voicepipe retries", data, style)]
+    parts += _joined(
+        [
+            f"{t['retries']} {'retry' if t['retries'] == 1 else 'retries'}",
+            f"succeeded {t['succeeded']}",
+            f"failed {t['failed']}",
+            f"pending {t['pending']}",
+        ],
+        style.width,
+        indent="",
+        subsequent="",
+    )
     rows = data["rows"]
     if not rows:
-        parts.append("no retries recorded (`voicepipe retry ARTIFACT_ID` starts one)")
+        parts += _wrapped("no retries recorded (`voicepipe retry ARTIFACT_ID` starts one)", style.width)
         return "\n".join(parts)
     parts.append(_retry_table(rows, style, artifact=True))
+    if len(rows) < int(t["retries"]):
+        parts.append(f"(the newest {len(rows):,} of {int(t['retries']):,}; --limit N shows more)")
     return "\n".join(parts)
 
 
 def render_sql(data: Mapping[str, Any], style: Style) -> str:
     cols = data["columns"]
     body = [[_sql_cell(r[c], style) for c in cols] for r in data["rows"]]
-    out = table(body, cols, width=max(style.width, 40), max_col=60)
+    out = table(body, cols, width=style.width, max_col=60, labels={i: c for i, c in enumerate(cols)})
     n = len(data["rows"])
     return out + f"\n({n} row{'s' if n != 1 else ''}{', truncated' if data.get('truncated') else ''})"
 
 
 def _sql_cell(value: Any, style: Style) -> str:
+    """A value as DuckDB returned it (a float in full, ``repr``-style: 28180213.0),
+    NULL as NULL; times in the report's zone."""
     if is_null(value):
         return "NULL"
     if isinstance(value, dt.datetime):
         return fmt_time(value, style)
-    if isinstance(value, float):
-        return f"{value:.6g}"
     return str(value)
 
 

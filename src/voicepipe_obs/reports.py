@@ -362,9 +362,15 @@ def _floor(ts: dt.datetime, step: dt.timedelta) -> dt.datetime:
 # -------------------------------------------------------------- event details
 
 
+#: Event types the log marks as failures (✗, kind ``failure``) and that
+#: ``--errors-only`` keeps: the failure events, the circuit breaker opening and a
+#: budget exceeded. One definition for both.
+LOG_FAILURE_TYPES: Final = FAILURE_EVENT_TYPES | {"circuit_breaker_opened", "budget_exceeded"}
+
+
 def event_kind(event_type: str) -> str:
     """success | failure | info (the dashboard's colour code)."""
-    if event_type in FAILURE_EVENT_TYPES or event_type in ("circuit_breaker_opened", "budget_exceeded"):
+    if event_type in LOG_FAILURE_TYPES:
         return "failure"
     if event_type in SUCCESS_EVENT_TYPES:
         return "success"
@@ -420,10 +426,18 @@ def describe_event(ev: Mapping[str, Any]) -> str:
                 parts.append(f"{ev[key]} {noun}{'' if ev[key] == 1 else 's'}")
         if ev.get("confidence_score") is not None:
             parts.append(f"confidence {ev['confidence_score']:.2f}")
+        if et == "rate_limit_hit":
+            add("model {}", "ai_model")
     if ev.get("ai_cost") is not None and et != "artifact_received":
         from .render import fmt_money
 
         parts.append(fmt_money(ev["ai_cost"]))
+    attrs = ev.get("attributes")
+    if isinstance(attrs, list):  # a MAP as (key, value) pairs
+        attrs = dict(attrs)
+    if isinstance(attrs, Mapping) and attrs:
+        # the circuit breaker's dependency, a budget's figures, your own labels
+        parts += [f"{k}={v}" for k, v in sorted(attrs.items(), key=lambda kv: (kv[0] != "dependency", kv[0]))]
     if ev.get("error_code") or ev.get("error_message"):
         err = str(ev.get("error_code") or "error")
         if ev.get("error_message"):
@@ -445,6 +459,11 @@ _EVENT_SELECT = (
     "entity_count, disambiguation_count, draft_count, transcript_word_count, retry_attempt, "
     "confidence_score, ai_cost, actor"
 )
+
+
+#: The event log reads these (the report columns, the model and your attributes,
+#: which its details show).
+_LOG_SELECT = _EVENT_SELECT + ", ai_model, attributes"
 
 
 def _stage_case(mapping: Mapping[str, Sequence[str] | str]) -> str:
@@ -972,7 +991,8 @@ def artifacts(
         "page": page,
         "limit": limit,
         "first": offset + 1 if rows else 0,
-        "last": offset + len(rows),
+        "last": offset + len(rows) if rows else 0,
+        "past_end": not rows and total > 0,
         "next_page": page + 1 if offset + len(rows) < total else None,
         "last_page": max(1, -(-total // limit)),
         "rows": out_rows,
@@ -1461,8 +1481,8 @@ def metrics(
         whole: list[dict[str, Any]] = []
         raw_scope, _ = _raw_buckets(root, start, until, step, org, whole, per_org=False, buckets=n)
         scope_rows = {i: raw_scope[start + i * step] for i in range(n) if start + i * step in raw_scope}
-        exact, per_org_rows = _window_rows(whole, org)
-        totals = exact or {}
+        found, per_org_rows = _window_rows(whole, org)
+        totals = found or {}
         per_org_totals: dict[str, dict[str, Any]] = per_org_rows
     else:
         start = _floor(now, DAY) - (n - 1) * DAY
@@ -1510,8 +1530,8 @@ def metrics(
                 "run `voicepipe aggregate` to bring them up to date"
             )
         if whole_days is not None:
-            exact, per_org_totals = _window_rows(whole_days, org)
-            totals = exact or {}
+            found, per_org_totals = _window_rows(whole_days, org)
+            totals = found or {}
         else:
             totals = _sums([scope_rows[i] for i in sorted(scope_rows)])
             snap_days = [start + i * DAY for i in scope_rows if _source(scope_rows[i]) == "snapshot"]
@@ -1780,7 +1800,7 @@ class EventFilter:
             params["until"] = aware(self.until)
         if self.errors_only:
             where.append("(event_type IN (SELECT unnest($failures::VARCHAR[])) OR error_code IS NOT NULL)")
-            params["failures"] = sorted(FAILURE_EVENT_TYPES)
+            params["failures"] = sorted(LOG_FAILURE_TYPES)
         return " AND ".join(where), params
 
 
@@ -1792,16 +1812,93 @@ def _hours_newest_first(root: Path, since: dt.datetime | None, until: dt.datetim
 
 
 def _log_query(
-    root: Path, f: EventFilter, limit: int, now: dt.datetime
+    root: Path, f: EventFilter, limit: int | None, now: dt.datetime
 ) -> tuple[str, dict[str, Any], dt.datetime]:
     """The condition and parameters of ``f`` for events up to ``now`` (aware), after
-    checking ``limit`` and that the store has events."""
-    if not 1 <= limit <= 10_000:
-        raise UsageError("--limit must be between 1 and 10000")
+    checking ``limit`` (None: no limit) and that the store has events."""
+    if limit is not None and not 1 <= limit <= MAX_EVENT_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_EVENT_LIMIT}")
     require_events(root)
     now = aware(now)
     cond, params = f.sql()
     return cond + " AND timestamp <= $now", params | {"now": now}, now
+
+
+#: Most rows one page of the event log (or of the retry history) holds.
+MAX_EVENT_LIMIT: Final = 10_000
+#: Rows fetched from DuckDB at a time while the log is streamed.
+_LOG_BATCH: Final = 5_000
+
+
+def _log_rows(
+    root: Path, f: EventFilter, cond: str, params: Mapping[str, Any], *, want: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Matching events, newest first, an hour partition at a time and
+    :data:`_LOG_BATCH` rows at a time (memory stays bounded whatever the window);
+    with ``want``, each hour's query asks only for what is still wanted. An event
+    stored twice is yielded once."""
+    from .query import parquet_scan
+
+    con = _connect([], materialise=False)
+    given = 0
+    recent: set[str] = set()  # ids of this hour and the one before (copies share an hour)
+    for hour_files in _hours_newest_first(root, f.since, f.until):
+        good, _bad = store.vet_parquet(hour_files)
+        if not good:
+            continue
+        sql = (
+            f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_LOG_SELECT} FROM {parquet_scan(good)} "
+            f"WHERE {cond}) ORDER BY timestamp DESC, event_id DESC"
+        )
+        bound = dict(params)
+        if want is not None:
+            sql += " LIMIT $limit"
+            bound["limit"] = want - given
+        cur = con.execute(sql, bound)
+        names = [d[0] for d in cur.description]
+        this_hour: set[str] = set()
+        while batch := cur.fetchmany(_LOG_BATCH):
+            for values in batch:
+                ev = dict(zip(names, values, strict=True))
+                if ev["event_id"] in recent or ev["event_id"] in this_hour:
+                    continue
+                this_hour.add(ev["event_id"])
+                given += 1
+                yield _event_row(ev)
+        recent = this_hour
+        if want is not None and given >= want:
+            return
+
+
+def iter_events(
+    root: Path, *, now: dt.datetime, filters: EventFilter | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every event matching ``filters`` up to ``now``, newest first, as the rows of
+    :func:`events` — streamed (an hour partition and a batch at a time), so an
+    export of the whole store keeps memory bounded. What ``report events --format
+    csv|json`` writes when no ``--limit`` is given."""
+    f = (filters or EventFilter()).validated()
+    cond, params, now = _log_query(root, f, None, now)
+    return _log_rows(root, f, cond, params)
+
+
+def count_events(root: Path, *, now: dt.datetime, filters: EventFilter | None = None) -> int:
+    """How many events match ``filters`` up to ``now`` (each event_id once): one
+    pass over the window's files."""
+    from .query import parquet_scan
+
+    f = (filters or EventFilter()).validated()
+    cond, params, now = _log_query(root, f, None, now)
+    files = [p for hour in _hours_newest_first(root, f.since, f.until) for p in hour]
+    good, _bad = store.vet_parquet(files)
+    if not good:
+        return 0
+    row = _one(
+        _connect([], materialise=False),
+        f"SELECT count(DISTINCT event_id) AS n FROM {parquet_scan(good)} WHERE {cond}",
+        params,
+    )
+    return int(row.get("n") or 0)
 
 
 def events(
@@ -1810,31 +1907,29 @@ def events(
     now: dt.datetime,
     filters: EventFilter | None = None,
     limit: int = 50,
+    page: int = 1,
+    count: bool = True,
 ) -> dict[str, Any]:
-    """The raw event log, newest first. Reads an hour partition at a time, newest
-    first, and stops as soon as ``limit`` rows are found."""
-    from .query import parquet_scan
+    """One page of the raw event log, newest first: at most ``limit`` rows, after
+    ``(page - 1) * limit`` newer ones. Reads an hour partition at a time, newest
+    first, and stops as soon as the page (and one row more) is found.
 
+    ``truncated`` says whether other events match (on other pages); ``total`` is how
+    many match — counted in one more pass over the window when the page does not
+    hold them all (None when ``count`` is false and the page is truncated)."""
     f = (filters or EventFilter()).validated()
+    if page < 1:
+        raise UsageError("--page must be 1 or more")
     cond, params, now = _log_query(root, f, limit, now)
-    found: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    con = _connect([], materialise=False)
-    for hour_files in _hours_newest_first(root, f.since, f.until):
-        good, _bad = store.vet_parquet(hour_files)
-        if not good:
-            continue
-        for ev in _dicts(
-            con,
-            f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_EVENT_SELECT} FROM {parquet_scan(good)} "
-            f"WHERE {cond}) ORDER BY timestamp DESC, event_id DESC LIMIT $limit",
-            {**params, "limit": limit - len(found)},
-        ):
-            if ev["event_id"] not in seen:  # the same event written twice, in two hours
-                seen.add(ev["event_id"])
-                found.append(ev)
-        if len(found) >= limit:
-            break
+    offset = (page - 1) * limit
+    from itertools import islice
+
+    page_rows = list(islice(_log_rows(root, f, cond, params, want=offset + limit + 1), offset, None))
+    rows = page_rows[:limit]
+    truncated = len(page_rows) > limit or offset > 0
+    total: int | None = len(rows)
+    if truncated:
+        total = count_events(root, now=now, filters=f) if count else None
     return {
         "generated_at": now,
         "filters": {
@@ -1847,8 +1942,55 @@ def events(
             "errors_only": f.errors_only,
         },
         "limit": limit,
-        "rows": [_event_row(ev) for ev in found],
+        "page": page,
+        "offset": offset,
+        "total": total,
+        "truncated": truncated,
+        "rows": rows,
     }
+
+
+def organizations(root: Path) -> list[str]:
+    """Every organization_id in the store's events (sorted): one pass over one
+    column of every event file."""
+    from .query import parquet_scan
+
+    good, _bad = store.vet_parquet(store.list_parquet(root, store.EVENTS))
+    if not good:
+        return []
+    cur = _connect([], materialise=False).execute(
+        f"SELECT DISTINCT organization_id FROM {parquet_scan(good)} "
+        "WHERE organization_id IS NOT NULL ORDER BY 1"
+    )
+    return [str(r[0]) for r in cur.fetchall()]
+
+
+def require_organization(root: Path, org: str) -> None:
+    """Raise :class:`NotFoundError` (exit 1) when no event of the store names the
+    organisation ``org``, with the closest known id and the list. For the CLI to
+    call when a report for ``--org`` came back empty: an unknown (misspelt)
+    organisation is an error, a known one with nothing in the window is not."""
+    known = organizations(root)
+    if org in known:
+        return
+    hint = closest(org[:64], tuple(known))
+    listed = ", ".join(known[:12]) + (f" (and {len(known) - 12} more)" if len(known) > 12 else "")
+    raise NotFoundError(
+        f"no organisation {org[:80]!r} in the events under {root}"
+        + (f" (did you mean {hint!r}?)" if hint else "")
+        + (f"; organisations: {listed}" if known else "")
+    )
+
+
+def require_artifact(root: Path, artifact_id: str) -> None:
+    """Raise :class:`NotFoundError` (exit 1) when the store holds no event of
+    ``artifact_id`` (what ``report artifact ID`` says for an unknown id)."""
+    check_text("artifact id", artifact_id)
+    if _artifact_connection(root, artifact_id) is None:
+        raise NotFoundError(
+            f"no events for artifact {artifact_id[:80]!r} under {root}; find ids with "
+            "`voicepipe report artifacts --search PREFIX` (--since 30d looks further back)"
+        )
 
 
 def event(root: Path, event_id: str) -> dict[str, Any]:
@@ -1914,7 +2056,7 @@ def follow_events(
             rows = (
                 _dicts(
                     con,
-                    f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_EVENT_SELECT} FROM {parquet_scan(good)} "
+                    f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_LOG_SELECT} FROM {parquet_scan(good)} "
                     f"WHERE {cond}) ORDER BY timestamp, event_id",
                     params,
                 )
@@ -1968,9 +2110,9 @@ def alerts(
     from .query import session_defaults
 
     rule, org, severity = (
-        check_text("--rule", rule),
+        check_choice("rule", check_text("--rule", rule), _alerts.RULES),
         check_text("--org", org),
-        check_text("--severity", severity),
+        check_choice("severity", check_text("--severity", severity), ("warning", "critical")),
     )
     now = aware(now)
     con = session_defaults(duckdb.connect())
@@ -2150,6 +2292,8 @@ __all__ = [
     "ARTIFACT_COLUMNS",
     "ARTIFACT_SORTS",
     "EVENT_COLUMNS",
+    "LOG_FAILURE_TYPES",
+    "MAX_EVENT_LIMIT",
     "RANGES",
     "RETRY_COLUMNS",
     "EventFilter",
@@ -2159,14 +2303,19 @@ __all__ = [
     "artifact_detail",
     "artifacts",
     "confidence_histogram",
+    "count_events",
     "dashboard",
     "disambiguation_backlog",
     "event",
     "events",
     "follow_events",
+    "iter_events",
     "locked_connection",
     "metrics",
+    "organizations",
     "pipeline",
+    "require_artifact",
+    "require_organization",
     "retries",
     "run_sql",
     "unique_columns",

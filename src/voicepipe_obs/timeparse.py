@@ -3,8 +3,11 @@
 ``2026-11-01T08:00``, ``2026-11-01 08:00:00+01:00``) and the words ``now``,
 ``today`` and ``yesterday``.
 
-Pure functions of their arguments (the current time is a parameter, so tests freeze
-it); every result is a timezone-aware UTC datetime. Naive ISO values are read as UTC.
+Pure functions of their arguments (the current time and the zone are parameters,
+so tests freeze them); every result is a timezone-aware UTC datetime. Naive ISO
+values and the words ``today`` / ``yesterday`` are read in the zone given as ``tz``:
+UTC by default, or the local time zone with ``tz=None`` (what ``voicepipe report``
+passes unless ``--utc``, so a time typed in is read in the zone the tables show).
 Bad values raise :class:`UsageError` with a message listing the accepted forms, and
 so do times outside [:data:`EARLIEST`, :data:`LATEST`): nothing in a store is older
 than 1970, and the bound leaves room for the arithmetic callers do on a range.
@@ -25,6 +28,15 @@ ACCEPTED_FORMS: Final = (
     "an ISO date or datetime such as 2026-11-01 or 2026-11-01T08:00 (UTC unless an offset is given); "
     "or now, today, yesterday"
 )
+
+
+def accepted_forms(tz: dt.tzinfo | None = UTC) -> str:
+    """:data:`ACCEPTED_FORMS`, naming the zone naive values are read in."""
+    if tz is UTC:
+        return ACCEPTED_FORMS
+    zone = "local time" if tz is None else str(tz)
+    return ACCEPTED_FORMS.replace("(UTC unless", f"({zone} unless")
+
 
 #: The earliest and (exclusive) latest time a command accepts.
 EARLIEST: Final = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -63,11 +75,21 @@ def check_in_range(when: dt.datetime, value: str) -> dt.datetime:
     return utc
 
 
-def parse_since(value: str, now: dt.datetime) -> dt.datetime:
+def _in_zone(naive: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    """A naive wall-clock time in ``tz`` (None: the local time zone, with its DST rules
+    for that date), as an aware datetime."""
+    if tz is None:
+        return naive.astimezone()  # the system's local rules for that date
+    return naive.replace(tzinfo=tz)
+
+
+def parse_since(value: str, now: dt.datetime, tz: dt.tzinfo | None = UTC) -> dt.datetime:
     """A point in time from a duration before ``now``, an ISO date/datetime or a word.
 
     ``parse_since("2h", now)`` is ``now - 2h``; ``parse_since("2026-11-01", now)`` is
-    midnight UTC that day; ``today`` is midnight UTC of ``now``'s date.
+    midnight that day in ``tz``; ``today`` is midnight of ``now``'s date in ``tz``.
+    ``tz`` is UTC by default; None means the local time zone. A value with an offset
+    (or ``Z``) is read with it whatever ``tz`` is.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -76,8 +98,8 @@ def parse_since(value: str, now: dt.datetime) -> dt.datetime:
     if lowered == "now":
         return check_in_range(now, value)
     if lowered in ("today", "yesterday"):
-        midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return check_in_range(midnight - dt.timedelta(days=1 if lowered == "yesterday" else 0), value)
+        day = now.astimezone(tz).date() - dt.timedelta(days=1 if lowered == "yesterday" else 0)
+        return check_in_range(_in_zone(dt.datetime.combine(day, dt.time()), tz), value)
     if _DURATION.match(text):
         try:
             return check_in_range(now.astimezone(UTC) - parse_duration(text), value)
@@ -87,23 +109,27 @@ def parse_since(value: str, now: dt.datetime) -> dt.datetime:
     try:
         parsed = dt.datetime.fromisoformat(iso)
     except ValueError:
-        raise UsageError(f"invalid time {value!r}: use {ACCEPTED_FORMS}") from None
+        raise UsageError(f"invalid time {value!r}: use {accepted_forms(tz)}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+        try:
+            parsed = _in_zone(parsed, tz)
+        except (OverflowError, ValueError, OSError):  # local time of year 1 or 9999
+            raise UsageError(f"invalid time {value!r}: out of range; {_OUT_OF_RANGE}") from None
     return check_in_range(parsed, value)
 
 
-def parse_until(value: str, now: dt.datetime) -> dt.datetime:
+def parse_until(value: str, now: dt.datetime, tz: dt.tzinfo | None = UTC) -> dt.datetime:
     """Like :func:`parse_since` (``--until 1h`` means one hour before now)."""
-    return parse_since(value, now)
+    return parse_since(value, now, tz)
 
 
 def parse_range(
-    since: str | None, until: str | None, now: dt.datetime
+    since: str | None, until: str | None, now: dt.datetime, tz: dt.tzinfo | None = UTC
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """Both ends of a ``--since/--until`` pair, checking that since < until."""
-    lo = parse_since(since, now) if since else None
-    hi = parse_until(until, now) if until else None
+    """Both ends of a ``--since/--until`` pair, checking that since < until. Naive
+    values and ``today``/``yesterday`` are read in ``tz`` (None: local time)."""
+    lo = parse_since(since, now, tz) if since else None
+    hi = parse_until(until, now, tz) if until else None
     if lo is not None and hi is not None and lo >= hi:
         raise UsageError(f"--since ({lo:%Y-%m-%d %H:%M}) must be before --until ({hi:%Y-%m-%d %H:%M})")
     return lo, hi
