@@ -458,3 +458,16 @@ def test_report_alerts_lists_active_alerts_in_the_same_order(runner: CliRunner, 
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert [r["alert_id"] for r in rows] == [r["alert_id"] for r in listed]
     assert rows[0]["severity"] == "critical"
+
+
+@pytest.mark.parametrize("argv", [["--bogus", "check"], ["-x", "check", "--no-notify"]])
+def test_a_global_option_typo_before_check_is_unknown_not_critical(tmp_path: Path, argv: list[str]) -> None:
+    """Exit 2 is CRITICAL to Nagios: a typo in a global option of a check command
+    line exits 3 (UNKNOWN) with one line, like check's own usage errors; other
+    commands keep exit 2."""
+    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(tmp_path)]
+    result = subprocess.run([*cmd, *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert result.stderr.startswith("voicepipe: error: No such option") and result.stderr.count("\n") == 1
+    other = subprocess.run([*cmd, "--bogus", "report"], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 2

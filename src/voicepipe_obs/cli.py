@@ -203,7 +203,12 @@ class LazyGroup(click.Group):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
-            raise _one_line(exc) from None
+            err = _one_line(exc)
+            if parent is None and "check" in args:
+                # `voicepipe --bogus check`: a monitoring system reads exit 2 as
+                # CRITICAL; check's usage errors are UNKNOWN (3), wherever they are
+                err.exit_code = 3
+            raise err from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
