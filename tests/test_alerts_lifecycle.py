@@ -255,7 +255,9 @@ def test_check_lock_timeout(root: Path) -> None:
     s = ONLY_FAILURE_RATE.model_copy(deep=True)
     s.alerts.lock_timeout_seconds = 0.2
     with alerts.check_lock(root, 0):
-        with pytest.raises(AlertError, match="another `voicepipe check` still holds") as info:
+        with pytest.raises(
+            AlertError, match=r"another `voicepipe check` \(pid \d+ on .+ since .+\) still holds"
+        ) as info:
             alerts.run_check(root, s, now=at(0))
     assert info.value.exit_code == 3
     assert alerts.run_check(root, s, now=at(0)).exit_code == 0  # released

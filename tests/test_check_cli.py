@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,7 +154,7 @@ def test_lock_timeout_exits_3(runner: CliRunner, root: Path, tmp_path: Path) -> 
     with alerts.check_lock(root, 0):
         result = invoke(runner, root, "check", config=conf)
     assert result.exit_code == 3
-    assert "another `voicepipe check` still holds" in result.stderr
+    assert re.search(r"another `voicepipe check` \(pid \d+ on .+\) still holds", result.stderr)
 
 
 def test_real_subprocess_exit_code(rec: vp.Recorder, root: Path, cfg: Path, tmp_path: Path) -> None:

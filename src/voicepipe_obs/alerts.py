@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -35,7 +33,7 @@ import duckdb
 
 from . import store
 from .config import Settings, parse_hours
-from .errors import AlertError, NotFoundError, StoreError, UsageError
+from .errors import AlertError, BusyError, NotFoundError, StoreError, UsageError
 from .query import area_source, parquet_scan, sql_list, vetted_files
 from .timeparse import EARLIEST
 
@@ -1071,34 +1069,22 @@ def acknowledge(
 
 @contextlib.contextmanager
 def check_lock(root: Path, timeout: float) -> Iterator[None]:
-    """Hold ``<root>/_state/check.lock`` (fcntl), waiting up to ``timeout`` seconds.
+    """Hold ``<root>/_state/check.lock`` (:func:`voicepipe_obs.store.run_lock`),
+    waiting up to ``timeout`` seconds.
 
     Raises :class:`AlertError` (exit 3) if another check holds it longer.
     """
-    state = root / store.STATE
-    try:
-        store.ensure_dir(state)
-        fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    held = contextlib.ExitStack()
+    try:  # only taking the lock is translated, not what the check does under it
+        held.enter_context(store.run_lock(root, LOCK_FILE, command="check", timeout=timeout))
+    except BusyError as exc:
+        raise AlertError(f"{exc}; if checks overlap, raise alerts.lock_timeout_seconds") from None
     except OSError as exc:
-        raise StoreError(f"cannot create the check lock under {state}: {exc.strerror or exc}") from exc
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise StoreError(f"cannot lock {state / LOCK_FILE}: {exc.strerror}") from exc
-                if time.monotonic() >= deadline:
-                    raise AlertError(
-                        f"another `voicepipe check` still holds {state / LOCK_FILE} after {timeout:g}s; "
-                        "try again later or raise alerts.lock_timeout_seconds"
-                    ) from None
-                time.sleep(0.05)
+        raise StoreError(
+            f"cannot create the check lock under {root / store.STATE}: {exc.strerror or exc}"
+        ) from exc
+    with held:
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 # ---------------------------------------------------------------- notification

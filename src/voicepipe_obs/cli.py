@@ -161,6 +161,12 @@ class OneLineUsageError(click.UsageError):
         click.echo(f"voicepipe: error: {message}{hint}", file=file, err=True)
 
 
+class CheckUsageError(OneLineUsageError):
+    """A usage error on a ``check`` command line: exit 3 (Nagios UNKNOWN)."""
+
+    exit_code = 3
+
+
 def _one_line(exc: click.UsageError) -> click.UsageError:
     """``exc`` as a :class:`OneLineUsageError`; a group run without a command
     (``voicepipe report``) keeps click's help text."""
@@ -203,12 +209,11 @@ class LazyGroup(click.Group):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
-            err = _one_line(exc)
             if parent is None and "check" in args:
                 # `voicepipe --bogus check`: a monitoring system reads exit 2 as
                 # CRITICAL; check's usage errors are UNKNOWN (3), wherever they are
-                err.exit_code = 3
-            raise err from None
+                raise CheckUsageError(exc) from None
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
