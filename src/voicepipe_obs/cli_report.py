@@ -508,15 +508,7 @@ def _export_events(app: AppContext, filters: Any, fmt: str, now: dt.datetime) ->
     f = filters.validated()
     head = {
         "generated_at": now,
-        "filters": {
-            "types": list(f.types),
-            "stage": f.stage,
-            "org": f.org,
-            "artifact": f.artifact,
-            "since": f.since,
-            "until": f.until,
-            "errors_only": f.errors_only,
-        },
+        "filters": f.as_dict(),
         "limit": None,
         "page": 1,
         "offset": 0,

@@ -1778,6 +1778,18 @@ class EventFilter:
         check_text("--artifact", self.artifact)
         return self
 
+    def as_dict(self) -> dict[str, Any]:
+        """The filters as a report's JSON shows them."""
+        return {
+            "types": list(self.types),
+            "stage": self.stage,
+            "org": self.org,
+            "artifact": self.artifact,
+            "since": self.since,
+            "until": self.until,
+            "errors_only": self.errors_only,
+        }
+
     def sql(self) -> tuple[str, dict[str, Any]]:
         where = ["TRUE"]
         params: dict[str, Any] = {}
@@ -1932,15 +1944,7 @@ def events(
         total = count_events(root, now=now, filters=f) if count else None
     return {
         "generated_at": now,
-        "filters": {
-            "types": list(f.types),
-            "stage": f.stage,
-            "org": f.org,
-            "artifact": f.artifact,
-            "since": f.since,
-            "until": f.until,
-            "errors_only": f.errors_only,
-        },
+        "filters": f.as_dict(),
         "limit": limit,
         "page": page,
         "offset": offset,
