@@ -178,7 +178,8 @@ def test_artifacts_json_and_csv_numbers(runner: Any, store_root: Path) -> None:
     by_id = {r["artifact_id"]: r for r in data["rows"]}
     assert by_id["a-001"]["end_to_end_latency_ms"] == 21_000
     assert by_id["a-001"]["total_ai_cost"] == pytest.approx(0.038)
-    assert by_id["a-001"]["claim_count"] == 4 and by_id["a-001"]["disambiguation_count"] == 1
+    # one entity flagged, then resolved by bob: none left to review
+    assert by_id["a-001"]["claim_count"] == 4 and by_id["a-001"]["disambiguation_count"] == 0
     assert by_id["a-002"]["action"] == "retry" and by_id["a-001"]["action"] is None
     assert by_id["a-003"]["total_ai_cost"] is None  # no cost recorded: NULL, not 0
     text = run(runner, store_root, "artifacts", "--since", "30d", "--format", "csv").stdout

@@ -25,6 +25,7 @@ import duckdb
 
 from . import store
 from .events import (
+    DISAMBIGUATION_EVENT,
     FAILURE_EVENT_TYPES,
     STAGE_COMPLETION_EVENTS,
     STAGE_EVENT_TYPES,
@@ -226,8 +227,12 @@ WITH per AS (
     arg_max(error_message, timestamp) FILTER (WHERE error_message IS NOT NULL) AS error_message,
     arg_max(claim_count, timestamp) FILTER (WHERE event_type = 'claims_extracted') AS claim_count,
     arg_max(entity_count, timestamp) FILTER (WHERE event_type IN {_ER_DONE}) AS entity_count,
-    arg_max(disambiguation_count, timestamp) FILTER (WHERE event_type IN {_ER_DONE})
-      AS disambiguation_count,
+    -- entities still awaiting review: flagged − resolved by reviewers, at least 0 (the
+    -- artifact's share of DESIGN §6's disambiguation backlog); NULL before entity resolution
+    CASE WHEN count(*) FILTER (WHERE event_type IN {_ER_DONE}) > 0 THEN greatest(0,
+      coalesce(sum(disambiguation_count) FILTER (WHERE event_type = '{DISAMBIGUATION_EVENT}'), 0)
+      - coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_user_resolved'), 0))
+    END AS disambiguation_count,
     arg_max(draft_count, timestamp) FILTER (WHERE event_type = 'drafts_generated') AS draft_count,
     sum(ai_cost) AS total_ai_cost,
     count(*) FILTER (WHERE event_type = 'retry_initiated') AS retry_count,
