@@ -22,7 +22,7 @@ import pytest
 
 import voicepipe_obs as vp
 from voicepipe_obs import store
-from voicepipe_obs.emit import _SLICE, read_spool_segment
+from voicepipe_obs.emit import _RECHECK, _SLICE, read_spool_segment
 from voicepipe_obs.errors import EmitError
 
 pytestmark = pytest.mark.timeout(120)
@@ -87,6 +87,7 @@ def test_a_writer_whose_segment_a_recoverer_took_still_writes_every_event(
     assert vp.recover_spools(root) == (10, 1)
     monkeypatch.undo()
     assert not segment.exists()
+    time.sleep(_RECHECK + 0.05)  # the writer looks at its segment at most this often
     ids += [rec.emit("rate_limit_hit", claim_count=i) for i in range(10, 20)]
     # spooled again, with the rows the recoverer took: a SIGKILL now loses nothing
     assert sorted(r[0] for r in read_spool_segment(segment)) == list(range(1, 21))

@@ -663,6 +663,10 @@ def read_spool_segment(path: Path) -> list[Row]:
     return rows
 
 
+#: seconds between checks that a live segment file is still linked (see _spool_rows)
+_RECHECK: Final = 0.2
+
+
 def _has_spool_segments(root: Path) -> bool:
     """Whether ``root``'s spool holds any segment (a cheap look: one directory read)."""
     try:
@@ -796,7 +800,7 @@ def _recover_spools(rootp: Path, wait: bool) -> tuple[int, int]:
 class _Batch:
     """The events of one spool segment: in memory (rows) or only on disk (rows None)."""
 
-    __slots__ = ("fd", "n", "path", "rows", "seq", "size", "unspooled")
+    __slots__ = ("checked", "fd", "n", "path", "rows", "seq", "size", "unspooled")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -806,6 +810,7 @@ class _Batch:
         self.fd: int | None = None
         self.size = 0  # bytes of complete records in the segment
         self.unspooled = 0  # rows not (successfully) written to the segment
+        self.checked = 0.0  # when the segment was last seen still linked (monotonic)
 
 
 # ----------------------------------------------------------------------- recorder
@@ -1385,7 +1390,13 @@ class Recorder:
                 return None
             try:
                 again: list[Row] = []
-                if batch.fd is not None and os.fstat(batch.fd).st_nlink == 0:
+                # at most every _RECHECK s (an fstat per event would cost "sync" mode
+                # ~25%): appends in between to a deleted segment are spooled again
+                if (
+                    batch.fd is not None
+                    and now >= batch.checked + _RECHECK
+                    and os.fstat(batch.fd).st_nlink == 0
+                ):
                     # the segment was deleted under us (the spool directory removed, or a
                     # recoverer on another host took us for dead): start it again with
                     # the rows it held, so a crash still loses nothing
@@ -1412,6 +1423,8 @@ class Recorder:
                         pass
                     raise
                 batch.size += written
+                if now >= batch.checked + _RECHECK:
+                    batch.checked = now
                 if again:
                     batch.unspooled = 0
             except Exception as exc:
