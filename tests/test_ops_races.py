@@ -369,3 +369,24 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path: Path, ru
     assert "removed what interrupted runs left: 2 temporary files" in result.stdout
     assert not any(p.exists() for p in stale)
     assert live.exists()
+
+
+def test_a_report_whose_listed_files_compaction_replaced_reads_them_all(tmp_path: Path) -> None:
+    """A report lists its files, compaction then merges them (unlinking what was
+    listed): the report's read lists again and sees every event, as the commands do."""
+    from voicepipe_obs import Recorder, maintenance, reports
+
+    root = tmp_path / "data"
+    hour = dt.datetime(2026, 11, 20, 9, tzinfo=dt.timezone.utc)
+    for part in range(4):  # four small files in one closed hour
+        with Recorder(root) as rec:
+            for i in range(5):
+                rec.emit(
+                    "rate_limit_hit", claim_count=part * 5 + i, timestamp=hour + dt.timedelta(minutes=part)
+                )
+    listed = reports._files(root, None, None)
+    assert len(listed) == 4
+    maintenance.compact(root, now=hour + dt.timedelta(hours=3), grace=dt.timedelta(0))
+    assert not any(p.exists() for p in listed)
+    con = reports._connect(listed)
+    assert con.execute("SELECT count(*), count(DISTINCT claim_count) FROM events").fetchall() == [(20, 20)]

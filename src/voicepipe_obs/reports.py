@@ -245,11 +245,8 @@ def _connect(
     cheaper than DISTINCT ON over every row.
     """
     from .events import arrow_schema
-    from .query import ARTIFACTS_SQL, drop_duplicates, parquet_scan
+    from .query import ARTIFACTS_SQL, drop_duplicates, parquet_scan, relist, retry_vanished
 
-    con = _cursor()
-    con.register("_voicepipe_empty_events", arrow_schema().empty_table())
-    con.execute(f"CREATE TEMP VIEW events_raw AS SELECT * FROM {parquet_scan(files)}")
     conds = ["TRUE"]
     bound: dict[str, Any] = dict(params or {})
     if since is not None:
@@ -257,17 +254,33 @@ def _connect(
         bound["since"] = aware(since)
     if where:
         conds.append(where)
-    if materialise:
-        con.execute(
-            f"CREATE TEMP TABLE events AS SELECT {_projection(columns)} FROM events_raw "
-            f"WHERE {' AND '.join(conds)}",
-            bound,
-        )
-        drop_duplicates(con, "events")
-    else:
-        con.execute(f"CREATE TEMP VIEW events AS SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw")
-    con.execute(f"CREATE TEMP VIEW artifacts AS {ARTIFACTS_SQL}")
-    return con
+
+    def build(attempt: int) -> duckdb.DuckDBPyConnection:
+        # materialising reads the files now: a file compaction replaced since it was
+        # listed means listing again (query.retry_vanished), as the commands do
+        con = _cursor()
+        try:
+            con.register("_voicepipe_empty_events", arrow_schema().empty_table())
+            scan = parquet_scan(files if attempt == 0 else relist(files))
+            con.execute(f"CREATE TEMP VIEW events_raw AS SELECT * FROM {scan}")
+            if materialise:
+                con.execute(
+                    f"CREATE TEMP TABLE events AS SELECT {_projection(columns)} FROM events_raw "
+                    f"WHERE {' AND '.join(conds)}",
+                    bound,
+                )
+                drop_duplicates(con, "events")
+            else:
+                con.execute(
+                    f"CREATE TEMP VIEW events AS SELECT DISTINCT ON (event_id) {_PROJECTION} FROM events_raw"
+                )
+            con.execute(f"CREATE TEMP VIEW artifacts AS {ARTIFACTS_SQL}")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    return retry_vanished(build, what="report")
 
 
 def _cursor() -> duckdb.DuckDBPyConnection:
