@@ -1445,14 +1445,14 @@ class Recorder:
         with _spool_lock held, before a segment is opened): a lock file deleted by hand
         or by a temp cleaner, or a spool directory removed, is made again, so no
         recoverer takes this live writer's segments for a dead one's."""
-        assert self._spool_dir is not None or self._lock_fd is None
-        if self._lock_fd is not None and self._spool_dir is not None:
-            if _same_file(self._lock_fd, self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}"):
+        lock = self.root / store.SPOOL / f"{self._writer_id}{_LOCK_SUFFIX}"
+        if self._lock_fd is not None:
+            if _same_file(self._lock_fd, lock):
                 return
             os.close(self._lock_fd)
             self._lock_fd = None
         self._spool_dir = _ensure_spool_dir(self.root)
-        self._lock_fd = _acquire_writer_lock(self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}")
+        self._lock_fd = _acquire_writer_lock(lock)
 
     # -- background work ----------------------------------------------------------
 
