@@ -1162,10 +1162,12 @@ def _aggregate(
         hours: set[int]
         days: set[int]
         if mode == "incremental" and not new and _receipt_chunks(rootp):
-            # nothing arrived: no DuckDB, no pyarrow (cron runs this every few minutes)
+            # nothing arrived: no DuckDB, no pyarrow (cron runs this every few minutes),
+            # unless compaction or cleanup left the artifact index something to do
             if state.seen != present:
                 state.seen = present
                 state.save(rootp)
+            _refresh_index(rootp, listing, None)
             result.seconds = time.perf_counter() - started
             return result
         if mode == "rebuild":
@@ -1310,6 +1312,7 @@ def _aggregate(
                 rows_pool.shutdown(wait=True)
             _save_orphans(con, rootp, receipts, loaded=set(day_list) | set(redo_days), present=set(by_day))
             _save_receipts(con, rootp, full=full_index)
+            _refresh_index(rootp, listing, con)
         finally:
             writer.close()
             con.close()
@@ -1331,6 +1334,20 @@ def _aggregate(
         result.seconds,
     )
     return result
+
+
+def _refresh_index(root: Path, listing: Sequence[_EventFile], con: duckdb.DuckDBPyConnection | None) -> None:
+    """Bring the artifact index (:mod:`voicepipe_obs.artifact_index`) up to date
+    with ``listing``, on ``con`` (None: one is opened only if there is work)."""
+    from . import artifact_index
+
+    def refresh(files: Sequence[_EventFile]) -> None:
+        hours: dict[int, list[Path]] = {}
+        for f in files:
+            hours.setdefault(f.hour_us, []).append(f.path)
+        artifact_index.refresh(root, hours, con=con)
+
+    _reading(listing, refresh)
 
 
 def _day_chunks(days: Sequence[int]) -> list[list[int]]:

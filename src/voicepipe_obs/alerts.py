@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from . import store
+from . import artifact_index, store
 from .config import Settings, parse_hours
 from .errors import AlertError, BusyError, NotFoundError, StoreError, UsageError
 from .query import area_source, parquet_scan, sql_list, vetted_files
@@ -302,14 +302,21 @@ class _Ctx:
 
     def in_flight(self) -> str:
         """A temp table of artifacts neither completed nor failed (queue depth and
-        stuck artifacts share it: the artifacts view is the costliest query here)."""
+        stuck artifacts share it): the ``artifacts`` view's rows, from the artifact
+        index where it is current (:mod:`voicepipe_obs.artifact_index`; reading every
+        event instead took ~9 s and ~3.5 GB on 10 million)."""
         if not self._in_flight:
+            fold = (*artifact_index.STATUS_FOLD, "organization_id")
+            artifact_index.open_artifacts_table(
+                self.con, self.root, self.all_files(), "_voicepipe_artifacts", fold
+            )
             self.con.execute(
                 "CREATE OR REPLACE TEMP TABLE _voicepipe_in_flight AS "
-                "SELECT artifact_id, organization_id, received_at FROM artifacts "
-                "WHERE status NOT IN ('completed', 'failed') AND received_at <= $now",
+                "SELECT artifact_id, organization_id, received_at FROM _voicepipe_artifacts "
+                "WHERE received_at <= $now",
                 {"now": self.now},
             )
+            self.con.execute("DROP TABLE _voicepipe_artifacts")
             self._in_flight = True
         return "_voicepipe_in_flight"
 

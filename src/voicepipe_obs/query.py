@@ -24,12 +24,9 @@ from typing import Final, TypeVar
 import duckdb
 
 from . import store
+from .artifact_index import artifacts_sql, per_artifact_sql
 from .events import (
-    DISAMBIGUATION_EVENT,
     FAILURE_EVENT_TYPES,
-    STAGE_COMPLETION_EVENTS,
-    STAGE_EVENT_TYPES,
-    STAGE_FAILURE_EVENTS,
     arrow_schema,
 )
 
@@ -198,102 +195,10 @@ def _in(types: Iterable[str]) -> str:
     return sql_list(sorted(types))
 
 
-_STAGE_FAILURES = _in(STAGE_FAILURE_EVENTS.values())
-_STAGE_EVENTS = _in(STAGE_EVENT_TYPES)
-_ER_DONE = _in(STAGE_COMPLETION_EVENTS["entity_resolution"])
-
-#: One row per artifact; the status derivation of DESIGN §4.
-ARTIFACTS_SQL = f"""
-WITH per AS (
-  SELECT
-    artifact_id,
-    arg_min(organization_id, timestamp) FILTER (WHERE organization_id IS NOT NULL) AS organization_id,
-    arg_min(coach_user_id, timestamp) FILTER (WHERE coach_user_id IS NOT NULL) AS coach_user_id,
-    arg_min(voice_note_id, timestamp) FILTER (WHERE voice_note_id IS NOT NULL) AS voice_note_id,
-    arg_min(source_channel, timestamp) FILTER (WHERE source_channel IS NOT NULL) AS source_channel,
-    min(timestamp) FILTER (WHERE event_type = 'artifact_received') AS received_at,
-    min(timestamp) AS first_event_at,
-    max(timestamp) AS last_event_at,
-    max(timestamp) FILTER (WHERE event_type = 'artifact_completed') AS completed_at,
-    max(timestamp) FILTER (WHERE event_type = 'artifact_failed') AS failed_at,
-    max(timestamp) FILTER (WHERE event_type = 'retry_initiated') AS last_retry_at,
-    arg_max(event_type, timestamp) FILTER (
-      WHERE event_type IN {_STAGE_EVENTS} OR event_type = 'artifact_status_changed') AS last_step,
-    arg_max(new_status, timestamp) FILTER (WHERE event_type = 'artifact_status_changed') AS last_new_status,
-    arg_max(pipeline_stage, timestamp) FILTER (WHERE event_type IN {_STAGE_EVENTS}) AS current_stage,
-    max(timestamp) FILTER (WHERE event_type IN {_STAGE_EVENTS}) AS current_stage_at,
-    arg_max(pipeline_stage, timestamp) FILTER (WHERE event_type IN {_STAGE_FAILURES}) AS failed_stage,
-    arg_max(error_code, timestamp) FILTER (WHERE error_code IS NOT NULL) AS error_code,
-    arg_max(error_message, timestamp) FILTER (WHERE error_message IS NOT NULL) AS error_message,
-    arg_max(claim_count, timestamp) FILTER (WHERE event_type = 'claims_extracted') AS claim_count,
-    arg_max(entity_count, timestamp) FILTER (WHERE event_type IN {_ER_DONE}) AS entity_count,
-    -- entities still awaiting review: flagged − resolved by reviewers, at least 0 (the
-    -- artifact's share of DESIGN §6's disambiguation backlog); NULL before entity resolution
-    CASE WHEN count(*) FILTER (WHERE event_type IN {_ER_DONE}) > 0 THEN greatest(0,
-      coalesce(sum(disambiguation_count) FILTER (WHERE event_type = '{DISAMBIGUATION_EVENT}'), 0)
-      - coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_user_resolved'), 0))
-    END AS disambiguation_count,
-    arg_max(draft_count, timestamp) FILTER (WHERE event_type = 'drafts_generated') AS draft_count,
-    sum(ai_cost) AS total_ai_cost,
-    count(*) FILTER (WHERE event_type = 'retry_initiated') AS retry_count,
-    max(retry_attempt) AS last_retry_attempt,
-    count(*) AS event_count
-  FROM events
-  WHERE artifact_id IS NOT NULL
-  GROUP BY artifact_id
-),
-derived AS (
-SELECT
-  artifact_id,
-  organization_id,
-  coach_user_id,
-  voice_note_id,
-  source_channel,
-  CASE
-    WHEN last_retry_at IS NOT NULL
-         AND last_retry_at > coalesce(greatest(completed_at, failed_at), '-infinity'::TIMESTAMPTZ)
-      THEN 'retrying'
-    WHEN completed_at IS NOT NULL AND (failed_at IS NULL OR completed_at >= failed_at) THEN 'completed'
-    WHEN failed_at IS NOT NULL THEN 'failed'
-    WHEN last_step IS NULL AND received_at IS NOT NULL THEN 'received'
-    -- only events that do not move the status are known (reviews, costs; or a time
-    -- window / retention that cut off the rest): the status is unknown, not in flight
-    WHEN last_step IS NULL THEN NULL
-    WHEN last_step = 'artifact_status_changed' THEN coalesce(last_new_status, 'processing')
-    WHEN last_step = 'transcription_started' THEN 'transcribing'
-    WHEN last_step = 'transcription_completed' THEN 'transcribed'
-    WHEN last_step IN {_STAGE_FAILURES} THEN 'failed'
-    ELSE 'processing'
-  END AS status,
-  current_stage,
-  current_stage_at,
-  failed_stage,
-  error_code,
-  error_message,
-  coalesce(received_at, first_event_at) AS received_at,
-  last_event_at,
-  completed_at,
-  failed_at,
-  CASE WHEN completed_at IS NOT NULL AND received_at IS NOT NULL
-       THEN (epoch_us(completed_at) - epoch_us(received_at)) / 1000.0 END AS end_to_end_latency_ms,
-  claim_count,
-  entity_count,
-  disambiguation_count,
-  draft_count,
-  total_ai_cost,
-  retry_count,
-  last_retry_attempt,
-  event_count
-FROM per
-)
--- the failure fields describe the current failure: a completed retry clears them
-SELECT * REPLACE (
-  CASE WHEN status IN ('failed', 'retrying') THEN failed_stage END AS failed_stage,
-  CASE WHEN status IN ('failed', 'retrying') THEN error_code END AS error_code,
-  CASE WHEN status IN ('failed', 'retrying') THEN error_message END AS error_message
-)
-FROM derived
-"""
+#: One row per artifact over the ``events`` view; the status derivation of DESIGN §4
+#: (defined once, in :mod:`voicepipe_obs.artifact_index`, which also computes these
+#: rows from its index).
+ARTIFACTS_SQL = artifacts_sql(per_artifact_sql("events"))
 
 FAILURE_TYPES_SQL = _in(FAILURE_EVENT_TYPES)
 

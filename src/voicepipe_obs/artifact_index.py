@@ -1,0 +1,809 @@
+"""The artifact index: each artifact's state (the ``artifacts`` view of DESIGN §4
+and §8) without reading every event file.
+
+An artifact's row in ``artifacts`` is a fold over its events — first or last
+non-NULL values by time, minima, maxima, sums and counts — and every one of those
+combines: the row over all events equals the combination of rows over any split of
+them. So the index keeps, per hour partition of ``events/``, one *partial* row per
+artifact with events in it (plus the time behind each first/last value, which is
+what combining needs), and a reader combines the partial rows of every hour:
+~1.4 million rows for a month of 10 million events instead of the events
+themselves. Most artifacts live within one hour, so most partial rows are already
+final; only artifacts with rows in several hours are combined.
+
+Layout, under ``<root>/_state/artifacts/`` (derived state: deleting it costs one
+rebuild, never data):
+
+* ``day-YYYYMMDD-<unique>.parquet``: the partial rows of a day's hours, column
+  ``hour`` (the partition's start, epoch µs) first;
+* ``index.json``: per hour, the event files (names in the partition) its rows
+  were computed from, and per day, its file. Written atomically after the day
+  files; a day file it no longer names is deleted after :data:`RETIRE_SECONDS`
+  (a reader may still be reading it).
+
+An hour's rows are used only while its partition holds exactly the files they were
+computed from; every other hour (new files, or an index that never saw it) is
+computed from its events by the reader (:func:`partials`), so the index is never
+wrong, only sometimes slower. ``voicepipe aggregate`` brings it up to date
+(:func:`refresh`) on every run, under its run lock: hours whose files changed are
+recomputed, an hour that compaction rewrote into one file made of the indexed files
+is carried over as is, and hours removed by cleanup are dropped.
+
+Duplicates: an event's copies share its timestamp, hence its hour partition, and an
+hour's partial rows are computed from its events deduplicated by event_id, so sums
+and counts combined across hours are exact.
+
+Imports duckdb: the reader side only (never imported by the pipeline's recorder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+from . import store
+from .events import DISAMBIGUATION_EVENT, STAGE_COMPLETION_EVENTS, STAGE_EVENT_TYPES, STAGE_FAILURE_EVENTS
+
+log = logging.getLogger("voicepipe_obs.artifact_index")
+
+INDEX_DIR: Final = "artifacts"
+MANIFEST: Final = "index.json"
+VERSION: Final = 1
+#: a day file the manifest no longer names is deleted this long after it was replaced
+RETIRE_SECONDS: Final = 600
+#: hours computed by one query while refreshing (bounds memory)
+REFRESH_HOURS: Final = 48
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _in(types: Iterable[str]) -> str:
+    return "(" + ", ".join(_sql_str(t) for t in sorted(types)) + ")"
+
+
+_STAGE_EVENTS: Final = _in(STAGE_EVENT_TYPES)
+_STAGE_FAILURES: Final = _in(STAGE_FAILURE_EVENTS.values())
+_ER_DONE: Final = _in(STAGE_COMPLETION_EVENTS["entity_resolution"])
+
+
+@dataclass(frozen=True)
+class _Col:
+    """One column of an artifact's row: ``how`` it folds its events' ``value`` (an SQL
+    expression; None for counts) over the events where ``where`` holds (None: all).
+
+    first / last: the value of the earliest / latest event with a non-NULL value;
+    min, max, sum, count: as in SQL (a count of events; partial counts add up)."""
+
+    name: str
+    how: str
+    value: str | None = None
+    where: str | None = None
+    kind: str = ""  # SQL type of the column
+
+
+_COLUMNS: Final = (
+    _Col("organization_id", "first", "organization_id", kind="VARCHAR"),
+    _Col("coach_user_id", "first", "coach_user_id", kind="VARCHAR"),
+    _Col("voice_note_id", "first", "voice_note_id", kind="VARCHAR"),
+    _Col("source_channel", "first", "source_channel", kind="VARCHAR"),
+    _Col("received_at", "min", "timestamp", "event_type = 'artifact_received'", kind="TIMESTAMPTZ"),
+    _Col("first_event_at", "min", "timestamp", kind="TIMESTAMPTZ"),
+    _Col("last_event_at", "max", "timestamp", kind="TIMESTAMPTZ"),
+    _Col("completed_at", "max", "timestamp", "event_type = 'artifact_completed'", kind="TIMESTAMPTZ"),
+    _Col("failed_at", "max", "timestamp", "event_type = 'artifact_failed'", kind="TIMESTAMPTZ"),
+    _Col("last_retry_at", "max", "timestamp", "event_type = 'retry_initiated'", kind="TIMESTAMPTZ"),
+    _Col(
+        "last_step",
+        "last",
+        "event_type",
+        f"event_type IN {_STAGE_EVENTS} OR event_type = 'artifact_status_changed'",
+        kind="VARCHAR",
+    ),
+    _Col("last_new_status", "last", "new_status", "event_type = 'artifact_status_changed'", kind="VARCHAR"),
+    _Col("current_stage", "last", "pipeline_stage", f"event_type IN {_STAGE_EVENTS}", kind="VARCHAR"),
+    _Col("current_stage_at", "max", "timestamp", f"event_type IN {_STAGE_EVENTS}", kind="TIMESTAMPTZ"),
+    _Col("failed_stage", "last", "pipeline_stage", f"event_type IN {_STAGE_FAILURES}", kind="VARCHAR"),
+    _Col("error_code", "last", "error_code", kind="VARCHAR"),
+    _Col("error_message", "last", "error_message", kind="VARCHAR"),
+    _Col("claim_count", "last", "claim_count", "event_type = 'claims_extracted'", kind="INTEGER"),
+    _Col("entity_count", "last", "entity_count", f"event_type IN {_ER_DONE}", kind="INTEGER"),
+    _Col("resolution_runs", "count", None, f"event_type IN {_ER_DONE}", "BIGINT"),
+    _Col("flagged", "sum", "disambiguation_count", f"event_type = '{DISAMBIGUATION_EVENT}'", "BIGINT"),
+    _Col("resolved", "sum", "disambiguation_count", "event_type = 'entity_user_resolved'", "BIGINT"),
+    _Col("draft_count", "last", "draft_count", "event_type = 'drafts_generated'", kind="INTEGER"),
+    _Col("total_ai_cost", "sum", "ai_cost", None, "DOUBLE"),
+    _Col("retry_count", "count", None, "event_type = 'retry_initiated'", "BIGINT"),
+    _Col("last_retry_attempt", "max", "retry_attempt", kind="INTEGER"),
+    _Col("event_count", "count", None, None, "BIGINT"),
+)
+
+FOLD_COLUMNS: Final = tuple(c.name for c in _COLUMNS)
+#: what the ``status`` of :func:`artifacts_sql` and ``received_at`` read (queue depth
+#: and stuck artifacts need no more)
+STATUS_FOLD: Final = (
+    "received_at",
+    "first_event_at",
+    "completed_at",
+    "failed_at",
+    "last_retry_at",
+    "last_step",
+    "last_new_status",
+)
+
+
+def _cols(names: Sequence[str] | None) -> list[_Col]:
+    if names is None:
+        return list(_COLUMNS)
+    unknown = set(names) - set(FOLD_COLUMNS)
+    if unknown:
+        raise ValueError(f"not a column of the artifact fold: {', '.join(sorted(unknown))}")
+    return [c for c in _COLUMNS if c.name in names]
+
+
+def event_columns(names: Sequence[str] | None = None) -> list[str]:
+    """The event columns the fold's columns ``names`` (all: None) read."""
+    read = {"event_id", "event_type", "timestamp", "artifact_id"}
+    return sorted(read | {c.value for c in _cols(names) if c.value is not None})
+
+
+def partial_columns(names: Sequence[str] | None = None) -> list[str]:
+    """A partial row's columns after ``hour`` and ``artifact_id``: the fold's columns,
+    each first/last one followed by its time (``<name>__t``)."""
+    return [
+        n
+        for c in _cols(names)
+        for n in ((c.name, f"{c.name}__t") if c.how in ("first", "last") else (c.name,))
+    ]
+
+
+PARTIAL_COLUMNS: Final = tuple(partial_columns())
+
+
+def _filter(*conds: str | None) -> str:
+    parts = [f"({c})" for c in conds if c]
+    return f" FILTER (WHERE {' AND '.join(parts)})" if parts else ""
+
+
+def _partial_exprs(*, times: bool, names: Sequence[str] | None = None) -> list[str]:
+    """The partial aggregates over events (``times``: with each first/last value's
+    time, which combining partial rows needs)."""
+    out = []
+    for c in _cols(names):
+        if c.how in ("first", "last"):
+            fn, tfn = ("arg_min", "min") if c.how == "first" else ("arg_max", "max")
+            f = _filter(c.where, f"{c.value} IS NOT NULL")
+            out.append(f"{fn}({c.value}, timestamp){f} AS {c.name}")
+            if times:
+                out.append(f"{tfn}(timestamp){f} AS {c.name}__t")
+        elif c.how == "count":
+            out.append(f"count(*){_filter(c.where)} AS {c.name}")
+        elif c.how == "sum":
+            out.append(f"CAST(sum({c.value}){_filter(c.where)} AS {c.kind}) AS {c.name}")
+        else:
+            out.append(f"{c.how}({c.value}){_filter(c.where)} AS {c.name}")
+    return out
+
+
+def partial_sql(events: str, *, hour: str | None = None, names: Sequence[str] | None = None) -> str:
+    """Partial rows over ``events`` (a FROM-source of deduplicated events): one per
+    artifact, or with ``hour`` (an SQL expression) one per (hour, artifact), with
+    the times combining needs (see :func:`partial_columns`), of the fold's columns
+    ``names`` (None: all)."""
+    key = f"{hour} AS hour, artifact_id" if hour is not None else "artifact_id"
+    return (
+        f"SELECT {key}, {', '.join(_partial_exprs(times=True, names=names))} FROM {events} "
+        "WHERE artifact_id IS NOT NULL GROUP BY ALL"
+    )
+
+
+def _combine_exprs(names: Sequence[str] | None) -> list[str]:
+    out = []
+    for c in _cols(names):
+        if c.how == "first":
+            out.append(f"arg_min({c.name}, {c.name}__t) AS {c.name}")
+        elif c.how == "last":
+            out.append(f"arg_max({c.name}, {c.name}__t) AS {c.name}")
+        elif c.how in ("sum", "count"):
+            out.append(f"CAST(sum({c.name}) AS {c.kind}) AS {c.name}")
+        else:
+            out.append(f"{c.how}({c.name}) AS {c.name}")
+    return out
+
+
+def combine(
+    con: duckdb.DuckDBPyConnection, partials: str, into: str, names: Sequence[str] | None = None
+) -> None:
+    """Temp table ``into``: one row per artifact (the fold's columns) from the partial
+    rows in the table ``partials``. An artifact with a single partial row takes it as
+    it is; only the others are combined (measured: combining every row costs ~10×
+    the grouping that finds the few artifacts with several)."""
+    cols = ", ".join(c.name for c in _cols(names))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _vp_ix_multi AS SELECT artifact_id FROM {partials} "
+        "GROUP BY artifact_id HAVING count(*) > 1"
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {into} AS
+        SELECT artifact_id, {cols} FROM {partials} ANTI JOIN _vp_ix_multi USING (artifact_id)
+        UNION ALL
+        SELECT artifact_id, {", ".join(_combine_exprs(names))} FROM {partials} SEMI JOIN _vp_ix_multi USING (artifact_id)
+        GROUP BY artifact_id"""
+    )
+    con.execute("DROP TABLE _vp_ix_multi")
+
+
+def per_artifact_sql(events: str) -> str:
+    """One row per artifact (the fold's columns) straight from ``events``."""
+    return (
+        f"SELECT artifact_id, {', '.join(_partial_exprs(times=False))} FROM {events} "
+        "WHERE artifact_id IS NOT NULL GROUP BY artifact_id"
+    )
+
+
+def artifacts_sql(per: str) -> str:
+    """The ``artifacts`` rows (DESIGN §4's derived status) from ``per``, a query or
+    table of one fold row per artifact (:func:`per_artifact_sql`,
+    :func:`combine`)."""
+    return f"""
+WITH per AS ({per}),
+derived AS (
+SELECT
+  artifact_id,
+  organization_id,
+  coach_user_id,
+  voice_note_id,
+  source_channel,
+  CASE
+    WHEN last_retry_at IS NOT NULL
+         AND last_retry_at > coalesce(greatest(completed_at, failed_at), '-infinity'::TIMESTAMPTZ)
+      THEN 'retrying'
+    WHEN completed_at IS NOT NULL AND (failed_at IS NULL OR completed_at >= failed_at) THEN 'completed'
+    WHEN failed_at IS NOT NULL THEN 'failed'
+    WHEN last_step IS NULL AND received_at IS NOT NULL THEN 'received'
+    -- only events that do not move the status are known (reviews, costs; or a time
+    -- window / retention that cut off the rest): the status is unknown, not in flight
+    WHEN last_step IS NULL THEN NULL
+    WHEN last_step = 'artifact_status_changed' THEN coalesce(last_new_status, 'processing')
+    WHEN last_step = 'transcription_started' THEN 'transcribing'
+    WHEN last_step = 'transcription_completed' THEN 'transcribed'
+    WHEN last_step IN {_STAGE_FAILURES} THEN 'failed'
+    ELSE 'processing'
+  END AS status,
+  current_stage,
+  current_stage_at,
+  failed_stage,
+  error_code,
+  error_message,
+  coalesce(received_at, first_event_at) AS received_at,
+  last_event_at,
+  completed_at,
+  failed_at,
+  CASE WHEN completed_at IS NOT NULL AND received_at IS NOT NULL
+       THEN (epoch_us(completed_at) - epoch_us(received_at)) / 1000.0 END AS end_to_end_latency_ms,
+  claim_count,
+  entity_count,
+  -- entities still awaiting review: flagged − resolved by reviewers, at least 0 (the
+  -- artifact's share of DESIGN §6's disambiguation backlog); NULL before entity resolution
+  CASE WHEN resolution_runs > 0 THEN greatest(0, coalesce(flagged, 0) - coalesce(resolved, 0)) END
+    AS disambiguation_count,
+  draft_count,
+  total_ai_cost,
+  retry_count,
+  last_retry_attempt,
+  event_count
+FROM per
+)
+-- the failure fields describe the current failure: a completed retry clears them
+SELECT * REPLACE (
+  CASE WHEN status IN ('failed', 'retrying') THEN failed_stage END AS failed_stage,
+  CASE WHEN status IN ('failed', 'retrying') THEN error_code END AS error_code,
+  CASE WHEN status IN ('failed', 'retrying') THEN error_message END AS error_message
+)
+FROM derived
+"""
+
+
+# ------------------------------------------------------------------ the files
+
+
+@dataclass
+class Manifest:
+    """``index.json``: the files each indexed hour was computed from, the day file
+    holding each day's rows, and replaced day files awaiting deletion."""
+
+    hours: dict[int, list[str]]
+    days: dict[int, str]
+    retired: dict[str, float]
+
+    @classmethod
+    def empty(cls) -> Manifest:
+        return cls({}, {}, {})
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        path = index_dir(root) / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls.empty()
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s (%s): the artifact index is rebuilt", path, exc)
+            return cls.empty()
+        try:
+            if data.get("version") != VERSION:
+                return cls.empty()
+            return cls(
+                {int(h): [str(n) for n in names] for h, names in data["hours"].items()},
+                {int(d): str(name) for d, name in data["days"].items()},
+                {str(n): float(t) for n, t in data.get("retired", {}).items()},
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring malformed %s: the artifact index is rebuilt", path)
+            return cls.empty()
+
+    def save(self, root: Path) -> None:
+        data = {
+            "version": VERSION,
+            "hours": {str(h): names for h, names in sorted(self.hours.items())},
+            "days": {str(d): name for d, name in sorted(self.days.items())},
+            "retired": self.retired,
+        }
+        path = index_dir(root) / MANIFEST
+        store.ensure_dir(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}{store.TMP_SUFFIX}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(data))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+def index_dir(root: Path) -> Path:
+    return root / store.STATE / INDEX_DIR
+
+
+def _hour_of(directory: Path) -> int | None:
+    """The start (epoch µs) of an ``…/date=YYYY-MM-DD/hour=HH`` partition, or None."""
+    date, hour = directory.parent.name, directory.name
+    if not (date.startswith("date=") and hour.startswith("hour=")):
+        return None
+    try:
+        start = store.Partition(date[5:], int(hour[5:]), directory).start
+    except ValueError:
+        return None
+    return None if start is None else store.to_us(start)
+
+
+def by_hour(files: Iterable[Path]) -> dict[int, list[Path]]:
+    """Event files grouped by their hour partition (files outside one are left out)."""
+    dirs: dict[Path, list[Path]] = {}
+    for path in files:
+        dirs.setdefault(path.parent, []).append(path)
+    out: dict[int, list[Path]] = {}
+    for directory, paths in dirs.items():
+        hour = _hour_of(directory)
+        if hour is not None:
+            out.setdefault(hour, []).extend(paths)
+    return out
+
+
+def _day(hour_us: int) -> int:
+    return hour_us - hour_us % store.US_PER_DAY
+
+
+def _files_sql(files: Sequence[Path | str]) -> str:
+    return f"read_parquet([{', '.join(_sql_str(str(f)) for f in files)}], hive_partitioning = false)"
+
+
+def _events_sql(files: Sequence[Path], names: Sequence[str] | None = None, *, dedup: bool = True) -> str:
+    """The events of ``files`` (``dedup``: deduplicated by event_id) with the columns
+    the fold's columns ``names`` read, and ``_hour``: the start of the file's hour
+    partition (epoch µs; from the path, a constant per file)."""
+    listed = ", ".join(_sql_str(str(f)) for f in files)
+    return (
+        f"(SELECT {'DISTINCT ON (event_id) ' if dedup else ''}{', '.join(event_columns(names))}, "
+        f"epoch_us(CAST(date AS DATE)::TIMESTAMP) + hour * {store.US_PER_HOUR} AS _hour "
+        f"FROM read_parquet([{listed}], hive_partitioning = true, "
+        "hive_types = {'date': VARCHAR, 'hour': BIGINT}))"
+    )
+
+
+def _load_events(con: duckdb.DuckDBPyConnection, hours: dict[int, list[Path]], compacted_prefix: str) -> None:
+    """Temp table _vp_ix_ev: the deduplicated events of these hours' files (as
+    :func:`_events_sql`). An hour that is one compacted file holds no duplicates
+    (compaction drops them); the others are checked after loading
+    (:func:`~voicepipe_obs.query.drop_duplicates`: measured ~3× cheaper than
+    DISTINCT ON while loading)."""
+    from .query import drop_duplicates
+
+    paths = [p for ps in hours.values() for p in ps]
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ix_ev AS SELECT * FROM {_events_sql(paths, dedup=False)}")
+    mixed = [h for h, ps in hours.items() if not (len(ps) == 1 and ps[0].name.startswith(compacted_prefix))]
+    if mixed:
+        drop_duplicates(con, "_vp_ix_ev", f"_hour IN ({', '.join(map(str, mixed))})")
+
+
+# ------------------------------------------------------------------ reading
+
+
+def partials(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    files: Sequence[Path],
+    into: str,
+    names: Sequence[str] | None = None,
+) -> int:
+    """Temp table ``into``: partial rows (``hour``, ``artifact_id``, then
+    :func:`partial_columns` of the fold's columns ``names``, None: all) covering
+    exactly the events of ``files`` (every event file, normally): the index's rows
+    for each hour whose partition holds exactly the files they came from, and rows
+    computed now from the events of the other hours. Returns how many hours were
+    computed now."""
+    manifest = Manifest.load(root)
+    hours = by_hour(files)
+    base = index_dir(root)
+    covered: dict[int, list[int]] = {}  # day → its indexed hours with unchanged files
+    for hour, paths in hours.items():
+        if _day(hour) in manifest.days and manifest.hours.get(hour) == sorted(p.name for p in paths):
+            covered.setdefault(_day(hour), []).append(hour)
+    for day in list(covered):
+        if not (base / manifest.days[day]).exists():  # deleted meanwhile: compute its hours
+            del covered[day]
+    cols = ", ".join(("hour", "artifact_id", *partial_columns(names)))
+    parts = []
+    if covered:
+        keep = sorted(h for hs in covered.values() for h in hs)
+        day_files = sorted(base / manifest.days[day] for day in covered)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _vp_ix_hours AS SELECT unnest([{', '.join(map(str, keep))}]) AS hour"
+        )
+        parts.append(f"SELECT {cols} FROM {_files_sql(day_files)} SEMI JOIN _vp_ix_hours USING (hour)")
+    done = {h for hs in covered.values() for h in hs}
+    live = [p for hour, paths in sorted(hours.items()) if hour not in done for p in paths]
+    if live:
+        parts.append(partial_sql(_events_sql(live, names), hour="_hour", names=names))
+    if not parts:
+        parts.append(f"SELECT {cols} FROM ({_empty_partials_sql(names)})")
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {' UNION ALL '.join(parts)}")
+    except duckdb.Error as exc:
+        if not covered:
+            raise
+        # a damaged index file: the events themselves are the truth
+        log.warning("artifact index unreadable (%s): reading the events instead", str(exc).splitlines()[0])
+        every = [p for paths in hours.values() for p in paths]
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {into} AS "
+            f"{partial_sql(_events_sql(every, names), hour='_hour', names=names)}"
+        )
+        return len(hours)
+    return len(hours) - len(done)
+
+
+def _empty_partials_sql(names: Sequence[str] | None = None) -> str:
+    """A typed empty relation of partial rows."""
+    from .events import arrow_schema
+
+    schema = arrow_schema()
+    cols = ", ".join(f"NULL::{_duck_type(schema.field(c).type)} AS {c}" for c in event_columns(names))
+    events = f"(SELECT {cols}, NULL::BIGINT AS _hour LIMIT 0)"
+    return partial_sql(events, hour="_hour", names=names)
+
+
+def _duck_type(arrow_type: object) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(arrow_type):  # type: ignore[arg-type]
+        return "TIMESTAMPTZ"
+    if pa.types.is_integer(arrow_type):  # type: ignore[arg-type]
+        return "INTEGER"
+    if pa.types.is_floating(arrow_type):  # type: ignore[arg-type]
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+def artifacts_table(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    files: Sequence[Path],
+    into: str,
+    fold: Sequence[str] | None = None,
+) -> int:
+    """Temp table ``into``: the ``artifacts`` rows (:func:`artifacts_sql`) over
+    exactly the events of ``files``, from the index where it is current (see
+    :func:`partials`). With ``fold`` only those of the fold's columns are read (the
+    others are NULL, and so is what derives from them; :data:`STATUS_FOLD` gives a
+    right ``status`` and ``received_at``). Returns how many hours were computed
+    from their events."""
+    computed = partials(con, root, files, "_vp_ix_partials", fold)
+    combine(con, "_vp_ix_partials", "_vp_ix_per", fold)
+    con.execute("DROP TABLE _vp_ix_partials")
+    chosen = set(FOLD_COLUMNS if fold is None else fold)
+    per = ", ".join(c.name if c.name in chosen else f"NULL::{c.kind} AS {c.name}" for c in _COLUMNS)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {into} AS {artifacts_sql(f'SELECT artifact_id, {per} FROM _vp_ix_per')}"
+    )
+    con.execute("DROP TABLE _vp_ix_per")
+    return computed
+
+
+#: a partial row that alone leaves its artifact completed or failed (see
+#: :func:`open_artifacts_table`)
+_SETTLED: Final = (
+    "(completed_at IS NOT NULL OR failed_at IS NOT NULL) "
+    "AND (last_retry_at IS NULL OR last_retry_at <= greatest(completed_at, failed_at))"
+)
+
+
+def open_artifacts_table(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    files: Sequence[Path],
+    into: str,
+    fold: Sequence[str] = STATUS_FOLD,
+) -> int:
+    """Temp table ``into``: the ``artifacts`` rows (as :func:`artifacts_table`, with
+    the fold's columns ``fold`` plus :data:`STATUS_FOLD`) of the artifacts whose
+    status is neither completed nor failed — queue depth, stuck artifacts, the
+    dashboard's active artifacts. Returns how many hours were computed from events.
+
+    Only candidates are combined: an artifact is in flight only if it has no outcome
+    or a retry after its latest one, so one of its partial rows, taken alone, has no
+    outcome or a retry after its own: the artifacts with such a row are a superset
+    (in flight, plus those whose outcome came in a later hour)."""
+    names = sorted(set(fold) | set(STATUS_FOLD))
+    computed = partials(con, root, files, "_vp_ix_partials", names)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _vp_ix_candidates AS SELECT p.* FROM _vp_ix_partials p SEMI JOIN "
+        f"(SELECT artifact_id FROM _vp_ix_partials WHERE NOT ({_SETTLED})) USING (artifact_id)"
+    )
+    con.execute("DROP TABLE _vp_ix_partials")
+    combine(con, "_vp_ix_candidates", "_vp_ix_per", names)
+    con.execute("DROP TABLE _vp_ix_candidates")
+    per = ", ".join(c.name if c.name in names else f"NULL::{c.kind} AS {c.name}" for c in _COLUMNS)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT * FROM "
+        f"({artifacts_sql(f'SELECT artifact_id, {per} FROM _vp_ix_per')}) "
+        "WHERE status NOT IN ('completed', 'failed')"
+    )
+    con.execute("DROP TABLE _vp_ix_per")
+    return computed
+
+
+# ------------------------------------------------------------------ refreshing
+
+
+@dataclass
+class RefreshResult:
+    hours_computed: int = 0
+    hours_carried: int = 0  # compacted: the same events under a new file
+    hours_dropped: int = 0
+    days_written: int = 0
+    seconds: float = 0.0
+
+
+def refresh(
+    root: Path,
+    files: Sequence[Path] | dict[int, list[Path]],
+    *,
+    con: duckdb.DuckDBPyConnection | None = None,
+    compacted_sources: dict[str, list[str] | None] | None = None,
+) -> RefreshResult:
+    """Bring the index up to date with ``files`` (every readable event file, or
+    those grouped by hour partition start as :func:`by_hour` gives them): compute
+    the hours whose files changed since they were indexed, carry over those that
+    compaction only rewrote, drop the hours that are gone. The caller holds the
+    aggregate run lock (one writer). ``con`` is used when there is something to
+    compute (else one is made, only then: a run that finds nothing to do opens no
+    DuckDB). ``compacted_sources`` maps a compacted file's path to the names it
+    replaced, where already read (else read here)."""
+    from .maintenance import COMPACTED_PREFIX
+
+    started = time.perf_counter()
+    result = RefreshResult()
+    manifest = Manifest.load(root)
+    base = index_dir(root)
+    hours = files if isinstance(files, dict) else by_hour(files)
+    current = {h: sorted(p.name for p in paths) for h, paths in hours.items()}
+    missing_days = {d for d, name in manifest.days.items() if not (base / name).exists()}
+    stale: set[int] = set()
+    carried: dict[int, list[str]] = {}
+    for hour, names in current.items():
+        old = manifest.hours.get(hour)
+        if old == names and _day(hour) not in missing_days:
+            continue
+        if (
+            old is not None
+            and _day(hour) not in missing_days
+            and _only_compacted(hours[hour], set(old), COMPACTED_PREFIX, compacted_sources)
+        ):
+            carried[hour] = names
+        else:
+            stale.add(hour)
+    dropped = {h for h in manifest.hours if h not in current}
+    days = {_day(h) for h in stale | dropped} | missing_days
+    result.hours_carried = len(carried)
+    result.hours_dropped = len(dropped)
+    if not days and not carried and not missing_days:
+        _retire(base, manifest, root, changed=False)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    new_hours = {h: n for h, n in manifest.hours.items() if h in current}
+    new_hours.update(carried)
+    new_days = dict(manifest.days)
+    now = time.time()
+    own = con is None and bool(days)
+    if own:
+        from .aggregate import _connect
+
+        con = _connect(root)
+    try:
+        _rewrite_days(
+            con,
+            base,
+            manifest,
+            sorted(days),
+            hours,
+            current,
+            stale,
+            missing_days,
+            new_hours,
+            new_days,
+            now,
+            result,
+        )
+    except duckdb.Error as exc:
+        from .query import vanished_file
+
+        if vanished_file(exc) is not None:  # compaction meanwhile: the caller lists again
+            raise
+        # derived state only: start again rather than fail the run (readers compute
+        # unindexed hours from their events meanwhile)
+        log.warning("artifact index: cannot update it (%s); the next aggregate run rebuilds it", exc)
+        (base / MANIFEST).unlink(missing_ok=True)
+        result.seconds = time.perf_counter() - started
+        return result
+    finally:
+        if own and con is not None:
+            con.close()
+    # hours of a day whose file is gone (and not rebuilt) are no longer indexed
+    manifest.hours = {h: n for h, n in new_hours.items() if _day(h) in new_days}
+    manifest.days = new_days
+    _retire(base, manifest, root, changed=True)
+    result.seconds = time.perf_counter() - started
+    log.info(
+        "artifact index: %d hours computed, %d carried over (compacted), %d dropped, %d day files written",
+        result.hours_computed,
+        result.hours_carried,
+        result.hours_dropped,
+        result.days_written,
+    )
+    return result
+
+
+def _rewrite_days(
+    con: duckdb.DuckDBPyConnection | None,
+    base: Path,
+    manifest: Manifest,
+    days: Sequence[int],
+    hours: dict[int, list[Path]],
+    current: dict[int, list[str]],
+    stale: set[int],
+    missing_days: set[int],
+    new_hours: dict[int, list[str]],
+    new_days: dict[int, str],
+    now: float,
+    result: RefreshResult,
+) -> None:
+    """Write the day files of ``days`` again: computed rows for the ``stale`` hours,
+    the old file's rows for the others; record them in ``new_hours``/``new_days``."""
+    from .maintenance import COMPACTED_PREFIX
+
+    for chunk in _chunks(days):
+        assert con is not None
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ix_new AS SELECT * FROM ({_empty_partials_sql()})")
+        todo = sorted(h for h in stale if _day(h) in chunk)
+        for group in _hour_groups(todo):
+            _load_events(con, {h: hours[h] for h in group}, COMPACTED_PREFIX)
+            con.execute(f"INSERT INTO _vp_ix_new BY NAME {partial_sql('_vp_ix_ev', hour='_hour')}")
+            con.execute("DROP TABLE _vp_ix_ev")
+        result.hours_computed += len(todo)
+        for day in chunk:
+            keep = [h for h in current if _day(h) == day and h not in stale and day not in missing_days]
+            parts = [f"SELECT * FROM _vp_ix_new WHERE hour - hour % {store.US_PER_DAY} = {day}"]
+            if keep and day in manifest.days:
+                hours_list = ", ".join(str(h) for h in keep)
+                parts.append(
+                    f"SELECT {', '.join(('hour', 'artifact_id', *PARTIAL_COLUMNS))} FROM {_files_sql([base / manifest.days[day]])} "
+                    f"WHERE hour IN ({hours_list})"
+                )
+            table = con.sql(
+                " UNION ALL BY NAME ".join(parts) + " ORDER BY hour, artifact_id"
+            ).to_arrow_table()
+            old_name = new_days.pop(day, None)
+            if any(_day(h) == day for h in current):  # written even when empty: its hours are indexed
+                name = f"day-{store.from_us(day):%Y%m%d}-{store.unique_name()}.parquet"
+                store.write_table(base / name, table)
+                new_days[day] = name
+                result.days_written += 1
+            if old_name is not None:
+                manifest.retired[old_name] = now
+            for h in [h for h in current if _day(h) == day]:
+                if h in stale or day in missing_days:
+                    new_hours[h] = current[h]
+            for h in [h for h in new_hours if _day(h) == day and h not in current]:
+                del new_hours[h]
+        con.execute("DROP TABLE _vp_ix_new")
+
+
+def _only_compacted(
+    paths: Sequence[Path],
+    indexed: set[str],
+    prefix: str,
+    known: dict[str, list[str] | None] | None,
+) -> bool:
+    """Whether ``paths`` (an hour's files now) hold exactly the events of the
+    ``indexed`` files: each is one of them or a compacted file made of them only,
+    and every indexed file that is gone was compacted into one of them."""
+    from .aggregate import _compacted_sources
+
+    replaced: set[str] = set()
+    for path in paths:
+        if path.name in indexed:
+            continue
+        if not path.name.startswith(prefix):
+            return False
+        sources = (
+            known.get(str(path)) if known is not None and str(path) in known else _compacted_sources(path)
+        )
+        if sources is None or not set(sources) <= indexed:
+            return False
+        replaced |= set(sources)
+    gone = indexed - {p.name for p in paths}
+    return gone <= replaced
+
+
+def _chunks(days: Sequence[int], size: int = REFRESH_HOURS // 24) -> list[list[int]]:
+    return [list(days[i : i + size]) for i in range(0, len(days), size)]
+
+
+def _hour_groups(hours: Sequence[int], size: int = REFRESH_HOURS) -> list[list[int]]:
+    return [list(hours[i : i + size]) for i in range(0, len(hours), size)]
+
+
+def _retire(base: Path, manifest: Manifest, root: Path, *, changed: bool) -> None:
+    """Save the manifest (when ``changed``), then delete the replaced day files that
+    readers have had :data:`RETIRE_SECONDS` to finish with, and stray day files no
+    manifest names (left by a crash between writing and saving)."""
+    now = time.time()
+    expired = [n for n, t in manifest.retired.items() if now - t >= RETIRE_SECONDS]
+    for name in expired:
+        del manifest.retired[name]
+    if changed or expired:
+        manifest.save(root)
+    for name in expired:
+        (base / name).unlink(missing_ok=True)
+    named = set(manifest.days.values()) | set(manifest.retired)
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        if (
+            entry.name.startswith("day-")
+            and entry.name.endswith(".parquet")
+            and entry.name not in named
+            and now - entry.stat().st_mtime >= RETIRE_SECONDS
+        ):
+            os.unlink(entry.path)

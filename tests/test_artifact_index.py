@@ -1,0 +1,358 @@
+"""The artifact index (artifact_index.py): the ``artifacts`` rows it gives equal the
+view over every event, however current the index is — built by aggregate, stale
+after new files, carried over by compaction, trimmed by cleanup, damaged — and it
+recomputes only the hours whose files changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from voicepipe_obs import aggregate as ag
+from voicepipe_obs import artifact_index as ai
+from voicepipe_obs import store
+from voicepipe_obs.config import RetentionSettings
+from voicepipe_obs.events import COLUMN_INDEX, NUM_COLUMNS
+from voicepipe_obs.maintenance import cleanup, compact
+from voicepipe_obs.query import connect, vetted_files
+
+UTC = dt.timezone.utc
+BASE = dt.datetime(2026, 3, 1, 22, tzinfo=UTC)
+BASE_US = store.to_us(BASE)
+MIN_US = 60_000_000
+NOW = dt.datetime(2026, 3, 6, tzinfo=UTC)
+NOW_ISO = "2026-03-06T00:00:00Z"
+
+TYPES = [
+    "artifact_received",
+    "artifact_status_changed",
+    "artifact_completed",
+    "artifact_failed",
+    "transcription_started",
+    "transcription_completed",
+    "transcription_failed",
+    "claims_extraction_started",
+    "claims_extracted",
+    "entity_resolution_completed",
+    "entity_needs_disambiguation",
+    "entity_user_resolved",
+    "drafts_generated",
+    "draft_generation_failed",
+    "retry_initiated",
+    "retry_succeeded",
+    "circuit_breaker_opened",
+]
+STAGE_OF = {
+    "transcription_started": "transcription",
+    "transcription_completed": "transcription",
+    "transcription_failed": "transcription",
+    "claims_extraction_started": "claims_extraction",
+    "claims_extracted": "claims_extraction",
+    "entity_resolution_completed": "entity_resolution",
+    "entity_needs_disambiguation": "entity_resolution",
+    "drafts_generated": "draft_generation",
+    "draft_generation_failed": "draft_generation",
+}
+
+
+@st.composite
+def _event(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(TYPES))
+    opt = st.one_of(st.none(), st.integers(0, 5))
+    return {
+        "event_type": kind,
+        # minutes from 22:00: across 23:00, midnight and the next evening
+        "minute": draw(st.one_of(st.integers(0, 60 * 20), st.sampled_from([59, 60, 119, 120, 121]))),
+        "artifact_id": draw(st.sampled_from(["a1", "a2", "a3", "a4", "a5", None])),
+        "organization_id": draw(st.sampled_from(["o1", "o2", None])),
+        "coach_user_id": draw(st.sampled_from(["c1", "c2", None])),
+        "voice_note_id": draw(st.sampled_from(["v1", None])),
+        "source_channel": draw(st.sampled_from(["whatsapp", "app", None])),
+        "pipeline_stage": STAGE_OF.get(kind) if draw(st.booleans()) else None,
+        "new_status": draw(st.sampled_from(["processing", "transcribing", None]))
+        if kind == "artifact_status_changed"
+        else None,
+        "error_code": draw(st.sampled_from(["Timeout", "Boom", None])),
+        "error_message": draw(st.sampled_from(["it broke", None])),
+        "claim_count": draw(opt),
+        "entity_count": draw(opt),
+        "disambiguation_count": draw(opt),
+        "draft_count": draw(opt),
+        "retry_attempt": draw(opt),
+        "ai_cost": draw(st.one_of(st.none(), st.sampled_from([0.25, 0.5, 1.0]))),
+    }
+
+
+def _rows(events: list[dict[str, Any]], start: int) -> list[list[Any]]:
+    """Event rows with ids ``e<start+i>`` and distinct timestamps (a tie between two
+    events of an artifact would make "the latest" a matter of chance, in the view
+    as in the index)."""
+    rows = []
+    for i, ev in enumerate(events, start=start):
+        row: list[Any] = [None] * NUM_COLUMNS
+        row[COLUMN_INDEX["event_id"]] = f"e{i}"
+        row[COLUMN_INDEX["timestamp"]] = BASE_US + ev["minute"] * MIN_US + i
+        for key, value in ev.items():
+            if key != "minute":
+                row[COLUMN_INDEX[key]] = value
+        rows.append(row)
+    return rows
+
+
+def _view(root: Path) -> list[tuple[Any, ...]]:
+    """The artifacts view over every event (the definition the index must match)."""
+    con = connect(root, live=False)
+    try:
+        return sorted(con.execute("SELECT * FROM artifacts").fetchall(), key=repr)
+    finally:
+        con.close()
+
+
+def _indexed(root: Path, fold: tuple[str, ...] | None = None) -> tuple[list[tuple[Any, ...]], int]:
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        computed = ai.artifacts_table(con, root, vetted_files(root), "a", fold)
+        return sorted(con.execute("SELECT * FROM a").fetchall(), key=repr), computed
+    finally:
+        con.close()
+
+
+def _status(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """(artifact_id, status, received_at) of each row: what STATUS_FOLD decides."""
+    return sorted((r[0], r[5], r[11]) for r in rows)
+
+
+def _open(root: Path) -> list[tuple[Any, ...]]:
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        ai.open_artifacts_table(con, root, vetted_files(root), "o", (*ai.STATUS_FOLD, "organization_id"))
+        return sorted(
+            con.execute("SELECT artifact_id, status, received_at, organization_id FROM o").fetchall()
+        )
+    finally:
+        con.close()
+
+
+def _assert_same(root: Path) -> int:
+    view = _view(root)
+    rows, computed = _indexed(root)
+    assert rows == view
+    status_rows, _ = _indexed(root, ai.STATUS_FOLD)
+    assert _status(status_rows) == _status(view)
+    in_flight = sorted(
+        (r[0], r[5], r[11], r[1]) for r in view if r[5] is not None and r[5] not in ("completed", "failed")
+    )
+    assert _open(root) == in_flight
+    return computed
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    first=st.lists(_event(), min_size=1, max_size=40),
+    late=st.lists(_event(), max_size=15),
+    split=st.integers(1, 3),
+)
+def test_the_index_gives_the_view_however_current_it_is(
+    tmp_path_factory: pytest.TempPathFactory,
+    first: list[dict[str, Any]],
+    late: list[dict[str, Any]],
+    split: int,
+) -> None:
+    root = tmp_path_factory.mktemp("data")
+    rows = _rows(first, 0)
+    for n in range(split):
+        store.write_event_rows(root, rows[n::split], f"first-{n}")
+    store.write_event_rows(root, rows[::3], "dups")  # the same events again
+    _assert_same(root)  # no index: every hour from its events
+
+    ag.aggregate(root, now=NOW)  # builds the index
+    assert _assert_same(root) == 0
+
+    if late:  # new files in indexed hours and new ones, not yet indexed
+        store.write_event_rows(root, _rows(late, 1000) + rows[:2], "late")
+        _assert_same(root)
+        ag.aggregate(root, now=NOW)
+        assert _assert_same(root) == 0
+
+    compact(root, now=NOW, grace=dt.timedelta(0))  # every hour becomes one new file
+    assert _assert_same(root) > 0  # the index no longer matches the files...
+    ag.aggregate(root, now=NOW)
+    assert _assert_same(root) == 0  # ...until aggregate carries it over
+
+
+def _write(root: Path, hour: int, stem: str, events: list[tuple[str, str, int]]) -> None:
+    """Events (type, artifact, minute within the hour) into hour ``hour`` after BASE."""
+    rows = []
+    for i, (kind, artifact, minute) in enumerate(events):
+        row: list[Any] = [None] * NUM_COLUMNS
+        row[COLUMN_INDEX["event_id"]] = f"{stem}-{i}"
+        row[COLUMN_INDEX["event_type"]] = kind
+        row[COLUMN_INDEX["artifact_id"]] = artifact
+        row[COLUMN_INDEX["organization_id"]] = "org"
+        row[COLUMN_INDEX["timestamp"]] = BASE_US + (hour * 60 + minute) * MIN_US + i
+        rows.append(row)
+    store.write_event_rows(root, rows, stem)
+
+
+def _three_hours(root: Path) -> None:
+    _write(root, 0, "h0", [("artifact_received", "a1", 1), ("transcription_started", "a1", 2)])
+    _write(root, 1, "h1", [("artifact_received", "a2", 1), ("artifact_completed", "a2", 9)])
+    _write(root, 2, "h2", [("artifact_completed", "a1", 5)])
+
+
+def test_refresh_recomputes_only_the_hours_whose_files_changed(root: Path) -> None:
+    _three_hours(root)
+    first = ai.refresh(root, vetted_files(root))
+    assert (first.hours_computed, first.days_written) == (3, 2)  # 22:00 on one day, 23:00 and 00:00
+    again = ai.refresh(root, vetted_files(root))
+    assert (again.hours_computed, again.days_written) == (0, 0)
+
+    _write(root, 1, "h1-late", [("retry_initiated", "a2", 30)])
+    assert _assert_same(root) == 1  # the reader computes the changed hour itself
+    changed = ai.refresh(root, vetted_files(root))
+    assert changed.hours_computed == 1
+    assert _assert_same(root) == 0
+    status = {r[0]: r[5] for r in _view(root)}
+    assert status == {"a1": "completed", "a2": "retrying"}
+
+
+def test_compaction_is_carried_over_without_reading_events(root: Path) -> None:
+    _three_hours(root)
+    _write(root, 0, "h0-dup", [("artifact_received", "a1", 1)])  # another file, same hour
+    ai.refresh(root, vetted_files(root))
+    compact(root, now=NOW, grace=dt.timedelta(0))
+    result = ai.refresh(root, vetted_files(root))
+    assert (result.hours_computed, result.hours_carried) == (0, 3)
+    assert _assert_same(root) == 0
+
+
+def test_cleanup_drops_hours_and_retires_their_files(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _three_hours(root)
+    ai.refresh(root, vetted_files(root))
+    manifest = ai.Manifest.load(root)
+    old_day = min(manifest.days)
+    old_file = ai.index_dir(root) / manifest.days[old_day]
+    # keep one day of events: the first day (22:00, 23:00) goes
+    dropped = cleanup(root, RetentionSettings(events_days=1), now=BASE + dt.timedelta(days=1, hours=12))
+    assert dropped
+    assert _assert_same(root) == 0  # the gone hours' rows are left out at once
+    result = ai.refresh(root, vetted_files(root))
+    assert result.hours_dropped == 2
+    manifest = ai.Manifest.load(root)
+    assert old_day not in manifest.days and old_file.name in manifest.retired
+    assert old_file.exists()  # a reader may still be reading it
+    monkeypatch.setattr(ai, "RETIRE_SECONDS", 0)
+    ai.refresh(root, vetted_files(root))
+    assert not old_file.exists()
+    assert ai.Manifest.load(root).retired == {}
+
+
+def test_a_damaged_index_is_never_believed(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _three_hours(root)
+    ai.refresh(root, vetted_files(root))
+    manifest = ai.Manifest.load(root)
+    day_file = ai.index_dir(root) / manifest.days[max(manifest.days)]
+
+    day_file.write_bytes(b"not parquet")  # damaged: read the events instead
+    with caplog.at_level(logging.WARNING, logger="voicepipe_obs.artifact_index"):
+        rows, computed = _indexed(root)
+    assert rows == _view(root) and computed == 3
+    assert "artifact index unreadable" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="voicepipe_obs.artifact_index"):
+        ai.refresh(root, [*vetted_files(root)[:-1], vetted_files(root)[-1]])
+    # refresh could not read the old rows of that day: it starts again
+    assert "cannot update it" in caplog.text or ai.Manifest.load(root).days
+
+    day_file.unlink(missing_ok=True)  # deleted: its hours are computed, then rebuilt
+    assert _assert_same(root) >= 1
+    ai.refresh(root, vetted_files(root))
+    assert _assert_same(root) == 0
+
+    (ai.index_dir(root) / ai.MANIFEST).write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="voicepipe_obs.artifact_index"):
+        assert _assert_same(root) == 3
+        assert ai.refresh(root, vetted_files(root)).hours_computed == 3
+    assert "ignoring unreadable" in caplog.text
+    assert _assert_same(root) == 0
+
+
+def test_a_crash_before_the_manifest_leaves_a_stray_file_that_goes(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _three_hours(root)
+    ai.refresh(root, vetted_files(root))
+    stray = ai.index_dir(root) / "day-20260301-crashed.parquet"
+    stray.write_bytes(
+        (ai.index_dir(root) / ai.Manifest.load(root).days[min(ai.Manifest.load(root).days)]).read_bytes()
+    )
+    assert _assert_same(root) == 0  # not named: never read
+    ai.refresh(root, vetted_files(root))
+    assert stray.exists()  # young: might be a concurrent writer's
+    monkeypatch.setattr(ai, "RETIRE_SECONDS", 0)
+    ai.refresh(root, vetted_files(root))
+    assert not stray.exists()
+
+
+def test_aggregate_keeps_the_index_current_and_opens_no_duckdb_when_idle(root: Path) -> None:
+    _three_hours(root)
+    ag.aggregate(root, now=NOW)
+    assert _assert_same(root) == 0
+    compact(root, now=NOW, grace=dt.timedelta(0))
+    ag.aggregate(root, now=NOW)  # nothing new to aggregate: the index is carried over
+    assert _assert_same(root) == 0
+    # an idle run imports neither DuckDB nor pyarrow (cron runs it every few minutes)
+    code = (
+        "import sys, datetime as dt\n"
+        "from voicepipe_obs.aggregate import aggregate\n"
+        f"aggregate({str(root)!r}, now=dt.datetime(2026, 3, 6, tzinfo=dt.timezone.utc))\n"
+        "print('pyarrow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _stuck_store(root: Path) -> None:
+    """Three artifacts stuck for days (received long before any report window), one
+    completed, one retried after failing — spread over several days' partitions."""
+    _write(root, 0, "d0", [("artifact_received", "s1", 1), ("transcription_started", "s1", 2)])
+    _write(root, 0, "d0b", [("artifact_received", "ok", 3), ("artifact_completed", "ok", 9)])
+    _write(root, 30, "d1", [("artifact_received", "s2", 1)])
+    _write(root, 50, "d2", [("artifact_received", "r1", 1), ("artifact_failed", "r1", 5)])
+    _write(root, 75, "d3", [("retry_initiated", "r1", 1), ("artifact_received", "s3", 4)])
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_check_counts_the_same_queue_with_and_without_the_index(root: Path, indexed: bool) -> None:
+    _stuck_store(root)
+    if indexed:
+        ag.aggregate(root, now=NOW)
+        assert json.loads((ai.index_dir(root) / ai.MANIFEST).read_text())["hours"]
+    env = {**os.environ, "VOICEPIPE_DATA": str(root)}
+    config = root.parent / "voicepipe.toml"
+    config.write_text("[alerts.queue_depth]\nwarning = 3\n[alerts.stuck]\nwarning_count = 1\n")
+    exe = Path(sys.executable).with_name("voicepipe")
+    out = subprocess.run(
+        [str(exe), "--config", str(config), "check", "--dry-run", "--format", "json", "--now", NOW_ISO],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 1, out.stderr
+    found = {a["rule"]: a for a in json.loads(out.stdout)["active"]}
+    assert found["queue_depth"]["value"] == 4  # s1, s2, s3 and r1 (retrying)
+    assert found["stuck"]["value"] == 4
