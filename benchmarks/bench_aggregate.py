@@ -5,6 +5,7 @@
   ``voicepipe aggregate --rebuild`` (hourly snapshots only within their 7-day
   retention: 168 + 30);
 * a pandas implementation of the same hourly metrics, as a reference;
+* the artifact index built from nothing (once: the first run after upgrading);
 * one incremental run after an hour of new events;
 * compaction of every closed hour;
 * an incremental run after compaction (must find nothing to do);
@@ -80,6 +81,20 @@ def phase_rebuild_retention(root: Path, start: dt.datetime, end: dt.datetime) ->
     return {
         "seconds": time.perf_counter() - t,
         "note": f"{r.hourly_written} hourly + {r.daily_written} daily buckets, {r.events_scanned:,} events",
+    }
+
+
+def phase_index(root: Path, start: dt.datetime, end: dt.datetime) -> dict[str, object]:
+    """The artifact index built from nothing (what the first aggregate run after
+    upgrading does once; every later run recomputes only the hours with new files)."""
+    from voicepipe_obs import artifact_index
+    from voicepipe_obs.query import vetted_files
+
+    t = time.perf_counter()
+    r = artifact_index.refresh(root, vetted_files(root))
+    return {
+        "seconds": time.perf_counter() - t,
+        "note": f"{r.hours_computed} hours → {r.days_written} day files",
     }
 
 
@@ -201,6 +216,7 @@ PHASES = {
     "rebuild_retention": phase_rebuild_retention,
     "incremental": phase_incremental,
     "compact": phase_compact,
+    "index": phase_index,
     "pandas": phase_pandas,
 }
 
@@ -271,6 +287,8 @@ def main() -> None:
             rows.append((label, _median(results)))
 
     try:
+        # once, first: the rebuilds below then find the index current, as after any run
+        rows.append(("artifact index, first build", run_phase("index", work, start, end)))
         repeated(
             [
                 ("all 720 hours + 30 days (--since/--until)", "rebuild"),

@@ -216,14 +216,19 @@ def _three_hours(root: Path) -> None:
 def test_refresh_recomputes_only_the_hours_whose_files_changed(root: Path) -> None:
     _three_hours(root)
     first = ai.refresh(root, vetted_files(root))
-    assert (first.hours_computed, first.days_written) == (3, 2)  # 22:00 on one day, 23:00 and 00:00
+    # 22:00 and 23:00 on one day, 00:00 on the next: one file per day
+    assert (first.hours_computed, first.files_written) == (3, 2)
     again = ai.refresh(root, vetted_files(root))
-    assert (again.hours_computed, again.days_written) == (0, 0)
+    assert (again.hours_computed, again.files_written) == (0, 0)
+    homes = ai.Manifest.load(root).homes
 
     _write(root, 1, "h1-late", [("retry_initiated", "a2", 30)])
     assert _assert_same(root) == 1  # the reader computes the changed hour itself
     changed = ai.refresh(root, vetted_files(root))
-    assert changed.hours_computed == 1
+    assert (changed.hours_computed, changed.files_written) == (1, 1)
+    after = ai.Manifest.load(root).homes
+    # only that hour moved to a new file; its day's other hour still reads the old one
+    assert {h for h in homes if after[h] != homes[h]} == {BASE_US + store.US_PER_HOUR}
     assert _assert_same(root) == 0
     status = {r[0]: r[5] for r in _view(root)}
     assert status == {"a1": "completed", "a2": "retrying"}
@@ -243,8 +248,7 @@ def test_cleanup_drops_hours_and_retires_their_files(root: Path, monkeypatch: py
     _three_hours(root)
     ai.refresh(root, vetted_files(root))
     manifest = ai.Manifest.load(root)
-    old_day = min(manifest.days)
-    old_file = ai.index_dir(root) / manifest.days[old_day]
+    old_file = ai.index_dir(root) / str(manifest.homes[BASE_US])
     # keep one day of events: the first day (22:00, 23:00) goes
     dropped = cleanup(root, RetentionSettings(events_days=1), now=BASE + dt.timedelta(days=1, hours=12))
     assert dropped
@@ -252,7 +256,7 @@ def test_cleanup_drops_hours_and_retires_their_files(root: Path, monkeypatch: py
     result = ai.refresh(root, vetted_files(root))
     assert result.hours_dropped == 2
     manifest = ai.Manifest.load(root)
-    assert old_day not in manifest.days and old_file.name in manifest.retired
+    assert BASE_US not in manifest.hours and old_file.name in manifest.retired
     assert old_file.exists()  # a reader may still be reading it
     monkeypatch.setattr(ai, "RETIRE_SECONDS", 0)
     ai.refresh(root, vetted_files(root))
@@ -264,23 +268,20 @@ def test_a_damaged_index_is_never_believed(root: Path, caplog: pytest.LogCapture
     _three_hours(root)
     ai.refresh(root, vetted_files(root))
     manifest = ai.Manifest.load(root)
-    day_file = ai.index_dir(root) / manifest.days[max(manifest.days)]
+    last = max(manifest.hours)
+    index_file = ai.index_dir(root) / str(manifest.homes[last])  # 00:00's (alone in its day)
 
-    day_file.write_bytes(b"not parquet")  # damaged: read the events instead
+    index_file.write_bytes(b"not parquet but long enough to have a footer")  # damaged
     with caplog.at_level(logging.WARNING, logger="voicepipe_obs.artifact_index"):
-        rows, computed = _indexed(root)
-    assert rows == _view(root) and computed == 3
-    assert "artifact index unreadable" in caplog.text
+        assert _assert_same(root) == 1  # its hour from the events, the others from the index
+        assert ai.refresh(root, vetted_files(root)).hours_computed == 1
+    assert "is damaged" in caplog.text
+    assert _assert_same(root) == 0
 
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="voicepipe_obs.artifact_index"):
-        ai.refresh(root, [*vetted_files(root)[:-1], vetted_files(root)[-1]])
-    # refresh could not read the old rows of that day: it starts again
-    assert "cannot update it" in caplog.text or ai.Manifest.load(root).days
-
-    day_file.unlink(missing_ok=True)  # deleted: its hours are computed, then rebuilt
-    assert _assert_same(root) >= 1
-    ai.refresh(root, vetted_files(root))
+    index_file = ai.index_dir(root) / str(ai.Manifest.load(root).homes[last])
+    index_file.unlink()  # deleted: the same
+    assert _assert_same(root) == 1
+    assert ai.refresh(root, vetted_files(root)).hours_computed == 1
     assert _assert_same(root) == 0
 
     (ai.index_dir(root) / ai.MANIFEST).write_text("{not json")
@@ -296,10 +297,8 @@ def test_a_crash_before_the_manifest_leaves_a_stray_file_that_goes(
 ) -> None:
     _three_hours(root)
     ai.refresh(root, vetted_files(root))
-    stray = ai.index_dir(root) / "day-20260301-crashed.parquet"
-    stray.write_bytes(
-        (ai.index_dir(root) / ai.Manifest.load(root).days[min(ai.Manifest.load(root).days)]).read_bytes()
-    )
+    stray = ai.index_dir(root) / "part-20260301-crashed.parquet"
+    stray.write_bytes((ai.index_dir(root) / str(ai.Manifest.load(root).homes[BASE_US])).read_bytes())
     assert _assert_same(root) == 0  # not named: never read
     ai.refresh(root, vetted_files(root))
     assert stray.exists()  # young: might be a concurrent writer's
@@ -356,3 +355,36 @@ def test_check_counts_the_same_queue_with_and_without_the_index(root: Path, inde
     found = {a["rule"]: a for a in json.loads(out.stdout)["active"]}
     assert found["queue_depth"]["value"] == 4  # s1, s2, s3 and r1 (retrying)
     assert found["stuck"]["value"] == 4
+
+
+def test_an_index_file_of_the_wrong_shape_falls_back_to_the_events(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pyarrow as pa
+
+    _three_hours(root)
+    ai.refresh(root, vetted_files(root))
+    index_file = ai.index_dir(root) / str(ai.Manifest.load(root).homes[BASE_US])
+    store.write_table(index_file, pa.table({"x": [1, 2]}))  # valid Parquet, not index rows
+    with caplog.at_level(logging.WARNING, logger="voicepipe_obs.artifact_index"):
+        rows, computed = _indexed(root)
+    assert rows == _view(root) and computed == 3
+    assert "reading the events instead" in caplog.text
+
+
+def test_a_day_recomputed_hour_by_hour_is_merged_into_one_file(root: Path) -> None:
+    hours = range(2, 2 + ai.MAX_DAY_FILES + 3)  # 00:00 onwards on the second day
+    for hour in range(2 + ai.MAX_DAY_FILES + 4):
+        _write(root, hour, f"h{hour}", [("artifact_received", f"a{hour}", 1)])
+    ai.refresh(root, vetted_files(root))
+    day = [BASE_US + h * store.US_PER_HOUR for h in range(2, 2 + ai.MAX_DAY_FILES + 4)]
+    seen = []
+    for hour in hours:
+        _write(root, hour, f"late{hour}", [("artifact_completed", f"a{hour}", 30)])
+        assert ai.refresh(root, vetted_files(root)).hours_computed == 1
+        homes = ai.Manifest.load(root).homes
+        seen.append(len({homes[h] for h in day}))
+        assert _assert_same(root) == 0
+    # each refresh adds a file for its hour, until the day has more than
+    # MAX_DAY_FILES: then its rows are merged into one
+    assert seen == [*range(2, ai.MAX_DAY_FILES + 1), 1, 2, 3, 4]

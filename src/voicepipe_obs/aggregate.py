@@ -14,7 +14,8 @@ Owns:
   aggregated; :func:`pending_hours` lists the hours of those that are not), ``receipts/`` (each artifact's earliest ``artifact_received``, so
   end-to-end latency can look receipts up outside the buckets being computed) and
   ``orphan-completions.parquet`` (completions aggregated before their receipt was
-  seen, recomputed when it arrives);
+  seen, recomputed when it arrives); and, every run, the artifact index
+  (:mod:`voicepipe_obs.artifact_index`, ``artifacts/``);
 * window queries returning plain Python data: :func:`window_metrics`,
   :func:`window_latency` (the figures a long range cannot combine from its days),
   :func:`live_metrics`, :func:`stage_breakdown`, :func:`organization_breakdown`,

@@ -14,20 +14,22 @@ final; only artifacts with rows in several hours are combined.
 Layout, under ``<root>/_state/artifacts/`` (derived state: deleting it costs one
 rebuild, never data):
 
-* ``day-YYYYMMDD-<unique>.parquet``: the partial rows of a day's hours, column
-  ``hour`` (the partition's start, epoch µs) first;
-* ``index.json``: per hour, the event files (names in the partition) its rows
-  were computed from, and per day, its file. Written atomically after the day
-  files; a day file it no longer names is deleted after :data:`RETIRE_SECONDS`
-  (a reader may still be reading it).
+* ``part-YYYYMMDD-<unique>.parquet``: partial rows of some hours of one day, column
+  ``hour`` (the partition's start, epoch µs) first. A refresh writes the hours it
+  recomputed to a new file (an incremental run rewrites one hour, not its day);
+  a day spread over more than :data:`MAX_DAY_FILES` files is merged into one;
+* ``index.json``: per hour, the event files (names in the partition) its rows were
+  computed from and the file holding them. Written atomically after the files; a
+  file no hour points to any more is deleted :data:`RETIRE_SECONDS` later (a
+  reader may still be reading it).
 
 An hour's rows are used only while its partition holds exactly the files they were
-computed from; every other hour (new files, or an index that never saw it) is
-computed from its events by the reader (:func:`partials`), so the index is never
-wrong, only sometimes slower. ``voicepipe aggregate`` brings it up to date
-(:func:`refresh`) on every run, under its run lock: hours whose files changed are
-recomputed, an hour that compaction rewrote into one file made of the indexed files
-is carried over as is, and hours removed by cleanup are dropped.
+computed from and their file is sound; every other hour (new files, or an index that
+never saw it) is computed from its events by the reader (:func:`partials`), so the
+index is never wrong, only sometimes slower. ``voicepipe aggregate`` brings it up to
+date (:func:`refresh`) on every run, under its run lock: hours whose files changed
+are recomputed, an hour that compaction rewrote into one file made of the indexed
+files is carried over as is, and hours removed by cleanup are dropped.
 
 Duplicates: an event's copies share its timestamp, hence its hour partition, and an
 hour's partial rows are computed from its events deduplicated by event_id, so sums
@@ -56,11 +58,14 @@ log = logging.getLogger("voicepipe_obs.artifact_index")
 
 INDEX_DIR: Final = "artifacts"
 MANIFEST: Final = "index.json"
-VERSION: Final = 1
+VERSION: Final = 2
 #: a day file the manifest no longer names is deleted this long after it was replaced
 RETIRE_SECONDS: Final = 600
 #: hours computed by one query while refreshing (bounds memory)
 REFRESH_HOURS: Final = 48
+#: a day's rows spread over more index files than this are merged into one (each
+#: refresh writes the hours it recomputed to a new file, not the whole day again)
+MAX_DAY_FILES: Final = 6
 
 
 def _sql_str(value: str) -> str:
@@ -318,11 +323,12 @@ FROM derived
 
 @dataclass
 class Manifest:
-    """``index.json``: the files each indexed hour was computed from, the day file
-    holding each day's rows, and replaced day files awaiting deletion."""
+    """``index.json``: per indexed hour, the event files (names in the partition) its
+    rows were computed from and the index file holding them (None: the hour has no
+    artifact events); replaced index files awaiting deletion, with when."""
 
     hours: dict[int, list[str]]
-    days: dict[int, str]
+    homes: dict[int, str | None]
     retired: dict[str, float]
 
     @classmethod
@@ -342,11 +348,10 @@ class Manifest:
         try:
             if data.get("version") != VERSION:
                 return cls.empty()
-            return cls(
-                {int(h): [str(n) for n in names] for h, names in data["hours"].items()},
-                {int(d): str(name) for d, name in data["days"].items()},
-                {str(n): float(t) for n, t in data.get("retired", {}).items()},
-            )
+            hours = {int(h): [str(n) for n in entry["files"]] for h, entry in data["hours"].items()}
+            homes = {int(h): (None if e["in"] is None else str(e["in"])) for h, e in data["hours"].items()}
+            retired = {str(n): float(t) for n, t in data.get("retired", {}).items()}
+            return cls(hours, homes, retired)
         except (AttributeError, KeyError, TypeError, ValueError):
             log.warning("ignoring malformed %s: the artifact index is rebuilt", path)
             return cls.empty()
@@ -354,8 +359,7 @@ class Manifest:
     def save(self, root: Path) -> None:
         data = {
             "version": VERSION,
-            "hours": {str(h): names for h, names in sorted(self.hours.items())},
-            "days": {str(d): name for d, name in sorted(self.days.items())},
+            "hours": {str(h): {"files": self.hours[h], "in": self.homes[h]} for h in sorted(self.hours)},
             "retired": self.retired,
         }
         path = index_dir(root) / MANIFEST
@@ -366,6 +370,9 @@ class Manifest:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+    def live_files(self) -> set[str]:
+        return {name for name in self.homes.values() if name is not None}
 
 
 def index_dir(root: Path) -> Path:
@@ -452,22 +459,18 @@ def partials(
     manifest = Manifest.load(root)
     hours = by_hour(files)
     base = index_dir(root)
-    covered: dict[int, list[int]] = {}  # day → its indexed hours with unchanged files
+    present = _sound(base, manifest.live_files())
+    covered: dict[str | None, list[int]] = {}  # index file (None: no rows) → its current hours
     for hour, paths in hours.items():
-        if _day(hour) in manifest.days and manifest.hours.get(hour) == sorted(p.name for p in paths):
-            covered.setdefault(_day(hour), []).append(hour)
-    for day in list(covered):
-        if not (base / manifest.days[day]).exists():  # deleted meanwhile: compute its hours
-            del covered[day]
+        home = manifest.homes.get(hour)
+        if (home is None or home in present) and manifest.hours.get(hour) == sorted(p.name for p in paths):
+            covered.setdefault(home, []).append(hour)
     cols = ", ".join(("hour", "artifact_id", *partial_columns(names)))
-    parts = []
-    if covered:
-        keep = sorted(h for hs in covered.values() for h in hs)
-        day_files = sorted(base / manifest.days[day] for day in covered)
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _vp_ix_hours AS SELECT unnest([{', '.join(map(str, keep))}]) AS hour"
-        )
-        parts.append(f"SELECT {cols} FROM {_files_sql(day_files)} SEMI JOIN _vp_ix_hours USING (hour)")
+    parts = [
+        f"SELECT {cols} FROM {_files_sql([base / name])} WHERE hour IN ({', '.join(map(str, sorted(hs)))})"
+        for name, hs in sorted(covered.items(), key=lambda kv: str(kv[0]))
+        if name is not None
+    ]
     done = {h for hs in covered.values() for h in hs}
     live = [p for hour, paths in sorted(hours.items()) if hour not in done for p in paths]
     if live:
@@ -477,7 +480,7 @@ def partials(
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {' UNION ALL '.join(parts)}")
     except duckdb.Error as exc:
-        if not covered:
+        if not any(name is not None for name in covered):
             raise
         # a damaged index file: the events themselves are the truth
         log.warning("artifact index unreadable (%s): reading the events instead", str(exc).splitlines()[0])
@@ -588,7 +591,7 @@ class RefreshResult:
     hours_computed: int = 0
     hours_carried: int = 0  # compacted: the same events under a new file
     hours_dropped: int = 0
-    days_written: int = 0
+    files_written: int = 0
     seconds: float = 0.0
 
 
@@ -601,12 +604,14 @@ def refresh(
 ) -> RefreshResult:
     """Bring the index up to date with ``files`` (every readable event file, or
     those grouped by hour partition start as :func:`by_hour` gives them): compute
-    the hours whose files changed since they were indexed, carry over those that
-    compaction only rewrote, drop the hours that are gone. The caller holds the
-    aggregate run lock (one writer). ``con`` is used when there is something to
-    compute (else one is made, only then: a run that finds nothing to do opens no
-    DuckDB). ``compacted_sources`` maps a compacted file's path to the names it
-    replaced, where already read (else read here)."""
+    the hours whose files changed since they were indexed (one new index file per
+    day for them), carry over those that compaction only rewrote, drop the hours
+    that are gone, and merge a day's rows into one file once they are spread over
+    more than :data:`MAX_DAY_FILES`. The caller holds the aggregate run lock (one
+    writer). ``con`` is used when there is something to compute (else one is made,
+    only then: a run that finds nothing to do opens no DuckDB).
+    ``compacted_sources`` maps a compacted file's path to the names it replaced,
+    where already read (else read here)."""
     from .maintenance import COMPACTED_PREFIX
 
     started = time.perf_counter()
@@ -614,137 +619,148 @@ def refresh(
     manifest = Manifest.load(root)
     base = index_dir(root)
     hours = files if isinstance(files, dict) else by_hour(files)
-    current = {h: sorted(p.name for p in paths) for h, paths in hours.items()}
-    missing_days = {d for d, name in manifest.days.items() if not (base / name).exists()}
+    before = manifest.live_files()
+    present = _sound(base, before)
     stale: set[int] = set()
-    carried: dict[int, list[str]] = {}
-    for hour, names in current.items():
-        old = manifest.hours.get(hour)
-        if old == names and _day(hour) not in missing_days:
+    changed = False
+    for hour, paths in hours.items():
+        names = sorted(p.name for p in paths)
+        old, home = manifest.hours.get(hour), manifest.homes.get(hour)
+        intact = old is not None and (home is None or home in present)
+        if intact and old == names:
             continue
         if (
-            old is not None
-            and _day(hour) not in missing_days
-            and _only_compacted(hours[hour], set(old), COMPACTED_PREFIX, compacted_sources)
+            intact
+            and old is not None
+            and _only_compacted(paths, set(old), COMPACTED_PREFIX, compacted_sources)
         ):
-            carried[hour] = names
+            manifest.hours[hour] = names
+            result.hours_carried += 1
+            changed = True
         else:
             stale.add(hour)
-    dropped = {h for h in manifest.hours if h not in current}
-    days = {_day(h) for h in stale | dropped} | missing_days
-    result.hours_carried = len(carried)
-    result.hours_dropped = len(dropped)
-    if not days and not carried and not missing_days:
-        _retire(base, manifest, root, changed=False)
-        result.seconds = time.perf_counter() - started
-        return result
+    for hour in [h for h in manifest.hours if h not in hours]:
+        del manifest.hours[hour], manifest.homes[hour]
+        result.hours_dropped += 1
+        changed = True
+    crowded = _crowded(manifest, stale)
+    if stale or crowded:
+        own = con is None
+        if own:
+            from .aggregate import _connect
 
-    new_hours = {h: n for h, n in manifest.hours.items() if h in current}
-    new_hours.update(carried)
-    new_days = dict(manifest.days)
-    now = time.time()
-    own = con is None and bool(days)
-    if own:
-        from .aggregate import _connect
+            con = _connect(root)
+        assert con is not None
+        try:
+            _compute(con, base, manifest, hours, stale, result)
+            for day in sorted(_crowded(manifest, set())):
+                _merge_day(con, base, manifest, day, result)
+        except duckdb.Error as exc:
+            from .query import vanished_file
 
-        con = _connect(root)
-    try:
-        _rewrite_days(
-            con,
-            base,
-            manifest,
-            sorted(days),
-            hours,
-            current,
-            stale,
-            missing_days,
-            new_hours,
-            new_days,
-            now,
-            result,
-        )
-    except duckdb.Error as exc:
-        from .query import vanished_file
-
-        if vanished_file(exc) is not None:  # compaction meanwhile: the caller lists again
-            raise
-        # derived state only: start again rather than fail the run (readers compute
-        # unindexed hours from their events meanwhile)
-        log.warning("artifact index: cannot update it (%s); the next aggregate run rebuilds it", exc)
-        (base / MANIFEST).unlink(missing_ok=True)
-        result.seconds = time.perf_counter() - started
-        return result
-    finally:
-        if own and con is not None:
-            con.close()
-    # hours of a day whose file is gone (and not rebuilt) are no longer indexed
-    manifest.hours = {h: n for h, n in new_hours.items() if _day(h) in new_days}
-    manifest.days = new_days
-    _retire(base, manifest, root, changed=True)
+            if vanished_file(exc) is not None:  # compaction meanwhile: the caller lists again
+                raise
+            # derived state only: start again rather than fail the run (readers compute
+            # unindexed hours from their events meanwhile)
+            log.warning("artifact index: cannot update it (%s); the next aggregate run rebuilds it", exc)
+            (base / MANIFEST).unlink(missing_ok=True)
+            result.seconds = time.perf_counter() - started
+            return result
+        finally:
+            if own:
+                con.close()
+        changed = True
+    _retire(base, manifest, root, before=before, changed=changed)
     result.seconds = time.perf_counter() - started
-    log.info(
-        "artifact index: %d hours computed, %d carried over (compacted), %d dropped, %d day files written",
-        result.hours_computed,
-        result.hours_carried,
-        result.hours_dropped,
-        result.days_written,
-    )
+    if changed:
+        log.info(
+            "artifact index: %d hours computed, %d carried over (compacted), %d dropped, %d files written",
+            result.hours_computed,
+            result.hours_carried,
+            result.hours_dropped,
+            result.files_written,
+        )
     return result
 
 
-def _rewrite_days(
-    con: duckdb.DuckDBPyConnection | None,
+def _sound(base: Path, names: Iterable[str]) -> set[str]:
+    """The index files among ``names`` that are there and look like Parquet
+    (:func:`~voicepipe_obs.store.vet_parquet`): the hours of the others are computed
+    from their events (readers) and again (refresh)."""
+    good, bad = store.vet_parquet(base / name for name in names)
+    for path, reason in bad:
+        log.warning("artifact index: %s is damaged (%s); its hours are computed again", path.name, reason)
+    return {p.name for p in good}
+
+
+def _crowded(manifest: Manifest, stale: set[int]) -> set[int]:
+    """Days whose indexed hours (after ``stale`` hours get a new file each day) are
+    spread over more than :data:`MAX_DAY_FILES` files."""
+    files: dict[int, set[str]] = {}
+    for hour, home in manifest.homes.items():
+        if home is not None and hour not in stale:
+            files.setdefault(_day(hour), set()).add(home)
+    for hour in stale:
+        files.setdefault(_day(hour), set()).add("<new>")
+    return {day for day, names in files.items() if len(names) > MAX_DAY_FILES}
+
+
+def _new_file(day: int) -> str:
+    return f"part-{store.from_us(day):%Y%m%d}-{store.unique_name()}.parquet"
+
+
+def _compute(
+    con: duckdb.DuckDBPyConnection,
     base: Path,
     manifest: Manifest,
-    days: Sequence[int],
     hours: dict[int, list[Path]],
-    current: dict[int, list[str]],
     stale: set[int],
-    missing_days: set[int],
-    new_hours: dict[int, list[str]],
-    new_days: dict[int, str],
-    now: float,
     result: RefreshResult,
 ) -> None:
-    """Write the day files of ``days`` again: computed rows for the ``stale`` hours,
-    the old file's rows for the others; record them in ``new_hours``/``new_days``."""
+    """Compute the ``stale`` hours from their events: one new index file per day
+    (none for hours without artifact events), recorded in ``manifest``."""
     from .maintenance import COMPACTED_PREFIX
 
-    for chunk in _chunks(days):
-        assert con is not None
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ix_new AS SELECT * FROM ({_empty_partials_sql()})")
-        todo = sorted(h for h in stale if _day(h) in chunk)
-        for group in _hour_groups(todo):
-            _load_events(con, {h: hours[h] for h in group}, COMPACTED_PREFIX)
-            con.execute(f"INSERT INTO _vp_ix_new BY NAME {partial_sql('_vp_ix_ev', hour='_hour')}")
-            con.execute("DROP TABLE _vp_ix_ev")
-        result.hours_computed += len(todo)
-        for day in chunk:
-            keep = [h for h in current if _day(h) == day and h not in stale and day not in missing_days]
-            parts = [f"SELECT * FROM _vp_ix_new WHERE hour - hour % {store.US_PER_DAY} = {day}"]
-            if keep and day in manifest.days:
-                hours_list = ", ".join(str(h) for h in keep)
-                parts.append(
-                    f"SELECT {', '.join(('hour', 'artifact_id', *PARTIAL_COLUMNS))} FROM {_files_sql([base / manifest.days[day]])} "
-                    f"WHERE hour IN ({hours_list})"
-                )
+    for group in _hour_groups(sorted(stale)):
+        _load_events(con, {h: hours[h] for h in group}, COMPACTED_PREFIX)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ix_new AS {partial_sql('_vp_ix_ev', hour='_hour')}")
+        con.execute("DROP TABLE _vp_ix_ev")
+        for day in sorted({_day(h) for h in group}):
             table = con.sql(
-                " UNION ALL BY NAME ".join(parts) + " ORDER BY hour, artifact_id"
+                f"SELECT * FROM _vp_ix_new WHERE hour - hour % {store.US_PER_DAY} = {day}"
             ).to_arrow_table()
-            old_name = new_days.pop(day, None)
-            if any(_day(h) == day for h in current):  # written even when empty: its hours are indexed
-                name = f"day-{store.from_us(day):%Y%m%d}-{store.unique_name()}.parquet"
+            name = None
+            if table.num_rows:
+                name = _new_file(day)
                 store.write_table(base / name, table)
-                new_days[day] = name
-                result.days_written += 1
-            if old_name is not None:
-                manifest.retired[old_name] = now
-            for h in [h for h in current if _day(h) == day]:
-                if h in stale or day in missing_days:
-                    new_hours[h] = current[h]
-            for h in [h for h in new_hours if _day(h) == day and h not in current]:
-                del new_hours[h]
+                result.files_written += 1
+            with_rows = set(table.column("hour").to_pylist()) if table.num_rows else set()
+            for hour in (h for h in group if _day(h) == day):
+                manifest.hours[hour] = sorted(p.name for p in hours[hour])
+                manifest.homes[hour] = name if hour in with_rows else None
         con.execute("DROP TABLE _vp_ix_new")
+        result.hours_computed += len(group)
+
+
+def _merge_day(
+    con: duckdb.DuckDBPyConnection, base: Path, manifest: Manifest, day: int, result: RefreshResult
+) -> None:
+    """Rewrite a day's rows, spread over several index files, as one."""
+    homes: dict[str, list[int]] = {}
+    for hour, home in manifest.homes.items():
+        if home is not None and _day(hour) == day:
+            homes.setdefault(home, []).append(hour)
+    parts = [
+        f"SELECT * FROM {_files_sql([base / name])} WHERE hour IN ({', '.join(map(str, sorted(hs)))})"
+        for name, hs in sorted(homes.items())
+    ]
+    table = con.sql(" UNION ALL BY NAME ".join(parts)).to_arrow_table()
+    name = _new_file(day)
+    store.write_table(base / name, table)
+    result.files_written += 1
+    for hs in homes.values():
+        for hour in hs:
+            manifest.homes[hour] = name
 
 
 def _only_compacted(
@@ -774,19 +790,20 @@ def _only_compacted(
     return gone <= replaced
 
 
-def _chunks(days: Sequence[int], size: int = REFRESH_HOURS // 24) -> list[list[int]]:
-    return [list(days[i : i + size]) for i in range(0, len(days), size)]
-
-
 def _hour_groups(hours: Sequence[int], size: int = REFRESH_HOURS) -> list[list[int]]:
     return [list(hours[i : i + size]) for i in range(0, len(hours), size)]
 
 
-def _retire(base: Path, manifest: Manifest, root: Path, *, changed: bool) -> None:
-    """Save the manifest (when ``changed``), then delete the replaced day files that
-    readers have had :data:`RETIRE_SECONDS` to finish with, and stray day files no
-    manifest names (left by a crash between writing and saving)."""
+def _retire(base: Path, manifest: Manifest, root: Path, *, before: set[str], changed: bool) -> None:
+    """Record the index files no hour points to any more (``before``: those that
+    did), save the manifest when ``changed``, then delete the files retired at least
+    :data:`RETIRE_SECONDS` ago (readers have had that long to finish with them) and
+    stray ones no manifest names (left by a crash between writing and saving)."""
     now = time.time()
+    live = manifest.live_files()
+    for name in before - live:
+        manifest.retired[name] = now
+        changed = True
     expired = [n for n, t in manifest.retired.items() if now - t >= RETIRE_SECONDS]
     for name in expired:
         del manifest.retired[name]
@@ -794,14 +811,14 @@ def _retire(base: Path, manifest: Manifest, root: Path, *, changed: bool) -> Non
         manifest.save(root)
     for name in expired:
         (base / name).unlink(missing_ok=True)
-    named = set(manifest.days.values()) | set(manifest.retired)
+    named = live | set(manifest.retired)
     try:
         entries = list(os.scandir(base))
     except OSError:
         return
     for entry in entries:
         if (
-            entry.name.startswith("day-")
+            entry.name.startswith("part-")
             and entry.name.endswith(".parquet")
             and entry.name not in named
             and now - entry.stat().st_mtime >= RETIRE_SECONDS
