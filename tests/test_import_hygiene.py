@@ -61,3 +61,34 @@ def test_cli_help_does_not_import_duckdb_or_pyarrow() -> None:
     out = run_python(code)
     assert "Usage" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "MODULES []"
+
+
+READERS = """
+import datetime as dt, importlib.util, sys
+from pathlib import Path
+assert importlib.util.find_spec("pandas") is not None  # installed (the test extra)
+from voicepipe_obs import alerts, reports
+from voicepipe_obs.query import connect
+now = dt.datetime(2026, 3, 2, tzinfo=dt.timezone.utc)
+connect(sys.argv[1], live=False).execute("SELECT count(*) FROM events").fetchall()
+alerts.evaluate(sys.argv[1], now=now)
+reports.dashboard(Path(sys.argv[1]), now=now)
+print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
+"""
+
+
+def test_readers_do_not_import_pandas(tmp_path: Path) -> None:
+    """Importing pandas costs ~0.7 s: a report or check must not pay it just because
+    pandas is installed (an empty Arrow table made pyarrow import it)."""
+    import datetime as dt
+
+    from voicepipe_obs import Recorder
+
+    root = tmp_path / "data"
+    at = int(dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
+    rec = Recorder(root, durability="sync", clock=lambda: at)
+    with rec.artifact("a-1", organization_id="org"):
+        rec.emit("artifact_received")
+    rec.close()
+    out = run_python(READERS, str(root))
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -60,6 +60,7 @@ from .maintenance import COMPACTED_FROM_KEY, COMPACTED_PREFIX
 from .query import (
     area_source,
     drop_duplicates,
+    empty_view,
     relist,
     retry_vanished,
     session_defaults,
@@ -1899,7 +1900,7 @@ def register_views(con: duckdb.DuckDBPyConnection, root: Path, *, live: bool = F
     there are no snapshot files yet, so reports and alerts can always query them;
     ``live``: see :func:`voicepipe_obs.query.connect`)."""
     schema = snapshot_schema()
-    con.register("_voicepipe_empty_snapshots", schema.empty_table())
+    empty_view(con, "_voicepipe_empty_snapshots", schema)
     for view, area in (
         ("snapshots_hourly", store.SNAPSHOTS_HOURLY),
         ("snapshots_daily", store.SNAPSHOTS_DAILY),

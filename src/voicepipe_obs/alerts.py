@@ -34,7 +34,7 @@ import duckdb
 from . import artifact_index, store
 from .config import Settings, parse_hours
 from .errors import AlertError, BusyError, NotFoundError, StoreError, UsageError
-from .query import area_source, parquet_scan, sql_list, vetted_files
+from .query import area_source, empty_view, parquet_scan, sql_list, vetted_files
 from .timeparse import EARLIEST
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,7 +160,7 @@ def register_views(
     a check would leave."""
     import pyarrow as pa
 
-    con.register("_voicepipe_empty_alert_log", log_schema().empty_table())
+    empty_view(con, "_voicepipe_empty_alert_log", log_schema())
     if extra:
         con.register("_voicepipe_extra_alert_log", pa.Table.from_pylist(list(extra), schema=log_schema()))
     cols = ", ".join(LOG_COLUMN_NAMES)

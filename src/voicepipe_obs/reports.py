@@ -245,7 +245,7 @@ def _connect(
     cheaper than DISTINCT ON over every row.
     """
     from .events import arrow_schema
-    from .query import ARTIFACTS_SQL, drop_duplicates, parquet_scan, relist, retry_vanished
+    from .query import ARTIFACTS_SQL, drop_duplicates, empty_view, parquet_scan, relist, retry_vanished
 
     conds = ["TRUE"]
     bound: dict[str, Any] = dict(params or {})
@@ -260,7 +260,7 @@ def _connect(
         # listed means listing again (query.retry_vanished), as the commands do
         con = _cursor()
         try:
-            con.register("_voicepipe_empty_events", arrow_schema().empty_table())
+            empty_view(con, "_voicepipe_empty_events", arrow_schema())
             scan = parquet_scan(files if attempt == 0 else relist(files))
             con.execute(f"CREATE TEMP VIEW events_raw AS SELECT * FROM {scan}")
             if materialise:

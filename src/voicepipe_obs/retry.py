@@ -626,12 +626,12 @@ def _events_connection(root: Path) -> tuple[duckdb.DuckDBPyConnection, list[Path
     import duckdb
 
     from .events import arrow_schema
-    from .query import parquet_scan, vetted_files
+    from .query import empty_view, parquet_scan, vetted_files
 
     files = vetted_files(root)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
-    con.register("_voicepipe_empty_events", arrow_schema().empty_table())
+    empty_view(con, "_voicepipe_empty_events", arrow_schema())
     con.execute(f"CREATE VIEW events AS SELECT DISTINCT ON (event_id) * FROM {parquet_scan(files)}")
     return con, files
 
