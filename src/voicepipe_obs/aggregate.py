@@ -64,11 +64,10 @@ from .query import (
     relist,
     retry_vanished,
     session_defaults,
-    sql_list,
-    sql_str,
     vetted,
     vetted_files,
 )
+from .sql import sql_list, sql_str
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa

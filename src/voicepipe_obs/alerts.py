@@ -34,7 +34,8 @@ import duckdb
 from . import artifact_index, store
 from .config import Settings, parse_hours
 from .errors import AlertError, BusyError, NotFoundError, StoreError, UsageError
-from .query import area_source, empty_view, parquet_scan, sql_list, vetted_files
+from .query import area_source, empty_view, parquet_scan, vetted_files
+from .sql import sql_list
 from .timeparse import EARLIEST
 
 if TYPE_CHECKING:  # pragma: no cover

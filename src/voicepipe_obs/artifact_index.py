@@ -53,6 +53,7 @@ import duckdb
 
 from . import store
 from .events import DISAMBIGUATION_EVENT, STAGE_COMPLETION_EVENTS, STAGE_EVENT_TYPES, STAGE_FAILURE_EVENTS
+from .sql import sql_list, sql_str
 
 log = logging.getLogger("voicepipe_obs.artifact_index")
 
@@ -68,12 +69,8 @@ REFRESH_HOURS: Final = 48
 MAX_DAY_FILES: Final = 6
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _in(types: Iterable[str]) -> str:
-    return "(" + ", ".join(_sql_str(t) for t in sorted(types)) + ")"
+    return sql_list(sorted(types))
 
 
 _STAGE_EVENTS: Final = _in(STAGE_EVENT_TYPES)
@@ -409,14 +406,14 @@ def _day(hour_us: int) -> int:
 
 
 def _files_sql(files: Sequence[Path | str]) -> str:
-    return f"read_parquet([{', '.join(_sql_str(str(f)) for f in files)}], hive_partitioning = false)"
+    return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning = false)"
 
 
 def _events_sql(files: Sequence[Path], names: Sequence[str] | None = None, *, dedup: bool = True) -> str:
     """The events of ``files`` (``dedup``: deduplicated by event_id) with the columns
     the fold's columns ``names`` read, and ``_hour``: the start of the file's hour
     partition (epoch µs; from the path, a constant per file)."""
-    listed = ", ".join(_sql_str(str(f)) for f in files)
+    listed = ", ".join(sql_str(str(f)) for f in files)
     return (
         f"(SELECT {'DISTINCT ON (event_id) ' if dedup else ''}{', '.join(event_columns(names))}, "
         f"epoch_us(CAST(date AS DATE)::TIMESTAMP) + hour * {store.US_PER_HOUR} AS _hour "
@@ -496,23 +493,12 @@ def partials(
 def _empty_partials_sql(names: Sequence[str] | None = None) -> str:
     """A typed empty relation of partial rows."""
     from .events import arrow_schema
+    from .query import duck_type
 
     schema = arrow_schema()
-    cols = ", ".join(f"NULL::{_duck_type(schema.field(c).type)} AS {c}" for c in event_columns(names))
+    cols = ", ".join(f"NULL::{duck_type(schema.field(c).type)} AS {c}" for c in event_columns(names))
     events = f"(SELECT {cols}, NULL::BIGINT AS _hour LIMIT 0)"
     return partial_sql(events, hour="_hour", names=names)
-
-
-def _duck_type(arrow_type: object) -> str:
-    import pyarrow as pa
-
-    if pa.types.is_timestamp(arrow_type):  # type: ignore[arg-type]
-        return "TIMESTAMPTZ"
-    if pa.types.is_integer(arrow_type):  # type: ignore[arg-type]
-        return "INTEGER"
-    if pa.types.is_floating(arrow_type):  # type: ignore[arg-type]
-        return "DOUBLE"
-    return "VARCHAR"
 
 
 def artifacts_table(

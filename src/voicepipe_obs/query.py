@@ -32,17 +32,9 @@ from .events import (
     FAILURE_EVENT_TYPES,
     arrow_schema,
 )
+from .sql import sql_list, sql_str
 
 log = logging.getLogger("voicepipe_obs.query")
-
-
-def sql_str(value: str) -> str:
-    """A SQL string literal (for file paths in view definitions, which cannot be bound)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def sql_list(values: Iterable[str]) -> str:
-    return "(" + ", ".join(sql_str(v) for v in values) + ")"
 
 
 def vetted_files(

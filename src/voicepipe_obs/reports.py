@@ -481,7 +481,7 @@ _LOG_SELECT = _EVENT_SELECT + ", ai_model, attributes"
 
 def _stage_case(mapping: Mapping[str, Sequence[str] | str]) -> str:
     """CASE event_type WHEN ... THEN stage (identifiers from the vocabulary only)."""
-    from .query import sql_str
+    from .sql import sql_str
 
     whens = []
     for stage, evs in mapping.items():
@@ -1316,7 +1316,7 @@ def _snapshot_rows(
 
 
 def _snapshot_scan(files: Sequence[Path]) -> str:
-    from .query import sql_str
+    from .sql import sql_str
 
     return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], union_by_name=true, hive_partitioning=false)"
 

@@ -672,7 +672,7 @@ class ArtifactReader:
             return self._open()
         new = sorted(current - self._files - self._seen.keys())
         if new:
-            from .query import sql_str
+            from .sql import sql_str
 
             good, bad = store.vet_parquet(new)
             for path, _ in bad:
