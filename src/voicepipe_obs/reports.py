@@ -5,9 +5,11 @@ JSON-able values (times are aware UTC datetimes). :mod:`voicepipe_obs.render`
 turns them into text; notebooks can call them directly.
 
 Every function takes ``now`` (a frozen clock in tests) and reads only the event
-files its time window needs (partition pruning), through its own DuckDB connection
-with the same ``events`` (deduplicated by event_id) and ``artifacts`` definitions as
-:func:`voicepipe_obs.query.connect`. Filter values are bound parameters; sort keys
+files its time window needs (partition pruning; what only the whole history decides
+— artifacts stuck in flight for days, an artifact's earliest receipt — comes from the
+artifact index, :mod:`voicepipe_obs.artifact_index`), through its own DuckDB
+connection with the same ``events`` (deduplicated by event_id) and ``artifacts``
+definitions as :func:`voicepipe_obs.query.connect`. Filter values are bound parameters; sort keys
 and other identifiers come from allow-lists. Read-only: never writes under the root.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -619,6 +621,73 @@ def _retry_note(command: RetryCommand, options: bool) -> str | None:
     return APP_NOTE if options and command.needs_app else None
 
 
+# ------------------------------------------------ state over the whole retention
+
+#: What the dashboard's queues read of an open artifact (besides its status).
+_QUEUE_FOLD: Final = ("current_stage",)
+#: ... and what the pipeline report's "at this stage now" reads (time in stage, who, where).
+_AT_STAGE_FOLD: Final = (
+    "current_stage",
+    "current_stage_at",
+    "organization_id",
+    "coach_user_id",
+    "source_channel",
+)
+
+
+def _over_retention(con: duckdb.DuckDBPyConnection, root: Path, read: Callable[[list[Path]], object]) -> None:
+    """``read(files)`` over every event file of the store (within retention), listed
+    again when compaction replaced one meanwhile (query.retry_vanished, as
+    :func:`_connect` does)."""
+    from .query import retry_vanished, vetted_files
+
+    retry_vanished(lambda attempt: read(vetted_files(root)), what="report")
+
+
+def _open_artifacts(
+    con: duckdb.DuckDBPyConnection, root: Path, *, now: dt.datetime, fold: Sequence[str]
+) -> str:
+    """Temp table ``_vp_open`` on ``con``: the ``artifacts`` rows (status,
+    received_at and the fold's columns ``fold``; the others NULL) of every artifact
+    whose status is neither completed nor failed and that was received by ``now``,
+    however long ago it stalled — what alerts.py's queue_depth and stuck rules count.
+    From the artifact index where it is current (:mod:`voicepipe_obs.artifact_index`:
+    hours it does not cover are read from their events)."""
+    from . import artifact_index
+
+    _over_retention(
+        con, root, lambda files: artifact_index.open_artifacts_table(con, root, files, "_vp_open_all", fold)
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _vp_open AS SELECT * FROM _vp_open_all WHERE received_at <= $now",
+        {"now": now},
+    )
+    con.execute("DROP TABLE _vp_open_all")
+    return "_vp_open"
+
+
+def _earliest_receipts(con: duckdb.DuckDBPyConnection, root: Path, of: str) -> str:
+    """Temp table ``_vp_receipts`` (artifact_id, received_at) on ``con``: the
+    earliest ``artifact_received`` of each artifact of ``of`` (a table with an
+    artifact_id column), wherever it is in the store; artifacts without one are left
+    out. The index's partial rows carry each hour's earliest receipt per artifact."""
+    from . import artifact_index
+
+    _over_retention(
+        con,
+        root,
+        lambda files: artifact_index.partials(con, root, files, "_vp_receipt_parts", ("received_at",)),
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _vp_receipts AS
+        SELECT artifact_id, min(received_at) AS received_at
+        FROM _vp_receipt_parts SEMI JOIN (SELECT artifact_id FROM {of}) USING (artifact_id)
+        WHERE received_at IS NOT NULL GROUP BY artifact_id"""
+    )
+    con.execute("DROP TABLE _vp_receipt_parts")
+    return "_vp_receipts"
+
+
 # ------------------------------------------------------------------ dashboard
 
 
@@ -632,9 +701,14 @@ def dashboard(
 ) -> dict[str, Any]:
     """Status cards, the per-stage flow graph, active alerts and the latest events.
 
-    "Today" is the calendar day in ``tz`` (None = local time); artifacts count as
-    active when their latest event since the start of yesterday leaves them neither
-    completed nor failed.
+    "Today" is the calendar day in ``tz`` (None = local time). The cards count
+    artifacts, not events: an artifact finished in a period counts once, by its
+    latest outcome in it (one that failed, was retried and completed is completed;
+    one that failed four times is one failure). The end-to-end latency of today's
+    completions runs from each artifact's earliest receipt, wherever that was.
+    Active artifacts and the per-stage queues are every artifact whose status is
+    neither completed nor failed, however long ago it stalled (:func:`_open_artifacts`,
+    what alerts.py's queue_depth and stuck rules count).
     """
     th = thresholds or Thresholds()
     now = aware(now)
@@ -644,53 +718,63 @@ def dashboard(
     window = min(yesterday, day_ago)
     require_events(root)
     con = _connect(_files(root, window, None), since=window, columns=_STATUS_COLUMNS)
-    p = {
-        "now": now,
-        "today": today,
-        "yday": yesterday,
-        "yday_now": now - DAY,
-        "day_ago": day_ago,
-        "hour_ago": now - HOUR,
-    }
+    # each artifact finished in a period, by its latest outcome there (an outcome
+    # without an artifact_id counts as an artifact of its own)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _vp_outcomes AS
+        WITH o AS (
+          SELECT 'today' AS period, coalesce(artifact_id, event_id) AS aid, artifact_id, event_type, timestamp
+          FROM events WHERE event_type IN ('artifact_completed', 'artifact_failed')
+            AND timestamp >= $today AND timestamp <= $now
+          UNION ALL
+          SELECT 'yesterday', coalesce(artifact_id, event_id), artifact_id, event_type, timestamp
+          FROM events WHERE event_type IN ('artifact_completed', 'artifact_failed')
+            AND timestamp >= $yday AND timestamp < $yday_now)
+        SELECT period, aid, any_value(artifact_id) AS artifact_id,
+               arg_max(event_type, timestamp) AS outcome, max(timestamp) AS outcome_at
+        FROM o GROUP BY period, aid
+        """,
+        {"today": today, "now": now, "yday": yesterday, "yday_now": now - DAY},
+    )
     c = _one(
         con,
         """
         SELECT
-          count(*) FILTER (WHERE event_type = 'artifact_completed' AND timestamp >= $today) AS completed_today,
-          count(*) FILTER (WHERE event_type = 'artifact_completed' AND timestamp >= $yday
-                           AND timestamp < $yday_now) AS completed_yesterday,
-          count(*) FILTER (WHERE event_type = 'artifact_failed' AND timestamp >= $today) AS failed_today,
-          sum(ai_cost) FILTER (WHERE timestamp >= $today) AS cost_today,
-          arg_max(event_type, timestamp) FILTER (
-            WHERE event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed')) AS breaker_event,
-          max(timestamp) FILTER (
-            WHERE event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed')) AS breaker_at
-        FROM events WHERE timestamp <= $now
-        """,
-        {k: p[k] for k in ("now", "today", "yday", "yday_now")},
-    )
-    lat = _one(
-        con,
-        """
-        WITH rec AS (SELECT artifact_id, min(timestamp) AS received_at FROM events
-                     WHERE event_type = 'artifact_received' GROUP BY artifact_id)
-        SELECT avg(epoch_us(e.timestamp) - epoch_us(r.received_at)) / 1000.0 AS ms, count(*) AS n
-        FROM events e JOIN rec r USING (artifact_id)
-        WHERE e.event_type = 'artifact_completed' AND e.timestamp >= $today AND e.timestamp <= $now
+          count(*) FILTER (WHERE period = 'today' AND outcome = 'artifact_completed') AS completed_today,
+          count(*) FILTER (WHERE period = 'yesterday' AND outcome = 'artifact_completed') AS completed_yesterday,
+          count(*) FILTER (WHERE period = 'today' AND outcome = 'artifact_failed') AS failed_today,
+          (SELECT sum(ai_cost) FROM events WHERE timestamp >= $today AND timestamp <= $now) AS cost_today,
+          (SELECT arg_max(event_type, timestamp) FROM events WHERE timestamp <= $now
+             AND event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed')) AS breaker_event,
+          (SELECT max(timestamp) FROM events WHERE timestamp <= $now
+             AND event_type IN ('circuit_breaker_opened', 'circuit_breaker_closed')) AS breaker_at
+        FROM _vp_outcomes
         """,
         {"today": today, "now": now},
     )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _vp_completed_today AS SELECT artifact_id, outcome_at FROM _vp_outcomes "
+        "WHERE period = 'today' AND outcome = 'artifact_completed' AND artifact_id IS NOT NULL"
+    )
+    receipts = _earliest_receipts(con, root, "_vp_completed_today")
+    lat = _one(
+        con,
+        f"""
+        SELECT avg(epoch_us(o.outcome_at) - epoch_us(r.received_at)) / 1000.0 AS ms, count(*) AS n
+        FROM _vp_completed_today o JOIN {receipts} r USING (artifact_id)
+        """,
+    )
+    open_table = _open_artifacts(con, root, now=now, fold=_QUEUE_FOLD)
     queues = {
         r["stage"]: r["n"]
         for r in _dicts(
             con,
-            """
+            f"""
             SELECT CASE WHEN status = 'received' THEN 'ingestion' ELSE coalesce(current_stage, 'ingestion') END
                    AS stage, count(*) AS n
-            FROM artifacts WHERE status NOT IN ('completed', 'failed') AND received_at <= $now
-            GROUP BY ALL
+            FROM {open_table} GROUP BY ALL
             """,
-            {"now": now},
         )
     }
     stage_rows = {
@@ -793,11 +877,12 @@ def pipeline(
     thresholds: Thresholds | None = None,
     retry_command: RetryCommand | None = None,
 ) -> dict[str, Any]:
-    """Per stage: artifacts at it now (time in stage, coach, org, channel), hourly
-    latency over the last 24 hours, error breakdown by error_code, and the retry
-    queue (artifacts that failed at it) with the commands that retry them (spelt
-    by ``retry_command``; default :meth:`RetryCommand.for_root`). ``since`` bounds
-    the window (default 24h)."""
+    """Per stage: artifacts at it now (time in stage, coach, org, channel: every
+    artifact in flight there, however long ago it got stuck — :func:`_open_artifacts`),
+    hourly latency over the last 24 hours, error breakdown by error_code, and the
+    retry queue (artifacts that failed at it) with the commands that retry them
+    (spelt by ``retry_command``; default :meth:`RetryCommand.for_root`). ``since``
+    bounds the window of the figures, errors and retry queue (default 24h)."""
     th = thresholds or Thresholds()
     cmd = retry_command or RetryCommand.for_root(root)
     check_choice("stage", stage, TIMED_STAGES)
@@ -805,6 +890,7 @@ def pipeline(
     since = aware(since) if since is not None else now - DAY
     chart_start = _floor(now, HOUR) - 23 * HOUR
     con = _open(root, min(since, chart_start))
+    open_table = _open_artifacts(con, root, now=now, fold=_AT_STAGE_FOLD)
     stages = [stage] if stage else list(TIMED_STAGES)
     out = []
     queues: list[dict[str, Any]] = []  # every stage's retry queue
@@ -813,12 +899,11 @@ def pipeline(
         fail = STAGE_FAILURE_EVENTS[st]
         at_stage = _dicts(
             con,
-            """
+            f"""
             SELECT artifact_id, status, coach_user_id, organization_id, source_channel,
                    current_stage_at AS entered_at,
                    (epoch_us($now) - epoch_us(current_stage_at)) / 1000.0 AS elapsed_ms
-            FROM artifacts
-            WHERE status NOT IN ('completed', 'failed') AND current_stage = $stage AND received_at <= $now
+            FROM {open_table} WHERE current_stage = $stage
             ORDER BY current_stage_at, artifact_id
             """,
             {"now": now, "stage": st},
