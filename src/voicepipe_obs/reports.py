@@ -853,7 +853,8 @@ def dashboard(
         "ai_service_changed_at": breaker_at,
         "cost_today": c.get("cost_today") or 0.0,
     }
-    recent_rows = events(root, now=now, limit=recent)["rows"]
+    # only the rows: counting every matching event (the total) read the whole store
+    recent_rows = events(root, now=now, limit=recent, count=False)["rows"]
     return {
         "generated_at": now,
         "window_start": window,
