@@ -242,6 +242,26 @@ def test_stuck_artifacts_from_the_index_and_from_newer_files(stuck: Path) -> Non
     assert [f.value for f in ev.findings] == [2]  # retrying-1 and stuck-2
 
 
+@pytest.mark.parametrize("indexed", [False, True])
+def test_open_artifacts_table_keeps_the_partial_rows_it_read(stuck: Path, indexed: bool) -> None:
+    """keep_partials (the dashboard's receipts and open artifacts from one read): the
+    kept table is every artifact's partial rows, as partials() gives them, and the
+    open artifacts are the same as without it."""
+    import duckdb
+
+    if indexed:
+        aggregate.aggregate(stuck, now=NOW)
+    files = vetted_files(stuck)
+    con = duckdb.connect()
+    artifact_index.open_artifacts_table(con, stuck, files, "plain")
+    artifact_index.open_artifacts_table(con, stuck, files, "kept_open", keep_partials="kept")
+    artifact_index.partials(con, stuck, files, "want", artifact_index.STATUS_FOLD)
+    for a, b in (("kept", "want"), ("want", "kept"), ("plain", "kept_open"), ("kept_open", "plain")):
+        assert con.execute(f"SELECT count(*) FROM (FROM {a} EXCEPT ALL FROM {b})").fetchone() == (0,)
+    assert con.execute("SELECT count(DISTINCT artifact_id) FROM kept").fetchone() == (7,)
+    assert {r[0] for r in con.execute("SELECT artifact_id FROM kept_open").fetchall()} == set(IN_FLIGHT)
+
+
 def test_the_dashboard_does_not_count_the_whole_event_log(stuck: Path, monkeypatch: Any) -> None:
     """The latest events are the first page of the log; the dashboard shows no total,
     so it does not count every event (a pass over every event file: ~5 s of its

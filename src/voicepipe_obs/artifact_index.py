@@ -540,23 +540,31 @@ def open_artifacts_table(
     files: Sequence[Path],
     into: str,
     fold: Sequence[str] = STATUS_FOLD,
+    *,
+    keep_partials: str | None = None,
 ) -> int:
     """Temp table ``into``: the ``artifacts`` rows (as :func:`artifacts_table`, with
     the fold's columns ``fold`` plus :data:`STATUS_FOLD`) of the artifacts whose
     status is neither completed nor failed — queue depth, stuck artifacts, the
     dashboard's active artifacts. Returns how many hours were computed from events.
+    With ``keep_partials`` the partial rows read (:func:`partials`, of every
+    artifact) are kept as that temp table, for a caller that needs more of them
+    than the open artifacts (without reading the index, or the events of the hours
+    it does not cover, twice).
 
     Only candidates are combined: an artifact is in flight only if it has no outcome
     or a retry after its latest one, so one of its partial rows, taken alone, has no
     outcome or a retry after its own: the artifacts with such a row are a superset
     (in flight, plus those whose outcome came in a later hour)."""
     names = sorted(set(fold) | set(STATUS_FOLD))
-    computed = partials(con, root, files, "_vp_ix_partials", names)
+    parts = keep_partials or "_vp_ix_partials"
+    computed = partials(con, root, files, parts, names)
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE _vp_ix_candidates AS SELECT p.* FROM _vp_ix_partials p SEMI JOIN "
-        f"(SELECT artifact_id FROM _vp_ix_partials WHERE NOT ({_SETTLED})) USING (artifact_id)"
+        f"CREATE OR REPLACE TEMP TABLE _vp_ix_candidates AS SELECT p.* FROM {parts} p SEMI JOIN "
+        f"(SELECT artifact_id FROM {parts} WHERE NOT ({_SETTLED})) USING (artifact_id)"
     )
-    con.execute("DROP TABLE _vp_ix_partials")
+    if keep_partials is None:
+        con.execute("DROP TABLE _vp_ix_partials")
     combine(con, "_vp_ix_candidates", "_vp_ix_per", names)
     con.execute("DROP TABLE _vp_ix_candidates")
     per = ", ".join(c.name if c.name in names else f"NULL::{c.kind} AS {c.name}" for c in _COLUMNS)

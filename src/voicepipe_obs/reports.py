@@ -645,18 +645,28 @@ def _over_retention(con: duckdb.DuckDBPyConnection, root: Path, read: Callable[[
 
 
 def _open_artifacts(
-    con: duckdb.DuckDBPyConnection, root: Path, *, now: dt.datetime, fold: Sequence[str]
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    *,
+    now: dt.datetime,
+    fold: Sequence[str],
+    keep_partials: str | None = None,
 ) -> str:
     """Temp table ``_vp_open`` on ``con``: the ``artifacts`` rows (status,
     received_at and the fold's columns ``fold``; the others NULL) of every artifact
     whose status is neither completed nor failed and that was received by ``now``,
     however long ago it stalled — what alerts.py's queue_depth and stuck rules count.
     From the artifact index where it is current (:mod:`voicepipe_obs.artifact_index`:
-    hours it does not cover are read from their events)."""
+    hours it does not cover are read from their events). ``keep_partials``: keep
+    every artifact's partial rows as that temp table (see :func:`_earliest_receipts`)."""
     from . import artifact_index
 
     _over_retention(
-        con, root, lambda files: artifact_index.open_artifacts_table(con, root, files, "_vp_open_all", fold)
+        con,
+        root,
+        lambda files: artifact_index.open_artifacts_table(
+            con, root, files, "_vp_open_all", fold, keep_partials=keep_partials
+        ),
     )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _vp_open AS SELECT * FROM _vp_open_all WHERE received_at <= $now",
@@ -666,25 +676,19 @@ def _open_artifacts(
     return "_vp_open"
 
 
-def _earliest_receipts(con: duckdb.DuckDBPyConnection, root: Path, of: str) -> str:
+def _earliest_receipts(con: duckdb.DuckDBPyConnection, partials: str, of: str) -> str:
     """Temp table ``_vp_receipts`` (artifact_id, received_at) on ``con``: the
     earliest ``artifact_received`` of each artifact of ``of`` (a table with an
     artifact_id column), wherever it is in the store; artifacts without one are left
-    out. The index's partial rows carry each hour's earliest receipt per artifact."""
-    from . import artifact_index
-
-    _over_retention(
-        con,
-        root,
-        lambda files: artifact_index.partials(con, root, files, "_vp_receipt_parts", ("received_at",)),
-    )
+    out. ``partials``: every artifact's partial rows of the artifact index over every
+    event file, with ``received_at`` (each hour's earliest receipt; kept by
+    :func:`_open_artifacts`)."""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _vp_receipts AS
         SELECT artifact_id, min(received_at) AS received_at
-        FROM _vp_receipt_parts SEMI JOIN (SELECT artifact_id FROM {of}) USING (artifact_id)
+        FROM {partials} SEMI JOIN (SELECT artifact_id FROM {of}) USING (artifact_id)
         WHERE received_at IS NOT NULL GROUP BY artifact_id"""
     )
-    con.execute("DROP TABLE _vp_receipt_parts")
     return "_vp_receipts"
 
 
@@ -757,7 +761,10 @@ def dashboard(
         "CREATE OR REPLACE TEMP TABLE _vp_completed_today AS SELECT artifact_id, outcome_at FROM _vp_outcomes "
         "WHERE period = 'today' AND outcome = 'artifact_completed' AND artifact_id IS NOT NULL"
     )
-    receipts = _earliest_receipts(con, root, "_vp_completed_today")
+    # one read of the index (or of the events of hours it does not cover) for both
+    open_table = _open_artifacts(con, root, now=now, fold=_QUEUE_FOLD, keep_partials="_vp_parts")
+    receipts = _earliest_receipts(con, "_vp_parts", "_vp_completed_today")
+    con.execute("DROP TABLE _vp_parts")
     lat = _one(
         con,
         f"""
@@ -765,7 +772,6 @@ def dashboard(
         FROM _vp_completed_today o JOIN {receipts} r USING (artifact_id)
         """,
     )
-    open_table = _open_artifacts(con, root, now=now, fold=_QUEUE_FOLD)
     queues = {
         r["stage"]: r["n"]
         for r in _dicts(
