@@ -245,21 +245,29 @@ def test_stuck_artifacts_from_the_index_and_from_newer_files(stuck: Path) -> Non
 @pytest.mark.parametrize("indexed", [False, True])
 def test_open_artifacts_table_keeps_the_partial_rows_it_read(stuck: Path, indexed: bool) -> None:
     """keep_partials (the dashboard's receipts and open artifacts from one read): the
-    kept table is every artifact's partial rows, as partials() gives them, and the
-    open artifacts are the same as without it."""
+    kept table is the partial rows, as partials() gives them, of the candidates and
+    of the artifacts ``include`` names; the open artifacts are the same as without it."""
     import duckdb
 
     if indexed:
         aggregate.aggregate(stuck, now=NOW)
     files = vetted_files(stuck)
     con = duckdb.connect()
-    artifact_index.open_artifacts_table(con, stuck, files, "plain")
-    artifact_index.open_artifacts_table(con, stuck, files, "kept_open", keep_partials="kept")
     artifact_index.partials(con, stuck, files, "want", artifact_index.STATUS_FOLD)
-    for a, b in (("kept", "want"), ("want", "kept"), ("plain", "kept_open"), ("kept_open", "plain")):
+    con.execute("CREATE TABLE every AS SELECT DISTINCT artifact_id FROM want")
+    artifact_index.open_artifacts_table(con, stuck, files, "plain")
+    artifact_index.open_artifacts_table(con, stuck, files, "kept_open", keep_partials="kept", include="every")
+    artifact_index.open_artifacts_table(con, stuck, files, "cand_open", keep_partials="cand")
+    con.execute(
+        "CREATE TABLE want_cand AS SELECT * FROM want WHERE artifact_id IN "
+        f"(SELECT artifact_id FROM want WHERE NOT ({artifact_index._SETTLED}))"
+    )
+    pairs = [("kept", "want"), ("plain", "kept_open"), ("plain", "cand_open"), ("cand", "want_cand")]
+    for a, b in pairs + [(b, a) for a, b in pairs]:
         assert con.execute(f"SELECT count(*) FROM (FROM {a} EXCEPT ALL FROM {b})").fetchone() == (0,)
     assert con.execute("SELECT count(DISTINCT artifact_id) FROM kept").fetchone() == (7,)
     assert {r[0] for r in con.execute("SELECT artifact_id FROM kept_open").fetchall()} == set(IN_FLIGHT)
+    assert con.execute("SELECT count(DISTINCT artifact_id) FROM cand").fetchone()[0] < 7  # type: ignore[index]
 
 
 def test_the_dashboard_does_not_count_the_whole_event_log(stuck: Path, monkeypatch: Any) -> None:

@@ -44,7 +44,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -440,6 +440,70 @@ def _load_events(con: duckdb.DuckDBPyConnection, hours: dict[int, list[Path]], c
 # ------------------------------------------------------------------ reading
 
 
+@dataclass
+class _Coverage:
+    """Which hours of a file listing the index answers: its files with their hours,
+    and the event files of the other hours (read from the events)."""
+
+    index: dict[Path, list[int]]
+    events: list[Path]
+    computed: int  # hours read from their events
+
+
+def _coverage(root: Path, files: Sequence[Path]) -> _Coverage:
+    manifest = Manifest.load(root)
+    hours = by_hour(files)
+    base = index_dir(root)
+    present = _sound(base, manifest.live_files())
+    index: dict[Path, list[int]] = {}
+    done: set[int] = set()
+    for hour, paths in hours.items():
+        home = manifest.homes.get(hour)
+        if (home is None or home in present) and manifest.hours.get(hour) == sorted(p.name for p in paths):
+            done.add(hour)
+            if home is not None:  # None: indexed, no artifact events
+                index.setdefault(base / home, []).append(hour)
+    events = [p for hour, paths in sorted(hours.items()) if hour not in done for p in paths]
+    return _Coverage({f: sorted(hs) for f, hs in sorted(index.items())}, events, len(hours) - len(done))
+
+
+def _index_sql(con: duckdb.DuckDBPyConnection, cov: _Coverage, cols: str, where: str = "true") -> str | None:
+    """The index rows of the covered hours (``cols``, rows where ``where``), or None.
+    One scan of the index files, kept to each file's covered hours by a semi join
+    on (filename, hour) (temp table ``_vp_ix_cov``, made here): measured ~2.5×
+    cheaper than a filtered scan per file."""
+    if not cov.index:
+        return None
+    names = [str(path) for path, hs in cov.index.items() for _ in hs]
+    hours = [h for hs in cov.index.values() for h in hs]
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _vp_ix_cov AS SELECT unnest([{', '.join(map(sql_str, names))}]) AS filename, "
+        f"unnest([{', '.join(map(str, hours))}]::BIGINT[]) AS hour"
+    )
+    listed = ", ".join(sql_str(str(p)) for p in cov.index)
+    return (
+        f"SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = false, filename = true) "
+        f"SEMI JOIN _vp_ix_cov USING (filename, hour) WHERE {where}"
+    )
+
+
+def _read_or_events(
+    con: duckdb.DuckDBPyConnection, cov: _Coverage, read: Callable[[_Coverage], None], every: Sequence[Path]
+) -> int:
+    """``read(cov)``; when an index file cannot be read after all (sound-looking but
+    not index rows), ``read`` again with every hour from the events. Returns how
+    many hours were computed from events."""
+    try:
+        read(cov)
+    except duckdb.Error as exc:
+        if not cov.index:
+            raise
+        log.warning("artifact index unreadable (%s): reading the events instead", str(exc).splitlines()[0])
+        cov = _Coverage({}, list(every), len(by_hour(every)))
+        read(cov)
+    return cov.computed
+
+
 def partials(
     con: duckdb.DuckDBPyConnection,
     root: Path,
@@ -453,41 +517,17 @@ def partials(
     for each hour whose partition holds exactly the files they came from, and rows
     computed now from the events of the other hours. Returns how many hours were
     computed now."""
-    manifest = Manifest.load(root)
-    hours = by_hour(files)
-    base = index_dir(root)
-    present = _sound(base, manifest.live_files())
-    covered: dict[str | None, list[int]] = {}  # index file (None: no rows) → its current hours
-    for hour, paths in hours.items():
-        home = manifest.homes.get(hour)
-        if (home is None or home in present) and manifest.hours.get(hour) == sorted(p.name for p in paths):
-            covered.setdefault(home, []).append(hour)
     cols = ", ".join(("hour", "artifact_id", *partial_columns(names)))
-    parts = [
-        f"SELECT {cols} FROM {_files_sql([base / name])} WHERE hour IN ({', '.join(map(str, sorted(hs)))})"
-        for name, hs in sorted(covered.items(), key=lambda kv: str(kv[0]))
-        if name is not None
-    ]
-    done = {h for hs in covered.values() for h in hs}
-    live = [p for hour, paths in sorted(hours.items()) if hour not in done for p in paths]
-    if live:
-        parts.append(partial_sql(_events_sql(live, names), hour="_hour", names=names))
-    if not parts:
-        parts.append(f"SELECT {cols} FROM ({_empty_partials_sql(names)})")
-    try:
+
+    def read(cov: _Coverage) -> None:
+        parts = [sql for sql in (_index_sql(con, cov, cols),) if sql is not None]
+        if cov.events:
+            parts.append(partial_sql(_events_sql(cov.events, names), hour="_hour", names=names))
+        if not parts:
+            parts.append(f"SELECT {cols} FROM ({_empty_partials_sql(names)})")
         con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {' UNION ALL '.join(parts)}")
-    except duckdb.Error as exc:
-        if not any(name is not None for name in covered):
-            raise
-        # a damaged index file: the events themselves are the truth
-        log.warning("artifact index unreadable (%s): reading the events instead", str(exc).splitlines()[0])
-        every = [p for paths in hours.values() for p in paths]
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {into} AS "
-            f"{partial_sql(_events_sql(every, names), hour='_hour', names=names)}"
-        )
-        return len(hours)
-    return len(hours) - len(done)
+
+    return _read_or_events(con, _coverage(root, files), read, files)
 
 
 def _empty_partials_sql(names: Sequence[str] | None = None) -> str:
@@ -542,31 +582,77 @@ def open_artifacts_table(
     fold: Sequence[str] = STATUS_FOLD,
     *,
     keep_partials: str | None = None,
+    include: str | None = None,
 ) -> int:
     """Temp table ``into``: the ``artifacts`` rows (as :func:`artifacts_table`, with
     the fold's columns ``fold`` plus :data:`STATUS_FOLD`) of the artifacts whose
     status is neither completed nor failed — queue depth, stuck artifacts, the
     dashboard's active artifacts. Returns how many hours were computed from events.
-    With ``keep_partials`` the partial rows read (:func:`partials`, of every
-    artifact) are kept as that temp table, for a caller that needs more of them
-    than the open artifacts (without reading the index, or the events of the hours
-    it does not cover, twice).
+    With ``keep_partials`` the partial rows read are kept as that temp table: the
+    candidates' (below) and those of the artifacts of ``include`` (a table with an
+    artifact_id column), for a caller that needs more of those artifacts
+    (without reading the index twice).
 
-    Only candidates are combined: an artifact is in flight only if it has no outcome
-    or a retry after its latest one, so one of its partial rows, taken alone, has no
-    outcome or a retry after its own: the artifacts with such a row are a superset
-    (in flight, plus those whose outcome came in a later hour)."""
+    Only candidates are read in full and combined: an artifact is in flight only if
+    it has no outcome or a retry after its latest one, so one of its partial rows,
+    taken alone, has no outcome or a retry after its own. The artifacts with such a
+    row (a superset: in flight, plus those whose outcome came in a later hour) are
+    found from three timestamp columns of the index first; then only their rows are
+    read with every column asked for (measured on 10 million events: ~0.5 s instead
+    of ~2.5 s for reading and filtering every row)."""
     names = sorted(set(fold) | set(STATUS_FOLD))
-    parts = keep_partials or "_vp_ix_partials"
-    computed = partials(con, root, files, parts, names)
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _vp_ix_candidates AS SELECT p.* FROM {parts} p SEMI JOIN "
-        f"(SELECT artifact_id FROM {parts} WHERE NOT ({_SETTLED})) USING (artifact_id)"
-    )
+    cols = ", ".join(("hour", "artifact_id", *partial_columns(names)))
+    parts = keep_partials or "_vp_ix_candidates"
+    extra = f" UNION SELECT artifact_id FROM {include}" if include is not None else ""
+
+    def read(cov: _Coverage) -> None:
+        if cov.events:  # hours the index does not cover: their partial rows, in full
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE _vp_ix_live AS "
+                f"{partial_sql(_events_sql(cov.events, names), hour='_hour', names=names)}"
+            )
+        live = "SELECT * FROM _vp_ix_live" if cov.events else None
+        open_rows = [
+            sql
+            for sql in (
+                _index_sql(con, cov, "artifact_id", f"NOT ({_SETTLED})"),
+                live and f"{live} WHERE NOT ({_SETTLED})",
+            )
+            if sql is not None
+        ]
+        ids = (
+            " UNION ".join(f"SELECT artifact_id FROM ({sql})" for sql in open_rows)
+            or "SELECT NULL AS artifact_id LIMIT 0"
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ix_ids AS {ids}{extra}")
+        chosen = "artifact_id IN (SELECT artifact_id FROM _vp_ix_ids)"
+        rows = [
+            sql
+            for sql in (
+                _index_sql(con, cov, cols, chosen),
+                live and f"SELECT {cols} FROM _vp_ix_live WHERE {chosen}",
+            )
+            if sql
+        ]
+        if not rows:
+            rows.append(f"SELECT {cols} FROM ({_empty_partials_sql(names)})")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {parts} AS {' UNION ALL '.join(rows)}")
+        con.execute("DROP TABLE IF EXISTS _vp_ix_live")
+        con.execute("DROP TABLE _vp_ix_ids")
+
+    computed = _read_or_events(con, _coverage(root, files), read, files)
+    candidates = parts
+    if include is not None:  # the included artifacts are no candidates of their own
+        candidates = "_vp_ix_cand"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _vp_ix_cand AS SELECT p.* FROM {parts} p SEMI JOIN "
+            f"(SELECT artifact_id FROM {parts} WHERE NOT ({_SETTLED})) USING (artifact_id)"
+        )
+    combine(con, candidates, "_vp_ix_per", names)
+    if include is not None:
+        con.execute("DROP TABLE _vp_ix_cand")
     if keep_partials is None:
-        con.execute("DROP TABLE _vp_ix_partials")
-    combine(con, "_vp_ix_candidates", "_vp_ix_per", names)
-    con.execute("DROP TABLE _vp_ix_candidates")
+        con.execute(f"DROP TABLE {parts}")
     per = ", ".join(c.name if c.name in names else f"NULL::{c.kind} AS {c.name}" for c in _COLUMNS)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT * FROM "

@@ -651,21 +651,23 @@ def _open_artifacts(
     now: dt.datetime,
     fold: Sequence[str],
     keep_partials: str | None = None,
+    include: str | None = None,
 ) -> str:
     """Temp table ``_vp_open`` on ``con``: the ``artifacts`` rows (status,
     received_at and the fold's columns ``fold``; the others NULL) of every artifact
     whose status is neither completed nor failed and that was received by ``now``,
     however long ago it stalled — what alerts.py's queue_depth and stuck rules count.
     From the artifact index where it is current (:mod:`voicepipe_obs.artifact_index`:
-    hours it does not cover are read from their events). ``keep_partials``: keep
-    every artifact's partial rows as that temp table (see :func:`_earliest_receipts`)."""
+    hours it does not cover are read from their events). ``keep_partials``: keep the
+    partial rows read as that temp table — the open artifacts' and those of
+    ``include`` (a table with an artifact_id column; see :func:`_earliest_receipts`)."""
     from . import artifact_index
 
     _over_retention(
         con,
         root,
         lambda files: artifact_index.open_artifacts_table(
-            con, root, files, "_vp_open_all", fold, keep_partials=keep_partials
+            con, root, files, "_vp_open_all", fold, keep_partials=keep_partials, include=include
         ),
     )
     con.execute(
@@ -680,9 +682,9 @@ def _earliest_receipts(con: duckdb.DuckDBPyConnection, partials: str, of: str) -
     """Temp table ``_vp_receipts`` (artifact_id, received_at) on ``con``: the
     earliest ``artifact_received`` of each artifact of ``of`` (a table with an
     artifact_id column), wherever it is in the store; artifacts without one are left
-    out. ``partials``: every artifact's partial rows of the artifact index over every
-    event file, with ``received_at`` (each hour's earliest receipt; kept by
-    :func:`_open_artifacts`)."""
+    out. ``partials``: partial rows of the artifact index over every event file, with
+    ``received_at`` (each hour's earliest receipt), of at least the artifacts of
+    ``of`` (kept by :func:`_open_artifacts` with ``include=of``)."""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _vp_receipts AS
         SELECT artifact_id, min(received_at) AS received_at
@@ -762,7 +764,9 @@ def dashboard(
         "WHERE period = 'today' AND outcome = 'artifact_completed' AND artifact_id IS NOT NULL"
     )
     # one read of the index (or of the events of hours it does not cover) for both
-    open_table = _open_artifacts(con, root, now=now, fold=_QUEUE_FOLD, keep_partials="_vp_parts")
+    open_table = _open_artifacts(
+        con, root, now=now, fold=_QUEUE_FOLD, keep_partials="_vp_parts", include="_vp_completed_today"
+    )
     receipts = _earliest_receipts(con, "_vp_parts", "_vp_completed_today")
     con.execute("DROP TABLE _vp_parts")
     lat = _one(
