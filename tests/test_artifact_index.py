@@ -388,3 +388,36 @@ def test_a_day_recomputed_hour_by_hour_is_merged_into_one_file(root: Path) -> No
     # each refresh adds a file for its hour, until the day has more than
     # MAX_DAY_FILES: then its rows are merged into one
     assert seen == [*range(2, ai.MAX_DAY_FILES + 1), 1, 2, 3, 4]
+
+
+def test_counting_the_event_log_reads_compacted_hours_from_their_footers(root: Path) -> None:
+    """reports.count_events (the event log's total) takes a whole compacted hour's
+    count from its footer; the total must equal a distinct count over the events,
+    with time bounds that cut hours and with filters."""
+    from voicepipe_obs import reports
+    from voicepipe_obs.reports import EventFilter
+
+    for hour in range(4):
+        _write(root, hour, f"h{hour}", [("artifact_received", f"a{hour}", m) for m in range(0, 60, 7)])
+    compact(root, now=BASE + dt.timedelta(hours=3), grace=dt.timedelta(0))  # hours 0-2
+    _write(root, 1, "again", [("artifact_received", "a1", m) for m in range(0, 60, 7)])  # duplicates
+    now = BASE + dt.timedelta(hours=3, minutes=30)  # inside the last hour
+
+    def distinct(f: EventFilter) -> int:
+        con = connect(root, live=False)
+        cond, params = f.sql()
+        return int(
+            con.execute(
+                f"SELECT count(DISTINCT event_id) FROM events_raw WHERE {cond} AND timestamp <= $now",
+                params | {"now": now},
+            ).fetchone()[0]  # type: ignore[index]
+        )
+
+    for f in (
+        EventFilter(),
+        EventFilter(since=BASE + dt.timedelta(minutes=20)),
+        EventFilter(until=BASE + dt.timedelta(hours=2, minutes=10)),
+        EventFilter(since=BASE + dt.timedelta(hours=1), until=BASE + dt.timedelta(hours=3)),
+        EventFilter(types=("artifact_received",), org="org"),
+    ):
+        assert reports.count_events(root, now=now, filters=f) == distinct(f), f
