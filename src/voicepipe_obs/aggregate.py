@@ -904,13 +904,29 @@ def _partition_hour(parent: str) -> int | None:
 
 
 def _compacted_sources(path: Path) -> list[str] | None:
-    """Relative names of the files a compacted file replaced (its Parquet metadata)."""
+    """Relative names of the files a compacted file replaced (its Parquet metadata).
+    Remembered per path for the process: a compacted file is written once under a
+    unique name, never rewritten (and a run asks twice: :func:`_settled`, then the
+    artifact index's refresh)."""
+    key = str(path)
+    if key not in _SOURCES:
+        _SOURCES[key] = _read_compacted_sources(path)
+        if len(_SOURCES) > 100_000:  # a long-lived process: forget the oldest
+            del _SOURCES[next(iter(_SOURCES))]
+    sources = _SOURCES[key]
+    return None if sources is None else list(sources)
+
+
+_SOURCES: dict[str, tuple[str, ...] | None] = {}
+
+
+def _read_compacted_sources(path: Path) -> tuple[str, ...] | None:
     import pyarrow.parquet as pq
 
     try:
         meta = pq.read_metadata(path).metadata or {}
         raw = meta.get(COMPACTED_FROM_KEY)
-        return list(json.loads(raw)) if raw else None
+        return tuple(json.loads(raw)) if raw else None
     except (OSError, ValueError):
         return None
 

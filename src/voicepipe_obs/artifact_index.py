@@ -60,7 +60,7 @@ log = logging.getLogger("voicepipe_obs.artifact_index")
 INDEX_DIR: Final = "artifacts"
 MANIFEST: Final = "index.json"
 VERSION: Final = 2
-#: a day file the manifest no longer names is deleted this long after it was replaced
+#: an index file no hour points to any more is deleted this long after it was replaced
 RETIRE_SECONDS: Final = 600
 #: hours computed by one query while refreshing (bounds memory)
 REFRESH_HOURS: Final = 48
