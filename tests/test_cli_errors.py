@@ -169,7 +169,7 @@ def failed_artifact(root: Path) -> str:
         ["aggregate", "--rebuild"],
         ["aggregate", "--since", "2d"],
         ["compact", "--grace", "0s"],
-        ["demo", "--reset", "--days", "1", "--artifacts-per-day", "5", "--live", "0"],
+        ["demo", "--reset", "--days", "1", "--artifacts-per-day", "40", "--live", "0"],
         ["retry", "FAILED", "--app", EXAMPLE],
     ],
     ids=" ".join,
@@ -248,7 +248,7 @@ def test_demo_reset_with_an_undeletable_partition_replaces_the_layout(runner: An
     try:
         with unwritable(stuck, recursive=False):
             result = invoke(
-                runner, data, "demo", "--reset", "--days", "1", "--artifacts-per-day", "5", "--live", "0"
+                runner, data, "demo", "--reset", "--days", "1", "--artifacts-per-day", "40", "--live", "0"
             )
             assert result.exit_code == 0, result.stderr
             (trash,) = data.glob(".voicepipe-trash-*")
@@ -271,7 +271,9 @@ def test_demo_reset_keeps_other_files_and_sweeps_old_trash(runner: Any, data: Pa
     (data / "voicepipe.toml").write_text("# mine\n")
     (data / ".voicepipe-trash-0ld").mkdir()
     ((data / ".voicepipe-trash-0ld") / "x").write_text("left by an interrupted reset")
-    result = invoke(runner, data, "demo", "--reset", "--days", "1", "--artifacts-per-day", "5", "--live", "0")
+    result = invoke(
+        runner, data, "demo", "--reset", "--days", "1", "--artifacts-per-day", "40", "--live", "0"
+    )
     assert result.exit_code == 0, result.stderr
     assert (data / "voicepipe.toml").read_text() == "# mine\n"
     assert not list(data.glob(".voicepipe-trash-*"))
@@ -350,8 +352,9 @@ def test_check_on_a_missing_root_could_not_evaluate(runner: Any, tmp_path: Path)
 
 
 def test_demo_still_creates_a_new_root(runner: Any, tmp_path: Path) -> None:
+    # 40 a weekday: a weekend day at 5 has ~2 artifacts, and some days none at all
     where = tmp_path / "new" / "root"
-    result = invoke(runner, where, "demo", "--days", "1", "--artifacts-per-day", "5", "--live", "0")
+    result = invoke(runner, where, "demo", "--days", "1", "--artifacts-per-day", "40", "--live", "0")
     assert result.exit_code == 0, result.stderr
     assert store.list_parquet(where)
 
