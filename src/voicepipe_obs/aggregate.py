@@ -56,7 +56,7 @@ from .events import (
     STAGE_STARTED_EVENTS,
     TIMED_STAGES,
 )
-from .maintenance import COMPACTED_FROM_KEY, COMPACTED_PREFIX
+from .maintenance import COMPACTED_FROM_KEY, COMPACTED_PREFIX, compacted_alone
 from .query import (
     area_source,
     drop_duplicates,
@@ -500,7 +500,7 @@ def _load_snapshot_events(
     clean: list[str] = []
     mixed: list[str] = []
     for group in per_hour.values():
-        if len(group) == 1 and group[0].name.startswith(COMPACTED_PREFIX):
+        if compacted_alone([g.file for g in group]):
             clean.append(group[0].file)
         else:
             mixed.extend(f.file for f in group)
@@ -1582,7 +1582,7 @@ def _load_latency_events(
     clean: list[Path] = []
     mixed: list[Path] = []
     for group in per_hour.values():
-        if len(group) == 1 and group[0].name.startswith(COMPACTED_PREFIX):
+        if compacted_alone(group):
             clean.append(group[0])
         else:
             mixed.extend(group)

@@ -422,17 +422,18 @@ def _events_sql(files: Sequence[Path], names: Sequence[str] | None = None, *, de
     )
 
 
-def _load_events(con: duckdb.DuckDBPyConnection, hours: dict[int, list[Path]], compacted_prefix: str) -> None:
+def _load_events(con: duckdb.DuckDBPyConnection, hours: dict[int, list[Path]]) -> None:
     """Temp table _vp_ix_ev: the deduplicated events of these hours' files (as
     :func:`_events_sql`). An hour that is one compacted file holds no duplicates
     (compaction drops them); the others are checked after loading
     (:func:`~voicepipe_obs.query.drop_duplicates`: measured ~3× cheaper than
     DISTINCT ON while loading)."""
+    from .maintenance import compacted_alone
     from .query import drop_duplicates
 
     paths = [p for ps in hours.values() for p in ps]
     con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ix_ev AS SELECT * FROM {_events_sql(paths, dedup=False)}")
-    mixed = [h for h, ps in hours.items() if not (len(ps) == 1 and ps[0].name.startswith(compacted_prefix))]
+    mixed = [h for h, ps in hours.items() if not compacted_alone(ps)]
     if mixed:
         drop_duplicates(con, "_vp_ix_ev", f"_hour IN ({', '.join(map(str, mixed))})")
 
@@ -680,7 +681,6 @@ def refresh(
     files: Sequence[Path] | dict[int, list[Path]],
     *,
     con: duckdb.DuckDBPyConnection | None = None,
-    compacted_sources: dict[str, list[str] | None] | None = None,
 ) -> RefreshResult:
     """Bring the index up to date with ``files`` (every readable event file, or
     those grouped by hour partition start as :func:`by_hour` gives them): compute
@@ -689,11 +689,7 @@ def refresh(
     that are gone, and merge a day's rows into one file once they are spread over
     more than :data:`MAX_DAY_FILES`. The caller holds the aggregate run lock (one
     writer). ``con`` is used when there is something to compute (else one is made,
-    only then: a run that finds nothing to do opens no DuckDB).
-    ``compacted_sources`` maps a compacted file's path to the names it replaced,
-    where already read (else read here)."""
-    from .maintenance import COMPACTED_PREFIX
-
+    only then: a run that finds nothing to do opens no DuckDB)."""
     started = time.perf_counter()
     result = RefreshResult()
     manifest = Manifest.load(root)
@@ -709,11 +705,7 @@ def refresh(
         intact = old is not None and (home is None or home in present)
         if intact and old == names:
             continue
-        if (
-            intact
-            and old is not None
-            and _only_compacted(paths, set(old), COMPACTED_PREFIX, compacted_sources)
-        ):
+        if intact and old is not None and _only_compacted(paths, set(old)):
             manifest.hours[hour] = names
             result.hours_carried += 1
             changed = True
@@ -799,10 +791,8 @@ def _compute(
 ) -> None:
     """Compute the ``stale`` hours from their events: one new index file per day
     (none for hours without artifact events), recorded in ``manifest``."""
-    from .maintenance import COMPACTED_PREFIX
-
     for group in _hour_groups(sorted(stale)):
-        _load_events(con, {h: hours[h] for h in group}, COMPACTED_PREFIX)
+        _load_events(con, {h: hours[h] for h in group})
         con.execute(f"CREATE OR REPLACE TEMP TABLE _vp_ix_new AS {partial_sql('_vp_ix_ev', hour='_hour')}")
         con.execute("DROP TABLE _vp_ix_ev")
         for day in sorted({_day(h) for h in group}):
@@ -843,26 +833,20 @@ def _merge_day(
             manifest.homes[hour] = name
 
 
-def _only_compacted(
-    paths: Sequence[Path],
-    indexed: set[str],
-    prefix: str,
-    known: dict[str, list[str] | None] | None,
-) -> bool:
+def _only_compacted(paths: Sequence[Path], indexed: set[str]) -> bool:
     """Whether ``paths`` (an hour's files now) hold exactly the events of the
     ``indexed`` files: each is one of them or a compacted file made of them only,
     and every indexed file that is gone was compacted into one of them."""
     from .aggregate import _compacted_sources
+    from .maintenance import COMPACTED_PREFIX
 
     replaced: set[str] = set()
     for path in paths:
         if path.name in indexed:
             continue
-        if not path.name.startswith(prefix):
+        if not path.name.startswith(COMPACTED_PREFIX):
             return False
-        sources = (
-            known.get(str(path)) if known is not None and str(path) in known else _compacted_sources(path)
-        )
+        sources = _compacted_sources(path)  # read once per process (snapshot bookkeeping asks too)
         if sources is None or not set(sources) <= indexed:
             return False
         replaced |= set(sources)

@@ -133,6 +133,14 @@ def report(ctx: click.Context, now_value: str | None) -> None:
         ctx.meta[_NOW_KEY] = frozen
 
 
+def _emit(fmt: str, data: Any, csv: Callable[[], str], table: Callable[[], str]) -> None:
+    """Write a report in the chosen format: JSON of ``data``, else ``csv()`` or
+    ``table()`` (only the chosen one is made)."""
+    from .render import to_json
+
+    _out(to_json(data) if fmt == "json" else csv() if fmt == "csv" else table())
+
+
 @report.command()
 @report_options()
 @click.option(
@@ -197,7 +205,7 @@ def pipeline(
 ) -> None:
     """Per stage: artifacts at it now, hourly latency, errors by code, retry queue."""
     from . import reports
-    from .render import csv_pipeline, render_pipeline, to_json
+    from .render import csv_pipeline, render_pipeline
 
     now = _now(ctx)
     lo, _ = _range(since, None, now, utc)
@@ -209,12 +217,7 @@ def pipeline(
         thresholds=_thresholds(app),
         retry_command=_retry_command(app),
     )
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(csv_pipeline(data))
-    else:
-        _out(render_pipeline(data, _style(utc, width)))
+    _emit(fmt, data, lambda: csv_pipeline(data), lambda: render_pipeline(data, _style(utc, width)))
 
 
 @report.command()
@@ -274,7 +277,7 @@ def artifacts(
 ) -> None:
     """The artifact grid, newest first; `retry` marks failed artifacts that can be retried."""
     from . import reports
-    from .render import render_artifacts, to_csv, to_json
+    from .render import render_artifacts, to_csv
 
     if collapsed and expanded:
         raise click.UsageError("--collapsed and --expanded exclude each other")
@@ -305,12 +308,12 @@ def artifacts(
             f"the last page is --page {data['last_page']}",
             err=True,
         )
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(to_csv(data["rows"], reports.ARTIFACT_COLUMNS))
-    else:
-        _out(render_artifacts(data, _style(utc, width), collapsed=collapsed, expanded=expanded))
+    _emit(
+        fmt,
+        data,
+        lambda: to_csv(data["rows"], reports.ARTIFACT_COLUMNS),
+        lambda: render_artifacts(data, _style(utc, width), collapsed=collapsed, expanded=expanded),
+    )
 
 
 @report.command()
@@ -323,17 +326,12 @@ def artifact(
 ) -> None:
     """One artifact: header, event timeline, retry options and retry history."""
     from . import reports
-    from .render import csv_artifact, render_artifact, to_json
+    from .render import csv_artifact, render_artifact
 
     data = reports.artifact_detail(
         app.root, artifact_id, now=_now(ctx), thresholds=_thresholds(app), retry_command=_retry_command(app)
     )
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(csv_artifact(data))
-    else:
-        _out(render_artifact(data, _style(utc, width)))
+    _emit(fmt, data, lambda: csv_artifact(data), lambda: render_artifact(data, _style(utc, width)))
 
 
 @report.command()
@@ -369,7 +367,7 @@ def metrics(
     """Cards, throughput, latency by stage, failure and cost trends, confidence
     histogram and the organisation breakdown."""
     from . import reports
-    from .render import CSV_COLUMNS, render_metrics, to_csv, to_json
+    from .render import CSV_COLUMNS, render_metrics, to_csv
 
     data = reports.metrics(app.root, now=_now(ctx), range_=range_, org=org, exact=exact)
     if org is not None and not data["cards"].get("artifacts_received") and not data["organizations"]:
@@ -377,12 +375,12 @@ def metrics(
     if fmt != "table":
         for note in data["notes"]:
             click.echo(f"voicepipe: note: {note}", err=True)
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(to_csv(data["series"], CSV_COLUMNS["metrics"]))
-    else:
-        _out(render_metrics(data, _style(utc, width)))
+    _emit(
+        fmt,
+        data,
+        lambda: to_csv(data["series"], CSV_COLUMNS["metrics"]),
+        lambda: render_metrics(data, _style(utc, width)),
+    )
 
 
 @report.command()
@@ -436,7 +434,7 @@ def events(
 ) -> None:
     """The raw event log, newest first (`--format csv` is the export; --follow tails it)."""
     from . import reports
-    from .render import render_events, to_csv, to_json
+    from .render import render_events, to_csv
 
     now = _now(ctx)
     lo, hi = _range(since, until, now, utc)
@@ -462,12 +460,12 @@ def events(
             f"--page {data['page']}); without --limit and --page, --format {fmt} exports them all",
             err=True,
         )
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(to_csv(data["rows"], reports.EVENT_COLUMNS))
-    else:
-        _out(render_events(data, _style(utc, width)))
+    _emit(
+        fmt,
+        data,
+        lambda: to_csv(data["rows"], reports.EVENT_COLUMNS),
+        lambda: render_events(data, _style(utc, width)),
+    )
 
 
 #: Events in a page of the table (and with --page but no --limit).
@@ -572,15 +570,10 @@ def _follow(
 def event_cmd(app: AppContext, event_id: str, fmt: str, utc: bool, width: int | None) -> None:
     """One event's full payload."""
     from . import reports
-    from .render import render_event, to_csv, to_json
+    from .render import render_event, to_csv
 
     data = reports.event(app.root, event_id)
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(to_csv([data], list(data)))
-    else:
-        _out(render_event(data, _style(utc, width)))
+    _emit(fmt, data, lambda: to_csv([data], list(data)), lambda: render_event(data, _style(utc, width)))
 
 
 @report.command("alerts")
@@ -607,7 +600,7 @@ def alerts_cmd(
 ) -> None:
     """Active alerts (or --history) as `voicepipe check` recorded them."""
     from . import reports
-    from .render import render_alerts, to_csv, to_json
+    from .render import render_alerts, to_csv
 
     now = _now(ctx)
     lo, hi = _range(since, until, now, utc)
@@ -616,12 +609,12 @@ def alerts_cmd(
     )
     if not data["rows"] and org is not None:
         reports.require_organization(app.root, org)
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(to_csv(data["rows"], reports.ALERT_COLUMNS))
-    else:
-        _out(render_alerts(data, _style(utc, width)))
+    _emit(
+        fmt,
+        data,
+        lambda: to_csv(data["rows"], reports.ALERT_COLUMNS),
+        lambda: render_alerts(data, _style(utc, width)),
+    )
 
 
 @report.command()
@@ -657,7 +650,7 @@ def retries(
 ) -> None:
     """Retry history: who retried what, when, which stage, and how it ended."""
     from . import reports
-    from .render import render_retries, to_csv, to_json
+    from .render import render_retries, to_csv
 
     if artifact_id and artifact and artifact_id != artifact:
         raise click.UsageError("give the artifact once: as the argument or with --artifact")
@@ -670,12 +663,12 @@ def retries(
             reports.require_artifact(app.root, artifact)
         if org is not None:
             reports.require_organization(app.root, org)
-    if fmt == "json":
-        _out(to_json(data))
-    elif fmt == "csv":
-        _out(to_csv(data["rows"], reports.RETRY_COLUMNS))
-    else:
-        _out(render_retries(data, _style(utc, width)))
+    _emit(
+        fmt,
+        data,
+        lambda: to_csv(data["rows"], reports.RETRY_COLUMNS),
+        lambda: render_retries(data, _style(utc, width)),
+    )
 
 
 # -------------------------------------------------------------------------- sql

@@ -78,6 +78,13 @@ class CompactResult:
         return bool(self.files_in or self.spool_segments or self.quarantined)
 
 
+def compacted_alone(hour_files: Sequence[Path | str]) -> bool:
+    """Whether an hour partition's files are one compacted file: it holds no
+    duplicates (compaction dropped them, and an event's copies share its hour), so
+    readers need not check that hour for them."""
+    return len(hour_files) == 1 and os.path.basename(hour_files[0]).startswith(COMPACTED_PREFIX)
+
+
 def recover(root: str | os.PathLike[str]) -> tuple[int, int]:
     """The spool recovery sweep: write dead processes' spools as Parquet, exactly
     once. Returns (events, segments) recovered. Raises :class:`StoreError` when the
@@ -166,7 +173,7 @@ def _compact_hour(root: Path, part: store.Partition, young: float) -> _HourResul
         except FileNotFoundError:
             continue
         settled.append(path)
-    if not settled or (len(settled) == 1 and settled[0].name.startswith(COMPACTED_PREFIX)):
+    if not settled or compacted_alone(settled):
         return out
     tables = []
     sources = []

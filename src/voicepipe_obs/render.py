@@ -266,33 +266,10 @@ MIN_CUT: Final = 6
 MIN_TEXT: Final = 20
 
 
-def table(
-    rows: Sequence[Sequence[Any]],
-    headers: Sequence[str],
-    *,
-    width: int = WIDTH,
-    align: Sequence[str] | None = None,
-    max_col: int = 40,
-    shrink: Sequence[int] | None = None,
-    ids: Sequence[int] = (),
-    colours: Sequence[Sequence[str | None]] | None = None,
-    style: Style | None = None,
-    **layout: Any,
-) -> str:
-    """A plain table (tabulate "simple") that fits ``width`` columns: see
-    :func:`fit_table` (this is its text; ``layout`` takes its other options)."""
-    return fit_table(
-        rows,
-        headers,
-        width=width,
-        align=align,
-        max_col=max_col,
-        shrink=shrink,
-        ids=ids,
-        colours=colours,
-        style=style,
-        **layout,
-    ).text
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], **layout: Any) -> str:
+    """A plain table (tabulate "simple") that fits ``width`` columns: the text of
+    :func:`fit_table`, which takes the same options."""
+    return fit_table(rows, headers, **layout).text
 
 
 def fit_table(

@@ -2021,7 +2021,7 @@ def count_events(root: Path, *, now: dt.datetime, filters: EventFilter | None = 
     duplicates, and an event's copies share its hour, so their Parquet row counts
     (footers, no scan) add up exactly (measured: 2.5 s → ~0.1 s on a compacted
     month of 10 million events)."""
-    from .maintenance import COMPACTED_PREFIX
+    from .maintenance import compacted_alone
     from .query import parquet_scan
 
     f = (filters or EventFilter()).validated()
@@ -2036,7 +2036,7 @@ def count_events(root: Path, *, now: dt.datetime, filters: EventFilter | None = 
             and (f.since is None or start >= f.since)
             and start + HOUR <= min(now + dt.timedelta(microseconds=1), f.until or now + HOUR)
         )
-        if time_only and inside and len(hour) == 1 and hour[0].name.startswith(COMPACTED_PREFIX):
+        if time_only and inside and compacted_alone(hour):
             whole.append(hour[0])
         else:
             scan.extend(hour)
