@@ -168,9 +168,6 @@ def partial_columns(names: Sequence[str] | None = None) -> list[str]:
     ]
 
 
-PARTIAL_COLUMNS: Final = tuple(partial_columns())
-
-
 def _filter(*conds: str | None) -> str:
     parts = [f"({c})" for c in conds if c]
     return f" FILTER (WHERE {' AND '.join(parts)})" if parts else ""
