@@ -534,6 +534,13 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFix
         bar(1, 2)
         bar(2, 2)
     assert "days" in capsys.readouterr().err
+    with progress_bar("hours", enabled=True) as bar:  # a bar finishes when done; the next starts anew
+        assert bar is not None
+        bar(1, 1)
+        bar(1, 3)
+        bar(3, 3)
+    err = capsys.readouterr().err
+    assert err.count("hours") == 2 and err.endswith("\n"), err
 
 
 def test_unreadable_new_file_is_skipped_and_left_for_later(

@@ -325,6 +325,23 @@ def test_aggregate_keeps_the_index_current_and_opens_no_duckdb_when_idle(root: P
     assert out.stdout.strip() == "False"
 
 
+def test_aggregate_reports_the_index_build_but_not_a_cron_runs_hour(root: Path) -> None:
+    """The first build after upgrading (~30 s on a month of 10M events) gets its own
+    progress; the hour a cron run indexes does not flash a bar."""
+    hours = ai.REFRESH_HOURS + 5  # more than one batch
+    for h in range(hours):
+        _write(root, h, f"h{h}", [("artifact_received", f"a{h}", 1)])
+    steps: list[tuple[int, int]] = []
+    ag.aggregate(root, now=NOW, index_progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(ai.REFRESH_HOURS, hours), (hours, hours)]
+    assert _assert_same(root) == 0
+    _write(root, hours, "late", [("artifact_completed", "a1", 5)])
+    steps.clear()
+    ag.aggregate(root, now=NOW, index_progress=lambda done, total: steps.append((done, total)))
+    assert steps == []
+    assert _assert_same(root) == 0
+
+
 def _stuck_store(root: Path) -> None:
     """Three artifacts stuck for days (received long before any report window), one
     completed, one retried after failing — spread over several days' partitions."""

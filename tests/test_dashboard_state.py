@@ -173,6 +173,66 @@ def test_pipeline_lists_artifacts_stuck_at_a_stage_for_days(stuck: Path, runner:
     assert "At this stage now (2):" in text and "stuck-1" in text and "retrying-1" in text
 
 
+def test_pipeline_lists_the_longest_stuck_and_latest_failed_and_counts_them_all(
+    root: Path, recorder: vp.Recorder, runner: Any
+) -> None:
+    """A stalled stage holds tens of thousands of artifacts: each list shows the
+    first --limit (the longest in the stage, the latest failures) and says how many
+    there are; --limit 0 lists them all; JSON and CSV carry the whole counts."""
+    for i in range(5):  # stuck in claims extraction since ~10:0i; failed in transcription at 11:0i
+        ctx = received(recorder, f"stuck-{i}", at(28, 10, i))
+        t = stage(recorder, ctx, "transcription", at(28, 10, i))
+        recorder.emit("claims_extraction_started", timestamp=t + dt.timedelta(seconds=1), **ctx)
+        ctx = received(recorder, f"failed-{i}", at(28, 11, i))
+        stage(recorder, ctx, "transcription", at(28, 11, i), ok=False, error_code="Timeout")
+        recorder.emit("artifact_failed", timestamp=at(28, 11, i, 2), error_code="Timeout", **ctx)
+    recorder.flush()
+
+    p = reports.pipeline(root, now=NOW, stage="claims_extraction", limit=2)
+    [s] = p["stages"]
+    assert [r["artifact_id"] for r in s["in_progress"]] == ["stuck-0", "stuck-1"]
+    assert s["in_progress_total"] == 5 and not any("_total" in r for r in s["in_progress"])
+    p = reports.pipeline(root, now=NOW, stage="transcription", limit=2)
+    [s] = p["stages"]
+    assert [r["artifact_id"] for r in s["retry_queue"]] == ["failed-4", "failed-3"]
+    assert s["retry_queue_total"] == 5 and (s["in_progress"], s["in_progress_total"]) == ([], 0)
+    everything = reports.pipeline(root, now=NOW, stage="transcription", limit=None)["stages"][0]
+    assert [r["artifact_id"] for r in everything["retry_queue"]] == [f"failed-{i}" for i in range(4, -1, -1)]
+    with pytest.raises(reports.UsageError, match="limit must be at least 1"):
+        reports.pipeline(root, now=NOW, limit=0)
+
+    text = cli_table(runner, root, "pipeline", "--limit", "3")
+    assert "At this stage now (5; the longest 3 shown, --limit N shows more):" in text
+    assert "Retry queue (5 failed here; the latest 3 shown, --limit N shows more):" in text
+    assert "stuck-2" in text and "stuck-3" not in text and "failed-2" in text and "failed-1" not in text
+    text = cli_table(runner, root, "pipeline", "--limit", "0")
+    assert "At this stage now (5):" in text and "Retry queue (5 failed here):" in text
+    assert all(f"stuck-{i}" in text and f"failed-{i}" in text for i in range(5))
+    data = cli_json(runner, root, "pipeline", "--stage", "transcription", "--limit", "1")
+    assert (len(data["stages"][0]["retry_queue"]), data["stages"][0]["retry_queue_total"]) == (1, 5)
+    result = runner.invoke(
+        main,
+        [
+            "--data",
+            str(root),
+            "report",
+            "--now",
+            NOW.isoformat(),
+            "pipeline",
+            "--limit",
+            "1",
+            "--format",
+            "csv",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split(",")[0]: line for line in result.stdout.splitlines()}
+    header = rows["stage"].split(",")
+    for name, want in (("claims_extraction", "5"), ("transcription", "5")):
+        cells = dict(zip(header, rows[name].split(","), strict=True))
+        assert cells["in_progress" if name == "claims_extraction" else "retry_queue"] == want
+
+
 def test_in_flight_figures_ignore_duplicated_files(stuck: Path) -> None:
     """Spool recovery or a hand copy can write events twice: nothing changes."""
     before = reports.dashboard(stuck, now=NOW)

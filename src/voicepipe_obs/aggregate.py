@@ -1108,6 +1108,7 @@ def aggregate(
     rebuild: bool = False,
     retention: RetentionSettings | None = None,
     progress: Progress | None = None,
+    index_progress: Progress | None = None,
     lock_timeout: float = store.LOCK_TIMEOUT,
 ) -> AggregateResult:
     """Bring the snapshots up to date and return what was done.
@@ -1120,7 +1121,9 @@ def aggregate(
       retention from ``retention``, defaults when None) and rebuild the receipts index.
 
     Buckets without events get no file (an existing one is removed). ``progress`` is
-    called with (days done, days total).
+    called with (days done, days total); ``index_progress`` with (hours done, hours
+    total) while the artifact index computes more than a couple of days' hours (its
+    first build, or after it was lost), which every run brings up to date afterwards.
 
     Raises :class:`~voicepipe_obs.errors.StoreError` when the root cannot be written
     (the run lock, the bookkeeping, a snapshot file), like compact and cleanup, and
@@ -1137,6 +1140,7 @@ def aggregate(
             rebuild=rebuild,
             retention=retention,
             progress=progress,
+            index_progress=index_progress,
             lock_timeout=lock_timeout,
         )
     except OSError as exc:
@@ -1152,6 +1156,7 @@ def _aggregate(
     rebuild: bool,
     retention: RetentionSettings | None,
     progress: Progress | None,
+    index_progress: Progress | None = None,
     lock_timeout: float = store.LOCK_TIMEOUT,
 ) -> AggregateResult:
     """:func:`aggregate`, raising OSError as it comes."""
@@ -1184,7 +1189,7 @@ def _aggregate(
             if state.seen != present:
                 state.seen = present
                 state.save(rootp)
-            _refresh_index(rootp, listing, None)
+            _refresh_index(rootp, listing, None, index_progress)
             result.seconds = time.perf_counter() - started
             return result
         if mode == "rebuild":
@@ -1329,7 +1334,7 @@ def _aggregate(
                 rows_pool.shutdown(wait=True)
             _save_orphans(con, rootp, receipts, loaded=set(day_list) | set(redo_days), present=set(by_day))
             _save_receipts(con, rootp, full=full_index)
-            _refresh_index(rootp, listing, con)
+            _refresh_index(rootp, listing, con, index_progress)
         finally:
             writer.close()
             con.close()
@@ -1353,7 +1358,12 @@ def _aggregate(
     return result
 
 
-def _refresh_index(root: Path, listing: Sequence[_EventFile], con: duckdb.DuckDBPyConnection | None) -> None:
+def _refresh_index(
+    root: Path,
+    listing: Sequence[_EventFile],
+    con: duckdb.DuckDBPyConnection | None,
+    progress: Progress | None = None,
+) -> None:
     """Bring the artifact index (:mod:`voicepipe_obs.artifact_index`) up to date
     with ``listing``, on ``con`` (None: one is opened only if there is work)."""
     from . import artifact_index
@@ -1362,7 +1372,7 @@ def _refresh_index(root: Path, listing: Sequence[_EventFile], con: duckdb.DuckDB
         hours: dict[int, list[Path]] = {}
         for f in files:
             hours.setdefault(f.hour_us, []).append(f.path)
-        artifact_index.refresh(root, hours, con=con)
+        artifact_index.refresh(root, hours, con=con, progress=progress)
 
     _reading(listing, refresh)
 

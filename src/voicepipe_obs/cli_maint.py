@@ -117,7 +117,7 @@ def aggregate(
     if rebuild and (since or until):
         raise UsageError("--rebuild recomputes everything within retention: drop --since/--until")
     lo, hi = parse_range(since, until, now)
-    with _progress("aggregating days", "days") as bar:
+    with _progress("aggregating days", "days") as bar, _progress("indexing artifacts", "hours") as ibar:
         result = run_aggregate(
             app.root,
             now=now,
@@ -126,6 +126,7 @@ def aggregate(
             rebuild=rebuild,
             retention=app.settings.retention,
             progress=bar,
+            index_progress=ibar,
             lock_timeout=wait_s,
         )
     if result.nothing_to_do and result.mode == "incremental":

@@ -198,10 +198,24 @@ def dashboard(
     show_default=True,
     help=f"Window for errors and the retry queue: {_WHEN_HELP}.",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,  # reports.PIPELINE_LIMIT (not imported: it would load DuckDB for --help)
+    show_default=True,
+    help="Artifacts listed per stage, in flight and in the retry queue (0: all); the counts are always whole.",
+)
 @pass_app
 @click.pass_context
 def pipeline(
-    ctx: click.Context, app: AppContext, fmt: str, utc: bool, width: int | None, stage: str | None, since: str
+    ctx: click.Context,
+    app: AppContext,
+    fmt: str,
+    utc: bool,
+    width: int | None,
+    stage: str | None,
+    since: str,
+    limit: int,
 ) -> None:
     """Per stage: artifacts at it now, hourly latency, errors by code, retry queue."""
     from . import reports
@@ -216,6 +230,7 @@ def pipeline(
         since=lo,
         thresholds=_thresholds(app),
         retry_command=_retry_command(app),
+        limit=limit or None,
     )
     _emit(fmt, data, lambda: csv_pipeline(data), lambda: render_pipeline(data, _style(utc, width)))
 

@@ -25,7 +25,9 @@ def _interactive() -> bool:
 @contextmanager
 def progress_bar(label: str, *, enabled: bool | None = None) -> Iterator[ProgressCallback | None]:
     """Yield a ``(done, total)`` callback drawing a bar on stderr, or None when
-    stderr is not a terminal (or ``enabled`` is False)."""
+    stderr is not a terminal (or ``enabled`` is False). The bar appears with the
+    first call and is finished (its line ended) when ``done`` reaches ``total``, so
+    bars of successive phases each get their own line."""
     if not (_interactive() if enabled is None else enabled):
         yield None
         return
@@ -37,8 +39,12 @@ def progress_bar(label: str, *, enabled: bool | None = None) -> Iterator[Progres
         if bar is None:
             bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
             bar.__enter__()
+            shown = 0
         bar.update(done - shown)
         shown = done
+        if done >= total:
+            bar.__exit__(None, None, None)
+            bar = None
 
     try:
         yield update

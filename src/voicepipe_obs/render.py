@@ -946,6 +946,16 @@ def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
     return "\n".join(parts)
 
 
+def _shown(rows: Sequence[Any], total: int | None, which: str, noun: str = "") -> str:
+    """ "N[ noun]" when all ``rows`` of ``total`` are listed, else with which of
+    them are and how to see more."""
+    n = len(rows) if total is None else int(total)
+    out = f"{fmt_int(n)}{noun}"
+    if n > len(rows):
+        out += f"; the {which} {fmt_int(len(rows))} shown, --limit N shows more"
+    return out
+
+
 def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
     parts = [_header("voicepipe pipeline", data, style), f"window since {fmt_time(data['since'], style)}"]
     for s in data["stages"]:
@@ -958,7 +968,9 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
                 style,
             ),
         ]
-        parts.append(f"At this stage now ({len(s['in_progress'])}):")
+        parts.append(
+            f"At this stage now ({_shown(s['in_progress'], s.get('in_progress_total'), 'longest')}):"
+        )
         if s["in_progress"]:
             parts.append(
                 table(
@@ -1022,7 +1034,9 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
             )
         else:
             parts.append("  none")
-        parts.append(f"Retry queue ({len(s['retry_queue'])} failed here):")
+        parts.append(
+            f"Retry queue ({_shown(s['retry_queue'], s.get('retry_queue_total'), 'latest', ' failed here')}):"
+        )
         if s["retry_queue"]:
             parts.append(
                 table(
@@ -1694,8 +1708,8 @@ def csv_pipeline(data: Mapping[str, Any]) -> str:
                     "p95_latency_ms",
                 )
             },
-            "in_progress": len(s["in_progress"]),
-            "retry_queue": len(s["retry_queue"]),
+            "in_progress": s.get("in_progress_total", len(s["in_progress"])),
+            "retry_queue": s.get("retry_queue_total", len(s["retry_queue"])),
             "top_error_code": s["errors"][0]["error_code"] if s["errors"] else None,
         }
         for s in data["stages"]

@@ -51,6 +51,8 @@ DAY: Final = dt.timedelta(days=1)
 #: Longest filter value accepted (ids, org names, prefixes).
 MAX_FILTER_LEN: Final = 256
 MAX_LIMIT: Final = 200
+#: rows of each stage's "at this stage now" and retry queue that ``report pipeline`` lists
+PIPELINE_LIMIT: Final = 20
 RETRY_STAGES: Final = ("transcription", "claims_extraction", "entity_resolution", "draft_generation")
 
 #: Columns of a timeline/event-log row (JSON keys; CSV columns of `report events`).
@@ -318,6 +320,15 @@ def _dicts(
     cur = con.execute(sql, params)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _pop_total(rows: list[dict[str, Any]]) -> int:
+    """The ``_total`` (``count(*) OVER ()`` before a LIMIT) of ``rows``, removed from
+    each row; 0 for no rows."""
+    total = 0
+    for row in rows:
+        total = int(row.pop("_total"))
+    return total
 
 
 def _one(
@@ -887,16 +898,25 @@ def pipeline(
     since: dt.datetime | None = None,
     thresholds: Thresholds | None = None,
     retry_command: RetryCommand | None = None,
+    limit: int | None = PIPELINE_LIMIT,
 ) -> dict[str, Any]:
     """Per stage: artifacts at it now (time in stage, coach, org, channel: every
     artifact in flight there, however long ago it got stuck — :func:`_open_artifacts`),
     hourly latency over the last 24 hours, error breakdown by error_code, and the
     retry queue (artifacts that failed at it) with the commands that retry them
     (spelt by ``retry_command``; default :meth:`RetryCommand.for_root`). ``since``
-    bounds the window of the figures, errors and retry queue (default 24h)."""
+    bounds the window of the figures, errors and retry queue (default 24h).
+
+    Each stage's two lists hold at most ``limit`` rows (None: all) — the longest in
+    the stage, the latest failures — and ``in_progress_total`` /
+    ``retry_queue_total`` count them all (a stalled stage can hold tens of
+    thousands)."""
     th = thresholds or Thresholds()
     cmd = retry_command or RetryCommand.for_root(root)
     check_choice("stage", stage, TIMED_STAGES)
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit must be at least 1 (None for all), not {limit}")
+    top = "" if limit is None else f"LIMIT {int(limit)}"
     now = aware(now)
     since = aware(since) if since is not None else now - DAY
     chart_start = _floor(now, HOUR) - 23 * HOUR
@@ -913,9 +933,10 @@ def pipeline(
             f"""
             SELECT artifact_id, status, coach_user_id, organization_id, source_channel,
                    current_stage_at AS entered_at,
-                   (epoch_us($now) - epoch_us(current_stage_at)) / 1000.0 AS elapsed_ms
+                   (epoch_us($now) - epoch_us(current_stage_at)) / 1000.0 AS elapsed_ms,
+                   count(*) OVER () AS _total
             FROM {open_table} WHERE current_stage = $stage
-            ORDER BY current_stage_at, artifact_id
+            ORDER BY current_stage_at, artifact_id {top}
             """,
             {"now": now, "stage": st},
         )
@@ -967,14 +988,16 @@ def pipeline(
         )
         queue = _dicts(
             con,
-            """
-            SELECT artifact_id, organization_id, coach_user_id, failed_at, error_code, error_message, retry_count
+            f"""
+            SELECT artifact_id, organization_id, coach_user_id, failed_at, error_code, error_message, retry_count,
+                   count(*) OVER () AS _total
             FROM artifacts
             WHERE status = 'failed' AND failed_stage = $stage AND failed_at >= $since AND failed_at <= $now
-            ORDER BY failed_at DESC, artifact_id
+            ORDER BY failed_at DESC, artifact_id {top}
             """,
             {"stage": st, "since": since, "now": now},
         )
+        at_stage_total, queue_total = _pop_total(at_stage), _pop_total(queue)
         for q in queue:
             q["retry_options"] = retry_options({**q, "status": "failed", "failed_stage": st}, th, cmd)
         queues += queue
@@ -988,9 +1011,11 @@ def pipeline(
                 "avg_latency_ms": summary.get("avg_latency_ms"),
                 "p95_latency_ms": summary.get("p95_latency_ms"),
                 "in_progress": at_stage,
+                "in_progress_total": at_stage_total,
                 "latency_by_hour": chart,
                 "errors": errors,
                 "retry_queue": queue,
+                "retry_queue_total": queue_total,
             }
         )
     note = _retry_note(cmd, any(q["retry_options"] for q in queues))
