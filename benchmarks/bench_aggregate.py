@@ -275,16 +275,25 @@ def main() -> None:
         file=sys.stderr,
     )
     rows: list[tuple[str, dict[str, object]]] = []
+    paired: dict[str, list[float]] = {}  # layout → pandas / DuckDB of each round
 
-    def repeated(phases: list[tuple[str, str]]) -> None:
+    def repeated(phases: list[tuple[str, str]], layout: str) -> None:
         """Run the phases in turn, ``--rounds`` times (interleaved, so a noisy
-        neighbour hits them alike); keep each one's median time and largest RSS."""
+        neighbour hits them alike); keep each one's median time and largest RSS, and
+        each round's pandas / DuckDB ratio (its two runs a few seconds apart: on a
+        shared machine the same work's CPU time varies by half from one minute to
+        the next, so a ratio within one round is steadier than a ratio of medians)."""
         runs: dict[str, list[dict[str, object]]] = {label: [] for label, _ in phases}
         for _ in range(args.rounds):
             for label, phase in phases:
                 runs[label].append(run_phase(phase, work, start, end))
         for label, results in runs.items():
             rows.append((label, _median(results)))
+        duck, pandas = (runs[label] for label, phase in phases if phase in ("rebuild", "pandas"))
+        paired[layout] = [
+            float(p["seconds"]) / float(d["seconds"])  # type: ignore[arg-type]
+            for d, p in zip(duck, pandas, strict=True)
+        ]
 
     try:
         # once, first: the rebuilds below then find the index current, as after any run
@@ -294,7 +303,8 @@ def main() -> None:
                 ("all 720 hours + 30 days (--since/--until)", "rebuild"),
                 ("aggregate --rebuild (hourly: 7-day retention)", "rebuild_retention"),
                 ("pandas reference (hourly only)", "pandas"),
-            ]
+            ],
+            "as written",
         )
         # the incremental run changes the store: the rounds before the last run on
         # hard-linked copies of the aggregated store, each given the same new hour;
@@ -320,7 +330,8 @@ def main() -> None:
                 ("compacted: all 720 hours + 30 days", "rebuild"),
                 ("compacted: aggregate --rebuild", "rebuild_retention"),
                 ("compacted: pandas reference", "pandas"),
-            ]
+            ],
+            "compacted",
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -334,6 +345,14 @@ def main() -> None:
         f"{sec['pandas reference (hourly only)'] / sec['all 720 hours + 30 days (--since/--until)']:.1f}× as written, "
         f"{sec['compacted: pandas reference'] / sec['compacted: all 720 hours + 30 days']:.1f}× compacted"
     )
+    if args.rounds > 1:
+        print(
+            "the same, round by round (median; range): "
+            + ", ".join(
+                f"{statistics.median(r):.1f}× {layout} ({min(r):.1f}–{max(r):.1f})"
+                for layout, r in paired.items()
+            )
+        )
 
 
 if __name__ == "__main__":

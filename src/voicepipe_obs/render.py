@@ -947,8 +947,8 @@ def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
 
 
 def _shown(rows: Sequence[Any], total: int | None, which: str, noun: str = "") -> str:
-    """ "N[ noun]" when all ``rows`` of ``total`` are listed, else with which of
-    them are and how to see more."""
+    """The count of a limited list: ``total`` (or ``len(rows)``) and ``noun``, then,
+    when ``rows`` are not all of them, which ones are listed and how to see more."""
     n = len(rows) if total is None else int(total)
     out = f"{fmt_int(n)}{noun}"
     if n > len(rows):
