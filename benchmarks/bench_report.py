@@ -74,14 +74,14 @@ def help_seconds(rounds: int) -> float:
 
 def compacted_copy(source: Path, now: dt.datetime) -> Path:
     """A copy of ``source`` compacted and aggregated (cached by a marker file)."""
-    from voicepipe_obs import aggregate, maintenance
+    from voicepipe_obs import aggregate, artifact_index, maintenance
 
     target = CACHE / f"{source.name}-compacted"
     marker = target / "_bench_report.json"
     version = (aggregate.snapshot_schema().metadata or {}).get(b"voicepipe.snapshot_version", b"").decode()
     want = {"source": store_info(source), "snapshot_version": version}
     if marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items() if k in want} == want:
-        if not (target / "_state" / "artifacts" / "index.json").exists():  # built before the index
+        if not artifact_index.Manifest.load(target).hours:  # built before the index, or by an older one
             t0 = time.perf_counter()
             aggregate.aggregate(target, now=now)
             print(f"indexed {target} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -51,6 +51,7 @@ TYPES = [
     "draft_generation_failed",
     "retry_initiated",
     "retry_succeeded",
+    "retry_failed",
     "circuit_breaker_opened",
 ]
 STAGE_OF = {
@@ -232,6 +233,37 @@ def test_refresh_recomputes_only_the_hours_whose_files_changed(root: Path) -> No
     assert _assert_same(root) == 0
     status = {r[0]: r[5] for r in _view(root)}
     assert status == {"a1": "completed", "a2": "retrying"}
+
+
+def test_a_retry_runs_until_its_outcome_or_its_own_end(root: Path) -> None:
+    """DESIGN §4: ``retrying`` while a retry runs. A retry that ended with
+    retry_failed (or retry_succeeded) and no artifact outcome after it no longer
+    runs: the artifact's outcomes decide again. Each step in its own hour, so the
+    index combines partial rows across hours."""
+    failed = [("artifact_received", "", 1), ("transcription_failed", "", 2), ("artifact_failed", "", 3)]
+    for aid in ("r1", "r2", "r3", "r4"):
+        _write(root, 0, f"h0-{aid}", [(kind, aid, m) for kind, _, m in failed])
+        _write(root, 1, f"h1-{aid}", [("retry_initiated", aid, 5)])
+    ag.aggregate(root, now=NOW)
+
+    def status() -> dict[str, str]:
+        assert _assert_same(root) == 0  # the index, current, gives the view's rows
+        return {r[0]: r[5] for r in _view(root)}
+
+    assert status() == dict.fromkeys(("r1", "r2", "r3", "r4"), "retrying")
+    _write(
+        root,
+        2,
+        "h2",
+        [("retry_failed", "r1", 1), ("retry_succeeded", "r2", 1), ("artifact_completed", "r2", 2)],
+    )
+    _write(root, 2, "h2-r3", [("retry_failed", "r3", 1), ("retry_initiated", "r3", 9)])  # and a second retry
+    ag.aggregate(root, now=NOW)
+    assert status() == {"r1": "failed", "r2": "completed", "r3": "retrying", "r4": "retrying"}
+    assert [r[0] for r in _open(root)] == ["r3", "r4"]
+    _write(root, 3, "h3", [("artifact_failed", "r4", 1)])  # an outcome ends it as before
+    ag.aggregate(root, now=NOW)
+    assert status()["r4"] == "failed"
 
 
 def test_compaction_is_carried_over_without_reading_events(root: Path) -> None:

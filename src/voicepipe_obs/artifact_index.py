@@ -59,7 +59,7 @@ log = logging.getLogger("voicepipe_obs.artifact_index")
 
 INDEX_DIR: Final = "artifacts"
 MANIFEST: Final = "index.json"
-VERSION: Final = 2
+VERSION: Final = 3
 #: an index file no hour points to any more is deleted this long after it was replaced
 RETIRE_SECONDS: Final = 600
 #: hours computed by one query while refreshing (bounds memory)
@@ -105,6 +105,13 @@ _COLUMNS: Final = (
     _Col("failed_at", "max", "timestamp", "event_type = 'artifact_failed'", kind="TIMESTAMPTZ"),
     _Col("last_retry_at", "max", "timestamp", "event_type = 'retry_initiated'", kind="TIMESTAMPTZ"),
     _Col(
+        "retry_ended_at",
+        "max",
+        "timestamp",
+        "event_type IN ('retry_succeeded', 'retry_failed')",
+        kind="TIMESTAMPTZ",
+    ),
+    _Col(
         "last_step",
         "last",
         "event_type",
@@ -138,6 +145,7 @@ STATUS_FOLD: Final = (
     "completed_at",
     "failed_at",
     "last_retry_at",
+    "retry_ended_at",
     "last_step",
     "last_new_status",
 )
@@ -263,8 +271,10 @@ SELECT
   voice_note_id,
   source_channel,
   CASE
+    -- a retry runs from retry_initiated until an outcome or the retry's own end
+    -- (retry_succeeded / retry_failed); after that the artifact's outcomes decide
     WHEN last_retry_at IS NOT NULL
-         AND last_retry_at > coalesce(greatest(completed_at, failed_at), '-infinity'::TIMESTAMPTZ)
+         AND last_retry_at > coalesce(greatest(completed_at, failed_at, retry_ended_at), '-infinity'::TIMESTAMPTZ)
       THEN 'retrying'
     WHEN completed_at IS NOT NULL AND (failed_at IS NULL OR completed_at >= failed_at) THEN 'completed'
     WHEN failed_at IS NOT NULL THEN 'failed'
@@ -568,7 +578,7 @@ def artifacts_table(
 #: :func:`open_artifacts_table`)
 _SETTLED: Final = (
     "(completed_at IS NOT NULL OR failed_at IS NOT NULL) "
-    "AND (last_retry_at IS NULL OR last_retry_at <= greatest(completed_at, failed_at))"
+    "AND (last_retry_at IS NULL OR last_retry_at <= greatest(completed_at, failed_at, retry_ended_at))"
 )
 
 
@@ -592,10 +602,11 @@ def open_artifacts_table(
     (without reading the index twice).
 
     Only candidates are read in full and combined: an artifact is in flight only if
-    it has no outcome or a retry after its latest one, so one of its partial rows,
-    taken alone, has no outcome or a retry after its own. The artifacts with such a
-    row (a superset: in flight, plus those whose outcome came in a later hour) are
-    found from three timestamp columns of the index first; then only their rows are
+    it has no outcome or a retry after its latest outcome and retry end, so one of
+    its partial rows, taken alone, has no outcome or a retry after its own. The
+    artifacts with such a row (a superset: in flight, plus those whose outcome came
+    in a later hour) are found from four timestamp columns of the index first; then
+    only their rows are
     read with every column asked for (measured on 10 million events: ~0.5 s instead
     of ~2.5 s for reading and filtering every row)."""
     names = sorted(set(fold) | set(STATUS_FOLD))
