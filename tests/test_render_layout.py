@@ -269,7 +269,10 @@ def test_every_report_fits_the_width_and_never_cuts_an_id(
     runner: Any, store: Path, args: list[str], width: int
 ) -> None:
     out = ok(run(runner, store, *args, "--width", str(width)))
-    too_wide = [line for line in out.splitlines() if len(line) > width]
+    # a retry command's `--data <root>` is one unbreakable unit whose length is
+    # pytest's temporary path (longer once pytest's run counter reaches 3 digits):
+    # measured as if the root were /srv/vp
+    too_wide = [line for line in out.splitlines() if len(line.replace(str(store), "/srv/vp")) > width]
     assert not too_wide, too_wide
     assert not CUT_ID.search(out), CUT_ID.search(out)
 
