@@ -262,7 +262,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from gen_store import append_hour, ensure_store, store_info
+    from gen_store import append_hour, ensure_store, machine_speed, store_info
 
     cached = ensure_store(events=args.events)
     info = store_info(cached)
@@ -274,6 +274,7 @@ def main() -> None:
         f"{start:%Y-%m-%d} → {end:%Y-%m-%d}; {os.cpu_count()} CPUs",
         file=sys.stderr,
     )
+    speed_before = machine_speed()
     rows: list[tuple[str, dict[str, object]]] = []
     paired: dict[str, list[float]] = {}  # layout → pandas / DuckDB of each round
 
@@ -335,6 +336,9 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"machine speed (gen_store.machine_speed): {speed_before:.2f} s before, {machine_speed():.2f} s after"
+    )
     width = max(len(label) for label, _ in rows)
     print(f"{'phase':<{width}}  {'seconds':>8}  {'peak RSS':>9}  notes")
     for label, r in rows:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen_store import CACHE, ensure_store, store_info
+from gen_store import CACHE, ensure_store, machine_speed, store_info
 
 from voicepipe_obs import alerts, reports
 
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, dict[str, float]] = {name: {} for name in targets}
     help_s = help_seconds(max(args.rounds, 5))
+    speed_before = machine_speed()
     for layout, path in layouts.items():
         aid = recent_failed_artifact(path, now)
         old = recent_failed_artifact(path, now, age=dt.timedelta(days=15))
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nstore: {info['rows']:,} events, {info['artifacts']:,} artifacts, "
-        f"{info['files']:,} files as written; now = {now.isoformat()}; median of {args.rounds} rounds"
+        f"{info['files']:,} files as written; now = {now.isoformat()}; median of {args.rounds} rounds; "
+        f"machine speed (gen_store.machine_speed) {speed_before:.2f} s before, {machine_speed():.2f} s after"
     )
     header = f"{'measure':<36}" + "".join(f"{name:>14}" for name in layouts) + f"{'target':>10}"
     print(header)

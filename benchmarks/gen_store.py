@@ -116,6 +116,18 @@ def store_info(root: Path) -> dict[str, object]:
     return dict(json.loads((root / "_generated.json").read_text()))
 
 
+def machine_speed() -> float:
+    """Seconds one core takes for a fixed pure-Python loop (10 million additions),
+    printed beside benchmark tables: on this shared VM the same work's CPU time
+    varies by half from one hour to the next, so a table compares with another only
+    when their speeds do (0.41–0.74 s seen on one night; it is noisy itself)."""
+    start = time.perf_counter()
+    x = 0
+    for i in range(10_000_000):
+        x += i
+    return time.perf_counter() - start
+
+
 # ------------------------------------------------------------------- generation
 
 
