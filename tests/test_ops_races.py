@@ -390,3 +390,49 @@ def test_a_report_whose_listed_files_compaction_replaced_reads_them_all(tmp_path
     assert not any(p.exists() for p in listed)
     con = reports._connect(listed)
     assert con.execute("SELECT count(*), count(DISTINCT claim_count) FROM events").fetchall() == [(20, 20)]
+
+
+def _expired(root: Path, area: str) -> Path:
+    """A partition of ``area`` a year old (past any default retention)."""
+    part = root / area / f"date={(NOW - dt.timedelta(days=365)):%Y-%m-%d}"
+    if area == store.EVENTS:
+        part = part / "hour=07"
+    part.mkdir(parents=True)
+    (part / "x.parquet").write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
+    return part
+
+
+def test_cleanup_drops_events_only_when_no_compact_or_aggregate_runs(
+    tmp_path: Path, runner: CliRunner, holder: Any
+) -> None:
+    """Dropping event partitions resets aggregate's receipts index: an aggregate run
+    saving its receipts after that would leave the index without every older
+    receipt. So cleanup waits for both runs (and for another cleanup), and drops
+    nothing when they outlast --wait."""
+    events = _expired(tmp_path, store.EVENTS)
+    snapshots = _expired(tmp_path, store.SNAPSHOTS_HOURLY)
+    receipts = tmp_path / store.STATE / aggregate.RECEIPTS_DIR / "chunk-1.parquet"
+    receipts.parent.mkdir(parents=True)
+    receipts.write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
+    for lock in ("cleanup.lock", "compact.lock", "aggregate.lock"):
+        pid = holder(tmp_path, lock)
+        result = runner.invoke(main, ["--data", str(tmp_path), "cleanup", "--wait", "0.5"])
+        assert result.exit_code == 5, (lock, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {pid} " in lines[0] and lock in lines[0], result.stderr
+        assert events.is_dir() and snapshots.is_dir() and receipts.exists()  # nothing done
+        os.kill(pid, 9)
+        store_lock = tmp_path / store.STATE / lock
+        with store.run_lock(tmp_path, lock, command="test", timeout=10):  # the holder is gone
+            assert store_lock.exists()
+    pid = holder(tmp_path, "aggregate.lock")
+    events.parent.rename(tmp_path / "kept")  # only snapshots past retention: no wait for aggregate
+    result = runner.invoke(main, ["--data", str(tmp_path), "cleanup", "--wait", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert not snapshots.exists() and receipts.exists()
+    (tmp_path / "kept").rename(events.parent)
+    os.kill(pid, 9)
+    result = runner.invoke(main, ["--data", str(tmp_path), "cleanup", "--wait", "10"])
+    assert result.exit_code == 0, result.output
+    assert not events.parent.exists() and not receipts.exists()
+    assert "dropped events/date=" in result.stdout

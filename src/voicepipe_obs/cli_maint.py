@@ -206,20 +206,23 @@ def _leftover_line(verb: str, left: Leftovers) -> str:
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="List what would be dropped, drop nothing.")
+@_wait_option
 @_now_option
 @pass_app
-def cleanup(app: AppContext, dry_run: bool, now_value: str | None) -> None:
+def cleanup(app: AppContext, dry_run: bool, wait_s: float, now_value: str | None) -> None:
     """Drop date partitions past retention (events 30 days, hourly snapshots 7,
     daily snapshots 90, alerts 90; see [retention] in voicepipe.toml).
 
     Prints one line per dropped partition; nothing when nothing is past retention.
+    Dropping events waits for a running compact or aggregate (--wait), then exits 5
+    having dropped nothing.
     """
     from .maintenance import cleanup as run_cleanup
     from .maintenance import leftovers
 
     now = _now(now_value)
     left = leftovers(app.root)
-    dropped = run_cleanup(app.root, app.settings.retention, now=now, dry_run=dry_run)
+    dropped = run_cleanup(app.root, app.settings.retention, now=now, dry_run=dry_run, lock_timeout=wait_s)
     if left:
         click.echo(_leftover_line("would remove" if dry_run else "removed", left))
     verb = "would drop" if dry_run else "dropped"

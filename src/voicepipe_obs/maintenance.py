@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -43,6 +44,7 @@ log = logging.getLogger("voicepipe_obs.maintenance")
 COMPACTED_FROM_KEY: Final = b"voicepipe.compacted_from"
 COMPACTED_PREFIX: Final = "compact-"
 COMPACT_LOCK: Final = "compact.lock"
+CLEANUP_LOCK: Final = "cleanup.lock"
 #: files younger than this (by mtime) are left alone: a live writer may still be settling
 DEFAULT_GRACE: Final = dt.timedelta(minutes=5)
 #: hours compacted in parallel (reading, encoding and fsync release the GIL)
@@ -441,11 +443,38 @@ def cleanup(
     *,
     now: dt.datetime,
     dry_run: bool = False,
+    lock_timeout: float = store.LOCK_TIMEOUT,
 ) -> list[DroppedPartition]:
     """Drop every date= partition past retention (see :func:`expired_partitions`)
     and return them; with ``dry_run`` only return them. A partition is first renamed
-    out of the layout (so it vanishes from globs at once), then deleted."""
+    out of the layout (so it vanishes from globs at once), then deleted.
+
+    One run at a time per root (``_state/cleanup.lock``). Dropping event partitions
+    also waits for any ``compact`` run (which could write a compacted file back into
+    a partition being dropped) and ``aggregate`` run (whose receipts index it resets:
+    an aggregate run that saved its receipts after the reset would leave the index
+    without every older receipt, and end-to-end latency unknown for their
+    completions until a ``--rebuild``). Each lock is waited for up to
+    ``lock_timeout`` seconds, all of them before anything is dropped, then
+    :class:`~voicepipe_obs.errors.BusyError` (exit 5) with nothing done."""
     rootp = Path(root)
+    if dry_run:
+        return _cleanup(rootp, retention, now=now, dry_run=True)
+    try:
+        with store.run_lock(rootp, CLEANUP_LOCK, command="cleanup", timeout=lock_timeout):
+            return _cleanup(rootp, retention, now=now, dry_run=False, lock_timeout=lock_timeout)
+    except OSError as exc:
+        raise store.write_error(rootp, exc) from exc
+
+
+def _cleanup(
+    rootp: Path,
+    retention: RetentionSettings,
+    *,
+    now: dt.datetime,
+    dry_run: bool,
+    lock_timeout: float = store.LOCK_TIMEOUT,
+) -> list[DroppedPartition]:
     expired = expired_partitions(rootp, retention, now=now)
     log.info(
         "cleanup: %d partitions under %s past retention (events %d days, hourly snapshots %d, "
@@ -462,24 +491,31 @@ def cleanup(
     remove_leftovers(rootp)
     if not expired:
         return expired
-    _carry_active_alert_records(rootp, [p for p in expired if p.area == store.ALERTS], now)
-    trash = rootp / store.STATE / TRASH
-    try:
-        store.ensure_dir(trash)
-    except OSError as exc:
-        raise store.write_error(rootp, exc) from exc
-    for part in expired:
-        target = trash / f"{part.area.replace('/', '_')}-{part.date}-{secrets.token_hex(3)}"
+    with ExitStack() as locks:
+        if any(p.area == store.EVENTS for p in expired):
+            from .aggregate import LOCK_FILE
+
+            # in this order (compact, then aggregate) wherever both are taken
+            locks.enter_context(store.run_lock(rootp, COMPACT_LOCK, command="compact", timeout=lock_timeout))
+            locks.enter_context(store.run_lock(rootp, LOCK_FILE, command="aggregate", timeout=lock_timeout))
+        _carry_active_alert_records(rootp, [p for p in expired if p.area == store.ALERTS], now)
+        trash = rootp / store.STATE / TRASH
         try:
-            os.replace(part.path, target)
+            store.ensure_dir(trash)
         except OSError as exc:
             raise store.write_error(rootp, exc) from exc
-        shutil.rmtree(target, ignore_errors=True)
-        log.info("cleanup: dropped %s (%d files, %d bytes)", part.path, part.files, part.bytes)
-    if any(p.area == store.EVENTS for p in expired):
-        from .aggregate import reset_receipts
+        for part in expired:
+            target = trash / f"{part.area.replace('/', '_')}-{part.date}-{secrets.token_hex(3)}"
+            try:
+                os.replace(part.path, target)
+            except OSError as exc:
+                raise store.write_error(rootp, exc) from exc
+            shutil.rmtree(target, ignore_errors=True)
+            log.info("cleanup: dropped %s (%d files, %d bytes)", part.path, part.files, part.bytes)
+        if any(p.area == store.EVENTS for p in expired):
+            from .aggregate import reset_receipts
 
-        reset_receipts(rootp)  # receipts of dropped events must not outlive them
+            reset_receipts(rootp)  # receipts of dropped events must not outlive them
     log.info("dropped %d partitions past retention", len(expired))
     return expired
 
