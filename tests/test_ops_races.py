@@ -147,6 +147,35 @@ def test_check_while_compacting_exits_0_without_warnings(
     assert not [r for r in caplog.records if r.levelname == "WARNING" and "vanished" in r.getMessage()]
 
 
+def test_evaluate_without_a_connection_lists_again_when_compaction_replaced_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alerts.evaluate(root) — the library call, with its own connection — lists the
+    files again when compaction replaced one after a rule listed them, and sees
+    every event. The race made certain: a real compaction runs right after the
+    first listing."""
+    from voicepipe_obs import alerts, maintenance
+    from voicepipe_obs.config import Settings
+
+    make_store(tmp_path)
+    real_vetted_files = alerts.vetted_files
+    listings: list[int] = []
+
+    def list_then_compact(root: Path, **kwargs: Any) -> list[Path]:
+        files = real_vetted_files(root, **kwargs)
+        listings.append(len(files))
+        if len(listings) == 1:
+            maintenance.compact(root, now=NOW, grace=dt.timedelta(0))
+        return files
+
+    monkeypatch.setattr(alerts, "vetted_files", list_then_compact)
+    settings = Settings.model_validate({"alerts": {"queue_depth": {"warning": 0}}})
+    ev = alerts.evaluate(tmp_path, settings, now=NOW, rules=["queue_depth"])
+    [finding] = ev.findings
+    assert finding.value == TOTAL  # every artifact received, none finished
+    assert listings == [HOURS * FILES_PER_HOUR, HOURS]  # listed again after compaction
+
+
 def test_aggregate_while_compacting_is_complete(churning: Path) -> None:
     for _ in range(ITERATIONS // 2):
         aggregate.aggregate(churning, now=NOW, rebuild=True)

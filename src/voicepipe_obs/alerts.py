@@ -711,9 +711,14 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate the enabled rules (or just ``rules``) at ``now``; writes nothing.
 
+    Without ``con`` it opens (and closes) its own connection, listing the files
+    again when one it listed vanished meanwhile (``voicepipe compact`` replaced it:
+    :func:`~voicepipe_obs.query.retry_vanished`); a caller's ``con`` is the
+    caller's to retry.
+
     Raises :class:`StoreError` when the store cannot be read.
     """
-    from .query import connect
+    from .query import connect, retry_vanished
 
     settings = settings or Settings()
     rootp = store.resolve_root(root)
@@ -721,8 +726,30 @@ def evaluate(
     for name in rules or ():
         if name not in _RULE_FUNCS:
             raise UsageError(f"unknown rule {name!r}; choose from {', '.join(RULES)}")
+    if con is not None:
+        return _evaluate(con, rootp, settings, at, rules)
+
+    def read(_attempt: int) -> Evaluation:
+        try:
+            own = connect(rootp, live=False)
+        except duckdb.Error as exc:
+            raise StoreError(_unreadable(rootp, exc)) from exc
+        try:
+            return _evaluate(own, rootp, settings, at, rules)
+        finally:
+            own.close()
+
+    return retry_vanished(read, what="evaluate")
+
+
+def _evaluate(
+    con: duckdb.DuckDBPyConnection,
+    rootp: Path,
+    settings: Settings,
+    at: dt.datetime,
+    rules: Sequence[str] | None,
+) -> Evaluation:
     try:
-        con = con or connect(rootp, live=False)
         ctx = _Ctx(con, rootp, settings, at)
         ev = Evaluation(at)
         for name in rules or RULES:
