@@ -240,9 +240,9 @@ def test_a_retry_runs_until_its_outcome_or_its_own_end(root: Path) -> None:
     retry_failed (or retry_succeeded) and no artifact outcome after it no longer
     runs: the artifact's outcomes decide again. Each step in its own hour, so the
     index combines partial rows across hours."""
-    failed = [("artifact_received", "", 1), ("transcription_failed", "", 2), ("artifact_failed", "", 3)]
+    failed = [("artifact_received", 1), ("transcription_failed", 2), ("artifact_failed", 3)]
     for aid in ("r1", "r2", "r3", "r4"):
-        _write(root, 0, f"h0-{aid}", [(kind, aid, m) for kind, _, m in failed])
+        _write(root, 0, f"h0-{aid}", [(kind, aid, minute) for kind, minute in failed])
         _write(root, 1, f"h1-{aid}", [("retry_initiated", aid, 5)])
     ag.aggregate(root, now=NOW)
 
