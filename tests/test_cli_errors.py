@@ -442,6 +442,26 @@ def test_unreadable_files_are_named_once_with_advice_for_their_area(data: Path) 
     ]
 
 
+def test_the_event_log_and_artifact_lookup_name_an_unreadable_event_file(data: Path) -> None:
+    """The readers that list partitions themselves (the event log, its export, the
+    artifact search, which reads the newest partitions first) skip an unreadable
+    event file with the same one-line warning as every other reader, rather than
+    silently leaving its events out."""
+    newest = sorted((data / "events").glob("date=*/hour=*"))[-1]
+    bad = _spoil(newest / "torn.parquet")
+    warning = f"voicepipe: warning: skipping unreadable file {bad} (no Parquet header); "
+    artifact = failed_artifact(data)
+    for args in (
+        ["report", "events"],
+        ["report", "events", "--format", "csv"],
+        ["report", "artifact", artifact],
+    ):
+        proc = run_cli("--data", str(data), *args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        mine = [line for line in proc.stderr.splitlines() if str(bad) in line]
+        assert len(mine) == 1 and mine[0].startswith(warning), (args, proc.stderr)
+
+
 def test_verbose_logs_what_the_cron_commands_do(runner: Any, data: Path) -> None:
     quiet = invoke(runner, data, "aggregate", "--since", "1970-01-01")
     assert quiet.exit_code == 0 and quiet.stderr == ""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import alerts as _alerts
 from . import store
+from .query import vetted
 from .errors import EmptyStoreError, NotFoundError, UsageError
 from .events import (
     ARTIFACT_STATUSES,
@@ -1255,7 +1256,7 @@ def _artifact_connection(root: Path, artifact_id: str) -> duckdb.DuckDBPyConnect
     con = _connect([], materialise=True)
     found = False
     for day in _search_groups(root):
-        good, _bad = store.vet_parquet(day)
+        good = vetted(day)
         if not good:
             continue
         con.execute(
@@ -2000,7 +2001,7 @@ def _log_rows(
     given = 0
     recent: set[str] = set()  # ids of this hour and the one before (copies share an hour)
     for hour_files in _hours_newest_first(root, f.since, f.until):
-        good, _bad = store.vet_parquet(hour_files)
+        good = vetted(hour_files)
         if not good:
             continue
         sql = (
@@ -2067,10 +2068,10 @@ def count_events(root: Path, *, now: dt.datetime, filters: EventFilter | None = 
             scan.extend(hour)
     con = _connect([], materialise=False)
     n = 0
-    good, _bad = store.vet_parquet(whole)
+    good = vetted(whole)
     if good:  # count(*) of a whole file is answered from its footer
         n += int(_one(con, f"SELECT count(*) AS n FROM {parquet_scan(good)}").get("n") or 0)
-    good, _bad = store.vet_parquet(scan)
+    good = vetted(scan)
     if good:
         row = _one(
             con, f"SELECT count(DISTINCT event_id) AS n FROM {parquet_scan(good)} WHERE {cond}", params
@@ -2134,7 +2135,7 @@ def organizations(root: Path) -> list[str]:
     column of every event file."""
     from .query import parquet_scan
 
-    good, _bad = store.vet_parquet(store.list_parquet(root, store.EVENTS))
+    good = vetted(store.list_parquet(root, store.EVENTS))
     if not good:
         return []
     cur = _connect([], materialise=False).execute(
@@ -2180,7 +2181,7 @@ def event(root: Path, event_id: str) -> dict[str, Any]:
     require_events(root)
     con = _connect([], materialise=False)
     for day_files in _day_groups(root):
-        good, _bad = store.vet_parquet(day_files)
+        good = vetted(day_files)
         if not good:
             continue
         rows = _dicts(
@@ -2231,7 +2232,7 @@ def follow_events(
         fresh = [p for p in store.list_parquet(root, store.EVENTS) if p not in known]
         if fresh:
             known.update(fresh)
-            good, _bad = store.vet_parquet(fresh)
+            good = vetted(fresh)
             rows = (
                 _dicts(
                     con,
