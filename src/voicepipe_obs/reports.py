@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import alerts as _alerts
 from . import store
-from .query import vetted
 from .errors import EmptyStoreError, NotFoundError, UsageError
 from .events import (
     ARTIFACT_STATUSES,
@@ -39,6 +38,7 @@ from .events import (
     TIMED_STAGES,
     closest,
 )
+from .query import vetted
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
