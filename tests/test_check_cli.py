@@ -207,6 +207,21 @@ def test_ack_and_list(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path
     # the check line shows who acknowledged (a dry run: the ack is later than 12:01)
     line = invoke(runner, root, "check", "--now", "2026-03-02T12:01:00Z", "--dry-run", config=cfg).stdout
     assert line.rstrip().endswith(f"(id {state.alert_id}, acked by alice)")
+    # the history says why in every format, as its default table does
+    history = ["alerts", "list", "--history", "--alert-id", state.alert_id]
+    assert "alice: on it" in invoke(runner, root, *history).stdout
+    (ack,) = [
+        line
+        for line in invoke(runner, root, *history, "--wide").stdout.splitlines()
+        if "acknowledged" in line
+    ]
+    assert "alice" in ack and "on it" in ack
+    rows = list(csv.DictReader(io.StringIO(invoke(runner, root, *history, "--format", "csv").stdout)))
+    assert [(r["record_type"], r["actor"], r["comment"]) for r in rows][-1] == (
+        "acknowledged",
+        "alice",
+        "on it",
+    )
 
 
 def test_ack_unknown_id_is_a_clean_error(runner: CliRunner, root: Path) -> None:

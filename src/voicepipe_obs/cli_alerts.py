@@ -187,6 +187,8 @@ _LIST_COLUMNS = (
     "acknowledged_by",
     "summary",
 )
+#: The history's columns with --wide and in CSV: everything the default table's
+#: ``detail`` cell says (see :func:`_history_detail`), each in its own column.
 _HISTORY_COLUMNS = (
     "timestamp",
     "record_type",
@@ -194,10 +196,14 @@ _HISTORY_COLUMNS = (
     "rule",
     "scope",
     "severity",
+    "previous_severity",
     "actor",
+    "comment",
     "notifier",
+    "ref_record_type",
     "delivered",
     "summary",
+    "description",
     "error",
 )
 #: How tables are cut to fit TABLE_WIDTH: in this order, each stage shortens its
