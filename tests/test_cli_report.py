@@ -205,6 +205,7 @@ def test_metrics_json_numbers(runner: Any, store_root: Path) -> None:
     text = run(runner, store_root, "metrics", "--range", "24h", "--format", "csv").stdout
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 24 and sum(int(r["artifacts_received"]) for r in rows) == 6
+    assert list(rows[0]) == list(data["series"][0])  # every field of the JSON series
 
 
 # ----------------------------------------------------- filters and pagination

@@ -1667,14 +1667,16 @@ CSV_COLUMNS: Final = {
         "retry_queue",
         "top_error_code",
     ),
-    "metrics": (
+    "metrics": (  # the series' fields, as JSON has them
         "period_start",
         "artifacts_received",
         "artifacts_completed",
         "artifacts_failed",
         "overall_failure_rate",
         "avg_end_to_end_latency_ms",
+        "p95_end_to_end_latency_ms",
         "total_ai_cost",
+        "source",
     ),
 }
 
