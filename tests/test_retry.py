@@ -580,6 +580,29 @@ def test_the_reader_sees_files_written_after_it_opened(rec: vp.Recorder, root: P
         reader.close()
 
 
+def test_the_reader_names_an_unreadable_file_that_appears(
+    rec: vp.Recorder, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file that appears during a bulk run and cannot be read is skipped with the
+    one warning every reader gives (query.vetted), not silently."""
+    from voicepipe_obs import store
+
+    record_failed(rec, "a-1", "transcription")
+    rec.flush()
+    reader = retry.ArtifactReader(root)
+    try:
+        assert reader.get("a-1").status == "failed"  # type: ignore[union-attr]
+        torn = store.list_parquet(root)[0].with_name("torn.parquet")
+        torn.write_bytes(b"not parquet at all")
+        with caplog.at_level("WARNING", logger="voicepipe_obs.query"):
+            assert reader.get("a-1").status == "failed"  # type: ignore[union-attr]
+        assert [r.getMessage() for r in caplog.records if "torn.parquet" in r.getMessage()] == [
+            f"skipping unreadable file {torn} (no Parquet header); `voicepipe compact` moves such files to quarantine/"
+        ]
+    finally:
+        reader.close()
+
+
 # ------------------------------------------------------------------------ history
 
 

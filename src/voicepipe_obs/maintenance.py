@@ -491,8 +491,9 @@ def _cleanup(
     remove_leftovers(rootp)
     if not expired:
         return expired
+    drops_events = any(p.area == store.EVENTS for p in expired)
     with ExitStack() as locks:
-        if any(p.area == store.EVENTS for p in expired):
+        if drops_events:
             from .aggregate import LOCK_FILE
 
             # in this order (compact, then aggregate) wherever both are taken
@@ -512,7 +513,7 @@ def _cleanup(
                 raise store.write_error(rootp, exc) from exc
             shutil.rmtree(target, ignore_errors=True)
             log.info("cleanup: dropped %s (%d files, %d bytes)", part.path, part.files, part.bytes)
-        if any(p.area == store.EVENTS for p in expired):
+        if drops_events:
             from .aggregate import reset_receipts
 
             reset_receipts(rootp)  # receipts of dropped events must not outlive them

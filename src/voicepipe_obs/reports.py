@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -647,15 +647,6 @@ _AT_STAGE_FOLD: Final = (
 )
 
 
-def _over_retention(con: duckdb.DuckDBPyConnection, root: Path, read: Callable[[list[Path]], object]) -> None:
-    """``read(files)`` over every event file of the store (within retention), listed
-    again when compaction replaced one meanwhile (query.retry_vanished, as
-    :func:`_connect` does)."""
-    from .query import retry_vanished, vetted_files
-
-    retry_vanished(lambda attempt: read(vetted_files(root)), what="report")
-
-
 def _open_artifacts(
     con: duckdb.DuckDBPyConnection,
     root: Path,
@@ -674,13 +665,15 @@ def _open_artifacts(
     partial rows read as that temp table — the open artifacts' and those of
     ``include`` (a table with an artifact_id column; see :func:`_earliest_receipts`)."""
     from . import artifact_index
+    from .query import retry_vanished, vetted_files
 
-    _over_retention(
-        con,
-        root,
-        lambda files: artifact_index.open_artifacts_table(
-            con, root, files, "_vp_open_all", fold, keep_partials=keep_partials, include=include
+    # every event file (within retention), listed again when compaction replaced one
+    # meanwhile (as _connect does)
+    retry_vanished(
+        lambda _attempt: artifact_index.open_artifacts_table(
+            con, root, vetted_files(root), "_vp_open_all", fold, keep_partials=keep_partials, include=include
         ),
+        what="report",
     )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _vp_open AS SELECT * FROM _vp_open_all WHERE received_at <= $now",

@@ -672,10 +672,11 @@ class ArtifactReader:
             return self._open()
         new = sorted(current - self._files - self._seen.keys())
         if new:
+            from .query import vetted
             from .sql import sql_str
 
-            good, bad = store.vet_parquet(new)
-            for path, _ in bad:
+            good = vetted(new)  # the others skipped with the readers' one warning each
+            for path in set(new) - set(good):
                 self._seen[path] = frozenset()
             if good:
                 listed = ", ".join(sql_str(str(f)) for f in good)
