@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -487,3 +488,34 @@ def test_a_global_option_typo_before_check_is_unknown_not_critical(tmp_path: Pat
     assert result.stderr.startswith("voicepipe: error: No such option") and result.stderr.count("\n") == 1
     other = subprocess.run([*cmd, "--bogus", "report"], capture_output=True, text=True, timeout=60)
     assert other.returncode == 2
+
+
+def test_list_names_a_misspelt_org_but_not_one_the_alert_log_knows(
+    runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path
+) -> None:
+    """`alerts list --org` of an unknown organisation is an error with a suggestion
+    (as `report alerts --org` is); a known one without alerts is not, nor is one
+    only the alert log still names (its events dropped by retention)."""
+    cfg = tmp_path / "per-org.toml"
+    cfg.write_text(QUIET.replace("per_organization = false", "per_organization = true"))
+    for i in range(24):  # min_sample is 10 per organisation
+        org = "org-acme" if i < 12 else "org-zenith"
+        kind = "artifact_failed" if i < 12 else "artifact_completed"
+        rec.emit(kind, timestamp=T0 - dt.timedelta(minutes=5), artifact_id=f"a{i}", organization_id=org)
+    rec.flush()
+    invoke(runner, root, "check", "--now", NOW, config=cfg)
+    assert "org-acme" in {s.organization_id for s in alerts.list_alerts(root)}
+    for args in (["alerts", "list"], ["alerts", "list", "--all"], ["alerts", "list", "--history"]):
+        for fmt in ("table", "json"):
+            bad = invoke(runner, root, *args, "--org", "org-acm", "--format", fmt)
+            assert (bad.exit_code, bad.stdout) == (1, ""), bad.stdout
+            (line,) = bad.stderr.strip().splitlines()
+            assert line.startswith("voicepipe: error: no organisation 'org-acm' in the events or the alert log")
+            assert "did you mean 'org-acme'?" in line
+        quiet = invoke(runner, root, *args, "--org", "org-zenith")
+        assert quiet.exit_code == 0 and quiet.stdout.strip() in ("no active alerts", "no alerts", "no alert records")
+    shutil.rmtree(root / "events")  # as retention does, long before the alert log goes
+    for args in (["alerts", "list", "--org", "org-acme"], ["report", "alerts", "--org", "org-acme"]):
+        kept = invoke(runner, root, *args, "--format", "json")
+        assert kept.exit_code == 0, kept.stderr
+        assert "org-acme" in kept.stdout

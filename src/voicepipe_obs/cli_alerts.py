@@ -367,6 +367,7 @@ def list_(
 ) -> None:
     """List active alerts (--all: also resolved; --history: the log)."""
     from .alerts import RULES, alert_history, list_alerts
+    from .reports import require_organization
 
     if rule is not None and rule not in RULES:
         raise click.BadParameter(f"unknown rule; choose from {', '.join(RULES)}", param_hint="--rule")
@@ -375,6 +376,8 @@ def list_(
         rows = alert_history(root, alert_id=alert_id, rule=rule, organization_id=organization_id)
         if severity is not None:
             rows = [r for r in rows if r["severity"] == severity]
+        if not rows and organization_id is not None:  # a misspelt --org is an error
+            require_organization(root, organization_id, alerts=True)
         if fmt == "table":
             click.echo(_history_table(rows, wide) if rows else "no alert records")
         else:
@@ -389,6 +392,8 @@ def list_(
     )
     if alert_id is not None:
         states = [s for s in states if s.alert_id == alert_id]
+    if not states and organization_id is not None:
+        require_organization(root, organization_id, alerts=True)
     if fmt == "table":
         empty = "no alerts" if show_all else "no active alerts"
         click.echo(_state_table(states, show_all, wide) if states else empty)

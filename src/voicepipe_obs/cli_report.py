@@ -623,7 +623,7 @@ def alerts_cmd(
         app.root, now=now, history=history, since=lo, until=hi, rule=rule, org=org, severity=severity
     )
     if not data["rows"] and org is not None:
-        reports.require_organization(app.root, org)
+        reports.require_organization(app.root, org, alerts=True)
     _emit(
         fmt,
         data,

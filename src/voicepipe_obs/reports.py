@@ -2138,18 +2138,25 @@ def organizations(root: Path) -> list[str]:
     return [str(r[0]) for r in cur.fetchall()]
 
 
-def require_organization(root: Path, org: str) -> None:
+def require_organization(root: Path, org: str, *, alerts: bool = False) -> None:
     """Raise :class:`NotFoundError` (exit 1) when no event of the store names the
     organisation ``org``, with the closest known id and the list. For the CLI to
     call when a report for ``--org`` came back empty: an unknown (misspelt)
-    organisation is an error, a known one with nothing in the window is not."""
+    organisation is an error, a known one with nothing in the window is not.
+    With ``alerts``, an organisation the alert log names is known too (the log is
+    kept longer than the events)."""
     known = organizations(root)
     if org in known:
         return
+    if alerts:
+        from .alerts import alert_history
+
+        if alert_history(root, organization_id=org):
+            return
     hint = closest(org[:64], tuple(known))
     listed = ", ".join(known[:12]) + (f" (and {len(known) - 12} more)" if len(known) > 12 else "")
     raise NotFoundError(
-        f"no organisation {org[:80]!r} in the events under {root}"
+        f"no organisation {org[:80]!r} in the events{' or the alert log' if alerts else ''} under {root}"
         + (f" (did you mean {hint!r}?)" if hint else "")
         + (f"; organisations: {listed}" if known else "")
     )
