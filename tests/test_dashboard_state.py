@@ -510,3 +510,30 @@ def test_snapshot_metrics_still_count_events(outcomes: Path) -> None:
     """DESIGN §6's artifacts_completed / artifacts_failed stay counts of events."""
     row = aggregate.window_metrics(outcomes, at(28, 0), NOW)[0]
     assert (row["artifacts_completed"], row["artifacts_failed"]) == (3, 5)
+
+
+def test_a_missing_artifact_index_is_named_once_until_aggregate_builds_it(
+    root: Path, recorder: vp.Recorder, runner: Any
+) -> None:
+    """A store never aggregated is read in full (right, but slow on a big store):
+    the dashboard says so once on stderr, naming the command that fixes it, and
+    stdout stays clean; once `aggregate` has built the index, no word."""
+    for h in range(60):
+        received(recorder, f"a{h}", NOW - dt.timedelta(hours=h, minutes=30))
+    recorder.flush()
+
+    def dashboard() -> list[str]:
+        result = runner.invoke(
+            main, ["--data", str(root), "report", "--now", NOW.isoformat(), "dashboard", "--format", "json"]
+        )
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["cards"]["active_artifacts"] == 60
+        return [line for line in result.stderr.splitlines() if "artifact index" in line]
+
+    (line,) = dashboard()
+    assert line.startswith("voicepipe: warning: the artifact index lacks 60 hours of events under ")
+    assert "`voicepipe aggregate`" in line
+    assert dashboard() == []  # once per process
+    artifact_index._hinted.clear()
+    aggregate.aggregate(root, now=NOW)
+    assert dashboard() == []

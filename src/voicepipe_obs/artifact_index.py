@@ -650,6 +650,7 @@ def open_artifacts_table(
         con.execute("DROP TABLE _vp_ix_ids")
 
     computed = _read_or_events(con, _coverage(root, files), read, files)
+    _hint_stale(root, computed)
     candidates = parts
     if include is not None:  # the included artifacts are no candidates of their own
         candidates = "_vp_ix_cand"
@@ -670,6 +671,27 @@ def open_artifacts_table(
     )
     con.execute("DROP TABLE _vp_ix_per")
     return computed
+
+
+#: roots already told that their index is missing or behind (once per process)
+_hinted: set[str] = set()
+
+
+def _hint_stale(root: Path, computed: int) -> None:
+    """Say (a warning, once per root and process) that the index is missing or far
+    behind when a read had to fold more than :data:`REFRESH_HOURS` hours from their
+    events: the report is right but slow (~20 s on 10 million events instead of ~1 s),
+    and only a `voicepipe aggregate` run (cron's job) brings the index up to date. A
+    store aggregated every few minutes is an hour or two behind at most."""
+    if computed <= REFRESH_HOURS or str(root) in _hinted:
+        return
+    _hinted.add(str(root))
+    log.warning(
+        "the artifact index lacks %d hours of events under %s, so they were read in full "
+        "(slow); `voicepipe aggregate` brings it up to date (cron runs it every few minutes)",
+        computed,
+        root,
+    )
 
 
 # ------------------------------------------------------------------ refreshing
