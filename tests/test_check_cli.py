@@ -510,10 +510,16 @@ def test_list_names_a_misspelt_org_but_not_one_the_alert_log_knows(
             bad = invoke(runner, root, *args, "--org", "org-acm", "--format", fmt)
             assert (bad.exit_code, bad.stdout) == (1, ""), bad.stdout
             (line,) = bad.stderr.strip().splitlines()
-            assert line.startswith("voicepipe: error: no organisation 'org-acm' in the events or the alert log")
+            assert line.startswith(
+                "voicepipe: error: no organisation 'org-acm' in the events or the alert log"
+            )
             assert "did you mean 'org-acme'?" in line
         quiet = invoke(runner, root, *args, "--org", "org-zenith")
-        assert quiet.exit_code == 0 and quiet.stdout.strip() in ("no active alerts", "no alerts", "no alert records")
+        assert quiet.exit_code == 0 and quiet.stdout.strip() in (
+            "no active alerts",
+            "no alerts",
+            "no alert records",
+        )
     shutil.rmtree(root / "events")  # as retention does, long before the alert log goes
     for args in (["alerts", "list", "--org", "org-acme"], ["report", "alerts", "--org", "org-acme"]):
         kept = invoke(runner, root, *args, "--format", "json")

@@ -488,6 +488,13 @@ def test_sql_shows_values_as_duckdb_returns_them(runner: Any, store: Path) -> No
         (["--bogus"], "No such option '--bogus'", "voicepipe"),
         (["report", "artifact"], "Missing argument 'ARTIFACT_ID'", "voicepipe report artifact"),
         (["report", "events", "--since", "yesterday-ish"], "invalid time 'yesterday-ish'", None),
+        # an option without its value: click's parser raises these without a context
+        (["report", "events", "--type"], "Option '--type' requires an argument", "voicepipe report events"),
+        (["alerts", "ack", "x", "--by"], "Option '--by' requires an argument", "voicepipe alerts ack"),
+        (["config", "show", "--format"], "Option '--format' requires an argument", "voicepipe config show"),
+        (["report", "--now"], "Option '--now' requires an argument", "voicepipe report"),
+        (["cleanup", "--wait"], "Option '--wait' requires an argument", "voicepipe cleanup"),
+        (["--data"], "Option '--data' requires an argument", "voicepipe"),
     ],
 )
 def test_usage_errors_are_one_line(

@@ -167,12 +167,34 @@ class CheckUsageError(OneLineUsageError):
     exit_code = 3
 
 
-def _one_line(exc: click.UsageError) -> click.UsageError:
+def _one_line(exc: click.UsageError, where: click.Context | None = None) -> click.UsageError:
     """``exc`` as a :class:`OneLineUsageError`; a group run without a command
-    (``voicepipe report``) keeps click's help text."""
+    (``voicepipe report``) keeps click's help text. ``where``: the context of the
+    command being parsed, for the errors click's parser raises without one (an
+    option missing its value), so that they too point at that command's --help."""
     if isinstance(exc, OneLineUsageError) or type(exc).__name__ == "NoArgsIsHelpError":
         return exc
+    if exc.ctx is None:
+        exc.ctx = where
     return OneLineUsageError(exc)
+
+
+def _parsing(group: click.Group, ctx: click.Context) -> click.Context | None:
+    """The context of ``group``'s subcommand whose command line failed to parse."""
+    name = ctx.invoked_subcommand
+    command = group.get_command(ctx, name) if name else None
+    return click.Context(command, info_name=name, parent=ctx) if command is not None else None
+
+
+class OneLineGroup(click.Group):
+    """A group of subcommands (``report``, ``alerts``, ``config``) whose usage errors
+    become one line pointing at the subcommand's --help (see :func:`_one_line`)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc, _parsing(self, ctx)) from None
 
 
 class LazyGroup(click.Group):
@@ -209,6 +231,8 @@ class LazyGroup(click.Group):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
+            if exc.ctx is None:
+                exc.ctx = click.Context(self, info_name=info_name, parent=parent)
             if parent is None and "check" in args:
                 # `voicepipe --bogus check`: a monitoring system reads exit 2 as
                 # CRITICAL; check's usage errors are UNKNOWN (3), wherever they are
@@ -219,7 +243,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            raise _one_line(exc) from None
+            raise _one_line(exc, _parsing(self, ctx)) from None
         except VoicepipeError as exc:
             click.echo(f"voicepipe: error: {exc}", err=True)
             ctx.exit(exc.exit_code)

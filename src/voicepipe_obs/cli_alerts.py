@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .cli import AppContext, format_option, parse_now, pass_app
+from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app
 from .errors import VoicepipeError
 
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
@@ -146,7 +146,7 @@ def check(
     ctx.exit(result.exit_code)
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 def alerts() -> None:
     """Acknowledge and list alerts (the state `voicepipe check` records)."""
 

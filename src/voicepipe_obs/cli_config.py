@@ -7,10 +7,10 @@ import json
 
 import click
 
-from .cli import AppContext, format_option, pass_app
+from .cli import AppContext, OneLineGroup, format_option, pass_app
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 def config() -> None:
     """Inspect the configuration."""
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli import AppContext, format_option, parse_now, pass_app
+from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app
 from .events import ARTIFACT_STATUSES, STAGES, TIMED_STAGES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,7 +114,7 @@ def _retry_command(app: AppContext) -> Any:
 # ------------------------------------------------------------------------ group
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 @click.option(
     "--now",
     "now_value",
