@@ -409,6 +409,17 @@ def test_sql_reads_the_views(runner: Any, store_root: Path) -> None:
     assert sql(runner, store_root, "SELECT * FROM alerts", "--format", "json").exit_code == 0
 
 
+def test_sql_table_says_which_zone_its_times_are_in(runner: Any, store_root: Path) -> None:
+    """Times are shown without an offset, as in every report: the row count says in
+    which zone (a result without times says nothing of zones)."""
+    query = "SELECT TIMESTAMPTZ '2026-03-02 12:00:00+00' AS t"
+    utc = sql(runner, store_root, query, "--utc").stdout.splitlines()
+    assert utc[-2:] == ["2026-03-02 12:00:00", "(1 row; times in UTC)"]
+    local = sql(runner, store_root, query).stdout.splitlines()[-1]
+    assert local.startswith("(1 row; times in local time")
+    assert sql(runner, store_root, "SELECT 1 AS x").stdout.splitlines()[-1] == "(1 row)"
+
+
 @pytest.mark.parametrize(
     "query",
     [

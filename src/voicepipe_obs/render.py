@@ -1638,7 +1638,10 @@ def render_sql(data: Mapping[str, Any], style: Style) -> str:
     body = [[_sql_cell(r[c], style) for c in cols] for r in data["rows"]]
     out = table(body, cols, width=style.width, max_col=60, labels={i: c for i, c in enumerate(cols)})
     n = len(data["rows"])
-    return out + f"\n({n} row{'s' if n != 1 else ''}{', truncated' if data.get('truncated') else ''})"
+    # times are shown without an offset (as every report shows them), so say in which zone
+    when = next((v for r in data["rows"] for v in r.values() if isinstance(v, dt.datetime)), None)
+    zone = f"; times in {style.tzname(when)}" if when is not None else ""
+    return out + f"\n({n} row{'s' if n != 1 else ''}{', truncated' if data.get('truncated') else ''}{zone})"
 
 
 def _sql_cell(value: Any, style: Style) -> str:
