@@ -307,6 +307,53 @@ def test_rebuild_respects_hourly_retention(root: Path) -> None:
     assert (result.hourly_written, result.daily_written) == (1, 2)
 
 
+def test_snapshots_outlive_their_events_through_rebuilds_and_ranges(root: Path, runner: Any) -> None:
+    """Cleanup drops event days past their retention and keeps daily snapshots longer
+    (DESIGN: 30 against 90 days): those snapshots are then all that is left of their
+    days, and neither `--rebuild` nor a range over them may delete or change them."""
+    from voicepipe_obs.config import RetentionSettings
+
+    for d in range(5):
+        pipeline(root, f"a{d}", "o1", at(d, 4), f"s{d}")
+    now = at(4, 12)
+    ag.aggregate(root, now=now)
+    before = snapshot_files(root)
+    assert len(before) == 10  # 5 hours with events, 5 days
+    ret = RetentionSettings(events_days=2, hourly_snapshots_days=30, daily_snapshots_days=30)
+    dropped = maintenance.cleanup(root, ret, now=now)
+    assert sorted(p.date for p in dropped) == [f"{at(d, 0):%Y-%m-%d}" for d in (0, 1)]  # events only
+
+    rebuild = ag.aggregate(root, now=now, rebuild=True, retention=ret)
+    assert (rebuild.hourly_written, rebuild.daily_written, rebuild.removed) == (3, 3, 0)
+    assert rebuild.kept_past_events == 4
+    assert snapshot_files(root) == before  # recomputed from the same events: identical
+
+    args = ["--data", str(root), "aggregate", "--now", now.isoformat()]
+    result = runner.invoke(main, [*args, "--since", at(0, 0).isoformat(), "--until", at(3, 0).isoformat()])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("aggregated the requested range: 1 hourly snapshot and 1 daily snapshot")
+    assert result.stdout.rstrip().endswith(
+        "; 4 older snapshots kept as they are: their events are past retention"
+    )
+    assert snapshot_files(root) == before
+
+
+def test_runs_do_not_write_snapshots_past_their_retention(root: Path) -> None:
+    """An incremental run over a backfill writes no snapshot that cleanup would drop
+    at once: only what the retention given keeps (a range is computed as asked)."""
+    from voicepipe_obs.config import RetentionSettings
+
+    for d in range(5):
+        pipeline(root, f"a{d}", "o1", at(d, 4), f"s{d}")
+    ret = RetentionSettings(hourly_snapshots_days=2, daily_snapshots_days=3)
+    result = ag.aggregate(root, now=at(4, 12), retention=ret)
+    assert (result.hourly_written, result.daily_written) == (2, 4)  # hours of days 3-4; days 1-4
+    assert maintenance.expired_partitions(root, ret, now=at(4, 12)) == []
+    assert ag.aggregate(root, now=at(4, 12), retention=ret).nothing_to_do
+    ranged = ag.aggregate(root, now=at(4, 12), since=at(0, 0), until=at(5, 0), retention=ret)
+    assert (ranged.hourly_written, ranged.daily_written) == (5, 5)
+
+
 class Crash(Exception):
     pass
 

@@ -1087,6 +1087,8 @@ class AggregateResult:
     hourly_written: int = 0
     daily_written: int = 0
     removed: int = 0
+    #: snapshots in the range older than the oldest events (dropped by cleanup), kept
+    kept_past_events: int = 0
     events_scanned: int = 0
     seconds: float = 0.0
 
@@ -1192,15 +1194,20 @@ def _aggregate(
             _refresh_index(rootp, listing, None, index_progress)
             result.seconds = time.perf_counter() - started
             return result
-        if mode == "rebuild":
-            if retention is None:  # pydantic is imported only when needed
-                from .config import RetentionSettings
+        if mode == "rebuild" and retention is None:  # pydantic is imported only when needed
+            from .config import RetentionSettings
 
-                retention = RetentionSettings()
+            retention = RetentionSettings()
+        # Buckets past their snapshots' retention are not computed (cleanup would drop
+        # them): by a rebuild, nor by an incremental run over a backfill. A range is
+        # computed as asked; so is every bucket when no retention is given.
+        hourly_from = daily_from = -(2**62)
+        if retention is not None and mode != "range":
             hourly_from = _floor(
                 now_us - retention.hourly_snapshots_days * store.US_PER_DAY, store.US_PER_HOUR
             )
             daily_from = _floor(now_us - retention.daily_snapshots_days * store.US_PER_DAY, store.US_PER_DAY)
+        if mode == "rebuild":
             hours = {f.hour_us for f in listing if f.hour_us >= hourly_from}
             days = {_floor(f.hour_us, store.US_PER_DAY) for f in listing if f.hour_us >= daily_from}
             # buckets with a snapshot but no events any more
@@ -1228,6 +1235,25 @@ def _aggregate(
         else:
             hours = {f.hour_us for f in new}
             days = {_floor(h, store.US_PER_DAY) for h in hours}
+        hours = {h for h in hours if h >= hourly_from}
+        days = {d for d in days if d >= daily_from}
+        # Cleanup drops whole days of events, oldest first, and keeps snapshots longer
+        # (90 days of daily snapshots against 30 of events): a bucket before the oldest
+        # day that still has events is the only record of its traffic. Recomputing it
+        # would find no events and delete it, so it is left as it is.
+        oldest = min((_floor(f.hour_us, store.US_PER_DAY) for f in listing), default=None)
+        past_events = {h for h in hours if oldest is None or h < oldest}
+        past_events_days = {d for d in days if oldest is None or d < oldest}
+        if past_events or past_events_days:
+            hours -= past_events
+            days -= past_events_days
+            result.kept_past_events = len(past_events) + len(past_events_days)
+            log.info(
+                "%d hourly and %d daily snapshots before the oldest events (%s) left as they are",
+                len(past_events),
+                len(past_events_days),
+                "none left" if oldest is None else store.from_us(oldest).date().isoformat(),
+            )
 
         by_day: dict[int, list[_EventFile]] = {}
         for f in listing:
@@ -1244,8 +1270,8 @@ def _aggregate(
                 if new:  # hours aggregated before whose latency the new receipts change
                     late = _late_receipt_hours(con, rootp, [f.file for f in new], [f.file for f in listing])
                     late = {h for h in late if _floor(h, store.US_PER_DAY) in by_day}
-                    hours |= late
-                    days |= {_floor(h, store.US_PER_DAY) for h in late}
+                    hours |= {h for h in late if h >= hourly_from}
+                    days |= {d for d in (_floor(h, store.US_PER_DAY) for h in late) if d >= daily_from}
                     con.execute("INSERT INTO _vp_rc SELECT artifact_id, first_us FROM _vp_new_rc")
             day_list = sorted(days | {_floor(h, store.US_PER_DAY) for h in hours})
             if full_index:  # the index must cover every event file: scan the days not computed
@@ -1323,9 +1349,11 @@ def _aggregate(
                         "SELECT DISTINCT hour FROM _vp_missing WHERE artifact_id IN (SELECT artifact_id FROM _vp_rc)"
                     ).fetchall()
                 }
-                hours |= redo
-                days |= {_floor(h, store.US_PER_DAY) for h in redo}
-                redo_days = sorted({_floor(h, store.US_PER_DAY) for h in redo})
+                redo_hours = {h for h in redo if h >= hourly_from}
+                redo_whole = {d for d in (_floor(h, store.US_PER_DAY) for h in redo) if d >= daily_from}
+                hours |= redo_hours
+                days |= redo_whole
+                redo_days = sorted(redo_whole | {_floor(h, store.US_PER_DAY) for h in redo_hours})
                 for i, chunk in enumerate(_day_chunks(redo_days)):
                     compute(chunk, f"r{i}")
                 finish()

@@ -143,7 +143,11 @@ def aggregate(
     )
     if result.removed:
         line += f", {_plural(result.removed, 'empty bucket')} removed"
-    click.echo(f"{line} ({result.events_scanned:,} events, {result.seconds:.1f}s)")
+    line += f" ({result.events_scanned:,} events, {result.seconds:.1f}s)"
+    if result.kept_past_events:
+        kept = _plural(result.kept_past_events, "older snapshot")
+        line += f"; {kept} kept as they are: their events are past retention"
+    click.echo(line)
 
 
 @click.command()
