@@ -525,3 +525,27 @@ def test_list_names_a_misspelt_org_but_not_one_the_alert_log_knows(
         kept = invoke(runner, root, *args, "--format", "json")
         assert kept.exit_code == 0, kept.stderr
         assert "org-acme" in kept.stdout
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_closed_stdout_keeps_the_alert_state_as_exit_code(
+    rec: vp.Recorder, root: Path, cfg: Path, tmp_path: Path, fmt: str
+) -> None:
+    """`voicepipe check | head -1`: the reader may be gone before check prints. A
+    report exits 0 then; check's exit code is the alert state and must stay it
+    (critical: 2), and the alert is still recorded. A real process and pipe, its
+    read end closed before the check writes."""
+    finish(rec, 7, 3)
+    head = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg)]
+    proc = subprocess.Popen(
+        [*head, "check", "--now", NOW, "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: the first write gets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 2, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert [s.rule for s in alerts.list_alerts(root)] == ["failure_rate"]

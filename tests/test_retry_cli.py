@@ -561,3 +561,27 @@ def test_bulk_shows_a_progress_bar_on_a_terminal(rec: vp.Recorder, root: Path, t
     assert proc.returncode == 0, terminal
     assert "Retrying" in terminal and "100%" in terminal
     assert "Retried 2: 2 succeeded, 0 failed; skipped 0." in proc.stdout
+
+
+def test_a_closed_stdout_keeps_the_outcome_as_exit_code(rec: vp.Recorder, root: Path, tmp_path: Path) -> None:
+    """`voicepipe retry ... | head -1` with the reader gone before the outcome is
+    printed: the retry still runs and is recorded, and the exit code is still its
+    outcome (failed again: 1), not the 0 of a report cut short."""
+    from voicepipe_obs._examples.voice_pipeline import VoicePipeline
+
+    aid = "art-fail-transcription-always"
+    VoicePipeline(rec).process(aid)
+    rec.flush()
+    proc = subprocess.Popen(
+        [*_voicepipe(), "--data", str(root), "retry", aid, "--app", EXAMPLE, "--by", "alice"],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: the outcome line gets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert status(root, aid)[:2] == ("failed", 1)

@@ -117,6 +117,47 @@ def format_option(*choices: str, default: str = "table", help: str | None = None
     )
 
 
+class _ClosableStdout:
+    """``sys.stdout`` for commands whose exit code is their result (``check``'s
+    alert state, ``retry``'s outcome): when the reader goes away (``check | head -1``)
+    the rest of the output is discarded instead of raising BrokenPipeError, so the
+    command finishes its work and exits with its own code, not the 0 a report exits
+    with on a closed pipe."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _gone(self) -> None:
+        try:  # later writes, and the flush at exit, go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no file descriptor (a test runner's buffer)
+            pass
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def stdout_may_close() -> None:
+    """Make the rest of this command survive a closed stdout (see :class:`_ClosableStdout`)."""
+    if not isinstance(sys.stdout, _ClosableStdout):
+        sys.stdout = _ClosableStdout(sys.stdout)  # type: ignore[assignment]
+
+
 def parse_now(value: str | None) -> dt.datetime | None:
     """The hidden ``--now`` option (freeze the clock, for tests and reproducible
     output): an ISO date/time, UTC unless it has an offset."""

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app
+from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app, stdout_may_close
 from .errors import VoicepipeError
 
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
@@ -120,6 +120,7 @@ def check(
     """
     from .alerts import run_check
 
+    stdout_may_close()  # `check | head -1` still exits with the alert state
     now = parse_now(now_s)
     try:
         result = run_check(app.root, app.settings, now=now, notify=not no_notify, dry_run=dry_run)

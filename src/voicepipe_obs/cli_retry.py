@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .cli import AppContext, format_option, pass_app
+from .cli import AppContext, format_option, pass_app, stdout_may_close
 from .errors import RetryError
 from .retry import (
     RESUMABLE_STAGES,
@@ -133,6 +133,7 @@ def retry(
     if not all_failed and (org or since or yes):
         raise click.UsageError("--org, --since and --yes only apply with --all-failed")
 
+    stdout_may_close()  # `retry ... | head -1` still retries everything and exits with the outcome
     settings = app.settings
     actor = actor or default_actor()
     check_actor(actor, settings.retry.allowed_actors)
