@@ -508,6 +508,37 @@ def test_stage_and_organization_breakdowns(root: Path) -> None:
         ag.stage_breakdown(root, at(1, 0), at(0, 0))
 
 
+def test_stage_breakdown_latency_statistics_by_hand(root: Path) -> None:
+    """Five transcriptions of 100, 200, 300, 400 and 1000 ms (one per artifact, one
+    of them completed as entity resolution's other event to check the mapping too):
+    average 400; percentiles interpolate linearly between ranks (DESIGN §6,
+    quantile_cont): p50 at rank 2 → 300; p95 at rank 3.8 → 400 + 0.8 × 600 = 880;
+    p99 at rank 3.96 → 400 + 0.96 × 600 = 976."""
+    rows = [
+        ev("transcription_completed", at(0, 7, i), artifact_id=f"a{i}", organization_id="o1", duration_ms=ms)
+        for i, ms in enumerate([1000.0, 300.0, 100.0, 400.0, 200.0])
+    ]
+    rows += [
+        ev("entity_resolution_completed", at(0, 8), artifact_id="a0", organization_id="o1", duration_ms=10.0),
+        ev(
+            "entity_needs_disambiguation",
+            at(0, 8, 1),
+            artifact_id="a1",
+            organization_id="o1",
+            duration_ms=30.0,
+        ),
+    ]
+    store.write_event_rows(root, rows, "hand")
+    stages = {s.stage: s for s in ag.stage_breakdown(root, at(0, 0), at(1, 0))}
+    t = stages["transcription"]
+    assert (t.completed, t.failed, t.failure_rate) == (5, 0, 0.0)
+    assert (t.avg_latency_ms, t.p50_latency_ms) == (400.0, 300.0)
+    assert t.p95_latency_ms == pytest.approx(880.0) and t.p99_latency_ms == pytest.approx(976.0)
+    er = stages["entity_resolution"]
+    assert (er.completed, er.avg_latency_ms, er.p50_latency_ms) == (2, 20.0, 20.0)
+    assert er.p95_latency_ms == pytest.approx(29.0)  # rank 0.95 between 10 and 30
+
+
 # -------------------------------------------------------------------------- time
 
 

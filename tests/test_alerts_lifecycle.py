@@ -235,19 +235,21 @@ def test_disabling_a_rule_resolves_its_alerts(rec: vp.Recorder, root: Path) -> N
 def test_check_waits_for_a_held_lock(rec: vp.Recorder, root: Path) -> None:
     finish(rec, 8, 2, at(-5), "a")
     held = threading.Event()
+    releasing: list[float] = []
 
     def hold() -> None:
         with alerts.check_lock(root, 0):
             held.set()
             time.sleep(0.5)
+            releasing.append(time.monotonic())  # the lock is still held here
 
     t = threading.Thread(target=hold)
     t.start()
-    held.wait(5)
-    started = time.monotonic()
+    assert held.wait(5)
     r = check(root, 0)
+    returned = time.monotonic()  # before joining the holder (which ends after its sleep anyway)
     t.join()
-    assert time.monotonic() - started >= 0.3
+    assert returned > releasing[0]  # the check ran only once the holder let go
     assert [c["record_type"] for c in r.changes] == ["raised"]
 
 

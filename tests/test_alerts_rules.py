@@ -171,7 +171,7 @@ def test_latency_compares_with_past_seven_days(rec: vp.Recorder, root: Path) -> 
     for d in range(1, 8):  # daily averages 50..70 s → mean 60 s
         write_daily_snapshot(root, (NOW - dt.timedelta(days=d)).date(), 50_000 + (d - 1) * 10_000 / 3)
     # a day outside the 7-day history and today's partial day are ignored
-    write_daily_snapshot(root, (NOW - dt.timedelta(days=9)).date(), 1.0)
+    write_daily_snapshot(root, (NOW - dt.timedelta(days=8)).date(), 1.0)  # the day before the 7
     write_daily_snapshot(root, NOW.date(), 1.0)
     finish(rec, ok=3, took_s=120)  # exactly 2.0 × 60 s
     rec.flush()
