@@ -181,6 +181,14 @@ def test_demo_disambiguations_reviews_and_breaker(demo: Demo) -> None:
     assert 0 < counts["entity_user_resolved"] <= counts["entity_needs_disambiguation"]
     assert counts["draft_confirmed"] > counts["draft_rejected"] > 0
     assert counts["rate_limit_hit"] > 0
+    # the pipeline's own cost guard: some organisations near and over their budget
+    # (the README promises budget events), at most one of each per organisation and day
+    assert counts["budget_threshold_reached"] > 0 and counts["budget_exceeded"] > 0
+    repeated = demo.scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE event_type LIKE 'budget_%' "
+        "GROUP BY event_type, organization_id, timestamp::DATE HAVING count(*) > 1)"
+    )
+    assert repeated == 0
     # a resolution always comes after its disambiguation, for the same artifact
     orphans = demo.scalar(
         "SELECT count(*) FROM events r WHERE event_type = 'entity_user_resolved' AND NOT EXISTS ("
