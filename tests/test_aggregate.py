@@ -554,6 +554,9 @@ def test_parse_since_forms() -> None:
     assert parse_since("today", now) == dt.datetime(2026, 5, 7, tzinfo=UTC)
     assert parse_since("yesterday", now) == dt.datetime(2026, 5, 6, tzinfo=UTC)
     assert parse_duration("90s") == dt.timedelta(seconds=90)
+    assert parse_duration("0") == parse_duration("0s") == dt.timedelta(0)  # `compact --grace 0`
+    with pytest.raises(UsageError, match="use a number and a unit"):
+        parse_duration("5")  # five what?
     with pytest.raises(UsageError, match="30m, 2h, 7d"):
         parse_since("last tuesday", now)
     with pytest.raises(UsageError, match="must be before"):

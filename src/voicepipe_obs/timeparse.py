@@ -48,7 +48,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 
 
 def parse_duration(value: str) -> dt.timedelta:
-    """``90s``, ``30m``, ``2h``, ``7d``, ``1w`` (a number and one unit) → timedelta."""
+    """``90s``, ``30m``, ``2h``, ``7d``, ``1w`` (a number and one unit) → timedelta;
+    a bare ``0`` is no time at all (``compact --grace 0``), whatever the unit."""
+    if value.strip() in ("0", "0.0"):
+        return dt.timedelta(0)
     match = _DURATION.match(value)
     if match is None:
         raise UsageError(f"invalid duration {value!r}: use a number and a unit, e.g. 90s, 30m, 2h, 7d or 1w")
