@@ -111,7 +111,14 @@ def test_full_lifecycle(rec: vp.Recorder, root: Path) -> None:
     r5 = check(root, 5)
     assert r5.changes == [] and r5.active[0].severity == "critical"
 
-    # resolve: the window has moved past every failure
+    # too few finished in the window to judge (nothing since 4.5): the alert stays,
+    # not resolved for lack of data
+    quiet = check(root, 38)
+    assert quiet.changes == [] and [a.alert_id for a in quiet.active] == [alert_id]
+    assert any("too few finished artifacts to judge" in n for n in quiet.notes)
+
+    # resolve: the window has moved past every failure, and healthy work finished in it
+    finish(rec, 10, 0, at(39), "h")
     r6 = check(root, 40)
     assert [(c["record_type"], c["alert_id"]) for c in r6.changes] == [("resolved", alert_id)]
     assert r6.active == [] and r6.exit_code == 0
@@ -121,7 +128,7 @@ def test_full_lifecycle(rec: vp.Recorder, root: Path) -> None:
         alerts.acknowledge(root, alert_id, "bob", now=at(41))
 
     # the condition returns: a new alert with a new id, not acknowledged
-    finish(rec, 7, 3, at(49), "d")
+    finish(rec, 4, 6, at(49), "d")  # with the 10 healthy at 39: 6 of 20 (30%)
     r7 = check(root, 50)
     assert [c["record_type"] for c in r7.changes] == ["raised"]
     (again,) = r7.active
@@ -162,7 +169,8 @@ def test_reacknowledging_records_the_new_comment(rec: vp.Recorder, root: Path) -
 def test_acknowledging_a_resolved_alert_fails_with_exit_1(rec: vp.Recorder, root: Path) -> None:
     finish(rec, 7, 3, at(-5), "a")
     (alert,) = check(root, 0).active
-    check(root, 40)
+    finish(rec, 10, 0, at(39), "ok")
+    assert check(root, 40).active == []
     with pytest.raises(AlertError, match="already resolved") as info:
         alerts.acknowledge(root, alert.alert_id, "alice", now=at(41))
     assert info.value.exit_code == 1  # the operation failed; 3 is check's "could not evaluate"
@@ -335,3 +343,45 @@ def test_state_derived_from_log_matches_a_reference_model(
         assert got == model
     history = alerts.alert_history(root, con=con)
     assert sum(h["record_type"] == "raised" for h in history) == episodes
+
+
+def test_an_organisations_failure_alert_waits_for_enough_of_its_own_work(
+    rec: vp.Recorder, root: Path
+) -> None:
+    """Per organisation: org-a fails (alert raised), then finishes too little to be
+    judged while others are busy — its alert stays; once ten of its artifacts
+    complete it resolves. Turning per-organisation alerts off resolves it at once
+    (its rule no longer judges organisations)."""
+    s = Settings.model_validate(
+        {
+            "alerts": {
+                "failure_rate": {"per_organization": True},
+                **{r: {"enabled": False} for r in alerts.RULES if r != "failure_rate"},
+            }
+        }
+    )
+
+    def work(ok: int, failed: int, when: dt.datetime, prefix: str, org: str) -> None:
+        for i in range(ok + failed):
+            kind = "artifact_completed" if i < ok else "artifact_failed"
+            rec.emit(kind, timestamp=when, artifact_id=f"{prefix}-{i}", organization_id=org)
+        rec.flush()
+
+    work(5, 5, at(-5), "a", "org-a")
+    work(40, 0, at(-5), "b", "org-b")
+    (raised,) = alerts.run_check(root, s, now=at(0)).changes
+    assert (raised["scope"], raised["severity"]) == ("org:org-a", "critical")
+    work(2, 0, at(35), "a2", "org-a")  # too few of its own to judge
+    work(40, 0, at(35), "b2", "org-b")
+    held = alerts.run_check(root, s, now=at(40))
+    assert held.changes == [] and [a.scope for a in held.active] == ["org:org-a"]
+    work(10, 0, at(45), "a3", "org-a")
+    resolved = alerts.run_check(root, s, now=at(50))
+    assert [(c["record_type"], c["scope"]) for c in resolved.changes] == [("resolved", "org:org-a")]
+
+    work(5, 5, at(55), "a4", "org-a")
+    assert [c["scope"] for c in alerts.run_check(root, s, now=at(60)).changes] == ["org:org-a"]
+    overall_only = s.model_copy(deep=True)
+    overall_only.alerts.failure_rate.per_organization = False
+    gone = alerts.run_check(root, overall_only, now=at(61))
+    assert [(c["record_type"], c["scope"]) for c in gone.changes] == [("resolved", "org:org-a")]

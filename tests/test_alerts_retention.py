@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -402,3 +403,192 @@ def test_plain_check_never_records_before_the_log(
     (state,) = alerts.list_alerts(root, status="all")
     assert state.resolved_at is not None and state.raised_at is not None
     assert state.resolved_at >= state.raised_at
+
+
+# ------------------------------------------- 4. notifiers side by side, kills, secrets
+
+
+class FastHook:
+    """A real HTTP server on 127.0.0.1 that answers at once and records each POST
+    (path, headers, body)."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, str], Any]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.posts.append((self.path, dict(self.headers), body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fast_hook() -> Iterator[FastHook]:
+    h = FastHook()
+    yield h
+    h.close()
+
+
+def _webhook(name: str, url: str, timeout: float = 5.0, retries: int = 2) -> str:
+    return f'[[notifiers]]\ntype = "webhook"\nname = "{name}"\nurl = "{url}"\ntimeout = {timeout}\nretries = {retries}\n'
+
+
+def test_dead_webhooks_do_not_starve_a_working_one(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook, fast_hook: FastHook
+) -> None:
+    """Two endpoints that never answer in time, listed before the pager: notifiers
+    are served side by side, so the pager gets its page in the first check, and the
+    check still ends by the delivery deadline."""
+    slow_hook.delay = 30
+    t0 = hour_ago(2)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    cfg = config(
+        tmp_path,
+        "circuit_breaker",
+        extra="[alerts]\ndelivery_deadline_seconds = 3\n"
+        + _webhook("dead-1", slow_hook.url)
+        + _webhook("dead-2", slow_hook.url)
+        + _webhook("pager", fast_hook.url),
+    )
+    started = time.monotonic()
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0), "--format", "json")
+    assert time.monotonic() - started < 3 + 4
+    assert r.exit_code == 2, r.stderr
+    by_name = {n["notifier"]: n for n in json.loads(r.stdout)["notifications"]}
+    assert by_name["pager"]["ok"] is True and not by_name["dead-1"]["ok"] and not by_name["dead-2"]["ok"]
+    assert [b["event"] for _p, _h, b in fast_hook.posts] == ["raised"]
+
+
+def test_a_check_killed_while_an_endpoint_hangs_keeps_what_it_delivered(
+    rec: vp.Recorder, root: Path, tmp_path: Path, slow_hook: SlowHook, fast_hook: FastHook
+) -> None:
+    """The pager got its page, another endpoint hangs, and the check is killed (a
+    Nagios or systemd timeout): the delivery is in the alert log already, so the
+    next check does not page again (at least once, not twice)."""
+    slow_hook.delay = 60
+    t0 = hour_ago(2)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    cfg = config(
+        tmp_path,
+        "circuit_breaker",
+        extra="[alerts]\ndelivery_deadline_seconds = 60\n"
+        + _webhook("pager", fast_hook.url)
+        + _webhook("stuck", slow_hook.url, timeout=60, retries=0),
+    )
+    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
+    proc = subprocess.Popen([*cmd, "--now", iso(t0)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not fast_hook.posts:
+            assert proc.poll() is None and time.monotonic() < deadline, "the pager was never paged"
+            time.sleep(0.05)
+        time.sleep(1.5)  # the flusher writes what was tried at least every 0.5 s
+        assert proc.poll() is None  # still hanging on the stuck endpoint
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    delivered = [h for h in history(root) if h["record_type"] == "notification" and h["delivered"]]
+    assert [d["notifier"] for d in delivered] == ["pager"]
+    slow_hook.delay = 0
+    quick = config(tmp_path, "circuit_breaker", extra=_webhook("pager", fast_hook.url), name="q.toml")
+    r = CliRunner().invoke(
+        main,
+        ["--data", str(root), "--config", str(quick), "check", "--now", iso(t0 + dt.timedelta(minutes=1))],
+    )
+    assert r.exit_code == 2, r.stderr
+    assert len(fast_hook.posts) == 1  # not paged again
+
+
+def test_an_alertmanager_that_hangs_keeps_to_the_deadline(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook
+) -> None:
+    """A hanging Alertmanager: the page fails within the deadline and the re-post
+    of firing alerts is skipped (it failed in this check) rather than run past it."""
+    slow_hook.delay = 30
+    t0 = hour_ago(2)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    base = slow_hook.url.rsplit("/", 1)[0]
+    cfg = config(
+        tmp_path,
+        "circuit_breaker",
+        extra="[alerts]\ndelivery_deadline_seconds = 2\n"
+        f'[[notifiers]]\ntype = "alertmanager"\nurl = "{base}"\ntimeout = 5\nretries = 2\n',
+    )
+    started = time.monotonic()
+    r = invoke(runner, root, cfg, "check", "--now", iso(t0))
+    assert time.monotonic() - started < 2 + 4
+    assert r.exit_code == 2
+    assert "could not refresh firing alerts" not in r.stderr  # not tried after the failure
+
+
+def test_secrets_in_a_webhook_url_are_neither_printed_nor_logged(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, fast_hook: FastHook
+) -> None:
+    """A URL's password, path and query may be the secret (a Slack webhook's path
+    is): the default notifier name and every message show scheme, host and port
+    only, plus a digest. Credentials in the URL become an HTTP Basic header that
+    the endpoint receives; header values are masked by `config show`."""
+    t0 = hour_ago(2)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    good = f"http://bot:PASSWD789@127.0.0.1:{fast_hook.port}/services/T000/PATHSECRET?token=QSECRET"
+    dead = "http://bot:PASSWD789@127.0.0.1:9/services/T000/PATHSECRET?token=QSECRET"  # port 9: refused
+    extra = (
+        f'[[notifiers]]\ntype = "webhook"\nurl = "{good}"\nheaders = {{ X-Api-Key = "HDRSECRET456" }}\n'
+        f'[[notifiers]]\ntype = "webhook"\nurl = "{dead}"\nretries = 0\n'
+    )
+    cfg = config(tmp_path, "circuit_breaker", extra=extra)
+    outputs = []
+    for fmt in ("text", "json"):
+        r = invoke(
+            runner, root, cfg, "check", "--now", iso(t0 + dt.timedelta(minutes=len(outputs))), "--format", fmt
+        )
+        assert r.exit_code == 2
+        outputs += [r.stdout, r.stderr]
+    for fmt in ("table", "json", "csv"):
+        outputs.append(
+            invoke(runner, root, cfg, "alerts", "list", "--history", "--wide", "--format", fmt).stdout
+        )
+    outputs.append(invoke(runner, root, cfg, "config", "show").stdout)
+    outputs.append(invoke(runner, root, cfg, "config", "show", "--format", "json").stdout)
+    con = vp.connect(root)
+    outputs.append(json.dumps(con.execute("SELECT * FROM alert_log").fetchall(), default=str))
+    for secret in ("PASSWD789", "PATHSECRET", "QSECRET", "HDRSECRET456"):
+        assert not any(secret in text for text in outputs), secret
+    names = {h["notifier"] for h in history(root) if h["notifier"]}
+    assert len(names) == 2 and all(n.startswith("webhook:http://127.0.0.1:") for n in names)
+    ((path, headers, body),) = fast_hook.posts
+    assert path == "/services/T000/PATHSECRET?token=QSECRET" and body["event"] == "raised"
+    assert headers["Authorization"] == "Basic Ym90OlBBU1NXRDc4OQ=="  # bot:PASSWD789
+    assert headers["X-Api-Key"] == "HDRSECRET456"
+
+
+def test_an_alertmanager_url_may_name_the_endpoint_itself(
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, fast_hook: FastHook
+) -> None:
+    t0 = hour_ago(2)
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+    url = f"http://127.0.0.1:{fast_hook.port}/am/api/v2/alerts"
+    cfg = config(tmp_path, "circuit_breaker", extra=f'[[notifiers]]\ntype = "alertmanager"\nurl = "{url}"\n')
+    assert invoke(runner, root, cfg, "check", "--now", iso(t0)).exit_code == 2
+    assert {p for p, _h, _b in fast_hook.posts} == {"/am/api/v2/alerts"}

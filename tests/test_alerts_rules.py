@@ -386,6 +386,24 @@ def test_budget_overall(rec: vp.Recorder, root: Path, usd: float, severity: str 
     assert set(got) <= {"all"}
 
 
+def test_budget_fires_at_exactly_its_share(rec: vp.Recorder, root: Path) -> None:
+    """$2.40 spent against a $3.00 budget is 80% (the warning), although in binary
+    3.0 × 0.8 is 2.4000000000000004; $3.00 is 100% (critical)."""
+    for i in range(24):
+        rec.emit(
+            "claims_extracted", timestamp=NOW - dt.timedelta(minutes=5), artifact_id=f"c{i}", ai_cost=0.1
+        )
+    rec.flush()
+    got = found(root, "budget", settings(budget={"daily_budget_usd": 3.0}))
+    assert got["all"].severity == "warning"
+    for i in range(24, 30):
+        rec.emit(
+            "claims_extracted", timestamp=NOW - dt.timedelta(minutes=5), artifact_id=f"c{i}", ai_cost=0.1
+        )
+    rec.flush()
+    assert found(root, "budget", settings(budget={"daily_budget_usd": 3.0}))["all"].severity == "critical"
+
+
 def test_budget_per_organisation(rec: vp.Recorder, root: Path) -> None:
     spend(rec, 4.0, org="org-a")  # 80% of its 5
     spend(rec, 6.0, org="org-b")  # over its 5

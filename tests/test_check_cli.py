@@ -47,6 +47,15 @@ def cfg(tmp_path: Path) -> Path:
     return path
 
 
+def recover(rec: vp.Recorder) -> None:
+    """Ten artifacts completed at 12:55, so that a check at 13:00 judges the failure
+    rate healthy and resolves its alert (with too few finished it keeps it)."""
+    for i in range(10):
+        ts = T0 + dt.timedelta(minutes=55)
+        rec.emit("artifact_completed", timestamp=ts, artifact_id=f"ok{i}")
+    rec.flush()
+
+
 def finish(rec: vp.Recorder, ok: int, failed: int) -> None:
     for i in range(ok + failed):
         ts = T0 - dt.timedelta(minutes=5)
@@ -245,6 +254,7 @@ def test_list_formats(runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path
     assert empty.exit_code == 0
     finish(rec, 7, 3)
     invoke(runner, root, "check", "--now", NOW, config=cfg)
+    recover(rec)
     invoke(runner, root, "check", "--now", "2026-03-02T13:00:00Z", config=cfg)  # resolves it
     active = invoke(runner, root, "alerts", "list", "--format", fmt).stdout
     everything = invoke(runner, root, "alerts", "list", "--all", "--format", fmt).stdout
@@ -378,6 +388,7 @@ def test_ack_of_a_resolved_alert_exits_1(runner: CliRunner, rec: vp.Recorder, ro
     finish(rec, 7, 3)
     invoke(runner, root, "check", "--now", NOW, config=cfg)
     (state,) = alerts.list_alerts(root)
+    recover(rec)
     invoke(runner, root, "check", "--now", "2026-03-02T13:00:00Z", config=cfg)  # resolves it
     result = invoke(runner, root, "alerts", "ack", state.alert_id, "--by", "alice")
     assert result.exit_code == 1

@@ -72,6 +72,14 @@ def at(minutes: float) -> dt.datetime:
     return T0 + dt.timedelta(minutes=minutes)
 
 
+def healthy(rec: vp.Recorder, minutes: float) -> None:
+    """Ten artifacts completed at ``minutes``: the failure rate can be judged healthy
+    and its alert resolved (with too few finished in the window it stays)."""
+    for i in range(10):
+        rec.emit("artifact_completed", timestamp=at(minutes), artifact_id=f"healthy-{minutes}-{i}")
+    rec.flush()
+
+
 def only_breaker(notifiers: list[dict[str, Any]]) -> Settings:
     return Settings.model_validate(
         {
@@ -104,7 +112,8 @@ def test_webhook_gets_raise_escalation_resolution_only(rec: vp.Recorder, root: P
     alerts.run_check(root, s, now=at(2))  # 7 of 15 → critical
     alerts.acknowledge(root, alert_id, "alice", now=at(3))  # no notification
     alerts.run_check(root, s, now=at(4))
-    alerts.run_check(root, s, now=at(60))  # window empty → resolved
+    healthy(rec, 59)
+    alerts.run_check(root, s, now=at(60))  # the failures out of the window, healthy work in it → resolved
     assert [(b["event"], b["severity"]) for b in hook.bodies] == [
         ("raised", "warning"),
         ("escalated", "critical"),
@@ -271,7 +280,8 @@ def test_a_new_notifier_gets_the_active_alerts_not_the_backlog(
     rec.emit("circuit_breaker_opened", timestamp=at(17))
     rec.flush()
     alerts.run_check(root, s, now=at(18))
-    alerts.run_check(root, s, now=at(60))  # failure window empty → resolved
+    healthy(rec, 59)
+    alerts.run_check(root, s, now=at(60))  # the failures out of the window → resolved
     assert [(b["event"], b["rule"]) for b in hook.bodies[1:]] == [
         ("raised", "circuit_breaker"),
         ("resolved", "failure_rate"),
@@ -315,6 +325,7 @@ def test_an_alert_ending_in_the_new_notifiers_first_check_is_not_sent(
 ) -> None:
     _history_without_notifiers(rec, root)
     s = only_breaker([{"type": "webhook", "url": hook.url}])
+    healthy(rec, 59)
     r = alerts.run_check(root, s, now=at(60))  # the failure-rate alert resolves in this very check
     assert [c["record_type"] for c in r.changes] == ["resolved"]
     assert r.deliveries == [] and hook.posts == []  # neither its raise nor its end: it is over

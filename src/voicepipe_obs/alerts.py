@@ -213,6 +213,10 @@ class Evaluation:
     findings: list[Finding] = field(default_factory=list)
     evaluated: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: rules that judge a scope only on a minimum sample → (the scopes they judged,
+    #: whether they judge organisations): an active alert of a scope they could not
+    #: judge this time is kept as it is, not resolved for lack of data
+    sampled: dict[str, tuple[set[str], bool]] = field(default_factory=dict)
 
 
 def scope_of(organization_id: str | None) -> str:
@@ -382,6 +386,8 @@ def _failure_rate(c: _Ctx, ev: Evaluation) -> None:
         since=since,
         now=c.now,
     )
+    judged: set[str] = set()
+    ev.sampled["failure_rate"] = (judged, r.per_organization)
     for org, (failed, completed) in _grouped(rows, r.per_organization):
         finished = failed + completed
         if finished < r.min_sample:
@@ -391,6 +397,7 @@ def _failure_rate(c: _Ctx, ev: Evaluation) -> None:
                     f"(minimum sample {r.min_sample})"
                 )
             continue
+        judged.add(scope_of(org))
         rate = failed / finished
         severity: Severity | None = (
             "critical" if rate > r.critical else "warning" if rate > r.warning else None
@@ -643,8 +650,14 @@ def _budget(c: _Ctx, ev: Evaluation) -> None:
         if budget is None:
             continue
         ratio = cost / budget
+
+        def reaches(share: float, cost: float = cost, budget: float = budget) -> bool:
+            # summed cents are not exact in binary (8 × $0.10 = $0.7999999999999999):
+            # a nano-dollar of tolerance, so that the budget fires *at* 80 %
+            return cost + 1e-9 >= budget * share
+
         severity: Severity | None = (
-            "critical" if ratio >= r.critical_ratio else "warning" if ratio >= r.warning_ratio else None
+            "critical" if reaches(r.critical_ratio) else "warning" if reaches(r.warning_ratio) else None
         )
         if severity is None:
             continue
@@ -1053,6 +1066,14 @@ def lifecycle_records(
     for a in active:
         if a.key in seen or not resolve_missing:
             continue
+        if a.rule in ev.sampled and a.rule in evaluated:
+            judged, per_org = ev.sampled[a.rule]
+            if a.scope not in judged and (a.scope == OVERALL or per_org):
+                ev.notes.append(
+                    f"{a.rule} [{a.scope}]: too few finished artifacts to judge; alert {a.alert_id} "
+                    "stays active until enough finish"
+                )
+                continue
         out.append(
             _record(
                 "resolved",
@@ -1259,8 +1280,9 @@ def _pending(con: duckdb.DuckDBPyConnection, name: str, start: dt.datetime) -> l
 #: than ``alerts.notification_max_age_hours`` (written once per record and notifier).
 EXPIRED_PREFIX: Final = "expired:"
 #: Delivery records are appended to the log at least this often (seconds) during a
-#: check, and after every failure: a run cut short keeps what it attempted.
-_FLUSH_EVERY: Final = 1.0
+#: check, by a background thread (also while an attempt hangs): a run cut short
+#: keeps what it attempted.
+_FLUSH_EVERY: Final = 0.5
 
 
 def _attempt_record(
@@ -1290,6 +1312,7 @@ def send_notifications(
     now: dt.datetime,
     *,
     record: Callable[[list[dict[str, Any]]], object] | None = None,
+    firing: Sequence[AlertState] = (),
 ) -> tuple[list[DeliveryOutcome], list[dict[str, Any]]]:
     """Deliver to each notifier every lifecycle record it has not had yet, oldest
     first; returns the outcomes and the notification records (every one, also
@@ -1301,17 +1324,23 @@ def send_notifications(
     and resolution after — never the backlog of alerts that came and went before
     it existed (see :func:`_pending`).
 
-    Bounded in time, so a slow or dead endpoint cannot hold the check lock for
-    minutes: after a notifier's first failed delivery its remaining ones are
-    deferred (outcome ``deferred``, nothing sent or recorded: still pending, and
-    tried in order by the next check), and nothing starts after
+    Notifiers are served side by side, one thread each, so a dead endpoint costs
+    the others nothing. Bounded in time, so a slow or dead endpoint cannot hold the
+    check lock for minutes: after a notifier's first failed delivery its remaining
+    ones are deferred (outcome ``deferred``, nothing sent or recorded: still
+    pending, and tried in order by the next check), and nothing starts after
     ``alerts.delivery_deadline_seconds``, which also cuts the attempt in flight.
+    Alertmanagers then get the ``firing`` alerts re-posted (their ``endsAt``
+    renewed) under the same deadline, unless a delivery to them failed.
     A record older than ``alerts.notification_max_age_hours`` is not sent: it gets
     one notification record with ``delivered`` false and an ``expired:`` error, and
-    a warning. With ``record``, attempt records are handed to it as the run goes
-    (after each failure, and at least every second), so a run killed or cut short
-    keeps what it tried.
+    a warning. With ``record``, attempt records are handed to it as the run goes (a
+    background thread every :data:`_FLUSH_EVERY` seconds, also while an attempt
+    hangs, and at the end whatever happens), so a run killed or cut short keeps
+    what it tried and does not page again for it.
     """
+    import threading
+
     from .notify import deliver, notifier_name
 
     max_age = settings.alerts.notification_max_age_hours
@@ -1320,29 +1349,43 @@ def send_notifications(
     budget = settings.alerts.delivery_deadline_seconds
     deadline = time.monotonic() + budget
     starts = notifier_starts(con)
-    outcomes: list[DeliveryOutcome] = []
+    # what each notifier is owed, read before the threads start (one connection)
+    work = [(cfg, notifier_name(cfg)) for cfg in settings.notifiers]
+    pending = {name: _pending(con, name, starts.get(name, now)) for _cfg, name in work}
+    outcomes: dict[str, list[DeliveryOutcome]] = {name: [] for _cfg, name in work}
     records: list[dict[str, Any]] = []
     unflushed: list[dict[str, Any]] = []
-    last_flush = time.monotonic()
+    lock = threading.Lock()
+    done = threading.Event()
 
-    def keep(rec: dict[str, Any], urgent: bool) -> None:
-        nonlocal last_flush
-        records.append(rec)
-        unflushed.append(rec)
-        if record is not None and (urgent or time.monotonic() - last_flush >= _FLUSH_EVERY):
-            record(list(unflushed))
+    def flush() -> None:
+        with lock:
+            batch = list(unflushed)
             unflushed.clear()
-            last_flush = time.monotonic()
+            if record is not None and batch:
+                record(batch)  # under the lock: batches are written in order, one at a time
 
-    for cfg in settings.notifiers:
-        name = notifier_name(cfg)
+    def keep(rec: dict[str, Any]) -> None:
+        with lock:
+            records.append(rec)
+            unflushed.append(rec)
+
+    def flusher() -> None:
+        while not done.wait(_FLUSH_EVERY):
+            try:
+                flush()
+            except Exception as exc:  # the final flush (on the calling thread) raises it
+                log.warning("could not record notification attempts yet: %s", exc)
+
+    def serve(cfg: Any, name: str) -> None:
         failed = False
         deferred: list[dict[str, Any]] = []
         expired: list[dict[str, Any]] = []
-        for rec in _pending(con, name, starts.get(name, now)):
+        mine = outcomes[name]
+        for rec in pending[name]:
             if dt.datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")) < since:
                 expired.append(rec)
-                keep(_attempt_record(rec, name, now, False, 0, expiry), urgent=False)
+                keep(_attempt_record(rec, name, now, False, 0, expiry))
                 continue
             if failed or time.monotonic() >= deadline:
                 deferred.append(rec)
@@ -1351,16 +1394,17 @@ def send_notifications(
                     if failed
                     else f"deferred: the check's delivery deadline ({budget:g} s) passed"
                 )
-                outcomes.append(
+                mine.append(
                     DeliveryOutcome(name, rec["alert_id"], rec["record_type"], False, 0, why, deferred=True)
                 )
                 continue
             result = deliver(cfg, notification_payload(rec), deadline=deadline)
-            outcomes.append(
+            mine.append(
                 DeliveryOutcome(
                     name, rec["alert_id"], rec["record_type"], result.ok, result.attempts, result.error
                 )
             )
+            keep(_attempt_record(rec, name, now, result.ok, result.attempts, result.error))
             if not result.ok:
                 failed = True
                 log.warning(
@@ -1370,7 +1414,6 @@ def send_notifications(
                     rec["alert_id"],
                     result.error,
                 )
-            keep(_attempt_record(rec, name, now, result.ok, result.attempts, result.error), not result.ok)
         if expired:
             first = expired[0]
             log.warning(
@@ -1390,9 +1433,25 @@ def send_notifications(
                 _n(len(deferred), "notification"),
                 "a delivery to it failed" if failed else f"delivery deadline of {budget:g} s reached",
             )
-    if record is not None and unflushed:
-        record(list(unflushed))
-    return outcomes, records
+        _refresh_alertmanager(cfg, name, firing, now, deadline=deadline, skip=failed)
+
+    background = threading.Thread(target=flusher, name="voicepipe-notify-flush", daemon=True)
+    background.start()
+    threads = [
+        threading.Thread(target=serve, args=(cfg, name), name=f"voicepipe-notify-{i}", daemon=True)
+        for i, (cfg, name) in enumerate(work)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            # every attempt is cut at the deadline; a little slack for the last one
+            t.join(max(0.0, deadline - time.monotonic()) + 5.0)
+    finally:
+        done.set()
+        background.join()
+        flush()  # also when interrupted: what was tried is kept
+    return [o for _cfg, name in work for o in outcomes[name]], records
 
 
 def notifier_records(
@@ -1421,12 +1480,16 @@ def notifier_records(
     return out
 
 
-def _refresh_alertmanagers(settings: Settings, active: Sequence[AlertState], now: dt.datetime) -> None:
+def _refresh_alertmanager(
+    cfg: Any, name: str, active: Sequence[AlertState], now: dt.datetime, *, deadline: float, skip: bool
+) -> None:
+    """Re-post the still-firing alerts to ``cfg`` if it is an Alertmanager (it
+    expires an alert not re-sent), within the check's delivery ``deadline``; not
+    after a failed delivery to it in this check (``skip``: the next check tries)."""
     from .config import AlertmanagerNotifier
-    from .notify import notifier_name, refresh_alertmanager
+    from .notify import refresh_alertmanager
 
-    managers = [cfg for cfg in settings.notifiers if isinstance(cfg, AlertmanagerNotifier)]
-    if not active or not managers:
+    if not isinstance(cfg, AlertmanagerNotifier) or not active or skip:
         return
     alerts = [
         {
@@ -1442,10 +1505,9 @@ def _refresh_alertmanagers(settings: Settings, active: Sequence[AlertState], now
         }
         for a in active
     ]
-    for cfg in managers:
-        result = refresh_alertmanager(cfg, alerts)
-        if not result.ok:
-            log.warning("notifier %s: could not refresh firing alerts: %s", notifier_name(cfg), result.error)
+    result = refresh_alertmanager(cfg, alerts, deadline=deadline)
+    if not result.ok:
+        log.warning("notifier %s: could not refresh firing alerts: %s", name, result.error)
 
 
 # ----------------------------------------------------------------------- check
@@ -1611,8 +1673,14 @@ def run_check(
                 write_records(rootp, [*notifier_records(con, settings, at), *changes], at)
                 register_views(con, rootp)
                 if notify and settings.notifiers:
+                    firing = _select_states(con, "WHERE status = 'active'")
                     deliveries, _attempts = send_notifications(
-                        con, rootp, settings, at, record=lambda recs: write_records(rootp, recs, at)
+                        con,
+                        rootp,
+                        settings,
+                        at,
+                        record=lambda recs: write_records(rootp, recs, at),
+                        firing=firing,
                     )
                     register_views(con, rootp)
             current = _select_states(con, "WHERE status = 'active'")
@@ -1620,8 +1688,6 @@ def run_check(
             raise StoreError(
                 f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
             ) from exc
-        if notify and not dry_run:
-            _refresh_alertmanagers(settings, current, at)
     current.sort(key=lambda a: (-SEVERITY_RANK.get(a.severity or "", 0), a.rule, a.scope))
     fresh = {f.key: f for f in ev.findings}
     for a in current:  # show the value measured now, not the one at raise time

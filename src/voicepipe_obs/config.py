@@ -554,5 +554,11 @@ def effective_items(loaded: LoadedSettings) -> list[tuple[str, Any, str]]:
     for i, notifier in enumerate(notifiers):
         for k, v in notifier.items():
             key = f"notifiers.{i}.{k}"
+            if k == "headers" and isinstance(v, dict):  # tokens: shown as set, not printed
+                v = {name: "***" for name in v}
+            elif k == "url" and isinstance(v, str):  # a webhook's path may be its secret
+                from .notify import display_url
+
+                v = display_url(v)
             items.append((key, v, loaded.source_of("notifiers")))
     return items

@@ -41,13 +41,45 @@ class DeliveryResult:
 
 
 def notifier_name(cfg: NotifierConfig) -> str:
-    """The notifier's ``name``, else ``<type>:<url or program>`` (the key its
-    deliveries are recorded under, so keep it stable)."""
+    """The notifier's ``name``, else ``<type>:<program>`` or ``<type>:<url>`` with
+    the URL shown as :func:`display_url` does (the key its deliveries are recorded
+    under, so keep it stable; it is printed and stored, so it holds no secret)."""
     if cfg.name:
         return cfg.name
     if isinstance(cfg, CommandNotifier):
         return f"command:{cfg.command[0]}"
-    return f"{cfg.type}:{cfg.url}"
+    return f"{cfg.type}:{display_url(cfg.url)}"
+
+
+def display_url(url: str) -> str:
+    """``url`` without what may be a secret, for messages and the alert log: scheme,
+    host and port are kept; a password, a path or a query (a Slack webhook's path
+    *is* its secret) become ``/…`` plus the first 8 hex digits of the URL's SHA-256,
+    so that two URLs of one host still differ (``https://hooks.slack.com/…#1f2e3d4c``).
+    A URL of scheme, host and port alone is shown as it is."""
+    import hashlib
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    base = f"{parts.scheme}://{host}{port}"
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
+        return f"{base}/…#{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+    return base
+
+
+def alertmanager_endpoint(url: str) -> str:
+    """The v2 alerts endpoint of an Alertmanager at ``url`` (its base URL, or the
+    endpoint itself: ``/api/v2/alerts`` is not added twice)."""
+    base = url.rstrip("/")
+    suffix = "/api/v2/alerts"
+    return base if base.endswith(suffix) else base + suffix
 
 
 def alert_text(alert: Mapping[str, Any]) -> str:
@@ -75,7 +107,7 @@ def deliver(
             body["text"] = alert_text(alert)
             return _post_json(cfg.url, body, cfg.timeout, cfg.retries, cfg.headers, deadline)
         return _post_json(
-            cfg.url + "/api/v2/alerts",
+            alertmanager_endpoint(cfg.url),
             alertmanager_alerts(cfg, alert),
             cfg.timeout,
             cfg.retries,
@@ -86,15 +118,18 @@ def deliver(
         return DeliveryResult(False, 1, _short(f"{type(exc).__name__}: {exc}"))
 
 
-def refresh_alertmanager(cfg: AlertmanagerNotifier, alerts: Sequence[Mapping[str, Any]]) -> DeliveryResult:
+def refresh_alertmanager(
+    cfg: AlertmanagerNotifier, alerts: Sequence[Mapping[str, Any]], *, deadline: float | None = None
+) -> DeliveryResult:
     """Re-post still-firing alerts with a fresh ``endsAt`` (Alertmanager expires an
-    alert that is not re-sent, as Prometheus re-sends on every evaluation)."""
+    alert that is not re-sent, as Prometheus re-sends on every evaluation), within
+    ``deadline`` (see :func:`deliver`)."""
     if not alerts:
         return DeliveryResult(True, 0)
     body: list[dict[str, Any]] = []
     for alert in alerts:
         body.extend(alertmanager_alerts(cfg, {**alert, "event": "refresh"}))
-    return _post_json(cfg.url + "/api/v2/alerts", body, cfg.timeout, cfg.retries, {})
+    return _post_json(alertmanager_endpoint(cfg.url), body, cfg.timeout, cfg.retries, {}, deadline)
 
 
 # ------------------------------------------------------------------- alertmanager
@@ -180,6 +215,8 @@ def _post_json(
     deadline: float | None = None,
 ) -> DeliveryResult:
     data = json.dumps(body, default=_iso).encode()
+    shown = display_url(url)
+    url, headers = _userinfo_as_header(url, headers)
     error = ""
     attempts = 0
     for attempt in range(retries + 1):
@@ -211,13 +248,33 @@ def _post_json(
                 detail = ""
             finally:
                 exc.close()
-            error = f"HTTP {exc.code} from {url}" + (f": {detail}" if detail else "")
+            error = f"HTTP {exc.code} from {shown}" + (f": {detail}" if detail else "")
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 break  # the request itself is wrong; retrying now will not help
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            error = f"cannot reach {url}: {reason}"
+            error = f"cannot reach {shown}: {reason}"
     return DeliveryResult(False, attempts, _short(error))
+
+
+def _userinfo_as_header(url: str, headers: Mapping[str, str]) -> tuple[str, Mapping[str, str]]:
+    """``https://user:pass@host/...`` → the URL without them and an HTTP Basic
+    ``Authorization`` header (urllib would try to resolve ``user:pass@host`` as the
+    host name); a header given explicitly wins."""
+    import base64
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, headers
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    if any(k.lower() == "authorization" for k in headers):
+        return plain, headers
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return plain, {**headers, "Authorization": f"Basic {token}"}
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
