@@ -122,7 +122,7 @@ def test_webhook_gets_raise_escalation_resolution_only(rec: vp.Recorder, root: P
     assert {b["alert_id"] for b in hook.bodies} == {alert_id}
     assert hook.bodies[1]["previous_severity"] == "warning"
     assert hook.bodies[2]["status"] == "resolved" and hook.bodies[2]["ended_at"] == "2026-03-02T13:00:00Z"
-    assert hook.bodies[2]["text"].startswith("[RESOLVED] failure_rate resolved")
+    assert hook.bodies[2]["text"].startswith("[RESOLVED] failure_rate resolved (was: 46.7% of 15 artifacts")
     (state,) = alerts.list_alerts(root, status="all")
     assert (state.notifications_sent, state.notifications_failed) == (3, 0)
 

@@ -90,7 +90,11 @@ def alert_text(alert: Mapping[str, Any]) -> str:
     scope = alert.get("scope")
     if scope and scope != "all":
         head += f" ({scope})"
-    return f"{head} {event}: {alert.get('summary') or ''} (alert {alert.get('alert_id')})".rstrip()
+    summary = alert.get("summary") or ""
+    if event == "resolved":  # the summary is the last one measured while it fired
+        what = f"resolved (was: {summary})" if summary else "resolved"
+        return f"{head} {what} (alert {alert.get('alert_id')})"
+    return f"{head} {event}: {summary} (alert {alert.get('alert_id')})".rstrip()
 
 
 def deliver(
