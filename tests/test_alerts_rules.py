@@ -67,6 +67,23 @@ def found(
 # ------------------------------------------------------------------ failure_rate
 
 
+def test_failure_rate_counts_each_artifact_once_by_its_latest_outcome(rec: vp.Recorder, root: Path) -> None:
+    """Ten artifacts completed; one failed three times (retried twice in between),
+    another failed and then completed on a retry: 1 failure of 12 artifacts
+    (8.3%, no alert) — not 4 failures of 15 events (26.7%, critical)."""
+    finish(rec, ok=10)
+    for i in range(3):
+        rec.emit("artifact_failed", timestamp=ago(20 - i), artifact_id="flaky", organization_id="org-a")
+    rec.emit("artifact_failed", timestamp=ago(20), artifact_id="saved", organization_id="org-a")
+    rec.emit("artifact_completed", timestamp=ago(15), artifact_id="saved", organization_id="org-a")
+    rec.flush()
+    assert found(root, "failure_rate") == {}
+    finish(rec, ok=0, failed=2, prefix="more")  # 3 of 14 (21.4%): a warning, counted by artifact
+    rec.flush()
+    got = found(root, "failure_rate")["all"]
+    assert (got.severity, got.value) == ("warning", pytest.approx(3 / 14))
+
+
 def test_failure_rate_empty_store_does_not_fire(root: Path) -> None:
     ev = alerts.evaluate(root, Settings(), now=NOW, rules=["failure_rate"])
     assert ev.findings == []
@@ -183,6 +200,26 @@ def test_latency_compares_with_past_seven_days(rec: vp.Recorder, root: Path) -> 
     assert got["all"].severity == "warning"
     assert got["all"].value == pytest.approx(125_000)
     assert got["all"].threshold == pytest.approx(120_000)
+
+
+def test_latency_leaves_out_retried_artifacts(rec: vp.Recorder, root: Path) -> None:
+    """An artifact that failed hours ago and completes now on a manual retry has an
+    end-to-end latency of hours (DESIGN §6 keeps that in the snapshots): the wait
+    for a person, not the pipeline's speed. The latency alert leaves it out, or
+    every retry would page; the same completion without a retry would count."""
+    write_daily_snapshot(root, (NOW - dt.timedelta(days=1)).date(), 60_000)
+    finish(rec, ok=3, took_s=60)
+    aid = "retried-1"
+    rec.emit("artifact_received", timestamp=ago(5 * 60), artifact_id=aid, organization_id="org-a")
+    rec.emit("artifact_failed", timestamp=ago(5 * 60 - 1), artifact_id=aid, organization_id="org-a")
+    rec.emit("retry_initiated", timestamp=ago(12), artifact_id=aid, organization_id="org-a", retry_attempt=1)
+    rec.emit("artifact_completed", timestamp=ago(10), artifact_id=aid, organization_id="org-a")
+    rec.flush()
+    assert found(root, "latency") == {}
+    rec.emit("artifact_received", timestamp=ago(5 * 60), artifact_id="slow-1", organization_id="org-a")
+    rec.emit("artifact_completed", timestamp=ago(10), artifact_id="slow-1", organization_id="org-a")
+    rec.flush()
+    assert found(root, "latency")["all"].value > 60_000 * 2  # a slow pipeline still pages
 
 
 def test_latency_receipt_outside_window_still_counts(rec: vp.Recorder, root: Path) -> None:

@@ -377,12 +377,22 @@ _GROUPING: Final = "GROUP BY GROUPING SETS ((), (organization_id))"
 def _failure_rate(c: _Ctx, ev: Evaluation) -> None:
     r = c.rules.failure_rate
     since = c.now - dt.timedelta(minutes=r.window_minutes)
+    # each artifact once, by its latest outcome in the window: one retried three
+    # times is one failure, and one that failed and then completed on a retry is a
+    # completion (events without an artifact count as they are)
     rows = c.rows(
-        f"""SELECT grouping(organization_id), organization_id,
+        f"""WITH outcomes AS (
+              SELECT artifact_id, organization_id, event_type, timestamp FROM {c.window(since)}
+              WHERE event_type IN ('artifact_failed', 'artifact_completed')),
+            latest AS (
+              SELECT organization_id, event_type FROM outcomes WHERE artifact_id IS NULL
+              UNION ALL
+              SELECT arg_max(organization_id, timestamp), arg_max(event_type, timestamp)
+              FROM outcomes WHERE artifact_id IS NOT NULL GROUP BY artifact_id)
+            SELECT grouping(organization_id), organization_id,
               count(*) FILTER (WHERE event_type = 'artifact_failed'),
               count(*) FILTER (WHERE event_type = 'artifact_completed')
-            FROM {c.window(since)}
-            WHERE event_type IN ('artifact_failed', 'artifact_completed') {_GROUPING}""",
+            FROM latest {_GROUPING}""",
         since=since,
         now=c.now,
     )
@@ -462,14 +472,20 @@ def _latency(c: _Ctx, ev: Evaluation) -> None:
               WHERE event_type = 'artifact_completed' AND artifact_id IS NOT NULL
               GROUP BY artifact_id),
             rcv AS (
-              SELECT artifact_id, min(timestamp) AS received_at
+              SELECT artifact_id,
+                     min(timestamp) FILTER (WHERE event_type = 'artifact_received') AS received_at,
+                     count(*) FILTER (WHERE event_type = 'retry_initiated') AS retries
               FROM {c.window(lookback, "lookback")}
-              WHERE event_type = 'artifact_received'
+              WHERE event_type IN ('artifact_received', 'retry_initiated')
                 AND artifact_id IN (SELECT artifact_id FROM done)
               GROUP BY artifact_id)
             SELECT grouping(organization_id), organization_id,
                    avg(epoch_us(completed_at) - epoch_us(received_at)) / 1000.0, count(*)
-            FROM done JOIN rcv USING (artifact_id) {_GROUPING}""",
+            FROM done JOIN rcv USING (artifact_id)
+            -- a retried artifact's latency is mostly the wait for someone to retry it,
+            -- not the pipeline's speed: left out, or every manual retry would page
+            WHERE rcv.received_at IS NOT NULL AND rcv.retries = 0
+            {_GROUPING}""",
         since=since,
         lookback=lookback,
         now=c.now,
