@@ -30,7 +30,13 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("RETRY_APP_FAIL_STAGE", "RETRY_APP_STARTED", "RETRY_APP_GO", "RETRY_APP_QUEUE"):
+    for name in (
+        "RETRY_APP_FAIL_STAGE",
+        "RETRY_APP_STARTED",
+        "RETRY_APP_GO",
+        "RETRY_APP_QUEUE",
+        "RETRY_APP_EXIT",
+    ):
         monkeypatch.delenv(name, raising=False)
     helpers.reset()
     yield
@@ -526,6 +532,57 @@ def test_ctrl_c_records_retry_failed_interrupted_and_exits_130(
     [record] = retry.retry_history(root, "a-1")
     assert (record.outcome, record.error_code, record.actor) == ("failed", "Interrupted", "alice")
     assert retry.RetryLock(root, "a-1").probe() is None  # released
+
+
+@pytest.mark.slow
+def test_sigterm_records_the_retry_as_failed_and_exits_143(
+    rec: vp.Recorder, root: Path, tmp_path: Path
+) -> None:
+    """A service manager or a timeout stops the retry (SIGTERM, not Ctrl-C): the
+    attempt is recorded as failed as on Ctrl-C — not left "retrying" for ever, which
+    refused every later retry without --force — and the exit status is 143."""
+    record_failed(rec, "a-1", "claims_extraction")
+    rec.flush()
+    started = tmp_path / "started"
+    env = _env(RETRY_APP_STARTED=str(started), RETRY_APP_GO=str(tmp_path / "never"))
+    proc = subprocess.Popen(
+        [*_voicepipe(), "--data", str(root), "retry", "a-1", "--app", PIPELINE, "--by", "alice"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(started.exists)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "voicepipe: terminated (SIGTERM): retry of a-1 (attempt 1) recorded as failed (Interrupted)" in err
+    assert status(root, "a-1")[:2] == ("failed", 1)
+    [record] = retry.retry_history(root, "a-1")
+    assert (record.outcome, record.error_code) == ("failed", "Interrupted")
+    assert retry.RetryLock(root, "a-1").probe() is None
+
+
+def test_a_handler_calling_sys_exit_is_a_failed_retry(
+    runner: CliRunner, rec: vp.Recorder, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sys.exit(3)` inside a handler: the retry failed (exit 1, its line, its
+    history), not a silent exit 3 — a status the command does not document."""
+    record_failed(rec, "a-1", "claims_extraction")
+    rec.flush()
+    monkeypatch.setenv("RETRY_APP_EXIT", "3")
+    result = invoke(runner, root, "a-1", "--app", PIPELINE, "--by", "alice")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert result.stdout.startswith("retry failed: a-1 [claims_extraction, attempt 1] after ")
+    assert "SystemExit" in result.stdout
+    [record] = retry.retry_history(root, "a-1")
+    assert (record.outcome, record.error_code) == ("failed", "SystemExit")
 
 
 @pytest.mark.slow

@@ -4,13 +4,15 @@ matches a filter, by running the user's registered retry handler.
 Parses options, imports the ``--app`` module, calls :mod:`voicepipe_obs.retry`
 and renders: results on stdout, progress and diagnostics on stderr. Exit codes:
 0 retried and succeeded (or handed to a queue, or dry run); 1 the retry ran and
-failed; 2 usage or configuration error; 4 refused; 130 interrupted (Ctrl-C).
+failed; 2 usage or configuration error; 4 refused; 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM: the running retry is recorded as failed, as on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import sys
 from typing import Any
 
@@ -122,7 +124,7 @@ def retry(
     voicepipe retry --all-failed --stage transcription --since 24h --yes
 
     Exit codes: 0 succeeded (or queued, or dry run), 1 the retry ran and failed,
-    2 usage error, 4 refused, 130 interrupted.
+    2 usage error, 4 refused, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     if stage and full:
         raise click.UsageError("give either --stage or --full, not both")
@@ -149,6 +151,18 @@ def retry(
         "force": force,
         "stuck_minutes": float(settings.alerts.stuck.minutes),
     }
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, _frame: Any) -> None:
+        # a service manager or a timeout stopping us: end like Ctrl-C, so the running
+        # retry is recorded as failed instead of staying "retrying" for ever
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        previous = None
     try:
         if all_failed:
             code = _bulk(app, common, org=org, since=since, yes=yes, dry_run=dry_run, fmt=fmt)
@@ -158,11 +172,15 @@ def retry(
     except RetryInterrupted as exc:
         o = exc.outcome
         what = f"retry of {o.artifact_id} (attempt {o.attempt})" if o is not None else "retry"
-        click.echo(f"voicepipe: interrupted: {what} recorded as failed ({exc.error_code})", err=True)
-        ctx.exit(130)
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        click.echo(f"voicepipe: {how}: {what} recorded as failed ({exc.error_code})", err=True)
+        ctx.exit(143 if terminated else 130)
     except KeyboardInterrupt:
-        click.echo("voicepipe: interrupted", err=True)
-        ctx.exit(130)
+        click.echo("voicepipe: terminated (SIGTERM)" if terminated else "voicepipe: interrupted", err=True)
+        ctx.exit(143 if terminated else 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     ctx.exit(code)
 
 

@@ -931,7 +931,7 @@ def _run_inline(
             duration_ms=_elapsed_ms(start),
         )
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a handler calling sys.exit() failed too
         code, message = recorder._error_fields(exc)
         return _outcome(
             plan, "failed", error_code=code, error_message=message, duration_ms=_elapsed_ms(start)
@@ -962,7 +962,7 @@ def _run_deferred(
                 duration_ms=_elapsed_ms(start),
             )
             raise interrupted from exc
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a handler calling sys.exit() failed too
             code, message = recorder._error_fields(exc)
             _record_enqueue_failure(recorder, code, message, _elapsed_ms(start))
             return _outcome(

@@ -3,12 +3,14 @@
 
 - RETRY_APP_FAIL_STAGE: the stage that raises TimeoutError;
 - RETRY_APP_STARTED: a file each handler appends its pid to when it starts;
-- RETRY_APP_GO: a file each handler waits for (up to 60 s) before running.
+- RETRY_APP_GO: a file each handler waits for (up to 60 s) before running;
+- RETRY_APP_EXIT: an exit status each handler calls ``sys.exit`` with.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -82,6 +84,8 @@ def _gate() -> None:
 def _handler(stage: str):  # type: ignore[no-untyped-def]
     def retry(artifact_id: str, attempt: int) -> None:
         _gate()
+        if os.environ.get("RETRY_APP_EXIT"):
+            sys.exit(int(os.environ["RETRY_APP_EXIT"]))
         run_from(artifact_id, "transcription" if stage == "full" else stage)
 
     retry.__name__ = retry.__qualname__ = f"retry_{stage}"
