@@ -287,6 +287,28 @@ def test_an_app_recorder_without_a_root_records_into_the_cli_root(
     assert not (tmp_path / "voicepipe-data").exists()  # not the default ./voicepipe-data
 
 
+def test_an_app_recording_into_another_root_keeps_the_retry_in_the_cli_root(
+    runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app `vp.configure`s a root of its own: its stage events go there (with a
+    warning), but retry_initiated and the outcome are recorded in the CLI's root —
+    so the artifact is completed there, the history has the attempt, and a second
+    retry is refused instead of being "attempt 1" again, for ever."""
+    other = tmp_path / "elsewhere"
+    monkeypatch.setenv("RETRY_APP_OTHER_ROOT", str(other))
+    record_failed(rec, "a-1", "transcription")
+    rec.flush()
+    result = invoke(runner, root, "a-1", "--app", "retry_apps.other_root", "--by", "alice")
+    assert result.exit_code == 0, result.stderr
+    assert f"records into {other}" in result.stderr
+    assert status(root, "a-1")[:2] == ("completed", 1)
+    [record] = retry.retry_history(root, "a-1")
+    assert (record.outcome, record.actor, record.attempt) == ("succeeded", "alice", 1)
+    stages = [(e["event_type"], e["artifact_id"], e["retry_attempt"]) for e in events(other, "a-1")]
+    assert ("transcription_completed", "a-1", 1) in stages  # the context reached the app's recorder
+    refused(invoke(runner, root, "a-1", "--app", "retry_apps.other_root"), "is completed, not failed")
+
+
 def test_an_app_given_as_a_file_path(runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path) -> None:
     app = tmp_path / "handlers_by_path.py"
     app.write_text(

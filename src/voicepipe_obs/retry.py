@@ -820,26 +820,46 @@ class RetryOutcome:
 
 
 def _resolve_recorder(plan: RetryPlan, root: Path, recorder: Recorder | None) -> Recorder:
+    """The recorder of the retry's own events (``retry_initiated``, the outcome):
+    the handler's, when it records into ``root``. One that records elsewhere (an
+    app that ``vp.configure``-d another root) keeps the handler's stage events, but
+    the retry's own go into ``root`` all the same — they are what eligibility,
+    ``max_attempts`` and the audit history read there — through a recorder of this
+    module's on ``root``."""
+    from .emit import Recorder as _Recorder
     from .emit import get_recorder
 
     rec = recorder or plan.handler.recorder or get_recorder()
-    try:
-        same = rec.root.resolve() == root.resolve()
-    except OSError:  # pragma: no cover
-        same = rec.root == root
-    if not same and (rec.root, root) not in _warned_roots:
+    if _same_root(rec.root, root):
+        return rec
+    if (rec.root, root) not in _warned_roots:
         _warned_roots.add((rec.root, root))
         log.warning(
-            "the retry handler records into %s, not %s: the retry's events go there "
-            "(configure its recorder for %s, or pass recorder=)",
+            "the retry handler records into %s, not %s: its stage events go there, the retry's "
+            "own events (retry_initiated, the outcome) into %s (configure its recorder for %s, "
+            "or pass recorder=)",
             rec.root,
             root,
             root,
+            root,
         )
-    return rec
+    key = str(root)
+    own = _runner_recorders.get(key)
+    if own is None:
+        own = _runner_recorders[key] = _Recorder(root)
+    return own
+
+
+def _same_root(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:  # pragma: no cover
+        return a == b
 
 
 _warned_roots: set[tuple[Path, Path]] = set()
+#: recorders of the retry's own events on roots the handlers do not record into
+_runner_recorders: dict[str, Recorder] = {}
 
 
 def _outcome(plan: RetryPlan, status: OutcomeStatus, **kw: Any) -> RetryOutcome:
@@ -1065,7 +1085,7 @@ def retry_artifact(
                 return run_plan(plan, recorder=rec)
             finally:
                 # Others must see this retry's events before the lock is released.
-                _flush_all(rec)
+                _flush_all(rec, plan.handler.recorder)
         finally:
             lock.release()
     finally:
@@ -1073,15 +1093,18 @@ def retry_artifact(
             reader.close()
 
 
-def _flush_all(rec: Recorder) -> None:
-    """Flush the retry's recorder and the default one (handlers may mix them)."""
+def _flush_all(rec: Recorder, handler_recorder: Recorder | None = None) -> None:
+    """Flush the retry's recorder, the handler's and the default one (handlers may
+    mix them)."""
     from .emit import get_recorder, is_configured
 
+    flushed = [rec]
     rec.flush()
-    if is_configured():
-        default = get_recorder()
-        if default is not rec:
-            default.flush()
+    others = [handler_recorder, get_recorder() if is_configured() else None]
+    for other in others:
+        if other is not None and all(other is not f for f in flushed):
+            other.flush()
+            flushed.append(other)
 
 
 # -------------------------------------------------------------------------- bulk

@@ -77,6 +77,10 @@ def reset() -> None:
     The example pipeline stays imported (other test modules hold it); its handlers
     are registered again, on the default recorder, as importing it would."""
     retry.clear_handlers()
+    owns = getattr(retry, "_runner_recorders", {})  # the retry's own, on roots handlers did not use
+    for own in owns.values():
+        own.close()
+    owns.clear()
     for name in [m for m in sys.modules if m.startswith("retry_apps.") and m != "retry_apps.helpers"]:
         del sys.modules[name]
         parent, _, child = name.rpartition(".")
