@@ -429,8 +429,13 @@ def test_bulk_filters_dry_run_and_json(runner: CliRunner, rec: vp.Recorder, root
     assert ids["once"] in dry.stdout and ids["always"] not in dry.stdout
     assert f"would retry {ids['once']} from transcription (attempt 1 of 3)" in dry.stdout
 
-    none = invoke(runner, root, "--all-failed", "--org", "org-nobody", "--yes")
+    none = invoke(runner, root, "--all-failed", "--stage", "entity_resolution", "--yes")
     assert (none.exit_code, none.stdout.strip()) == (0, "No failed artifacts match.")
+    # a misspelt organisation is refused with a suggestion, as the reports do, not "none match"
+    typo = ids["org_of_once"][:-1]
+    refused(
+        invoke(runner, root, "--all-failed", "--org", typo, "--yes"), f"did you mean {ids['org_of_once']!r}?"
+    )
     assert invoke(runner, root, "--all-failed", "--since", "yesterday-ish", "--yes").exit_code == 2
 
     result = invoke(

@@ -27,6 +27,7 @@ from .retry import (
     RetryInterrupted,
     RetryOutcome,
     RetryPlan,
+    RetryRefused,
     check_actor,
     check_eligibility,
     default_actor,
@@ -233,6 +234,14 @@ def _bulk_run(
     )
     to_stdout = fmt != "json"
     if not failed:
+        if org is not None:  # a misspelt --org is refused (exit 4, as an unknown artifact is)
+            from .errors import NotFoundError
+            from .reports import require_organization
+
+            try:
+                require_organization(app.root, org)
+            except NotFoundError as exc:
+                raise RetryRefused("unknown_organization", str(exc)) from None
         if fmt == "json":
             _emit_json(BulkSummary().to_dict())
         else:

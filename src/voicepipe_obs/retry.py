@@ -132,6 +132,7 @@ def clear_handlers() -> None:
 
 RefusalReason = Literal[
     "unknown_artifact",
+    "unknown_organization",
     "not_failed",
     "in_flight",
     "already_retrying",
