@@ -244,7 +244,7 @@ def _rows_in(path: Path) -> int:
 
 
 def _write_rows_repairing(
-    root: Path, rows: Sequence[Row], stem: str, id_prefix: str
+    root: Path, rows: Sequence[Row], stem: str, id_prefix: str, report: Callable[..., None] = log.error
 ) -> tuple[int, list[str], bool]:
     """Write rows (:func:`_write_event_rows`). When Arrow refuses a value that
     validation let through, repair the rows (:func:`_repair_rows`: the offending
@@ -252,7 +252,8 @@ def _write_rows_repairing(
 
     Returns (events written, values repaired, whether the rows were unwritable even
     after repair). Rows are set aside (True) only when a repair was made and the
-    write still failed. Any other error propagates (OSError, MemoryError, an Arrow
+    write still failed. Problems are logged through ``report`` (a recorder's holds
+    them back until it has released its locks). Any other error propagates (OSError, MemoryError, an Arrow
     failure that is not about a value): it may be transient, so the caller keeps the
     rows and retries later.
     """
@@ -267,13 +268,13 @@ def _write_rows_repairing(
     if not problems and not lost:  # not a value problem: nothing to repair, retry later
         raise first_error
     if lost:
-        log.error("voicepipe left out %d event rows without a usable id, type or time", lost)
+        report("voicepipe left out %d event rows without a usable id, type or time", lost)
     try:
         _write_event_rows(root, repaired, stem, id_prefix)
     except OSError:
         raise
     except Exception as exc:
-        log.error("voicepipe cannot write a batch of %d events (%r); set aside", len(rows), exc)
+        report("voicepipe cannot write a batch of %d events (%r); set aside", len(rows), exc)
         return 0, problems, True
     return len(repaired), problems, False
 
@@ -334,13 +335,20 @@ def current_artifact() -> ArtifactContext | None:
 
 
 class _RateLimitedLog:
-    """At most one log line per key per ``interval`` seconds, with a suppressed count."""
+    """At most one log line per key per ``interval`` seconds, with a suppressed count.
 
-    def __init__(self, interval: float = 60.0) -> None:
+    Nothing is logged while the calling thread holds one of the recorder's locks
+    (``holding()``): a logging handler is user code, and may call ``rec.stats()``,
+    which takes the lock. Such lines wait in ``held`` until a thread outside the
+    locks logs them (:meth:`drain`, called where the recorder's work ends)."""
+
+    def __init__(self, interval: float = 60.0, holding: Callable[[], bool] | None = None) -> None:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a signal handler on the same thread
+        self._holding = holding
+        self.held: deque[tuple[int, str, tuple[object, ...]]] = deque()
 
     def warning(self, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
@@ -353,7 +361,36 @@ class _RateLimitedLog:
             skipped = self._suppressed.pop(key, 0)
         if skipped:
             msg += f" ({skipped} similar messages suppressed)"
-        log.warning(msg, *args)
+        self.log(logging.WARNING, msg, *args)
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """Log now, or, while the thread holds a recorder lock, later (drain)."""
+        if self._holding is not None and self._holding():
+            self.held.append((level, msg, args))
+        else:
+            self.drain()
+            log.log(level, msg, *args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, msg, *args)
+
+    def drain(self) -> None:
+        """Log the lines held back, unless this thread holds a recorder lock."""
+        held = self.held
+        if not held or (self._holding is not None and self._holding()):
+            return
+        while held:
+            try:
+                level, msg, args = held.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            log.log(level, msg, *args)
+
+
+def _is_owned(lock: Any) -> Callable[[], bool]:
+    """Whether the calling thread holds ``lock`` (an RLock: CPython's has
+    ``_is_owned``, the method threading.Condition relies on)."""
+    return lock._is_owned  # type: ignore[no-any-return]
 
 
 class _Invalid(Exception):
@@ -888,14 +925,25 @@ class Recorder:
         # Two threads per recorder: the spooler (pending rows → spool segment, sealing
         # batches) and the writer (sealed batches → Parquet), so that a slow write, the
         # first pyarrow import or a recovery never delays the spool.
-        self._write_lock = threading.Lock()  # one Parquet writer at a time
-        self._lock = threading.Lock()  # batches, counters
+        # The three outer locks are RLocks only to ask whether the calling thread holds
+        # one (_holding; they are never taken twice): code that runs on a thread while
+        # it holds one — a signal handler — must not wait for them, and a logging
+        # handler (user code) is never called then. _spool_lock is only ever taken
+        # with _lock or _io_lock held.
+        self._write_lock = threading.RLock()  # one Parquet writer at a time
+        self._lock = threading.RLock()  # batches, counters
         self._spool_lock = threading.Lock()  # segment files
-        self._io_lock = threading.Lock()  # one spool tick at a time
+        self._io_lock = threading.RLock()  # one spool tick at a time
+        owned = (_is_owned(self._lock), _is_owned(self._io_lock), _is_owned(self._write_lock))
+        self._holding: Callable[[], bool] = lambda: owned[0]() or owned[1]() or owned[2]()
         self._wake = threading.Event()  # wakes the spooler early (batch_size reached)
         self._write_wake = threading.Event()  # wakes the writer (a batch was sealed)
         self._wake_set = False
-        self._warn = _RateLimitedLog()
+        self._waking = threading.local()  # .on: this thread is in _wake.set() (its lock)
+        self._warn = _RateLimitedLog(holding=self._holding)
+        # counts made where _lock cannot be taken (re-entered: its thread may hold it);
+        # added to _counts under _lock by the next tick or stats()
+        self._late_counts: deque[tuple[str, int]] = deque()
         self._sync = self.durability == "sync"
         self._stop = False
         self._closed = closed
@@ -1008,6 +1056,11 @@ class Recorder:
 
         Returns the event_id, or None if the event was not recorded: rejected, emitted
         after :meth:`close`, or dropped at once (memory full and the spool failing).
+
+        Safe in a signal handler that interrupted the recorder's own work on that
+        thread (also in the middle of an emit): the event is then queued in memory
+        without taking a lock and spooled within ``spool_interval``, whatever the
+        durability (see ``_append_reentrant``).
         """
         try:
             if type(event_type) is not str or event_type not in EVENT_TYPE_SET:
@@ -1071,7 +1124,13 @@ class Recorder:
         on a helper thread and flush returns False if it has not finished by then;
         the write then completes in the background. After :meth:`close` nothing is
         written: True if close left nothing behind.
+
+        In a signal handler that interrupted the recorder's own work on that thread
+        (an emit, a flush) it writes nothing and returns False: that work holds the
+        locks a flush needs.
         """
+        if self._holding():
+            return False
         errors: list[Exception] = []
         if not self._closed:
             if timeout is None:
@@ -1135,6 +1194,7 @@ class Recorder:
             self._write_sealed(force=True, unless_closed=True)
         except Exception as exc:
             errors.append(exc)
+        self._drain_log()
 
     def close(self) -> None:
         """Flush, stop the background thread and release the spool. Idempotent.
@@ -1144,6 +1204,12 @@ class Recorder:
         next Recorder on the root (or ``voicepipe compact``) to recover.
         """
         if self._closed or self._pid != os.getpid():
+            return
+        if self._holding():  # a signal handler that interrupted the recorder's own work
+            self._warn.warning(
+                "close",
+                "voicepipe: close() in the middle of the recorder's work (a signal handler) is ignored",
+            )
             return
         self._stop = True
         self._closed = True  # later emits are dropped and counted
@@ -1157,6 +1223,7 @@ class Recorder:
             self._write_sealed(force=True)
         except Exception as exc:
             self._warn.warning("close", "voicepipe could not flush on close under %s: %s", self.root, exc)
+        self._drain_log()
         with self._lock, self._spool_lock:
             # an emit that raced with close, and rows neither written nor spooled, are lost
             lost = len(self._pending) + sum(
@@ -1195,13 +1262,38 @@ class Recorder:
 
     def stats(self) -> dict[str, int]:
         """Counters: emitted, written, spooled, recovered, dropped, invalid,
-        write_errors, and buffered (events in memory now)."""
-        with self._lock:
+        write_errors, and buffered (events in memory now).
+
+        Called on a thread that is inside the recorder (a signal handler that
+        interrupted it) it does not wait for the recorder's lock: the counters are
+        read as they are, and may be a moment out of step with each other."""
+        if self._holding():
             out = dict(self._counts)
-            waiting = len(self._pending)
-            out["emitted"] += waiting
-            out["buffered"] = self._mem_rows + waiting
+            for name, n in list(self._late_counts):
+                out[name] += n
+        else:
+            with self._lock:
+                self._add_late_counts()
+                out = dict(self._counts)
+        waiting = len(self._pending)
+        out["emitted"] += waiting
+        out["buffered"] = self._mem_rows + waiting
         return out
+
+    def _add_late_counts(self) -> None:
+        """With _lock held: add the counts made where it could not be taken."""
+        late = self._late_counts
+        while late:
+            name, n = late.popleft()
+            self._counts[name] += n
+
+    def _count(self, name: str, n: int = 1) -> None:
+        """Add to a counter; never waits for _lock on a thread that holds it."""
+        if self._holding():
+            self._late_counts.append((name, n))
+        else:
+            with self._lock:
+                self._counts[name] += n
 
     def __enter__(self) -> Recorder:
         return self
@@ -1296,29 +1388,64 @@ class Recorder:
     def _append(self, row: Row) -> bool:
         """Hand a finished row to the buffer; False when it was dropped at once.
         Lock-free on the default path: a deque append is atomic and the flusher pops
-        from the other end."""
+        from the other end. Every path that takes a lock first makes sure that this
+        thread does not hold it already (_append_reentrant)."""
         if self._closed:
-            with self._lock:
-                self._counts["dropped"] += 1
+            self._count("dropped")
             self._warn.warning("closed", "event emitted after Recorder.close() was dropped")
             return False
         kept = True
         if self._sync:
+            if self._holding():
+                return self._append_reentrant(row)
             kept = self._append_sync(row)
         else:
             pending = self._pending
             if len(pending) + self._mem_rows >= self.max_buffer:
+                if self._holding():
+                    return self._append_reentrant(row)
                 with self._lock:
                     self._counts["emitted"] += 1
                     kept = self._overflow_row(row)
             else:
                 pending.append(row)
                 if len(pending) >= self.batch_size and not self._wake_set:
-                    self._wake_set = True
-                    self._wake.set()
-        if not self._started:
+                    self._wake_spooler()
+        if not self._started and not self._holding():
             self._start()
+        if self._warn.held:
+            self._drain_log()
         return kept
+
+    def _drain_log(self) -> None:
+        """Log what was held back while a recorder lock was held (never raises)."""
+        try:
+            self._warn.drain()
+        except Exception:  # pragma: no cover - logging reports its handlers' errors itself
+            pass
+
+    def _wake_spooler(self) -> None:
+        """Wake the spooler early. Event.set takes a lock: a signal handler that
+        interrupted this thread in there must not set it again (and wait forever)."""
+        waking = self._waking
+        if getattr(waking, "on", False):
+            return
+        self._wake_set = True
+        waking.on = True
+        try:
+            self._wake.set()
+        finally:
+            waking.on = False
+
+    def _append_reentrant(self, row: Row) -> bool:
+        """An emit on a thread that holds the recorder's lock: a signal handler that
+        interrupted that thread in the recorder's work (in "sync" mode: in the middle
+        of an emit). Taking the lock would wait forever for the interrupted code, so
+        the row is queued in memory without it, as in "spool" mode, whatever the
+        durability: the spooler appends it to the spool within ``spool_interval``
+        (``max_buffer`` is not applied to it: that needs the lock)."""
+        self._pending.append(row)
+        return True
 
     def _append_sync(self, row: Row) -> bool:
         """durability="sync": the row reaches the current segment before emit returns.
@@ -1337,8 +1464,7 @@ class Recorder:
             batch.n += 1
             self._mem_rows += 1
             if batch.n >= self.batch_size and not self._wake_set:
-                self._wake_set = True
-                self._wake.set()
+                self._wake_spooler()
             if outcome is False:
                 self._raise_if_strict_spool()
         return True
@@ -1377,7 +1503,9 @@ class Recorder:
         """Append rows to a batch's segment file. Never raises; True when written,
         False when the write failed, None when skipped (durability="memory", or the
         spool failed less than a second ago: its rows wait in memory meanwhile).
-        The caller counts the outcome (with _lock held) through _count_spool.
+        The caller counts the outcome (with _lock held) through _count_spool. Its
+        callers hold _lock or _io_lock: its warning is logged once they are released
+        (_RateLimitedLog).
 
         A failed append is cut off again (ftruncate to the last good size), so a
         torn record can never hide the records appended after it from recovery.
@@ -1494,6 +1622,7 @@ class Recorder:
                     self._write_wake.set()
             except Exception as exc:  # the threads must survive anything, strict or not
                 self._warn.warning("internal", "voicepipe spooler error: %r", exc)
+            self._drain_log()
 
     def _run_writer(self) -> None:
         with _fork_gate:  # a fork during an import would deadlock the child's next import
@@ -1512,6 +1641,7 @@ class Recorder:
                 self._write_sealed(force=False, unless_closed=True)
             except Exception as exc:
                 self._warn.warning("internal", "voicepipe writer error: %r", exc)
+            self._drain_log()
 
     def _write_sealed(self, force: bool, unless_closed: bool = False) -> None:
         """Write the sealed batches as Parquet (after a failure, not before the retry delay)."""
@@ -1532,16 +1662,16 @@ class Recorder:
             self._wake_set = False
             pending = self._pending
             with self._lock:  # emitters never wait for it; stats() sees consistent counts
+                self._add_late_counts()
                 n = len(pending)
                 self._mem_rows += n  # before the rows leave the deque: max_buffer holds
                 self._counts["emitted"] += n
                 rows = [pending.popleft() for _ in range(n)]
             if n:
-                spool = self.durability == "spool"
-                outcome = self._spool_rows(self._current, rows) if spool else None
+                # in "sync" mode pending holds only rows emitted re-entrantly (_append)
+                outcome = self._spool_rows(self._current, rows)
                 with self._lock:
-                    spooled = self._count_spool(outcome, n)
-                    if not spooled:
+                    if not self._count_spool(outcome, n):
                         self._current.unspooled += n
                     assert self._current.rows is not None  # the current batch is never spilled
                     self._current.rows.extend(rows)
@@ -1586,7 +1716,7 @@ class Recorder:
                     # a value Arrow cannot take (validation should have caught it) must
                     # not cost the batch's good events: repaired, counted, written
                     written, problems, poisoned = _write_rows_repairing(
-                        self.root, rows, stem, self._id_prefix
+                        self.root, rows, stem, self._id_prefix, report=self._warn.error
                     )
                     if problems:
                         with self._lock:
@@ -1638,8 +1768,7 @@ class Recorder:
     def _invalid(self, message: str) -> None:
         if self.strict:
             raise EmitError(message)
-        with self._lock:
-            self._counts["invalid"] += 1
+        self._count("invalid")
         self._warn.warning("invalid:" + " ".join(message.split(" ", 2)[:2]), "voicepipe: %s", message)
 
     def _internal_error(self, exc: BaseException) -> None:
@@ -1686,8 +1815,7 @@ def _append_unraised(rec: Recorder, row: Row) -> None:
         if rec.strict:
             fixed, problems = _repair_row(row)
             if problems:
-                with rec._lock:
-                    rec._counts["invalid"] += len(problems)
+                rec._count("invalid", len(problems))
                 rec._warn.warning(
                     "invalid:unraised", "voicepipe: %s (not raised: the stage's exception is)", problems[0]
                 )
