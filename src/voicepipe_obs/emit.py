@@ -252,10 +252,10 @@ def _write_rows_repairing(
 
     Returns (events written, values repaired, whether the rows were unwritable even
     after repair). Rows are set aside (True) only when a repair was made and the
-    write still failed. Problems are logged through ``report`` (a recorder's holds
-    them back until it has released its locks). Any other error propagates (OSError, MemoryError, an Arrow
-    failure that is not about a value): it may be transient, so the caller keeps the
-    rows and retries later.
+    write still failed. Problems are logged through ``report`` (a recorder's report
+    holds them back until it has released its locks). Any other error propagates
+    (OSError, MemoryError, an Arrow failure that is not about a value): it may be
+    transient, so the caller keeps the rows and retries later.
     """
     try:
         _write_event_rows(root, rows, stem, id_prefix)
@@ -837,7 +837,7 @@ def _recover_spools(rootp: Path, wait: bool) -> tuple[int, int]:
 class _Batch:
     """The events of one spool segment: in memory (rows) or only on disk (rows None)."""
 
-    __slots__ = ("checked", "fd", "n", "path", "rows", "seq", "size", "unspooled")
+    __slots__ = ("checked", "done", "fd", "held", "n", "path", "rows", "seq", "size")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -846,7 +846,10 @@ class _Batch:
         self.path: Path | None = None
         self.fd: int | None = None
         self.size = 0  # bytes of complete records in the segment
-        self.unspooled = 0  # rows not (successfully) written to the segment
+        # rows in memory not (successfully) written to the segment yet: the next spool
+        # append to the batch writes them first (durability "spool" and "sync")
+        self.held: list[Row] = []
+        self.done = False  # written as Parquet: its segment is deleted, never re-made
         self.checked = 0.0  # when the segment was last seen still linked (monotonic)
 
 
@@ -1227,7 +1230,7 @@ class Recorder:
         with self._lock, self._spool_lock:
             # an emit that raced with close, and rows neither written nor spooled, are lost
             lost = len(self._pending) + sum(
-                b.unspooled for b in [self._current, *self._sealed] if b.rows is not None
+                self._unspooled(b) for b in [self._current, *self._sealed] if b.rows is not None
             )
             self._pending.clear()
             self._counts["dropped"] += lost
@@ -1456,9 +1459,8 @@ class Recorder:
             if self._mem_rows >= self.max_buffer:
                 return self._overflow_row(row)
             batch = self._current
-            outcome = self._spool_rows(batch, [row])
-            if not self._count_spool(outcome, 1):
-                batch.unspooled += 1
+            outcome, spooled = self._spool_rows(batch, [row])
+            self._count_spool(outcome, spooled)
             assert batch.rows is not None  # the current batch is never spilled
             batch.rows.append(row)
             batch.n += 1
@@ -1476,8 +1478,8 @@ class Recorder:
             if self._overflow is None:
                 self._overflow = self._new_batch()
                 self._overflow.rows = None
-            outcome = self._spool_rows(self._overflow, [row])
-            if self._count_spool(outcome, 1):
+            outcome, spooled = self._spool_rows(self._overflow, [row])
+            if self._count_spool(outcome, spooled):
                 self._overflow.n += 1
                 return True
         self._counts["dropped"] += 1
@@ -1499,25 +1501,38 @@ class Recorder:
             self._counts["write_errors"] += 1
         return bool(outcome)
 
-    def _spool_rows(self, batch: _Batch, rows: list[Row]) -> bool | None:
-        """Append rows to a batch's segment file. Never raises; True when written,
-        False when the write failed, None when skipped (durability="memory", or the
-        spool failed less than a second ago: its rows wait in memory meanwhile).
-        The caller counts the outcome (with _lock held) through _count_spool. Its
-        callers hold _lock or _io_lock: its warning is logged once they are released
-        (_RateLimitedLog).
+    def _spool_rows(self, batch: _Batch, rows: list[Row]) -> tuple[bool | None, int]:
+        """Append rows to a batch's segment file, after the batch's rows that an
+        earlier append could not write (``batch.held``). Never raises.
+
+        Returns (outcome, rows newly in the spool): True when written, False when the
+        write failed, None when skipped (durability="memory", the batch already
+        written as Parquet, or the spool failed less than a second ago). Rows of a
+        batch in memory that were not written are held in ``batch.held`` for the next
+        append (or the spooler's retry, see _respool_held), so that the spool, once it
+        works again, holds every accepted event exactly once. The caller counts the
+        outcome (with _lock held) through _count_spool. Its callers hold _lock or
+        _io_lock: its warning is logged once they are released (_RateLimitedLog).
 
         A failed append is cut off again (ftruncate to the last good size), so a
         torn record can never hide the records appended after it from recovery.
         """
         if self.durability == "memory":
-            return None
+            return None, 0
         now = time.monotonic()
         with self._spool_lock:
+            in_memory = batch.rows is not None  # an overflow batch has its rows on disk only
+            if batch.done:
+                return None, 0
             if now < self._spool_broken_until:
-                return None
+                if in_memory and rows:
+                    batch.held.extend(rows)
+                return None, 0
+            todo = batch.held + rows if batch.held else rows
+            new = len(todo)
+            if not new:
+                return True, 0
             try:
-                again: list[Row] = []
                 # at most every _RECHECK s (an fstat per event would cost "sync" mode
                 # ~25%): appends in between to a deleted segment are spooled again
                 if (
@@ -1527,10 +1542,13 @@ class Recorder:
                 ):
                     # the segment was deleted under us (the spool directory removed, or a
                     # recoverer on another host took us for dead): start it again with
-                    # the rows it held, so a crash still loses nothing
+                    # every row the batch holds, so a crash still loses nothing
                     os.close(batch.fd)
                     batch.fd = None
-                    again = list(batch.rows or ())
+                    if in_memory:
+                        assert batch.rows is not None
+                        known = {id(r) for r in batch.rows}
+                        todo = [*batch.rows, *(r for r in todo if id(r) not in known)]
                 if batch.fd is None:
                     self._hold_writer_lock()
                     assert self._spool_dir is not None
@@ -1539,7 +1557,7 @@ class Recorder:
                     os.fchmod(batch.fd, 0o600)
                     batch.path = path
                     batch.size = os.fstat(batch.fd).st_size
-                data = _spool_record(again + rows if again else rows)
+                data = _spool_record(todo)
                 try:
                     written = os.write(batch.fd, data)
                     if written != len(data):
@@ -1553,14 +1571,44 @@ class Recorder:
                 batch.size += written
                 if now >= batch.checked + _RECHECK:
                     batch.checked = now
-                if again:
-                    batch.unspooled = 0
+                if batch.held:
+                    batch.held = []
             except Exception as exc:
                 self._spool_broken_until = now + min(self.flush_interval, 1.0)
                 self._spool_error = exc
+                if in_memory:
+                    batch.held = todo if todo is not rows else list(rows)
                 self._warn.warning("spool", "voicepipe spool write failed under %s: %s", self.root, exc)
-                return False
-        return True
+                return False, 0
+        return True, new
+
+    def _unspooled(self, batch: _Batch) -> int:
+        """How many of an in-memory batch's rows are in no spool segment."""
+        if self.durability == "memory":
+            return len(batch.rows or ())
+        return len(batch.held)
+
+    def _respool_held(self) -> None:
+        """The spooler, every tick: write the rows that earlier spool appends could not
+        (a full disk, an unwritable spool) to their batches' segments, once the spool
+        works again. Sealed batches too: while the Parquet write fails they would
+        otherwise stay in memory only, and a crash would lose them."""
+        with self._lock:
+            batches = [b for b in (self._current, *self._sealed) if b.held and not b.done]
+        for batch in batches:
+            outcome, spooled = self._spool_rows(batch, [])
+            if batch is not self._current:  # sealed: its segment is complete again
+                with self._spool_lock:
+                    if batch.fd is not None:
+                        try:
+                            os.close(batch.fd)
+                        except OSError:
+                            pass
+                        batch.fd = None
+            with self._lock:
+                self._count_spool(outcome, spooled)
+            if outcome is not True:
+                break  # failing or skipped: the next tick tries again
 
     def _raise_if_strict_spool(self) -> None:
         """strict, in the emitting thread: the spool write just failed (the event is
@@ -1667,12 +1715,13 @@ class Recorder:
                 self._mem_rows += n  # before the rows leave the deque: max_buffer holds
                 self._counts["emitted"] += n
                 rows = [pending.popleft() for _ in range(n)]
+            # rows that earlier appends could not spool first, then the new ones (in
+            # "sync" mode pending holds only rows emitted re-entrantly, see _append)
+            self._respool_held()
             if n:
-                # in "sync" mode pending holds only rows emitted re-entrantly (_append)
-                outcome = self._spool_rows(self._current, rows)
+                outcome, spooled = self._spool_rows(self._current, rows)
                 with self._lock:
-                    if not self._count_spool(outcome, n):
-                        self._current.unspooled += n
+                    self._count_spool(outcome, spooled)
                     assert self._current.rows is not None  # the current batch is never spilled
                     self._current.rows.extend(rows)
                     self._current.n += n
@@ -1736,6 +1785,15 @@ class Recorder:
                     "write", "voicepipe could not write events under %s (will retry): %s", self.root, exc
                 )
                 return
+            with self._lock, self._spool_lock:  # its segment is not made again (_respool_held)
+                batch.done = True
+                batch.held = []
+                if batch.fd is not None:
+                    try:
+                        os.close(batch.fd)
+                    except OSError:
+                        pass
+                    batch.fd = None
             if batch.path is not None:
                 try:
                     if poisoned:  # kept for inspection; recovery ignores it
@@ -1757,11 +1815,16 @@ class Recorder:
         _write_event_rows(self.root, rows, stem, self._id_prefix)
 
     def _spill_sealed(self) -> None:
-        """Storage is failing: release the memory of batches that are safe in the spool."""
-        for batch in self._sealed:
-            if batch.rows is not None and batch.unspooled == 0 and batch.path is not None:
-                self._mem_rows -= len(batch.rows)
-                batch.rows = None
+        """Storage is failing: release the memory of batches that are safe in the spool
+        (called with _lock held). A batch with rows in no segment stays in memory until
+        the spooler has written them (_respool_held)."""
+        if self.durability == "memory":
+            return
+        with self._spool_lock:
+            for batch in self._sealed:
+                if batch.rows is not None and not batch.held and batch.path is not None:
+                    self._mem_rows -= len(batch.rows)
+                    batch.rows = None
 
     # -- counting problems -----------------------------------------------------------
 
