@@ -7,6 +7,7 @@ duplicate written anywhere shows up as a repeated event_id.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -390,6 +391,91 @@ def test_a_broken_spool_counts_failed_writes_not_skipped_attempts(root: Path) ->
     assert rec.flush()
     rec.close()
     assert rec.stats()["written"] == 200 and assert_unique(root) == 200
+
+
+SPOOL_GAP_CHILD = r"""
+import json, os, signal, sys, time
+import voicepipe_obs as vp
+
+root, filler, out, durability = sys.argv[1:5]
+rec = vp.Recorder(root, durability=durability, flush_interval=0.2, spool_interval=0.05)
+ids = [rec.emit("rate_limit_hit", claim_count=-1)]
+time.sleep(0.5)  # spooled; the Parquet writes fail (events/ is a regular file)
+with open(filler, "wb", buffering=0) as fh:  # the disk fills up
+    try:
+        while True:
+            fh.write(b"x" * 65536)
+    except OSError:
+        pass
+for i in range(1000):  # the spool appends fail: these events are in memory only
+    ids.append(rec.emit("rate_limit_hit", claim_count=i))
+    if i % 100 == 0:
+        time.sleep(0.05)
+full = rec.stats()
+os.unlink(filler)  # space again
+for i in range(1000, 1100):
+    ids.append(rec.emit("rate_limit_hit", claim_count=i))
+    time.sleep(0.01)
+time.sleep(2.5)  # the spool works again; the Parquet writes still fail
+with open(out, "w") as fh:
+    json.dump({"ids": ids, "full": full, "later": rec.stats()}, fh)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB file system (tmpfs), to fill up; needs root (mount)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True
+        )
+    except OSError as exc:
+        pytest.skip(f"cannot run mount: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("durability", ["spool", "sync"])
+def test_events_whose_spool_write_failed_are_spooled_when_it_works_again(
+    tmp_path: Path, small_disk: Path, durability: str
+) -> None:
+    """Parquet writes blocked, then the disk full for a while (the spool appends fail:
+    the events wait in memory), then space again, then SIGKILL: the events the spool
+    could not take at first were spooled once it could, so recovery finds every
+    accepted event, once. Before the fix only the events emitted after the disk
+    was freed survived."""
+    root = small_disk / "data"
+    root.mkdir()
+    (root / "events").write_text("the Parquet writes fail")
+    script, out = tmp_path / "child.py", tmp_path / "ids.json"
+    script.write_text(SPOOL_GAP_CHILD)
+    done = subprocess.run(
+        [sys.executable, str(script), str(root), str(small_disk / "filler"), str(out), durability],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["full"]["write_errors"] >= 2  # the disk was full indeed
+    accepted = [i for i in got["ids"] if i is not None]
+    assert len(accepted) == 1101
+    (root / "events").unlink()
+    recovered, _ = vp.recover_spools(root)
+    present = {event_id for (event_id,) in raw(root, "SELECT event_id FROM ev")}
+    missing = set(accepted) - present
+    assert not missing, f"{len(missing)} accepted events lost, e.g. {sorted(missing)[:3]}"
+    assert recovered == assert_unique(root) == 1101
+    assert not [p for p in (root / "_spool").iterdir() if p.suffix == ".spool"]
+    later = got["later"]
+    assert later["spooled"] == 1101 and later["dropped"] == 0, later  # spooled once each
 
 
 # ------------------------------------------------------------ spool permissions

@@ -244,7 +244,7 @@ def _rows_in(path: Path) -> int:
 
 
 def _write_rows_repairing(
-    root: Path, rows: Sequence[Row], stem: str, id_prefix: str
+    root: Path, rows: Sequence[Row], stem: str, id_prefix: str, report: Callable[..., None] = log.error
 ) -> tuple[int, list[str], bool]:
     """Write rows (:func:`_write_event_rows`). When Arrow refuses a value that
     validation let through, repair the rows (:func:`_repair_rows`: the offending
@@ -252,9 +252,10 @@ def _write_rows_repairing(
 
     Returns (events written, values repaired, whether the rows were unwritable even
     after repair). Rows are set aside (True) only when a repair was made and the
-    write still failed. Any other error propagates (OSError, MemoryError, an Arrow
-    failure that is not about a value): it may be transient, so the caller keeps the
-    rows and retries later.
+    write still failed. Problems are logged through ``report`` (a recorder's report
+    holds them back until it has released its locks). Any other error propagates
+    (OSError, MemoryError, an Arrow failure that is not about a value): it may be
+    transient, so the caller keeps the rows and retries later.
     """
     try:
         _write_event_rows(root, rows, stem, id_prefix)
@@ -267,13 +268,13 @@ def _write_rows_repairing(
     if not problems and not lost:  # not a value problem: nothing to repair, retry later
         raise first_error
     if lost:
-        log.error("voicepipe left out %d event rows without a usable id, type or time", lost)
+        report("voicepipe left out %d event rows without a usable id, type or time", lost)
     try:
         _write_event_rows(root, repaired, stem, id_prefix)
     except OSError:
         raise
     except Exception as exc:
-        log.error("voicepipe cannot write a batch of %d events (%r); set aside", len(rows), exc)
+        report("voicepipe cannot write a batch of %d events (%r); set aside", len(rows), exc)
         return 0, problems, True
     return len(repaired), problems, False
 
@@ -334,13 +335,20 @@ def current_artifact() -> ArtifactContext | None:
 
 
 class _RateLimitedLog:
-    """At most one log line per key per ``interval`` seconds, with a suppressed count."""
+    """At most one log line per key per ``interval`` seconds, with a suppressed count.
 
-    def __init__(self, interval: float = 60.0) -> None:
+    Nothing is logged while the calling thread holds one of the recorder's locks
+    (``holding()``): a logging handler is user code, and may call ``rec.stats()``,
+    which takes the lock. Such lines wait in ``held`` until a thread outside the
+    locks logs them (:meth:`drain`, called where the recorder's work ends)."""
+
+    def __init__(self, interval: float = 60.0, holding: Callable[[], bool] | None = None) -> None:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a signal handler on the same thread
+        self._holding = holding
+        self.held: deque[tuple[int, str, tuple[object, ...]]] = deque()
 
     def warning(self, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
@@ -353,7 +361,36 @@ class _RateLimitedLog:
             skipped = self._suppressed.pop(key, 0)
         if skipped:
             msg += f" ({skipped} similar messages suppressed)"
-        log.warning(msg, *args)
+        self.log(logging.WARNING, msg, *args)
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """Log now, or, while the thread holds a recorder lock, later (drain)."""
+        if self._holding is not None and self._holding():
+            self.held.append((level, msg, args))
+        else:
+            self.drain()
+            log.log(level, msg, *args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, msg, *args)
+
+    def drain(self) -> None:
+        """Log the lines held back, unless this thread holds a recorder lock."""
+        held = self.held
+        if not held or (self._holding is not None and self._holding()):
+            return
+        while held:
+            try:
+                level, msg, args = held.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            log.log(level, msg, *args)
+
+
+def _is_owned(lock: Any) -> Callable[[], bool]:
+    """Whether the calling thread holds ``lock`` (an RLock: CPython's has
+    ``_is_owned``, the method threading.Condition relies on)."""
+    return lock._is_owned  # type: ignore[no-any-return]
 
 
 class _Invalid(Exception):
@@ -800,7 +837,7 @@ def _recover_spools(rootp: Path, wait: bool) -> tuple[int, int]:
 class _Batch:
     """The events of one spool segment: in memory (rows) or only on disk (rows None)."""
 
-    __slots__ = ("checked", "fd", "n", "path", "rows", "seq", "size", "unspooled")
+    __slots__ = ("checked", "done", "fd", "held", "n", "path", "rows", "seq", "size")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -809,7 +846,10 @@ class _Batch:
         self.path: Path | None = None
         self.fd: int | None = None
         self.size = 0  # bytes of complete records in the segment
-        self.unspooled = 0  # rows not (successfully) written to the segment
+        # rows in memory not (successfully) written to the segment yet: the next spool
+        # append to the batch writes them first (durability "spool" and "sync")
+        self.held: list[Row] = []
+        self.done = False  # written as Parquet: its segment is deleted, never re-made
         self.checked = 0.0  # when the segment was last seen still linked (monotonic)
 
 
@@ -888,14 +928,25 @@ class Recorder:
         # Two threads per recorder: the spooler (pending rows → spool segment, sealing
         # batches) and the writer (sealed batches → Parquet), so that a slow write, the
         # first pyarrow import or a recovery never delays the spool.
-        self._write_lock = threading.Lock()  # one Parquet writer at a time
-        self._lock = threading.Lock()  # batches, counters
+        # The three outer locks are RLocks only to ask whether the calling thread holds
+        # one (_holding; they are never taken twice): code that runs on a thread while
+        # it holds one — a signal handler — must not wait for them, and a logging
+        # handler (user code) is never called then. _spool_lock is only ever taken
+        # with _lock or _io_lock held.
+        self._write_lock = threading.RLock()  # one Parquet writer at a time
+        self._lock = threading.RLock()  # batches, counters
         self._spool_lock = threading.Lock()  # segment files
-        self._io_lock = threading.Lock()  # one spool tick at a time
+        self._io_lock = threading.RLock()  # one spool tick at a time
+        owned = (_is_owned(self._lock), _is_owned(self._io_lock), _is_owned(self._write_lock))
+        self._holding: Callable[[], bool] = lambda: owned[0]() or owned[1]() or owned[2]()
         self._wake = threading.Event()  # wakes the spooler early (batch_size reached)
         self._write_wake = threading.Event()  # wakes the writer (a batch was sealed)
         self._wake_set = False
-        self._warn = _RateLimitedLog()
+        self._waking = threading.local()  # .on: this thread is in _wake.set() (its lock)
+        self._warn = _RateLimitedLog(holding=self._holding)
+        # counts made where _lock cannot be taken (re-entered: its thread may hold it);
+        # added to _counts under _lock by the next tick or stats()
+        self._late_counts: deque[tuple[str, int]] = deque()
         self._sync = self.durability == "sync"
         self._stop = False
         self._closed = closed
@@ -1008,6 +1059,11 @@ class Recorder:
 
         Returns the event_id, or None if the event was not recorded: rejected, emitted
         after :meth:`close`, or dropped at once (memory full and the spool failing).
+
+        Safe in a signal handler that interrupted the recorder's own work on that
+        thread (also in the middle of an emit): the event is then queued in memory
+        without taking a lock and spooled within ``spool_interval``, whatever the
+        durability (see ``_append_reentrant``).
         """
         try:
             if type(event_type) is not str or event_type not in EVENT_TYPE_SET:
@@ -1071,7 +1127,13 @@ class Recorder:
         on a helper thread and flush returns False if it has not finished by then;
         the write then completes in the background. After :meth:`close` nothing is
         written: True if close left nothing behind.
+
+        In a signal handler that interrupted the recorder's own work on that thread
+        (an emit, a flush) it writes nothing and returns False: that work holds the
+        locks a flush needs.
         """
+        if self._holding():
+            return False
         errors: list[Exception] = []
         if not self._closed:
             if timeout is None:
@@ -1135,6 +1197,7 @@ class Recorder:
             self._write_sealed(force=True, unless_closed=True)
         except Exception as exc:
             errors.append(exc)
+        self._drain_log()
 
     def close(self) -> None:
         """Flush, stop the background thread and release the spool. Idempotent.
@@ -1144,6 +1207,12 @@ class Recorder:
         next Recorder on the root (or ``voicepipe compact``) to recover.
         """
         if self._closed or self._pid != os.getpid():
+            return
+        if self._holding():  # a signal handler that interrupted the recorder's own work
+            self._warn.warning(
+                "close",
+                "voicepipe: close() in the middle of the recorder's work (a signal handler) is ignored",
+            )
             return
         self._stop = True
         self._closed = True  # later emits are dropped and counted
@@ -1157,10 +1226,11 @@ class Recorder:
             self._write_sealed(force=True)
         except Exception as exc:
             self._warn.warning("close", "voicepipe could not flush on close under %s: %s", self.root, exc)
+        self._drain_log()
         with self._lock, self._spool_lock:
             # an emit that raced with close, and rows neither written nor spooled, are lost
             lost = len(self._pending) + sum(
-                b.unspooled for b in [self._current, *self._sealed] if b.rows is not None
+                self._unspooled(b) for b in [self._current, *self._sealed] if b.rows is not None
             )
             self._pending.clear()
             self._counts["dropped"] += lost
@@ -1195,13 +1265,38 @@ class Recorder:
 
     def stats(self) -> dict[str, int]:
         """Counters: emitted, written, spooled, recovered, dropped, invalid,
-        write_errors, and buffered (events in memory now)."""
-        with self._lock:
+        write_errors, and buffered (events in memory now).
+
+        Called on a thread that is inside the recorder (a signal handler that
+        interrupted it) it does not wait for the recorder's lock: the counters are
+        read as they are, and may be a moment out of step with each other."""
+        if self._holding():
             out = dict(self._counts)
-            waiting = len(self._pending)
-            out["emitted"] += waiting
-            out["buffered"] = self._mem_rows + waiting
+            for name, n in list(self._late_counts):
+                out[name] += n
+        else:
+            with self._lock:
+                self._add_late_counts()
+                out = dict(self._counts)
+        waiting = len(self._pending)
+        out["emitted"] += waiting
+        out["buffered"] = self._mem_rows + waiting
         return out
+
+    def _add_late_counts(self) -> None:
+        """With _lock held: add the counts made where it could not be taken."""
+        late = self._late_counts
+        while late:
+            name, n = late.popleft()
+            self._counts[name] += n
+
+    def _count(self, name: str, n: int = 1) -> None:
+        """Add to a counter; never waits for _lock on a thread that holds it."""
+        if self._holding():
+            self._late_counts.append((name, n))
+        else:
+            with self._lock:
+                self._counts[name] += n
 
     def __enter__(self) -> Recorder:
         return self
@@ -1296,29 +1391,64 @@ class Recorder:
     def _append(self, row: Row) -> bool:
         """Hand a finished row to the buffer; False when it was dropped at once.
         Lock-free on the default path: a deque append is atomic and the flusher pops
-        from the other end."""
+        from the other end. Every path that takes a lock first makes sure that this
+        thread does not hold it already (_append_reentrant)."""
         if self._closed:
-            with self._lock:
-                self._counts["dropped"] += 1
+            self._count("dropped")
             self._warn.warning("closed", "event emitted after Recorder.close() was dropped")
             return False
         kept = True
         if self._sync:
+            if self._holding():
+                return self._append_reentrant(row)
             kept = self._append_sync(row)
         else:
             pending = self._pending
             if len(pending) + self._mem_rows >= self.max_buffer:
+                if self._holding():
+                    return self._append_reentrant(row)
                 with self._lock:
                     self._counts["emitted"] += 1
                     kept = self._overflow_row(row)
             else:
                 pending.append(row)
                 if len(pending) >= self.batch_size and not self._wake_set:
-                    self._wake_set = True
-                    self._wake.set()
-        if not self._started:
+                    self._wake_spooler()
+        if not self._started and not self._holding():
             self._start()
+        if self._warn.held:
+            self._drain_log()
         return kept
+
+    def _drain_log(self) -> None:
+        """Log what was held back while a recorder lock was held (never raises)."""
+        try:
+            self._warn.drain()
+        except Exception:  # pragma: no cover - logging reports its handlers' errors itself
+            pass
+
+    def _wake_spooler(self) -> None:
+        """Wake the spooler early. Event.set takes a lock: a signal handler that
+        interrupted this thread in there must not set it again (and wait forever)."""
+        waking = self._waking
+        if getattr(waking, "on", False):
+            return
+        self._wake_set = True
+        waking.on = True
+        try:
+            self._wake.set()
+        finally:
+            waking.on = False
+
+    def _append_reentrant(self, row: Row) -> bool:
+        """An emit on a thread that holds the recorder's lock: a signal handler that
+        interrupted that thread in the recorder's work (in "sync" mode: in the middle
+        of an emit). Taking the lock would wait forever for the interrupted code, so
+        the row is queued in memory without it, as in "spool" mode, whatever the
+        durability: the spooler appends it to the spool within ``spool_interval``
+        (``max_buffer`` is not applied to it: that needs the lock)."""
+        self._pending.append(row)
+        return True
 
     def _append_sync(self, row: Row) -> bool:
         """durability="sync": the row reaches the current segment before emit returns.
@@ -1329,16 +1459,14 @@ class Recorder:
             if self._mem_rows >= self.max_buffer:
                 return self._overflow_row(row)
             batch = self._current
-            outcome = self._spool_rows(batch, [row])
-            if not self._count_spool(outcome, 1):
-                batch.unspooled += 1
+            outcome, spooled = self._spool_rows(batch, [row])
+            self._count_spool(outcome, spooled)
             assert batch.rows is not None  # the current batch is never spilled
             batch.rows.append(row)
             batch.n += 1
             self._mem_rows += 1
             if batch.n >= self.batch_size and not self._wake_set:
-                self._wake_set = True
-                self._wake.set()
+                self._wake_spooler()
             if outcome is False:
                 self._raise_if_strict_spool()
         return True
@@ -1350,8 +1478,8 @@ class Recorder:
             if self._overflow is None:
                 self._overflow = self._new_batch()
                 self._overflow.rows = None
-            outcome = self._spool_rows(self._overflow, [row])
-            if self._count_spool(outcome, 1):
+            outcome, spooled = self._spool_rows(self._overflow, [row])
+            if self._count_spool(outcome, spooled):
                 self._overflow.n += 1
                 return True
         self._counts["dropped"] += 1
@@ -1373,23 +1501,38 @@ class Recorder:
             self._counts["write_errors"] += 1
         return bool(outcome)
 
-    def _spool_rows(self, batch: _Batch, rows: list[Row]) -> bool | None:
-        """Append rows to a batch's segment file. Never raises; True when written,
-        False when the write failed, None when skipped (durability="memory", or the
-        spool failed less than a second ago: its rows wait in memory meanwhile).
-        The caller counts the outcome (with _lock held) through _count_spool.
+    def _spool_rows(self, batch: _Batch, rows: list[Row]) -> tuple[bool | None, int]:
+        """Append rows to a batch's segment file, after the batch's rows that an
+        earlier append could not write (``batch.held``). Never raises.
+
+        Returns (outcome, rows newly in the spool): True when written, False when the
+        write failed, None when skipped (durability="memory", the batch already
+        written as Parquet, or the spool failed less than a second ago). Rows of a
+        batch in memory that were not written are held in ``batch.held`` for the next
+        append (or the spooler's retry, see _respool_held), so that the spool, once it
+        works again, holds every accepted event exactly once. The caller counts the
+        outcome (with _lock held) through _count_spool. Its callers hold _lock or
+        _io_lock: its warning is logged once they are released (_RateLimitedLog).
 
         A failed append is cut off again (ftruncate to the last good size), so a
         torn record can never hide the records appended after it from recovery.
         """
         if self.durability == "memory":
-            return None
+            return None, 0
         now = time.monotonic()
         with self._spool_lock:
+            in_memory = batch.rows is not None  # an overflow batch has its rows on disk only
+            if batch.done:
+                return None, 0
             if now < self._spool_broken_until:
-                return None
+                if in_memory and rows:
+                    batch.held.extend(rows)
+                return None, 0
+            todo = batch.held + rows if batch.held else rows
+            new = len(todo)
+            if not new:
+                return True, 0
             try:
-                again: list[Row] = []
                 # at most every _RECHECK s (an fstat per event would cost "sync" mode
                 # ~25%): appends in between to a deleted segment are spooled again
                 if (
@@ -1399,10 +1542,13 @@ class Recorder:
                 ):
                     # the segment was deleted under us (the spool directory removed, or a
                     # recoverer on another host took us for dead): start it again with
-                    # the rows it held, so a crash still loses nothing
+                    # every row the batch holds, so a crash still loses nothing
                     os.close(batch.fd)
                     batch.fd = None
-                    again = list(batch.rows or ())
+                    if in_memory:
+                        assert batch.rows is not None
+                        known = {id(r) for r in batch.rows}
+                        todo = [*batch.rows, *(r for r in todo if id(r) not in known)]
                 if batch.fd is None:
                     self._hold_writer_lock()
                     assert self._spool_dir is not None
@@ -1411,7 +1557,7 @@ class Recorder:
                     os.fchmod(batch.fd, 0o600)
                     batch.path = path
                     batch.size = os.fstat(batch.fd).st_size
-                data = _spool_record(again + rows if again else rows)
+                data = _spool_record(todo)
                 try:
                     written = os.write(batch.fd, data)
                     if written != len(data):
@@ -1425,14 +1571,44 @@ class Recorder:
                 batch.size += written
                 if now >= batch.checked + _RECHECK:
                     batch.checked = now
-                if again:
-                    batch.unspooled = 0
+                if batch.held:
+                    batch.held = []
             except Exception as exc:
                 self._spool_broken_until = now + min(self.flush_interval, 1.0)
                 self._spool_error = exc
+                if in_memory:
+                    batch.held = todo if todo is not rows else list(rows)
                 self._warn.warning("spool", "voicepipe spool write failed under %s: %s", self.root, exc)
-                return False
-        return True
+                return False, 0
+        return True, new
+
+    def _unspooled(self, batch: _Batch) -> int:
+        """How many of an in-memory batch's rows are in no spool segment."""
+        if self.durability == "memory":
+            return len(batch.rows or ())
+        return len(batch.held)
+
+    def _respool_held(self) -> None:
+        """The spooler, every tick: write the rows that earlier spool appends could not
+        (a full disk, an unwritable spool) to their batches' segments, once the spool
+        works again. Sealed batches too: while the Parquet write fails they would
+        otherwise stay in memory only, and a crash would lose them."""
+        with self._lock:
+            batches = [b for b in (self._current, *self._sealed) if b.held and not b.done]
+        for batch in batches:
+            outcome, spooled = self._spool_rows(batch, [])
+            if batch is not self._current:  # sealed: its segment is complete again
+                with self._spool_lock:
+                    if batch.fd is not None:
+                        try:
+                            os.close(batch.fd)
+                        except OSError:
+                            pass
+                        batch.fd = None
+            with self._lock:
+                self._count_spool(outcome, spooled)
+            if outcome is not True:
+                break  # failing or skipped: the next tick tries again
 
     def _raise_if_strict_spool(self) -> None:
         """strict, in the emitting thread: the spool write just failed (the event is
@@ -1494,6 +1670,7 @@ class Recorder:
                     self._write_wake.set()
             except Exception as exc:  # the threads must survive anything, strict or not
                 self._warn.warning("internal", "voicepipe spooler error: %r", exc)
+            self._drain_log()
 
     def _run_writer(self) -> None:
         with _fork_gate:  # a fork during an import would deadlock the child's next import
@@ -1512,6 +1689,7 @@ class Recorder:
                 self._write_sealed(force=False, unless_closed=True)
             except Exception as exc:
                 self._warn.warning("internal", "voicepipe writer error: %r", exc)
+            self._drain_log()
 
     def _write_sealed(self, force: bool, unless_closed: bool = False) -> None:
         """Write the sealed batches as Parquet (after a failure, not before the retry delay)."""
@@ -1532,17 +1710,18 @@ class Recorder:
             self._wake_set = False
             pending = self._pending
             with self._lock:  # emitters never wait for it; stats() sees consistent counts
+                self._add_late_counts()
                 n = len(pending)
                 self._mem_rows += n  # before the rows leave the deque: max_buffer holds
                 self._counts["emitted"] += n
                 rows = [pending.popleft() for _ in range(n)]
+            # rows that earlier appends could not spool first, then the new ones (in
+            # "sync" mode pending holds only rows emitted re-entrantly, see _append)
+            self._respool_held()
             if n:
-                spool = self.durability == "spool"
-                outcome = self._spool_rows(self._current, rows) if spool else None
+                outcome, spooled = self._spool_rows(self._current, rows)
                 with self._lock:
-                    spooled = self._count_spool(outcome, n)
-                    if not spooled:
-                        self._current.unspooled += n
+                    self._count_spool(outcome, spooled)
                     assert self._current.rows is not None  # the current batch is never spilled
                     self._current.rows.extend(rows)
                     self._current.n += n
@@ -1586,7 +1765,7 @@ class Recorder:
                     # a value Arrow cannot take (validation should have caught it) must
                     # not cost the batch's good events: repaired, counted, written
                     written, problems, poisoned = _write_rows_repairing(
-                        self.root, rows, stem, self._id_prefix
+                        self.root, rows, stem, self._id_prefix, report=self._warn.error
                     )
                     if problems:
                         with self._lock:
@@ -1606,6 +1785,15 @@ class Recorder:
                     "write", "voicepipe could not write events under %s (will retry): %s", self.root, exc
                 )
                 return
+            with self._lock, self._spool_lock:  # its segment is not made again (_respool_held)
+                batch.done = True
+                batch.held = []
+                if batch.fd is not None:
+                    try:
+                        os.close(batch.fd)
+                    except OSError:
+                        pass
+                    batch.fd = None
             if batch.path is not None:
                 try:
                     if poisoned:  # kept for inspection; recovery ignores it
@@ -1627,19 +1815,23 @@ class Recorder:
         _write_event_rows(self.root, rows, stem, self._id_prefix)
 
     def _spill_sealed(self) -> None:
-        """Storage is failing: release the memory of batches that are safe in the spool."""
-        for batch in self._sealed:
-            if batch.rows is not None and batch.unspooled == 0 and batch.path is not None:
-                self._mem_rows -= len(batch.rows)
-                batch.rows = None
+        """Storage is failing: release the memory of batches that are safe in the spool
+        (called with _lock held). A batch with rows in no segment stays in memory until
+        the spooler has written them (_respool_held)."""
+        if self.durability == "memory":
+            return
+        with self._spool_lock:
+            for batch in self._sealed:
+                if batch.rows is not None and not batch.held and batch.path is not None:
+                    self._mem_rows -= len(batch.rows)
+                    batch.rows = None
 
     # -- counting problems -----------------------------------------------------------
 
     def _invalid(self, message: str) -> None:
         if self.strict:
             raise EmitError(message)
-        with self._lock:
-            self._counts["invalid"] += 1
+        self._count("invalid")
         self._warn.warning("invalid:" + " ".join(message.split(" ", 2)[:2]), "voicepipe: %s", message)
 
     def _internal_error(self, exc: BaseException) -> None:
@@ -1686,8 +1878,7 @@ def _append_unraised(rec: Recorder, row: Row) -> None:
         if rec.strict:
             fixed, problems = _repair_row(row)
             if problems:
-                with rec._lock:
-                    rec._counts["invalid"] += len(problems)
+                rec._count("invalid", len(problems))
                 rec._warn.warning(
                     "invalid:unraised", "voicepipe: %s (not raised: the stage's exception is)", problems[0]
                 )
