@@ -596,6 +596,46 @@ def test_sigterm_records_the_retry_as_failed_and_exits_143(
     assert retry.RetryLock(root, "a-1").probe() is None
 
 
+@pytest.mark.slow
+def test_an_in_process_retry_killed_outright_is_recorded_as_abandoned_by_the_next(
+    runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path
+) -> None:
+    """SIGKILL (or a power cut) while an in-process retry runs: nothing records its
+    outcome, and the artifact reads "retrying". Its lock is free, so its process is
+    gone: the next retry does not wait for a worker that does not exist (nor need
+    --force); it records the lost attempt as failed (Abandoned) and runs."""
+    record_failed(rec, "a-1", "claims_extraction")
+    rec.flush()
+    started = tmp_path / "started"
+    env = _env(RETRY_APP_STARTED=str(started), RETRY_APP_GO=str(tmp_path / "never"))
+    proc = subprocess.Popen(
+        [*_voicepipe(), "--data", str(root), "retry", "a-1", "--app", PIPELINE, "--by", "alice"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(started.exists)
+        time.sleep(0.6)  # retry_initiated reaches the crash spool (every 200 ms)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    vp.recover_spools(root)
+    assert status(root, "a-1")[0] == "retrying"
+    assert retry.RetryLock(root, "a-1").probe() is None
+    dry = invoke(runner, root, "a-1", "--app", PIPELINE, "--dry-run", "--format", "json")
+    assert dry.exit_code == 0, dry.stderr
+    result = invoke(runner, root, "a-1", "--app", PIPELINE, "--by", "bob")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert status(root, "a-1")[:2] == ("completed", 2)
+    history = sorted(retry.retry_history(root, "a-1"), key=lambda r: r.attempt)
+    assert [(r.attempt, r.outcome, r.error_code) for r in history] == [
+        (1, "failed", "Abandoned"),
+        (2, "succeeded", None),
+    ]
+
+
 def test_a_handler_calling_sys_exit_is_a_failed_retry(
     runner: CliRunner, rec: vp.Recorder, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

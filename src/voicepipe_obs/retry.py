@@ -19,6 +19,7 @@ and writes under the root only through a Recorder and its lock files under
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import fcntl
 import functools
@@ -58,6 +59,8 @@ RESUMABLE_STAGES = RETRY_STAGES[:-1]
 
 #: error_code recorded when a retry is stopped with Ctrl-C (SIGINT).
 INTERRUPTED = "Interrupted"
+#: error_code of an in-process retry whose process died before recording its outcome
+ABANDONED = "Abandoned"
 #: How long an in-flight artifact must be idle before ``--force`` may retry it,
 #: when the caller gives no ``stuck_minutes`` (config: alerts.stuck.minutes).
 DEFAULT_STUCK_MINUTES = 30.0
@@ -332,6 +335,9 @@ class ArtifactInfo:
     failed_at: dt.datetime | None = None
     retry_count: int = 0
     previous_attempts: int = 0
+    #: the mode ("inline" / "deferred") of the latest retry_initiated, read only for
+    #: an artifact that is ``retrying`` (see :func:`evaluate`)
+    last_retry_mode: str | None = None
 
 
 _ARTIFACT_COLUMNS = (
@@ -405,6 +411,9 @@ class RetryPlan:
     actor: str
     handler: Handler
     forced: bool = False
+    #: the attempt of an in-process retry whose process died before its outcome:
+    #: recorded as failed (``Abandoned``) before this one starts
+    abandoned: int | None = None
 
     @property
     def artifact_id(self) -> str:
@@ -429,6 +438,7 @@ class RetryPlan:
             "handler": self.handler.name,
             "mode": self.handler.mode,
             "forced": self.forced,
+            "abandoned_attempt": self.abandoned,
         }
 
 
@@ -519,7 +529,17 @@ def evaluate(
             "not_failed",
             f"artifact {artifact_id!r} is completed, not failed; use --force to re-run it anyway",
         )
-    if status == "retrying" and not force:
+    # An in-process retry holds the artifact's lock from start to outcome: "retrying"
+    # with the lock free (``lock_holder`` None: probed, or held by the caller) and an
+    # in-process latest attempt means the process running it died (SIGKILL, a
+    # power cut) before recording the outcome. Not waiting for a worker that does not
+    # exist, the new retry first records that attempt as failed (``abandoned``).
+    abandoned = (
+        info.previous_attempts
+        if status == "retrying" and lock_holder is None and info.last_retry_mode == "inline"
+        else None
+    )
+    if status == "retrying" and not force and abandoned is None:
         return no(
             "already_retrying",
             f"artifact {artifact_id!r} has an unfinished retry (attempt {info.previous_attempts}, "
@@ -574,8 +594,12 @@ def evaluate(
             f"no retry handler is registered for {chosen}; registered: {_registered_list(registry)}"
             f"{hint}. Pass --app MODULE (or set retry.app) naming the module that registers them",
         )
-    forced = status != "failed"
-    return Eligibility(RetryPlan(info, chosen, attempt, settings.max_attempts, actor, handler, forced=forced))
+    forced = status != "failed" and abandoned is None
+    return Eligibility(
+        RetryPlan(
+            info, chosen, attempt, settings.max_attempts, actor, handler, forced=forced, abandoned=abandoned
+        )
+    )
 
 
 def check_eligibility(
@@ -704,7 +728,16 @@ class ArtifactReader:
         """The artifact's row as the store is now, or None if unknown."""
         if not (self.root / store.EVENTS).is_dir():
             return None
-        return fetch_artifact(self._connection_for(artifact_id), artifact_id)
+        con = self._connection_for(artifact_id)
+        info = fetch_artifact(con, artifact_id)
+        if info is not None and info.status == "retrying":
+            row = con.execute(
+                "SELECT map_extract_value(attributes, 'retry_mode') FROM events "
+                "WHERE artifact_id = ? AND event_type = 'retry_initiated' ORDER BY timestamp DESC LIMIT 1",
+                [artifact_id],
+            ).fetchone()
+            info = dataclasses.replace(info, last_retry_mode=row[0] if row else None)
+        return info
 
     def close(self) -> None:
         if self._con is not None:
@@ -914,6 +947,19 @@ def run_plan(plan: RetryPlan, *, recorder: Recorder) -> RetryOutcome:
         "new_status": "retrying",
         "attributes": attributes,
     }
+    if plan.abandoned is not None:
+        recorder.emit(
+            "retry_failed",
+            artifact_id=plan.artifact_id,
+            organization_id=info.organization_id,
+            coach_user_id=info.coach_user_id,
+            voice_note_id=info.voice_note_id,
+            source_channel=info.source_channel,
+            retry_attempt=plan.abandoned,
+            actor=plan.actor,
+            error_code=ABANDONED,
+            error_message="the process running this in-process retry ended without recording its outcome",
+        )
     scope = recorder.artifact(
         plan.artifact_id,
         organization_id=info.organization_id,
