@@ -200,11 +200,12 @@ def test_check_turns_an_unexpected_error_into_unknown(
 
 
 class SlowHook:
-    """A real HTTP server on 127.0.0.1 that waits ``delay`` seconds before answering."""
+    """A real HTTP server on 127.0.0.1 that waits ``delay`` seconds before answering
+    and records each POST it answered: ``posts`` (path, headers, body) and ``bodies``."""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
-        self.bodies: list[Any] = []
+        self.posts: list[tuple[str, dict[str, str], Any]] = []
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -217,15 +218,20 @@ class SlowHook:
                     self.wfile.write(b"ok")
                 except OSError:
                     return  # the client gave up
-                hook.bodies.append(body)
+                hook.posts.append((self.path, dict(self.headers), body))
 
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def bodies(self) -> list[Any]:
+        return [b for _p, _h, b in self.posts]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -408,39 +414,10 @@ def test_plain_check_never_records_before_the_log(
 # ------------------------------------------- 4. notifiers side by side, kills, secrets
 
 
-class FastHook:
-    """A real HTTP server on 127.0.0.1 that answers at once and records each POST
-    (path, headers, body)."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict[str, str], Any]] = []
-        hook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.posts.append((self.path, dict(self.headers), body))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def fast_hook() -> Iterator[FastHook]:
-    h = FastHook()
+def fast_hook() -> Iterator[SlowHook]:
+    """A receiver that answers at once."""
+    h = SlowHook(0.0)
     yield h
     h.close()
 
@@ -450,7 +427,7 @@ def _webhook(name: str, url: str, timeout: float = 5.0, retries: int = 2) -> str
 
 
 def test_dead_webhooks_do_not_starve_a_working_one(
-    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook, fast_hook: FastHook
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook, fast_hook: SlowHook
 ) -> None:
     """Two endpoints that never answer in time, listed before the pager: notifiers
     are served side by side, so the pager gets its page in the first check, and the
@@ -477,7 +454,7 @@ def test_dead_webhooks_do_not_starve_a_working_one(
 
 
 def test_a_check_killed_while_an_endpoint_hangs_keeps_what_it_delivered(
-    rec: vp.Recorder, root: Path, tmp_path: Path, slow_hook: SlowHook, fast_hook: FastHook
+    rec: vp.Recorder, root: Path, tmp_path: Path, slow_hook: SlowHook, fast_hook: SlowHook
 ) -> None:
     """The pager got its page, another endpoint hangs, and the check is killed (a
     Nagios or systemd timeout): the delivery is in the alert log already, so the
@@ -541,7 +518,7 @@ def test_an_alertmanager_that_hangs_keeps_to_the_deadline(
 
 
 def test_secrets_in_a_webhook_url_are_neither_printed_nor_logged(
-    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, fast_hook: FastHook
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, fast_hook: SlowHook
 ) -> None:
     """A URL's password, path and query may be the secret (a Slack webhook's path
     is): the default notifier name and every message show scheme, host and port
@@ -583,7 +560,7 @@ def test_secrets_in_a_webhook_url_are_neither_printed_nor_logged(
 
 
 def test_an_alertmanager_url_may_name_the_endpoint_itself(
-    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, fast_hook: FastHook
+    rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, fast_hook: SlowHook
 ) -> None:
     t0 = hour_ago(2)
     rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))

@@ -527,9 +527,18 @@ def test_two_concurrent_retries_of_one_artifact_run_exactly_once(
 
 
 @pytest.mark.slow
-def test_ctrl_c_records_retry_failed_interrupted_and_exits_130(
-    rec: vp.Recorder, root: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_records_the_retry_as_failed_interrupted(
+    rec: vp.Recorder, root: Path, tmp_path: Path, sig: signal.Signals, code: int, said: str
 ) -> None:
+    """Ctrl-C, or SIGTERM from a service manager or a timeout: the running attempt
+    is recorded as failed (Interrupted) — not left "retrying" for ever, which would
+    refuse every later retry without --force — and the lock is released; exit 130
+    (Ctrl-C) or 143 (SIGTERM)."""
     record_failed(rec, "a-1", "claims_extraction")
     rec.flush()
     started = tmp_path / "started"
@@ -544,14 +553,14 @@ def test_ctrl_c_records_retry_failed_interrupted_and_exits_130(
     )
     try:
         _wait_for(started.exists)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, err
-    assert "voicepipe: interrupted: retry of a-1 (attempt 1) recorded as failed (Interrupted)" in err
+    assert proc.returncode == code, err
+    assert f"voicepipe: {said}: retry of a-1 (attempt 1) recorded as failed (Interrupted)" in err
     assert "Traceback" not in err
     tail = [(e["event_type"], e["error_code"], e["retry_attempt"]) for e in events(root, "a-1")][-2:]
     assert tail == [("retry_failed", "Interrupted", 1), ("artifact_failed", "Interrupted", 1)]
@@ -559,41 +568,6 @@ def test_ctrl_c_records_retry_failed_interrupted_and_exits_130(
     [record] = retry.retry_history(root, "a-1")
     assert (record.outcome, record.error_code, record.actor) == ("failed", "Interrupted", "alice")
     assert retry.RetryLock(root, "a-1").probe() is None  # released
-
-
-@pytest.mark.slow
-def test_sigterm_records_the_retry_as_failed_and_exits_143(
-    rec: vp.Recorder, root: Path, tmp_path: Path
-) -> None:
-    """A service manager or a timeout stops the retry (SIGTERM, not Ctrl-C): the
-    attempt is recorded as failed as on Ctrl-C — not left "retrying" for ever, which
-    refused every later retry without --force — and the exit status is 143."""
-    record_failed(rec, "a-1", "claims_extraction")
-    rec.flush()
-    started = tmp_path / "started"
-    env = _env(RETRY_APP_STARTED=str(started), RETRY_APP_GO=str(tmp_path / "never"))
-    proc = subprocess.Popen(
-        [*_voicepipe(), "--data", str(root), "retry", "a-1", "--app", PIPELINE, "--by", "alice"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for(started.exists)
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err
-    assert "voicepipe: terminated (SIGTERM): retry of a-1 (attempt 1) recorded as failed (Interrupted)" in err
-    assert status(root, "a-1")[:2] == ("failed", 1)
-    [record] = retry.retry_history(root, "a-1")
-    assert (record.outcome, record.error_code) == ("failed", "Interrupted")
-    assert retry.RetryLock(root, "a-1").probe() is None
 
 
 @pytest.mark.slow

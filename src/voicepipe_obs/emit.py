@@ -852,6 +852,15 @@ class _Batch:
         self.done = False  # written as Parquet: its segment is deleted, never re-made
         self.checked = 0.0  # when the segment was last seen still linked (monotonic)
 
+    def close_fd(self) -> None:
+        """Close the segment's file descriptor, if open (errors ignored)."""
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
 
 # ----------------------------------------------------------------------- recorder
 
@@ -1240,12 +1249,7 @@ class Recorder:
                     self._mem_rows -= len(batch.rows)
                     batch.rows = None
             for batch in [self._current, *self._sealed, *([self._overflow] if self._overflow else [])]:
-                if batch.fd is not None:
-                    try:
-                        os.close(batch.fd)
-                    except OSError:
-                        pass
-                    batch.fd = None
+                batch.close_fd()
             if self._lock_fd is not None:
                 try:
                     leftover = self._spool_dir is not None and any(
@@ -1599,12 +1603,7 @@ class Recorder:
             outcome, spooled = self._spool_rows(batch, [])
             if batch is not self._current:  # sealed: its segment is complete again
                 with self._spool_lock:
-                    if batch.fd is not None:
-                        try:
-                            os.close(batch.fd)
-                        except OSError:
-                            pass
-                        batch.fd = None
+                    batch.close_fd()
             with self._lock:
                 self._count_spool(outcome, spooled)
             if outcome is not True:
@@ -1740,12 +1739,7 @@ class Recorder:
                 return bool(self._sealed)
 
     def _seal(self, batch: _Batch) -> None:
-        if batch.fd is not None:
-            try:
-                os.close(batch.fd)
-            except OSError:
-                pass
-            batch.fd = None
+        batch.close_fd()
         self._sealed.append(batch)
 
     def _write_batches(self, batches: list[_Batch]) -> None:
@@ -1788,12 +1782,7 @@ class Recorder:
             with self._lock, self._spool_lock:  # its segment is not made again (_respool_held)
                 batch.done = True
                 batch.held = []
-                if batch.fd is not None:
-                    try:
-                        os.close(batch.fd)
-                    except OSError:
-                        pass
-                    batch.fd = None
+                batch.close_fd()
             if batch.path is not None:
                 try:
                     if poisoned:  # kept for inspection; recovery ignores it
