@@ -62,6 +62,12 @@ def history(root: Path) -> list[dict[str, Any]]:
     return alerts.alert_history(root)
 
 
+def breaker_opened(rec: vp.Recorder, t0: dt.datetime) -> None:
+    """The circuit breaker opened a minute before ``t0`` (a check at t0 raises it)."""
+    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
+    rec.flush()
+
+
 def breaker_alert(
     rec: vp.Recorder, runner: CliRunner, root: Path, cfg: Path, t0: dt.datetime, ack: bool = True
 ) -> str:
@@ -285,8 +291,7 @@ def test_delivery_deadline_cuts_the_check_and_keeps_the_attempt(
 ) -> None:
     slow_hook.delay = 10
     t0 = hour_ago(2)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     cfg = config(
         tmp_path,
         "circuit_breaker",
@@ -310,8 +315,7 @@ def test_expired_notification_is_warned_and_recorded_once(
     rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path
 ) -> None:
     t0 = hour_ago(3)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     dead = tmp_path / "dead.sh"
     dead.write_text("#!/bin/sh\nexit 1\n")
     dead.chmod(0o755)
@@ -366,8 +370,7 @@ def test_command_timeout_kills_the_whole_process_tree(
     script.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
     script.chmod(0o755)
     t0 = hour_ago(2)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     cfg = config(
         tmp_path,
         "circuit_breaker",
@@ -434,8 +437,7 @@ def test_dead_webhooks_do_not_starve_a_working_one(
     check still ends by the delivery deadline."""
     slow_hook.delay = 30
     t0 = hour_ago(2)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     cfg = config(
         tmp_path,
         "circuit_breaker",
@@ -461,8 +463,7 @@ def test_a_check_killed_while_an_endpoint_hangs_keeps_what_it_delivered(
     next check does not page again (at least once, not twice)."""
     slow_hook.delay = 60
     t0 = hour_ago(2)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     cfg = config(
         tmp_path,
         "circuit_breaker",
@@ -501,8 +502,7 @@ def test_an_alertmanager_that_hangs_keeps_to_the_deadline(
     of firing alerts is skipped (it failed in this check) rather than run past it."""
     slow_hook.delay = 30
     t0 = hour_ago(2)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     base = slow_hook.url.rsplit("/", 1)[0]
     cfg = config(
         tmp_path,
@@ -525,8 +525,7 @@ def test_secrets_in_a_webhook_url_are_neither_printed_nor_logged(
     only, plus a digest. Credentials in the URL become an HTTP Basic header that
     the endpoint receives; header values are masked by `config show`."""
     t0 = hour_ago(2)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     good = f"http://bot:PASSWD789@127.0.0.1:{fast_hook.port}/services/T000/PATHSECRET?token=QSECRET"
     dead = "http://bot:PASSWD789@127.0.0.1:9/services/T000/PATHSECRET?token=QSECRET"  # port 9: refused
     extra = (
@@ -563,8 +562,7 @@ def test_an_alertmanager_url_may_name_the_endpoint_itself(
     rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, fast_hook: SlowHook
 ) -> None:
     t0 = hour_ago(2)
-    rec.emit("circuit_breaker_opened", timestamp=t0 - dt.timedelta(minutes=1))
-    rec.flush()
+    breaker_opened(rec, t0)
     url = f"http://127.0.0.1:{fast_hook.port}/am/api/v2/alerts"
     cfg = config(tmp_path, "circuit_breaker", extra=f'[[notifiers]]\ntype = "alertmanager"\nurl = "{url}"\n')
     assert invoke(runner, root, cfg, "check", "--now", iso(t0)).exit_code == 2

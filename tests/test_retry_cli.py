@@ -526,19 +526,9 @@ def test_two_concurrent_retries_of_one_artifact_run_exactly_once(
     assert status(root, "a-1")[:2] == ("completed", 1)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("sig", "code", "said"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
-    ids=["ctrl-c", "sigterm"],
-)
-def test_ctrl_c_or_sigterm_records_the_retry_as_failed_interrupted(
-    rec: vp.Recorder, root: Path, tmp_path: Path, sig: signal.Signals, code: int, said: str
-) -> None:
-    """Ctrl-C, or SIGTERM from a service manager or a timeout: the running attempt
-    is recorded as failed (Interrupted) — not left "retrying" for ever, which would
-    refuse every later retry without --force — and the lock is released; exit 130
-    (Ctrl-C) or 143 (SIGTERM)."""
+def _retry_running(rec: vp.Recorder, root: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    """`voicepipe retry a-1` (failed at claims extraction) by alice in a real process,
+    returned once its handler has started (and waits: it is never let go)."""
     record_failed(rec, "a-1", "claims_extraction")
     rec.flush()
     started = tmp_path / "started"
@@ -553,6 +543,28 @@ def test_ctrl_c_or_sigterm_records_the_retry_as_failed_interrupted(
     )
     try:
         _wait_for(started.exists)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_records_the_retry_as_failed_interrupted(
+    rec: vp.Recorder, root: Path, tmp_path: Path, sig: signal.Signals, code: int, said: str
+) -> None:
+    """Ctrl-C, or SIGTERM from a service manager or a timeout: the running attempt
+    is recorded as failed (Interrupted) — not left "retrying" for ever, which would
+    refuse every later retry without --force — and the lock is released; exit 130
+    (Ctrl-C) or 143 (SIGTERM)."""
+    proc = _retry_running(rec, root, tmp_path)
+    try:
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=60)
     finally:
@@ -578,19 +590,8 @@ def test_an_in_process_retry_killed_outright_is_recorded_as_abandoned_by_the_nex
     outcome, and the artifact reads "retrying". Its lock is free, so its process is
     gone: the next retry does not wait for a worker that does not exist (nor need
     --force); it records the lost attempt as failed (Abandoned) and runs."""
-    record_failed(rec, "a-1", "claims_extraction")
-    rec.flush()
-    started = tmp_path / "started"
-    env = _env(RETRY_APP_STARTED=str(started), RETRY_APP_GO=str(tmp_path / "never"))
-    proc = subprocess.Popen(
-        [*_voicepipe(), "--data", str(root), "retry", "a-1", "--app", PIPELINE, "--by", "alice"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _retry_running(rec, root, tmp_path)
     try:
-        _wait_for(started.exists)
         time.sleep(0.6)  # retry_initiated reaches the crash spool (every 200 ms)
     finally:
         proc.kill()
