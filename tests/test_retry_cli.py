@@ -160,6 +160,25 @@ def test_stage_option_overrides_the_failed_stage(runner: CliRunner, rec: vp.Reco
     assert rerun[1] == "entity_resolution_started"
 
 
+def test_a_stage_after_the_one_that_failed_is_refused_unless_forced(
+    runner: CliRunner, rec: vp.Recorder, root: Path
+) -> None:
+    """Failed at entity resolution, resumed at draft generation: that would skip the
+    failed stage and read completed with no entity ever resolved — refused (exit 4)
+    naming the stage to use; --force does it anyway, recorded as forced."""
+    record_failed(rec, "a-1", "entity_resolution")
+    rec.flush()
+    refused(
+        invoke(runner, root, "a-1", "--app", PIPELINE, "--stage", "draft_generation"),
+        "failed at entity_resolution; resuming at draft_generation would skip it. Use --stage entity_resolution",
+    )
+    assert retry.retry_history(root, "a-1") == []
+    forced = invoke(runner, root, "a-1", "--app", PIPELINE, "--stage", "draft_generation", "--force")
+    assert forced.exit_code == 0, forced.stderr
+    [record] = retry.retry_history(root, "a-1")
+    assert (record.stage, record.forced) == ("draft_generation", True)
+
+
 def test_dry_run_says_what_would_run_and_records_nothing(
     runner: CliRunner, rec: vp.Recorder, root: Path
 ) -> None:

@@ -136,6 +136,7 @@ def clear_handlers() -> None:
 RefusalReason = Literal[
     "unknown_artifact",
     "unknown_organization",
+    "skips_failed_stage",
     "not_failed",
     "in_flight",
     "already_retrying",
@@ -572,6 +573,20 @@ def evaluate(
             f"{'retry' if info.previous_attempts == 1 else 'retries'} "
             f"(retry.max_attempts = {settings.max_attempts}); raise retry.max_attempts to try again",
         )
+    skips = (
+        not full
+        and stage in RESUMABLE_STAGES
+        and info.failed_stage in RESUMABLE_STAGES
+        and RESUMABLE_STAGES.index(stage) > RESUMABLE_STAGES.index(info.failed_stage)
+    )
+    if skips and not force:
+        # resuming after the stage that failed would skip it: the artifact would read
+        # completed without, say, its entities ever resolved
+        return no(
+            "skips_failed_stage",
+            f"artifact {artifact_id!r} failed at {info.failed_stage}; resuming at {stage} would skip it. "
+            f"Use --stage {info.failed_stage} (or an earlier stage), or --force to skip it anyway",
+        )
     if full:
         chosen = "full"
     elif stage is not None:
@@ -594,7 +609,7 @@ def evaluate(
             f"no retry handler is registered for {chosen}; registered: {_registered_list(registry)}"
             f"{hint}. Pass --app MODULE (or set retry.app) naming the module that registers them",
         )
-    forced = status != "failed" and abandoned is None
+    forced = (status != "failed" or skips) and abandoned is None
     return Eligibility(
         RetryPlan(
             info, chosen, attempt, settings.max_attempts, actor, handler, forced=forced, abandoned=abandoned
