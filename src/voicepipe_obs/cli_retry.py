@@ -138,6 +138,10 @@ def retry(
 
     stdout_may_close()  # `retry ... | head -1` still retries everything and exits with the outcome
     settings = app.settings
+    if actor is not None and not actor.strip():  # the audit trail needs a name
+        raise click.BadParameter(
+            "must not be empty; give a name, or leave --by out for the OS user", param_hint="--by"
+        )
     actor = actor or default_actor()
     check_actor(actor, settings.retry.allowed_actors)
     module = app_module or settings.retry.app
