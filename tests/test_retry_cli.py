@@ -274,7 +274,7 @@ def test_no_app_lists_no_handlers(runner: CliRunner, rec: vp.Recorder, root: Pat
         (("a-1", "--stage", "transcription", "--full"), "either --stage or --full"),
         (("a-1", "--yes"), "only apply with --all-failed"),
         (("a-1", "--stage", "ingestion"), "Invalid value for '--stage'"),
-        (("a-1", "--by", " "), "Invalid value for '--by': must not be empty"),
+        (("a-1", "--by", " "), "Invalid value for --by: must not be empty"),
     ],
 )
 def test_usage_errors_exit_2(runner: CliRunner, root: Path, args: tuple[str, ...], fragment: str) -> None:
