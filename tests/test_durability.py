@@ -853,3 +853,112 @@ def test_a_flush_helper_that_outlives_close_writes_nothing(root: Path) -> None:
     assert sorted((root / "_spool").glob("*.spool")) == segments
     assert vp.recover_spools(root)[0] == 20
     assert assert_unique(root) == 20
+
+
+# ------------------------------------------------------- storage hanging at close
+
+HUNG_DISK_CHILD = r"""
+import json, os, sys, threading, time
+import voicepipe_obs as vp
+
+root, durability, disk, ending = sys.argv[1:5]
+real_fsync = os.fsync
+stuck = threading.Event()  # never set
+
+
+def fsync(fd):
+    # fault injection at the OS call the Parquet writer makes (the recorder's own code
+    # is unchanged): a hung NFS mount, or a disk taking 1.5 s per fsync
+    if disk == "hung":
+        stuck.wait()
+    time.sleep(1.5)
+    real_fsync(fd)
+
+
+os.fsync = fsync
+rec = vp.Recorder(root, durability=durability, batch_size=100, spool_interval=0.02, close_timeout=1.0)
+for i in range(1000):
+    rec.emit("rate_limit_hit", claim_count=i)
+    if i % 100 == 99:
+        time.sleep(0.03)  # let the spooler seal batches: the writer is stuck in the first
+if ending == "close":
+    start = time.monotonic()
+    rec.close()
+    print(json.dumps({"took": time.monotonic() - start, **rec.stats()}), flush=True)
+    time.sleep(4)  # a slow write finishes after close() gave up: it must touch nothing
+print(time.time(), flush=True)  # main ends: atexit closes the recorder
+"""
+
+
+def _run_hung_disk_child(tmp_path: Path, durability: str, disk: str, ending: str) -> tuple[str, str, float]:
+    """Run the child; (stdout, stderr, seconds from the end of its main to its exit)."""
+    script = tmp_path / "hung.py"
+    script.write_text(HUNG_DISK_CHILD)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "data"), durability, disk, ending],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: close() waited for the hung disk")
+    ended = time.time()
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr, ended - float(done.stdout.split()[-1])
+
+
+@pytest.mark.parametrize("disk", ["hung", "slow"])
+@pytest.mark.parametrize("durability", ["spool", "sync"])
+def test_exit_with_hung_storage_is_bounded_and_the_spool_keeps_every_event(
+    tmp_path: Path, durability: str, disk: str
+) -> None:
+    """Every fsync hangs (or takes 1.5 s): the interpreter's exit waits at most
+    close_timeout for the final write; what was not written stays in the spool and
+    is recovered afterwards, each event exactly once."""
+    _, stderr, exiting = _run_hung_disk_child(tmp_path, durability, disk, "exit")
+    assert exiting < 3.5, f"exit took {exiting:.1f} s"
+    assert "stopped waiting for storage" in stderr, stderr
+    root = tmp_path / "data"
+    assert [p.name for p in (root / "events").rglob("*.parquet") if p.name.startswith(".")] == []
+    vp.recover_spools(root)
+    assert assert_unique(root) == 1000
+    assert raw(root, "SELECT count(DISTINCT claim_count) FROM ev") == [(1000,)]
+    assert not list((root / "_spool").glob("*.spool"))
+
+
+@pytest.mark.parametrize("durability", ["spool", "sync"])
+def test_a_write_that_completes_after_close_gave_up_is_not_recovered_twice(
+    tmp_path: Path, durability: str
+) -> None:
+    """close() gives up while a slow write runs; the process lives on and the write
+    completes: its segment stays, and recovery finds the batch written already."""
+    stdout, stderr, _ = _run_hung_disk_child(tmp_path, durability, "slow", "close")
+    stats = json.loads(stdout.splitlines()[0])
+    assert stats["took"] < 2.5 and stats["dropped"] == 0 and stats["buffered"] == 0, stats
+    assert "stay in the spool" in stderr, stderr
+    root = tmp_path / "data"
+    vp.recover_spools(root)
+    assert assert_unique(root) == 1000
+    assert not list((root / "_spool").glob("*.spool"))
+
+
+def test_memory_mode_close_with_hung_storage_counts_unwritten_events_as_dropped(tmp_path: Path) -> None:
+    stdout, stderr, exiting = _run_hung_disk_child(tmp_path, "memory", "hung", "close")
+    stats = json.loads(stdout.splitlines()[0])
+    assert stats["took"] < 2.5, stats
+    assert stats["dropped"] == 1000 and stats["written"] == 0 and stats["buffered"] == 0, stats
+    assert "dropped 1000 events" in stderr, stderr
+    assert exiting < 1.0  # close() was called: exit has nothing left to wait for
+    assert not (tmp_path / "data" / "events").exists() or raw(tmp_path / "data") == []
+
+
+def test_close_timeout_is_validated_and_a_healthy_close_writes_everything(root: Path) -> None:
+    with pytest.raises(ValueError, match="close_timeout"):
+        vp.Recorder(root, close_timeout=-1)
+    rec = vp.Recorder(root, flush_interval=60, close_timeout=5)
+    for i in range(300):
+        rec.emit("rate_limit_hit", claim_count=i)
+    rec.close(timeout=None)
+    assert rec.stats()["written"] == 300
+    assert assert_unique(root) == 300

@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import datetime as dt
+import enum
 import errno
 import fcntl
 import functools
@@ -867,6 +868,20 @@ class _Batch:
 _recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
 
+class _Default(enum.Enum):
+    """close()'s default timeout: the recorder's ``close_timeout``."""
+
+    DEFAULT = "close_timeout"
+
+
+_DEFAULT: Final = _Default.DEFAULT
+
+#: seconds a bounded close() waits, after its timeout, for the recorder's locks to
+#: count what is lost and release the spool (held only for moments, unless a spool
+#: write hangs on the disk)
+_RELEASE_GRACE: Final = 0.5
+
+
 class Recorder:
     """Records pipeline events under a data root.
 
@@ -887,6 +902,8 @@ class Recorder:
         clock: returns the current time as epoch microseconds (tests freeze it,
             simulations advance it). When given, it also measures stage and
             artifact durations, so a simulated clock yields simulated durations.
+        close_timeout: seconds :meth:`close` (and so interpreter exit) waits for
+            the final write at most; None waits for as long as it takes.
     """
 
     def __init__(
@@ -903,11 +920,14 @@ class Recorder:
         strict: bool = False,
         recover: bool = True,
         clock: Callable[[], int] | None = None,
+        close_timeout: float | None = 5.0,
     ) -> None:
         if durability not in ("spool", "sync", "memory"):
             raise ValueError(f"durability must be 'spool', 'sync' or 'memory', not {durability!r}")
         if flush_interval <= 0 or spool_interval <= 0 or batch_size < 1 or max_buffer < 1:
             raise ValueError("flush_interval, spool_interval, batch_size and max_buffer must be positive")
+        if close_timeout is not None and not close_timeout >= 0:
+            raise ValueError(f"close_timeout must be None or at least 0, not {close_timeout!r}")
         self.root = store.resolve_root(root)
         self.flush_interval = float(flush_interval)
         self.spool_interval = float(min(spool_interval, flush_interval))
@@ -919,6 +939,7 @@ class Recorder:
         self.strict = strict
         self._recover = recover
         self._clock = clock
+        self.close_timeout = None if close_timeout is None else float(close_timeout)
         # The final flush at exit needs pyarrow, which (through pandas) imports
         # concurrent.futures.thread; that import fails once interpreter shutdown has
         # begun. Importing it here (a few ms) keeps a short-lived script's events.
@@ -959,6 +980,9 @@ class Recorder:
         self._sync = self.durability == "sync"
         self._stop = False
         self._closed = closed
+        # close() stopped waiting for storage and released the spool: a write still
+        # running completes, but nothing (no segment, batch or counter) is touched after
+        self._abandoned = False
         self._threads: tuple[threading.Thread, ...] = ()
         self._pid = os.getpid()
         # Event ids are <id_prefix><12-digit counter>. Rows carry only the counter (an
@@ -1208,12 +1232,18 @@ class Recorder:
             errors.append(exc)
         self._drain_log()
 
-    def close(self) -> None:
-        """Flush, stop the background thread and release the spool. Idempotent.
+    def close(self, timeout: float | _Default | None = _DEFAULT) -> None:
+        """Flush, stop the background threads and release the spool. Idempotent.
 
-        Events that could be written neither as Parquet nor to the spool are lost
-        here and counted as dropped; events safe in the spool stay there for the
-        next Recorder on the root (or ``voicepipe compact``) to recover.
+        Waits at most ``timeout`` seconds for the final write (default: the
+        recorder's ``close_timeout``; None: for as long as it takes), then gives up:
+        a write still running completes in the background while the process lives,
+        and touches nothing after. Events safe in the spool ("spool", "sync") stay
+        there for the next Recorder on the root (or ``voicepipe compact``) to
+        recover; a batch that was written as Parquet as well is found written then
+        (its file name is fixed), so it is not written twice. Events that could be
+        written neither as Parquet nor to the spool — in "memory" mode, every event
+        not written when close gives up — are counted as dropped, with a warning.
         """
         if self._closed or self._pid != os.getpid():
             return
@@ -1223,49 +1253,140 @@ class Recorder:
                 "voicepipe: close() in the middle of the recorder's work (a signal handler) is ignored",
             )
             return
+        limit = self.close_timeout if isinstance(timeout, _Default) else timeout
+        deadline = None if limit is None else time.monotonic() + max(float(limit), 0.0)
         self._stop = True
         self._closed = True  # later emits are dropped and counted
         self._wake.set()
         self._write_wake.set()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=max(5.0, self.flush_interval * 2))
+        finished = False
+        try:
+            finished = self._final_flush_until(deadline)
+        finally:  # also after a KeyboardInterrupt while waiting: the spool is released
+            self._release_at_close(finished, limit, bounded=deadline is not None)
+
+    def _final_flush_until(self, deadline: float | None) -> bool:
+        """Run the final flush, on a helper thread when there is a deadline; True
+        when it finished (by the deadline). Then give the writer thread (which may
+        be recovering other processes' spools) what is left of the time to end."""
+        caller = threading.current_thread()
+        wait = max(5.0, self.flush_interval * 2)
+        if deadline is None:
+            self._final_flush(caller)
+            finished = True
+        else:
+            helper = threading.Thread(
+                target=self._final_flush, args=(caller,), name="voicepipe-close", daemon=True
+            )
+            try:
+                helper.start()
+            except RuntimeError:  # no new threads at interpreter shutdown (Python 3.12.0-1): no bound
+                self._final_flush(caller)
+                return True
+            helper.join(max(deadline - time.monotonic(), 0.0))
+            finished = not helper.is_alive()
+            wait = min(wait, max(deadline - time.monotonic(), 0.0))
+        writer = self._threads[1] if self._threads else None
+        if finished and writer is not None and writer is not caller:
+            writer.join(timeout=wait)
+        return finished
+
+    def _final_flush(self, caller: threading.Thread) -> None:
+        """close()'s write: the spooler's last tick, then every sealed batch."""
+        spooler = self._threads[0] if self._threads else None
+        if spooler is not None and spooler is not caller:
+            spooler.join(timeout=max(5.0, self.flush_interval * 2))
         try:
             self._tick(force=True)
             self._write_sealed(force=True)
         except Exception as exc:
             self._warn.warning("close", "voicepipe could not flush on close under %s: %s", self.root, exc)
         self._drain_log()
-        with self._lock, self._spool_lock:
-            # an emit that raced with close, and rows neither written nor spooled, are lost
-            lost = len(self._pending) + sum(
-                self._unspooled(b) for b in [self._current, *self._sealed] if b.rows is not None
+
+    def _release_at_close(self, finished: bool, limit: float | None, bounded: bool) -> None:
+        """close()'s end: count what is lost, release memory, segments and the
+        spool's lock. When the final flush did not finish (``finished`` False), the
+        write still running is abandoned first (see _write_batches). With a bound,
+        the recorder's locks are waited for at most _RELEASE_GRACE seconds (a
+        spool write stuck on a hung disk holds them): then the spool stays locked
+        until the process exits, and nothing is counted."""
+        self._drain_log()
+        grace = time.monotonic() + _RELEASE_GRACE
+
+        def take(lock: Any) -> bool:
+            if not bounded:
+                return bool(lock.acquire())
+            return bool(lock.acquire(timeout=max(grace - time.monotonic(), 0.0)))
+
+        in_spool = lost = 0
+        locked = take(self._lock)
+        try:
+            spool_locked = locked and take(self._spool_lock)
+            try:
+                if not finished:
+                    self._abandoned = True  # under both locks when we have them: see _write_batches
+                if spool_locked:
+                    in_spool, lost = self._release_locked()
+            finally:
+                if spool_locked:
+                    self._spool_lock.release()
+        finally:
+            if locked:
+                self._lock.release()
+        if not finished and spool_locked:
+            self._warn.warning(
+                "close-timeout",
+                "voicepipe: close() stopped waiting for storage under %s after %s s; "
+                "%d events stay in the spool for the next recorder (or voicepipe compact)",
+                self.root,
+                limit,
+                in_spool,
             )
-            self._pending.clear()
-            self._counts["dropped"] += lost
-            # nothing stays in memory: what is not lost waits in the spool
-            for batch in [self._current, *self._sealed]:
-                if batch.rows is not None:
-                    self._mem_rows -= len(batch.rows)
-                    batch.rows = None
-            for batch in [self._current, *self._sealed, *([self._overflow] if self._overflow else [])]:
-                batch.close_fd()
-            if self._lock_fd is not None:
-                try:
-                    leftover = self._spool_dir is not None and any(
-                        n.startswith(self._writer_id) and n.endswith(_SPOOL_SUFFIX)
-                        for n in os.listdir(self._spool_dir)
-                    )
-                    if not leftover and self._spool_dir is not None:
-                        (self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}").unlink(missing_ok=True)
-                except OSError:
-                    pass
-                os.close(self._lock_fd)  # releasing the lock lets others recover leftovers
-                self._lock_fd = None
+        if not (locked and spool_locked):
+            self._warn.warning(
+                "close-timeout-locks",
+                "voicepipe: close() could not release the spool under %s (storage hangs); "
+                "events not yet in the spool may be lost",
+                self.root,
+            )
         if lost:
             self._warn.warning("dropped", "voicepipe dropped %d events that could not be stored", lost)
-        if self.strict and (lost or self._sealed):
+        if self.strict and (lost or self._sealed or not finished):
             raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
+
+    def _release_locked(self) -> tuple[int, int]:
+        """With _lock and _spool_lock held: count the events lost and release what
+        close() holds. Returns (events left in the spool, events lost)."""
+        # an emit that raced with close, and rows neither written nor spooled, are lost
+        batches = [b for b in (self._current, *self._sealed) if not b.done]
+        lost = len(self._pending) + sum(self._unspooled(b) for b in batches if b.rows is not None)
+        in_spool = 0
+        if self.durability != "memory":
+            in_spool = sum(b.n for b in batches) - lost + len(self._pending)
+            if self._overflow is not None:
+                in_spool += self._overflow.n
+        self._pending.clear()
+        self._counts["dropped"] += lost
+        # nothing stays in memory: what is not lost waits in the spool
+        for batch in [self._current, *self._sealed]:
+            if batch.rows is not None:
+                self._mem_rows -= len(batch.rows)
+                batch.rows = None
+        for batch in [self._current, *self._sealed, *([self._overflow] if self._overflow else [])]:
+            batch.close_fd()
+        if self._lock_fd is not None:
+            try:
+                leftover = self._spool_dir is not None and any(
+                    n.startswith(self._writer_id) and n.endswith(_SPOOL_SUFFIX)
+                    for n in os.listdir(self._spool_dir)
+                )
+                if not leftover and self._spool_dir is not None:
+                    (self._spool_dir / f"{self._writer_id}{_LOCK_SUFFIX}").unlink(missing_ok=True)
+            except OSError:
+                pass
+            os.close(self._lock_fd)  # releasing the lock lets others recover leftovers
+            self._lock_fd = None
+        return max(in_spool, 0), lost
 
     def stats(self) -> dict[str, int]:
         """Counters: emitted, written, spooled, recovered, dropped, invalid,
@@ -1463,6 +1584,9 @@ class Recorder:
             if self._mem_rows >= self.max_buffer:
                 return self._overflow_row(row)
             batch = self._current
+            if batch.rows is None:  # close() released the batches after this emit began
+                self._counts["dropped"] += 1
+                return False
             outcome, spooled = self._spool_rows(batch, [row])
             self._count_spool(outcome, spooled)
             assert batch.rows is not None  # the current batch is never spilled
@@ -1526,7 +1650,7 @@ class Recorder:
         now = time.monotonic()
         with self._spool_lock:
             in_memory = batch.rows is not None  # an overflow batch has its rows on disk only
-            if batch.done:
+            if batch.done or self._abandoned:
                 return None, 0
             if now < self._spool_broken_until:
                 if in_memory and rows:
@@ -1704,7 +1828,7 @@ class Recorder:
         """Move pending rows into the current batch and its spool segment; seal the
         batch when it is due. True when sealed batches wait for the writer."""
         with self._io_lock:
-            if unless_closed and self._closed:
+            if (unless_closed and self._closed) or self._abandoned:
                 return False
             self._wake_set = False
             pending = self._pending
@@ -1721,7 +1845,11 @@ class Recorder:
                 outcome, spooled = self._spool_rows(self._current, rows)
                 with self._lock:
                     self._count_spool(outcome, spooled)
-                    assert self._current.rows is not None  # the current batch is never spilled
+                    if self._current.rows is None:  # close() gave up and released the batches
+                        self._mem_rows -= n
+                        if outcome is not True:
+                            self._counts["dropped"] += n
+                        return False
                     self._current.rows.extend(rows)
                     self._current.n += n
             now = time.monotonic()
@@ -1744,10 +1872,13 @@ class Recorder:
 
     def _write_batches(self, batches: list[_Batch]) -> None:
         for batch in batches:
+            with self._lock:
+                if self._abandoned:  # close() gave up waiting: leave the rest to recovery
+                    return
+                rows = batch.rows
             stem = _segment_stem(self._writer_id, batch.seq)
             poisoned = False
             try:
-                rows = batch.rows
                 if rows is None:
                     assert batch.path is not None
                     try:
@@ -1780,17 +1911,24 @@ class Recorder:
                 )
                 return
             with self._lock, self._spool_lock:  # its segment is not made again (_respool_held)
+                if self._abandoned:
+                    # close() gave up while this write ran and released the spool, which
+                    # another process may be recovering now: the segment stays, and its
+                    # recovery finds these files written (same names), so no event twice
+                    return
                 batch.done = True
                 batch.held = []
                 batch.close_fd()
-            if batch.path is not None:
-                try:
-                    if poisoned:  # kept for inspection; recovery ignores it
-                        batch.path.rename(batch.path.with_name(batch.path.name + ".bad"))
-                    else:
-                        batch.path.unlink()
-                except OSError:
-                    pass
+                # under the locks: close() never releases the spool between this batch
+                # being done and its segment going away
+                if batch.path is not None:
+                    try:
+                        if poisoned:  # kept for inspection; recovery ignores it
+                            batch.path.rename(batch.path.with_name(batch.path.name + ".bad"))
+                        else:
+                            batch.path.unlink()
+                    except OSError:
+                        pass
             with self._lock:
                 self._sealed.popleft()
                 self._counts["written"] += written

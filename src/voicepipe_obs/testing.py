@@ -28,7 +28,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import store
-from .emit import Durability, Recorder, Row, _repair_row, _rows_to_columns, _swap_default, format_event_id
+from .emit import (
+    _DEFAULT,
+    Durability,
+    Recorder,
+    Row,
+    _Default,
+    _repair_row,
+    _rows_to_columns,
+    _swap_default,
+    format_event_id,
+)
 from .events import COLUMN_KINDS, COLUMN_NAMES
 
 __all__ = ["CaptureRecorder", "FrozenClock", "capture"]
@@ -150,7 +160,8 @@ class CaptureRecorder(Recorder):
         """Nothing to write: always True."""
         return True
 
-    def close(self) -> None:
+    def close(self, timeout: float | _Default | None = _DEFAULT) -> None:
+        """Nothing to write: closes at once (``timeout`` is ignored)."""
         self._closed = True
 
     def types(self) -> list[str]:
