@@ -449,6 +449,14 @@ def test_bulk_filters_dry_run_and_json(runner: CliRunner, rec: vp.Recorder, root
     assert ids["once"] in dry.stdout and ids["always"] not in dry.stdout
     assert f"would retry {ids['once']} from transcription (attempt 1 of 3)" in dry.stdout
 
+    as_json = invoke(runner, root, "--all-failed", "--app", EXAMPLE, "--dry-run", "--format", "json")
+    plan = json.loads(as_json.stdout)  # an object, like a real bulk run's summary
+    assert (plan["dry_run"], plan["would_retry"] + plan["would_skip"]) == (True, len(plan["artifacts"]))
+    assert {a["artifact_id"] for a in plan["artifacts"] if a["would_run"]} >= {ids["once"]}
+    empty = invoke(
+        runner, root, "--all-failed", "--stage", "entity_resolution", "--dry-run", "--format", "json"
+    )
+    assert json.loads(empty.stdout) == {"dry_run": True, "would_retry": 0, "would_skip": 0, "artifacts": []}
     none = invoke(runner, root, "--all-failed", "--stage", "entity_resolution", "--yes")
     assert (none.exit_code, none.stdout.strip()) == (0, "No failed artifacts match.")
     # a misspelt organisation is refused with a suggestion, as the reports do, not "none match"

@@ -24,6 +24,7 @@ from .retry import (
     RESUMABLE_STAGES,
     ArtifactReader,
     BulkSummary,
+    Eligibility,
     RetryInterrupted,
     RetryOutcome,
     RetryPlan,
@@ -222,6 +223,25 @@ def _bulk(
         reader.close()
 
 
+def _dry_run_json(plans: list[tuple[str, Eligibility]]) -> dict[str, Any]:
+    """`retry --all-failed --dry-run --format json`: an object, as a real bulk run's
+    summary is (counts, then one entry per artifact)."""
+    return {
+        "dry_run": True,
+        "would_retry": sum(1 for _a, e in plans if e.ok),
+        "would_skip": sum(1 for _a, e in plans if not e.ok),
+        "artifacts": [
+            {
+                "artifact_id": a,
+                "would_run": e.ok,
+                "plan": e.plan.to_dict() if e.plan else None,
+                "reason": e.message,
+            }
+            for a, e in plans
+        ],
+    }
+
+
 def _bulk_run(
     app: AppContext,
     common: dict[str, Any],
@@ -247,7 +267,7 @@ def _bulk_run(
             except NotFoundError as exc:
                 raise RetryRefused("unknown_organization", str(exc)) from None
         if fmt == "json":
-            _emit_json(BulkSummary().to_dict())
+            _emit_json(_dry_run_json([]) if dry_run else BulkSummary().to_dict())
         else:
             click.echo("No failed artifacts match.")
         return 0
@@ -271,17 +291,7 @@ def _bulk_run(
     if dry_run:
         plans = [(f.artifact_id, check_eligibility(f.artifact_id, reader=reader, **common)) for f in failed]
         if fmt == "json":
-            _emit_json(
-                [
-                    {
-                        "artifact_id": a,
-                        "would_run": e.ok,
-                        "plan": e.plan.to_dict() if e.plan else None,
-                        "reason": e.message,
-                    }
-                    for a, e in plans
-                ]
-            )
+            _emit_json(_dry_run_json(plans))
         else:
             click.echo("")
             for a, e in plans:
