@@ -15,19 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
+from rawfiles import raw_ids
+
 pytestmark = pytest.mark.timeout(180)
-
-
-def raw_ids(root: Path) -> list[str]:
-    files = sorted(str(p) for p in (root / "events").rglob("*.parquet"))
-    if not files:
-        return []
-    return [
-        r[0] for r in duckdb.connect().execute(f"SELECT event_id FROM read_parquet({files!r})").fetchall()
-    ]
 
 
 def run_child(

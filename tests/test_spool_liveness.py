@@ -21,21 +21,12 @@ import duckdb
 import pytest
 
 import voicepipe_obs as vp
+from rawfiles import raw_ids
 from voicepipe_obs import store
 from voicepipe_obs.emit import _RECHECK, _SLICE, read_spool_segment
 from voicepipe_obs.errors import EmitError
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def raw_ids(root: Path) -> list[str]:
-    """Every event_id in the raw files, duplicates included."""
-    files = sorted(str(p) for p in (root / "events").rglob("*.parquet"))
-    if not files:
-        return []
-    return [
-        r[0] for r in duckdb.connect().execute(f"SELECT event_id FROM read_parquet({files!r})").fetchall()
-    ]
 
 
 def voicepipe(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
