@@ -268,6 +268,16 @@ def _fmt_ms(ms: float) -> str:
     return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
 
 
+def _fmt_minutes(minutes: float) -> str:
+    """``75 min``, ``3 h 05 min``, ``2 d 4 h``."""
+    m = int(minutes)
+    if m < 120:
+        return f"{m} min"
+    if m < 48 * 60:
+        return f"{m // 60} h {m % 60:02d} min"
+    return f"{m // (24 * 60)} d {m % (24 * 60) // 60} h"
+
+
 #: the event types :meth:`_Ctx.of_types` reads in one shared scan, with these columns
 _RARE_TYPES: Final = (
     "circuit_breaker_closed",
@@ -634,16 +644,22 @@ def _inactivity(c: _Ctx, ev: Evaluation) -> None:
     for org, (recent, last) in _grouped(rows, r.per_organization):
         if recent:
             continue
-        when = f"since {last.astimezone(_UTC):%Y-%m-%d %H:%M} UTC" if last is not None else ""
+        # the silence as long as it is (the last finish known), not the threshold:
+        # "for 60 min" after five hours would understate it on every page
+        if last is not None:
+            quiet = max((c.now - last).total_seconds() / 60, float(r.minutes))
+            text = f"for {_fmt_minutes(quiet)} (since {last.astimezone(_UTC):%Y-%m-%d %H:%M} UTC)"
+        else:
+            quiet, text = float(r.minutes), f"for over {r.minutes} min"
         ev.findings.append(
             Finding(
                 "inactivity",
                 org,
                 "warning",
+                quiet,
                 float(r.minutes),
-                float(r.minutes),
-                f"no artifact completed or failed for {r.minutes} min {when}".rstrip(),
-                f"expected hours {r.expected_hours} ({r.timezone})",
+                f"no artifact completed or failed {text}",
+                f"threshold {r.minutes} min; expected hours {r.expected_hours} ({r.timezone})",
             )
         )
 
