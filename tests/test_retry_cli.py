@@ -234,6 +234,21 @@ def test_refusals_exit_4_with_one_line(
     assert status(root, "done")[:2] == ("completed", 1)
 
 
+def test_a_refusal_in_json_is_an_object_on_stdout(runner: CliRunner, rec: vp.Recorder, root: Path) -> None:
+    """--format json: a script reads why from the JSON it asked for; the one-line
+    error still goes to stderr, and the exit status is 4."""
+    record_completed(rec, "done")
+    rec.flush()
+    result = invoke(runner, root, "done", "--app", PIPELINE, "--format", "json")
+    assert result.exit_code == 4
+    data = json.loads(result.stdout)
+    assert (data["status"], data["reason"], data["exit_code"]) == ("refused", "not_failed", 4)
+    assert "is completed, not failed" in data["message"]
+    assert result.stderr.strip().startswith("voicepipe: error: artifact 'done' is completed")
+    nobody = invoke(runner, root, "--all-failed", "--org", "org-nobody", "--format", "json", "--yes")
+    assert (nobody.exit_code, json.loads(nobody.stdout)["reason"]) == (4, "unknown_organization")
+
+
 def test_max_attempts_from_the_config(
     runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,6 +72,15 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _refused_json(exc: RetryRefused, fmt: str) -> None:
+    """With --format json a refusal is an object on stdout too (the one-line error
+    still goes to stderr, exit 4), so a script reads why from the JSON it expects."""
+    if fmt == "json":
+        _emit_json(
+            {"status": "refused", "reason": exc.reason, "message": str(exc), "exit_code": exc.exit_code}
+        )
+
+
 @click.command()
 @click.argument("artifact_id", required=False)
 @click.option(
@@ -144,7 +153,11 @@ def retry(
             "must not be empty; give a name, or leave --by out for the OS user", param_hint="--by"
         )
     actor = actor or default_actor()
-    check_actor(actor, settings.retry.allowed_actors)
+    try:
+        check_actor(actor, settings.retry.allowed_actors)
+    except RetryRefused as exc:
+        _refused_json(exc, fmt)
+        raise
     module = app_module or settings.retry.app
     if module:
         load_app(module, root=app.root, recorder_settings=settings.recorder)
@@ -175,6 +188,9 @@ def retry(
         else:
             assert artifact_id is not None
             code = _single(artifact_id, common, dry_run=dry_run, fmt=fmt)
+    except RetryRefused as exc:
+        _refused_json(exc, fmt)
+        raise
     except RetryInterrupted as exc:
         o = exc.outcome
         what = f"retry of {o.artifact_id} (attempt {o.attempt})" if o is not None else "retry"
