@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from . import artifact_index, store
-from .config import Settings, parse_hours
+from .config import Notifier, Settings, parse_hours
 from .errors import AlertError, BusyError, NotFoundError, StoreError, UsageError
 from .query import area_source, empty_view, parquet_scan, vetted_files
 from .sql import sql_list
@@ -682,14 +683,15 @@ def _budget(c: _Ctx, ev: Evaluation) -> None:
         if budget is None:
             continue
         ratio = cost / budget
-
-        def reaches(share: float, cost: float = cost, budget: float = budget) -> bool:
-            # summed cents are not exact in binary (8 × $0.10 = $0.7999999999999999):
-            # a nano-dollar of tolerance, so that the budget fires *at* 80 %
-            return cost + 1e-9 >= budget * share
-
+        # dollars are not exact in binary (3.00 × 0.8 = 2.4000000000000004): a
+        # nano-dollar of tolerance, so that the budget fires *at* 80 %
+        spent = cost + 1e-9
         severity: Severity | None = (
-            "critical" if reaches(r.critical_ratio) else "warning" if reaches(r.warning_ratio) else None
+            "critical"
+            if spent >= budget * r.critical_ratio
+            else "warning"
+            if spent >= budget * r.warning_ratio
+            else None
         )
         if severity is None:
             continue
@@ -1371,8 +1373,6 @@ def send_notifications(
     hangs, and at the end whatever happens), so a run killed or cut short keeps
     what it tried and does not page again for it.
     """
-    import threading
-
     from .notify import deliver, notifier_name
 
     max_age = settings.alerts.notification_max_age_hours
@@ -1409,7 +1409,7 @@ def send_notifications(
             except Exception as exc:  # the final flush (on the calling thread) raises it
                 log.warning("could not record notification attempts yet: %s", exc)
 
-    def serve(cfg: Any, name: str) -> None:
+    def serve(cfg: Notifier, name: str) -> None:
         failed = False
         deferred: list[dict[str, Any]] = []
         expired: list[dict[str, Any]] = []
@@ -1513,7 +1513,7 @@ def notifier_records(
 
 
 def _refresh_alertmanager(
-    cfg: Any, name: str, active: Sequence[AlertState], now: dt.datetime, *, deadline: float, skip: bool
+    cfg: Notifier, name: str, active: Sequence[AlertState], now: dt.datetime, *, deadline: float, skip: bool
 ) -> None:
     """Re-post the still-firing alerts to ``cfg`` if it is an Alertmanager (it
     expires an alert not re-sent), within the check's delivery ``deadline``; not

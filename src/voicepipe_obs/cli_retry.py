@@ -153,14 +153,6 @@ def retry(
             "must not be empty; give a name, or leave --by out for the OS user", param_hint="--by"
         )
     actor = actor or default_actor()
-    try:
-        check_actor(actor, settings.retry.allowed_actors)
-    except RetryRefused as exc:
-        _refused_json(exc, fmt)
-        raise
-    module = app_module or settings.retry.app
-    if module:
-        load_app(module, root=app.root, recorder_settings=settings.recorder)
     common: dict[str, Any] = {
         "root": app.root,
         "settings": settings.retry,
@@ -183,6 +175,10 @@ def retry(
     except ValueError:  # not the main thread (an embedding caller): leave signals alone
         previous = None
     try:
+        check_actor(actor, settings.retry.allowed_actors)  # before the app is imported
+        module = app_module or settings.retry.app
+        if module:
+            load_app(module, root=app.root, recorder_settings=settings.recorder)
         if all_failed:
             code = _bulk(app, common, org=org, since=since, yes=yes, dry_run=dry_run, fmt=fmt)
         else:

@@ -962,27 +962,23 @@ def run_plan(plan: RetryPlan, *, recorder: Recorder) -> RetryOutcome:
         "new_status": "retrying",
         "attributes": attributes,
     }
+    context: dict[str, Any] = {  # the artifact's, on every event of the retry
+        "organization_id": info.organization_id,
+        "coach_user_id": info.coach_user_id,
+        "voice_note_id": info.voice_note_id,
+        "source_channel": info.source_channel,
+    }
     if plan.abandoned is not None:
         recorder.emit(
             "retry_failed",
             artifact_id=plan.artifact_id,
-            organization_id=info.organization_id,
-            coach_user_id=info.coach_user_id,
-            voice_note_id=info.voice_note_id,
-            source_channel=info.source_channel,
             retry_attempt=plan.abandoned,
             actor=plan.actor,
             error_code=ABANDONED,
             error_message="the process running this in-process retry ended without recording its outcome",
+            **context,
         )
-    scope = recorder.artifact(
-        plan.artifact_id,
-        organization_id=info.organization_id,
-        coach_user_id=info.coach_user_id,
-        voice_note_id=info.voice_note_id,
-        source_channel=info.source_channel,
-        retry_attempt=plan.attempt,
-    )
+    scope = recorder.artifact(plan.artifact_id, retry_attempt=plan.attempt, **context)
     run = _run_deferred if plan.handler.deferred else _run_inline
     return run(plan, recorder, scope, initiated)
 
@@ -1157,16 +1153,14 @@ def retry_artifact(
 
 def _flush_all(rec: Recorder, handler_recorder: Recorder | None = None) -> None:
     """Flush the retry's recorder, the handler's and the default one (handlers may
-    mix them)."""
+    mix them), each once."""
     from .emit import get_recorder, is_configured
 
-    flushed = [rec]
-    rec.flush()
-    others = [handler_recorder, get_recorder() if is_configured() else None]
-    for other in others:
-        if other is not None and all(other is not f for f in flushed):
-            other.flush()
-            flushed.append(other)
+    flushed: list[Recorder] = []
+    for each in (rec, handler_recorder, get_recorder() if is_configured() else None):
+        if each is not None and not any(each is done for done in flushed):
+            each.flush()
+            flushed.append(each)
 
 
 # -------------------------------------------------------------------------- bulk
