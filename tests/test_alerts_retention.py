@@ -212,11 +212,13 @@ class SlowHook:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.posts: list[tuple[str, dict[str, str], Any]] = []
+        self.received = 0  # POSTs read so far (answered or not)
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.received += 1
                 time.sleep(hook.delay)
                 try:
                     self.send_response(200)
@@ -493,6 +495,42 @@ def test_a_check_killed_while_an_endpoint_hangs_keeps_what_it_delivered(
     )
     assert r.exit_code == 2, r.stderr
     assert len(fast_hook.posts) == 1  # not paged again
+
+
+def test_an_overlapping_check_outwaits_a_delivery_to_a_dead_endpoint(
+    rec: vp.Recorder, root: Path, tmp_path: Path, slow_hook: SlowHook
+) -> None:
+    """A check holds the check lock while it delivers, up to the delivery deadline;
+    the next check (cron and Nagios both running it) must wait that out, not give up
+    first and exit 3 (UNKNOWN: a false page). Unset, the lock timeout is the deadline
+    plus a margin: here 11 s + 10 s (a fixed 10 s default gave up at 10 s)."""
+    slow_hook.delay = 60
+    t0 = hour_ago(2)
+    breaker_opened(rec, t0)
+    cfg = config(
+        tmp_path,
+        "circuit_breaker",
+        extra="[alerts]\ndelivery_deadline_seconds = 11\n"
+        + _webhook("stuck", slow_hook.url, timeout=60, retries=0),
+    )
+    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
+    first = subprocess.Popen([*cmd, "--now", iso(t0)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not slow_hook.received:  # the first check is delivering, holding the lock
+            assert first.poll() is None and time.monotonic() < deadline, "the first check never delivered"
+            time.sleep(0.05)
+        slow_hook.delay = 0  # the second check's retry of the page is answered
+        second = subprocess.run(
+            [*cmd, "--now", iso(t0 + dt.timedelta(minutes=1))], capture_output=True, text=True, timeout=120
+        )
+        assert first.wait(timeout=60) == 2
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert second.returncode == 2, second.stderr  # CRITICAL (the breaker), not 3
+    assert "lock" not in second.stderr
+    assert [b["event"] for b in slow_hook.bodies] == ["raised"]  # paged once, by the second
 
 
 def test_an_alertmanager_that_hangs_keeps_to_the_deadline(

@@ -205,6 +205,11 @@ class StuckRule(_Model):
     per_organization: StrictBool = False
 
 
+#: What an unset ``alerts.lock_timeout_seconds`` adds to the delivery deadline: a
+#: check's evaluation before it delivers (well under a second on a month of events).
+LOCK_MARGIN_SECONDS: Final = 10.0
+
+
 class AlertRules(_Model):
     failure_rate: FailureRateRule = Field(default_factory=FailureRateRule)
     latency: LatencyRule = Field(default_factory=LatencyRule)
@@ -214,11 +219,21 @@ class AlertRules(_Model):
     inactivity: InactivityRule = Field(default_factory=InactivityRule)
     budget: BudgetRule = Field(default_factory=BudgetRule)
     stuck: StuckRule = Field(default_factory=StuckRule)
-    lock_timeout_seconds: float = Field(10.0, ge=0)
+    #: How long a check waits for an overlapping one. Unset, it is the delivery
+    #: deadline plus :data:`LOCK_MARGIN_SECONDS`: a check that holds the lock while
+    #: it delivers to a dead endpoint holds it about that long, and the next one must
+    #: not give up first (exit 3, UNKNOWN: a false page).
+    lock_timeout_seconds: float = Field(30.0, ge=0)
     notification_max_age_hours: float = Field(24.0, gt=0)
     #: Wall-clock budget for all deliveries of one check (well under a 60 s Nagios
     #: plugin timeout); what is left over is delivered by the next check.
     delivery_deadline_seconds: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lock_outlasts_delivery(self) -> AlertRules:
+        if "lock_timeout_seconds" not in self.model_fields_set:
+            self.lock_timeout_seconds = self.delivery_deadline_seconds + LOCK_MARGIN_SECONDS
+        return self
 
 
 class CommandNotifier(_Model):
