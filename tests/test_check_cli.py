@@ -35,6 +35,14 @@ enabled = false
 """
 
 
+def assert_unknown(stdout: str, stderr: str) -> None:
+    """``check`` could not evaluate: its status line ``UNKNOWN …`` on stdout (what
+    Nagios shows), the same one line on stderr (cron's log), no traceback."""
+    (err,) = stderr.strip().splitlines()
+    assert err.startswith("voicepipe: error: check could not evaluate: "), stderr
+    assert stdout.splitlines() == ["UNKNOWN " + err.removeprefix("voicepipe: error: ")], stdout
+
+
 def invoke(runner: CliRunner, root: Path, *args: str, config: Path | None = None) -> Any:
     head = ["--data", str(root)] + (["--config", str(config)] if config else [])
     return runner.invoke(main, [*head, *args], catch_exceptions=False)
@@ -115,8 +123,7 @@ def test_bad_config_exits_3(runner: CliRunner, root: Path, tmp_path: Path) -> No
     bad.write_text("[alerts.failure_rate]\nwarning = 'high'\n")
     result = invoke(runner, root, "check", config=bad)
     assert result.exit_code == 3
-    assert result.stdout == ""
-    assert result.stderr.startswith("voicepipe: error: check could not evaluate: ")
+    assert_unknown(result.stdout, result.stderr)
     assert "alerts.failure_rate.warning" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     as_json = invoke(runner, root, "check", "--format", "json", config=bad)
@@ -142,7 +149,7 @@ def test_corrupt_event_file_exits_3(runner: CliRunner, rec: vp.Recorder, root: P
     (good.parent / "broken.parquet").write_bytes(bytes(data))
     result = invoke(runner, root, "check", "--now", NOW)
     assert result.exit_code == 3
-    assert result.stdout == ""
+    assert_unknown(result.stdout, result.stderr)
     assert result.stderr.startswith(
         "voicepipe: error: check could not evaluate: cannot read the events under "
     )
@@ -325,8 +332,7 @@ def test_usage_errors_exit_3_with_one_line(
 ) -> None:
     result = invoke(runner, root, "check", *args)
     assert result.exit_code == 3, result.output
-    assert result.stdout == ""
-    assert result.stderr.startswith("voicepipe: error: check could not evaluate: ")
+    assert_unknown(result.stdout, result.stderr)
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Usage:" not in result.stderr
@@ -350,8 +356,9 @@ def test_usage_error_exits_3_in_a_real_process(root: Path, tmp_path: Path) -> No
         text=True,
         timeout=120,
     )
-    assert (proc.returncode, proc.stdout) == (3, "")
-    assert len(proc.stderr.strip().splitlines()) == 1 and "'xml'" in proc.stderr
+    assert proc.returncode == 3
+    assert_unknown(proc.stdout, proc.stderr)
+    assert "'xml'" in proc.stderr
 
 
 def test_check_help_still_exits_0(runner: CliRunner, root: Path) -> None:
@@ -560,3 +567,24 @@ def test_a_closed_stdout_keeps_the_alert_state_as_exit_code(
     assert proc.wait(timeout=120) == 2, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert [s.rule for s in alerts.list_alerts(root)] == ["failure_rate"]
+
+
+def test_report_alerts_tells_a_quiet_check_from_none(runner: CliRunner, rec: vp.Recorder, root: Path) -> None:
+    """Checks that found nothing to raise write no alert log; the alerts report must
+    not then say "no alert log yet" (as if cron were not running `check`): it says
+    when the last check ran and what it found. A dry run is not a check that ran."""
+    finish(rec, 10, 0)
+    before = invoke(runner, root, "report", "alerts", "--utc")
+    assert "no alert log yet" in before.stdout and "last check" not in before.stdout
+    assert invoke(runner, root, "check", "--now", NOW, "--dry-run").exit_code == 0
+    assert "no alert log yet" in invoke(runner, root, "report", "alerts", "--utc").stdout
+    assert invoke(runner, root, "check", "--now", NOW).exit_code == 0
+    assert not (root / "alerts").exists()  # nothing raised: no alert log
+    after = invoke(runner, root, "report", "alerts", "--utc")
+    assert after.exit_code == 0, after.stderr
+    assert "no alert log yet" not in after.stdout
+    assert "no alert raised yet" in after.stdout
+    assert "last check 2026-03-02 12:00: OK" in after.stdout
+    data = json.loads(invoke(runner, root, "report", "alerts", "--format", "json").stdout)
+    assert data["alert_log_present"] is False
+    assert data["last_check"] == {"checked_at": "2026-03-02T12:00:00Z", "status": "OK", "active": 0}

@@ -817,6 +817,11 @@ def test_follow_sees_an_event_written_by_another_process(root: Path) -> None:
         assert any("transcription_failed" in ln and "Boom: bad audio" in ln for ln in lines), lines
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None
+        # the lines carry no zone: the one line on stderr names it
+        assert (
+            proc.stderr.read() == f"voicepipe: following events under {root}, times in UTC (Ctrl-C to stop)\n"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -781,17 +781,7 @@ class _State:
 
     def save(self, root: Path) -> None:
         path = root / store.STATE / STATE_FILE
-        _atomic_write_text(path, json.dumps({"version": STATE_VERSION, "seen": sorted(self.seen)}))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    store.ensure_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{store.TMP_SUFFIX}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        store.write_text_atomic(path, json.dumps({"version": STATE_VERSION, "seen": sorted(self.seen)}))
 
 
 def _run_lock(root: Path, timeout: float = store.LOCK_TIMEOUT) -> AbstractContextManager[None]:

@@ -63,6 +63,9 @@ RECORD_TYPES: Final = ("raised", "escalated", "resolved", "acknowledged", "notif
 NOTIFY_ON: Final = ("raised", "escalated", "resolved")
 OVERALL: Final = "all"
 LOCK_FILE: Final = "check.lock"
+#: The last recording check's time and status (``_state/last_check.json``): how a
+#: report tells "no check has run" from "checks ran and found nothing to raise".
+LAST_CHECK_FILE: Final = "last_check.json"
 
 _UTC = dt.timezone.utc
 #: How far an explicit ``now`` may run ahead of the system clock when a check
@@ -1586,6 +1589,39 @@ class CheckResult:
         }
 
 
+def _save_last_check(root: Path, result: CheckResult) -> None:
+    """Record when the check ran and what it found (best effort: the alert log is
+    what matters, and it is written)."""
+    import json
+
+    try:
+        store.write_text_atomic(
+            root / store.STATE / LAST_CHECK_FILE,
+            json.dumps(
+                {"checked_at": _iso(result.now), "status": result.status, "active": len(result.active)}
+            ),
+        )
+    except OSError as exc:
+        log.warning("could not record the check's time under %s: %s", root / store.STATE, exc)
+
+
+def last_check(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The last recording check (``checked_at`` as an aware datetime, ``status``,
+    ``active``: how many alerts it left active), or None if none has run (or its
+    record is unreadable)."""
+    import json
+
+    try:
+        data = json.loads((Path(root) / store.STATE / LAST_CHECK_FILE).read_text(encoding="utf-8"))
+        return {
+            "checked_at": dt.datetime.fromisoformat(str(data["checked_at"]).replace("Z", "+00:00")),
+            "status": str(data["status"]),
+            "active": int(data["active"]),
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _not_in_future(at: dt.datetime) -> None:
     """Refuse to record a check at an explicit time later than the system clock:
     it would raise alerts before they happen, and the next real check would resolve
@@ -1595,7 +1631,7 @@ def _not_in_future(at: dt.datetime) -> None:
         raise UsageError(
             f"cannot record a check at {_iso(at)}: it is more than {MAX_CLOCK_SKEW.seconds // 60} min "
             f"after the system clock ({_iso(clock.replace(microsecond=0))}); evaluate future times with "
-            "--dry-run (dry_run=True), which records nothing"
+            "--dry-run, which records nothing"
         )
 
 
@@ -1617,8 +1653,8 @@ def _not_before_log(at: dt.datetime, con: duckdb.DuckDBPyConnection, root: Path)
     if latest is not None and at < latest:
         raise UsageError(
             f"cannot record a check at {_iso(at)}: the alert log already has records up to {_iso(latest)} "
-            "and its lifecycle cannot run backwards; give a later time, or evaluate with --dry-run "
-            "(dry_run=True), which records nothing"
+            "and its lifecycle cannot run backwards; give a later time, or evaluate with --dry-run, "
+            "which records nothing"
         )
 
 
@@ -1720,6 +1756,8 @@ def run_check(
             raise StoreError(
                 f"cannot read the alert log under {rootp / store.ALERTS}: {_first_line(exc)}"
             ) from exc
+        if not dry_run:
+            _save_last_check(rootp, CheckResult(at, current, changes, deliveries, ev.notes, ev.evaluated))
     current.sort(key=lambda a: (-SEVERITY_RANK.get(a.severity or "", 0), a.rule, a.scope))
     fresh = {f.key: f for f in ev.findings}
     for a in current:  # show the value measured now, not the one at raise time

@@ -203,9 +203,16 @@ class OneLineUsageError(click.UsageError):
 
 
 class CheckUsageError(OneLineUsageError):
-    """A usage error on a ``check`` command line: exit 3 (Nagios UNKNOWN)."""
+    """A usage error on a ``check`` command line: exit 3 (Nagios UNKNOWN), with its
+    status line on stdout as well (Nagios shows stdout)."""
 
     exit_code = 3
+
+    def show(self, file: Any = None) -> None:
+        from .cli_alerts import unknown_line
+
+        click.echo(unknown_line(" ".join(self.text.split()).rstrip(".")))
+        super().show(file)
 
 
 def _one_line(exc: click.UsageError, where: click.Context | None = None) -> click.UsageError:

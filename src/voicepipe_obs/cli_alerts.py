@@ -32,12 +32,20 @@ def _json(data: Any) -> str:
 
 
 def _unknown(message: str, as_json: bool) -> NoReturn:
-    """``check`` could not evaluate: one line on stderr (and the JSON status on
-    stdout with --format json), exit 3 (Nagios UNKNOWN)."""
+    """``check`` could not evaluate: one line on stderr (for cron's log) and the status
+    on stdout — ``UNKNOWN …``, the line a Nagios plugin's output starts with, or the
+    JSON status with --format json — exit 3 (Nagios UNKNOWN)."""
     if as_json:
         click.echo(_json({"status": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "error": message}))
+    else:
+        click.echo(unknown_line(message))
     click.echo(f"voicepipe: error: check could not evaluate: {message}", err=True)
     raise click.exceptions.Exit(EXIT_UNKNOWN)
+
+
+def unknown_line(message: str) -> str:
+    """``check``'s status line when it could not evaluate (Nagios shows stdout)."""
+    return f"UNKNOWN check could not evaluate: {message}"
 
 
 def _wants_json(args: Sequence[str]) -> bool:

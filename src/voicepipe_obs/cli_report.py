@@ -557,6 +557,11 @@ def _follow(
     seen = set(reports.event_files(app.root))
     if fmt == "csv":
         click.echo(",".join(reports.EVENT_COLUMNS))
+    elif fmt == "table":  # the lines carry no zone: say it once, off stdout (grep-able lines)
+        click.echo(
+            f"voicepipe: following events under {app.root}, times in {style.tzname()} (Ctrl-C to stop)",
+            err=True,
+        )
     if reports.has_events(app.root):
         initial = reports.events(app.root, now=now, filters=filters, limit=limit, count=False)["rows"]
         for ev in reversed(initial):

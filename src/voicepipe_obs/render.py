@@ -1558,13 +1558,22 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
     if data["rows"]:
         parts.append(_alerts_table(data["rows"], style))
         parts.append(f"\n{len(data['rows'])} alerts")
-    elif not data.get("alert_log_present"):
+    elif not data.get("alert_log_present") and not data.get("last_check"):
         parts += _wrapped(
             "no alert log yet: `voicepipe check` (run from cron) evaluates the rules and records alerts",
             style.width,
         )
+    elif not data.get("alert_log_present"):
+        parts.append("no alert raised yet")
     else:
         parts.append("no active alerts" if not data["history"] else "no alerts match these filters")
+    last = data.get("last_check")
+    if last:
+        n = int(last.get("active") or 0)
+        active = f" ({n} active alert{'s' if n != 1 else ''})" if n else ""
+        parts.append(
+            f"last check {fmt_time(last['checked_at'], style, seconds=False)}: {last['status']}{active}"
+        )
     return "\n".join(parts)
 
 

@@ -2318,7 +2318,13 @@ def alerts(
         rows.sort(key=lambda r: (r["raised_at"], r["alert_id"]), reverse=True)
     row = con.execute("SELECT EXISTS (SELECT 1 FROM alert_log)").fetchone()
     has_log = bool(row and row[0])
-    return {"generated_at": now, "history": history, "alert_log_present": has_log, "rows": rows}
+    return {
+        "generated_at": now,
+        "history": history,
+        "alert_log_present": has_log,
+        "last_check": alerts_mod.last_check(root),
+        "rows": rows,
+    }
 
 
 # -------------------------------------------------------------------- retries
@@ -2449,7 +2455,7 @@ def run_sql(root: Path, sql: str, *, max_rows: int = 1000) -> dict[str, Any]:
     if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
         raise UsageError(
             f"only read-only queries are allowed (got {_statement_word(statements[0])}); "
-            "use SELECT over the views events, artifacts, snapshots_hourly, snapshots_daily, alerts"
+            "use SELECT over the views events, events_raw, artifacts, snapshots_hourly, snapshots_daily, alerts, alert_log"
         )
     try:
         cur = con.execute(statements[0])

@@ -131,6 +131,18 @@ def ensure_dir(path: Path, mode: int | None = None) -> None:
         os.chmod(path, mode)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file (state, bookkeeping) atomically: fsynced under a
+    temporary name, then renamed over ``path``."""
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def write_table(
     path: Path,
     table: pa.Table,
