@@ -195,8 +195,8 @@ def test_check_turns_an_unexpected_error_into_unknown(
         assert "VOICEPIPE_DEBUG" in r.stderr and "Traceback" not in r.stderr
         if fmt == "json":
             assert json.loads(r.stdout)["status"] == "UNKNOWN"
-        else:
-            assert r.stdout == ""
+        else:  # the same line, as the status Nagios shows
+            assert r.stdout == "UNKNOWN " + r.stderr.removeprefix("voicepipe: error: ")
     monkeypatch.setenv("VOICEPIPE_DEBUG", "1")
     r = runner.invoke(main, ["--data", str(root), "check"])
     assert isinstance(r.exception, AttributeError)

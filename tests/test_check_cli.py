@@ -588,3 +588,15 @@ def test_report_alerts_tells_a_quiet_check_from_none(runner: CliRunner, rec: vp.
     data = json.loads(invoke(runner, root, "report", "alerts", "--format", "json").stdout)
     assert data["alert_log_present"] is False
     assert data["last_check"] == {"checked_at": "2026-03-02T12:00:00Z", "status": "OK", "active": 0}
+
+
+def test_json_floats_carry_no_binary_noise(
+    runner: CliRunner, rec: vp.Recorder, root: Path, cfg: Path
+) -> None:
+    """check's JSON writes floats as the reports do: 12 significant digits."""
+    finish(rec, 10, 3)  # 3 of 13: 0.23076923076923078 in binary
+    result = invoke(runner, root, "check", "--now", NOW, "--format", "json", config=cfg)
+    assert result.exit_code == 1, result.output
+    (alert,) = json.loads(result.stdout)["active"]
+    assert alert["value"] == 0.230769230769
+    assert "0.23076923076923" not in result.stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -28,7 +27,10 @@ TABLE_WIDTH = 100
 
 
 def _json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
+    """JSON as the reports write it (floats without binary noise, UTC times)."""
+    from .render import to_json
+
+    return to_json(data)
 
 
 def _unknown(message: str, as_json: bool) -> NoReturn:

@@ -11,7 +11,6 @@ failed; 2 usage or configuration error; 4 refused; 130 interrupted (Ctrl-C);
 from __future__ import annotations
 
 import datetime as dt
-import json
 import signal
 import sys
 from typing import Any
@@ -69,7 +68,10 @@ def _describe_outcome(o: RetryOutcome) -> str:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """JSON as the reports write it (floats without binary noise, UTC times)."""
+    from .render import to_json
+
+    click.echo(to_json(data))
 
 
 def _refused_json(exc: RetryRefused, fmt: str) -> None:
