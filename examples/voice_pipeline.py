@@ -687,6 +687,8 @@ class BackfillResult:
     start_us: int
     end_us: int
     outage: tuple[int, int] | None
+    #: events the recorder could not store (a full or read-only disk: its warnings say why)
+    lost: int = 0
 
 
 def backfill(
@@ -745,7 +747,8 @@ def backfill(
         rec.flush()
     finally:
         rec.close()
-    return BackfillResult(len(arrivals), completed, failed, later, start_us, end_us, window)
+    lost = rec.stats()["dropped"]
+    return BackfillResult(len(arrivals), completed, failed, later, start_us, end_us, window, lost)
 
 
 @dataclass(frozen=True)

@@ -545,3 +545,36 @@ def test_demo_refuses_a_file_as_root(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.strip() == f"voicepipe: error: {target} is a file, not a directory; pass --data DIR"
     assert target.read_text() == "x"
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs), too small for the demo; needs root (mount)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+        )
+    except OSError as exc:
+        pytest.skip(f"cannot run mount: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_demo_that_cannot_store_its_events_fails(full_disk: Path) -> None:
+    """The recorder never raises into the pipeline: it warns and counts what it
+    could not store. The demo must not then print a summary of data it lost and exit
+    0: it says how many events were not stored and exits 1."""
+    root = full_disk / "d"
+    result = _runner().invoke(main, ["--data", str(root), "demo", "--live", "2"], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert "Wrote demo data" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"voicepipe: error: cannot write under {root}: ")
+    assert "of the demo's events could not be stored" in last and "voicepipe demo --reset" in last
+    assert "No space left on device" in result.stderr  # the recorder's warnings say why

@@ -172,10 +172,16 @@ def run_demo(
         )
     except OSError as exc:
         raise StoreError(f"cannot write under {rootp} ({exc.strerror or exc}); pass --data DIR") from exc
-    vpl.backfill(rootp, days=days, per_day=per_day, seed=seed, end=end)
+    lost = vpl.backfill(rootp, days=days, per_day=per_day, seed=seed, end=end).lost
     if live > 0:
         with Recorder(rootp, **dict(recorder_options or {})) as rec:
             vpl.run_live(rec, count=live, in_flight=in_flight, seed=seed)
+        lost += rec.stats()["dropped"]
+    if lost:  # the recorder never raises (it warned, above): the demo's summary would lie
+        raise StoreError(
+            f"cannot write under {rootp}: {lost:,} of the demo's events could not be stored (the warnings "
+            "above say why: a full or read-only disk?); fix that, then run `voicepipe demo --reset`"
+        )
     return summarize(rootp, seconds=time.perf_counter() - started, days=days, live=live, data_flag=data_flag)
 
 
