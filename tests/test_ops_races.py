@@ -465,3 +465,92 @@ def test_cleanup_drops_events_only_when_no_compact_or_aggregate_runs(
     assert result.exit_code == 0, result.output
     assert not events.parent.exists() and not receipts.exists()
     assert "dropped events/date=" in result.stdout
+
+
+#: Many closed hours of small files: one compaction of them runs for seconds,
+#: removing an hour's sources after each merged file, all the while.
+MANY_HOURS = 160
+MANY_FILES = 4
+MANY_EVENTS = 3
+MANY_TOTAL = MANY_HOURS * MANY_FILES * MANY_EVENTS
+MANY_FIRST = FIRST_HOUR - dt.timedelta(hours=MANY_HOURS - HOURS)
+
+COMPACT_ONCE = textwrap.dedent(
+    """
+    import datetime as dt, sys
+    from pathlib import Path
+    from voicepipe_obs import maintenance
+    result = maintenance.compact(Path(sys.argv[1]), now=dt.datetime.now(dt.timezone.utc), grace=dt.timedelta(0))
+    print(result.hours)
+    """
+)
+
+
+def write_many_hours(root: Path, hours: range) -> None:
+    """MANY_FILES small files per hour of ``hours``: artifacts received, then in transcription."""
+    for hour in hours:
+        start = MANY_FIRST + dt.timedelta(hours=hour)
+        for f in range(MANY_FILES):
+            ids = [f"m{hour}-f{f}-a{e}" for e in range(MANY_EVENTS)]
+            ts = [store.to_us(start + dt.timedelta(seconds=f * 60 + e)) for e in range(MANY_EVENTS)]
+            table = store.columns_to_table(
+                {
+                    "event_id": [f"{i}-r" for i in ids] + [f"{i}-t" for i in ids],
+                    "event_type": ["artifact_received"] * MANY_EVENTS
+                    + ["transcription_started"] * MANY_EVENTS,
+                    "timestamp": ts + [t + 1 for t in ts],
+                    "artifact_id": ids + ids,
+                    "organization_id": ["org"] * 2 * MANY_EVENTS,
+                    "pipeline_stage": [None] * MANY_EVENTS + ["transcription"] * MANY_EVENTS,
+                },
+                2 * MANY_EVENTS,
+            )
+            date, h = store.partition_key(ts[0])
+            store.write_table(store.hour_dir(root, date, h) / f"w-{f:05d}.parquet", table)
+
+
+def test_reports_while_a_long_compaction_runs_never_fail_nor_miss_an_event(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dashboard and pipeline reports (their open artifacts from the artifact
+    index where it is current, the other hours from their events) and a report's
+    event read, run again and again while one compaction of many hours runs in
+    another process: none fails, none warns, each sees every event. Half the
+    hours are indexed (aggregate ran before they were written), so the reads mix
+    the index with events that vanish under them."""
+    from voicepipe_obs import reports
+
+    root = tmp_path / "data"
+    write_many_hours(root, range(0, MANY_HOURS, 2))
+    aggregate.aggregate(root, now=NOW)  # the index covers the even hours
+    write_many_hours(root, range(1, MANY_HOURS, 2))
+    expected = {
+        f"m{h}-f{f}-a{e}-{k}"
+        for h in range(MANY_HOURS)
+        for f in range(MANY_FILES)
+        for e in range(MANY_EVENTS)
+        for k in "rt"
+    }
+    script = tmp_path / "compact_once.py"
+    script.write_text(COMPACT_ONCE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(root)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    reads = 0
+    try:
+        while proc.poll() is None or reads < 3:
+            dash = reports.dashboard(root, now=NOW)
+            assert dash["cards"]["active_artifacts"] == MANY_TOTAL
+            pipe = reports.pipeline(root, now=NOW, stage="transcription")
+            assert pipe["stages"][0]["in_progress_total"] == MANY_TOTAL
+            con = reports._connect(reports._files(root, None, None))
+            seen = {r[0] for r in con.execute("SELECT DISTINCT event_id FROM events").fetchall()}
+            con.close()
+            assert seen == expected
+            reads += 1
+    finally:
+        out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and int(out) == MANY_HOURS
+    assert reads >= 3
+    assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]

@@ -500,11 +500,16 @@ def _read_or_events(
 ) -> int:
     """``read(cov)``; when an index file cannot be read after all (sound-looking but
     not index rows), ``read`` again with every hour from the events. Returns how
-    many hours were computed from events."""
+    many hours were computed from events. A file that vanished since it was listed
+    (an event file compaction replaced, an index file a refresh retired) is no
+    damage: that error is the caller's to list again for
+    (:func:`~voicepipe_obs.query.retry_vanished`)."""
+    from .query import vanished_file
+
     try:
         read(cov)
     except duckdb.Error as exc:
-        if not cov.index:
+        if not cov.index or vanished_file(exc) is not None:
             raise
         log.warning("artifact index unreadable (%s): reading the events instead", str(exc).splitlines()[0])
         cov = _Coverage({}, list(every), len(by_hour(every)))

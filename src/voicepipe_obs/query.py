@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from . import store
 from .artifact_index import artifacts_sql, per_artifact_sql
+from .errors import StoreError
 from .events import (
     FAILURE_EVENT_TYPES,
     arrow_schema,
@@ -45,7 +47,22 @@ def vetted_files(
     until: dt.datetime | None = None,
 ) -> list[Path]:
     """Complete, readable-looking Parquet files of an area, pruned to [since, until)."""
-    return vetted(store.list_parquet(root, area, since=since, until=until))
+    return complete(store.list_parquet(root, area, since=since, until=until))
+
+
+def complete(listed: Sequence[Path]) -> list[Path]:
+    """:func:`vetted` ``listed``, with the files compaction wrote in place of any
+    that vanished while they were being vetted (:func:`relist`): vetting skips a
+    vanished file silently, and without this an hour compacted between listing and
+    vetting would be missing from the list altogether."""
+    good = vetted(listed)
+    if len(good) == len(listed):
+        return good
+    kept = set(good)
+    gone = [p for p in listed if p not in kept and not p.exists()]
+    if not gone:
+        return good
+    return sorted(relist([*good, *gone]))
 
 
 #: (file, reason) pairs already warned about: once per file per process, however
@@ -78,11 +95,22 @@ def vetted(files: Iterable[Path]) -> list[Path]:
     return good
 
 
-#: How often a read is tried when files it listed vanish under it (compaction).
-READ_ATTEMPTS: Final = 8
+#: How long (seconds, in all) a read is tried again while files it listed keep
+#: vanishing under it: compaction removes an hour's sources right after writing
+#: their merged file, hour after hour, so a read over many hours can lose one of
+#: its files at every attempt until the compaction is done (minutes, for a first
+#: compaction of months of small files). Bounded by time, not by a count of tries.
+READ_DEADLINE_SECONDS: Final = 600.0
+#: The longest pause between two tries (the first ones are shorter).
+_RETRY_PAUSE_MAX: Final = 0.5
 _QUOTED = re.compile(r'"([^"]+)"')
 _MISSING_FILE_ERRORS: Final = ("No files found that match the pattern", "No such file or directory")
 T = TypeVar("T")
+
+#: The deadline of the outermost :func:`retry_vanished` running in this thread: a
+#: nested one (a read that retries inside a read that retries) shares it rather
+#: than starting its own, so the whole read is bounded by one deadline.
+_retrying = threading.local()
 
 
 def vanished_file(exc: BaseException) -> str | None:
@@ -105,29 +133,55 @@ def vanished_file(exc: BaseException) -> str | None:
     return None
 
 
-def retry_vanished(read: Callable[[int], T], *, what: str = "read", attempts: int = READ_ATTEMPTS) -> T:
+class VanishedError(StoreError):
+    """A read kept losing the files it listed (to a running ``voicepipe compact``
+    or ``cleanup``) for :data:`READ_DEADLINE_SECONDS`: one line for the user."""
+
+
+def retry_vanished(read: Callable[[int], T], *, what: str = "read", deadline: float | None = None) -> T:
     """``read(attempt)`` — which lists the files it reads, and lists them again when
     ``attempt`` > 0 — retried while it fails on a file that vanished since it was
     listed (:func:`vanished_file`).
 
     Compaction writes the merged file before it unlinks the sources, and cleanup
     takes whole partitions out at once, so a fresh listing is complete: the retry
-    sees every event (duplicates are deduplicated by every reader). Bounded: a read
-    that keeps losing its files ``attempts`` times raises the last error. This is
-    how every reader over a fixed file list (``connect(live=False)``, aggregation,
-    reports) keeps the promise that a reader never misses an event and needs no lock.
+    sees every event (duplicates are deduplicated by every reader). A compaction of
+    many hours removes files all the while it runs, so a read over all of them may
+    lose one at every try until it is done: the read is tried again for as long as
+    its files keep vanishing, up to ``deadline`` seconds in all (default
+    :data:`READ_DEADLINE_SECONDS`; a nested call shares its caller's), then fails
+    with :class:`VanishedError` (a one-line StoreError). Any other error is raised
+    at once. This is how every reader over a fixed file list
+    (``connect(live=False)``, aggregation, reports) keeps the promise that a reader
+    never misses an event and needs no lock. The first try costs nothing extra.
     """
+    outer = getattr(_retrying, "deadline", None)
+    until = time.monotonic() + (READ_DEADLINE_SECONDS if deadline is None else deadline)
+    if outer is not None:
+        until = min(until, outer)
+    _retrying.deadline = until
     attempt = 0
-    while True:
-        try:
-            return read(attempt)
-        except Exception as exc:
-            gone = vanished_file(exc)
-            attempt += 1
-            if gone is None or attempt >= attempts:
+    try:
+        while True:
+            try:
+                return read(attempt)
+            except VanishedError:
                 raise
-            log.debug("%s: %s vanished since it was listed (compaction); listing again", what, gone)
-            time.sleep(min(0.5, 0.02 * 2**attempt))
+            except Exception as exc:
+                gone = vanished_file(exc)
+                if gone is None:
+                    raise
+                attempt += 1
+                pause = min(_RETRY_PAUSE_MAX, 0.02 * 2**attempt)
+                if time.monotonic() + pause >= until:
+                    raise VanishedError(
+                        f"{what}: the files it read kept vanishing (last {gone}) for {attempt} tries: "
+                        "a `voicepipe compact` or `cleanup` is replacing them; try again once it has finished"
+                    ) from exc
+                log.debug("%s: %s vanished since it was listed (compaction); listing again", what, gone)
+                time.sleep(pause)
+    finally:
+        _retrying.deadline = outer
 
 
 def relist(files: Iterable[Path | str]) -> list[Path]:

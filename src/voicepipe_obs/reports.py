@@ -1791,10 +1791,12 @@ def confidence_histogram(
     root: Path, *, since: dt.datetime, now: dt.datetime, org: str | None = None, bins: int = 10
 ) -> list[dict[str, Any]]:
     """Counts of transcription_completed confidence_score in ``bins`` equal bins over [0, 1]."""
-    con = _connect(_files(root, since, None), materialise=False)
-    counts = {
-        int(r["b"]): int(r["n"])
-        for r in _dicts(
+    from .query import retry_vanished
+
+    def read(_attempt: int) -> list[dict[str, Any]]:
+        # the view reads its files at this query: listed again if compaction replaced one
+        con = _connect(_files(root, since, None), materialise=False)
+        return _dicts(
             con,
             """
             SELECT least(floor(confidence_score * $bins), $bins - 1)::INT AS b, count(*) AS n
@@ -1806,7 +1808,8 @@ def confidence_histogram(
             """,
             {"bins": bins, "since": since, "now": now, "org": org},
         )
-    }
+
+    counts = {int(r["b"]): int(r["n"]) for r in retry_vanished(read, what="report")}
     return [{"lo": i / bins, "hi": (i + 1) / bins, "count": counts.get(i, 0)} for i in range(bins)]
 
 
@@ -1827,7 +1830,7 @@ def disambiguation_backlog(
     of it), days without such a snapshot and ``stale_days`` (days with event files
     the snapshot has not seen) are read from raw events. ``partitions``: the event
     partitions when the caller has listed them already."""
-    from .query import vetted
+    from .query import complete, retry_vanished
 
     now = aware(now)
     by_day: dict[dt.datetime, list[Path]] = {}
@@ -1841,14 +1844,23 @@ def disambiguation_backlog(
         root, [d for d in days[1:] if d + DAY <= now and d not in stale_days], org
     )
     total = sum(by_snapshot.values())
-    files = vetted(
-        sorted(
-            f for d in days if d not in by_snapshot for hour in by_day[d] for f in store.parquet_files(hour)
+
+    def read(_attempt: int) -> dict[str, Any]:
+        # the files of each partition as they are now: listed again (the partitions
+        # stay) when compaction replaced one meanwhile
+        files = complete(
+            sorted(
+                f
+                for d in days
+                if d not in by_snapshot
+                for hour in by_day[d]
+                for f in store.parquet_files(hour)
+            )
         )
-    )
-    if files:
+        if not files:
+            return {}
         con = _connect(files, materialise=False)
-        row = _one(
+        return _one(
             con,
             """
             SELECT coalesce(sum(disambiguation_count) FILTER (WHERE event_type = 'entity_needs_disambiguation'), 0)
@@ -1859,7 +1871,9 @@ def disambiguation_backlog(
             """,
             {"now": now, "org": org},
         )
-        total += int(row.get("n") or 0)
+
+    row = retry_vanished(read, what="report")
+    total += int(row.get("n") or 0)
     return max(total, 0)
 
 

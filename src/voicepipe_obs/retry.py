@@ -695,12 +695,22 @@ class ArtifactReader:
         self._seen: dict[Path, frozenset[str]] = {}
 
     def _open(self) -> duckdb.DuckDBPyConnection:
-        from .query import ARTIFACTS_SQL
+        from .query import ARTIFACTS_SQL, retry_vanished
 
         self.close()
-        con, files = _events_connection(self.root)
-        # One aggregation for every artifact; lookups are then cheap.
-        con.execute(f"CREATE TEMP TABLE artifacts AS {ARTIFACTS_SQL}")
+
+        def read(_attempt: int) -> tuple[duckdb.DuckDBPyConnection, list[Path]]:
+            # listed again when compaction replaced a listed file meanwhile
+            con, files = _events_connection(self.root)
+            try:
+                # One aggregation for every artifact; lookups are then cheap.
+                con.execute(f"CREATE TEMP TABLE artifacts AS {ARTIFACTS_SQL}")
+            except BaseException:
+                con.close()
+                raise
+            return con, files
+
+        con, files = retry_vanished(read, what="retry")
         self._con, self._files, self._seen = con, set(files), {}
         return con
 
@@ -719,11 +729,20 @@ class ArtifactReader:
             for path in set(new) - set(good):
                 self._seen[path] = frozenset()
             if good:
+                import duckdb
+
+                from .query import vanished_file
+
                 listed = ", ".join(sql_str(str(f)) for f in good)
-                rows = self._con.execute(
-                    f"SELECT DISTINCT filename, artifact_id FROM read_parquet([{listed}], filename=true) "
-                    "WHERE artifact_id IS NOT NULL"
-                ).fetchall()
+                try:
+                    rows = self._con.execute(
+                        f"SELECT DISTINCT filename, artifact_id FROM read_parquet([{listed}], filename=true) "
+                        "WHERE artifact_id IS NOT NULL"
+                    ).fetchall()
+                except duckdb.Error as exc:
+                    if vanished_file(exc) is None:
+                        raise
+                    return self._open()  # compacted since listed: read the store as it is now
                 ids: dict[str, set[str]] = {str(p): set() for p in good}
                 for filename, aid in rows:
                     ids.setdefault(filename, set()).add(aid)
