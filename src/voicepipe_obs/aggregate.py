@@ -61,6 +61,7 @@ from .query import (
     area_source,
     drop_duplicates,
     empty_view,
+    reading,
     relist,
     retry_vanished,
     session_defaults,
@@ -315,6 +316,7 @@ def _rows_on(cursor: duckdb.DuckDBPyConnection, tag: str, period: PeriodType, cr
 def _files_sql(files: Sequence[Path | str], *, by_name: bool = False) -> str:
     """read_parquet of exactly ``files``; ``by_name`` matches columns by name (snapshot
     files written before a column was added lack it: NULL there)."""
+    reading(files)
     names = ", ".join(sql_str(str(f)) for f in files)
     return f"read_parquet([{names}], hive_partitioning = false{', union_by_name = true' if by_name else ''})"
 

@@ -942,10 +942,22 @@ def list_alerts(
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> list[AlertState]:
     """Alerts in their current state (default: active only), most urgent first:
-    active before resolved, critical before warning, then oldest raise first."""
-    from .query import connect
+    active before resolved, critical before warning, then oldest raise first.
 
-    con = con or connect(store.resolve_root(root), live=False)
+    Without ``con`` a log file found unreadable (corrupt data pages) is skipped
+    with a warning (:func:`~voicepipe_obs.query.skip_unreadable`)."""
+    from .query import connect, skipping_unreadable
+
+    if con is None:
+        rootp = store.resolve_root(root)
+
+        def read() -> list[AlertState]:  # connected (files listed) again on a retry
+            own = connect(rootp, live=False)
+            return list_alerts(
+                rootp, status=status, rule=rule, organization_id=organization_id, severity=severity, con=own
+            )
+
+        return skipping_unreadable(read)()
     clauses: list[str] = []
     params: list[Any] = []
     for name, value in (
@@ -972,10 +984,26 @@ def alert_history(
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> list[dict[str, Any]]:
     """Alert-log records (every raise, escalation, resolution, acknowledgement and
-    notification attempt), oldest first, as plain dicts."""
-    from .query import connect
+    notification attempt), oldest first, as plain dicts. Without ``con``, as
+    :func:`list_alerts`, an unreadable log file is skipped with a warning."""
+    from .query import connect, skipping_unreadable
 
-    con = con or connect(store.resolve_root(root), live=False)
+    if con is None:
+        rootp = store.resolve_root(root)
+
+        def read() -> list[dict[str, Any]]:  # connected (files listed) again on a retry
+            own = connect(rootp, live=False)
+            return alert_history(
+                rootp,
+                alert_id=alert_id,
+                rule=rule,
+                organization_id=organization_id,
+                record_type=record_type,
+                since=since,
+                con=own,
+            )
+
+        return skipping_unreadable(read)()
     if record_type is not None and record_type not in RECORD_TYPES:
         raise UsageError(f"unknown record type {record_type!r}; choose from {', '.join(RECORD_TYPES)}")
     clauses: list[str] = []
@@ -1148,15 +1176,20 @@ def acknowledge(
     Raises :class:`NotFoundError` for an unknown id, :class:`AlertResolvedError`
     for a resolved alert and :class:`StoreError` for a missing data root.
     """
-    from .query import connect
+    from .query import connect, skipping_unreadable
 
     rootp = require_root(root)
     by = by.strip()
     if not by:
         raise UsageError("--by needs a name (who is acknowledging)")
     at = _aware(now)
-    con = connect(rootp, live=False)
-    states = _select_states(con, "WHERE alert_id = ?", [alert_id])
+
+    def read() -> tuple[duckdb.DuckDBPyConnection, list[AlertState]]:
+        # connected again when a log file turned out unreadable (skipped, warned)
+        con = connect(rootp, live=False)
+        return con, _select_states(con, "WHERE alert_id = ?", [alert_id])
+
+    con, states = skipping_unreadable(read)()
     if not states:
         raise NotFoundError(f"no alert with id {alert_id!r}; `voicepipe alerts list --all` shows the ids")
     state = states[0]

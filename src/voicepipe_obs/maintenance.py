@@ -143,6 +143,23 @@ def _read_file(path: Path) -> pa.Table:
     return table
 
 
+def _read_failure(exc: BaseException) -> str:
+    """The quarantine reason of a file whose full read raised ``exc``."""
+    return f"unreadable ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})"
+
+
+def _unreadable_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be read in full (as compaction reads it), or None.
+    Raises FileNotFoundError when it is gone."""
+    try:
+        _conform(_read_file(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        return _read_failure(exc)
+    return None
+
+
 @dataclass
 class _HourResult:
     files_in: int = 0
@@ -170,7 +187,14 @@ def _compact_hour(root: Path, part: store.Partition, young: float) -> _HourResul
     for path in good:
         try:
             if path.stat().st_mtime > young:
-                out.skipped_young += 1
+                # left for the next run, but read in full now: a file whose data
+                # pages are corrupt behind a valid footer is unreadable, not young
+                # (readers skip it; only quarantine makes that stop)
+                failure = _unreadable_reason(path)
+                if failure is None:
+                    out.skipped_young += 1
+                else:
+                    out.quarantined.append((store.quarantine(root, path, failure), failure))
                 continue
         except FileNotFoundError:
             continue
@@ -186,7 +210,7 @@ def _compact_hour(root: Path, part: store.Partition, young: float) -> _HourResul
         except FileNotFoundError:
             continue  # another compactor got there first
         except Exception as exc:  # unreadable beyond the footer check
-            reason = f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            reason = _read_failure(exc)
             out.quarantined.append((store.quarantine(root, path, reason), reason))
     if not sources:
         return out

@@ -13,6 +13,7 @@ Never writes under the root.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import duckdb
 
@@ -86,6 +87,7 @@ def vetted(files: Iterable[Path]) -> list[Path]:
     """The readable-looking ``files``; the others are skipped with a warning (once per
     file per process) saying what to do about them."""
     good, bad = store.vet_parquet(files)
+    reading(good)
     for path, reason in bad:
         key = (str(path), reason)
         if key in _warned:
@@ -95,6 +97,124 @@ def vetted(files: Iterable[Path]) -> list[Path]:
     return good
 
 
+#: Files vetting passed, in the order first handed to readers: DuckDB's error for a
+#: file with a valid footer but corrupt data pages does not name the file, so
+#: :func:`skip_unreadable` reads these one by one to find it.
+_handed_out: dict[str, None] = {}
+#: (path, size, mtime_ns, inode) of files :func:`skip_unreadable` read in full
+#: without error: a later failure does not read them again.
+_read_ok: set[tuple[str, int, int, int]] = set()
+#: DuckDB errors a corrupt file can raise (besides the bare ``duckdb.Error`` of
+#: "don't know what type"); parser, binder, catalog errors and the like cannot.
+_CORRUPTION_ERRORS: Final = (
+    duckdb.InvalidInputException,
+    duckdb.IOException,
+    duckdb.InternalException,
+    duckdb.SerializationException,
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def reading(files: Iterable[Path | str]) -> None:
+    """Note that a query is about to read ``files`` (the candidates should it fail on
+    corrupt data: see :func:`skip_unreadable`). A dict insert per file."""
+    for f in files:
+        _handed_out[str(f)] = None
+
+
+def _duckdb_error(exc: BaseException) -> duckdb.Error | None:
+    """The DuckDB error ``exc`` is or was raised from (a StoreError wraps it), or None."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, duckdb.Error):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _may_be_corrupt(err: duckdb.Error) -> bool:
+    text = str(err)
+    if any(m in text for m in (*_MISSING_FILE_ERRORS, "Permission denied")):
+        return False  # a vanished file (retry_vanished) or permissions (not ours to skip)
+    return type(err) is duckdb.Error or isinstance(err, _CORRUPTION_ERRORS)
+
+
+def _full_read_failure(path: Path) -> str | None:
+    """Why reading every column of every row of ``path`` fails, or None: when it
+    reads, is gone, or cannot be opened (permissions are reported, not skipped)."""
+    try:
+        st = path.stat()
+        with open(path, "rb"):
+            pass
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _read_ok:
+        return None
+    con = duckdb.connect()
+    try:
+        # materialised, so every column is decoded (a count would read none)
+        con.execute(f"CREATE TEMP TABLE _vp_probe AS SELECT * FROM read_parquet({sql_str(str(path))})")
+    except duckdb.Error as exc:
+        if not _may_be_corrupt(exc):
+            return None
+        first = _CONTROL.sub("", (str(exc).strip().splitlines() or [""])[0]).strip().rstrip(":").strip()
+        return f"corrupt data: {first or type(exc).__name__}"
+    finally:
+        con.close()
+    _read_ok.add(key)
+    return None
+
+
+def skip_unreadable(exc: BaseException) -> list[Path]:
+    """After a read failed with ``exc``: when it is a DuckDB error that corrupt data
+    can cause, the files it may have read (those vetting passed in this process)
+    that fail a full read of their own. Each is remembered as unreadable for the
+    rest of the process (vetting skips it from now on) and warned about once, naming
+    it and what to do, as vetting does — so the caller lists its files again and
+    retries. Empty when ``exc`` is no such error or no file is to blame (re-raise
+    it then). The happy path pays nothing: files are read only after a failure,
+    and each file once.
+
+    A footer can be valid over garbage data pages (a bad disk, a copy gone wrong):
+    vetting, which reads footers only, passes such a file, and DuckDB then fails the
+    whole query with an error naming no file ("don't know what type")."""
+    err = _duckdb_error(exc)
+    if err is None or not _may_be_corrupt(err):
+        return []
+    bad: list[Path] = []
+    for name in list(_handed_out):
+        path = Path(name)
+        reason = _full_read_failure(path)
+        if reason is not None and store.mark_unreadable(path, reason):
+            bad.append(path)
+            _handed_out.pop(name, None)
+    vetted(bad)  # the warning, once per file
+    return bad
+
+
+def skipping_unreadable(func: Callable[P, T]) -> Callable[P, T]:
+    """``func`` (a read that lists its files itself, writing nothing) run again
+    without the files a failure showed unreadable (:func:`skip_unreadable`)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        attempt = 0
+        while True:
+            try:
+                return func(*args, **kwargs)
+            except Exception as exc:
+                attempt += 1
+                if attempt >= READ_ATTEMPTS or not skip_unreadable(exc):
+                    raise
+
+    return wrapper
+
+
+#: How often a read is tried when files it listed vanish under it (compaction).
+READ_ATTEMPTS: Final = 8
 #: How long (seconds, in all) a read is tried again while files it listed keep
 #: vanishing under it: compaction removes an hour's sources right after writing
 #: their merged file, hour after hour, so a read over many hours can lose one of
@@ -106,6 +226,7 @@ _RETRY_PAUSE_MAX: Final = 0.5
 _QUOTED = re.compile(r'"([^"]+)"')
 _MISSING_FILE_ERRORS: Final = ("No files found that match the pattern", "No such file or directory")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: The deadline of the outermost :func:`retry_vanished` running in this thread: a
 #: nested one (a read that retries inside a read that retries) shares it rather
@@ -168,7 +289,9 @@ def retry_vanished(read: Callable[[int], T], *, what: str = "read", deadline: fl
             except VanishedError:
                 raise
             except Exception as exc:
-                gone = vanished_file(exc)
+                # a file gone since the listing, or one with corrupt data pages that
+                # a full read has now found (it is skipped from now on)
+                gone = vanished_file(exc) or ", ".join(map(str, skip_unreadable(exc))) or None
                 if gone is None:
                     raise
                 attempt += 1
@@ -196,6 +319,8 @@ def relist(files: Iterable[Path | str]) -> list[Path]:
             present.append(path)
         else:
             lost_dirs[path.parent] = None
+    if store.has_failed_reads():  # drop the files a failed read showed unreadable
+        present = vetted(present)
     if not lost_dirs:
         return present
     have = set(present)
@@ -273,6 +398,7 @@ def parquet_scan(files: Sequence[Path]) -> str:
     """A FROM-clause source reading exactly these event files (or an empty typed relation)."""
     if not files:
         return "_voicepipe_empty_events"
+    reading(files)
     return f"read_parquet([{', '.join(sql_str(str(f)) for f in files)}], hive_partitioning=false)"
 
 

@@ -38,7 +38,7 @@ from .events import (
     TIMED_STAGES,
     closest,
 )
-from .query import vetted
+from .query import skipping_unreadable, vetted
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -702,6 +702,7 @@ def _earliest_receipts(con: duckdb.DuckDBPyConnection, partials: str, of: str) -
 # ------------------------------------------------------------------ dashboard
 
 
+@skipping_unreadable
 def dashboard(
     root: Path,
     *,
@@ -884,6 +885,7 @@ def dashboard(
 # ------------------------------------------------------------------- pipeline
 
 
+@skipping_unreadable
 def pipeline(
     root: Path,
     *,
@@ -1019,6 +1021,7 @@ def pipeline(
 # ------------------------------------------------------------------ artifacts
 
 
+@skipping_unreadable
 def artifacts(
     root: Path,
     *,
@@ -1267,6 +1270,7 @@ def _artifact_connection(root: Path, artifact_id: str) -> duckdb.DuckDBPyConnect
     return con if found else None
 
 
+@skipping_unreadable
 def artifact_detail(
     root: Path,
     artifact_id: str,
@@ -1564,6 +1568,7 @@ def _raw_buckets(
     return scope, orgs
 
 
+@skipping_unreadable
 def metrics(
     root: Path,
     *,
@@ -1787,6 +1792,7 @@ def metrics(
     }
 
 
+@skipping_unreadable
 def confidence_histogram(
     root: Path, *, since: dt.datetime, now: dt.datetime, org: str | None = None, bins: int = 10
 ) -> list[dict[str, Any]]:
@@ -1813,6 +1819,7 @@ def confidence_histogram(
     return [{"lo": i / bins, "hi": (i + 1) / bins, "count": counts.get(i, 0)} for i in range(bins)]
 
 
+@skipping_unreadable
 def disambiguation_backlog(
     root: Path,
     *,
@@ -2047,6 +2054,7 @@ def iter_events(
     return _log_rows(root, f, cond, params)
 
 
+@skipping_unreadable
 def count_events(root: Path, *, now: dt.datetime, filters: EventFilter | None = None) -> int:
     """How many events match ``filters`` up to ``now`` (each event_id once): one
     pass over the window's files — except, with no filter but time, for the hours
@@ -2096,6 +2104,7 @@ def _partition_start(path: Path) -> dt.datetime | None:
     return store.Partition(path.parent.parent.name.removeprefix("date="), hour, path.parent).start
 
 
+@skipping_unreadable
 def events(
     root: Path,
     *,
@@ -2137,6 +2146,7 @@ def events(
     }
 
 
+@skipping_unreadable
 def organizations(root: Path) -> list[str]:
     """Every organization_id in the store's events (sorted): one pass over one
     column of every event file."""
@@ -2152,6 +2162,7 @@ def organizations(root: Path) -> list[str]:
     return [str(r[0]) for r in cur.fetchall()]
 
 
+@skipping_unreadable
 def require_organization(root: Path, org: str, *, alerts: bool = False) -> None:
     """Raise :class:`NotFoundError` (exit 1) when no event of the store names the
     organisation ``org``, with the closest known id and the list. For the CLI to
@@ -2176,6 +2187,7 @@ def require_organization(root: Path, org: str, *, alerts: bool = False) -> None:
     )
 
 
+@skipping_unreadable
 def require_artifact(root: Path, artifact_id: str) -> None:
     """Raise :class:`NotFoundError` (exit 1) when the store holds no event of
     ``artifact_id`` (what ``report artifact ID`` says for an unknown id)."""
@@ -2187,6 +2199,7 @@ def require_artifact(root: Path, artifact_id: str) -> None:
         )
 
 
+@skipping_unreadable
 def event(root: Path, event_id: str) -> dict[str, Any]:
     """One event's full payload (every column, attributes as a dict)."""
     from .query import parquet_scan
@@ -2268,6 +2281,7 @@ def follow_events(
 # --------------------------------------------------------------------- alerts
 
 
+@skipping_unreadable
 def active_alerts(root: Path, *, now: dt.datetime) -> list[dict[str, Any]]:
     """Alerts currently raised (not resolved), newest first; [] without an alert log."""
     rows: list[dict[str, Any]] = alerts(root, now=now)["rows"]
@@ -2283,6 +2297,7 @@ ALERT_COLUMNS: Final = tuple(
 )
 
 
+@skipping_unreadable
 def alerts(
     root: Path,
     *,
@@ -2369,6 +2384,7 @@ def _retry_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in RETRY_COLUMNS} for r in records]
 
 
+@skipping_unreadable
 def retries(
     root: Path,
     *,
@@ -2447,6 +2463,7 @@ def _statement_word(statement: Any) -> str:
     return word if word and word != "WITH" else str(statement.type.name)
 
 
+@skipping_unreadable
 def run_sql(root: Path, sql: str, *, max_rows: int = 1000) -> dict[str, Any]:
     """Run one read-only statement (SELECT, WITH … SELECT, DESCRIBE, SHOW, EXPLAIN)
     over the views; anything else is refused before it runs. ``columns`` are the

@@ -444,6 +444,8 @@ def _check_parquet(path: Path) -> str | None:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
             key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+            if key in _FAILED_READS:
+                return _FAILED_READS[key]
             if key in _VERDICTS:
                 return _VERDICTS[key]
             reason = _read_check(fh, st.st_size, path.parent.name.startswith("hour="))
@@ -492,6 +494,30 @@ def _read_check(fh: Any, size: int, event_file: bool) -> str | None:
         _SCHEMA_VERDICTS[footer[:end]] = verdict
         _SCHEMA_LENGTHS.add(end)
     return verdict
+
+
+#: (path, size, mtime_ns, inode) -> why a full read of the file failed, though its
+#: footer looked fine (corrupt data pages, found only when a query fails: see
+#: ``query.skip_unreadable``). Kept apart from the verdicts, which are cleared when
+#: they grow: such a file must stay skipped for the rest of the process.
+_FAILED_READS: dict[tuple[str, int, int, int], str] = {}
+
+
+def has_failed_reads() -> bool:
+    """Whether :func:`mark_unreadable` marked any file in this process."""
+    return bool(_FAILED_READS)
+
+
+def mark_unreadable(path: Path, reason: str) -> bool:
+    """Remember that reading ``path`` in full failed (``reason``): vetting skips it
+    from now on, in this process, for as long as it is the same file. False when
+    it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    _FAILED_READS[(str(path), st.st_size, st.st_mtime_ns, st.st_ino)] = reason
+    return True
 
 
 #: verdicts by the footer bytes up to the end of the schema (a version and a
