@@ -133,3 +133,23 @@ def test_ctrl_c_while_waiting_for_the_lock_exits_130(
         how = "nothing half-written; run it again to catch up" if command == "aggregate" else None
         _interrupted(proc, how or "nothing half-written or lost; run it again to finish", sig)
     assert sorted(p.name for p in (root / store.STATE).iterdir()) == before
+
+
+def test_ctrl_c_in_any_other_command_is_one_line_and_130(
+    runner: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not click's bare "Aborted!" with exit 1."""
+    from click.testing import CliRunner
+
+    from voicepipe_obs import reports
+    from voicepipe_obs.cli import main
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports, "dashboard", interrupted)
+    (tmp_path / "events").mkdir()
+    assert isinstance(runner, CliRunner)
+    result = runner.invoke(main, ["--data", str(tmp_path), "report", "dashboard"])
+    assert result.exit_code == 130, (result.stdout, result.stderr, result.exception)
+    assert result.stderr == "voicepipe: interrupted\n"
