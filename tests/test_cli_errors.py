@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -512,3 +513,166 @@ def test_format_help_names_only_the_formats_a_command_takes() -> None:
                     if fmt in help_text:
                         assert fmt in param.type.choices, (path, help_text, param.type.choices)
     assert checked >= 10
+
+
+# ------------------------------------------------- values that must not get through
+
+
+ABSURD = [
+    (["report", "dashboard", "--watch", "nan"], "--watch"),
+    (["report", "dashboard", "--watch", "inf"], "--watch"),
+    (["report", "dashboard", "--watch", "1e300"], "--watch"),
+    (["report", "events", "--follow", "--interval", "nan"], "--interval"),
+    (["report", "events", "--follow", "--interval", "1e300"], "--interval"),
+    (["report", "artifacts", "--page", "999999999999999999"], "--page"),
+    (["report", "events", "--page", "999999999999999999999"], "--page"),
+    (["aggregate", "--wait", "nan"], "--wait"),
+    (["compact", "--wait", "nan"], "--wait"),
+    (["cleanup", "--wait", "nan"], "--wait"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), ABSURD, ids=[" ".join(a) for a, _ in ABSURD])
+def test_non_finite_and_absurd_numbers_are_usage_errors(
+    runner: Any, data: Path, args: list[str], option: str
+) -> None:
+    before = tree(data)
+    command = " ".join(args[: next(i for i, a in enumerate(args) if a.startswith("--"))])
+    one_line_error(invoke(runner, data, *args), 2, option, f"see `voicepipe {command} --help`")
+    assert tree(data) == before
+
+
+def test_wait_inf_is_documented_and_waits_for_the_lock(runner: Any, data: Path) -> None:
+    help_text = " ".join(runner.invoke(main, ["aggregate", "--help"]).stdout.split())
+    assert "inf: wait as long as it takes" in help_text
+    result = invoke(runner, data, "compact", "--wait", "inf")  # the lock is free: it runs
+    assert result.exit_code == 0, result.stderr
+
+
+def test_the_library_refuses_a_nan_lock_timeout(data: Path) -> None:
+    from voicepipe_obs.errors import UsageError
+
+    with pytest.raises(UsageError, match="not nan"):
+        aggregate.aggregate(data, now=dt.datetime.now(dt.timezone.utc), lock_timeout=float("nan"))
+
+
+@pytest.mark.parametrize("flag", ["--since", "--until"])
+@pytest.mark.parametrize(
+    "command", [["report", "events"], ["report", "artifacts"], ["aggregate"]], ids=" ".join
+)
+def test_an_empty_since_or_until_is_a_usage_error(
+    runner: Any, data: Path, command: list[str], flag: str
+) -> None:
+    before = tree(data)
+    one_line_error(invoke(runner, data, *command, flag, ""), 2, f"{flag} is empty", f"leave {flag} out")
+    assert tree(data) == before
+
+
+def test_retry_refuses_an_empty_since(runner: Any, data: Path) -> None:
+    result = invoke(runner, data, "retry", "--all-failed", "--since", "", "--yes")
+    one_line_error(result, 2, "--since", "is empty")
+
+
+@pytest.mark.parametrize("actor", ["a\nb", "alice\x1b[31m", "bob\tx"])
+def test_retry_refuses_control_characters_in_the_actor(runner: Any, data: Path, actor: str) -> None:
+    before = tree(data)
+    result = invoke(runner, data, "retry", failed_artifact(data), "--by", actor, "--app", EXAMPLE)
+    one_line_error(result, 2, "--by", "control character")
+    assert tree(data) == before
+
+
+def test_a_retry_app_calling_sys_exit_at_import_is_a_config_error(
+    runner: Any, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = tmp_path / "exits_at_import.py"
+    app.write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    result = invoke(runner, data, "retry", failed_artifact(data), "--app", str(app))
+    one_line_error(result, 2, "importing retry app", "failed", "sys.exit(3)")
+
+
+# ----------------------------------------------------------------------- data root
+
+
+@pytest.mark.parametrize(
+    "command", [["demo"], ["aggregate"], ["report", "events"], ["config", "show"]], ids=" ".join
+)
+def test_an_empty_data_flag_is_a_usage_error(
+    runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VOICEPIPE_DATA", raising=False)
+    monkeypatch.delenv("VOICEPIPE_CONFIG", raising=False)
+    result = runner.invoke(main, ["--data", "", *command])
+    one_line_error(result, 2, "data root is empty", "pass --data DIR")
+    assert list(tmp_path.iterdir()) == []  # nothing written into the working directory
+
+
+def test_an_empty_data_flag_is_check_unknown(
+    runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, ["--data", "", "check"])
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    assert "data root is empty" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------ aggregate's bookkeeping
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version": 1, "seen": 5}',
+        '{"version": 1, "seen": "events/x.parquet"}',
+        '{"version": 1, "seen": [1, 2]}',
+        '{"version": 1, "seen": [["a"]]}',
+        '{"version": 1, "seen": {"a": 1}}',
+    ],
+)
+def test_malformed_aggregate_state_is_recomputed_with_a_warning(runner: Any, data: Path, text: str) -> None:
+    state = data / "_state" / "aggregate.json"
+    state.write_text(text)
+    result = invoke(runner, data, "aggregate")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert "Traceback" not in result.stderr
+    assert f"ignoring unreadable {state}" in result.stderr and "recomputing from scratch" in result.stderr
+    assert result.stdout.startswith("aggregated ")
+    assert json.loads(state.read_text())["seen"]  # written afresh
+
+
+def test_aggregate_state_that_cannot_be_saved_names_the_real_file(runner: Any, data: Path) -> None:
+    state = data / "_state" / "aggregate.json"
+    state.unlink()
+    (state / "in-the-way").mkdir(parents=True)  # a directory where the file goes
+    result = invoke(runner, data, "aggregate", "--rebuild")
+    assert result.exit_code == 1, (result.stderr, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("voicepipe: error: ")]
+    assert len(lines) == 1 and f"{state}" in lines[0] and ".tmp" not in lines[0], result.stderr
+    assert list((data / "_state").glob(f"*{store.TMP_SUFFIX}")) == []
+
+
+def test_write_text_atomic_leaves_no_temporary_file_and_names_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        store.write_text_atomic(target, "{}")
+    assert info.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+# ----------------------------------------------------------------------- summaries
+
+
+def test_compact_counts_have_thousands_separators(runner: Any, data: Path) -> None:
+    import pyarrow.parquet as pq
+
+    files = sorted((data / "events").rglob("*.parquet"), key=lambda p: pq.read_metadata(p).num_rows)
+    source = files[-1]
+    rows = pq.read_metadata(source).num_rows
+    for i in range(1000 // rows + 1):  # the same events again and again: duplicates
+        shutil.copy(source, source.with_name(f"copy-{i:04d}.parquet"))
+    result = invoke(runner, data, "compact", "--grace", "0s")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    dropped = (1000 // rows + 1) * rows
+    assert f"{dropped:,} duplicate events dropped" in result.stdout and "," in f"{dropped:,}", result.stdout

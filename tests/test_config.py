@@ -468,3 +468,71 @@ def test_config_show_format_help_names_the_accepted_formats(runner: CliRunner) -
     result = runner.invoke(main, ["config", "show", "--help"])
     assert "json for machines" in result.stdout and "csv" not in result.stdout
     assert runner.invoke(main, ["config", "show", "--format", "csv"]).exit_code == 2
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xff\xfe bad\n")
+    result = runner.invoke(main, ["--config", str(path), "config", "show"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"voicepipe: error: {path}: not UTF-8 (byte 0xff at offset 0)")
+    assert result.stderr.endswith("; save it as UTF-8\n") and result.stderr.count("\n") == 1
+
+
+def test_check_calls_a_non_utf8_file_a_config_problem_not_a_bug(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes("data = 'caf\xe9'\n".encode("latin-1"))
+    result = runner.invoke(main, ["--config", str(path), "check"])
+    assert result.exit_code == 3, (result.stderr, result.exception)
+    assert "not UTF-8" in result.stderr and "save it as UTF-8" in result.stderr
+    assert "unexpected" not in result.stderr and "bug" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["directory", "devnull", "fifo"])
+def test_a_config_that_is_not_a_regular_file_says_so(runner: CliRunner, tmp_path: Path, kind: str) -> None:
+    import os
+
+    if kind == "directory":
+        path = tmp_path / "conf.d"
+        path.mkdir()
+    elif kind == "fifo":
+        path = tmp_path / "fifo.toml"
+        os.mkfifo(path)
+    else:
+        path = Path(os.devnull)
+    result = runner.invoke(main, ["--config", str(path), "config", "show"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    assert result.stderr == f"voicepipe: error: config file {path} is not a regular file (check --config)\n"
+    with pytest.raises(ConfigError, match=r"is not a regular file \(check \$VOICEPIPE_CONFIG\)"):
+        load_settings(env={"VOICEPIPE_CONFIG": str(path)})
+
+
+def test_empty_data_in_the_file_is_a_config_error(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, 'data = ""\n')
+    result = runner.invoke(main, ["demo", "--days", "1", "--live", "0"])
+    assert result.exit_code == 2, (result.stderr, result.exception)
+    assert result.stderr.startswith(f"voicepipe: error: {path}: data: data root is empty: pass --data DIR")
+    assert [p.name for p in tmp_path.iterdir()] == ["voicepipe.toml"]  # nothing written here
+    # an empty VOICEPIPE_DATA still means "not set"
+    path.unlink()
+    assert load_settings(None, env={"VOICEPIPE_DATA": ""}).settings.data == "./voicepipe-data"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[alerts.budget]\ndaily_budget_usd = inf\n", "alerts.budget.daily_budget_usd"),
+        ("[alerts.budget]\ndaily_budget_usd = nan\n", "alerts.budget.daily_budget_usd"),
+        ("[alerts.budget]\ncritical_ratio = inf\n", "alerts.budget.critical_ratio"),
+        ("[alerts.budget.organizations]\norg-a = inf\n", "alerts.budget.organizations.org-a"),
+        ("[alerts.latency]\nmultiplier = inf\n", "alerts.latency.multiplier"),
+    ],
+)
+def test_non_finite_numbers_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    write(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"{key}: Input should be a finite number"):
+        load_settings(env={})

@@ -794,7 +794,15 @@ class _State:
             return cls()
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
             return cls()
-        return cls(set(data.get("seen", [])))
+        seen = data.get("seen", [])
+        if not isinstance(seen, list) or not all(isinstance(name, str) for name in seen):
+            # valid JSON of the wrong shape (`"seen": 5`) is as unreadable as invalid JSON
+            log.warning(
+                'ignoring unreadable %s ("seen" is not a list of file names): recomputing from scratch',
+                path,
+            )
+            return cls()
+        return cls(set(seen))
 
     def save(self, root: Path) -> None:
         path = root / store.STATE / STATE_FILE

@@ -16,9 +16,11 @@ import datetime as dt
 import errno
 import importlib
 import logging
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -117,6 +119,23 @@ def format_option(*choices: str, default: str = "table", help: str | None = None
     )
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds between ``min`` and ``max``: nan is refused (it compares
+    false with everything, so a wait or a sleep of nan seconds never ends or fails
+    deep inside), and so is inf unless ``max`` is inf (then it means "no limit")."""
+
+    name = "seconds"
+
+    def __init__(self, min: float, max: float) -> None:
+        super().__init__(min=min, max=None if math.isinf(max) else max)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return number
+
+
 class _ClosableStdout:
     """``sys.stdout`` for commands whose exit code is their result (``check``'s
     alert state, ``retry``'s outcome): when the reader goes away (``check | head -1``)
@@ -176,6 +195,46 @@ def parse_now(value: str | None) -> dt.datetime | None:
         return check_in_range(parsed, value)
     except VoicepipeError as exc:
         raise click.BadParameter(str(exc), param_hint="--now") from None
+
+
+#: exit codes of a command stopped by a signal (128 + the signal's number, as a shell says)
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+@contextmanager
+def interruptible(ctx: click.Context, after: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM during the block: one line,
+    ``voicepipe: interrupted: <after>``, and exit 130 (143 for SIGTERM) — whatever
+    the signal turned into on its way out (DuckDB answers an interrupted query with
+    its own RuntimeError, a library call may have wrapped that in a StoreError).
+    ``after`` says what state the interruption left and what to do."""
+    import signal
+
+    received: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread (an embedding caller): leave signals alone
+            break
+    try:
+        yield
+    except (KeyboardInterrupt, Exception) as exc:
+        if not received and not isinstance(exc, KeyboardInterrupt):
+            raise
+        terminated = signal.SIGTERM in received
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        click.echo(f"voicepipe: {how}: {after}", err=True)
+        ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+    finally:
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
 
 
 class OneLineUsageError(click.UsageError):
@@ -295,6 +354,9 @@ class LazyGroup(click.Group):
         except VoicepipeError as exc:
             click.echo(f"voicepipe: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C where the command does not say more itself
+            click.echo("voicepipe: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # `voicepipe report events | head`
             sys.stderr.close()
             ctx.exit(0)

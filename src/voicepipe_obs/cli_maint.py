@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli import AppContext, pass_app
+from .cli import AppContext, Seconds, interruptible, pass_app
 
 if TYPE_CHECKING:  # pragma: no cover
     from .maintenance import Leftovers
@@ -78,17 +79,25 @@ def _size(n: int) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
+
+#: what Ctrl-C (exit 130) or SIGTERM (143) leaves: every file is written under a
+#: temporary name and renamed into place, aggregate records the event files it has
+#: done last, and cleanup moves a partition to its trash before deleting it (the next
+#: run removes what an interrupted one left).
+AGGREGATE_INTERRUPTED = "nothing half-written; run it again to catch up"
+INTERRUPTED = "nothing half-written or lost; run it again to finish"
 
 _wait_option = click.option(
     "--wait",
     "wait_s",
-    type=click.FloatRange(min=0),
+    type=Seconds(0, math.inf),
     default=60.0,
     show_default=True,
     metavar="SECONDS",
-    help="Wait this long for another run of the command to finish, then exit 5 having done nothing.",
+    help="Wait this long for another run of the command to finish, then exit 5 having done nothing "
+    "(0: do not wait; inf: wait as long as it takes).",
 )
 
 
@@ -117,7 +126,11 @@ def aggregate(
     if rebuild and (since or until):
         raise UsageError("--rebuild recomputes everything within retention: drop --since/--until")
     lo, hi = parse_range(since, until, now)
-    with _progress("aggregating days", "days") as bar, _progress("indexing artifacts", "hours") as ibar:
+    with (
+        interruptible(click.get_current_context(), AGGREGATE_INTERRUPTED),
+        _progress("aggregating days", "days") as bar,
+        _progress("indexing artifacts", "hours") as ibar,
+    ):
         result = run_aggregate(
             app.root,
             now=now,
@@ -175,7 +188,10 @@ def compact(app: AppContext, grace: str, wait_s: float, now_value: str | None) -
     grace_td = parse_duration(grace)
     now = _now(now_value)
     root = app.root
-    with _progress("compacting hours", "hours") as bar:
+    with (
+        interruptible(click.get_current_context(), INTERRUPTED),
+        _progress("compacting hours", "hours") as bar,
+    ):
         # each quarantined file is named on stderr by the library's warning
         result = run_compact(root, now=now, grace=grace_td, progress=bar, lock_timeout=wait_s)
     parts = []
@@ -225,8 +241,9 @@ def cleanup(app: AppContext, dry_run: bool, wait_s: float, now_value: str | None
     from .maintenance import leftovers
 
     now = _now(now_value)
-    left = leftovers(app.root)
-    dropped = run_cleanup(app.root, app.settings.retention, now=now, dry_run=dry_run, lock_timeout=wait_s)
+    with interruptible(click.get_current_context(), INTERRUPTED):
+        left = leftovers(app.root)
+        dropped = run_cleanup(app.root, app.settings.retention, now=now, dry_run=dry_run, lock_timeout=wait_s)
     if left:
         click.echo(_leftover_line("would remove" if dry_run else "removed", left))
     verb = "would drop" if dry_run else "dropped"

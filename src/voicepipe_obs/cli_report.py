@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app
+from .cli import AppContext, OneLineGroup, Seconds, format_option, parse_now, pass_app
 from .events import ARTIFACT_STATUSES, STAGES, TIMED_STAGES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +26,9 @@ _NOW_KEY = "voicepipe.report.now"
 #: --follow does not replay events older than this before it started (compaction
 #: rewrites closed hours into new files).
 FOLLOW_SKIP = dt.timedelta(minutes=10)
+#: The highest --page: a billion pages of the largest page is still a row offset the
+#: queries can take (far beyond any store; past its end the report says so).
+MAX_PAGE = 1_000_000_000
 
 
 def _now(ctx: click.Context) -> dt.datetime:
@@ -144,7 +147,10 @@ def _emit(fmt: str, data: Any, csv: Callable[[], str], table: Callable[[], str])
 @report.command()
 @report_options()
 @click.option(
-    "--watch", metavar="SECONDS", type=click.FloatRange(min=0.5), help="Redraw every SECONDS until Ctrl-C."
+    "--watch",
+    metavar="SECONDS",
+    type=Seconds(0.5, 86_400),
+    help="Redraw every SECONDS (0.5 to 86400) until Ctrl-C.",
 )
 @pass_app
 @click.pass_context
@@ -264,7 +270,7 @@ def pipeline(
 @click.option(
     "--limit", type=click.IntRange(1, 200), default=50, show_default=True, help="Rows per page (at most 200)."
 )
-@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="Page number.")
+@click.option("--page", type=click.IntRange(1, MAX_PAGE), default=1, show_default=True, help="Page number.")
 @click.option("--collapsed", is_flag=True, help="Only id, status, org and time.")
 @click.option(
     "--expanded", is_flag=True, help="Each row followed by its timeline, counts, error and retry options."
@@ -418,14 +424,14 @@ def metrics(
     help="Events per page (at most 10000). Default: 50 in a table; --format csv/json export every "
     "matching event unless --limit or --page is given.",
 )
-@click.option("--page", type=click.IntRange(min=1), help="Page number (of --limit events, default 50).")
+@click.option("--page", type=click.IntRange(1, MAX_PAGE), help="Page number (of --limit events, default 50).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they land, until Ctrl-C.")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, 3_600),
     default=1.0,
     show_default=True,
-    help="Seconds between polls with --follow.",
+    help="Seconds between polls with --follow (0.05 to 3600).",
 )
 @pass_app
 @click.pass_context

@@ -139,6 +139,10 @@ def retry(
     Exit codes: 0 succeeded (or queued, or dry run), 1 the retry ran and failed,
     2 usage error, 4 refused, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
+    if since is not None and not since.strip():  # `--since "$START"` with START unset
+        from .timeparse import EMPTY_TIME_HINT
+
+        raise click.BadParameter(f"is empty: {EMPTY_TIME_HINT} or leave --since out", param_hint="--since")
     if stage and full:
         raise click.UsageError("give either --stage or --full, not both")
     if all_failed and artifact_id:
@@ -153,6 +157,12 @@ def retry(
     if actor is not None and not actor.strip():  # the audit trail needs a name
         raise click.BadParameter(
             "must not be empty; give a name, or leave --by out for the OS user", param_hint="--by"
+        )
+    if actor is not None and any(ord(c) < 32 or ord(c) == 127 for c in actor):
+        # a newline or escape in the audit trail forges lines in every report that shows it
+        raise click.BadParameter(
+            f"{actor!r} holds a control character (a newline, a tab, an escape); give a plain name",
+            param_hint="--by",
         )
     actor = actor or default_actor()
     common: dict[str, Any] = {

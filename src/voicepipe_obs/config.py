@@ -43,6 +43,8 @@ CONFIG_FILE = "voicepipe.toml"
 ENV_CONFIG = "VOICEPIPE_CONFIG"
 ENV_DATA = "VOICEPIPE_DATA"
 ENV_PREFIX = "VOICEPIPE_"
+#: an empty data root (``--data ""``, ``data = ""``) would mean the working directory
+EMPTY_DATA: Final = "data root is empty: pass --data DIR or set VOICEPIPE_DATA"
 
 
 class _Model(BaseModel):
@@ -50,7 +52,8 @@ class _Model(BaseModel):
     booleans (``enabled = "yes"`` or ``= 1`` is an error, not true; environment
     variables are more lenient, see :func:`_parse_env_bool`)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: ``daily_budget_usd = inf`` (or nan) is no budget at all
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -307,6 +310,14 @@ class Settings(_Model):
             seen.add(name)
         return v
 
+    @field_validator("data")
+    @classmethod
+    def _data_not_empty(cls, v: str) -> str:
+        # Path("") is the working directory: demo would write into wherever cron runs
+        if v == "":
+            raise ValueError(EMPTY_DATA)
+        return v
+
     @property
     def root(self) -> Path:
         return Path(self.data).expanduser()
@@ -331,16 +342,29 @@ class LoadedSettings:
         return "default"
 
 
+def _config_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a configuration file, or None: it must be an existing
+    regular file (a directory, /dev/null or a fifo is not one: reading a fifo would
+    block, /dev/null would silently mean "all defaults")."""
+    if not path.exists():
+        return "not found"
+    if not path.is_file():
+        return "is not a regular file"
+    return None
+
+
 def find_config(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found (check --config)")
+        problem = _config_problem(path)
+        if problem is not None:
+            raise ConfigError(f"config file {path} {problem} (check --config)")
         return path
     if env.get(ENV_CONFIG):
         path = Path(env[ENV_CONFIG]).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found (check ${ENV_CONFIG})")
+        problem = _config_problem(path)
+        if problem is not None:
+            raise ConfigError(f"config file {path} {problem} (check ${ENV_CONFIG})")
         return path
     path = Path.cwd() / CONFIG_FILE
     return path if path.is_file() else None
@@ -522,6 +546,11 @@ def load_settings(
                 data = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 (a file saved as UTF-16 or Latin-1)
+            raise ConfigError(
+                f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                "save it as UTF-8"
+            ) from exc
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
         for key in _flatten(data):
@@ -552,6 +581,8 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
+        if dotted == "data" and value == "":
+            raise ConfigError(f"--data: {EMPTY_DATA}")
         _set_path(data, dotted, value)
         sources[dotted] = "flag"
     try:

@@ -831,6 +831,11 @@ def load_app(
         # foreign exception is named by its type (SyntaxError: ...)
         detail = str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}"
         raise ConfigError(f"importing retry app {module!r} failed: {detail}") from exc
+    except SystemExit as exc:  # a script's `sys.exit()` run at import: not a silent exit
+        raise ConfigError(
+            f"importing retry app {module!r} failed: it called sys.exit({exc.code!r}) at import; "
+            'guard its script code with `if __name__ == "__main__":`'
+        ) from exc
 
 
 def _import_path(path: Path) -> ModuleType:

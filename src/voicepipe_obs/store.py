@@ -17,6 +17,7 @@ import errno
 import fcntl
 import functools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import BusyError, StoreError
+from .errors import BusyError, StoreError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -136,11 +137,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     temporary name, then renamed over ``path``."""
     ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:  # no temporary file left behind (a directory in the way, a full disk, Ctrl-C)
+            tmp.unlink()
+        except OSError:
+            pass
+        if (
+            isinstance(exc, OSError)
+            and exc.filename is not None
+            and os.fspath(exc.filename) == os.fspath(tmp)
+        ):
+            # the error names the file the caller asked for, not our temporary name
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
+        raise
 
 
 def write_table(
@@ -294,6 +309,8 @@ def run_lock(root: Path, name: str, *, command: str, timeout: float = LOCK_TIMEO
     for the holder. The lock file names its holder (pid, host, start), which the
     :class:`BusyError` raised on timeout repeats. Raises OSError when the lock
     cannot be created (the caller turns it into a :class:`StoreError`)."""
+    if math.isnan(timeout):  # it compares false with everything: the wait would never end
+        raise UsageError(f"the lock timeout for `voicepipe {command}` must be a number of seconds, not nan")
     path = root / STATE / name
     ensure_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -126,11 +126,18 @@ def parse_until(value: str, now: dt.datetime, tz: dt.tzinfo | None = UTC) -> dt.
     return parse_since(value, now, tz)
 
 
+#: what an empty --since/--until is told to do instead
+EMPTY_TIME_HINT = "give a time such as 30m, 2h, 7d or 2026-11-01,"
+
+
 def parse_range(
     since: str | None, until: str | None, now: dt.datetime, tz: dt.tzinfo | None = UTC
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
     """Both ends of a ``--since/--until`` pair, checking that since < until. Naive
     values and ``today``/``yesterday`` are read in ``tz`` (None: local time)."""
+    for flag, value in (("--since", since), ("--until", until)):
+        if value is not None and not value.strip():  # `--since "$START"` with START unset
+            raise UsageError(f"{flag} is empty: {EMPTY_TIME_HINT} or leave {flag} out")
     lo = parse_since(since, now, tz) if since else None
     hi = parse_until(until, now, tz) if until else None
     if lo is not None and hi is not None and lo >= hi:
