@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -531,6 +532,35 @@ def test_an_overlapping_check_outwaits_a_delivery_to_a_dead_endpoint(
     assert second.returncode == 2, second.stderr  # CRITICAL (the breaker), not 3
     assert "lock" not in second.stderr
     assert [b["event"] for b in slow_hook.bodies] == ["raised"]  # paged once, by the second
+
+
+def test_ctrl_c_during_a_check_is_unknown_not_130(
+    rec: vp.Recorder, root: Path, tmp_path: Path, slow_hook: SlowHook
+) -> None:
+    """Ctrl-C while a check delivers: UNKNOWN (3) with its line on stdout — a
+    plugin's exit codes are 0-3 — and no traceback; the raise it recorded is kept."""
+    slow_hook.delay = 60
+    t0 = hour_ago(2)
+    breaker_opened(rec, t0)
+    cfg = config(tmp_path, "circuit_breaker", extra=_webhook("stuck", slow_hook.url, timeout=60, retries=0))
+    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
+    proc = subprocess.Popen(
+        [*cmd, "--now", iso(t0)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not slow_hook.received:
+            assert proc.poll() is None and time.monotonic() < deadline, "the check never delivered"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == 3, err
+    assert out.startswith("UNKNOWN check could not evaluate: interrupted (Ctrl-C)")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert [h["record_type"] for h in history(root) if h["record_type"] == "raised"] == ["raised"]
 
 
 def test_an_alertmanager_that_hangs_keeps_to_the_deadline(

@@ -22,6 +22,8 @@ EXIT_UNKNOWN = 3
 #: Set (non-empty) to let an unexpected error in ``check`` end in its traceback
 #: instead of the one-line UNKNOWN.
 DEBUG_ENV = "VOICEPIPE_DEBUG"
+#: ``check``'s UNKNOWN reason after Ctrl-C (records are appended as it goes).
+CHECK_INTERRUPTED = "interrupted (Ctrl-C); what it recorded is kept, the next check goes on from there"
 #: ``alerts list`` tables fit this many columns (``--wide``: no limit).
 TABLE_WIDTH = 100
 
@@ -43,6 +45,20 @@ def _unknown(message: str, as_json: bool) -> NoReturn:
         click.echo(unknown_line(message))
     click.echo(f"voicepipe: error: check could not evaluate: {message}", err=True)
     raise click.exceptions.Exit(EXIT_UNKNOWN)
+
+
+def _check_failed(exc: Exception, as_json: bool) -> NoReturn:
+    """``check`` could not evaluate because of ``exc``: UNKNOWN, one line (an
+    unexpected error is a bug, and says so; ``VOICEPIPE_DEBUG=1`` re-raises it)."""
+    if isinstance(exc, (VoicepipeError, OSError)):
+        _unknown(str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}", as_json)
+    if os.environ.get(DEBUG_ENV):
+        raise exc
+    first = (str(exc).splitlines() or [""])[0]
+    _unknown(
+        f"unexpected {type(exc).__name__}: {first} (a bug: please report it; set {DEBUG_ENV}=1 for the traceback)",
+        as_json,
+    )
 
 
 def unknown_line(message: str) -> str:
@@ -132,21 +148,29 @@ def check(
 
     stdout_may_close()  # `check | head -1` still exits with the alert state
     now = parse_now(now_s)
+    import signal
+
+    interrupted: list[int] = []
+
+    def on_sigint(signum: int, _frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        previous = None
     try:
         result = run_check(app.root, app.settings, now=now, notify=not no_notify, dry_run=dry_run)
-    except (VoicepipeError, OSError) as exc:
-        _unknown(
-            str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}", fmt == "json"
-        )
-    except Exception as exc:  # a bug must not read as WARNING (exit 1) with no text
-        if os.environ.get(DEBUG_ENV):
-            raise
-        first = (str(exc).splitlines() or [""])[0]
-        _unknown(
-            f"unexpected {type(exc).__name__}: {first} (a bug: please report it; "
-            f"set {DEBUG_ENV}=1 for the traceback)",
-            fmt == "json",
-        )
+    except KeyboardInterrupt:  # UNKNOWN, never 130: a plugin's codes are 0-3
+        _unknown(CHECK_INTERRUPTED, fmt == "json")
+    except Exception as exc:
+        if interrupted:  # DuckDB answers an interrupted query with its own error
+            _unknown(CHECK_INTERRUPTED, fmt == "json")
+        _check_failed(exc, fmt == "json")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if fmt == "json":
         click.echo(_json(result.to_dict()))
     elif not result.active:
