@@ -862,7 +862,10 @@ def _list_event_files(root: Path, seen: set[str], *, vet: bool = True) -> list[_
                     fresh.append(f.path)
     if not vet:
         return listed
-    skip = {str(p) for p in set(fresh) - set(vetted(fresh))}
+    # Vetting passes over a file that vanished meanwhile (compaction merged its
+    # hour): it stays listed, so that reading it fails and the read lists again
+    # (:func:`_reading`) and finds the merged file. Dropping it would lose the hour.
+    skip = {str(p) for p in set(fresh) - set(vetted(fresh)) if p.exists()}
     return [f for f in listed if f.file not in skip] if skip else listed
 
 
