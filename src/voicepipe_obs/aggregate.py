@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import duckdb
 
 from . import store
-from .errors import UsageError
+from .errors import StoreError, UsageError
 from .events import (
     DISAMBIGUATION_EVENT,
     EVENT_TYPES,
@@ -850,8 +850,10 @@ def _list_event_files(root: Path, seen: set[str], *, vet: bool = True) -> list[_
             directory = os.path.join(base, date, hour)
             try:
                 names = sorted(os.listdir(directory))
-            except OSError:  # removed meanwhile (cleanup)
+            except (FileNotFoundError, NotADirectoryError):  # removed meanwhile (cleanup)
                 continue
+            except OSError as exc:
+                raise _unreadable_dir(directory, exc) from exc
             for name in names:
                 # temporary files start with a dot (see store.write_table)
                 if not name.endswith(".parquet") or name.startswith("."):
@@ -903,12 +905,23 @@ def pending_hours(root: str | os.PathLike[str]) -> dict[dt.datetime, int]:
 
 
 def _subdirs(directory: str, prefix: str) -> list[str]:
-    """Names of the subdirectories of ``directory`` starting with ``prefix``, sorted."""
+    """Names of the subdirectories of ``directory`` starting with ``prefix``, sorted
+    (none when it is gone: cleanup removed it meanwhile). One that cannot be read is
+    an error (:func:`_unreadable_dir`), never skipped: its events would be missing
+    from the snapshots without a word."""
     try:
         with os.scandir(directory) as it:
             return sorted(e.name for e in it if e.name.startswith(prefix) and e.is_dir())
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:
+        raise _unreadable_dir(directory, exc) from exc
+
+
+def _unreadable_dir(directory: str, exc: OSError) -> StoreError:
+    """The error for an event directory aggregate cannot list (as the reports say it)."""
+    advice = "check permissions" if exc.errno in store.PERMISSION_ERRNOS else "check the path and the disk"
+    return StoreError(f"cannot access {directory} ({exc.strerror or exc}): {advice}")
 
 
 def _partition_hour(parent: str) -> int | None:

@@ -50,8 +50,15 @@ def _unknown(message: str, as_json: bool) -> NoReturn:
 def _check_failed(exc: Exception, as_json: bool) -> NoReturn:
     """``check`` could not evaluate because of ``exc``: UNKNOWN, one line (an
     unexpected error is a bug, and says so; ``VOICEPIPE_DEBUG=1`` re-raises it)."""
-    if isinstance(exc, (VoicepipeError, OSError)):
-        _unknown(str(exc) if isinstance(exc, VoicepipeError) else f"{type(exc).__name__}: {exc}", as_json)
+    if isinstance(exc, VoicepipeError):
+        _unknown(str(exc), as_json)
+    if isinstance(exc, OSError):
+        from .store import PERMISSION_ERRNOS
+
+        if exc.errno in PERMISSION_ERRNOS:  # as every other command says it
+            where = f" {exc.filename}" if exc.filename is not None else ""
+            _unknown(f"cannot access{where} ({exc.strerror or exc}): check permissions", as_json)
+        _unknown(f"{type(exc).__name__}: {exc}", as_json)
     if os.environ.get(DEBUG_ENV):
         raise exc
     first = (str(exc).splitlines() or [""])[0]

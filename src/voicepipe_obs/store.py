@@ -370,10 +370,11 @@ class Partition:
 
 def parquet_files(directory: Path) -> list[Path]:
     """The complete Parquet files directly in ``directory``, sorted (temporary files
-    start with a dot); none when the directory is gone."""
+    start with a dot); none when the directory is gone. One that cannot be listed
+    (permissions) raises: skipping it would leave its events out without a word."""
     try:
         names = sorted(os.listdir(directory))
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return [directory / n for n in names if n.endswith(".parquet") and not n.startswith(".")]
 
