@@ -2244,7 +2244,9 @@ def follow_events(
     ``voicepipe compact`` rewrites into a new file is not replayed. Runs until the
     caller stops iterating (or for ``stop_after`` seconds).
     """
-    from .query import parquet_scan
+    import duckdb
+
+    from .query import parquet_scan, skip_unreadable, vanished_file
 
     f = (filters or EventFilter()).validated()
     cond, params = f.sql()
@@ -2260,16 +2262,23 @@ def follow_events(
         if fresh:
             known.update(fresh)
             good = vetted(fresh)
-            rows = (
-                _dicts(
-                    con,
-                    f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_LOG_SELECT} FROM {parquet_scan(good)} "
-                    f"WHERE {cond}) ORDER BY timestamp, event_id",
-                    params,
-                )
-                if good
-                else []
-            )
+            rows: list[dict[str, Any]] = []
+            while good:
+                try:
+                    rows = _dicts(
+                        con,
+                        f"SELECT * FROM (SELECT DISTINCT ON (event_id) {_LOG_SELECT} FROM {parquet_scan(good)} "
+                        f"WHERE {cond}) ORDER BY timestamp, event_id",
+                        params,
+                    )
+                    break
+                except duckdb.Error as exc:
+                    # a file compacted away since (its merged file is new: the next
+                    # poll reads it), or one with corrupt data pages (now skipped)
+                    drop = {Path(g) for g in [vanished_file(exc)] if g} | set(skip_unreadable(exc))
+                    if not drop:
+                        raise
+                    good = [g for g in good if g not in drop]
             for ev in rows:
                 if ev["event_id"] in seen_ids:
                     continue
