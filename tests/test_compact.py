@@ -256,3 +256,51 @@ def test_compact_of_an_unwritable_root_is_a_store_error(root: Path) -> None:
         maintenance.compact(root, now=NOW, grace=NO_GRACE)
     assert bad.read_bytes() == b"PAR1 this is not really parquet"
     assert sorted(p.name for p in event_files(root)) == ["a.parquet", "b.parquet", "torn.parquet"]
+
+
+def test_sources_outlive_their_merged_file_for_a_moment(root: Path) -> None:
+    """A directory read while compaction renames an hour's merged file in and
+    unlinks its sources may return neither (readdir leaves concurrent changes
+    unspecified), and a reader would see the hour empty with nothing to retry on. So
+    the sources stay at least UNLINK_DELAY after their merged file appears: watched
+    here from another thread, every listing of an hour holds all its sources or its
+    merged file, and the sources go only once the merged file has been there a while."""
+    import threading
+
+    hours = [HOUR0 + dt.timedelta(hours=h) for h in range(3)]
+    for h, when in enumerate(hours):
+        for k in range(3):
+            store.write_event_rows(root, [ev(f"h{h}-e{k}", when + dt.timedelta(minutes=k))], f"w{h}-{k}")
+    dirs = sorted({p.parent for p in event_files(root)})
+    sources = {d: sorted(p.name for p in d.glob("*.parquet")) for d in dirs}
+    merged_seen: dict[Path, float] = {}
+    sources_gone: dict[Path, float] = {}
+    bad: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for d in dirs:
+                names = [n for n in os.listdir(d) if n.endswith(".parquet") and not n.startswith(".")]
+                now = time.monotonic()
+                merged = any(n.startswith(maintenance.COMPACTED_PREFIX) for n in names)
+                if merged:
+                    merged_seen.setdefault(d, now)
+                if not set(sources[d]) <= set(names):
+                    sources_gone.setdefault(d, now)
+                    if not merged:
+                        bad.append(f"{d.name}: {names}")
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = maintenance.compact(root, now=NOW, grace=NO_GRACE)
+        time.sleep(0.05)
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.hours == 3 and not bad
+    for d in dirs:
+        assert sources_gone[d] - merged_seen[d] >= 0.5, d  # UNLINK_DELAY is 1 s
+        assert [p.name for p in d.glob("*.parquet")] != sources[d]  # gone once compact returned

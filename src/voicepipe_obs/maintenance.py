@@ -23,6 +23,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -167,6 +168,9 @@ class _HourResult:
     events_out: int = 0
     skipped_young: int = 0
     quarantined: list[tuple[Path, str]] = field(default_factory=list)
+    #: the merged files' sources, and when it was written (time.monotonic)
+    sources: list[Path] = field(default_factory=list)
+    written_at: float = 0.0
 
 
 def _compact_hour(root: Path, part: store.Partition, young: float) -> _HourResult:
@@ -224,13 +228,38 @@ def _compact_hour(root: Path, part: store.Partition, young: float) -> _HourResul
     target = part.path / f"{COMPACTED_PREFIX}{store.unique_name()}.parquet"
     store.write_table(target, table, row_group_size=128 * 1024)
     log.debug("compact: wrote %s (%d files, %d events)", target, len(sources), table.num_rows)
-    for path in sources:  # only once the new file is complete
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    out.written_at = time.monotonic()
+    out.sources = sources  # removed by the caller, UNLINK_DELAY after this
     out.files_in, out.events_in, out.events_out = len(sources), merged.num_rows, table.num_rows
     return out
+
+
+#: How long an hour's sources outlive its merged file. A reader lists an hour's
+#: directory while compaction renames the merged file in and unlinks the sources;
+#: a directory read concurrently with both may return neither (POSIX leaves entries
+#: added or removed during a readdir unspecified), and the hour would look empty
+#: without any file having vanished from the listing — nothing to retry on. With
+#: the sources kept a moment after the merged file appears, any listing sees one or
+#: the other in full (copies are fine: readers drop duplicate event ids).
+UNLINK_DELAY: Final = 1.0
+
+
+def _unlink_sources(pending: deque[tuple[float, list[Path]]], *, wait: bool) -> None:
+    """Remove the sources of merged files written at least :data:`UNLINK_DELAY`
+    ago (``wait``: all of them, sleeping until they are)."""
+    while pending:
+        written_at, sources = pending[0]
+        left = written_at + UNLINK_DELAY - time.monotonic()
+        if left > 0:
+            if not wait:
+                return
+            time.sleep(left)
+        pending.popleft()
+        for path in sources:  # the merged file is complete, and has been for a while
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def compact(
@@ -288,19 +317,25 @@ def _compact(
         store.from_us(open_hour).strftime("%Y-%m-%d %H:00 UTC"),
     )
     done = 0
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        for hour in pool.map(lambda part: _compact_hour(rootp, part, young), todo):
-            result.quarantined += hour.quarantined
-            result.skipped_young += hour.skipped_young
-            if hour.files_in:
-                result.hours += 1
-                result.files_in += hour.files_in
-                result.files_out += 1
-                result.events_in += hour.events_in
-                result.events_out += hour.events_out
-            done += 1
-            if progress is not None:
-                progress(done, len(todo))
+    pending: deque[tuple[float, list[Path]]] = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            for hour in pool.map(lambda part: _compact_hour(rootp, part, young), todo):
+                result.quarantined += hour.quarantined
+                result.skipped_young += hour.skipped_young
+                if hour.files_in:
+                    result.hours += 1
+                    result.files_in += hour.files_in
+                    result.files_out += 1
+                    result.events_in += hour.events_in
+                    result.events_out += hour.events_out
+                    pending.append((hour.written_at, hour.sources))
+                _unlink_sources(pending, wait=False)
+                done += 1
+                if progress is not None:
+                    progress(done, len(todo))
+    finally:  # also when interrupted: what was merged loses its sources (copies otherwise)
+        _unlink_sources(pending, wait=True)
     log.info(
         "compacted %d files into %d in %d hours (%d duplicate events dropped; "
         "%d files younger than the grace period left for the next run)",
