@@ -498,6 +498,31 @@ def test_a_check_killed_while_an_endpoint_hangs_keeps_what_it_delivered(
     assert len(fast_hook.posts) == 1  # not paged again
 
 
+def delivering_check(
+    rec: vp.Recorder, root: Path, tmp_path: Path, hook: SlowHook, extra: str = ""
+) -> tuple[subprocess.Popen[str], list[str], dt.datetime]:
+    """A breaker alert and a `check` (a real process) paging ``hook``, which hangs:
+    returned once the check is delivering (holding the check lock), with the
+    command line and the check's time."""
+    hook.delay = 60
+    t0 = hour_ago(2)
+    breaker_opened(rec, t0)
+    cfg = config(
+        tmp_path, "circuit_breaker", extra=extra + _webhook("stuck", hook.url, timeout=60, retries=0)
+    )
+    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
+    proc = subprocess.Popen(
+        [*cmd, "--now", iso(t0)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not hook.received:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the check never delivered: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc, cmd, t0
+
+
 def test_an_overlapping_check_outwaits_a_delivery_to_a_dead_endpoint(
     rec: vp.Recorder, root: Path, tmp_path: Path, slow_hook: SlowHook
 ) -> None:
@@ -505,22 +530,10 @@ def test_an_overlapping_check_outwaits_a_delivery_to_a_dead_endpoint(
     the next check (cron and Nagios both running it) must wait that out, not give up
     first and exit 3 (UNKNOWN: a false page). Unset, the lock timeout is the deadline
     plus a margin: here 11 s + 10 s (a fixed 10 s default gave up at 10 s)."""
-    slow_hook.delay = 60
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
-    cfg = config(
-        tmp_path,
-        "circuit_breaker",
-        extra="[alerts]\ndelivery_deadline_seconds = 11\n"
-        + _webhook("stuck", slow_hook.url, timeout=60, retries=0),
+    first, cmd, t0 = delivering_check(
+        rec, root, tmp_path, slow_hook, extra="[alerts]\ndelivery_deadline_seconds = 11\n"
     )
-    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
-    first = subprocess.Popen([*cmd, "--now", iso(t0)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while not slow_hook.received:  # the first check is delivering, holding the lock
-            assert first.poll() is None and time.monotonic() < deadline, "the first check never delivered"
-            time.sleep(0.05)
         slow_hook.delay = 0  # the second check's retry of the page is answered
         second = subprocess.run(
             [*cmd, "--now", iso(t0 + dt.timedelta(minutes=1))], capture_output=True, text=True, timeout=120
@@ -528,7 +541,7 @@ def test_an_overlapping_check_outwaits_a_delivery_to_a_dead_endpoint(
         assert first.wait(timeout=60) == 2
     finally:
         first.kill()
-        first.wait(timeout=30)
+        first.communicate(timeout=30)
     assert second.returncode == 2, second.stderr  # CRITICAL (the breaker), not 3
     assert "lock" not in second.stderr
     assert [b["event"] for b in slow_hook.bodies] == ["raised"]  # paged once, by the second
@@ -539,19 +552,8 @@ def test_ctrl_c_during_a_check_is_unknown_not_130(
 ) -> None:
     """Ctrl-C while a check delivers: UNKNOWN (3) with its line on stdout — a
     plugin's exit codes are 0-3 — and no traceback; the raise it recorded is kept."""
-    slow_hook.delay = 60
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
-    cfg = config(tmp_path, "circuit_breaker", extra=_webhook("stuck", slow_hook.url, timeout=60, retries=0))
-    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
-    proc = subprocess.Popen(
-        [*cmd, "--now", iso(t0)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc, _cmd, _t0 = delivering_check(rec, root, tmp_path, slow_hook)
     try:
-        deadline = time.monotonic() + 60
-        while not slow_hook.received:
-            assert proc.poll() is None and time.monotonic() < deadline, "the check never delivered"
-            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:

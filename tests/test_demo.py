@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 import voicepipe_obs as vp
+from conftest import small_tmpfs
 from voicepipe_obs._examples import voice_pipeline as vpl
 from voicepipe_obs.cli import main
 
@@ -550,20 +551,8 @@ def test_demo_refuses_a_file_as_root(tmp_path: Path) -> None:
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs), too small for the demo; needs root (mount)."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-        )
-    except OSError as exc:
-        pytest.skip(f"cannot run mount: {exc}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-disk", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_demo_that_cannot_store_its_events_fails(full_disk: Path) -> None:

@@ -23,6 +23,7 @@ import duckdb
 import pytest
 
 import voicepipe_obs as vp
+from conftest import small_tmpfs
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -426,20 +427,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 512 KiB file system (tmpfs), to fill up; needs root (mount)."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True
-        )
-    except OSError as exc:
-        pytest.skip(f"cannot run mount: {exc}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs (needs root): {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-disk", "512k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("durability", ["spool", "sync"])
