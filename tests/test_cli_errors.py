@@ -679,13 +679,9 @@ def test_compact_counts_have_thousands_separators(runner: Any, data: Path) -> No
 
 
 @pytest.fixture
-def shared_root() -> Iterator[Path]:
-    """A data root another user can reach (pytest's own tmp dirs are 0700): two
-    hours of events, everything world-readable and -writable."""
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="vp-perm-"))
-    root = base / "data"
+def two_hours(tmp_path: Path) -> Path:
+    """A data root with two hours of events."""
+    root = tmp_path / "data"
     rec = vp.Recorder(root, durability="memory", recover=False)
     t0 = dt.datetime(2026, 3, 2, 9, tzinfo=dt.timezone.utc)
     for i in range(2):
@@ -693,58 +689,53 @@ def shared_root() -> Iterator[Path]:
         rec.emit("artifact_received", timestamp=at, artifact_id=f"a{i}", organization_id="o")
         rec.emit("artifact_completed", timestamp=at + dt.timedelta(minutes=1), artifact_id=f"a{i}")
     rec.close()
-    for p in [base, *base.rglob("*")]:
-        p.chmod(0o777 if p.is_dir() else 0o666)
-    try:
-        yield root
-    finally:
-        for p in base.rglob("*"):
-            if p.is_dir():
-                p.chmod(0o777)
-        shutil.rmtree(base, ignore_errors=True)
+    return root
 
 
-def _as_nobody(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    def drop() -> None:
-        os.setgid(65534)
-        os.setuid(65534)
-
+def _without_dac(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process without the capabilities that let root read whatever the
+    permissions say (so a 000 directory is unreadable to it, as to anyone else)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEPIPE_")}
-    env |= {"HOME": str(home), "NO_COLOR": "1"}
+    env["NO_COLOR"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "voicepipe_obs.cli", *args],
+        [
+            "setpriv",
+            "--bounding-set",
+            "-dac_override,-dac_read_search",
+            sys.executable,
+            "-m",
+            "voicepipe_obs.cli",
+            *args,
+        ],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
-        preexec_fn=drop,
-        cwd=home,
     )
 
 
 @pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to run as another user"
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv (a non-root user could simply chmod)",
 )
-def test_aggregate_over_an_unreadable_hour_fails_in_one_line(shared_root: Path) -> None:
+def test_aggregate_over_an_unreadable_hour_fails_in_one_line(two_hours: Path) -> None:
     """An hour directory aggregate cannot list (permissions) was skipped without a
     word: the snapshots were written without its events and the run exited 0. It
     is the error the reports give for it, exit 1, and nothing is written."""
-    hours = sorted(shared_root.glob("events/date=*/hour=*"))
+    hours = sorted(two_hours.glob("events/date=*/hour=*"))
     assert len(hours) == 2
     hours[1].chmod(0o000)
-    proc = _as_nobody("--data", str(shared_root), "aggregate", home=shared_root.parent)
+    proc = _without_dac("--data", str(two_hours), "aggregate")
     assert proc.returncode == 1, proc.stderr
     assert (
         proc.stderr == f"voicepipe: error: cannot access {hours[1]} (Permission denied): check permissions\n"
     )
-    assert not (shared_root / "snapshots").exists()
-    check = _as_nobody(
-        "--data", str(shared_root), "check", "--now", "2026-03-02T12:00:00Z", home=shared_root.parent
-    )
+    assert not (two_hours / "snapshots").exists()
+    check = _without_dac("--data", str(two_hours), "check", "--now", "2026-03-02T12:00:00Z")
     assert check.returncode == 3, check.stderr
     assert check.stdout.startswith("UNKNOWN check could not evaluate: cannot access ")
     assert check.stdout.rstrip().endswith("(Permission denied): check permissions")
-    report = _as_nobody("--data", str(shared_root), "report", "events", "--utc", home=shared_root.parent)
+    report = _without_dac("--data", str(two_hours), "report", "events", "--utc")
     assert report.returncode == 1, report.stdout  # not a report without that hour's events
     assert (
         report.stderr
