@@ -464,18 +464,13 @@ def test_a_check_killed_while_an_endpoint_hangs_keeps_what_it_delivered(
     """The pager got its page, another endpoint hangs, and the check is killed (a
     Nagios or systemd timeout): the delivery is in the alert log already, so the
     next check does not page again (at least once, not twice)."""
-    slow_hook.delay = 60
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
-    cfg = config(
+    proc, _cmd, t0 = delivering_check(
+        rec,
+        root,
         tmp_path,
-        "circuit_breaker",
-        extra="[alerts]\ndelivery_deadline_seconds = 60\n"
-        + _webhook("pager", fast_hook.url)
-        + _webhook("stuck", slow_hook.url, timeout=60, retries=0),
+        slow_hook,
+        extra="[alerts]\ndelivery_deadline_seconds = 60\n" + _webhook("pager", fast_hook.url),
     )
-    cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
-    proc = subprocess.Popen([*cmd, "--now", iso(t0)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not fast_hook.posts:
@@ -485,7 +480,7 @@ def test_a_check_killed_while_an_endpoint_hangs_keeps_what_it_delivered(
         assert proc.poll() is None  # still hanging on the stuck endpoint
     finally:
         proc.kill()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     delivered = [h for h in history(root) if h["record_type"] == "notification" and h["delivered"]]
     assert [d["notifier"] for d in delivered] == ["pager"]
     slow_hook.delay = 0

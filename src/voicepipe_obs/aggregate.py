@@ -920,8 +920,7 @@ def _subdirs(directory: str, prefix: str) -> list[str]:
 
 def _unreadable_dir(directory: str, exc: OSError) -> StoreError:
     """The error for an event directory aggregate cannot list (as the reports say it)."""
-    advice = "check permissions" if exc.errno in store.PERMISSION_ERRNOS else "check the path and the disk"
-    return StoreError(f"cannot access {directory} ({exc.strerror or exc}): {advice}")
+    return StoreError(store.cannot_access(exc, directory))
 
 
 def _partition_hour(parent: str) -> int | None:

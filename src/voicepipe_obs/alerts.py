@@ -946,7 +946,7 @@ def list_alerts(
 
     Without ``con`` a log file found unreadable (corrupt data pages) is skipped
     with a warning (:func:`~voicepipe_obs.query.skip_unreadable`)."""
-    from .query import connect, skipping_unreadable
+    from .query import connect, retried_read
 
     if con is None:
         rootp = store.resolve_root(root)
@@ -957,7 +957,7 @@ def list_alerts(
                 rootp, status=status, rule=rule, organization_id=organization_id, severity=severity, con=own
             )
 
-        return skipping_unreadable(read)()
+        return retried_read(read)()
     clauses: list[str] = []
     params: list[Any] = []
     for name, value in (
@@ -986,7 +986,7 @@ def alert_history(
     """Alert-log records (every raise, escalation, resolution, acknowledgement and
     notification attempt), oldest first, as plain dicts. Without ``con``, as
     :func:`list_alerts`, an unreadable log file is skipped with a warning."""
-    from .query import connect, skipping_unreadable
+    from .query import connect, retried_read
 
     if con is None:
         rootp = store.resolve_root(root)
@@ -1003,7 +1003,7 @@ def alert_history(
                 con=own,
             )
 
-        return skipping_unreadable(read)()
+        return retried_read(read)()
     if record_type is not None and record_type not in RECORD_TYPES:
         raise UsageError(f"unknown record type {record_type!r}; choose from {', '.join(RECORD_TYPES)}")
     clauses: list[str] = []
@@ -1176,7 +1176,7 @@ def acknowledge(
     Raises :class:`NotFoundError` for an unknown id, :class:`AlertResolvedError`
     for a resolved alert and :class:`StoreError` for a missing data root.
     """
-    from .query import connect, skipping_unreadable
+    from .query import connect, retried_read
 
     rootp = require_root(root)
     by = by.strip()
@@ -1189,7 +1189,7 @@ def acknowledge(
         con = connect(rootp, live=False)
         return con, _select_states(con, "WHERE alert_id = ?", [alert_id])
 
-    con, states = skipping_unreadable(read)()
+    con, states = retried_read(read)()
     if not states:
         raise NotFoundError(f"no alert with id {alert_id!r}; `voicepipe alerts list --all` shows the ids")
     state = states[0]

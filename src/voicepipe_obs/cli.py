@@ -378,8 +378,9 @@ def _permission_message(ctx: click.Context, exc: OSError) -> str:
         from .store import write_error
 
         return str(write_error(root, exc))
-    where = f" {exc.filename}" if exc.filename is not None else ""
-    return f"cannot access{where} ({exc.strerror or exc}): check permissions"
+    from .store import cannot_access
+
+    return cannot_access(exc)
 
 
 class _StderrFormatter(logging.Formatter):

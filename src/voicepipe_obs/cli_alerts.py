@@ -53,11 +53,10 @@ def _check_failed(exc: Exception, as_json: bool) -> NoReturn:
     if isinstance(exc, VoicepipeError):
         _unknown(str(exc), as_json)
     if isinstance(exc, OSError):
-        from .store import PERMISSION_ERRNOS
+        from .store import PERMISSION_ERRNOS, cannot_access
 
         if exc.errno in PERMISSION_ERRNOS:  # as every other command says it
-            where = f" {exc.filename}" if exc.filename is not None else ""
-            _unknown(f"cannot access{where} ({exc.strerror or exc}): check permissions", as_json)
+            _unknown(cannot_access(exc), as_json)
         _unknown(f"{type(exc).__name__}: {exc}", as_json)
     if os.environ.get(DEBUG_ENV):
         raise exc

@@ -37,6 +37,7 @@ from .retry import (
     retry_artifact,
     select_failed,
 )
+from .timeparse import refuse_empty
 
 _MODE_WORDS = {"inline": "in-process", "deferred": "hand-off to a queue"}
 
@@ -139,10 +140,7 @@ def retry(
     Exit codes: 0 succeeded (or queued, or dry run), 1 the retry ran and failed,
     2 usage error, 4 refused, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
-    if since is not None and not since.strip():  # `--since "$START"` with START unset
-        from .timeparse import EMPTY_TIME_HINT
-
-        raise click.BadParameter(f"is empty: {EMPTY_TIME_HINT} or leave --since out", param_hint="--since")
+    refuse_empty("--since", since)
     if stage and full:
         raise click.UsageError("give either --stage or --full, not both")
     if all_failed and artifact_id:

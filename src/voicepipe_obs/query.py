@@ -195,26 +195,19 @@ def skip_unreadable(exc: BaseException) -> list[Path]:
     return bad
 
 
-def skipping_unreadable(func: Callable[P, T]) -> Callable[P, T]:
-    """``func`` (a read that lists its files itself, writing nothing) run again
-    without the files a failure showed unreadable (:func:`skip_unreadable`)."""
+def retried_read(func: Callable[P, T]) -> Callable[P, T]:
+    """``func`` — a read that lists its files itself on every call and writes
+    nothing — run as :func:`retry_vanished` runs a read: again over a fresh listing
+    when a listed file vanished (compaction), or without the files a failure showed
+    unreadable (:func:`skip_unreadable`)."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        attempt = 0
-        while True:
-            try:
-                return func(*args, **kwargs)
-            except Exception as exc:
-                attempt += 1
-                if attempt >= READ_ATTEMPTS or not skip_unreadable(exc):
-                    raise
+        return retry_vanished(lambda _attempt: func(*args, **kwargs), what=func.__name__)
 
     return wrapper
 
 
-#: How often a read is tried when files it listed vanish under it (compaction).
-READ_ATTEMPTS: Final = 8
 #: How long (seconds, in all) a read is tried again while files it listed keep
 #: vanishing under it: compaction removes an hour's sources right after writing
 #: their merged file, hour after hour, so a read over many hours can lose one of
@@ -301,7 +294,7 @@ def retry_vanished(read: Callable[[int], T], *, what: str = "read", deadline: fl
                         f"{what}: the files it read kept vanishing (last {gone}) for {attempt} tries: "
                         "a `voicepipe compact` or `cleanup` is replacing them; try again once it has finished"
                     ) from exc
-                log.debug("%s: %s vanished since it was listed (compaction); listing again", what, gone)
+                log.debug("%s: %s gone or found unreadable since it was listed; listing again", what, gone)
                 time.sleep(pause)
     finally:
         _retrying.deadline = outer

@@ -38,7 +38,7 @@ from .events import (
     TIMED_STAGES,
     closest,
 )
-from .query import skipping_unreadable, vetted
+from .query import retried_read, vetted
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -702,7 +702,7 @@ def _earliest_receipts(con: duckdb.DuckDBPyConnection, partials: str, of: str) -
 # ------------------------------------------------------------------ dashboard
 
 
-@skipping_unreadable
+@retried_read
 def dashboard(
     root: Path,
     *,
@@ -885,7 +885,7 @@ def dashboard(
 # ------------------------------------------------------------------- pipeline
 
 
-@skipping_unreadable
+@retried_read
 def pipeline(
     root: Path,
     *,
@@ -1021,7 +1021,7 @@ def pipeline(
 # ------------------------------------------------------------------ artifacts
 
 
-@skipping_unreadable
+@retried_read
 def artifacts(
     root: Path,
     *,
@@ -1270,7 +1270,7 @@ def _artifact_connection(root: Path, artifact_id: str) -> duckdb.DuckDBPyConnect
     return con if found else None
 
 
-@skipping_unreadable
+@retried_read
 def artifact_detail(
     root: Path,
     artifact_id: str,
@@ -1568,7 +1568,7 @@ def _raw_buckets(
     return scope, orgs
 
 
-@skipping_unreadable
+@retried_read
 def metrics(
     root: Path,
     *,
@@ -1792,17 +1792,17 @@ def metrics(
     }
 
 
-@skipping_unreadable
+@retried_read
 def confidence_histogram(
     root: Path, *, since: dt.datetime, now: dt.datetime, org: str | None = None, bins: int = 10
 ) -> list[dict[str, Any]]:
-    """Counts of transcription_completed confidence_score in ``bins`` equal bins over [0, 1]."""
-    from .query import retry_vanished
-
-    def read(_attempt: int) -> list[dict[str, Any]]:
-        # the view reads its files at this query: listed again if compaction replaced one
-        con = _connect(_files(root, since, None), materialise=False)
-        return _dicts(
+    """Counts of transcription_completed confidence_score in ``bins`` equal bins over [0, 1]
+    (the view reads its files at the query: :func:`~voicepipe_obs.query.retried_read`
+    lists them again if compaction replaced one)."""
+    con = _connect(_files(root, since, None), materialise=False)
+    counts = {
+        int(r["b"]): int(r["n"])
+        for r in _dicts(
             con,
             """
             SELECT least(floor(confidence_score * $bins), $bins - 1)::INT AS b, count(*) AS n
@@ -1814,12 +1814,11 @@ def confidence_histogram(
             """,
             {"bins": bins, "since": since, "now": now, "org": org},
         )
-
-    counts = {int(r["b"]): int(r["n"]) for r in retry_vanished(read, what="report")}
+    }
     return [{"lo": i / bins, "hi": (i + 1) / bins, "count": counts.get(i, 0)} for i in range(bins)]
 
 
-@skipping_unreadable
+@retried_read
 def disambiguation_backlog(
     root: Path,
     *,
@@ -2054,7 +2053,7 @@ def iter_events(
     return _log_rows(root, f, cond, params)
 
 
-@skipping_unreadable
+@retried_read
 def count_events(root: Path, *, now: dt.datetime, filters: EventFilter | None = None) -> int:
     """How many events match ``filters`` up to ``now`` (each event_id once): one
     pass over the window's files — except, with no filter but time, for the hours
@@ -2104,7 +2103,7 @@ def _partition_start(path: Path) -> dt.datetime | None:
     return store.Partition(path.parent.parent.name.removeprefix("date="), hour, path.parent).start
 
 
-@skipping_unreadable
+@retried_read
 def events(
     root: Path,
     *,
@@ -2146,7 +2145,7 @@ def events(
     }
 
 
-@skipping_unreadable
+@retried_read
 def organizations(root: Path) -> list[str]:
     """Every organization_id in the store's events (sorted): one pass over one
     column of every event file."""
@@ -2162,7 +2161,7 @@ def organizations(root: Path) -> list[str]:
     return [str(r[0]) for r in cur.fetchall()]
 
 
-@skipping_unreadable
+@retried_read
 def require_organization(root: Path, org: str, *, alerts: bool = False) -> None:
     """Raise :class:`NotFoundError` (exit 1) when no event of the store names the
     organisation ``org``, with the closest known id and the list. For the CLI to
@@ -2187,7 +2186,7 @@ def require_organization(root: Path, org: str, *, alerts: bool = False) -> None:
     )
 
 
-@skipping_unreadable
+@retried_read
 def require_artifact(root: Path, artifact_id: str) -> None:
     """Raise :class:`NotFoundError` (exit 1) when the store holds no event of
     ``artifact_id`` (what ``report artifact ID`` says for an unknown id)."""
@@ -2199,7 +2198,7 @@ def require_artifact(root: Path, artifact_id: str) -> None:
         )
 
 
-@skipping_unreadable
+@retried_read
 def event(root: Path, event_id: str) -> dict[str, Any]:
     """One event's full payload (every column, attributes as a dict)."""
     from .query import parquet_scan
@@ -2290,7 +2289,7 @@ def follow_events(
 # --------------------------------------------------------------------- alerts
 
 
-@skipping_unreadable
+@retried_read
 def active_alerts(root: Path, *, now: dt.datetime) -> list[dict[str, Any]]:
     """Alerts currently raised (not resolved), newest first; [] without an alert log."""
     rows: list[dict[str, Any]] = alerts(root, now=now)["rows"]
@@ -2306,7 +2305,7 @@ ALERT_COLUMNS: Final = tuple(
 )
 
 
-@skipping_unreadable
+@retried_read
 def alerts(
     root: Path,
     *,
@@ -2393,7 +2392,7 @@ def _retry_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in RETRY_COLUMNS} for r in records]
 
 
-@skipping_unreadable
+@retried_read
 def retries(
     root: Path,
     *,
@@ -2472,7 +2471,7 @@ def _statement_word(statement: Any) -> str:
     return word if word and word != "WITH" else str(statement.type.name)
 
 
-@skipping_unreadable
+@retried_read
 def run_sql(root: Path, sql: str, *, max_rows: int = 1000) -> dict[str, Any]:
     """Run one read-only statement (SELECT, WITH … SELECT, DESCRIBE, SHOW, EXPLAIN)
     over the views; anything else is refused before it runs. ``columns`` are the

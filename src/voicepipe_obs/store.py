@@ -92,6 +92,15 @@ def write_error(root: Path, exc: OSError) -> StoreError:
     return StoreError(f"cannot write under {root} ({reason}): {advice}")
 
 
+def cannot_access(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
+    """The one-line message for a path that could not be read or listed:
+    ``cannot access PATH (Permission denied): check permissions`` (``path``: the
+    error's own filename by default)."""
+    where = path if path is not None else exc.filename
+    advice = "check permissions" if exc.errno in PERMISSION_ERRNOS else "check the path and the disk"
+    return f"cannot access{f' {os.fspath(where)}' if where is not None else ''} ({exc.strerror or exc}): {advice}"
+
+
 def host_name() -> str:
     return _HOST
 

@@ -126,8 +126,13 @@ def parse_until(value: str, now: dt.datetime, tz: dt.tzinfo | None = UTC) -> dt.
     return parse_since(value, now, tz)
 
 
-#: what an empty --since/--until is told to do instead
-EMPTY_TIME_HINT = "give a time such as 30m, 2h, 7d or 2026-11-01,"
+def refuse_empty(flag: str, value: str | None) -> None:
+    """An empty ``--since``/``--until`` (``--since "$START"`` with START unset) is a
+    usage error, not the same as leaving the flag out."""
+    if value is not None and not value.strip():
+        raise UsageError(
+            f"{flag} is empty: give a time such as 30m, 2h, 7d or 2026-11-01, or leave {flag} out"
+        )
 
 
 def parse_range(
@@ -135,9 +140,8 @@ def parse_range(
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
     """Both ends of a ``--since/--until`` pair, checking that since < until. Naive
     values and ``today``/``yesterday`` are read in ``tz`` (None: local time)."""
-    for flag, value in (("--since", since), ("--until", until)):
-        if value is not None and not value.strip():  # `--since "$START"` with START unset
-            raise UsageError(f"{flag} is empty: {EMPTY_TIME_HINT} or leave {flag} out")
+    refuse_empty("--since", since)
+    refuse_empty("--until", until)
     lo = parse_since(since, now, tz) if since else None
     hi = parse_until(until, now, tz) if until else None
     if lo is not None and hi is not None and lo >= hi:
