@@ -254,6 +254,14 @@ def slow_hook() -> Iterator[SlowHook]:
     h.close()
 
 
+def breaker_config(rec: vp.Recorder, tmp_path: Path, extra: str) -> tuple[Path, dt.datetime]:
+    """A circuit breaker opened two hours ago, and a config with only that rule
+    enabled plus ``extra`` (the notifiers): the config and the breaker's time."""
+    t0 = hour_ago(2)
+    breaker_opened(rec, t0)
+    return config(tmp_path, "circuit_breaker", extra=extra), t0
+
+
 def six_org_failures(rec: vp.Recorder, at: dt.datetime) -> None:
     for i in range(6):
         rec.emit("artifact_failed", timestamp=at, artifact_id=f"a{i}", organization_id=f"org{i}")
@@ -293,12 +301,10 @@ def test_delivery_deadline_cuts_the_check_and_keeps_the_attempt(
     rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook
 ) -> None:
     slow_hook.delay = 10
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
-    cfg = config(
+    cfg, t0 = breaker_config(
+        rec,
         tmp_path,
-        "circuit_breaker",
-        extra="[alerts]\ndelivery_deadline_seconds = 1.5\n"
+        "[alerts]\ndelivery_deadline_seconds = 1.5\n"
         f'[[notifiers]]\ntype = "webhook"\nurl = "{slow_hook.url}"\ntimeout = 30\nretries = 5\n',
     )
     started = time.monotonic()
@@ -372,12 +378,8 @@ def test_command_timeout_kills_the_whole_process_tree(
     script = tmp_path / "hang.sh"
     script.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
     script.chmod(0o755)
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
-    cfg = config(
-        tmp_path,
-        "circuit_breaker",
-        extra=f'[[notifiers]]\ntype = "command"\ncommand = ["{script}"]\ntimeout = 1\n',
+    cfg, t0 = breaker_config(
+        rec, tmp_path, f'[[notifiers]]\ntype = "command"\ncommand = ["{script}"]\ntimeout = 1\n'
     )
     started = time.monotonic()
     r = invoke(runner, root, cfg, "check", "--now", iso(t0), "--format", "json")
@@ -439,12 +441,10 @@ def test_dead_webhooks_do_not_starve_a_working_one(
     are served side by side, so the pager gets its page in the first check, and the
     check still ends by the delivery deadline."""
     slow_hook.delay = 30
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
-    cfg = config(
+    cfg, t0 = breaker_config(
+        rec,
         tmp_path,
-        "circuit_breaker",
-        extra="[alerts]\ndelivery_deadline_seconds = 3\n"
+        "[alerts]\ndelivery_deadline_seconds = 3\n"
         + _webhook("dead-1", slow_hook.url)
         + _webhook("dead-2", slow_hook.url)
         + _webhook("pager", fast_hook.url),
@@ -500,11 +500,7 @@ def delivering_check(
     returned once the check is delivering (holding the check lock), with the
     command line and the check's time."""
     hook.delay = 60
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
-    cfg = config(
-        tmp_path, "circuit_breaker", extra=extra + _webhook("stuck", hook.url, timeout=60, retries=0)
-    )
+    cfg, t0 = breaker_config(rec, tmp_path, extra + _webhook("stuck", hook.url, timeout=60, retries=0))
     cmd = [sys.executable, "-m", "voicepipe_obs.cli", "--data", str(root), "--config", str(cfg), "check"]
     proc = subprocess.Popen(
         [*cmd, "--now", iso(t0)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -566,13 +562,11 @@ def test_an_alertmanager_that_hangs_keeps_to_the_deadline(
     """A hanging Alertmanager: the page fails within the deadline and the re-post
     of firing alerts is skipped (it failed in this check) rather than run past it."""
     slow_hook.delay = 30
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
     base = slow_hook.url.rsplit("/", 1)[0]
-    cfg = config(
+    cfg, t0 = breaker_config(
+        rec,
         tmp_path,
-        "circuit_breaker",
-        extra="[alerts]\ndelivery_deadline_seconds = 2\n"
+        "[alerts]\ndelivery_deadline_seconds = 2\n"
         f'[[notifiers]]\ntype = "alertmanager"\nurl = "{base}"\ntimeout = 5\nretries = 2\n',
     )
     started = time.monotonic()
@@ -589,15 +583,13 @@ def test_secrets_in_a_webhook_url_are_neither_printed_nor_logged(
     is): the default notifier name and every message show scheme, host and port
     only, plus a digest. Credentials in the URL become an HTTP Basic header that
     the endpoint receives; header values are masked by `config show`."""
-    t0 = hour_ago(2)
-    breaker_opened(rec, t0)
     good = f"http://bot:PASSWD789@127.0.0.1:{fast_hook.port}/services/T000/PATHSECRET?token=QSECRET"
     dead = "http://bot:PASSWD789@127.0.0.1:9/services/T000/PATHSECRET?token=QSECRET"  # port 9: refused
     extra = (
         f'[[notifiers]]\ntype = "webhook"\nurl = "{good}"\nheaders = {{ X-Api-Key = "HDRSECRET456" }}\n'
         f'[[notifiers]]\ntype = "webhook"\nurl = "{dead}"\nretries = 0\n'
     )
-    cfg = config(tmp_path, "circuit_breaker", extra=extra)
+    cfg, t0 = breaker_config(rec, tmp_path, extra)
     outputs = []
     for fmt in ("text", "json"):
         r = invoke(
