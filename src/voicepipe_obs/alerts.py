@@ -2,8 +2,12 @@
 evaluation at a given instant, and the alert lifecycle (raise, escalate, resolve,
 acknowledge) recorded as an append-only log under ``<root>/alerts/``.
 
-Nothing here keeps state outside the log: the ``alert_log`` view holds every
-record, the ``alerts`` view derives each alert's current state from it.
+Alert state lives in the log: the ``alert_log`` view holds every record, the
+``alerts`` view derives each alert's current state from it. The one exception is
+what is *pending* — raises and resolutions held back by a rule's ``for_minutes`` /
+``keep_firing_minutes`` — kept by :mod:`voicepipe_obs.damping` in
+``_state/pending.json``.
+
 :func:`run_check` is what ``voicepipe check`` runs: under a lock it evaluates the
 rules, appends the lifecycle changes, then delivers pending notifications (through
 ``notify.py``) and records each attempt, so a failed delivery is retried on the
@@ -32,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from . import artifact_index, store
+from . import artifact_index, damping, store
 from .config import Notifier, Settings, parse_hours
 from .errors import AlertError, BusyError, NotFoundError, StoreError, UsageError
 from .query import area_source, empty_view, parquet_scan, vetted_files
@@ -221,6 +225,14 @@ class Evaluation:
     #: whether they judge organisations): an active alert of a scope they could not
     #: judge this time is kept as it is, not resolved for lack of data
     sampled: dict[str, tuple[set[str], bool]] = field(default_factory=dict)
+
+    def unjudged(self, rule: str, scope: str) -> bool:
+        """Whether ``rule`` was evaluated but could not judge ``scope`` (too few
+        finished artifacts): its alert, or a wait for one, stays as it is."""
+        if rule not in self.sampled or rule not in self.evaluated:
+            return False
+        judged, per_org = self.sampled[rule]
+        return scope not in judged and (scope == OVERALL or per_org)
 
 
 def scope_of(organization_id: str | None) -> str:
@@ -1131,14 +1143,12 @@ def lifecycle_records(
     for a in active:
         if a.key in seen or not resolve_missing:
             continue
-        if a.rule in ev.sampled and a.rule in evaluated:
-            judged, per_org = ev.sampled[a.rule]
-            if a.scope not in judged and (a.scope == OVERALL or per_org):
-                ev.notes.append(
-                    f"{a.rule} [{a.scope}]: too few finished artifacts to judge; alert {a.alert_id} "
-                    "stays active until enough finish"
-                )
-                continue
+        if ev.unjudged(a.rule, a.scope):
+            ev.notes.append(
+                f"{a.rule} [{a.scope}]: too few finished artifacts to judge; alert {a.alert_id} "
+                "stays active until enough finish"
+            )
+            continue
         out.append(
             _record(
                 "resolved",
@@ -1586,7 +1596,11 @@ class CheckResult:
     """What one check did: the active alerts after it, the lifecycle records it
     appended, the deliveries it attempted, notes on rules with nothing to judge.
     With ``dry_run`` nothing was written or sent: ``active`` and ``changes`` are
-    what the check would have left and written."""
+    what the check would have left and written. ``pending``: raises and resolutions
+    that wait for their rule's ``for_minutes`` / ``keep_firing_minutes``
+    (:mod:`voicepipe_obs.damping`); they do not count for the exit code.
+    ``notifiers_added``: the ``notifier_added`` records written before ``changes``
+    (JSON lists them first among the changes)."""
 
     now: dt.datetime
     active: list[AlertState]
@@ -1595,10 +1609,13 @@ class CheckResult:
     notes: list[str]
     evaluated: list[str]
     dry_run: bool = False
+    pending: list[damping.PendingAlert] = field(default_factory=list)
+    notifiers_added: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        """0 no active alert, 1 warning, 2 critical (the Nagios convention)."""
+        """0 no active alert, 1 warning, 2 critical (the Nagios convention); a
+        pending raise does not count, an alert whose resolution is pending does."""
         return max((SEVERITY_RANK.get(a.severity or "", 1) for a in self.active), default=0)
 
     @property
@@ -1614,8 +1631,9 @@ class CheckResult:
             "active": [a.to_dict() for a in self.active],
             "changes": [
                 {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in c.items() if v is not None}
-                for c in self.changes
+                for c in [*self.notifiers_added, *self.changes]
             ],
+            "pending": [p.to_dict(self.now) for p in self.pending],
             "notifications": [asdict(d) for d in self.deliveries],
             "rules_evaluated": self.evaluated,
             "notes": self.notes,
@@ -1720,7 +1738,9 @@ def run_check(
 ) -> CheckResult:
     """Evaluate every rule at ``now`` under the check lock, append the lifecycle
     changes to the alert log, deliver pending notifications and record each
-    attempt. Raises :class:`StoreError` / :class:`AlertError` when it cannot
+    attempt. A rule's ``for_minutes`` / ``keep_firing_minutes`` hold raises and
+    resolutions back (:func:`voicepipe_obs.damping.damp`; what waits is in the
+    result's ``pending``). Raises :class:`StoreError` / :class:`AlertError` when it cannot
     evaluate, :class:`UsageError` for a ``now`` it must not record at (``voicepipe
     check`` exits 3 for all of them).
 
@@ -1765,13 +1785,19 @@ def run_check(
 
     with guard:
         con, active, ev, at = retry_vanished(read, what="check")
-        changes = lifecycle_records(active, ev)
+        waiting, sound = damping.load_pending(rootp)
+        changes, still_waiting, pending = damping.damp(
+            lifecycle_records(active, ev), active, ev, settings, waiting
+        )
         deliveries: list[DeliveryOutcome] = []
         try:
+            added = notifier_records(con, settings, at)
             if dry_run:
-                register_views(con, rootp, extra=changes)
+                register_views(con, rootp, extra=[*added, *changes])
             else:
-                write_records(rootp, [*notifier_records(con, settings, at), *changes], at)
+                write_records(rootp, [*added, *changes], at)
+                if still_waiting != waiting or not sound:  # after the log: see damping
+                    damping.save_pending(rootp, still_waiting)
                 register_views(con, rootp)
                 if notify and settings.notifiers:
                     firing = _select_states(con, "WHERE status = 'active'")
@@ -1797,4 +1823,4 @@ def run_check(
         f = fresh.get(a.key)
         if f is not None:
             a.value, a.threshold, a.summary, a.description = f.value, f.threshold, f.summary, f.description
-    return CheckResult(at, current, changes, deliveries, ev.notes, ev.evaluated, dry_run)
+    return CheckResult(at, current, changes, deliveries, ev.notes, ev.evaluated, dry_run, pending, added)

@@ -10,12 +10,15 @@ import datetime as dt
 import io
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app, stdout_may_close
 from .errors import VoicepipeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .damping import PendingAlert
 
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
 EXIT_UNKNOWN = 3
@@ -116,6 +119,26 @@ def _line(alert: Mapping[str, Any]) -> str:
     return f"{str(alert['severity']).upper()} {alert['rule']} [{scope}] {alert.get('summary') or ''} (id {alert['alert_id']}{ack})"
 
 
+def _when(value: dt.datetime) -> str:
+    return f"{value.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def _pending_line(pending: PendingAlert, now: dt.datetime) -> str:
+    """A raise or resolution that waits (``for_minutes`` / ``keep_firing_minutes``):
+    printed after the alert lines, never first (Nagios reads the first line)."""
+    import math
+
+    left = max(1, math.ceil(pending.remaining(now).total_seconds() / 60))
+    if pending.kind == "raise":
+        raised = pending.severity.upper() if pending.severity else "raised"
+        wait = f"{raised} if it holds {left} min more"
+        since = f"found since {_when(pending.since)}"
+        return f"PENDING {pending.rule} [{pending.scope}] {pending.summary or ''} ({since}; {wait})"
+    since = f"clear since {_when(pending.since)}"
+    wait = f"resolves if it stays clear {left} min more"
+    return f"PENDING resolution {pending.rule} [{pending.scope}] ({since}; {wait}; id {pending.alert_id})"
+
+
 @click.command(cls=_NagiosCommand)
 @format_option(
     "text",
@@ -142,7 +165,8 @@ def check(
     ctx: click.Context, app: AppContext, fmt: str, now_s: str | None, no_notify: bool, dry_run: bool
 ) -> None:
     """Evaluate every alert rule now, record raises/escalations/resolutions,
-    send notifications, and print one line per active alert.
+    send notifications, and print one line per active alert (then a PENDING
+    line per raise or resolution held back by for_minutes / keep_firing_minutes).
 
     Exit status follows the Nagios plugin convention: 0 no active alert,
     1 warning, 2 critical, 3 could not evaluate (bad configuration or option,
@@ -184,6 +208,9 @@ def check(
     else:
         for alert in result.active:
             click.echo(_line(alert.to_dict()))
+    if fmt != "json":
+        for pending in result.pending:
+            click.echo(_pending_line(pending, result.now))
     ctx.exit(result.exit_code)
 
 

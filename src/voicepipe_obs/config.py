@@ -103,8 +103,21 @@ class RetentionSettings(_Model):
     alerts_days: int = Field(90, ge=1)
 
 
-class FailureRateRule(_Model):
+class _Rule(_Model):
+    """What every rule under ``[alerts.<rule>]`` takes: flapping damping, as
+    Prometheus' ``for`` and ``keep_firing_for`` (see :mod:`voicepipe_obs.damping`).
+
+    ``for_minutes``: a condition must hold at every check for this long before its
+    alert is raised (0: raised at the first check that finds it).
+    ``keep_firing_minutes``: a raised alert resolves only once its condition has
+    been clear at every check for this long (0: at the first clear check)."""
+
     enabled: StrictBool = True
+    for_minutes: float = Field(0.0, ge=0)
+    keep_firing_minutes: float = Field(0.0, ge=0)
+
+
+class FailureRateRule(_Rule):
     window_minutes: int = Field(30, ge=1)
     warning: float = Field(0.10, ge=0, le=1)
     critical: float = Field(0.25, ge=0, le=1)
@@ -118,8 +131,7 @@ class FailureRateRule(_Model):
         return self
 
 
-class LatencyRule(_Model):
-    enabled: StrictBool = True
+class LatencyRule(_Rule):
     window_minutes: int = Field(30, ge=1)
     multiplier: float = Field(2.0, gt=0)
     history_days: int = Field(7, ge=1)
@@ -128,20 +140,17 @@ class LatencyRule(_Model):
     per_organization: StrictBool = False
 
 
-class QueueDepthRule(_Model):
-    enabled: StrictBool = True
+class QueueDepthRule(_Rule):
     warning: int = Field(50, ge=0)
     per_organization: StrictBool = False
 
 
-class DisambiguationBacklogRule(_Model):
-    enabled: StrictBool = True
+class DisambiguationBacklogRule(_Rule):
     warning: int = Field(100, ge=0)
     per_organization: StrictBool = False
 
 
-class CircuitBreakerRule(_Model):
-    enabled: StrictBool = True
+class CircuitBreakerRule(_Rule):
     per_organization: StrictBool = False
 
 
@@ -160,8 +169,7 @@ def parse_hours(spec: str) -> tuple[int, int]:
     return h1 * 60 + m1, h2 * 60 + m2
 
 
-class InactivityRule(_Model):
-    enabled: StrictBool = True
+class InactivityRule(_Rule):
     minutes: int = Field(60, ge=1)
     expected_hours: str = "00:00-24:00"
     timezone: str = "UTC"
@@ -185,8 +193,7 @@ class InactivityRule(_Model):
         return v
 
 
-class BudgetRule(_Model):
-    enabled: StrictBool = True
+class BudgetRule(_Rule):
     daily_budget_usd: float | None = Field(None, gt=0)
     organizations: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     warning_ratio: float = Field(0.8, gt=0)
@@ -201,8 +208,7 @@ class BudgetRule(_Model):
         return self
 
 
-class StuckRule(_Model):
-    enabled: StrictBool = True
+class StuckRule(_Rule):
     minutes: int = Field(30, ge=1)
     warning_count: int = Field(1, ge=1)
     per_organization: StrictBool = False
