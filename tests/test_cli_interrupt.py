@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,3 +154,107 @@ def test_ctrl_c_in_any_other_command_is_one_line_and_130(
     result = runner.invoke(main, ["--data", str(tmp_path), "report", "dashboard"])
     assert result.exit_code == 130, (result.stdout, result.stderr, result.exception)
     assert result.stderr == "voicepipe: interrupted\n"
+
+
+# -- Ctrl-C while the console script starts (importing voicepipe_obs, click, duckdb) --
+
+
+def _console_script() -> Path:
+    script = Path(sys.executable).parent / "voicepipe"
+    if not script.exists():  # pragma: no cover - the package is installed for the tests
+        pytest.skip("the voicepipe console script is not installed next to this interpreter")
+    return script
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its /proc status SigCgt)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def _start_script_and_wait(until: Callable[[int], bool], *args: str) -> subprocess.Popen[str]:
+    """``voicepipe *args`` as a user's shell runs it, once ``until(pid)`` holds."""
+    proc = subprocess.Popen(
+        [str(_console_script()), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if until(proc.pid):
+                return proc
+        except OSError:  # /proc entry not there yet, or a file read while it changes
+            pass
+        time.sleep(0.0005)
+    proc.kill()
+    out, err = proc.communicate()
+    raise AssertionError(f"the moment to interrupt never came: {proc.returncode}, {out!r}, {err!r}")
+
+
+def _starting(pid: int) -> bool:
+    """The script's handlers are installed (Python alone never catches SIGTERM):
+    it is importing voicepipe_obs, ~0.1 s before the CLI can say anything itself."""
+    return _catches(pid, signal.SIGTERM)
+
+
+def _loading_duckdb(pid: int) -> bool:
+    """``check`` is importing duckdb (its library is mapped), before its own handler."""
+    return "duckdb" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [
+        (signal.SIGINT, 130, "voicepipe: interrupted while starting"),
+        (signal.SIGTERM, 143, "voicepipe: terminated (SIGTERM) while starting"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_ctrl_c_while_the_script_starts_is_one_line(tmp_path: Path, sig: int, code: int, line: str) -> None:
+    proc = _start_script_and_wait(_starting, "--data", str(tmp_path), "report", "dashboard")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (code, "", line + "\n")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("moment", [_starting, _loading_duckdb], ids=["starting", "loading-duckdb"])
+def test_ctrl_c_while_check_starts_is_unknown_never_130(
+    tmp_path: Path, fmt: str, sig: int, moment: Callable[[int], bool]
+) -> None:
+    from voicepipe_obs.cli_alerts import CHECK_INTERRUPTED, CHECK_TERMINATED, unknown_line
+
+    (tmp_path / "events").mkdir()
+    proc = _start_script_and_wait(moment, "--data", str(tmp_path), "check", "--format", fmt, "--dry-run")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    message = CHECK_TERMINATED if sig == signal.SIGTERM else CHECK_INTERRUPTED
+    assert proc.returncode == 3, (proc.returncode, out, err)
+    if fmt == "json":
+        assert json.loads(out) == {"status": "UNKNOWN", "exit_code": 3, "error": message}
+    else:
+        assert out == unknown_line(message) + "\n"
+    assert err == f"voicepipe: error: check could not evaluate: {message}\n"
+
+
+def test_ctrl_c_before_check_installs_its_handler_is_unknown(
+    runner: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (no console script): an interrupt while check is starting reaches
+    the root group, which answers for check with UNKNOWN and 3."""
+    from click.testing import CliRunner
+
+    from voicepipe_obs import cli_alerts
+    from voicepipe_obs.cli import main
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_alerts, "parse_now", interrupted)
+    (tmp_path / "events").mkdir()
+    assert isinstance(runner, CliRunner)
+    result = runner.invoke(main, ["--data", str(tmp_path), "check"])
+    assert result.exit_code == 3, (result.stdout, result.stderr, result.exception)
+    assert result.stdout == cli_alerts.unknown_line(cli_alerts.CHECK_INTERRUPTED) + "\n"

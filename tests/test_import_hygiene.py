@@ -92,3 +92,17 @@ def test_readers_do_not_import_pandas(tmp_path: Path) -> None:
     rec.close()
     out = run_python(READERS, str(root))
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_only_the_console_script_installs_signal_handlers() -> None:
+    """The pipeline owns its signals: importing the package, the CLI, or the console
+    script's entry module installs no handler (only its run() does)."""
+    code = (
+        "import signal\n"
+        "def handlers():\n"
+        "    return (signal.getsignal(signal.SIGINT) is signal.default_int_handler,\n"
+        "            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        "import voicepipe_obs, voicepipe_obs.cli, _voicepipe_entry\n"
+        "print(handlers())\n"
+    )
+    assert run_python(code).stdout.strip() == "(True, True)"

@@ -54,6 +54,52 @@ def test_money_percent_and_null_are_never_zero() -> None:
     assert render.fmt_int(1234) == "1,234"
 
 
+def _grid_row(artifact_id: str, cost: float | None) -> dict[str, Any]:
+    return {
+        "artifact_id": artifact_id,
+        "status": "completed",
+        "source_channel": "app",
+        "coach_user_id": "coach-1",
+        "organization_id": "org-a",
+        "claim_count": 1,
+        "disambiguation_count": 0,
+        "end_to_end_latency_ms": 1000.0,
+        "total_ai_cost": cost,
+        "received_at": dt.datetime(2026, 3, 4, 12, tzinfo=UTC),
+    }
+
+
+def _cost_column(table: str) -> list[str]:
+    lines = table.splitlines()
+    start = lines[0].index("Cost") + len("Cost")  # right-aligned under its header
+    return [line[:start].split()[-1] for line in lines[2:]]
+
+
+@pytest.mark.parametrize(
+    ("costs", "shown"),
+    [
+        # every cost at least 10 cents: cents for all (not $2.59 beside $0.9001)
+        ([2.59, 0.9001, None, 12.0], ["$2.59", "$0.90", "–", "$12.00"]),
+        # a small cost keeps four decimals, and so does every other row of the column
+        ([2.59, 0.006, 0.0], ["$2.5900", "$0.0060", "$0.0000"]),
+        ([0.0119, 0.056], ["$0.0119", "$0.0560"]),
+        ([1234.5, 0.05], ["$1,234.5000", "$0.0500"]),
+    ],
+)
+def test_a_cost_column_has_one_precision(costs: list[float | None], shown: list[str]) -> None:
+    assert render.fmt_money_column(costs) == shown
+    rows = [_grid_row(f"a-{i}", c) for i, c in enumerate(costs)]
+    table, hidden = render._grid(rows, Style(tz=UTC, width=200), False)
+    assert hidden == [] and _cost_column(table) == shown
+    # --expanded: one grid per row, one precision for the page
+    data = {"rows": rows, "total": len(rows), "first": 1, "last": len(rows), "next_page": None}
+    expanded = render.render_artifacts(
+        {**data, "generated_at": dt.datetime(2026, 3, 4, tzinfo=UTC)}, Style(tz=UTC, width=200), expanded=True
+    )
+    for value in shown:
+        assert f" {value} " in expanded or value == "–"
+
+
 def test_times_follow_the_style_time_zone() -> None:
     ts = dt.datetime(2026, 11, 28, 9, 15, 8, tzinfo=UTC)
     assert render.fmt_time(ts, Style(tz=UTC)) == "2026-11-28 09:15:08"

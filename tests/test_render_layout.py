@@ -602,3 +602,59 @@ def test_timeparse_reads_naive_values_in_the_given_zone(auckland: None) -> None:
     assert parse_since("today", NOW, None) == dt.datetime(2026, 3, 4, 11, tzinfo=UTC)
     berlin = dt.timezone(dt.timedelta(hours=1))
     assert parse_since("2026-03-04", NOW, berlin) == dt.datetime(2026, 3, 3, 23, tzinfo=UTC)
+
+
+# ------------------------------------- the artifact grid with the demo's live ids
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real demo data: a day of history plus live artifacts (31-character
+    ``…-live`` ids, some left in flight: a ``transcribing`` status)."""
+    from voicepipe_obs._examples.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo") / "data"
+    run_demo(root, days=1, per_day=40, live=5, in_flight=2, seed=7)
+    return root
+
+
+#: what the grid hides at each width, with the demo's ids (None: nothing)
+DEMO_HIDDEN = {
+    140: None,
+    100: "Source, Coach, Claims, Disambig., Cost",
+    80: "Source, Coach, Claims, Disambig., Latency, Cost, Created",
+}
+
+
+def test_the_demo_grid_at_140_columns_shows_source(runner: Any, demo: Path) -> None:
+    """140 columns show every column, Source included, even with the live ids and
+    an in-flight status on the page: Coach is cut at its start (its end, where coach
+    ids differ, stays) rather than a column hidden. 100 and 80 columns hide columns
+    whole, as before. Ids are never cut."""
+    for width, hidden in DEMO_HIDDEN.items():
+        argv = ["--data", str(demo), "report", "artifacts", "--utc", "--limit", "12", "--width", str(width)]
+        out = ok(runner.invoke(main, argv, catch_exceptions=False))
+        rows = json.loads(ok(runner.invoke(main, [*argv, "--format", "json"], catch_exceptions=False)))[
+            "rows"
+        ]
+        assert any(r["artifact_id"].endswith("-live") and len(r["artifact_id"]) == 31 for r in rows)
+        assert any(r["status"] == "transcribing" for r in rows)
+        lines = out.splitlines()
+        assert max(len(line) for line in lines) <= width, width
+        for r in rows:  # every id whole, on its row
+            assert any(
+                line.startswith(r["artifact_id"] + " ") and r["organization_id"] in line for line in lines
+            )
+        if hidden is None:
+            assert lines[1].split() == " ".join(render.ARTIFACT_HEADERS).split(), out
+            assert "hidden" not in out
+            coach = lines[1].index("Coach")
+            for r in rows:
+                line = next(line for line in lines if line.startswith(r["artifact_id"] + " "))
+                cell = line[coach:].split()[0]
+                whole = r["coach_user_id"]
+                assert cell == whole or (cell.startswith("…") and whole.endswith(cell[1:])), (cell, whole)
+                assert len(cell) >= render.COACH_MIN
+        else:
+            assert " ".join(out.split()).count(f"(hidden to fit {width} columns: {hidden};") == 1, out
+            assert "…" not in out  # nothing cut: columns go whole

@@ -200,6 +200,33 @@ def parse_now(value: str | None) -> dt.datetime | None:
 #: exit codes of a command stopped by a signal (128 + the signal's number, as a shell says)
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+#: ``ctx.meta`` key of the root group's raw arguments (what an interruption looks at)
+_ARGS_META = "voicepipe.args"
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal a KeyboardInterrupt stands for: the console script's handler
+    (``_voicepipe_entry``) raises one for SIGTERM too, naming it in ``signum``;
+    anything else is Ctrl-C (SIGINT)."""
+    import signal
+
+    return int(getattr(exc, "signum", signal.SIGINT))
+
+
+def _interrupted(exc: BaseException, args: list[str], ctx: click.Context | None) -> click.exceptions.Exit:
+    """Ctrl-C or SIGTERM that no command handled itself (while parsing, importing a
+    command, starting it): one line and 130 (143), or ``check``'s UNKNOWN and 3 —
+    a Nagios plugin's codes are 0-3. Returns the Exit to raise."""
+    import signal
+
+    name = ctx.invoked_subcommand if ctx is not None else None
+    if name == "check" or (name is None and "check" in args):
+        from .cli_alerts import check_interrupted
+
+        return check_interrupted(exc, args)
+    terminated = signal_of(exc) == signal.SIGTERM
+    click.echo("voicepipe: terminated (SIGTERM)" if terminated else "voicepipe: interrupted", err=True)
+    return click.exceptions.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 @contextmanager
@@ -335,8 +362,11 @@ class LazyGroup(click.Group):
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
     ) -> click.Context:
+        raw = list(args)
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except KeyboardInterrupt as exc:  # not click's "Aborted!" and exit 1
+            raise _interrupted(exc, raw, None) from None
         except click.UsageError as exc:
             if exc.ctx is None:
                 exc.ctx = click.Context(self, info_name=info_name, parent=parent)
@@ -345,6 +375,8 @@ class LazyGroup(click.Group):
                 # CRITICAL; check's usage errors are UNKNOWN (3), wherever they are
                 raise CheckUsageError(exc) from None
             raise _one_line(exc) from None
+        ctx.meta[_ARGS_META] = raw
+        return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -354,9 +386,8 @@ class LazyGroup(click.Group):
         except VoicepipeError as exc:
             click.echo(f"voicepipe: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:  # Ctrl-C where the command does not say more itself
-            click.echo("voicepipe: interrupted", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:  # Ctrl-C where the command does not say more itself
+            raise _interrupted(exc, ctx.meta.get(_ARGS_META, []), ctx) from None
         except BrokenPipeError:  # `voicepipe report events | head`
             sys.stderr.close()
             ctx.exit(0)

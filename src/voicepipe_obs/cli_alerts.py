@@ -27,6 +27,8 @@ EXIT_UNKNOWN = 3
 DEBUG_ENV = "VOICEPIPE_DEBUG"
 #: ``check``'s UNKNOWN reason after Ctrl-C (records are appended as it goes).
 CHECK_INTERRUPTED = "interrupted (Ctrl-C); what it recorded is kept, the next check goes on from there"
+#: … and after SIGTERM (still UNKNOWN: a plugin's codes are 0-3)
+CHECK_TERMINATED = "terminated (SIGTERM); what it recorded is kept, the next check goes on from there"
 #: ``alerts list`` tables fit this many columns (``--wide``: no limit).
 TABLE_WIDTH = 100
 
@@ -42,12 +44,17 @@ def _unknown(message: str, as_json: bool) -> NoReturn:
     """``check`` could not evaluate: one line on stderr (for cron's log) and the status
     on stdout — ``UNKNOWN …``, the line a Nagios plugin's output starts with, or the
     JSON status with --format json — exit 3 (Nagios UNKNOWN)."""
+    raise _say_unknown(message, as_json)
+
+
+def _say_unknown(message: str, as_json: bool) -> click.exceptions.Exit:
+    """What :func:`_unknown` writes; the Exit it raises."""
     if as_json:
         click.echo(_json({"status": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "error": message}))
     else:
         click.echo(unknown_line(message))
     click.echo(f"voicepipe: error: check could not evaluate: {message}", err=True)
-    raise click.exceptions.Exit(EXIT_UNKNOWN)
+    return click.exceptions.Exit(EXIT_UNKNOWN)
 
 
 def _check_failed(exc: Exception, as_json: bool) -> NoReturn:
@@ -68,6 +75,22 @@ def _check_failed(exc: Exception, as_json: bool) -> NoReturn:
         f"unexpected {type(exc).__name__}: {first} (a bug: please report it; set {DEBUG_ENV}=1 for the traceback)",
         as_json,
     )
+
+
+def check_interrupted(exc: BaseException, args: Sequence[str]) -> click.exceptions.Exit:
+    """``check`` stopped by Ctrl-C or SIGTERM (``exc``) before it could install its
+    own handling (while its modules load): the UNKNOWN status as :func:`_unknown`
+    writes it, never 130. ``args``: the raw command line, for --format json.
+    Returns the Exit (code 3) to raise."""
+    return _say_unknown(_interruption(exc), _wants_json(args))
+
+
+def _interruption(exc: BaseException) -> str:
+    import signal
+
+    from .cli import signal_of
+
+    return CHECK_TERMINATED if signal_of(exc) == signal.SIGTERM else CHECK_INTERRUPTED
 
 
 def unknown_line(message: str) -> str:
@@ -174,12 +197,15 @@ def check(
 
         */5 * * * * voicepipe --data /srv/voicepipe check >/dev/null
     """
+    import signal
+
+    # duckdb and pyarrow load here, before check's own handler: raising in their
+    # initialisation can abort the interpreter; the console script's handler exits
+    # UNKNOWN at once during an import, and without it the root group says UNKNOWN
     from .alerts import run_check
 
     stdout_may_close()  # `check | head -1` still exits with the alert state
     now = parse_now(now_s)
-    import signal
-
     interrupted: list[int] = []
 
     def on_sigint(signum: int, _frame: Any) -> None:
@@ -192,8 +218,8 @@ def check(
         previous = None
     try:
         result = run_check(app.root, app.settings, now=now, notify=not no_notify, dry_run=dry_run)
-    except KeyboardInterrupt:  # UNKNOWN, never 130: a plugin's codes are 0-3
-        _unknown(CHECK_INTERRUPTED, fmt == "json")
+    except KeyboardInterrupt as exc:  # UNKNOWN, never 130: a plugin's codes are 0-3
+        _unknown(_interruption(exc), fmt == "json")
     except Exception as exc:
         if interrupted:  # DuckDB answers an interrupted query with its own error
             _unknown(CHECK_INTERRUPTED, fmt == "json")

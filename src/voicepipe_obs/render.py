@@ -159,14 +159,35 @@ def fmt_duration(ms: float | None) -> str:
     return f"{total // 86400}d {total % 86400 // 3600}h"
 
 
-def fmt_money(usd: float | None) -> str:
-    """$12.34 (or $0.0060 under a dollar); NULL as –."""
+def fmt_money(usd: float | None, decimals: int | None = None) -> str:
+    """$12.34 (or $0.0060 under a dollar); NULL as –. ``decimals``: that many
+    instead (a table column's, from :func:`money_decimals`)."""
     if is_null(usd):
         return NULL
     assert usd is not None
-    if abs(usd) >= 1 or usd == 0:
-        return f"${usd:,.2f}"
-    return f"${usd:.4f}"
+    if decimals is None:
+        decimals = 2 if abs(usd) >= 1 or usd == 0 else 4
+    return f"${usd:,.{decimals}f}"
+
+
+#: a cost column shows cents when every non-zero cost in it is at least this much
+CENTS_FROM: Final = 0.10
+
+
+def money_decimals(values: Iterable[float | None]) -> int:
+    """The decimals of a table's cost column, the same for every row so that the
+    column reads (and lines up) as one: 2 (cents) when every non-zero cost in it is
+    at least 10 cents — each then keeps two significant digits or more — else 4,
+    so that small costs stay visible ($0.0060, not $0.01) and the larger ones beside
+    them get the same four ($2.5900 beside $0.0060). NULLs and zeros do not count."""
+    shown = [abs(v) for v in values if v is not None and not is_null(v) and v]
+    return 2 if all(v >= CENTS_FROM for v in shown) else 4
+
+
+def fmt_money_column(values: Sequence[float | None]) -> list[str]:
+    """``values`` as one cost column: :func:`fmt_money` at :func:`money_decimals`."""
+    decimals = money_decimals(values)
+    return [fmt_money(v, decimals) for v in values]
 
 
 def fmt_pct(ratio: float | None, digits: int = 1) -> str:
@@ -239,6 +260,16 @@ def truncate(text: str, width: int) -> str:
     return text[: max(width - 1, 0)] + ELLIPSIS
 
 
+def truncate_start(text: str, width: int) -> str:
+    """``text`` cut to ``width`` at its start, keeping its end — where names like
+    ``coach-northwind-06`` differ from their neighbours: ``…thwind-06``."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return truncate(text, width)
+    return ELLIPSIS + text[len(text) - (width - 1) :]
+
+
 def stage_title(stage: str | None) -> str:
     """claims_extraction → Claims Extraction."""
     if not stage:
@@ -285,6 +316,7 @@ def fit_table(
     priority: Sequence[int] | None = None,
     labels: Mapping[int, str | None] | None = None,
     min_cut: Mapping[int, int] | None = None,
+    keep_end: Sequence[int] = (),
     colours: Sequence[Sequence[str | None]] | None = None,
     style: Style | None = None,
 ) -> Fitted:
@@ -295,7 +327,10 @@ def fit_table(
     cut. Other cells longer than ``max_col`` are cut with …; if the table is still
     too wide, the column gap narrows to one space, then the ``shrink`` columns (by
     default every column that is not an id; the widest first) are cut, down to
-    their header or ``min_cut[column]`` (default :data:`MIN_CUT`) characters. If that is not enough, the columns
+    their header or ``min_cut[column]`` (default :data:`MIN_CUT`) characters — cut
+    at their end, or at their start for the columns in ``keep_end``
+    (:func:`truncate_start`).
+    If that is not enough, the columns
     in ``drop`` are hidden, in that order (``hidden``: say so under the table).
 
     As a last resort the table keeps the columns that fit, taken in ``priority``
@@ -364,7 +399,8 @@ def fit_table(
     cols = sorted(ws)
     for row in text_rows:
         for i in cols:
-            row[i] = truncate(row[i], ws[i]) if len(row[i]) > ws[i] else row[i]
+            if len(row[i]) > ws[i]:
+                row[i] = truncate_start(row[i], ws[i]) if i in keep_end else truncate(row[i], ws[i])
     body = [[row[i] for i in cols] for row in text_rows]
     colalign = [align[i] for i in cols] if align else None
     import tabulate as tabulate_mod
@@ -1070,7 +1106,7 @@ def render_pipeline(data: Mapping[str, Any], style: Style) -> str:
     return "\n".join(parts)
 
 
-def _artifact_cells(r: Mapping[str, Any], style: Style, collapsed: bool) -> list[str]:
+def _artifact_cells(r: Mapping[str, Any], style: Style, collapsed: bool, cost_decimals: int) -> list[str]:
     if collapsed:
         return [
             r["artifact_id"],
@@ -1087,7 +1123,7 @@ def _artifact_cells(r: Mapping[str, Any], style: Style, collapsed: bool) -> list
         fmt_int(r["claim_count"]),
         fmt_int(r["disambiguation_count"]),
         fmt_duration(r["end_to_end_latency_ms"]),
-        fmt_money(r["total_ai_cost"]),
+        fmt_money(r["total_ai_cost"], cost_decimals),
         _short_time(r["received_at"], style)[:-3],
         r.get("action") or "",
     ]
@@ -1111,34 +1147,63 @@ ARTIFACT_HEADERS_COLLAPSED: Final = ["Artifact ID", "Status", "Org", "Created"]
 
 #: Columns the grid hides, in this order, when ids leave no room (CSV/JSON keep them).
 _GRID_DROPPABLE: Final = ("Source", "Coach", "Disambig.", "Claims", "Cost", "Latency", "Created")
+#: The grid cuts coach ids (at their start) to no fewer characters than this, and
+#: only when that shows every column.
+COACH_MIN: Final = 10
 
 
 def _grid(
-    rows: Sequence[Mapping[str, Any]], style: Style, collapsed: bool, *, colour: bool = True
+    rows: Sequence[Mapping[str, Any]],
+    style: Style,
+    collapsed: bool,
+    *,
+    colour: bool = True,
+    cost_decimals: int | None = None,
 ) -> tuple[str, list[str]]:
-    """The artifact grid fitted to the width: hide the least important columns
-    (:data:`_GRID_DROPPABLE`, in order) rather than cut an id (artifact and
-    organisation ids must stay copyable); if the ids still do not fit, the org goes
-    on a line under its row. Returns (table, hidden columns)."""
+    """The artifact grid fitted to the width. Artifact and organisation ids are never
+    cut (they must stay copyable). When the grid is wider than the width:
+
+    1. the column gap narrows to one space;
+    2. then, if that lets every column show, the Coach column is cut at its start
+       (``coach-northwind-06`` → ``…thwind-06``: coach ids differ at their end),
+       to no fewer than :data:`COACH_MIN` characters — so that 140 columns show
+       the whole grid even with 31-character artifact ids;
+    3. else the least important columns are hidden (:data:`_GRID_DROPPABLE`, in
+       order, as few as needed; Coach whole or not at all);
+    4. if the ids still do not fit, the org goes on a line under its row.
+
+    Returns (table, hidden columns)."""
     headers = list(ARTIFACT_HEADERS_COLLAPSED if collapsed else ARTIFACT_HEADERS)
-    cells = [_artifact_cells(r, style, collapsed) for r in rows]
+    if cost_decimals is None:
+        cost_decimals = money_decimals(r["total_ai_cost"] for r in rows)
+    cells = [_artifact_cells(r, style, collapsed, cost_decimals) for r in rows]
     align = ["left"] * 4 if collapsed else ["left"] * 5 + ["right"] * 4 + ["left"] * 2
     colours: list[list[str | None]] = [[None] * len(headers) for _ in rows]
     for row_colours, r in zip(colours, rows, strict=True):
         row_colours[1] = STATUS_COLOURS.get(str(r["status"]))
     droppable = () if collapsed else _GRID_DROPPABLE
-    fitted = fit_table(
-        cells,
-        headers,
-        align=align,
-        width=style.width,
-        ids=[headers.index("Artifact ID"), headers.index("Org")],
-        shrink=[],
-        drop=[headers.index(h) for h in droppable],
-        max_col=60,
-        colours=colours if colour else None,
-        style=style,
-    )
+
+    def fit(shrink: list[int]) -> Fitted:
+        return fit_table(
+            cells,
+            headers,
+            align=align,
+            width=style.width,
+            ids=[headers.index("Artifact ID"), headers.index("Org")],
+            shrink=shrink,
+            min_cut={i: COACH_MIN for i in shrink},
+            keep_end=shrink,
+            drop=[headers.index(h) for h in droppable],
+            max_col=60,
+            colours=colours if colour else None,
+            style=style,
+        )
+
+    if not collapsed:
+        whole = fit([headers.index("Coach")])
+        if not whole.hidden and not whole.moved:
+            return whole.text, []
+    fitted = fit([])
     return fitted.text, list(fitted.hidden)
 
 
@@ -1176,9 +1241,10 @@ def render_artifacts(
         grid, hidden = _grid(rows, style, collapsed)
         parts.append(grid)
     else:
+        cost_decimals = money_decimals(r["total_ai_cost"] for r in rows)  # one for the page
         for r in rows:
             parts.append("")
-            grid, row_hidden = _grid([r], style, False)
+            grid, row_hidden = _grid([r], style, False, cost_decimals=cost_decimals)
             hidden += [h for h in row_hidden if h not in hidden]
             parts.append(grid)
             parts += _joined(
@@ -1390,6 +1456,7 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
     ]
     orgs = data["organizations"][:ORG_ROWS]
     if orgs:
+        costs = fmt_money_column([o["total_ai_cost"] for o in orgs])
         fitted = fit_table(
             [
                 [
@@ -1398,10 +1465,10 @@ def render_metrics(data: Mapping[str, Any], style: Style) -> str:
                     fmt_int(o["artifacts_completed"]),
                     fmt_int(o["artifacts_failed"]),
                     fmt_duration(o["p95_end_to_end_latency_ms"]),
-                    fmt_money(o["total_ai_cost"]),
+                    cost,
                     fmt_pct(o["overall_failure_rate"]),
                 ]
-                for o in orgs
+                for o, cost in zip(orgs, costs, strict=True)
             ],
             ["Organisation", "Received", "Completed", "Failed", "p95 latency", "Cost", "Failure rate"],
             align=["left"] + ["right"] * 6,
