@@ -84,6 +84,23 @@ def test_failure_rate_counts_each_artifact_once_by_its_latest_outcome(rec: vp.Re
     assert (got.severity, got.value) == ("warning", pytest.approx(3 / 14))
 
 
+def test_failure_rate_counts_the_latest_attempts_outcome_not_a_stale_jobs(
+    rec: vp.Recorder, root: Path
+) -> None:
+    """A queued retry (attempt 1) taken for lost and re-queued with --force (attempt
+    2), which completes; then the lost job turns up and fails. The artifact is
+    completed (its latest attempt's outcome), not a failure that pages someone."""
+    finish(rec, ok=10)
+    common: dict[str, Any] = {"artifact_id": "requeued", "organization_id": "org-a"}
+    rec.emit("artifact_failed", timestamp=ago(25), **common)
+    rec.emit("retry_initiated", timestamp=ago(24), retry_attempt=1, **common)
+    rec.emit("retry_initiated", timestamp=ago(20), retry_attempt=2, **common)
+    rec.emit("artifact_completed", timestamp=ago(15), retry_attempt=2, **common)
+    rec.emit("artifact_failed", timestamp=ago(12), retry_attempt=1, **common)
+    rec.flush()
+    assert found(root, "failure_rate", settings(failure_rate={"warning": 0.05})) == {}
+
+
 def test_failure_rate_empty_store_does_not_fire(root: Path) -> None:
     ev = alerts.evaluate(root, Settings(), now=NOW, rules=["failure_rate"])
     assert ev.findings == []

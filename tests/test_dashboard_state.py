@@ -480,6 +480,23 @@ def outcomes(root: Path, recorder: vp.Recorder) -> Path:
     return root
 
 
+def test_cards_count_a_requeued_artifact_by_its_latest_attempt(root: Path, rec: vp.Recorder) -> None:
+    """Failed, queued for a retry (attempt 1) taken for lost, re-queued with --force
+    (attempt 2), which completed; then the lost job turned up and failed. Today it
+    is one completion, by the latest attempt — not a failure by the stale job."""
+    common: dict[str, Any] = {"artifact_id": "requeued", "organization_id": "org-a"}
+    rec.emit("artifact_received", timestamp=at(28, 8), **common)
+    rec.emit("artifact_failed", timestamp=at(28, 8, 1), **common)
+    rec.emit("retry_initiated", timestamp=at(28, 8, 2), retry_attempt=1, **common)
+    rec.emit("retry_initiated", timestamp=at(28, 9), retry_attempt=2, **common)
+    rec.emit("artifact_completed", timestamp=at(28, 9, 5), retry_attempt=2, **common)
+    rec.emit("artifact_failed", timestamp=at(28, 10), retry_attempt=1, **common)
+    rec.flush()
+    cards = reports.dashboard(root, now=NOW)["cards"]
+    assert (cards["completed_today"], cards["failed_today"]) == (1, 0)
+    assert cards["avg_end_to_end_latency_ms_today"] == pytest.approx(65 * 60 * 1000)
+
+
 def test_cards_count_each_artifact_once_by_its_latest_outcome(outcomes: Path, runner: Any) -> None:
     cards = reports.dashboard(outcomes, now=NOW)["cards"]
     # completed today: fail-then-ok, ok-1, old-retry-ok; failed today: fail-4x (once)

@@ -5,6 +5,8 @@ and the history — on a real store (Parquet + DuckDB)."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,6 +347,24 @@ def test_lock_timeout_waits_for_the_holder(root: Path) -> None:
     waiter.release()
 
 
+def test_a_probe_of_the_lock_at_that_moment_does_not_refuse_a_retry(rec: vp.Recorder, root: Path) -> None:
+    """A dry run or check_eligibility (another process's, say a bulk --dry-run)
+    tests the lock by taking it for a moment: a real retry trying the lock in that
+    moment waits for it, instead of being refused as "being retried" by nobody."""
+    record_failed(rec, "a-1", "transcription")
+    rec.flush()
+    _stage_handler(rec, "transcription")
+    probe = retry.RetryLock(root, "a-1")
+    assert probe.acquire()  # as probe() does: no holder written, released at once
+    timer = threading.Timer(0.05, probe.release)  # (a probing process preempted a little)
+    timer.start()
+    try:
+        outcome = retry.retry_artifact("a-1", root=root, actor="alice")
+    finally:
+        timer.join()
+    assert outcome.status == "succeeded"
+
+
 def test_dry_run_records_nothing(rec: vp.Recorder, root: Path) -> None:
     record_failed(rec, "a-1", "transcription")
     rec.flush()
@@ -482,6 +502,101 @@ def test_worker_failure_is_recorded_by_its_artifact_context(
     assert status(root, "a-1")[:2] == ("failed", 1)
     [record] = retry.retry_history(root, "a-1")
     assert (record.outcome, record.error_code) == ("failed", "RuntimeError")
+
+
+# ------------------------------------------------- stale runs and clock skew
+
+
+def _clock(minutes: float) -> Any:
+    """A host's clock, `minutes` ahead of this one (behind when negative)."""
+    return lambda: time.time_ns() // 1000 + int(minutes * 60_000_000)
+
+
+def test_the_original_run_of_a_stuck_artifact_coming_back_late_does_not_overwrite_the_forced_retry(
+    rec: vp.Recorder, root: Path
+) -> None:
+    """--force retries an in-flight artifact whose run looks stuck; the run was only
+    slow, and fails after the retry completed. Its failure is recorded, but the
+    artifact's state is the retry's (completed), not the stale run's."""
+    started, go = threading.Event(), threading.Event()
+
+    def original_run() -> None:
+        try:
+            with rec.artifact("a-1", organization_id="org-1"), rec.stage("transcription"):
+                started.set()
+                go.wait(30)
+                raise TimeoutError("whisper took too long")
+        except TimeoutError:
+            pass
+
+    run = threading.Thread(target=original_run)
+    run.start()
+    try:
+        assert started.wait(30)
+        rec.flush()
+        assert status(root, "a-1")[0] == "transcribing"
+        _stage_handler(rec, "transcription")
+        outcome = retry.retry_artifact(
+            "a-1", root=root, actor="alice", force=True, stage="transcription", stuck_minutes=0.0
+        )
+        assert (outcome.status, outcome.forced) == ("succeeded", True)
+        assert status(root, "a-1")[:2] == ("completed", 1)
+    finally:
+        go.set()
+        run.join(30)
+    rec.flush()
+    assert [e["event_type"] for e in events(root, "a-1")][-1] == "artifact_failed"  # recorded
+    assert status(root, "a-1") == ("completed", 1, None, None)
+
+
+def test_a_worker_whose_clock_is_behind_still_ends_the_retry(
+    rec: vp.Recorder, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue worker's host runs 10 minutes behind the one that queued the retry:
+    its outcome (attempt 1) is timed before that attempt's retry_initiated. The
+    retry has ended all the same: the artifact is completed, not "retrying" for
+    ever (which would refuse every later retry without --force)."""
+    queue = tmp_path / "queue"
+    monkeypatch.setenv("RETRY_APP_QUEUE", str(queue))
+    from retry_apps import queue_app
+
+    record_failed(rec, "a-1", "transcription")
+    rec.flush()
+    assert retry.retry_artifact("a-1", root=root, actor="alice", recorder=rec).status == "deferred"
+    with vp.Recorder(root, clock=_clock(-10)) as worker:
+        assert queue_app.work(queue, worker) == 1
+    assert status(root, "a-1")[:2] == ("completed", 1)
+    [record] = retry.retry_history(root, "a-1")
+    assert record.outcome == "succeeded"
+
+
+def test_a_retry_queued_by_a_host_whose_clock_is_behind_is_still_the_latest(
+    rec: vp.Recorder, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 ran in-process and failed; attempt 2 was queued from a host whose
+    clock is 10 minutes behind, so its retry_initiated is timed before attempt 1's.
+    Attempt 2 is the one waiting: the artifact is retrying, and another retry is
+    refused — not run beside it, nor attempt 2 recorded as abandoned (its mode is
+    the latest attempt's, deferred, not the latest-timed one's)."""
+    queue = tmp_path / "queue"
+    monkeypatch.setenv("RETRY_APP_QUEUE", str(queue))
+    record_failed(rec, "a-1", "transcription")
+    rec.flush()
+    _stage_handler(rec, "transcription", fail=True)
+    assert retry.retry_artifact("a-1", root=root, actor="alice").status == "failed"
+    from retry_apps import queue_app  # its deferred handler replaces the in-process one
+
+    with vp.Recorder(root, clock=_clock(-10)) as behind:
+        outcome = retry.retry_artifact("a-1", root=root, actor="bob", recorder=behind)
+    assert (outcome.status, outcome.attempt) == ("deferred", 2)
+    assert status(root, "a-1")[:2] == ("retrying", 2)
+    with pytest.raises(retry.RetryRefused) as err:
+        retry.retry_artifact("a-1", root=root, actor="carol", recorder=rec)
+    assert err.value.reason == "already_retrying"
+    assert [p.name for p in queue.iterdir()] == ["a-1-2.json"]
+    with vp.Recorder(root) as worker:
+        assert queue_app.work(queue, worker) == 1
+    assert status(root, "a-1")[:2] == ("completed", 2)
 
 
 # --------------------------------------------------------------------------- bulk

@@ -408,6 +408,74 @@ def test_a_deferred_handler_is_queued_and_the_worker_finishes_it(
     )
 
 
+def _work(root: Path, queue: Path, *, fail: bool = False) -> None:
+    """A queue worker in a process of its own runs every job in `queue`."""
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, voicepipe_obs as vp; from retry_apps import queue_app; "
+            "from pathlib import Path; rec = vp.Recorder(sys.argv[1]); "
+            "print(queue_app.work(Path(sys.argv[2]), rec, fail=sys.argv[3] == 'fail')); rec.close()",
+            str(root),
+            str(queue),
+            "fail" if fail else "ok",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (worker.returncode, worker.stdout.strip()) == (0, "1"), worker.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("comes_back", ["after", "before"])
+def test_a_lost_deferred_job_coming_back_late_does_not_overwrite_the_forced_retry(
+    runner: CliRunner,
+    rec: vp.Recorder,
+    root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    comes_back: str,
+) -> None:
+    """A queued retry (attempt 1) is taken for lost and re-queued with --force
+    (attempt 2); then the lost job turns up and fails — after the forced one
+    succeeded, or while it is still queued. Its failure is recorded as attempt 1's,
+    truthfully, but it is not the artifact's state: that is attempt 2's (retrying
+    while it is queued, then completed), not the stale job's artifact_failed."""
+    queue, lost = tmp_path / "queue", tmp_path / "lost"
+    monkeypatch.setenv("RETRY_APP_QUEUE", str(queue))
+    app = ("--app", "retry_apps.queue_app")
+    record_failed(rec, "a-1", "transcription")
+    rec.flush()
+    assert invoke(runner, root, "a-1", *app, "--by", "alice").exit_code == 0
+    lost.mkdir()
+    (queue / "a-1-1.json").rename(lost / "a-1-1.json")  # the job sits in a dead worker
+    forced = invoke(runner, root, "a-1", *app, "--by", "bob", "--force", "--format", "json")
+    assert forced.exit_code == 0, forced.stderr
+    assert (json.loads(forced.stdout)["attempt"], json.loads(forced.stdout)["forced"]) == (2, True)
+    if comes_back == "before":
+        _work(root, lost, fail=True)  # attempt 1 fails while attempt 2 waits in the queue
+        assert status(root, "a-1")[0] == "retrying"
+        refused(invoke(runner, root, "a-1", *app), "has an unfinished retry (attempt 2")
+        _work(root, queue)
+    else:
+        _work(root, queue)
+        assert status(root, "a-1")[:2] == ("completed", 2)
+        _work(root, lost, fail=True)  # attempt 1 fails after attempt 2 completed
+    assert status(root, "a-1") == ("completed", 2, None, None)
+    history = {r.attempt: r for r in retry.retry_history(root, "a-1")}
+    assert {n: (r.actor, r.outcome, r.error_code) for n, r in history.items()} == {
+        1: ("alice", "failed", "RuntimeError"),
+        2: ("bob", "succeeded", None),
+    }
+    assert history[2].forced
+    stale = [e for e in events(root, "a-1") if e["event_type"] == "artifact_failed" and e["retry_attempt"]]
+    assert [e["retry_attempt"] for e in stale] == [1]  # recorded, not dropped
+
+
 # ------------------------------------------------------------------------- bulk
 
 

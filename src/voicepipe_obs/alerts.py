@@ -405,15 +405,17 @@ def _failure_rate(c: _Ctx, ev: Evaluation) -> None:
     since = c.now - dt.timedelta(minutes=r.window_minutes)
     # each artifact once, by its latest outcome in the window: one retried three
     # times is one failure, and one that failed and then completed on a retry is a
-    # completion (events without an artifact count as they are)
+    # completion (events without an artifact count as they are). Latest by retry
+    # generation, then time, as the artifacts view: a stale job's late failure does
+    # not undo the newer attempt's completion (artifact_index.KEY)
     rows = c.rows(
         f"""WITH outcomes AS (
-              SELECT artifact_id, organization_id, event_type, timestamp FROM {c.window(since)}
-              WHERE event_type IN ('artifact_failed', 'artifact_completed')),
+              SELECT artifact_id, organization_id, event_type, {artifact_index.KEY} AS key
+              FROM {c.window(since)} WHERE event_type IN ('artifact_failed', 'artifact_completed')),
             latest AS (
               SELECT organization_id, event_type FROM outcomes WHERE artifact_id IS NULL
               UNION ALL
-              SELECT arg_max(organization_id, timestamp), arg_max(event_type, timestamp)
+              SELECT arg_max(organization_id, key), arg_max(event_type, key)
               FROM outcomes WHERE artifact_id IS NOT NULL GROUP BY artifact_id)
             SELECT grouping(organization_id), organization_id,
               count(*) FILTER (WHERE event_type = 'artifact_failed'),

@@ -213,6 +213,7 @@ _STATUS_COLUMNS: Final = (
     "new_status",
     "duration_ms",
     "ai_cost",
+    "retry_attempt",
 )
 _SQL_TYPES: Final = {
     "str": "VARCHAR",
@@ -731,20 +732,25 @@ def dashboard(
     require_events(root)
     con = _connect(_files(root, window, None), since=window, columns=_STATUS_COLUMNS)
     # each artifact finished in a period, by its latest outcome there (an outcome
-    # without an artifact_id counts as an artifact of its own)
+    # without an artifact_id counts as an artifact of its own); latest by retry
+    # generation, then time, as the artifacts view: a stale job's late outcome does
+    # not replace the newer attempt's (artifact_index.KEY)
+    from .artifact_index import KEY as key
+
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE _vp_outcomes AS
         WITH o AS (
-          SELECT 'today' AS period, coalesce(artifact_id, event_id) AS aid, artifact_id, event_type, timestamp
+          SELECT 'today' AS period, coalesce(artifact_id, event_id) AS aid, artifact_id, event_type, timestamp,
+                 {key} AS key
           FROM events WHERE event_type IN ('artifact_completed', 'artifact_failed')
             AND timestamp >= $today AND timestamp <= $now
           UNION ALL
-          SELECT 'yesterday', coalesce(artifact_id, event_id), artifact_id, event_type, timestamp
+          SELECT 'yesterday', coalesce(artifact_id, event_id), artifact_id, event_type, timestamp, {key}
           FROM events WHERE event_type IN ('artifact_completed', 'artifact_failed')
             AND timestamp >= $yday AND timestamp < $yday_now)
         SELECT period, aid, any_value(artifact_id) AS artifact_id,
-               arg_max(event_type, timestamp) AS outcome, max(timestamp) AS outcome_at
+               arg_max(event_type, key) AS outcome, arg_max(timestamp, key) AS outcome_at
         FROM o GROUP BY period, aid
         """,
         {"today": today, "now": now, "yday": yesterday, "yday_now": now - DAY},

@@ -8,7 +8,10 @@ stage, which attempt), then — from the handler's run, or from a queue worker t
 reopens the artifact with ``rec.artifact(id, retry_attempt=n)`` — the re-run's
 stage events, ``retry_succeeded`` / ``retry_failed`` and ``artifact_completed`` /
 ``artifact_failed``. The artifact's status (``retrying`` while it runs) is derived
-from those events by the ``artifacts`` view (query.py).
+from those events by the ``artifacts`` view (query.py), latest attempt first: an
+attempt is a generation, so a stale job (a queued retry re-queued with ``--force``,
+the original run of a stuck artifact) that finishes late records its own outcome but
+never replaces the newer attempt's (artifact_index.py).
 
 This module imports duckdb only inside the functions that read the store, so
 registering a handler stays cheap. It never renders anything (``cli_retry.py``)
@@ -66,6 +69,11 @@ ABANDONED = "Abandoned"
 DEFAULT_STUCK_MINUTES = 30.0
 
 LOCK_DIR = Path(store.STATE) / "retry"
+#: How long a retry waits for an artifact's lock at least (``retry.lock_timeout_seconds``
+#: may make it longer): a probe (``--dry-run``, :func:`check_eligibility`) tests the
+#: lock by taking it for a moment, and a retry trying it in that moment must not be
+#: refused as "being retried by another process" when nothing is retried.
+LOCK_GRACE_SECONDS = 0.5
 
 Mode = Literal["inline", "deferred"]
 OutcomeStatus = Literal["succeeded", "failed", "deferred", "interrupted", "dry_run"]
@@ -766,8 +774,11 @@ class ArtifactReader:
         info = fetch_artifact(con, artifact_id)
         if info is not None and info.status == "retrying":
             row = con.execute(
+                # the latest attempt's, not the latest by time: the hosts that
+                # initiated two attempts may disagree about the time
                 "SELECT map_extract_value(attributes, 'retry_mode') FROM events "
-                "WHERE artifact_id = ? AND event_type = 'retry_initiated' ORDER BY timestamp DESC LIMIT 1",
+                "WHERE artifact_id = ? AND event_type = 'retry_initiated' "
+                "ORDER BY coalesce(retry_attempt, 0) DESC, timestamp DESC LIMIT 1",
                 [artifact_id],
             ).fetchone()
             info = dataclasses.replace(info, last_retry_mode=row[0] if row else None)
@@ -1152,7 +1163,7 @@ def retry_artifact(
             host=socket.gethostname(),
             since=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
-        if not lock.acquire(settings.lock_timeout_seconds, holder=me):
+        if not lock.acquire(max(settings.lock_timeout_seconds, LOCK_GRACE_SECONDS), holder=me):
             info = reader.get(artifact_id) or ArtifactInfo(artifact_id, "retrying")
             decide(info, lock_holder=lock.holder()).raise_if_refused()
             raise RetryRefused("locked", f"artifact {artifact_id!r} is being retried by another process")
