@@ -40,12 +40,18 @@ CHECK_EXIT_UNKNOWN = 3
 CHECK_INTERRUPTED = "interrupted (Ctrl-C); what it recorded is kept, the next check goes on from there"
 CHECK_TERMINATED = "terminated (SIGTERM); what it recorded is kept, the next check goes on from there"
 
+#: Whether a signal landing in an import exits at once (see the module's docstring).
+#: A command turns it off (:func:`voicepipe_obs.cli.signals_always_raise`) before it
+#: runs code whose interruption it must record: ``voicepipe retry`` running a
+#: handler that imports a library on first use.
+exit_while_importing = True
+
 #: the root group's options that take a value (to find the command's name in argv)
 _VALUED_OPTIONS = ("--data", "--config")
 
 
 def _on_signal(signum: int, frame: object) -> None:
-    if importing(frame):
+    if exit_while_importing and importing(frame):
         code = interrupted_while_starting(signum, sys.argv[1:])
         for stream in (sys.stdout, sys.stderr):
             try:

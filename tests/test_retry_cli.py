@@ -637,13 +637,18 @@ def test_two_concurrent_retries_of_one_artifact_run_exactly_once(
     assert status(root, "a-1")[:2] == ("completed", 1)
 
 
-def _retry_running(rec: vp.Recorder, root: Path, tmp_path: Path) -> subprocess.Popen[str]:
+def _retry_running(
+    rec: vp.Recorder, root: Path, tmp_path: Path, *, lazy_import: bool = False
+) -> subprocess.Popen[str]:
     """`voicepipe retry a-1` (failed at claims extraction) by alice in a real process,
-    returned once its handler has started (and waits: it is never let go)."""
+    returned once its handler has started (and waits: it is never let go); with
+    ``lazy_import`` it waits inside an import (a library imported on first use)."""
     record_failed(rec, "a-1", "claims_extraction")
     rec.flush()
     started = tmp_path / "started"
     env = _env(RETRY_APP_STARTED=str(started), RETRY_APP_GO=str(tmp_path / "never"))
+    if lazy_import:
+        env["RETRY_APP_LAZY_IMPORT"] = "1"
     proc = subprocess.Popen(
         [*_voicepipe(), "--data", str(root), "retry", "a-1", "--app", PIPELINE, "--by", "alice"],
         env=env,
@@ -667,14 +672,23 @@ def _retry_running(rec: vp.Recorder, root: Path, tmp_path: Path) -> subprocess.P
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
     ids=["ctrl-c", "sigterm"],
 )
+@pytest.mark.parametrize("lazy_import", [False, True], ids=["running", "importing"])
 def test_ctrl_c_or_sigterm_records_the_retry_as_failed_interrupted(
-    rec: vp.Recorder, root: Path, tmp_path: Path, sig: signal.Signals, code: int, said: str
+    rec: vp.Recorder,
+    root: Path,
+    tmp_path: Path,
+    sig: signal.Signals,
+    code: int,
+    said: str,
+    lazy_import: bool,
 ) -> None:
     """Ctrl-C, or SIGTERM from a service manager or a timeout: the running attempt
     is recorded as failed (Interrupted) — not left "retrying" for ever, which would
     refuse every later retry without --force — and the lock is released; exit 130
-    (Ctrl-C) or 143 (SIGTERM)."""
-    proc = _retry_running(rec, root, tmp_path)
+    (Ctrl-C) or 143 (SIGTERM). Also while the handler imports a library on first
+    use: the console script exits at once on a signal in an import only while the
+    CLI loads."""
+    proc = _retry_running(rec, root, tmp_path, lazy_import=lazy_import)
     try:
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=60)
