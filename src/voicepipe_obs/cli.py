@@ -222,7 +222,7 @@ def signals_always_raise() -> None:
     interrupted retry must be recorded as failed, not left "retrying"."""
     entry = sys.modules.get("_voicepipe_entry")
     if entry is not None:
-        entry.exit_while_importing = False
+        setattr(entry, "exit_while_importing", False)  # noqa: B010 - a module, not typed here
 
 
 def _interrupted(exc: BaseException, args: list[str], ctx: click.Context | None) -> click.exceptions.Exit:
