@@ -87,7 +87,7 @@ class Organization:
 
 
 ORGANIZATIONS: tuple[Organization, ...] = (
-    Organization("org-northwind-athletics", 6, 0.28, 0.80, "gpt-4o-mini", 0.50),
+    Organization("org-northwind-athletics", 6, 0.28, 0.80, "gpt-4o-mini", 0.40),
     Organization("org-harbor-health", 5, 0.20, 0.55, "gpt-4o", 0.60),
     Organization("org-summit-coaching", 4, 0.16, 0.70, "gpt-4o-mini", 0.60),
     Organization("org-bluebird-wellness", 3, 0.14, 0.40, "gpt-4o-mini", 0.50),
