@@ -903,7 +903,8 @@ class Recorder:
             simulations advance it). When given, it also measures stage and
             artifact durations, so a simulated clock yields simulated durations.
         close_timeout: seconds :meth:`close` (and so interpreter exit) waits for
-            the final write at most; None waits for as long as it takes.
+            the final write at most; None waits for as long as it takes. At exit
+            all open recorders share one bound, the largest of theirs.
     """
 
     def __init__(
@@ -1245,46 +1246,55 @@ class Recorder:
         written neither as Parquet nor to the spool — in "memory" mode, every event
         not written when close gives up — are counted as dropped, with a warning.
         """
+        limit = self.close_timeout if isinstance(timeout, _Default) else timeout
+        _close_together([self], limit)
+
+    def _begin_close(self) -> bool:
+        """close()'s first step: stop taking events and wake the background threads.
+        False when there is nothing to close (closed already, a forked child's copy,
+        or called from a signal handler inside the recorder's own work)."""
         if self._closed or self._pid != os.getpid():
-            return
+            return False
         if self._holding():  # a signal handler that interrupted the recorder's own work
             self._warn.warning(
                 "close",
                 "voicepipe: close() in the middle of the recorder's work (a signal handler) is ignored",
             )
-            return
-        limit = self.close_timeout if isinstance(timeout, _Default) else timeout
-        deadline = None if limit is None else time.monotonic() + max(float(limit), 0.0)
+            return False
         self._stop = True
         self._closed = True  # later emits are dropped and counted
         self._wake.set()
         self._write_wake.set()
-        finished = False
-        try:
-            finished = self._final_flush_until(deadline)
-        finally:  # also after a KeyboardInterrupt while waiting: the spool is released
-            self._release_at_close(finished, limit, bounded=deadline is not None)
+        return True
 
-    def _final_flush_until(self, deadline: float | None) -> bool:
-        """Run the final flush, on a helper thread when there is a deadline; True
-        when it finished (by the deadline). Then give the writer thread (which may
+    def _start_final_flush(self, deadline: float | None) -> threading.Thread | None:
+        """With a deadline, start the final flush on a helper thread (None: run it
+        in the caller, by _await_final_flush)."""
+        if deadline is None:
+            return None
+        helper = threading.Thread(
+            target=self._final_flush, args=(threading.current_thread(),), name="voicepipe-close", daemon=True
+        )
+        try:
+            helper.start()
+        except RuntimeError:  # no new threads at interpreter shutdown (Python 3.12.0-1): no bound
+            return None
+        return helper
+
+    def _await_final_flush(self, helper: threading.Thread | None, deadline: float | None) -> bool:
+        """Wait for the final flush (run it here when no ``helper`` runs it) until
+        ``deadline``; True when it finished. Then give the writer thread (which may
         be recovering other processes' spools) what is left of the time to end."""
         caller = threading.current_thread()
-        wait = max(5.0, self.flush_interval * 2)
-        if deadline is None:
+        if helper is None:
             self._final_flush(caller)
             finished = True
         else:
-            helper = threading.Thread(
-                target=self._final_flush, args=(caller,), name="voicepipe-close", daemon=True
-            )
-            try:
-                helper.start()
-            except RuntimeError:  # no new threads at interpreter shutdown (Python 3.12.0-1): no bound
-                self._final_flush(caller)
-                return True
+            assert deadline is not None
             helper.join(max(deadline - time.monotonic(), 0.0))
             finished = not helper.is_alive()
+        wait = max(5.0, self.flush_interval * 2)
+        if deadline is not None:
             wait = min(wait, max(deadline - time.monotonic(), 0.0))
         writer = self._threads[1] if self._threads else None
         if finished and writer is not None and writer is not caller:
@@ -1303,18 +1313,17 @@ class Recorder:
             self._warn.warning("close", "voicepipe could not flush on close under %s: %s", self.root, exc)
         self._drain_log()
 
-    def _release_at_close(self, finished: bool, limit: float | None, bounded: bool) -> None:
+    def _release_at_close(self, finished: bool, limit: float | None, grace: float | None) -> None:
         """close()'s end: count what is lost, release memory, segments and the
         spool's lock. When the final flush did not finish (``finished`` False), the
         write still running is abandoned first (see _write_batches). With a bound,
-        the recorder's locks are waited for at most _RELEASE_GRACE seconds (a
-        spool write stuck on a hung disk holds them): then the spool stays locked
-        until the process exits, and nothing is counted."""
+        the recorder's locks are waited for until ``grace`` (monotonic; a spool
+        write stuck on a hung disk holds them): then the spool stays locked until
+        the process exits, and nothing is counted."""
         self._drain_log()
-        grace = time.monotonic() + _RELEASE_GRACE
 
         def take(lock: Any) -> bool:
-            if not bounded:
+            if grace is None:
                 return bool(lock.acquire())
             return bool(lock.acquire(timeout=max(grace - time.monotonic(), 0.0)))
 
@@ -2630,10 +2639,42 @@ _mp_hook = _MpHook()
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
 
 
+def _close_together(recorders: Sequence[Recorder], limit: float | None) -> None:
+    """Close ``recorders`` against one deadline, ``limit`` seconds from now (None:
+    no bound). Their final writes run at the same time, each on its own helper
+    thread, so one recorder's hung storage costs the others none of the time; then
+    each is released (what is lost counted, the spool unlocked), all within one
+    _RELEASE_GRACE more. Raises the first EmitError of a strict recorder, after
+    every recorder is released."""
+    deadline = None if limit is None else time.monotonic() + max(float(limit), 0.0)
+    closing = [rec for rec in recorders if rec._begin_close()]
+    finished = [False] * len(closing)
+    try:
+        helpers = [rec._start_final_flush(deadline) for rec in closing]
+        for i, (rec, helper) in enumerate(zip(closing, helpers, strict=True)):
+            finished[i] = rec._await_final_flush(helper, deadline)
+    finally:  # also after a KeyboardInterrupt while waiting: the spools are released
+        grace = None if deadline is None else time.monotonic() + _RELEASE_GRACE
+        error: Exception | None = None
+        for rec, done in zip(closing, finished, strict=True):
+            try:
+                rec._release_at_close(done, limit, grace)
+            except Exception as exc:  # strict: the first is raised once all are released
+                error = error or exc
+        if error is not None:
+            raise error
+
+
 @atexit.register
 def _close_all() -> None:
-    for rec in list(_recorders):
-        try:
-            rec.close()
-        except Exception:  # pragma: no cover
-            pass
+    """Close every open recorder at exit (and at a multiprocessing child's end)
+    against one deadline: the largest close_timeout, from now (none if any has
+    none). N recorders on hung storage hold up exit once, not N times."""
+    pid = os.getpid()
+    recorders = [rec for rec in list(_recorders) if not rec._closed and rec._pid == pid]
+    timeouts = [rec.close_timeout for rec in recorders]
+    limit = None if None in timeouts else max((t for t in timeouts if t is not None), default=0.0)
+    try:
+        _close_together(recorders, limit)
+    except Exception:  # pragma: no cover - strict recorders: nothing to raise into at exit
+        pass
