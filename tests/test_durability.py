@@ -154,6 +154,54 @@ def test_fork_while_another_thread_emits_does_not_deadlock(root: Path) -> None:
     assert children == [(1,), (2,), (3,), (4,), (5,)]
 
 
+def test_a_fork_does_not_wait_for_the_writers_fsync(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork while the writer is in fsync (a slow or hung disk: the fsync stalls at
+    the OS call until released) goes ahead at once, and the child's recorder writes
+    its own events; the parent's write completes after."""
+    import pyarrow
+
+    pyarrow.array([0])  # the writer's first-use imports (under the fork gate) done
+    rec = vp.Recorder(root, flush_interval=60)
+    rec.emit("rate_limit_hit", claim_count=0)
+    assert rec.flush()  # threads started and warm
+    real_fsync = os.fsync
+    in_fsync, release = threading.Event(), threading.Event()
+
+    def stalled_fsync(fd: int) -> None:
+        in_fsync.set()
+        release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stalled_fsync)
+    rec.emit("rate_limit_hit", claim_count=1)
+    flusher = threading.Thread(target=rec.flush)
+    flusher.start()
+    try:
+        assert in_fsync.wait(30)
+        timer = threading.Timer(3.0, release.set)  # a fork that waits for the fsync waits for this
+        timer.start()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.fsync = real_fsync
+                rec.emit("rate_limit_hit", claim_count=2)
+                rec.close(timeout=30)
+                code = 0 if rec.stats()["written"] == 1 else 2
+            finally:
+                os._exit(code)
+        took, stalled = time.monotonic() - start, not release.is_set()
+        assert _wait_child(pid) == 0
+    finally:
+        release.set()
+        flusher.join(30)
+    assert stalled and took < 1.0, f"fork took {took:.1f} s"
+    rec.close()
+    assert sorted(r[2] for r in raw(root)) == [0, 1, 2]
+    assert assert_unique(root) == 3
+
+
 def test_a_forked_child_that_dies_without_closing_is_recovered_once(root: Path) -> None:
     rec = vp.Recorder(root, durability="sync", flush_interval=60)
     rec.emit("rate_limit_hit", retry_attempt=0, claim_count=0)

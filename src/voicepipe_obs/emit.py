@@ -176,9 +176,16 @@ def _columns_to_table(columns: dict[str, Any], n: int, id_prefix: str) -> Any:
     return table.set_column(at, table.schema.field(at), _event_id_array(ids, id_prefix))
 
 
-def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_prefix: str) -> None:
+def _write_event_rows(
+    root: Path,
+    rows: Sequence[Sequence[Any]],
+    stem: str,
+    id_prefix: str,
+    sync: Callable[[int], None] | None = None,
+) -> None:
     """Write compact rows as Parquet, one file per hour named ``<stem>.parquet``; an
-    hour whose file exists is skipped (exactly-once, see store.write_event_rows)."""
+    hour whose file exists is skipped (exactly-once, see store.write_event_rows).
+    ``sync``: see store.write_table."""
     if not rows:
         return
     if len(rows[0]) == NUM_COLUMNS:  # a full-width row (spool of an older version)
@@ -209,7 +216,7 @@ def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_p
             path = store.event_file(root, hour_number, f"{stem}-{len(bucket)}")
             if path.exists() and _rows_in(path) == len(bucket):
                 continue
-        store.write_table(path, _rows_to_table(bucket, id_prefix, cols))
+        store.write_table(path, _rows_to_table(bucket, id_prefix, cols), sync=sync)
 
 
 #: rows turned into Arrow per step: each step holds the GIL throughout, so a large
@@ -245,7 +252,12 @@ def _rows_in(path: Path) -> int:
 
 
 def _write_rows_repairing(
-    root: Path, rows: Sequence[Row], stem: str, id_prefix: str, report: Callable[..., None] = log.error
+    root: Path,
+    rows: Sequence[Row],
+    stem: str,
+    id_prefix: str,
+    report: Callable[..., None] = log.error,
+    sync: Callable[[int], None] | None = None,
 ) -> tuple[int, list[str], bool]:
     """Write rows (:func:`_write_event_rows`). When Arrow refuses a value that
     validation let through, repair the rows (:func:`_repair_rows`: the offending
@@ -259,7 +271,7 @@ def _write_rows_repairing(
     transient, so the caller keeps the rows and retries later.
     """
     try:
-        _write_event_rows(root, rows, stem, id_prefix)
+        _write_event_rows(root, rows, stem, id_prefix, sync)
         return len(rows), [], False
     except OSError:
         raise
@@ -271,7 +283,7 @@ def _write_rows_repairing(
     if lost:
         report("voicepipe left out %d event rows without a usable id, type or time", lost)
     try:
-        _write_event_rows(root, repaired, stem, id_prefix)
+        _write_event_rows(root, repaired, stem, id_prefix, sync)
     except OSError:
         raise
     except Exception as exc:
@@ -955,7 +967,8 @@ class Recorder:
     # -- process-local state (re-made in a forked child) --------------------------
 
     def _init_process_state(self, closed: bool = False) -> None:
-        # Lock order: _write_lock, _io_lock, _lock, _spool_lock (the fork hooks take all).
+        # Lock order: _write_lock, _fork_lock, _io_lock, _lock, _spool_lock (the fork
+        # hooks take all but _write_lock).
         # Two threads per recorder: the spooler (pending rows → spool segment, sealing
         # batches) and the writer (sealed batches → Parquet), so that a slow write, the
         # first pyarrow import or a recovery never delays the spool.
@@ -965,6 +978,10 @@ class Recorder:
         # handler (user code) is never called then. _spool_lock is only ever taken
         # with _lock or _io_lock held.
         self._write_lock = threading.RLock()  # one Parquet writer at a time
+        # Held with _write_lock, except around the write's fsync (_fsync_unlocked): a
+        # fork waits for the writer's Arrow and file work, never for a slow disk's
+        # fsync (a system call: the writer then holds nothing a child could need).
+        self._fork_lock = threading.RLock()
         self._lock = threading.RLock()  # batches, counters
         self._spool_lock = threading.Lock()  # segment files
         self._io_lock = threading.RLock()  # one spool tick at a time
@@ -1825,7 +1842,7 @@ class Recorder:
 
     def _write_sealed(self, force: bool, unless_closed: bool = False) -> None:
         """Write the sealed batches as Parquet (after a failure, not before the retry delay)."""
-        with self._write_lock:
+        with self._write_lock, self._fork_lock:
             if unless_closed and self._closed:
                 return
             with self._lock:
@@ -1899,7 +1916,7 @@ class Recorder:
                     # a value Arrow cannot take (validation should have caught it) must
                     # not cost the batch's good events: repaired, counted, written
                     written, problems, poisoned = _write_rows_repairing(
-                        self.root, rows, stem, self._id_prefix, report=self._warn.error
+                        self.root, rows, stem, self._id_prefix, self._warn.error, self._fsync_unlocked
                     )
                     if problems:
                         with self._lock:
@@ -1945,6 +1962,16 @@ class Recorder:
                 if batch.rows is not None:
                     self._mem_rows -= len(batch.rows)
                     batch.rows = None
+
+    def _fsync_unlocked(self, fd: int) -> None:
+        """The writer's fsync (it holds _write_lock and _fork_lock), with _fork_lock
+        released: a fork meanwhile goes ahead, and the child, whose state is made
+        afresh, inherits at most the descriptor of the file being synced."""
+        self._fork_lock.release()
+        try:
+            os.fsync(fd)
+        finally:
+            self._fork_lock.acquire()
 
     def _write_rows(self, rows: list[Row], stem: str) -> None:
         """Write rows as Parquet under their hour partitions, named after ``stem``."""
@@ -2559,7 +2586,7 @@ _fork_gate = threading.Lock()
 def _before_fork() -> None:
     _fork_gate.acquire()
     for rec in list(_recorders):
-        rec._write_lock.acquire()
+        rec._fork_lock.acquire()  # not _write_lock: it is held through a write's fsync
         rec._io_lock.acquire()
         rec._lock.acquire()
         rec._spool_lock.acquire()
@@ -2570,7 +2597,7 @@ def _after_fork_parent() -> None:
         rec._spool_lock.release()
         rec._lock.release()
         rec._io_lock.release()
-        rec._write_lock.release()
+        rec._fork_lock.release()
     _fork_gate.release()
 
 
