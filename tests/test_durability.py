@@ -154,6 +154,54 @@ def test_fork_while_another_thread_emits_does_not_deadlock(root: Path) -> None:
     assert children == [(1,), (2,), (3,), (4,), (5,)]
 
 
+def test_a_fork_does_not_wait_for_the_writers_fsync(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork while the writer is in fsync (a slow or hung disk: the fsync stalls at
+    the OS call until released) goes ahead at once, and the child's recorder writes
+    its own events; the parent's write completes after."""
+    import pyarrow
+
+    pyarrow.array([0])  # the writer's first-use imports (under the fork gate) done
+    rec = vp.Recorder(root, flush_interval=60)
+    rec.emit("rate_limit_hit", claim_count=0)
+    assert rec.flush()  # threads started and warm
+    real_fsync = os.fsync
+    in_fsync, release = threading.Event(), threading.Event()
+
+    def stalled_fsync(fd: int) -> None:
+        in_fsync.set()
+        release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stalled_fsync)
+    rec.emit("rate_limit_hit", claim_count=1)
+    flusher = threading.Thread(target=rec.flush)
+    flusher.start()
+    try:
+        assert in_fsync.wait(30)
+        timer = threading.Timer(3.0, release.set)  # a fork that waits for the fsync waits for this
+        timer.start()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.fsync = real_fsync
+                rec.emit("rate_limit_hit", claim_count=2)
+                rec.close(timeout=30)
+                code = 0 if rec.stats()["written"] == 1 else 2
+            finally:
+                os._exit(code)
+        took, stalled = time.monotonic() - start, not release.is_set()
+        assert _wait_child(pid) == 0
+    finally:
+        release.set()
+        flusher.join(30)
+    assert stalled and took < 1.0, f"fork took {took:.1f} s"
+    rec.close()
+    assert sorted(r[2] for r in raw(root)) == [0, 1, 2]
+    assert assert_unique(root) == 3
+
+
 def test_a_forked_child_that_dies_without_closing_is_recovered_once(root: Path) -> None:
     rec = vp.Recorder(root, durability="sync", flush_interval=60)
     rec.emit("rate_limit_hit", retry_attempt=0, claim_count=0)
@@ -851,25 +899,35 @@ import json, os, sys, threading, time
 import voicepipe_obs as vp
 
 root, durability, disk, ending = sys.argv[1:5]
+recorders, close_timeout = int(sys.argv[5]), float(sys.argv[6])
 real_fsync = os.fsync
 stuck = threading.Event()  # never set
+import pyarrow, pyarrow.parquet
+pyarrow.array([0])  # the writer's imports done before the timing, as a long-lived process has
 
 
 def fsync(fd):
     # fault injection at the OS call the Parquet writer makes (the recorder's own code
-    # is unchanged): a hung NFS mount, or a disk taking 1.5 s per fsync
+    # is unchanged): a hung NFS mount, a disk taking 1.5 s per fsync, or one that
+    # works but takes 2 s per fsync
     if disk == "hung":
         stuck.wait()
-    time.sleep(1.5)
+    time.sleep(2.0 if disk == "working" else 1.5)
     real_fsync(fd)
 
 
 os.fsync = fsync
-rec = vp.Recorder(root, durability=durability, batch_size=100, spool_interval=0.02, close_timeout=1.0)
-for i in range(1000):
-    rec.emit("rate_limit_hit", claim_count=i)
-    if i % 100 == 99:
-        time.sleep(0.03)  # let the spooler seal batches: the writer is stuck in the first
+# "working": each recorder's events in one batch, written at exit (one slow fsync)
+batches = dict(flush_interval=60) if disk == "working" else dict(batch_size=100, spool_interval=0.02)
+recs = [
+    vp.Recorder(root, durability=durability, close_timeout=close_timeout, **batches)
+    for _ in range(recorders)
+]
+for k, rec in enumerate(recs):
+    for i in range(1000):
+        rec.emit("rate_limit_hit", claim_count=k * 1000 + i)
+        if i % 100 == 99 and disk != "working":
+            time.sleep(0.03)  # let the spooler seal batches: the writer is stuck in the first
 if ending == "close":
     start = time.monotonic()
     rec.close()
@@ -879,13 +937,17 @@ print(time.time(), flush=True)  # main ends: atexit closes the recorder
 """
 
 
-def _run_hung_disk_child(tmp_path: Path, durability: str, disk: str, ending: str) -> tuple[str, str, float]:
-    """Run the child; (stdout, stderr, seconds from the end of its main to its exit)."""
+def _run_hung_disk_child(
+    tmp_path: Path, durability: str, disk: str, ending: str, recorders: int = 1, close_timeout: float = 1.0
+) -> tuple[str, str, float]:
+    """Run the child (``recorders`` recorders on one root, 1000 events each);
+    (stdout, stderr, seconds from the end of its main to its exit)."""
     script = tmp_path / "hung.py"
     script.write_text(HUNG_DISK_CHILD)
+    args = [str(tmp_path / "data"), durability, disk, ending, str(recorders), str(close_timeout)]
     try:
         done = subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "data"), durability, disk, ending],
+            [sys.executable, str(script), *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -940,6 +1002,39 @@ def test_memory_mode_close_with_hung_storage_counts_unwritten_events_as_dropped(
     assert "dropped 1000 events" in stderr, stderr
     assert exiting < 1.0  # close() was called: exit has nothing left to wait for
     assert not (tmp_path / "data" / "events").exists() or raw(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("durability", ["spool", "memory"])
+def test_recorders_at_exit_share_one_close_timeout(tmp_path: Path, durability: str) -> None:
+    """Three recorders whose every fsync hangs: exit waits about one close_timeout
+    (the largest), not one per recorder; the spool keeps every event ("spool"),
+    or each recorder counts its events as dropped ("memory")."""
+    _, stderr, exiting = _run_hung_disk_child(tmp_path, durability, "hung", "exit", 3, close_timeout=3.0)
+    assert exiting < 4.5, f"exit took {exiting:.1f} s"  # 3 s, the spools' release, the interpreter's end
+    root = tmp_path / "data"
+    if durability == "memory":
+        assert stderr.count("dropped 1000 events") == 3, stderr
+        return
+    assert stderr.count("stopped waiting for storage") == 3, stderr
+    vp.recover_spools(root)
+    assert assert_unique(root) == 3000
+    assert raw(root, "SELECT count(DISTINCT claim_count) FROM ev") == [(3000,)]
+
+
+@pytest.mark.parametrize("durability", ["spool", "memory"])
+def test_recorders_at_exit_with_working_slow_storage_all_write_everything(
+    tmp_path: Path, durability: str
+) -> None:
+    """Three recorders on storage that works but takes 2 s per write: within the one
+    shared close_timeout (3 s) every recorder writes all its events as Parquet, none
+    left to the spool (their final writes run at once, not in turn)."""
+    _, stderr, exiting = _run_hung_disk_child(tmp_path, durability, "working", "exit", 3, close_timeout=3.0)
+    assert exiting < 4.5, f"exit took {exiting:.1f} s"
+    assert "stopped waiting" not in stderr and "dropped" not in stderr, stderr
+    root = tmp_path / "data"
+    assert raw(root, "SELECT count(*), count(DISTINCT claim_count) FROM ev") == [(3000, 3000)]
+    assert assert_unique(root) == 3000
+    assert not list((root / "_spool").glob("*.spool"))
 
 
 def test_close_timeout_is_validated_and_a_healthy_close_writes_everything(root: Path) -> None:

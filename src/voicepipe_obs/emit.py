@@ -176,9 +176,16 @@ def _columns_to_table(columns: dict[str, Any], n: int, id_prefix: str) -> Any:
     return table.set_column(at, table.schema.field(at), _event_id_array(ids, id_prefix))
 
 
-def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_prefix: str) -> None:
+def _write_event_rows(
+    root: Path,
+    rows: Sequence[Sequence[Any]],
+    stem: str,
+    id_prefix: str,
+    sync: Callable[[int], None] | None = None,
+) -> None:
     """Write compact rows as Parquet, one file per hour named ``<stem>.parquet``; an
-    hour whose file exists is skipped (exactly-once, see store.write_event_rows)."""
+    hour whose file exists is skipped (exactly-once, see store.write_event_rows).
+    ``sync``: see store.write_table."""
     if not rows:
         return
     if len(rows[0]) == NUM_COLUMNS:  # a full-width row (spool of an older version)
@@ -209,7 +216,7 @@ def _write_event_rows(root: Path, rows: Sequence[Sequence[Any]], stem: str, id_p
             path = store.event_file(root, hour_number, f"{stem}-{len(bucket)}")
             if path.exists() and _rows_in(path) == len(bucket):
                 continue
-        store.write_table(path, _rows_to_table(bucket, id_prefix, cols))
+        store.write_table(path, _rows_to_table(bucket, id_prefix, cols), sync=sync)
 
 
 #: rows turned into Arrow per step: each step holds the GIL throughout, so a large
@@ -245,7 +252,12 @@ def _rows_in(path: Path) -> int:
 
 
 def _write_rows_repairing(
-    root: Path, rows: Sequence[Row], stem: str, id_prefix: str, report: Callable[..., None] = log.error
+    root: Path,
+    rows: Sequence[Row],
+    stem: str,
+    id_prefix: str,
+    report: Callable[..., None] = log.error,
+    sync: Callable[[int], None] | None = None,
 ) -> tuple[int, list[str], bool]:
     """Write rows (:func:`_write_event_rows`). When Arrow refuses a value that
     validation let through, repair the rows (:func:`_repair_rows`: the offending
@@ -259,7 +271,7 @@ def _write_rows_repairing(
     transient, so the caller keeps the rows and retries later.
     """
     try:
-        _write_event_rows(root, rows, stem, id_prefix)
+        _write_event_rows(root, rows, stem, id_prefix, sync)
         return len(rows), [], False
     except OSError:
         raise
@@ -271,7 +283,7 @@ def _write_rows_repairing(
     if lost:
         report("voicepipe left out %d event rows without a usable id, type or time", lost)
     try:
-        _write_event_rows(root, repaired, stem, id_prefix)
+        _write_event_rows(root, repaired, stem, id_prefix, sync)
     except OSError:
         raise
     except Exception as exc:
@@ -903,7 +915,8 @@ class Recorder:
             simulations advance it). When given, it also measures stage and
             artifact durations, so a simulated clock yields simulated durations.
         close_timeout: seconds :meth:`close` (and so interpreter exit) waits for
-            the final write at most; None waits for as long as it takes.
+            the final write at most; None waits for as long as it takes. At exit
+            all open recorders share one bound, the largest of theirs.
     """
 
     def __init__(
@@ -954,7 +967,8 @@ class Recorder:
     # -- process-local state (re-made in a forked child) --------------------------
 
     def _init_process_state(self, closed: bool = False) -> None:
-        # Lock order: _write_lock, _io_lock, _lock, _spool_lock (the fork hooks take all).
+        # Lock order: _write_lock, _fork_lock, _io_lock, _lock, _spool_lock (the fork
+        # hooks take all but _write_lock).
         # Two threads per recorder: the spooler (pending rows → spool segment, sealing
         # batches) and the writer (sealed batches → Parquet), so that a slow write, the
         # first pyarrow import or a recovery never delays the spool.
@@ -964,6 +978,10 @@ class Recorder:
         # handler (user code) is never called then. _spool_lock is only ever taken
         # with _lock or _io_lock held.
         self._write_lock = threading.RLock()  # one Parquet writer at a time
+        # Held with _write_lock, except around the write's fsync (_fsync_unlocked): a
+        # fork waits for the writer's Arrow and file work, never for a slow disk's
+        # fsync (a system call: the writer then holds nothing a child could need).
+        self._fork_lock = threading.RLock()
         self._lock = threading.RLock()  # batches, counters
         self._spool_lock = threading.Lock()  # segment files
         self._io_lock = threading.RLock()  # one spool tick at a time
@@ -1245,46 +1263,55 @@ class Recorder:
         written neither as Parquet nor to the spool — in "memory" mode, every event
         not written when close gives up — are counted as dropped, with a warning.
         """
+        limit = self.close_timeout if isinstance(timeout, _Default) else timeout
+        _close_together([self], limit)
+
+    def _begin_close(self) -> bool:
+        """close()'s first step: stop taking events and wake the background threads.
+        False when there is nothing to close (closed already, a forked child's copy,
+        or called from a signal handler inside the recorder's own work)."""
         if self._closed or self._pid != os.getpid():
-            return
+            return False
         if self._holding():  # a signal handler that interrupted the recorder's own work
             self._warn.warning(
                 "close",
                 "voicepipe: close() in the middle of the recorder's work (a signal handler) is ignored",
             )
-            return
-        limit = self.close_timeout if isinstance(timeout, _Default) else timeout
-        deadline = None if limit is None else time.monotonic() + max(float(limit), 0.0)
+            return False
         self._stop = True
         self._closed = True  # later emits are dropped and counted
         self._wake.set()
         self._write_wake.set()
-        finished = False
-        try:
-            finished = self._final_flush_until(deadline)
-        finally:  # also after a KeyboardInterrupt while waiting: the spool is released
-            self._release_at_close(finished, limit, bounded=deadline is not None)
+        return True
 
-    def _final_flush_until(self, deadline: float | None) -> bool:
-        """Run the final flush, on a helper thread when there is a deadline; True
-        when it finished (by the deadline). Then give the writer thread (which may
+    def _start_final_flush(self, deadline: float | None) -> threading.Thread | None:
+        """With a deadline, start the final flush on a helper thread (None: run it
+        in the caller, by _await_final_flush)."""
+        if deadline is None:
+            return None
+        helper = threading.Thread(
+            target=self._final_flush, args=(threading.current_thread(),), name="voicepipe-close", daemon=True
+        )
+        try:
+            helper.start()
+        except RuntimeError:  # no new threads at interpreter shutdown (Python 3.12.0-1): no bound
+            return None
+        return helper
+
+    def _await_final_flush(self, helper: threading.Thread | None, deadline: float | None) -> bool:
+        """Wait for the final flush (run it here when no ``helper`` runs it) until
+        ``deadline``; True when it finished. Then give the writer thread (which may
         be recovering other processes' spools) what is left of the time to end."""
         caller = threading.current_thread()
-        wait = max(5.0, self.flush_interval * 2)
-        if deadline is None:
+        if helper is None:
             self._final_flush(caller)
             finished = True
         else:
-            helper = threading.Thread(
-                target=self._final_flush, args=(caller,), name="voicepipe-close", daemon=True
-            )
-            try:
-                helper.start()
-            except RuntimeError:  # no new threads at interpreter shutdown (Python 3.12.0-1): no bound
-                self._final_flush(caller)
-                return True
+            assert deadline is not None
             helper.join(max(deadline - time.monotonic(), 0.0))
             finished = not helper.is_alive()
+        wait = max(5.0, self.flush_interval * 2)
+        if deadline is not None:
             wait = min(wait, max(deadline - time.monotonic(), 0.0))
         writer = self._threads[1] if self._threads else None
         if finished and writer is not None and writer is not caller:
@@ -1303,18 +1330,17 @@ class Recorder:
             self._warn.warning("close", "voicepipe could not flush on close under %s: %s", self.root, exc)
         self._drain_log()
 
-    def _release_at_close(self, finished: bool, limit: float | None, bounded: bool) -> None:
+    def _release_at_close(self, finished: bool, limit: float | None, grace: float | None) -> None:
         """close()'s end: count what is lost, release memory, segments and the
         spool's lock. When the final flush did not finish (``finished`` False), the
         write still running is abandoned first (see _write_batches). With a bound,
-        the recorder's locks are waited for at most _RELEASE_GRACE seconds (a
-        spool write stuck on a hung disk holds them): then the spool stays locked
-        until the process exits, and nothing is counted."""
+        the recorder's locks are waited for until ``grace`` (monotonic; a spool
+        write stuck on a hung disk holds them): then the spool stays locked until
+        the process exits, and nothing is counted."""
         self._drain_log()
-        grace = time.monotonic() + _RELEASE_GRACE
 
         def take(lock: Any) -> bool:
-            if not bounded:
+            if grace is None:
                 return bool(lock.acquire())
             return bool(lock.acquire(timeout=max(grace - time.monotonic(), 0.0)))
 
@@ -1816,7 +1842,7 @@ class Recorder:
 
     def _write_sealed(self, force: bool, unless_closed: bool = False) -> None:
         """Write the sealed batches as Parquet (after a failure, not before the retry delay)."""
-        with self._write_lock:
+        with self._write_lock, self._fork_lock:
             if unless_closed and self._closed:
                 return
             with self._lock:
@@ -1890,7 +1916,7 @@ class Recorder:
                     # a value Arrow cannot take (validation should have caught it) must
                     # not cost the batch's good events: repaired, counted, written
                     written, problems, poisoned = _write_rows_repairing(
-                        self.root, rows, stem, self._id_prefix, report=self._warn.error
+                        self.root, rows, stem, self._id_prefix, self._warn.error, self._fsync_unlocked
                     )
                     if problems:
                         with self._lock:
@@ -1936,6 +1962,16 @@ class Recorder:
                 if batch.rows is not None:
                     self._mem_rows -= len(batch.rows)
                     batch.rows = None
+
+    def _fsync_unlocked(self, fd: int) -> None:
+        """The writer's fsync (it holds _write_lock and _fork_lock), with _fork_lock
+        released: a fork meanwhile goes ahead, and the child, whose state is made
+        afresh, inherits at most the descriptor of the file being synced."""
+        self._fork_lock.release()
+        try:
+            os.fsync(fd)
+        finally:
+            self._fork_lock.acquire()
 
     def _write_rows(self, rows: list[Row], stem: str) -> None:
         """Write rows as Parquet under their hour partitions, named after ``stem``."""
@@ -2550,7 +2586,7 @@ _fork_gate = threading.Lock()
 def _before_fork() -> None:
     _fork_gate.acquire()
     for rec in list(_recorders):
-        rec._write_lock.acquire()
+        rec._fork_lock.acquire()  # not _write_lock: it is held through a write's fsync
         rec._io_lock.acquire()
         rec._lock.acquire()
         rec._spool_lock.acquire()
@@ -2561,7 +2597,7 @@ def _after_fork_parent() -> None:
         rec._spool_lock.release()
         rec._lock.release()
         rec._io_lock.release()
-        rec._write_lock.release()
+        rec._fork_lock.release()
     _fork_gate.release()
 
 
@@ -2630,10 +2666,42 @@ _mp_hook = _MpHook()
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child)
 
 
+def _close_together(recorders: Sequence[Recorder], limit: float | None) -> None:
+    """Close ``recorders`` against one deadline, ``limit`` seconds from now (None:
+    no bound). Their final writes run at the same time, each on its own helper
+    thread, so one recorder's hung storage costs the others none of the time; then
+    each is released (what is lost counted, the spool unlocked), all within one
+    _RELEASE_GRACE more. Raises the first EmitError of a strict recorder, after
+    every recorder is released."""
+    deadline = None if limit is None else time.monotonic() + max(float(limit), 0.0)
+    closing = [rec for rec in recorders if rec._begin_close()]
+    finished = [False] * len(closing)
+    try:
+        helpers = [rec._start_final_flush(deadline) for rec in closing]
+        for i, (rec, helper) in enumerate(zip(closing, helpers, strict=True)):
+            finished[i] = rec._await_final_flush(helper, deadline)
+    finally:  # also after a KeyboardInterrupt while waiting: the spools are released
+        grace = None if deadline is None else time.monotonic() + _RELEASE_GRACE
+        error: Exception | None = None
+        for rec, done in zip(closing, finished, strict=True):
+            try:
+                rec._release_at_close(done, limit, grace)
+            except Exception as exc:  # strict: the first is raised once all are released
+                error = error or exc
+        if error is not None:
+            raise error
+
+
 @atexit.register
 def _close_all() -> None:
-    for rec in list(_recorders):
-        try:
-            rec.close()
-        except Exception:  # pragma: no cover
-            pass
+    """Close every open recorder at exit (and at a multiprocessing child's end)
+    against one deadline: the largest close_timeout, from now (none if any has
+    none). N recorders on hung storage hold up exit once, not N times."""
+    pid = os.getpid()
+    recorders = [rec for rec in list(_recorders) if not rec._closed and rec._pid == pid]
+    timeouts = [rec.close_timeout for rec in recorders]
+    limit = None if None in timeouts else max((t for t in timeouts if t is not None), default=0.0)
+    try:
+        _close_together(recorders, limit)
+    except Exception:  # pragma: no cover - strict recorders: nothing to raise into at exit
+        pass

@@ -22,7 +22,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +176,7 @@ def write_table(
     statistics: bool | Sequence[str] = True,
     compression: str = "zstd",
     dictionary: bool = True,
+    sync: Callable[[int], None] | None = None,
 ) -> Path:
     """Write ``table`` to ``path`` atomically: a temporary name no ``*.parquet`` glob
     matches, page checksums, fsync, then rename. Replaces an existing file.
@@ -185,7 +186,9 @@ def write_table(
     dictionary encoding for string columns only (ids, types and names repeat,
     measured numbers do not; none without ``dictionary``); min/max statistics for
     every column or only the ``statistics`` named; zstd unless ``compression`` says
-    otherwise.
+    otherwise. ``sync`` makes the temporary file durable before the rename (given
+    its descriptor; default :func:`os.fsync`): the Recorder's writer passes one that
+    runs outside the lock a fork waits for.
 
     This is the single writer path for every Parquet file the library makes; an
     object-store backend replaces this function (a single PUT needs no rename).
@@ -212,7 +215,7 @@ def write_table(
         with open(tmp, "wb") as fh:
             fh.write(memoryview(buf.getvalue()))
             fh.flush()
-            os.fsync(fh.fileno())
+            (sync or os.fsync)(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
