@@ -367,3 +367,46 @@ def test_notifier_added_is_among_the_json_changes(runner: CliRunner, root: Path,
     assert added == {k: v for k, v in logged.items() if v is not None}  # the record as written
     r = invoke(runner, root, cfg, "check", "--now", iso(now + dt.timedelta(minutes=1)), "--format", "json")
     assert json.loads(r.stdout)["changes"] == []
+
+
+def test_an_alert_of_a_rule_this_version_does_not_know_still_resolves(rec: vp.Recorder, root: Path) -> None:
+    """A log written by another version (a rule renamed since) or by hand: damping
+    holds back only its own rules' records, and never fails a check over another's."""
+    raised_at = at(1)
+    alert_id = alerts.new_alert_id("retired_rule", "all", raised_at)
+    alerts.write_records(
+        root,
+        [
+            alerts._record(
+                "raised",
+                raised_at,
+                alert_id=alert_id,
+                rule="retired_rule",
+                scope="all",
+                severity="warning",
+                started_at=raised_at,
+                summary="from an older version",
+            )
+        ],
+        raised_at,
+    )
+    batch(rec, 5, 9)
+    result = alerts.run_check(root, only_failure_rate(keep_firing_minutes=30), now=at(5))
+    assert [(c["record_type"], c["rule"]) for c in result.changes] == [("resolved", "retired_rule")]
+    assert result.exit_code == 0
+
+
+def test_a_wait_nobody_could_judge_for_longer_than_a_gap_is_dropped(rec: vp.Recorder, root: Path) -> None:
+    """A per-organisation raise pending when its organisation stops sending: checks
+    that cannot judge it keep it only as long as a run of checks may pause
+    (damping.max_gap); then it is gone from the state and from the output."""
+    s = only_failure_rate(for_minutes=10)
+    batch(rec, 5, 11)
+    assert kinds(alerts.run_check(root, s, now=at(5))) == []
+    assert set(damping.load_pending(root)[0]) == {("raise", "failure_rate", "all")}
+    kept = alerts.run_check(root, s, now=at(15))  # nothing finished: cannot judge
+    assert [(p.kind, p.since) for p in kept.pending] == [("raise", at(5))]
+    assert set(damping.load_pending(root)[0]) == {("raise", "failure_rate", "all")}
+    later = alerts.run_check(root, s, now=at(5 + 60))  # an hour later: still nothing
+    assert later.pending == [] and kinds(later) == []
+    assert damping.load_pending(root) == ({}, True)

@@ -155,10 +155,15 @@ def _pending_line(pending: PendingAlert, now: dt.datetime) -> str:
     if pending.kind == "raise":
         raised = pending.severity.upper() if pending.severity else "raised"
         wait = f"{raised} if it holds {left} min more"
+        if not pending.remaining(now):  # kept by a check that could not judge it
+            wait = "waits until enough artifacts finish to judge it"
         since = f"found since {_when(pending.since)}"
-        return f"PENDING {pending.rule} [{pending.scope}] {pending.summary or ''} ({since}; {wait})"
+        summary = f" {pending.summary}" if pending.summary else ""
+        return f"PENDING {pending.rule} [{pending.scope}]{summary} ({since}; {wait})"
     since = f"clear since {_when(pending.since)}"
     wait = f"resolves if it stays clear {left} min more"
+    if not pending.remaining(now):
+        wait = "waits until enough artifacts finish to judge it"
     return f"PENDING resolution {pending.rule} [{pending.scope}] ({since}; {wait}; id {pending.alert_id})"
 
 

@@ -6,7 +6,9 @@ Per rule, ``for_minutes`` holds back a raise until the condition has been found
 at every check for that long, and ``keep_firing_minutes`` holds back a resolution
 until the condition has been clear at every check for that long (see
 :func:`damp`). A raise or resolution that waits is *pending*: nothing is recorded
-or notified for it, and it does not count for ``check``'s exit status.
+or notified for it. A pending raise does not count for ``check``'s exit status; an
+alert waiting to resolve is still active, and does. A raised alert's start is the
+check that raised it (not the first check of its wait).
 
 What is pending is the only alert state kept outside the alert log: one small JSON
 file, replaced atomically (:func:`voicepipe_obs.store.write_text_atomic`) by a
@@ -233,14 +235,14 @@ def damp(
     for rec in changes:
         kind: Kind
         rule, scope = str(rec["rule"]), str(rec["scope"])
-        cfg = getattr(settings.alerts, rule)
         if rec["record_type"] == "raised" and (rule, scope) not in active_keys:
-            kind, minutes = "raise", cfg.for_minutes
+            kind = "raise"
         elif rec["record_type"] == "resolved" and rule in evaluated:
-            kind, minutes = "resolve", cfg.keep_firing_minutes
+            kind = "resolve"
         else:
             kept.append(rec)
             continue
+        minutes = wait_minutes(settings, rule, kind)
         if minutes <= 0:
             kept.append(rec)
             continue
@@ -256,14 +258,15 @@ def damp(
         kind = "raise" if waiting == "raise" else "resolve"
         if (kind, rule, scope) in new_state or rule not in evaluated or (rule, scope) in found:
             continue
-        cfg = getattr(settings.alerts, rule)
-        minutes = cfg.for_minutes if kind == "raise" else cfg.keep_firing_minutes
+        minutes = wait_minutes(settings, rule, kind)
         if minutes <= 0 or ((rule, scope) in active_keys) != (kind == "resolve"):
             continue
         if not ev.unjudged(rule, scope):
             continue
-        new_state[(kind, rule, scope)] = run
         wait = dt.timedelta(minutes=minutes)
+        if run.seen > now or now - run.seen > max_gap(wait):
+            continue  # unjudged for longer than a gap breaks a run: the wait is over
+        new_state[(kind, rule, scope)] = run
         alert = next((a for a in active if a.key == (rule, scope)), None)
         pending.append(
             PendingAlert(
@@ -282,6 +285,16 @@ def damp(
         )
     pending.sort(key=lambda p: (p.until, p.rule, p.scope))
     return kept, new_state, pending
+
+
+def wait_minutes(settings: Settings, rule: str, kind: str) -> float:
+    """``rule``'s ``for_minutes`` (``kind`` "raise") or ``keep_firing_minutes``
+    ("resolve"); 0, no wait, for a rule the settings do not know (a log written by
+    another version, or by hand): its records are never held back."""
+    value = getattr(
+        getattr(settings.alerts, rule, None), "for_minutes" if kind == "raise" else "keep_firing_minutes", 0
+    )
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _org_of(scope: str) -> str | None:
