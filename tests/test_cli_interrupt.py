@@ -206,8 +206,8 @@ def _loading_duckdb(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("sig", "code", "line"),
     [
-        (signal.SIGINT, 130, "voicepipe: interrupted while starting"),
-        (signal.SIGTERM, 143, "voicepipe: terminated (SIGTERM) while starting"),
+        (signal.SIGINT, 130, "voicepipe: interrupted"),
+        (signal.SIGTERM, 143, "voicepipe: terminated (SIGTERM)"),
     ],
     ids=["SIGINT", "SIGTERM"],
 )

@@ -638,17 +638,18 @@ def test_two_concurrent_retries_of_one_artifact_run_exactly_once(
 
 
 def _retry_running(
-    rec: vp.Recorder, root: Path, tmp_path: Path, *, lazy_import: bool = False
+    rec: vp.Recorder, root: Path, tmp_path: Path, *, import_seconds: float | None = None
 ) -> subprocess.Popen[str]:
     """`voicepipe retry a-1` (failed at claims extraction) by alice in a real process,
     returned once its handler has started (and waits: it is never let go); with
-    ``lazy_import`` it waits inside an import (a library imported on first use)."""
+    ``import_seconds`` the handler first imports a library on first use, which takes
+    that long, and it is returned as that import begins."""
     record_failed(rec, "a-1", "claims_extraction")
     rec.flush()
     started = tmp_path / "started"
     env = _env(RETRY_APP_STARTED=str(started), RETRY_APP_GO=str(tmp_path / "never"))
-    if lazy_import:
-        env["RETRY_APP_LAZY_IMPORT"] = "1"
+    if import_seconds is not None:
+        env |= {"RETRY_APP_LAZY_IMPORT": "1", "RETRY_APP_IMPORT_SECONDS": str(import_seconds)}
     proc = subprocess.Popen(
         [*_voicepipe(), "--data", str(root), "retry", "a-1", "--app", PIPELINE, "--by", "alice"],
         env=env,
@@ -672,7 +673,11 @@ def _retry_running(
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
     ids=["ctrl-c", "sigterm"],
 )
-@pytest.mark.parametrize("lazy_import", [False, True], ids=["running", "importing"])
+@pytest.mark.parametrize(
+    ("import_seconds", "signals"),
+    [(None, 1), (1.0, 1), (600.0, 2)],
+    ids=["running", "importing", "import-hangs-twice"],
+)
 def test_ctrl_c_or_sigterm_records_the_retry_as_failed_interrupted(
     rec: vp.Recorder,
     root: Path,
@@ -680,17 +685,21 @@ def test_ctrl_c_or_sigterm_records_the_retry_as_failed_interrupted(
     sig: signal.Signals,
     code: int,
     said: str,
-    lazy_import: bool,
+    import_seconds: float | None,
+    signals: int,
 ) -> None:
     """Ctrl-C, or SIGTERM from a service manager or a timeout: the running attempt
     is recorded as failed (Interrupted) — not left "retrying" for ever, which would
     refuse every later retry without --force — and the lock is released; exit 130
     (Ctrl-C) or 143 (SIGTERM). Also while the handler imports a library on first
-    use: the console script exits at once on a signal in an import only while the
-    CLI loads."""
-    proc = _retry_running(rec, root, tmp_path, lazy_import=lazy_import)
+    use: the interruption waits for the import to finish (the console script's
+    handler), or a second signal gets out of an import that hangs."""
+    proc = _retry_running(rec, root, tmp_path, import_seconds=import_seconds)
     try:
         proc.send_signal(sig)
+        if signals == 2 and sig == signal.SIGINT:  # (retry's own SIGTERM handler raises at once)
+            time.sleep(0.5)
+            proc.send_signal(sig)
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

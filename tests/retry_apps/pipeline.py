@@ -84,9 +84,8 @@ def _gate() -> None:
 def _handler(stage: str):  # type: ignore[no-untyped-def]
     def retry(artifact_id: str, attempt: int) -> None:
         if os.environ.get("RETRY_APP_LAZY_IMPORT"):
-            import retry_apps.lazy_import  # noqa: F401 - waits at the gate while importing
-        else:
-            _gate()
+            import retry_apps.lazy_import  # noqa: F401 - a slow import on first use
+        _gate()
         if os.environ.get("RETRY_APP_EXIT"):
             sys.exit(int(os.environ["RETRY_APP_EXIT"]))
         run_from(artifact_id, "transcription" if stage == "full" else stage)
