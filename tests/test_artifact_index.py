@@ -470,3 +470,35 @@ def test_counting_the_event_log_reads_compacted_hours_from_their_footers(root: P
         EventFilter(types=("artifact_received",), org="org"),
     ):
         assert reports.count_events(root, now=now, filters=f) == distinct(f), f
+
+
+def test_a_broken_clocks_times_neither_overflow_nor_outrank_a_later_attempt(root: Path) -> None:
+    """The key packs (retry attempt, time) into one BIGINT for times from 1970 to
+    2112; the recorder takes years 1 to 9999. A year-9999 outcome of a high attempt
+    must not overflow the fold (every report and check would fail), and a pre-1970
+    one of the pipeline's own run must not borrow from the generation bits."""
+    far, early = store.to_us(dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)), -store.US_PER_DAY
+    rows = []
+    for i, (kind, artifact, ts, attempt) in enumerate(
+        [
+            ("artifact_received", "a-far", BASE_US, None),
+            ("retry_initiated", "a-far", BASE_US + MIN_US, 1999),
+            ("artifact_completed", "a-far", far, 1999),
+            ("artifact_received", "a-early", BASE_US, None),
+            ("retry_initiated", "a-early", BASE_US + MIN_US, 1),
+            ("artifact_completed", "a-early", BASE_US + 2 * MIN_US, 1),
+            ("artifact_failed", "a-early", early, None),  # the original run, clock at 1969
+        ]
+    ):
+        row: list[Any] = [None] * NUM_COLUMNS
+        row[COLUMN_INDEX["event_id"]] = f"clock-{i}"
+        row[COLUMN_INDEX["event_type"]] = kind
+        row[COLUMN_INDEX["artifact_id"]] = artifact
+        row[COLUMN_INDEX["organization_id"]] = "org"
+        row[COLUMN_INDEX["timestamp"]] = ts
+        row[COLUMN_INDEX["retry_attempt"]] = attempt
+        rows.append(row)
+    store.write_event_rows(root, rows, "clock")
+    status = {r[0]: r[5] for r in _view(root)}
+    assert status == {"a-far": "completed", "a-early": "completed"}
+    _assert_same(root)
