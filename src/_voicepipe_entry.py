@@ -9,17 +9,23 @@ nothing but ``os``, ``signal`` and ``sys`` (already loaded by the interpreter),
 installs the handlers, and only then imports and runs the CLI.
 
 The handlers stay for the whole run (commands that need more install their own
-over them and restore them). A signal becomes a ``KeyboardInterrupt`` whose
-``signum`` attribute names it, for the CLI's own handling (one line; 130, 143 for
-SIGTERM; ``check`` its UNKNOWN status and 3) — but never in the middle of an
-import. An exception raised there can abort the interpreter (a C extension's
-initialisation: nanobind aborts) or be swallowed (importlib's module-lock
-cleanup), losing the interruption; and it would cut short a module a command still
-needs (a retry handler importing a model library on first use must still record
-its interrupted retry). So a signal that lands in an import waits until the import
-is done: a timer looks again every millisecond (SIGALRM, only while one waits; a
-SIGALRM handler of the program's own is put back after). A second signal while one waits is raised
-at once, as Python would: Ctrl-C twice gets out of an import that hangs.
+over them and restore them). What they do depends on where the signal lands:
+
+- while a module is being imported (the CLI's own imports, and a command's lazy
+  imports of duckdb and pyarrow): one line and exit at once — ``voicepipe:
+  interrupted`` on stderr, 130 (143 for SIGTERM); for ``check`` its usual UNKNOWN
+  status on stdout and 3. An exception raised there can abort the interpreter (a
+  C extension's initialisation — nanobind aborts) or be swallowed (importlib's
+  module-lock cleanup), losing the interruption. Exiting is safe there: every
+  file the commands write is written under a temporary name and renamed into
+  place, and their bookkeeping is crash-safe (a rerun converges), as for
+  ``kill -9``. A command that runs the pipeline's own code — ``retry`` (handlers
+  that import a model library on first use) and ``demo`` (a Recorder) — turns this
+  off first (:func:`voicepipe_obs.cli.signals_always_raise`): there an
+  interruption must be recorded, not skipped;
+- anywhere else: a ``KeyboardInterrupt`` whose ``signum`` attribute names the
+  signal, for the CLI's own handling (one line; 130, 143 for SIGTERM; ``check``
+  3).
 
 Python's own startup and the script wrapper's ``import re`` (a few milliseconds)
 come before this module and keep Python's default behaviour.
@@ -39,52 +45,28 @@ CHECK_EXIT_UNKNOWN = 3
 CHECK_INTERRUPTED = "interrupted (Ctrl-C); what it recorded is kept, the next check goes on from there"
 CHECK_TERMINATED = "terminated (SIGTERM); what it recorded is kept, the next check goes on from there"
 
-#: How often a signal that landed in an import looks again whether it is done.
-RECHECK_SECONDS = 0.001
-#: the signal waiting for an import to finish (see the module's docstring), and the
-#: SIGALRM handler that was there before the timer's
-_waiting: list[int] = []
-_alarm_before: list[object] = []
+#: Whether a signal landing in an import exits at once (see the module's docstring).
+#: A command turns it off (:func:`voicepipe_obs.cli.signals_always_raise`) before it
+#: runs code whose interruption it must record: ``voicepipe retry`` running a
+#: handler that imports a library on first use, ``voicepipe demo``'s Recorder.
+exit_while_importing = True
 
 #: the root group's options that take a value (to find the command's name in argv)
 _VALUED_OPTIONS = ("--data", "--config")
 
 
-def _interrupt(signum: int) -> KeyboardInterrupt:
+def _on_signal(signum: int, frame: object) -> None:
+    if exit_while_importing and importing(frame):
+        code = interrupted_while_starting(signum, sys.argv[1:])
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a write the signal interrupted, a closed pipe: exit anyway
+                pass
+        os._exit(code)
     interrupt = KeyboardInterrupt()
     interrupt.signum = signum  # type: ignore[attr-defined]
-    return interrupt
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    if _waiting:  # a second signal: at once, wherever it lands
-        _stop_waiting()
-        raise _interrupt(signum)
-    if importing(frame):
-        _waiting.append(signum)
-        _alarm_before.append(signal.signal(signal.SIGALRM, _on_alarm))
-        signal.setitimer(signal.ITIMER_REAL, RECHECK_SECONDS, RECHECK_SECONDS)
-        return
-    raise _interrupt(signum)
-
-
-def _on_alarm(_signum: int, frame: object) -> None:
-    if not _waiting or importing(frame):
-        return
-    signum = _waiting[0]
-    _stop_waiting()
-    raise _interrupt(signum)
-
-
-def _stop_waiting() -> None:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    before = _alarm_before.pop() if _alarm_before else None
-    if callable(before):  # a handler of the program's own (retry handlers' code may have one)
-        signal.signal(signal.SIGALRM, before)
-    # else _on_alarm stays: an alarm already due when the timer stopped finds nothing
-    # waiting and returns (the default action, restored, would end the process; or
-    # Python raises "Signal 14 ignored due to race condition")
-    _waiting.clear()
+    raise interrupt
 
 
 def importing(frame: object) -> bool:
@@ -121,8 +103,7 @@ def _wants_json(args: list[str]) -> bool:
 
 
 def interrupted_while_starting(signum: int, argv: list[str]) -> int:
-    """Say that the run was interrupted before the CLI was loaded (as the CLI says it);
-    the exit code."""
+    """Say that the run was interrupted before the CLI was loaded; the exit code."""
     terminated = signum == signal.SIGTERM
     if command_name(argv) == "check":
         message = CHECK_TERMINATED if terminated else CHECK_INTERRUPTED
@@ -152,10 +133,8 @@ def run() -> None:  # pragma: no cover - exercised through the installed script
     """The console script: handlers first, then the CLI."""
     for signum in EXIT_CODES:
         signal.signal(signum, _on_signal)
-    try:
-        from voicepipe_obs.cli import run as cli_run
-    except KeyboardInterrupt as exc:  # raised once the import was done, before the CLI ran
-        sys.exit(interrupted_while_starting(getattr(exc, "signum", signal.SIGINT), sys.argv[1:]))
+    from voicepipe_obs.cli import run as cli_run
+
     cli_run()
 
 

@@ -213,6 +213,19 @@ def signal_of(exc: BaseException) -> int:
     return int(getattr(exc, "signum", signal.SIGINT))
 
 
+def signals_always_raise() -> None:
+    """From now on a signal that lands in an import raises KeyboardInterrupt, as
+    anywhere else, instead of exiting at once (what the console script's handler,
+    ``_voicepipe_entry``, does while the CLI and its libraries load). For a command
+    about to run code whose interruption it records: ``voicepipe retry`` runs
+    handlers that may import a library on first use (a model, seconds long), and an
+    interrupted retry must be recorded as failed, not left "retrying"; ``voicepipe
+    demo`` runs a Recorder, whose events are flushed on the way out."""
+    entry = sys.modules.get("_voicepipe_entry")
+    if entry is not None:
+        setattr(entry, "exit_while_importing", False)  # noqa: B010 - a module, not typed here
+
+
 def _interrupted(exc: BaseException, args: list[str], ctx: click.Context | None) -> click.exceptions.Exit:
     """Ctrl-C or SIGTERM that no command handled itself (while parsing, importing a
     command, starting it): one line and 130 (143), or ``check``'s UNKNOWN and 3 —

@@ -12,7 +12,7 @@ import json
 
 import click
 
-from .cli import AppContext, format_option, pass_app
+from .cli import AppContext, format_option, pass_app, signals_always_raise
 
 
 @click.command()
@@ -57,6 +57,7 @@ def demo(app: AppContext, days: int, per_day: int, live: int, seed: int, reset: 
     """
     from ._examples.demo import run_demo
 
+    signals_always_raise()  # the demo's Recorder flushes what it took on the way out
     root = app.root_path  # may not exist yet: the demo creates it
     # --reset is all or nothing (maintenance.reset_layout, via run_demo)
     summary = run_demo(

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .cli import AppContext, format_option, pass_app, stdout_may_close
+from .cli import AppContext, format_option, pass_app, signals_always_raise, stdout_may_close
 from .errors import RetryError
 from .retry import (
     RESUMABLE_STAGES,
@@ -189,6 +189,7 @@ def retry(
         module = app_module or settings.retry.app
         if module:
             load_app(module, root=app.root, recorder_settings=settings.recorder)
+        signals_always_raise()  # a handler's first-use import is interrupted like its other code
         if all_failed:
             code = _bulk(app, common, org=org, since=since, yes=yes, dry_run=dry_run, fmt=fmt)
         else:
