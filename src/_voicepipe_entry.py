@@ -37,11 +37,13 @@ someone's pipeline, which owns its signals) installs no handler.
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 #: exit codes (128 + the signal's number, as a shell says); ``check`` is a Nagios plugin: 3
 EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 CHECK_EXIT_UNKNOWN = 3
-#: as ``voicepipe_obs.cli_alerts`` words them (tests compare the output with those)
+#: ``check``'s UNKNOWN reasons after Ctrl-C and SIGTERM (records are appended as it
+#: goes); :mod:`voicepipe_obs.cli_alerts` uses these, as it uses :func:`wants_json`
 CHECK_INTERRUPTED = "interrupted (Ctrl-C); what it recorded is kept, the next check goes on from there"
 CHECK_TERMINATED = "terminated (SIGTERM); what it recorded is kept, the next check goes on from there"
 
@@ -95,7 +97,9 @@ def command_name(argv: list[str]) -> str | None:
     return None
 
 
-def _wants_json(args: list[str]) -> bool:
+def wants_json(args: Sequence[str]) -> bool:
+    """Whether raw ``check`` arguments ask for --format json (for an interruption or
+    an error before the options are parsed)."""
     return any(
         a == "--format=json" or (a == "--format" and args[i + 1 : i + 2] == ["json"])
         for i, a in enumerate(args)
@@ -107,7 +111,7 @@ def interrupted_while_starting(signum: int, argv: list[str]) -> int:
     terminated = signum == signal.SIGTERM
     if command_name(argv) == "check":
         message = CHECK_TERMINATED if terminated else CHECK_INTERRUPTED
-        if _wants_json(argv):
+        if wants_json(argv):
             import json
 
             status = {"status": "UNKNOWN", "exit_code": CHECK_EXIT_UNKNOWN, "error": message}

@@ -510,6 +510,9 @@ def test_a_global_option_typo_before_check_is_unknown_not_critical(tmp_path: Pat
     assert result.stderr.startswith("voicepipe: error: No such option") and result.stderr.count("\n") == 1
     other = subprocess.run([*cmd, "--bogus", "report"], capture_output=True, text=True, timeout=60)
     assert other.returncode == 2
+    # a word "check" elsewhere on the line is not the command
+    named = [*cmd, "--bogus", "report", "events", "--org", "check"]
+    assert subprocess.run(named, capture_output=True, text=True, timeout=60).returncode == 2
 
 
 def test_list_names_a_misspelt_org_but_not_one_the_alert_log_knows(

@@ -226,6 +226,15 @@ def signals_always_raise() -> None:
         setattr(entry, "exit_while_importing", False)  # noqa: B010 - a module, not typed here
 
 
+def command_name(args: list[str]) -> str | None:
+    """The subcommand a raw command line (without the program name) runs: its first
+    word that is neither a root option nor a root option's value (``voicepipe
+    report events --org check`` is not ``check``)."""
+    from _voicepipe_entry import command_name as name_of
+
+    return name_of(args)
+
+
 def _interrupted(exc: BaseException, args: list[str], ctx: click.Context | None) -> click.exceptions.Exit:
     """Ctrl-C or SIGTERM that no command handled itself (while parsing, importing a
     command, starting it): one line and 130 (143), or ``check``'s UNKNOWN and 3 —
@@ -233,7 +242,7 @@ def _interrupted(exc: BaseException, args: list[str], ctx: click.Context | None)
     import signal
 
     name = ctx.invoked_subcommand if ctx is not None else None
-    if name == "check" or (name is None and "check" in args):
+    if name == "check" or (name is None and command_name(args) == "check"):
         from .cli_alerts import check_interrupted
 
         return check_interrupted(exc, args)
@@ -383,7 +392,7 @@ class LazyGroup(click.Group):
         except click.UsageError as exc:
             if exc.ctx is None:
                 exc.ctx = click.Context(self, info_name=info_name, parent=parent)
-            if parent is None and "check" in args:
+            if parent is None and command_name(args) == "check":
                 # `voicepipe --bogus check`: a monitoring system reads exit 2 as
                 # CRITICAL; check's usage errors are UNKNOWN (3), wherever they are
                 raise CheckUsageError(exc) from None

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from _voicepipe_entry import CHECK_EXIT_UNKNOWN, CHECK_INTERRUPTED, CHECK_TERMINATED
+from _voicepipe_entry import wants_json as _wants_json
+
 from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app, stdout_may_close
 from .errors import VoicepipeError
 
@@ -21,14 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .damping import PendingAlert
 
 #: ``check`` exit code when it could not evaluate (Nagios UNKNOWN).
-EXIT_UNKNOWN = 3
+EXIT_UNKNOWN = CHECK_EXIT_UNKNOWN
 #: Set (non-empty) to let an unexpected error in ``check`` end in its traceback
 #: instead of the one-line UNKNOWN.
 DEBUG_ENV = "VOICEPIPE_DEBUG"
-#: ``check``'s UNKNOWN reason after Ctrl-C (records are appended as it goes).
-CHECK_INTERRUPTED = "interrupted (Ctrl-C); what it recorded is kept, the next check goes on from there"
-#: … and after SIGTERM (still UNKNOWN: a plugin's codes are 0-3)
-CHECK_TERMINATED = "terminated (SIGTERM); what it recorded is kept, the next check goes on from there"
 #: ``alerts list`` tables fit this many columns (``--wide``: no limit).
 TABLE_WIDTH = 100
 
@@ -96,15 +95,6 @@ def _interruption(exc: BaseException) -> str:
 def unknown_line(message: str) -> str:
     """``check``'s status line when it could not evaluate (Nagios shows stdout)."""
     return f"UNKNOWN check could not evaluate: {message}"
-
-
-def _wants_json(args: Sequence[str]) -> bool:
-    """Whether raw ``check`` arguments ask for --format json (for errors raised
-    before the options are parsed)."""
-    return any(
-        a == "--format=json" or (a == "--format" and args[i + 1 : i + 2] == ["json"])
-        for i, a in enumerate(args)
-    )
 
 
 def _usage(exc: click.UsageError) -> str:
