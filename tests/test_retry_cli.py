@@ -381,23 +381,7 @@ def test_a_deferred_handler_is_queued_and_the_worker_finishes_it(
     )
 
     # the worker process reopens the artifact and records the outcome
-    worker = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, voicepipe_obs as vp; from retry_apps import queue_app; "
-            "from pathlib import Path; rec = vp.Recorder(sys.argv[1]); "
-            "print(queue_app.work(Path(sys.argv[2]), rec)); rec.close()",
-            str(root),
-            str(queue),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert (worker.returncode, worker.stdout.strip()) == (0, "1"), worker.stderr
+    _work(root, queue)
     assert status(root, "a-1")[:2] == ("completed", 1)
     [record] = retry.retry_history(root, "a-1")
     assert (record.outcome, record.mode, record.actor, record.organization_id) == (
