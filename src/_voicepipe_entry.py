@@ -106,6 +106,11 @@ def wants_json(args: Sequence[str]) -> bool:
     )
 
 
+def unknown_line(message: str) -> str:
+    """``check``'s status line when it could not evaluate (Nagios shows stdout)."""
+    return f"UNKNOWN check could not evaluate: {message}"
+
+
 def interrupted_while_starting(signum: int, argv: list[str]) -> int:
     """Say that the run was interrupted before the CLI was loaded; the exit code."""
     terminated = signum == signal.SIGTERM
@@ -117,7 +122,7 @@ def interrupted_while_starting(signum: int, argv: list[str]) -> int:
             status = {"status": "UNKNOWN", "exit_code": CHECK_EXIT_UNKNOWN, "error": message}
             out = json.dumps(status, indent=2, ensure_ascii=False)
         else:
-            out = f"UNKNOWN check could not evaluate: {message}"
+            out = unknown_line(message)
         _write(1, out)
         _write(2, f"voicepipe: error: check could not evaluate: {message}")
         return CHECK_EXIT_UNKNOWN

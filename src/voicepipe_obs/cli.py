@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+import _voicepipe_entry
+from _voicepipe_entry import command_name
+
 from .errors import VoicepipeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -221,18 +224,7 @@ def signals_always_raise() -> None:
     handlers that may import a library on first use (a model, seconds long), and an
     interrupted retry must be recorded as failed, not left "retrying"; ``voicepipe
     demo`` runs a Recorder, whose events are flushed on the way out."""
-    entry = sys.modules.get("_voicepipe_entry")
-    if entry is not None:
-        setattr(entry, "exit_while_importing", False)  # noqa: B010 - a module, not typed here
-
-
-def command_name(args: list[str]) -> str | None:
-    """The subcommand a raw command line (without the program name) runs: its first
-    word that is neither a root option nor a root option's value (``voicepipe
-    report events --org check`` is not ``check``)."""
-    from _voicepipe_entry import command_name as name_of
-
-    return name_of(args)
+    _voicepipe_entry.exit_while_importing = False
 
 
 def _interrupted(exc: BaseException, args: list[str], ctx: click.Context | None) -> click.exceptions.Exit:
@@ -317,9 +309,7 @@ class CheckUsageError(OneLineUsageError):
     exit_code = 3
 
     def show(self, file: Any = None) -> None:
-        from .cli_alerts import unknown_line
-
-        click.echo(unknown_line(" ".join(self.text.split()).rstrip(".")))
+        click.echo(_voicepipe_entry.unknown_line(" ".join(self.text.split()).rstrip(".")))
         super().show(file)
 
 

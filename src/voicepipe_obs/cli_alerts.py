@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from _voicepipe_entry import CHECK_EXIT_UNKNOWN, CHECK_INTERRUPTED, CHECK_TERMINATED
+from _voicepipe_entry import CHECK_EXIT_UNKNOWN, CHECK_INTERRUPTED, CHECK_TERMINATED, unknown_line
 from _voicepipe_entry import wants_json as _wants_json
 
 from .cli import AppContext, OneLineGroup, format_option, parse_now, pass_app, stdout_may_close
@@ -92,11 +92,6 @@ def _interruption(exc: BaseException) -> str:
     return CHECK_TERMINATED if signal_of(exc) == signal.SIGTERM else CHECK_INTERRUPTED
 
 
-def unknown_line(message: str) -> str:
-    """``check``'s status line when it could not evaluate (Nagios shows stdout)."""
-    return f"UNKNOWN check could not evaluate: {message}"
-
-
 def _usage(exc: click.UsageError) -> str:
     return exc.format_message().rstrip(".") + "; see `voicepipe check --help`"
 
@@ -141,20 +136,23 @@ def _pending_line(pending: PendingAlert, now: dt.datetime) -> str:
     printed after the alert lines, never first (Nagios reads the first line)."""
     import math
 
-    left = max(1, math.ceil(pending.remaining(now).total_seconds() / 60))
-    if pending.kind == "raise":
-        raised = pending.severity.upper() if pending.severity else "raised"
-        wait = f"{raised} if it holds {left} min more"
-        if not pending.remaining(now):  # kept by a check that could not judge it
-            wait = "waits until enough artifacts finish to judge it"
-        since = f"found since {_when(pending.since)}"
-        summary = f" {pending.summary}" if pending.summary else ""
-        return f"PENDING {pending.rule} [{pending.scope}]{summary} ({since}; {wait})"
-    since = f"clear since {_when(pending.since)}"
-    wait = f"resolves if it stays clear {left} min more"
-    if not pending.remaining(now):
+    left = pending.remaining(now)
+    minutes = max(1, math.ceil(left.total_seconds() / 60))
+    if not left:  # kept by a check that could not judge it
         wait = "waits until enough artifacts finish to judge it"
-    return f"PENDING resolution {pending.rule} [{pending.scope}] ({since}; {wait}; id {pending.alert_id})"
+    elif pending.kind == "raise":
+        wait = f"{pending.severity.upper() if pending.severity else 'raised'} if it holds {minutes} min more"
+    else:
+        wait = f"resolves if it stays clear {minutes} min more"
+    if pending.kind == "raise":
+        summary = f" {pending.summary}" if pending.summary else ""
+        return (
+            f"PENDING {pending.rule} [{pending.scope}]{summary} (found since {_when(pending.since)}; {wait})"
+        )
+    return (
+        f"PENDING resolution {pending.rule} [{pending.scope}] "
+        f"(clear since {_when(pending.since)}; {wait}; id {pending.alert_id})"
+    )
 
 
 @click.command(cls=_NagiosCommand)
