@@ -268,21 +268,11 @@ def damp(
             continue  # unjudged for longer than a gap breaks a run: the wait is over
         new_state[(kind, rule, scope)] = run
         alert = next((a for a in active if a.key == (rule, scope)), None)
-        pending.append(
-            PendingAlert(
-                kind=kind,
-                rule=rule,
-                scope=scope,
-                organization_id=alert.organization_id if alert else _org_of(scope),
-                severity=alert.severity if alert else None,
-                since=run.since,
-                until=run.since + wait,
-                alert_id=alert.alert_id if alert else None,
-                summary=alert.summary if alert else None,
-                value=None,
-                threshold=None,
-            )
-        )
+        known: dict[str, Any] = {"rule": rule, "scope": scope, "organization_id": _org_of(scope)}
+        if alert is not None:  # what a resolution waits on; a raise has nothing yet
+            known |= {"organization_id": alert.organization_id, "severity": alert.severity}
+            known |= {"alert_id": alert.alert_id, "summary": alert.summary}
+        pending.append(_pending(kind, known, run, wait))
     pending.sort(key=lambda p: (p.until, p.rule, p.scope))
     return kept, new_state, pending
 
