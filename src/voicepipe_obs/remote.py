@@ -1,0 +1,237 @@
+"""Object-store data roots: ``s3://bucket/prefix`` (and the other URIs
+``pyarrow.fs.FileSystem.from_uri`` opens: ``gs://``, ``abfs://``, ``hdfs://``).
+
+The layout under the prefix is DESIGN §5's, unchanged: plain
+``read_parquet('s3://bucket/prefix/events/**/*.parquet', hive_partitioning=true)``
+(DuckDB with httpfs, pandas, polars, Spark) reads it without this library. A file
+appears under its final name only when complete: an object store makes an upload
+visible only when it finishes (a single PUT, or a multipart upload's completion),
+so no temporary name is needed.
+
+Credentials, region and endpoint come from the usual places of the store's SDK
+(for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+``AWS_ENDPOINT_URL``, ``~/.aws``), or from the URI's query string, which pyarrow
+reads (``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``).
+
+This module holds the pieces both sides share: recognising a remote root, opening
+it, listing, uploading and downloading whole files, and the local cache directory
+(the Recorder's outbox, the CLI's mirror). It imports pyarrow only when a remote
+root is opened: the pipeline side imports it on every ``Recorder(...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from .errors import StoreError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyarrow import fs as pafs
+
+#: URI schemes taken for an object-store root (anything else is a local path)
+REMOTE_SCHEMES: Final = frozenset({"s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs"})
+#: where local caches go: $VOICEPIPE_CACHE, else $XDG_CACHE_HOME/voicepipe, else ~/.cache/voicepipe
+ENV_CACHE: Final = "VOICEPIPE_CACHE"
+#: query parameters never printed (credentials pyarrow accepts in the URI)
+_SECRET_PARAMS: Final = frozenset({"access_key", "secret_key", "session_token", "account_key"})
+#: bytes per read or write call when copying a file
+_CHUNK: Final = 1 << 20
+
+
+def is_remote(root: str | os.PathLike[str] | None) -> bool:
+    """True when ``root`` is an object-store URI (``s3://…``), not a local path."""
+    if root is None or isinstance(root, Path):
+        return False
+    scheme, sep, _ = os.fspath(root).partition("://")
+    return bool(sep) and scheme.lower() in REMOTE_SCHEMES
+
+
+def display(url: str) -> str:
+    """``url`` fit to print: credentials in its query string are masked."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = "&".join(
+        f"{k}={'***' if k.lower() in _SECRET_PARAMS else v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit(parts._replace(query=query))
+
+
+def canonical(url: str) -> str:
+    """``url`` without its query string and trailing slashes: what names one root
+    (the same bucket and prefix reached with other options is the same root)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def cache_home() -> Path:
+    """The directory local caches go under (see :data:`ENV_CACHE`)."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "voicepipe"
+
+
+def cache_dir(url: str, kind: str) -> Path:
+    """The local directory of ``kind`` (``outbox``, ``mirror``) for the remote root
+    ``url``: one per root, named so a person can tell which (``mirror-bucket-prefix-1a2b…``)."""
+    name = canonical(url)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.split("://", 1)[-1]).strip("-")[:60]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return cache_home() / f"{kind}-{slug}-{digest}"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One object under the root: its path relative to the root (``/``-separated),
+    size in bytes and modification time (ns since the epoch, None when unknown)."""
+
+    rel: str
+    size: int
+    mtime_ns: int | None
+
+
+@dataclass(frozen=True)
+class RemoteRoot:
+    """An opened object-store root: ``fs`` and the ``base`` path (``bucket/prefix``)
+    every relative path is under."""
+
+    url: str
+    fs: pafs.FileSystem
+    base: str
+
+    def __str__(self) -> str:
+        return display(self.url)
+
+    def path(self, rel: str) -> str:
+        rel = rel.strip("/")
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def list(self, area: str = "") -> list[RemoteFile]:
+        """Every file under ``area`` (recursively), sorted by path; none when the
+        area does not exist. Hidden names (``.x``: temporary files a local tool
+        may have copied up) are left out, as a ``*.parquet`` glob would."""
+        from pyarrow import fs as pafs
+
+        base = self.path(area)
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise self.error(f"cannot list {area or 'the root'}", exc) from exc
+        out = []
+        cut = len(self.base) + 1
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[cut:]
+            if rel.rsplit("/", 1)[-1].startswith("."):
+                continue
+            out.append(RemoteFile(rel, int(info.size or 0), info.mtime_ns))
+        out.sort(key=lambda f: f.rel)
+        return out
+
+    def put(self, local: Path, rel: str) -> None:
+        """Upload ``local`` to ``rel`` (visible only once complete; replaces an
+        existing object)."""
+        try:
+            with open(local, "rb") as src, self.fs.open_output_stream(self.path(rel)) as dst:
+                for chunk in _chunks(src):
+                    dst.write(chunk)
+        except OSError as exc:
+            raise self.error(f"cannot upload {local} to {rel}", exc) from exc
+
+    def put_bytes(self, data: bytes, rel: str) -> None:
+        try:
+            with self.fs.open_output_stream(self.path(rel)) as dst:
+                dst.write(data)
+        except OSError as exc:
+            raise self.error(f"cannot upload {rel}", exc) from exc
+
+    def get(self, rel: str, local: Path) -> None:
+        """Download ``rel`` to ``local`` atomically (a temporary name no glob
+        matches, then rename): a reader of the local copy never sees half a file."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.parent / f".{local.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as src, open(tmp, "wb") as dst:
+                for chunk in _chunks(src):
+                    dst.write(chunk)
+            os.replace(tmp, local)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self.error(f"cannot download {rel}", exc) from exc
+            raise
+
+    def get_bytes(self, rel: str) -> bytes | None:
+        """The object's bytes, None when there is none."""
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as src:
+                data: bytes = src.read()
+                return data
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if _not_found(exc):
+                return None
+            raise self.error(f"cannot download {rel}", exc) from exc
+
+    def delete(self, rel: str) -> None:
+        """Delete ``rel``; an object already gone is fine."""
+        try:
+            self.fs.delete_file(self.path(rel))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if _not_found(exc):
+                return
+            raise self.error(f"cannot delete {rel}", exc) from exc
+
+    def error(self, what: str, exc: BaseException) -> StoreError:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return StoreError(
+            f"object-store root {self}: {what}: {reason} (check the URI, the credentials and "
+            "the endpoint: AWS_* variables or ?endpoint_override=… in the URI)"
+        )
+
+
+def _chunks(stream: Any) -> Iterator[bytes]:
+    while True:
+        chunk = stream.read(_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _not_found(exc: OSError) -> bool:
+    text = str(exc)
+    return "NoSuchKey" in text or "Path does not exist" in text or "not found" in text.lower()
+
+
+def open_root(url: str) -> RemoteRoot:
+    """Open the object-store root ``url`` (no request is made yet); a URI pyarrow
+    cannot open raises :class:`StoreError` naming it."""
+    from pyarrow import fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(url)
+    except (OSError, ValueError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"cannot open the object-store root {display(url)}: {reason} "
+            "(s3://bucket/prefix, gs://bucket/prefix; options in the query string)"
+        ) from exc
+    base = base.rstrip("/")
+    if not base:
+        raise StoreError(f"object-store root {display(url)} names no bucket: use s3://bucket/prefix")
+    return RemoteRoot(url, fs, base)
