@@ -325,8 +325,21 @@ class Settings(_Model):
         return v
 
     @property
-    def root(self) -> Path:
+    def root(self) -> Path | str:
+        """The data root: a local directory, or — kept as the URL string, which
+        ``Path`` would mangle (``s3:/b``) — an object-store root (``s3://bucket/prefix``)."""
+        from .remote import is_remote
+
+        if is_remote(self.data):
+            return self.data
         return Path(self.data).expanduser()
+
+    @property
+    def remote_url(self) -> str | None:
+        """``data`` when it is an object-store root, else None."""
+        from .remote import is_remote
+
+        return self.data if is_remote(self.data) else None
 
 
 # ------------------------------------------------------------------------ loading
@@ -602,6 +615,10 @@ def effective_items(loaded: LoadedSettings) -> list[tuple[str, Any, str]]:
     """(dotted key, value, source) for every setting, for `voicepipe config show`."""
     dumped = loaded.settings.model_dump(mode="json")
     notifiers = dumped.pop("notifiers")
+    if isinstance(dumped.get("data"), str):  # an object-store URI may carry credentials
+        from .remote import display
+
+        dumped["data"] = display(dumped["data"])
     items = [(k, v, loaded.source_of(k)) for k, v in _flatten(dumped).items()]
     for i, notifier in enumerate(notifiers):
         for k, v in notifier.items():

@@ -55,9 +55,22 @@ _HOST = socket.gethostname().replace("-", "_").replace("/", "_")[:32] or "host"
 
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: the argument, else $VOICEPIPE_DATA, else ./voicepipe-data."""
+    """The data root: the argument, else $VOICEPIPE_DATA, else ./voicepipe-data.
+
+    A local directory only: an object-store URI (``s3://bucket/prefix``) raises
+    :class:`StoreError` saying what to use instead (``Path("s3://b/p")`` would be a
+    local directory named ``s3:``)."""
     if root is None or str(root) == "":
         root = os.environ.get(ENV_ROOT) or DEFAULT_ROOT
+    from .remote import display, is_remote
+
+    if is_remote(root):
+        url = display(os.fspath(root))
+        raise StoreError(
+            f"{url} is an object-store root; this function works on a local data root: use "
+            f"voicepipe_obs.connect({url!r}) to query it, or voicepipe_obs.mirror.mirrored(url) / "
+            "synced(url) for a local mirror to pass here"
+        )
     return Path(root).expanduser()
 
 
