@@ -1,0 +1,428 @@
+"""A local mirror of an object-store data root (``s3://bucket/prefix``): how the
+CLI, :func:`voicepipe_obs.connect` and notebooks use one.
+
+Every reader and maintenance function works on a local directory (DuckDB globs,
+fcntl locks, atomic renames). For an object-store root they work on its mirror,
+``remote.cache_dir(url, "mirror")`` (under ``$VOICEPIPE_CACHE``), a complete data
+root: :meth:`Mirror.pull` brings it up to date before a command, :meth:`Mirror.push`
+sends what the command changed back after it.
+
+Owns:
+
+* the synced areas, :data:`SYNCED_AREAS` (``events``, ``snapshots``, ``alerts`` —
+  the alert log, so an alert's lifecycle survives a change of cron host — and
+  ``quarantine``). ``_state`` (run locks, aggregate's bookkeeping, pending alerts)
+  and ``_spool`` stay local: a new cron host rebuilds its bookkeeping from the
+  synced files;
+* ``<mirror>/_state/remote-manifest.json``: the remote files known at the last
+  sync, each with its remote size and modification time and the local copy's size
+  and mtime_ns right after it was downloaded or uploaded. It is how a local
+  deletion (compaction's sources, cleanup's partitions, quarantined files) is told
+  from a file that arrived remotely after the pull, and a local change from none;
+* ``<mirror>/_state/mirror.lock``: pull and push each hold it (not the whole
+  command), so concurrent commands on one host keep the manifest whole.
+
+Rules: downloads and uploads are whole files under their final names (a reader
+never sees half a file); a push uploads everything new or changed *before* it
+deletes anything remotely, and deletes nothing when an upload failed, so a reader
+of the remote never misses an event (a duplicate is fine: every reader
+deduplicates by event_id); a remote file the manifest does not know (it arrived
+after our pull) is never deleted.
+
+Must not touch: the remote's ``_state``/``_spool``/outbox prefixes (the pipeline
+side's, :mod:`voicepipe_obs.emit`), and anything outside the mirror locally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from . import remote, store
+from .errors import BusyError, StoreError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .remote import RemoteFile, RemoteRoot
+
+log = logging.getLogger("voicepipe_obs.mirror")
+
+#: the areas of the layout kept in sync with the remote (DESIGN §5)
+SYNCED_AREAS: Final = (store.EVENTS, "snapshots", store.ALERTS, store.QUARANTINE)
+MANIFEST_FILE: Final = "remote-manifest.json"
+MANIFEST_VERSION: Final = 1
+LOCK_FILE: Final = "mirror.lock"
+#: how long a pull or push waits for another one on this host before giving up (exit 5)
+LOCK_TIMEOUT: Final = 600.0
+#: files transferred at a time
+WORKERS: Final = 8
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True)
+class _Local:
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class _Entry:
+    """A remote file known at the last sync: its remote ``size`` and ``mtime_ns``
+    (None: not seen since we uploaded it), and the local copy's signature then."""
+
+    size: int
+    mtime_ns: int | None
+    local: _Local
+
+    def same_remote(self, f: RemoteFile) -> bool:
+        return self.size == f.size and (
+            self.mtime_ns is None or f.mtime_ns is None or self.mtime_ns == f.mtime_ns
+        )
+
+
+@dataclass
+class SyncResult:
+    """What a pull or push did: files and bytes transferred, files deleted (locally
+    for a pull, remotely for a push)."""
+
+    transferred: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    errors: list[StoreError] = field(default_factory=list)
+
+
+class Mirror:
+    """The local mirror of the object-store root ``url`` (see the module docstring).
+    ``path`` is a data root every local function accepts."""
+
+    def __init__(self, url: str, *, path: Path | None = None) -> None:
+        if not remote.is_remote(url):
+            raise StoreError(
+                f"{url} is not an object-store root (s3://bucket/prefix); use it as a local data root"
+            )
+        self.url = url
+        self.path = path if path is not None else remote.cache_dir(url, "mirror")
+        self._remote: RemoteRoot | None = None
+        #: the manifest as of this object's last pull or push: used when the file is
+        #: gone (``demo --reset`` clears ``_state``), so what was pulled is still known
+        self._known: dict[str, _Entry] | None = None
+
+    def __repr__(self) -> str:
+        return f"Mirror({remote.display(self.url)!r}, path={str(self.path)!r})"
+
+    @property
+    def remote(self) -> RemoteRoot:
+        if self._remote is None:
+            self._remote = remote.open_root(self.url)
+        return self._remote
+
+    def shown(self) -> str:
+        """The root as printed: the URL with credentials masked."""
+        return remote.display(self.url)
+
+    # ---------------------------------------------------------------- pull
+
+    def pull(self) -> SyncResult:
+        """Bring the mirror up to date: download remote files that are new or changed
+        (a rebuilt snapshot replaces the local one), delete local files another host
+        removed (its compaction, cleanup). Local changes not pushed yet are kept.
+        Raises :class:`StoreError` (the store is unreachable, the cache not writable)."""
+        self._ensure_dir()
+        result = SyncResult()
+        with self._lock():
+            manifest = self._load()
+            listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area)}
+            local = self._scan()
+            for area in SYNCED_AREAS:  # removed by hand: download again, never delete remotely
+                if not (self.path / area).is_dir():
+                    for rel in [r for r in manifest if _area_of(r) == area]:
+                        del manifest[rel]
+            wanted: list[RemoteFile] = []
+            for rel, f in listed.items():
+                entry, here = manifest.get(rel), local.get(rel)
+                if entry is not None and entry.same_remote(f):
+                    if entry.mtime_ns is None:  # our own upload, seen remotely for the first time
+                        entry.mtime_ns = f.mtime_ns
+                    continue  # missing or changed here: a local change the push sends
+                if entry is None and here is not None:
+                    # here under the same name but unknown: a download an interrupted pull
+                    # did not record (same size), or a local file not pushed yet (the push sends it)
+                    if here.size == f.size:
+                        manifest[rel] = _Entry(f.size, f.mtime_ns, here)
+                    continue
+                if entry is not None and here is not None and here != entry.local:
+                    log.info("%s changed both here and remotely: taking the remote copy", rel)
+                wanted.append(f)
+            for rel in [r for r in manifest if r not in listed]:
+                entry, here = manifest.pop(rel), local.get(rel)
+                if here is not None and here == entry.local:  # deleted remotely, unchanged here
+                    self._remove_local(rel)
+                    result.deleted += 1
+                # changed here since: kept, and the push sends it as a new file
+            try:
+                for f, outcome in _parallel(self._download, wanted):
+                    if isinstance(outcome, StoreError):
+                        result.errors.append(outcome)
+                        continue
+                    manifest[f.rel] = _Entry(f.size, f.mtime_ns, outcome)
+                    result.transferred += 1
+                    result.bytes += f.size
+            finally:  # also on Ctrl-C: what was downloaded stays known
+                self._save(manifest)
+        if result.errors:
+            raise _summarise(result.errors, "pull", f"{len(result.errors)} of {len(wanted)} downloads failed")
+        log.info(
+            "pulled %s into %s: %d file(s) downloaded (%d bytes), %d deleted locally",
+            self.shown(),
+            self.path,
+            result.transferred,
+            result.bytes,
+            result.deleted,
+        )
+        return result
+
+    def _download(self, f: RemoteFile) -> _Local:
+        local = self.path / f.rel
+        try:
+            self.remote.get(f.rel, local)
+            if f.mtime_ns is not None:
+                # the remote's time, not the download's: compaction's grace and
+                # `report events --follow` look at how old a file is
+                os.utime(local, ns=(f.mtime_ns, f.mtime_ns))
+            st = local.stat()
+        except OSError as exc:  # the local side: a full disk, a read-only cache
+            raise store.write_error(self.path, exc) from exc
+        return _Local(st.st_size, st.st_mtime_ns)
+
+    # ---------------------------------------------------------------- push
+
+    def push(self) -> SyncResult:
+        """Send local changes: upload files that are new or changed since the last
+        sync, then — only when every upload succeeded — delete the remote files the
+        manifest knew that are gone locally. A remote file the manifest does not know
+        is never deleted. Raises :class:`StoreError`; nothing is deleted remotely
+        when an upload failed."""
+        result = SyncResult()
+        if not self.path.is_dir():
+            return result
+        with self._lock():
+            manifest = self._load(fallback=True)
+            local = self._scan()
+            uploads = [
+                (rel, sig)
+                for rel, sig in sorted(local.items())
+                if rel not in manifest or manifest[rel].local != sig
+            ]
+            try:
+                for (rel, sig), outcome in _parallel(self._upload, uploads):
+                    if isinstance(outcome, StoreError):
+                        result.errors.append(outcome)
+                    elif outcome:
+                        manifest[rel] = _Entry(sig.size, None, sig)
+                        result.transferred += 1
+                        result.bytes += sig.size
+                if result.errors:
+                    raise _summarise(
+                        result.errors,
+                        "push",
+                        f"{len(result.errors)} of {len(uploads)} uploads failed, nothing deleted remotely; "
+                        "the next command sends them again",
+                    )
+                present = {area for area in SYNCED_AREAS if (self.path / area).is_dir()}
+                gone = sorted(rel for rel in manifest if rel not in local and _area_of(rel) in present)
+                for rel, failed in _parallel(self.remote.delete, gone):
+                    if isinstance(failed, StoreError):
+                        result.errors.append(failed)
+                        continue
+                    del manifest[rel]
+                    result.deleted += 1
+                if result.errors:
+                    raise _summarise(
+                        result.errors,
+                        "push",
+                        f"{len(result.errors)} of {len(gone)} remote deletions failed; the next command retries them",
+                    )
+            finally:
+                self._save(manifest)
+        log.info(
+            "pushed %s to %s: %d file(s) uploaded (%d bytes), %d deleted remotely",
+            self.path,
+            self.shown(),
+            result.transferred,
+            result.bytes,
+            result.deleted,
+        )
+        return result
+
+    def _upload(self, item: tuple[str, _Local]) -> bool:
+        """Upload one file; False when it vanished meanwhile (a concurrent compaction
+        or cleanup on this host: the next push deletes it remotely instead)."""
+        rel, _ = item
+        path = self.path / rel
+        try:
+            self.remote.put(path, rel)
+        except StoreError:
+            if not path.exists():
+                return False
+            raise
+        return True
+
+    # ---------------------------------------------------------------- local side
+
+    def _ensure_dir(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the local mirror of {self.shown()} at {self.path}: {exc.strerror or exc} "
+                f"(set {remote.ENV_CACHE} to a writable directory)"
+            ) from exc
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        try:
+            with store.run_lock(self.path, LOCK_FILE, command="mirror sync", timeout=LOCK_TIMEOUT):
+                yield
+        except BusyError as exc:
+            raise BusyError(
+                f"another voicepipe command is still syncing the local mirror of {self.shown()} "
+                f"({self.path}) after {LOCK_TIMEOUT:g}s; nothing done: run the command again"
+            ) from exc
+        except OSError as exc:
+            raise store.write_error(self.path, exc) from exc
+
+    def _scan(self) -> dict[str, _Local]:
+        """Every complete file of the synced areas (hidden names are temporary)."""
+        out: dict[str, _Local] = {}
+        for area in SYNCED_AREAS:
+            for dirpath, dirs, names in os.walk(self.path / area):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                base = Path(dirpath)
+                for name in names:
+                    if name.startswith("."):
+                        continue
+                    path = base / name
+                    try:
+                        st = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    out[path.relative_to(self.path).as_posix()] = _Local(st.st_size, st.st_mtime_ns)
+        return out
+
+    def _remove_local(self, rel: str) -> None:
+        path = self.path / rel
+        path.unlink(missing_ok=True)
+        top = self.path / _area_of(rel)
+        parent = path.parent
+        while parent != top and top in parent.parents:  # empty partitions go too
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def _manifest_path(self) -> Path:
+        return self.path / store.STATE / MANIFEST_FILE
+
+    def _load(self, *, fallback: bool = False) -> dict[str, _Entry]:
+        path = self._manifest_path()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if fallback and self._known is not None:
+                return dict(self._known)
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s (%s): the mirror is compared afresh", path, exc)
+            return {}
+        try:
+            if data.get("version") != MANIFEST_VERSION:
+                return {}
+            return {
+                rel: _Entry(
+                    int(e["size"]), e["mtime_ns"], _Local(int(e["local_size"]), int(e["local_mtime_ns"]))
+                )
+                for rel, e in data["files"].items()
+            }
+        except (AttributeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring unreadable %s (not a manifest): the mirror is compared afresh", path)
+            return {}
+
+    def _save(self, manifest: dict[str, _Entry]) -> None:
+        self._known = dict(manifest)
+        files = {
+            rel: {
+                "size": e.size,
+                "mtime_ns": e.mtime_ns,
+                "local_size": e.local.size,
+                "local_mtime_ns": e.local.mtime_ns,
+            }
+            for rel, e in sorted(manifest.items())
+        }
+        data = {"version": MANIFEST_VERSION, "url": remote.canonical(self.url), "files": files}
+        try:
+            store.write_text_atomic(self._manifest_path(), json.dumps(data, separators=(",", ":")))
+        except OSError as exc:
+            raise store.write_error(self.path, exc) from exc
+
+
+def _area_of(rel: str) -> str:
+    return rel.split("/", 1)[0]
+
+
+def _parallel(fn: Callable[[_T], _R], items: Iterable[_T]) -> Iterator[tuple[_T, _R | StoreError]]:
+    """``(item, fn(item))`` for each item, run on a few threads; a
+    :class:`StoreError` is returned as the outcome, not raised (the others still run)."""
+    items = list(items)
+    if not items:
+        return
+    with ThreadPoolExecutor(
+        max_workers=min(WORKERS, len(items)), thread_name_prefix="voicepipe-mirror"
+    ) as pool:
+        futures: list[tuple[_T, Future[_R]]] = [(item, pool.submit(fn, item)) for item in items]
+        try:
+            for item, future in futures:
+                try:
+                    yield item, future.result()
+                except StoreError as exc:
+                    yield item, exc
+        finally:
+            for _, future in futures:
+                future.cancel()
+
+
+def _summarise(errors: list[StoreError], what: str, summary: str) -> StoreError:
+    return StoreError(f"{what} failed: {summary}; first: {errors[0]}")
+
+
+# ------------------------------------------------------------------ library API
+
+
+def mirrored(url: str) -> Path:
+    """Pull the object-store root ``url`` into its local mirror and return the
+    mirror's path: a data root for the reader functions (read-only use; changes
+    made under it stay local until :meth:`Mirror.push` or :func:`synced`)."""
+    m = Mirror(url)
+    m.pull()
+    return m.path
+
+
+@contextmanager
+def synced(url: str) -> Iterator[Path]:
+    """``with synced("s3://bucket/prefix") as root:`` pull, work on the local
+    ``root`` (maintenance functions, a Recorder), then push — also when the block
+    raised (files under their final names are complete)."""
+    m = Mirror(url)
+    m.pull()
+    try:
+        yield m.path
+    finally:
+        m.push()
