@@ -34,6 +34,7 @@ from .errors import VoicepipeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import LoadedSettings, Settings
+    from .mirror import Mirror
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,11 +59,18 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
 
 @dataclass
 class AppContext:
-    """What every subcommand gets: global options and lazily loaded settings."""
+    """What every subcommand gets: global options and lazily loaded settings.
+
+    :attr:`root` / :attr:`root_path` are the one place commands get the data root.
+    For an object-store root (``s3://…`` from --data, $VOICEPIPE_DATA or the
+    config's ``data``) they pull it into its local mirror once and return the
+    mirror's path; the root group pushes the mirror back after the command
+    (:meth:`sync_back`), also after a failing one."""
 
     config_path: str | None = None
     data: str | None = None
     _loaded: LoadedSettings | None = field(default=None, repr=False)
+    _mirror: Mirror | None = field(default=None, repr=False)
 
     @property
     def loaded(self) -> LoadedSettings:
@@ -77,19 +85,30 @@ class AppContext:
         return self.loaded.settings
 
     @property
+    def remote_url(self) -> str | None:
+        """The object-store root's URL when the data root is one, else None."""
+        return self.settings.remote_url
+
+    @property
     def root_path(self) -> Path:
-        """The data root as configured, which may not exist yet (``demo`` creates it)."""
-        return self.settings.root
+        """The data root as configured, which may not exist yet (``demo`` creates it);
+        for an object-store root, its local mirror, pulled."""
+        root = self.settings.root
+        if isinstance(root, str):
+            return self._pulled(root)
+        return root
 
     @property
     def root(self) -> Path:
         """The data root, which must be an existing directory: a mistyped ``--data``
         or ``$VOICEPIPE_DATA`` in a crontab must fail loudly, not report an empty
-        store. Raises :class:`StoreError` (exit 1) naming the path and where it came from."""
+        store. Raises :class:`StoreError` (exit 1) naming the path and where it came from.
+        For an object-store root: its local mirror, pulled (an unreachable store
+        raises :class:`StoreError` naming the URL)."""
         from .errors import StoreError
         from .store import root_problem
 
-        root = self.settings.root
+        root = self.root_path
         problem = root_problem(root)
         if problem is not None:
             origin = self.loaded.source_of("data")
@@ -101,6 +120,39 @@ class AppContext:
                 "to your data root (`voicepipe demo` writes sample data into a new one)"
             )
         return root
+
+    def _pulled(self, url: str) -> Path:
+        if self._mirror is None:
+            from .mirror import Mirror
+
+            mirror = Mirror(url)
+            mirror.pull()
+            self._mirror = mirror  # pushed after the command only once pulled
+        return self._mirror.path
+
+    def refresh(self) -> Path:
+        """Pull an object-store root again (a redraw loop: ``--watch``, ``--follow``)
+        and return :attr:`root`; for a local root just :attr:`root`."""
+        if self._mirror is not None:
+            self._mirror.pull()
+        return self.root
+
+    def sync_back(self) -> None:
+        """Push the local mirror's changes to the object store (after the command);
+        nothing for a local root or when the command never read the root. Raises
+        :class:`StoreError`."""
+        if self._mirror is not None:
+            self._mirror.push()
+
+    def shown(self, text: str) -> str:
+        """``text`` (a message) naming the object-store URL where it names the local
+        mirror, with the mirror's path once at the end."""
+        if self._mirror is None:
+            return text
+        local = str(self._mirror.path)
+        if local not in text:
+            return text
+        return f"{text.replace(local, self._mirror.shown())} (local mirror: {local})"
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)
@@ -391,12 +443,24 @@ class LazyGroup(click.Group):
         return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, then push an object-store root's mirror back (see
+        :func:`_sync_back`), whether the command succeeded or not."""
+        try:
+            rv = self._invoke(ctx)
+        except BaseException as exc:
+            _sync_back(ctx, exc)
+            raise
+        _sync_back(ctx, None)
+        return rv
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
             raise _one_line(exc, _parsing(self, ctx)) from None
         except VoicepipeError as exc:
-            click.echo(f"voicepipe: error: {exc}", err=True)
+            app = ctx.find_object(AppContext)
+            click.echo(f"voicepipe: error: {app.shown(str(exc)) if app else exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C where the command does not say more itself
             raise _interrupted(exc, ctx.meta.get(_ARGS_META, []), ctx) from None
@@ -414,9 +478,41 @@ class LazyGroup(click.Group):
             ctx.exit(1)
 
 
+#: exit code of a command that succeeded but whose changes could not be pushed to
+#: the object store (``check``: 3, UNKNOWN, as for any check that could not finish)
+EXIT_PUSH_FAILED = 1
+
+
+def _sync_back(ctx: click.Context, exc: BaseException | None) -> None:
+    """After a command on an object-store root: push its mirror (uploads, then
+    remote deletions). A failing push prints one line; a command that had succeeded
+    then exits 1 (``check``: 3), one that had failed keeps its own exit code."""
+    app = ctx.find_object(AppContext)
+    if app is None:
+        return
+    try:
+        app.sync_back()
+    except (VoicepipeError, OSError) as err:
+        message = str(err) if isinstance(err, VoicepipeError) else str(err.strerror or err)
+        click.echo(
+            f"voicepipe: error: the command's changes were not all sent to the object store: {message}",
+            err=True,
+        )
+        code = exc.exit_code if isinstance(exc, click.exceptions.Exit) else 0 if exc is None else None
+        if code == 0:
+            raise click.exceptions.Exit(
+                3 if ctx.invoked_subcommand == "check" else EXIT_PUSH_FAILED
+            ) from None
+    except KeyboardInterrupt:
+        if exc is None or (isinstance(exc, click.exceptions.Exit) and exc.exit_code == 0):
+            raise _interrupted(KeyboardInterrupt(), ctx.meta.get(_ARGS_META, []), ctx) from None
+
+
 def _permission_message(ctx: click.Context, exc: OSError) -> str:
     app = ctx.find_object(AppContext)
-    root = app.settings.root if app is not None and app._loaded is not None else None
+    root: Path | str | None = app.settings.root if app is not None and app._loaded is not None else None
+    if isinstance(root, str):  # an object-store root: what failed was its local mirror
+        root = app._mirror.path if app is not None and app._mirror is not None else None
     if root is not None and exc.errno == errno.EROFS:
         from .store import write_error
 

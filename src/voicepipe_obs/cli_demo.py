@@ -58,7 +58,7 @@ def demo(app: AppContext, days: int, per_day: int, live: int, seed: int, reset: 
     from ._examples.demo import run_demo
 
     signals_always_raise()  # the demo's Recorder flushes what it took on the way out
-    root = app.root_path  # may not exist yet: the demo creates it
+    root = app.root_path  # may not exist yet: the demo creates it (an object store's: its mirror)
     # --reset is all or nothing (maintenance.reset_layout, via run_demo)
     summary = run_demo(
         root,
@@ -71,6 +71,17 @@ def demo(app: AppContext, days: int, per_day: int, live: int, seed: int, reset: 
         recorder_options=app.settings.recorder.model_dump(),
         data_flag=app.data is not None,
     )
+    url = app.remote_url
+    if url is not None:  # written into the mirror, pushed after the command: name the store
+        from dataclasses import replace
+
+        from ._examples.demo import next_commands
+        from .remote import display
+
+        summary = replace(summary, root=display(url))
+        summary = replace(
+            summary, commands=next_commands(summary, display(url) if app.data is not None else None)
+        )
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict(), indent=2))
         return

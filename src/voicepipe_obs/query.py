@@ -7,7 +7,8 @@ File lists are vetted before DuckDB sees them: DuckDB fails a whole query on one
 unreadable file, so a truncated or foreign file is skipped with a warning that
 names it. Views are fixed to the files present at :func:`connect` time.
 
-Never writes under the root.
+Never writes under the root (an object-store root is read through its local
+mirror, which :mod:`voicepipe_obs.mirror` owns and updates).
 """
 
 from __future__ import annotations
@@ -429,12 +430,29 @@ def connect(
 
     A missing root gives empty views (not an error): check with
     ``SELECT count(*) FROM events``.
+
+    An object-store root (``s3://bucket/prefix``, also from ``$VOICEPIPE_DATA``) is
+    first pulled into its local mirror (:mod:`voicepipe_obs.mirror`), which the
+    views read: connect again (or call ``Mirror(url).pull()``) to see newer files.
     """
-    rootp = store.resolve_root(root)
+    rootp = _local_root(root)
     con = duckdb.connect(database)
     con.execute("SET enable_progress_bar = false")  # never draw on stderr (cron mail)
     register_views(con, rootp, live=live)
     return con
+
+
+def _local_root(root: str | os.PathLike[str] | None) -> Path:
+    """The local directory to read: ``root``, or an object-store root's freshly
+    pulled mirror."""
+    from . import remote
+
+    given = root if root is not None and os.fspath(root) != "" else os.environ.get(store.ENV_ROOT)
+    if given is not None and remote.is_remote(given):
+        from .mirror import mirrored
+
+        return mirrored(os.fspath(given))
+    return store.resolve_root(root)
 
 
 #: The files of each area, relative to the area (what :func:`area_source` globs).

@@ -262,8 +262,9 @@ def _iso(value: Any) -> str | None:
     return str(value)
 
 
-def next_commands(summary: DemoSummary, root: Path | None) -> list[list[str]]:
-    """[command, what it shows] pairs to try next (``--data ROOT`` when ``root`` is given)."""
+def next_commands(summary: DemoSummary, root: Path | str | None) -> list[list[str]]:
+    """[command, what it shows] pairs to try next (``--data ROOT`` when ``root`` is
+    given: a directory or an object-store URL)."""
     vp = "voicepipe" + (f" --data {shlex.quote(str(root))}" if root is not None else "")
     failed = summary.example_failed
     cmds = [
