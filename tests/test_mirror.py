@@ -1,0 +1,339 @@
+"""mirror.py and the CLI on an object-store root: every command works on a local
+mirror pulled before it and pushed after it — on a real S3 server (moto's) over
+HTTP, real Parquet, real DuckDB, the CLI in real subprocesses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+import voicepipe_obs as vp
+from voicepipe_obs import maintenance, remote, store
+from voicepipe_obs.errors import StoreError
+from voicepipe_obs.events import COLUMN_INDEX, NUM_COLUMNS
+from voicepipe_obs.mirror import Mirror, mirrored, synced
+
+UTC = dt.timezone.utc
+HOUR0 = dt.datetime(2026, 5, 4, 6, tzinfo=UTC)
+NOW = dt.datetime(2026, 5, 4, 12, 30, tzinfo=UTC)
+
+
+def ev(event_id: str, when: dt.datetime, artifact: str = "a1") -> list[Any]:
+    row: list[Any] = [None] * NUM_COLUMNS
+    row[COLUMN_INDEX["event_id"]] = event_id
+    row[COLUMN_INDEX["event_type"]] = "artifact_received"
+    row[COLUMN_INDEX["timestamp"]] = store.to_us(when)
+    row[COLUMN_INDEX["artifact_id"]] = artifact
+    row[COLUMN_INDEX["organization_id"]] = "org-1"
+    return row
+
+
+def upload_tree(local: Path, url: str) -> list[str]:
+    """Copy a local data root's synced areas to the object-store root (what another
+    host's Recorder would have uploaded); the relative paths uploaded."""
+    root = remote.open_root(url)
+    done = []
+    for path in sorted(local.rglob("*")):
+        rel = path.relative_to(local).as_posix()
+        if path.is_file() and not path.name.startswith(".") and not rel.startswith(("_state", "_spool")):
+            root.put(path, rel)
+            done.append(rel)
+    return done
+
+
+def remote_files(url: str, area: str = "") -> list[str]:
+    return [f.rel for f in remote.open_root(url).list(area)]
+
+
+def voicepipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a real subprocess (it inherits the AWS_* and VOICEPIPE_CACHE
+    variables the s3_root fixture set)."""
+    return subprocess.run(
+        [sys.executable, "-m", "voicepipe_obs.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def small_files(root: Path, n: int = 3) -> None:
+    """``n`` small event files in each of two closed hours (compaction's input)."""
+    for i in range(n):
+        rows = [
+            ev(f"e{h}-{i}-{j}", HOUR0 + dt.timedelta(hours=h, minutes=i * 5 + j))
+            for h in (0, 1)
+            for j in (0, 1)
+        ]
+        store.write_event_rows(root, rows, f"small-{i}")
+
+
+def unreadable_file(path: Path) -> None:
+    """A file that can be listed but never read, even by root: a Unix socket
+    (``open()`` fails with ENXIO). What makes an upload fail for real."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("sock")  # relative to the test's working directory: short enough for AF_UNIX
+    os.replace("sock", path)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_report_events_reads_what_a_recorder_uploaded(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    with vp.Recorder(local, strict=True) as rec:
+        for i in range(3):
+            rec.emit("artifact_received", artifact_id=f"art-{i}", organization_id="org-1")
+    assert upload_tree(local, s3_root)
+
+    done = voicepipe("--data", s3_root, "report", "events", "--format", "json")
+
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert sorted(r["artifact_id"] for r in rows) == ["art-0", "art-1", "art-2"]
+    mirror = remote.cache_dir(s3_root, "mirror")
+    assert mirror.parent == tmp_path / "cache" and list((mirror / "events").rglob("*.parquet"))
+    assert (mirror / "_state" / "remote-manifest.json").is_file()
+
+
+def test_the_root_can_come_from_the_environment_or_the_config(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0)], "one")
+    upload_tree(local, s3_root)
+    (tmp_path / "voicepipe.toml").write_text(f'data = "{s3_root}"\n')
+
+    from_config = voicepipe("report", "events", "--format", "csv")
+    from_env = voicepipe("report", "events", "--format", "csv", env={"VOICEPIPE_DATA": s3_root})
+    shown = voicepipe("config", "show", "--format", "json")
+
+    assert from_config.returncode == 0 and "e1" in from_config.stdout, from_config.stderr
+    assert from_env.returncode == 0 and "e1" in from_env.stdout, from_env.stderr
+    settings = {s["key"]: s["value"] for s in json.loads(shown.stdout)["settings"]}
+    assert settings["data"] == s3_root  # not mangled into s3:/bucket
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_aggregate_pushes_its_snapshots_to_the_bucket(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(
+        local, [ev(f"e{i}", HOUR0 + dt.timedelta(minutes=i), f"a{i}") for i in range(4)], "x"
+    )
+    upload_tree(local, s3_root)
+
+    done = voicepipe("--data", s3_root, "aggregate", "--now", NOW.isoformat())
+
+    assert done.returncode == 0, done.stderr
+    hourly = remote_files(s3_root, "snapshots/hourly")
+    assert hourly and all(rel.endswith(".parquet") for rel in hourly)
+    root = remote.open_root(s3_root)
+    table = pq.read_table(root.path(hourly[0]), filesystem=root.fs)  # plain pyarrow, from S3
+    assert table.num_rows > 0 and "period_start" in table.column_names
+    assert remote_files(s3_root, "snapshots/daily")
+    assert not [f for f in remote_files(s3_root) if f.startswith(("_state", "_spool"))]  # local bookkeeping
+
+
+def test_compact_uploads_the_merged_file_then_deletes_the_small_ones(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    small_files(local)
+    before = upload_tree(local, s3_root)
+    assert len(before) == 6
+
+    done = voicepipe("--data", s3_root, "compact", "--grace", "0s", "--now", NOW.isoformat())
+
+    assert done.returncode == 0, done.stderr
+    after = remote_files(s3_root, "events")
+    assert len(after) == 2 and all(rel.rsplit("/", 1)[1].startswith("compact-") for rel in after)
+    con = vp.connect(s3_root)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (12,)
+
+
+def test_a_file_that_arrived_after_the_pull_is_never_deleted(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    small_files(local)
+    upload_tree(local, s3_root)
+    mirror = Mirror(s3_root)
+    mirror.pull()
+    # another host's Recorder uploads a late event into the same hour meanwhile
+    late = tmp_path / "late"
+    store.write_event_rows(late, [ev("late-1", HOUR0 + dt.timedelta(minutes=50))], "late")
+    [late_rel] = upload_tree(late, s3_root)
+
+    maintenance.compact(mirror.path, now=NOW, grace=dt.timedelta(0))
+    mirror.push()
+
+    names = sorted(rel.rsplit("/", 1)[1] for rel in remote_files(s3_root, "events"))
+    assert late_rel in remote_files(s3_root, "events")
+    assert len(names) == 3 and sum(n.startswith("compact-") for n in names) == 2
+    ids = {r[0] for r in vp.connect(s3_root).execute("SELECT event_id FROM events").fetchall()}
+    assert len(ids) == 13 and "late-1" in ids
+
+
+def test_cleanup_deletes_past_retention_partitions_remotely(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    old = NOW - dt.timedelta(days=120)
+    store.write_event_rows(local, [ev("old", old), ev("new", NOW - dt.timedelta(hours=3))], "x")
+    upload_tree(local, s3_root)
+
+    done = voicepipe("--data", s3_root, "cleanup", "--now", NOW.isoformat())
+
+    assert done.returncode == 0, done.stderr
+    left = remote_files(s3_root, "events")
+    assert len(left) == 1 and f"date={(NOW - dt.timedelta(hours=3)):%Y-%m-%d}" in left[0]
+    assert not list((remote.cache_dir(s3_root, "mirror") / "events").glob(f"date={old:%Y-%m-%d}"))
+
+
+def test_demo_writes_into_the_bucket(s3_root: str) -> None:
+    done = voicepipe(
+        "--data",
+        s3_root,
+        "demo",
+        "--days",
+        "1",
+        "--artifacts-per-day",
+        "5",
+        "--live",
+        "0",
+        "--format",
+        "json",
+    )
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["root"] == s3_root
+    assert any(f"--data {s3_root}" in cmd for cmd, _ in summary["commands"])
+    assert remote_files(s3_root, "events")
+    count = vp.connect(s3_root).execute("SELECT count(*) FROM events").fetchone()
+    assert count is not None and count[0] == summary["events"]
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    url = "s3://bucket/data?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "VOICEPIPE_CACHE": str(tmp_path / "c")}
+
+    done = voicepipe("--data", url, "report", "events", env=env)
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voicepipe: error: object-store root s3://bucket/data"), (
+        lines
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_a_failed_upload_deletes_nothing_remotely(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    small_files(local)
+    upload_tree(local, s3_root)
+    mirror = Mirror(s3_root)
+    mirror.pull()
+    maintenance.compact(mirror.path, now=NOW, grace=dt.timedelta(0))
+    unreadable_file(mirror.path / "quarantine" / "stuck.parquet")
+
+    with pytest.raises(StoreError, match="nothing deleted remotely") as info:
+        mirror.push()
+
+    assert "\n" not in str(info.value)
+    events = remote_files(s3_root, "events")
+    assert len(events) == 8  # the 6 small files are all still there, beside the 2 merged ones
+    (mirror.path / "quarantine" / "stuck.parquet").unlink()
+    mirror.push()  # once every upload goes through, the small files go
+    assert len(remote_files(s3_root, "events")) == 2
+
+
+def test_a_failing_push_after_a_command_says_so_and_exits_1(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0)], "one")
+    upload_tree(local, s3_root)
+    unreadable_file(mirrored(s3_root) / "quarantine" / "stuck.parquet")
+
+    done = voicepipe("--data", s3_root, "report", "events", "--format", "csv")
+
+    assert done.returncode == 1
+    assert "e1" in done.stdout  # the report itself ran
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not all sent to the object store" in lines[0], done.stderr
+
+
+def test_another_hosts_deletion_is_reflected_after_a_pull(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    small_files(local, n=2)
+    rels = upload_tree(local, s3_root)
+    path = mirrored(s3_root)
+    assert (path / rels[0]).is_file()
+
+    remote.open_root(s3_root).delete(rels[0])  # another host's compaction or cleanup
+    mirrored(s3_root)
+
+    assert not (path / rels[0]).exists()
+    assert (path / rels[1]).is_file()
+
+
+def test_a_rebuilt_snapshot_replaces_the_local_copy(s3_root: str) -> None:
+    root = remote.open_root(s3_root)
+    rel = "snapshots/hourly/date=2026-05-04/hour-06.parquet"
+    root.put_bytes(b"PAR1 first PAR1", rel)
+    path = mirrored(s3_root)
+    root.put_bytes(b"PAR1 second, longer PAR1", rel)  # rebuilt on another host
+
+    mirrored(s3_root)
+
+    assert (path / rel).read_bytes() == b"PAR1 second, longer PAR1"
+
+
+def test_local_bookkeeping_stays_local_and_unknown_remote_prefixes_are_untouched(s3_root: str) -> None:
+    root = remote.open_root(s3_root)
+    root.put_bytes(b"outbox", "_outbox/whatever.bin")
+    with synced(s3_root) as path:
+        (path / "_state" / "mine.json").write_text("{}")
+    assert remote_files(s3_root) == ["_outbox/whatever.bin"]
+
+
+# ------------------------------------------------------------------ the library
+
+
+def test_connect_reads_an_object_store_root(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0), ev("e2", HOUR0)], "a")
+    store.write_event_rows(local, [ev("e2", HOUR0)], "b")  # a duplicate: deduplicated
+    upload_tree(local, s3_root)
+
+    con = vp.connect(s3_root)
+
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (2,)
+    assert con.execute("SELECT count(*) FROM events_raw").fetchone() == (3,)
+
+
+def test_connect_takes_an_object_store_root_from_the_environment(
+    s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0)], "a")
+    upload_tree(local, s3_root)
+    monkeypatch.setenv("VOICEPIPE_DATA", s3_root)
+
+    assert vp.connect().execute("SELECT count(*) FROM events").fetchone() == (1,)
+
+
+def test_resolve_root_refuses_an_object_store_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"object-store root.*mirrored") as info:
+        store.resolve_root("s3://bucket/prefix?secret_key=SEKRIT")
+    assert "\n" not in str(info.value) and "SEKRIT" not in str(info.value)
+    monkeypatch.setenv("VOICEPIPE_DATA", "s3://bucket/prefix")
+    with pytest.raises(StoreError, match="object-store root"):
+        store.resolve_root(None)
+    assert not (tmp_path / "s3:").exists()
