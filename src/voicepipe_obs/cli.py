@@ -550,7 +550,8 @@ def _setup_logging(verbose: bool) -> None:
     "--data",
     metavar="DIR",
     envvar=None,
-    help="Data root (default: $VOICEPIPE_DATA, the config's `data`, else ./voicepipe-data).",
+    help="Data root: a directory or an object-store URI, s3://bucket/prefix (default: "
+    "$VOICEPIPE_DATA, the config's `data`, else ./voicepipe-data).",
 )
 @click.option(
     "--config",
