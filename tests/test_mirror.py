@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,57 @@ def test_demo_writes_into_the_bucket(s3_root: str) -> None:
     assert count is not None and count[0] == summary["events"]
 
 
+def test_demo_reset_replaces_the_buckets_demo_data(s3_root: str) -> None:
+    args = ("--data", s3_root, "demo", "--days", "1", "--artifacts-per-day", "5", "--live", "0")
+    first = voicepipe(*args)
+    assert first.returncode == 0, first.stderr
+    old = set(remote_files(s3_root, "events"))
+
+    again = voicepipe(*args, "--seed", "8", "--reset")
+
+    assert again.returncode == 0, again.stderr
+    new = set(remote_files(s3_root, "events"))
+    assert new and not (old & new)  # the old demo's files were deleted remotely, not merged
+
+
+def test_errors_about_the_root_name_its_url(s3_root: str) -> None:
+    done = voicepipe("--data", s3_root, "report", "events")
+
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"voicepipe: error: no events under {s3_root}:"), line
+    assert f"(local mirror: {remote.cache_dir(s3_root, 'mirror')})" in line
+
+
+def test_commands_on_one_host_take_turns_on_the_mirror(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0)], "one")
+    upload_tree(local, s3_root)
+    path = mirrored(s3_root)
+
+    with store.run_lock(path, "mirror.lock", command="test"):  # another command's pull or push
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voicepipe_obs.cli",
+                "--data",
+                s3_root,
+                "report",
+                "events",
+                "--format",
+                "csv",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3)
+        assert proc.poll() is None  # waiting for the lock
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "e1" in out, err
+
+
 # ------------------------------------------------------------------ failures
 
 
@@ -301,6 +353,25 @@ def test_local_bookkeeping_stays_local_and_unknown_remote_prefixes_are_untouched
     with synced(s3_root) as path:
         (path / "_state" / "mine.json").write_text("{}")
     assert remote_files(s3_root) == ["_outbox/whatever.bin"]
+
+
+def test_a_local_deletion_not_pushed_yet_is_not_undone_by_another_pull(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    small_files(local)
+    upload_tree(local, s3_root)
+    compacting = Mirror(s3_root)
+    compacting.pull()
+    maintenance.compact(compacting.path, now=NOW, grace=dt.timedelta(0))
+
+    reporting = Mirror(s3_root)  # another command on this host, before compact's push
+    reporting.pull()
+
+    names = sorted(p.name for p in (reporting.path / "events").rglob("*.parquet"))
+    assert len(names) == 2 and all(n.startswith("compact-") for n in names)
+    reporting.push()  # it may send compact's changes itself: merged files first, then deletions
+    assert sorted(rel.rsplit("/", 1)[1] for rel in remote_files(s3_root, "events")) == names
+    compacting.push()  # nothing left to do
+    assert len(remote_files(s3_root, "events")) == 2
 
 
 # ------------------------------------------------------------------ the library

@@ -214,7 +214,7 @@ class Mirror:
         if not self.path.is_dir():
             return result
         with self._lock():
-            manifest = self._load(fallback=True)
+            manifest, recalled = self._load_for_push()
             local = self._scan()
             uploads = [
                 (rel, sig)
@@ -236,7 +236,10 @@ class Mirror:
                         f"{len(result.errors)} of {len(uploads)} uploads failed, nothing deleted remotely; "
                         "the next command sends them again",
                     )
-                present = {area for area in SYNCED_AREAS if (self.path / area).is_dir()}
+                # an area missing here was removed by hand (never delete remotely for
+                # that), unless the manifest went with it and this process's own pull
+                # is what we know: the command removed them (`demo --reset`)
+                present = {area for area in SYNCED_AREAS if recalled or (self.path / area).is_dir()}
                 gone = sorted(rel for rel in manifest if rel not in local and _area_of(rel) in present)
                 for rel, failed in _parallel(self.remote.delete, gone):
                     if isinstance(failed, StoreError):
@@ -332,13 +335,19 @@ class Mirror:
     def _manifest_path(self) -> Path:
         return self.path / store.STATE / MANIFEST_FILE
 
-    def _load(self, *, fallback: bool = False) -> dict[str, _Entry]:
+    def _load_for_push(self) -> tuple[dict[str, _Entry], bool]:
+        """The manifest, and whether it is this object's memory of it: the file is
+        gone (the command cleared ``_state``, as ``demo --reset`` does) but what
+        this process pulled is still known, so its removals are still pushed."""
+        if not self._manifest_path().exists() and self._known is not None:
+            return dict(self._known), True
+        return self._load(), False
+
+    def _load(self) -> dict[str, _Entry]:
         path = self._manifest_path()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            if fallback and self._known is not None:
-                return dict(self._known)
             return {}
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s (%s): the mirror is compared afresh", path, exc)
