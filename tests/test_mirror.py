@@ -374,6 +374,27 @@ def test_a_local_deletion_not_pushed_yet_is_not_undone_by_another_pull(s3_root: 
     assert len(remote_files(s3_root, "events")) == 2
 
 
+def test_a_local_name_no_store_can_hold_is_left_out_not_a_crash(s3_root: str) -> None:
+    path = mirrored(s3_root)
+    (path / "quarantine").mkdir(parents=True, exist_ok=True)
+    bad = os.fsencode(path / "quarantine") + b"/caf\xe9.parquet"  # Latin-1, not UTF-8
+    with open(bad, "wb") as fh:
+        fh.write(b"x")
+    (path / "quarantine" / "ok.parquet").write_bytes(b"y")
+
+    Mirror(s3_root).push()
+
+    assert remote_files(s3_root) == ["quarantine/ok.parquet"]
+
+
+def test_keys_that_would_land_outside_the_mirror_are_skipped() -> None:
+    from voicepipe_obs.mirror import _safe
+
+    assert _safe("events/date=2026-05-04/hour=06/a.parquet")
+    for rel in ("events/../../etc/cron.d/x", "events/./a", "events//a", "..", "events"):
+        assert not _safe(rel), rel
+
+
 # ------------------------------------------------------------------ the library
 
 

@@ -139,7 +139,7 @@ class Mirror:
         result = SyncResult()
         with self._lock():
             manifest = self._load()
-            listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area)}
+            listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area) if _safe(f.rel)}
             local = self._scan()
             for area in SYNCED_AREAS:  # removed by hand: download again, never delete remotely
                 if not (self.path / area).is_dir():
@@ -313,11 +313,17 @@ class Mirror:
                     if name.startswith("."):
                         continue
                     path = base / name
+                    rel = path.relative_to(self.path).as_posix()
+                    try:
+                        rel.encode("utf-8")
+                    except UnicodeEncodeError:  # not a name an object store can hold
+                        log.warning("not syncing %r: its name is not UTF-8", rel)
+                        continue
                     try:
                         st = path.stat()
                     except FileNotFoundError:
                         continue
-                    out[path.relative_to(self.path).as_posix()] = _Local(st.st_size, st.st_mtime_ns)
+                    out[rel] = _Local(st.st_size, st.st_mtime_ns)
         return out
 
     def _remove_local(self, rel: str) -> None:
@@ -381,6 +387,17 @@ class Mirror:
             store.write_text_atomic(self._manifest_path(), json.dumps(data, separators=(",", ":")))
         except OSError as exc:
             raise store.write_error(self.path, exc) from exc
+
+
+def _safe(rel: str) -> bool:
+    """Whether the remote key ``rel`` names a file inside the mirror: a key with
+    ``..`` or empty components (another S3 client can write one) would download
+    outside it; such a key is skipped with a warning."""
+    parts = rel.split("/")
+    if len(parts) > 1 and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel:
+        return True
+    log.warning("skipping the remote object %r: not a path inside the data root's layout", rel)
+    return False
 
 
 def _area_of(rel: str) -> str:
