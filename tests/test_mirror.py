@@ -428,4 +428,10 @@ def test_resolve_root_refuses_an_object_store_uri(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("VOICEPIPE_DATA", "s3://bucket/prefix")
     with pytest.raises(StoreError, match="object-store root"):
         store.resolve_root(None)
+    from voicepipe_obs import aggregate
+
+    with pytest.raises(StoreError, match="object-store root"):
+        maintenance.compact("s3://bucket/prefix", now=NOW)
+    with pytest.raises(StoreError, match="object-store root"):
+        aggregate.aggregate("s3://bucket/prefix", now=NOW)
     assert not (tmp_path / "s3:").exists()

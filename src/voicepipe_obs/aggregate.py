@@ -892,7 +892,7 @@ def pending_hours(root: str | os.PathLike[str]) -> dict[dt.datetime, int]:
 
     Cheap: a directory listing, plus the Parquet footer of any compacted file not yet
     aggregated (whose sources may all have been); no event is read."""
-    rootp = Path(root)
+    rootp = store.local_root(root)
     seen = _State.load(rootp).seen
     new = [f for f in _list_event_files(rootp, seen, vet=False) if f.rel not in seen]
     settled = _settled(new, seen) if seen else set()  # never aggregated: all of them
@@ -1162,7 +1162,7 @@ def aggregate(
     :class:`~voicepipe_obs.errors.BusyError` when another run holds the run lock
     for longer than ``lock_timeout`` seconds.
     """
-    rootp = Path(root)
+    rootp = store.local_root(root)
     try:
         return _aggregate(
             rootp,
@@ -1717,7 +1717,7 @@ def window_latency(
     unknown = set(org_metrics) - set(LATENCY_METRICS)
     if unknown:
         raise UsageError(f"not a latency metric: {', '.join(sorted(unknown))}")
-    rootp = Path(root)
+    rootp = store.local_root(root)
     con = _connect()
     try:
         _prepare(con)

@@ -283,7 +283,7 @@ def compact(
     """
     if now.tzinfo is None:
         raise UsageError("now must be timezone-aware")
-    rootp = Path(root)
+    rootp = store.local_root(root)
     try:
         with store.run_lock(rootp, COMPACT_LOCK, command="compact", timeout=lock_timeout):
             return _compact(rootp, now, grace, progress)
@@ -375,7 +375,7 @@ def leftovers(root: str | os.PathLike[str], *, stale: dt.timedelta = STALE_TMP) 
     """The trash directories under ``<root>/_state/trash/`` and the temporary files
     (``.<name>.<random>.tmp``) older than ``stale`` by mtime — never a live writer's
     file in progress."""
-    rootp = Path(root)
+    rootp = store.local_root(root)
     trash_dir = rootp / store.STATE / TRASH
     try:
         trash = sorted(p for p in trash_dir.iterdir())
@@ -406,7 +406,7 @@ def remove_leftovers(root: str | os.PathLike[str], found: Leftovers | None = Non
     """Delete what :func:`leftovers` finds (or ``found``) and return it. An events
     partition in the trash also resets the receipts index (as cleanup does once it
     has deleted one)."""
-    rootp = Path(root)
+    rootp = store.local_root(root)
     found = found if found is not None else leftovers(rootp)
     for path in found.tmp_files:
         try:
@@ -468,7 +468,7 @@ def expired_partitions(
     past retention when it ended at least ``days`` days before ``now``."""
     if now.tzinfo is None:
         raise UsageError("now must be timezone-aware")
-    rootp = Path(root)
+    rootp = store.local_root(root)
     out = []
     for area, days in _retention_days(retention).items():
         cutoff = now - dt.timedelta(days=days)
@@ -516,7 +516,7 @@ def cleanup(
     completions until a ``--rebuild``). Each lock is waited for up to
     ``lock_timeout`` seconds, all of them before anything is dropped, then
     :class:`~voicepipe_obs.errors.BusyError` (exit 5) with nothing done."""
-    rootp = Path(root)
+    rootp = store.local_root(root)
     if dry_run:
         return _cleanup(rootp, retention, now=now, dry_run=True)
     try:
@@ -669,7 +669,7 @@ def reset_layout(root: str | os.PathLike[str], names: Sequence[str]) -> list[str
     cannot be deleted completely (a read-only directory deep inside) is left in
     place with a warning: the layout is empty either way.
     """
-    rootp = Path(root)
+    rootp = store.local_root(root)
     present = [n for n in names if (rootp / n).exists() or (rootp / n).is_symlink()]
     if not rootp.is_dir() or not present:
         return []

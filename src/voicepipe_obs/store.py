@@ -62,6 +62,12 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     local directory named ``s3:``)."""
     if root is None or str(root) == "":
         root = os.environ.get(ENV_ROOT) or DEFAULT_ROOT
+    return local_root(root).expanduser()
+
+
+def local_root(root: str | os.PathLike[str]) -> Path:
+    """``root`` as a local directory's Path; an object-store URI raises
+    :class:`StoreError` naming what to use instead (its local mirror)."""
     from .remote import display, is_remote
 
     if is_remote(root):
@@ -71,7 +77,7 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
             f"voicepipe_obs.connect({url!r}) to query it, or voicepipe_obs.mirror.mirrored(url) / "
             "synced(url) for a local mirror to pass here"
         )
-    return Path(root).expanduser()
+    return Path(root)
 
 
 def root_problem(root: Path) -> str | None:
