@@ -269,6 +269,21 @@ def test_commands_on_one_host_take_turns_on_the_mirror(s3_root: str, tmp_path: P
     assert proc.returncode == 0 and "e1" in out, err
 
 
+def test_refresh_pulls_again_for_a_redraw_loop(s3_root: str, tmp_path: Path) -> None:
+    from voicepipe_obs.cli import AppContext
+
+    app = AppContext(data=s3_root)
+    root = app.root
+    assert not list(root.rglob("*.parquet"))
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0)], "one")
+    [rel] = upload_tree(local, s3_root)
+
+    assert app.refresh() == root and (root / rel).is_file()
+    app.sync_back()  # nothing changed here: nothing uploaded or deleted
+    assert remote_files(s3_root) == [rel]
+
+
 # ------------------------------------------------------------------ failures
 
 
