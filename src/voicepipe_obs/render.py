@@ -1627,11 +1627,12 @@ def _alerts_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
     return "\n".join(lines)
 
 
-def _pending_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
+def _pending_table(rows: Sequence[Mapping[str, Any]], style: Style, now: dt.datetime | None) -> str:
     """Pending raises and resolutions (``reports.pending_alerts``), as entries of two
-    lines like the alerts': what would happen, to what, since when and in how long;
-    then what it would be raised with, or the id of the alert that would resolve.
-    A stale wait says why it is not about to happen."""
+    lines like the alerts': what would happen, to what, since when (a resolution:
+    for how long, at ``now``, it has been clear) and in how long; then what it would
+    be raised with, or the id of the alert that would resolve. A stale wait says why
+    it is not about to happen."""
     lines = []
     for r in rows:
         raise_ = r["kind"] == "raise"
@@ -1647,9 +1648,14 @@ def _pending_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
             mark, colour = ("◔ pending", "yellow") if raise_ else ("◑ resolving", "green")
             left = r.get("remaining_seconds")
             verb = "raised" if raise_ else "resolves"
-            hold = "if it holds" if raise_ else "if it stays clear"
+            hold = "if it holds" if raise_ else "if still clear"
+            clear = (
+                f"clear since {since}"
+                if now is None
+                else f"clear for {fmt_duration(max((now - r['since']).total_seconds(), 0) * 1000)}"
+            )
             when = [
-                f"{'found' if raise_ else 'clear'} since {since}",
+                f"found since {since}" if raise_ else clear,
                 f"{verb} at the next check {hold}"
                 if not left
                 else f"{verb} in {fmt_duration(float(left) * 1000)} {hold}",
@@ -1692,7 +1698,7 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
     waiting = data.get("pending") or []
     if waiting:
         parts += ["", section("Pending (for_minutes / keep_firing_minutes)", style)]
-        parts.append(_pending_table(waiting, style))
+        parts.append(_pending_table(waiting, style, data.get("generated_at")))
         raises = sum(1 for w in waiting if w["kind"] == "raise" and not w.get("stale"))
         resolves = sum(1 for w in waiting if w["kind"] == "resolve" and not w.get("stale"))
         stale = sum(1 for w in waiting if w.get("stale"))
