@@ -168,6 +168,32 @@ def test_a_raise_already_recorded_is_not_pending(
     assert dashboard_pending(runner, root, cfg, 16, "json") == "0"
 
 
+def test_a_pending_raise_is_told_with_what_the_rule_finds_at_the_report_time(
+    runner: CliRunner, rec: vp.Recorder, root: Path, tmp_path: Path
+) -> None:
+    """The file keeps when a wait started, not what was found: the report asks the
+    rule (read-only). Clear now: the next check ends the wait unless it holds again;
+    too few artifacts to judge: the check keeps the wait, the severity is unknown."""
+    cfg = flapping_toml(tmp_path, "for_minutes = 10\n")
+    batch(rec, 5, 11)
+    batch(rec, 10, 9)  # not checked yet
+    check(runner, root, cfg, 5)
+    (clear,) = alerts_json(runner, root, cfg, 10)["pending"]
+    assert (clear["found_now"], clear["severity"], clear["stale"], clear["remaining_seconds"]) == (
+        False,
+        None,
+        False,
+        300,
+    )
+    text = report(runner, root, cfg, 10, "alerts").stdout
+    assert "◔ pending  failure_rate  all · found since 03-02 12:05:00 · raised in 5m if it holds" in text
+    assert "    clear now: the next check ends the wait unless it finds the condition again" in text
+    assert alerts_json(runner, root, cfg, 10, "--severity", "warning")["pending"] == []
+    (unjudged,) = alerts_json(runner, root, cfg, 20)["pending"]  # nothing finished in 12:15–12:20
+    assert (unjudged["found_now"], unjudged["severity"], unjudged["stale"]) == (None, None, False)
+    assert dashboard_pending(runner, root, cfg, 10, "json") == "1"
+
+
 # ------------------------------------------------------------ a pending resolution
 
 
@@ -262,6 +288,10 @@ def test_the_filters_apply_to_what_is_pending(
     assert dashboard_pending(runner, root, cfg, 6, "json") == "2"
     text = report(runner, root, cfg, 6, "alerts", "--org", "acme").stdout
     assert "◔ pending  critical  failure_rate  org:acme" in text and "  all " not in text
+    for width in ("60", "100"):
+        for args in (["alerts"], ["dashboard"]):
+            out = report(runner, root, cfg, 6, *args, "--width", width).stdout
+            assert max(len(line) for line in out.splitlines()) <= int(width), out
 
 
 # ------------------------------------------------------------------------- stale

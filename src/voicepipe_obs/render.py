@@ -1669,6 +1669,7 @@ def _pending_table(rows: Sequence[Mapping[str, Any]], style: Style, now: dt.date
             detail = (
                 f"not about to {'be raised' if raise_ else 'resolve'}: no check since for longer than the "
                 "wait allows (are checks running?); the next check starts the wait again"
+                + ("" if raise_ else f" (id {r['alert_id']})")
             )
         elif not raise_:
             detail = f"(id {r['alert_id']})"
