@@ -294,6 +294,7 @@ def test_machine_output_rounds_float_noise_and_ratios() -> None:
         "cards,cost_today,0.841202",
         "cards,failure_rate_today,0.333333",
         "alerts,active,0",
+        "alerts,pending,0",
     ]
 
 

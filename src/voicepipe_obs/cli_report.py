@@ -165,7 +165,7 @@ def dashboard(
     th = _thresholds(app)
 
     def draw() -> str:
-        data = reports.dashboard(app.root, now=_now(ctx), tz=style.tz, thresholds=th)
+        data = reports.dashboard(app.root, now=_now(ctx), tz=style.tz, thresholds=th, settings=app.settings)
         if fmt == "json":  # --watch: one compact object per line (JSON Lines)
             return to_json(data, indent=None if watch is not None else 2)
         if fmt == "csv":
@@ -624,21 +624,29 @@ def alerts_cmd(
     org: str | None,
     severity: str | None,
 ) -> None:
-    """Active alerts (or --history) as `voicepipe check` recorded them."""
+    """Active alerts (or --history) as `voicepipe check` recorded them, and pending ones."""
     from . import reports
     from .render import render_alerts, to_csv
 
     now = _now(ctx)
     lo, hi = _range(since, until, now, utc)
     data = reports.alerts(
-        app.root, now=now, history=history, since=lo, until=hi, rule=rule, org=org, severity=severity
+        app.root,
+        now=now,
+        history=history,
+        since=lo,
+        until=hi,
+        rule=rule,
+        org=org,
+        severity=severity,
+        settings=app.settings,
     )
-    if not data["rows"] and org is not None:
+    if not data["rows"] and not data["pending"] and org is not None:
         reports.require_organization(app.root, org, alerts=True)
     _emit(
         fmt,
         data,
-        lambda: to_csv(data["rows"], reports.ALERT_COLUMNS),
+        lambda: to_csv(reports.alert_csv_rows(data), reports.ALERT_CSV_COLUMNS),
         lambda: render_alerts(data, _style(utc, width)),
     )
 

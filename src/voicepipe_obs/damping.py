@@ -305,3 +305,38 @@ def _pending(kind: Kind, rec: Mapping[str, Any], run: Run, wait: dt.timedelta) -
         value=rec.get("value"),
         threshold=rec.get("threshold"),
     )
+
+
+def read_waits(
+    root: Path, settings: Settings, now: dt.datetime
+) -> tuple[list[tuple[PendingAlert, dt.datetime, bool]], bool]:
+    """What ``pending.json`` says waits, for readers outside a check (reports): each
+    wait as a :class:`PendingAlert` (only what the file keeps: no severity, summary
+    or alert id), the latest check that found it as it was (``seen``), and whether
+    it is *stale* at ``now`` — that check is after ``now`` or longer ago than
+    :func:`max_gap`, so the next check starts it again rather than acts on it — and
+    whether the file was sound (:func:`load_pending`: missing is sound, damaged is
+    empty with a warning). Waits the next check would drop at once (rule disabled,
+    or no wait configured for it: are these the settings ``check`` runs with?) are
+    left out, with a warning. Reads only: no lock (the file is replaced
+    atomically), never writes."""
+    state, sound = load_pending(root)
+    waits: list[tuple[PendingAlert, dt.datetime, bool]] = []
+    unknown: list[str] = []
+    for (kind, rule, scope), run in sorted(state.items()):
+        waiting: Kind = "raise" if kind == "raise" else "resolve"
+        minutes = wait_minutes(settings, rule, waiting)
+        if minutes <= 0 or getattr(getattr(settings.alerts, rule, None), "enabled", True) is False:
+            unknown.append(f"{rule} [{scope}]")
+            continue
+        wait = dt.timedelta(minutes=minutes)
+        stale = run.seen > now or now - run.seen > max_gap(wait)
+        known = {"rule": rule, "scope": scope, "organization_id": _org_of(scope)}
+        waits.append((_pending(waiting, known, run, wait), run.seen, stale))
+    if unknown:
+        log.warning(
+            "%s: no wait in these settings for %s; left out (does `check` run with another configuration?)",
+            pending_path(root),
+            ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""),
+        )
+    return waits, sound

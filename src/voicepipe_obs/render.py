@@ -975,6 +975,14 @@ def render_dashboard(data: Mapping[str, Any], style: Style) -> str:
     parts += [section("Pipeline (last 24h)", style), flow_graph(data["stages"], style=style), ""]
     parts.append(section("Active alerts", style))
     parts.append(_alerts_table(data["alerts"], style) if data["alerts"] else "  none")
+    pending = int(data.get("alerts_pending") or 0)
+    if pending:
+        parts += _wrapped(
+            f"+ {pending} pending: raised if {'their conditions hold' if pending != 1 else 'its condition holds'}"
+            " (`voicepipe report alerts`)",
+            style.width,
+            "  ",
+        )
     parts += ["", section(f"Latest {len(data['recent_events'])} events", style)]
     parts.append(
         _event_table(data["recent_events"], style, full=False) if data["recent_events"] else "  none"
@@ -1619,6 +1627,60 @@ def _alerts_table(rows: Sequence[Mapping[str, Any]], style: Style) -> str:
     return "\n".join(lines)
 
 
+def _pending_table(rows: Sequence[Mapping[str, Any]], style: Style, now: dt.datetime | None) -> str:
+    """Pending raises and resolutions (``reports.pending_alerts``), as entries of two
+    lines like the alerts': what would happen, to what, since when (a resolution:
+    for how long, at ``now``, it has been clear) and in how long; then what it would
+    be raised with, or the id of the alert that would resolve. A stale wait says why
+    it is not about to happen."""
+    lines = []
+    for r in rows:
+        raise_ = r["kind"] == "raise"
+        since = _short_time(r["since"], style)
+        severity = str(r.get("severity"))
+        if r.get("stale"):
+            mark, colour = "○ stale", "dim"
+            when = [
+                f"{'found' if raise_ else 'clear'} since {since}",
+                f"last check that {'found it' if raise_ else 'found it clear'} {_short_time(r['seen_at'], style)}",
+            ]
+        else:
+            mark, colour = ("◔ pending", "yellow") if raise_ else ("◑ resolving", "green")
+            left = r.get("remaining_seconds")
+            verb = "raised" if raise_ else "resolves"
+            hold = "if it holds" if raise_ else "if still clear"
+            clear = (
+                f"clear since {since}"
+                if now is None
+                else f"clear for {fmt_duration(max((now - r['since']).total_seconds(), 0) * 1000)}"
+            )
+            when = [
+                f"found since {since}" if raise_ else clear,
+                f"{verb} at the next check {hold}"
+                if not left
+                else f"{verb} in {fmt_duration(float(left) * 1000)} {hold}",
+            ]
+        what = "  ".join([mark, *([severity] if r.get("severity") else []), r["rule"], fmt_text(r["scope"])])
+        head = _joined([what, *when], style.width, "")
+        if style.colour:
+            head[0] = style.paint(mark, colour) + head[0][len(mark) :]
+        lines += head
+        if r.get("stale"):
+            detail = (
+                f"not about to {'be raised' if raise_ else 'resolve'}: no check since for longer than the "
+                "wait allows (are checks running?); the next check starts the wait again"
+                + ("" if raise_ else f" (id {r['alert_id']})")
+            )
+        elif not raise_:
+            detail = f"(id {r['alert_id']})"
+        elif r.get("found_now") is False:
+            detail = "clear now: the next check ends the wait unless it finds the condition again"
+        else:
+            detail = fmt_text(r.get("summary"))
+        lines += _wrapped(detail, style.width, "    ", subsequent="    ", prose=True, max_lines=3)
+    return "\n".join(lines)
+
+
 def render_alerts(data: Mapping[str, Any], style: Style) -> str:
     title = "voicepipe alerts" + (" · history" if data["history"] else " · active")
     parts = [_header(title, data, style)]
@@ -1634,6 +1696,15 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
         parts.append("no alert raised yet")
     else:
         parts.append("no active alerts" if not data["history"] else "no alerts match these filters")
+    waiting = data.get("pending") or []
+    if waiting:
+        parts += ["", section("Pending (for_minutes / keep_firing_minutes)", style)]
+        parts.append(_pending_table(waiting, style, data.get("generated_at")))
+        raises = sum(1 for w in waiting if w["kind"] == "raise" and not w.get("stale"))
+        resolves = sum(1 for w in waiting if w["kind"] == "resolve" and not w.get("stale"))
+        stale = sum(1 for w in waiting if w.get("stale"))
+        counts = [f"{raises} pending raise{'s' if raises != 1 else ''}", f"{resolves} resolving"]
+        parts.append("\n" + ", ".join(counts + ([f"{stale} stale"] if stale else [])))
     last = data.get("last_check")
     if last:
         n = int(last.get("active") or 0)
@@ -1772,6 +1843,7 @@ def csv_dashboard(data: Mapping[str, Any]) -> str:
             if k != "stage":
                 rows.append({"section": f"stage:{s['stage']}", "key": k, "value": value(k, v)})
     rows.append({"section": "alerts", "key": "active", "value": len(data["alerts"])})
+    rows.append({"section": "alerts", "key": "pending", "value": int(data.get("alerts_pending") or 0)})
     return to_csv(rows, CSV_COLUMNS["dashboard"])
 
 

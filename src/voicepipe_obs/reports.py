@@ -16,6 +16,7 @@ and other identifiers come from allow-lists. Read-only: never writes under the r
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import alerts as _alerts
 from . import store
-from .errors import EmptyStoreError, NotFoundError, UsageError
+from .errors import EmptyStoreError, NotFoundError, UsageError, VoicepipeError
 from .events import (
     ARTIFACT_STATUSES,
     DISAMBIGUATION_EVENT,
@@ -44,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import duckdb
 
     from .config import Settings
+
+log = logging.getLogger("voicepipe_obs.reports")
 
 UTC: Final = dt.timezone.utc
 HOUR: Final = dt.timedelta(hours=1)
@@ -711,8 +714,12 @@ def dashboard(
     tz: dt.tzinfo | None = UTC,
     thresholds: Thresholds | None = None,
     recent: int = 20,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Status cards, the per-stage flow graph, active alerts and the latest events.
+    """Status cards, the per-stage flow graph, active alerts (and how many raises
+    wait for their rule's ``for_minutes``: ``alerts_pending``, see
+    :func:`pending_alerts`; ``settings`` are the ones ``check`` runs with) and the
+    latest events.
 
     "Today" is the calendar day in ``tz`` (None = local time). The cards count
     artifacts, not events: an artifact finished in a period counts once, by its
@@ -861,6 +868,7 @@ def dashboard(
         ]
         if opened:
             breaker, breaker_at = "circuit_breaker_opened", opened[0].get("raised_at")
+    waiting, _sound = pending_alerts(root, now=now, settings=settings, active=active, judge=False)
     cards = {
         "active_artifacts": int(sum(queues.values())),
         "completed_today": completed,
@@ -884,6 +892,7 @@ def dashboard(
         "cards": cards,
         "stages": stages,
         "alerts": active,
+        "alerts_pending": sum(1 for w in waiting if w["kind"] == "raise" and not w["stale"]),
         "recent_events": recent_rows,
     }
 
@@ -2298,7 +2307,7 @@ def follow_events(
 @retried_read
 def active_alerts(root: Path, *, now: dt.datetime) -> list[dict[str, Any]]:
     """Alerts currently raised (not resolved), newest first; [] without an alert log."""
-    rows: list[dict[str, Any]] = alerts(root, now=now)["rows"]
+    rows: list[dict[str, Any]] = alerts(root, now=now, pending=False)["rows"]
     return rows
 
 
@@ -2322,11 +2331,17 @@ def alerts(
     rule: str | None = None,
     org: str | None = None,
     severity: str | None = None,
+    settings: Settings | None = None,
+    pending: bool = True,
 ) -> dict[str, Any]:
     """Active alerts (current state per alert, most urgent first: critical before
     warning, then oldest raised, as ``voicepipe alerts list`` and ``check``) or, with
     ``history``, every alert as it stands, raised in [since, until), newest first.
-    Reads the alert log only (see :mod:`voicepipe_obs.alerts`)."""
+    Reads the alert log (see :mod:`voicepipe_obs.alerts`) and, with ``pending``, what
+    waits for its rule's ``for_minutes`` / ``keep_firing_minutes``
+    (:func:`pending_alerts`, with ``settings`` — the ones ``check`` runs with — and
+    the same ``rule``, ``org`` and ``severity`` filters; ``since`` / ``until`` do
+    not apply: nothing pending has been raised)."""
     import duckdb
 
     from . import alerts as alerts_mod
@@ -2361,13 +2376,174 @@ def alerts(
         rows.sort(key=lambda r: (r["raised_at"], r["alert_id"]), reverse=True)
     row = con.execute("SELECT EXISTS (SELECT 1 FROM alert_log)").fetchone()
     has_log = bool(row and row[0])
-    return {
+    data: dict[str, Any] = {
         "generated_at": now,
         "history": history,
         "alert_log_present": has_log,
         "last_check": alerts_mod.last_check(root),
         "rows": rows,
     }
+    if pending:
+        active = rows
+        if history or rule or org or severity or since is not None or until is not None:
+            states = alerts_mod.list_alerts(root, status="active", con=con)
+            active = [{k: getattr(st, k) for k in ALERT_COLUMNS} for st in states]
+        waits, sound = pending_alerts(root, now=now, settings=settings, active=active)
+        data["pending"] = [
+            w
+            for w in waits
+            if (rule is None or w["rule"] == rule)
+            and (org is None or w["organization_id"] == org)
+            and (severity is None or w["severity"] == severity)
+        ]
+        data["pending_state_ok"] = sound
+    return data
+
+
+#: What ``report alerts`` shows of a raise or resolution that waits (JSON
+#: ``pending``); see :func:`pending_alerts`.
+PENDING_COLUMNS: Final = (
+    "kind",
+    "rule",
+    "scope",
+    "organization_id",
+    "severity",
+    "since",
+    "until",
+    "remaining_seconds",
+    "seen_at",
+    "stale",
+    "found_now",
+    "alert_id",
+    "summary",
+    "value",
+    "threshold",
+)
+#: ``report alerts --format csv``: the alerts' columns, then what says a row is a
+#: pending wait (its status is ``pending``; an alert's own row leaves them empty).
+ALERT_CSV_COLUMNS: Final = (
+    *ALERT_COLUMNS,
+    "pending",
+    "pending_since",
+    "pending_until",
+    "remaining_seconds",
+    "seen_at",
+    "stale",
+    "found_now",
+)
+
+
+def alert_csv_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``report alerts``' rows for CSV: every alert, then every pending wait as a row
+    of status ``pending`` (``pending``: ``raise`` or ``resolve``)."""
+    rows: list[dict[str, Any]] = list(data["rows"])
+    for w in data.get("pending") or ():
+        rows.append(
+            {
+                **{k: w.get(k) for k in ("alert_id", "rule", "scope", "organization_id", "severity")},
+                **{k: w.get(k) for k in ("summary", "value", "threshold")},
+                "status": "pending",
+                "pending": w["kind"],
+                "pending_since": w["since"],
+                "pending_until": w["until"],
+                **{k: w[k] for k in ("remaining_seconds", "seen_at", "stale", "found_now")},
+            }
+        )
+    return rows
+
+
+def pending_alerts(
+    root: Path,
+    *,
+    now: dt.datetime,
+    settings: Settings | None = None,
+    active: Sequence[Mapping[str, Any]] | None = None,
+    judge: bool = True,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Raises and resolutions that wait for their rule's ``for_minutes`` /
+    ``keep_firing_minutes`` (what ``voicepipe check`` keeps in
+    ``_state/pending.json``, :func:`voicepipe_obs.damping.read_waits`), as rows of
+    :data:`PENDING_COLUMNS`, and whether that file was sound (missing is; a damaged
+    one is taken as empty, with a warning, as ``check`` does). Reads only: never
+    writes the file, never takes the check lock.
+
+    ``settings`` must be the ones ``check`` runs with: the file keeps when a wait
+    started, not how long it is. ``active``: the active alerts (rows of
+    :data:`ALERT_COLUMNS`; read from the log when None); a raise whose alert is already active, or a
+    resolution of one no longer active, is what the next check drops (a check that
+    stopped between writing the log and this file) and is left out. A resolution
+    carries its alert's id, severity and summary.
+
+    A wait is ``stale`` when the latest check that found it as it was is longer ago
+    than the gap that breaks a run of checks (:func:`voicepipe_obs.damping.max_gap`:
+    3 × the wait, at least 15 min) — checks stopped — or after ``now``: the next
+    check starts it again, so it is not about to happen (``until`` and
+    ``remaining_seconds`` are null). ``remaining_seconds`` 0: at the next check.
+
+    With ``judge``, the rules of the raises that are not stale are evaluated at
+    ``now`` (read-only, as ``check --dry-run``) for the severity, summary, value
+    and threshold they would be raised with; ``found_now`` says whether the
+    condition still holds (null: not judged — no wait to judge, too few finished
+    artifacts, or the evaluation failed, with a warning).
+    """
+    from . import alerts as alerts_mod
+    from . import damping
+    from .config import Settings
+
+    settings = settings or Settings()
+    now = aware(now)
+    waits, sound = damping.read_waits(root, settings, now)
+    if not waits:
+        return [], sound
+    if active is None:
+        states = alerts_mod.list_alerts(root, status="active")
+        active = [{k: getattr(st, k) for k in ALERT_COLUMNS} for st in states]
+    by_key = {(a["rule"], a["scope"]): a for a in active}
+    rows: list[dict[str, Any]] = []
+    for p, seen, stale in waits:
+        alert = by_key.get(p.key)
+        if (p.kind == "raise") == (alert is not None):
+            continue
+        row: dict[str, Any] = {
+            "kind": p.kind,
+            "rule": p.rule,
+            "scope": p.scope,
+            "organization_id": p.organization_id,
+            "severity": None,
+            "since": p.since,
+            "until": None if stale else p.until,
+            "remaining_seconds": None if stale else p.remaining(now).total_seconds(),
+            "seen_at": seen,
+            "stale": stale,
+            "found_now": None,
+            "alert_id": None,
+            "summary": None,
+            "value": None,
+            "threshold": None,
+        }
+        if alert is not None:
+            row |= {k: alert.get(k) for k in ("organization_id", "severity", "alert_id", "summary")}
+            row |= {"value": alert.get("value"), "threshold": alert.get("threshold")}
+        rows.append(row)
+    judged = sorted({r["rule"] for r in rows if r["kind"] == "raise" and not r["stale"]})
+    if judge and judged:
+        try:
+            ev = alerts_mod.evaluate(root, settings, now=now, rules=judged)
+        except VoicepipeError as exc:
+            log.warning("cannot tell what the pending raises would be raised with: %s", exc)
+        else:
+            found = {f.key: f for f in ev.findings}
+            for r in rows:
+                if r["kind"] != "raise" or r["stale"]:
+                    continue
+                f = found.get((r["rule"], r["scope"]))
+                if f is not None:
+                    r |= {"severity": f.severity, "summary": f.summary, "value": f.value}
+                    r |= {"threshold": f.threshold, "found_now": True}
+                elif r["rule"] in ev.evaluated and not ev.unjudged(r["rule"], r["scope"]):
+                    r["found_now"] = False
+    rows.sort(key=lambda r: (r["stale"], r["until"] or r["since"], r["rule"], r["scope"]))
+    return rows, sound
 
 
 # -------------------------------------------------------------------- retries
