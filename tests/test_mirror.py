@@ -7,9 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -282,6 +284,49 @@ def test_refresh_pulls_again_for_a_redraw_loop(s3_root: str, tmp_path: Path) -> 
     assert app.refresh() == root and (root / rel).is_file()
     app.sync_back()  # nothing changed here: nothing uploaded or deleted
     assert remote_files(s3_root) == [rel]
+
+
+def test_follow_prints_events_that_reach_the_bucket_after_it_started(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    now = dt.datetime.now(UTC)
+    store.write_event_rows(local, [ev("before", now - dt.timedelta(seconds=30))], "one")
+    upload_tree(local, s3_root)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "voicepipe_obs.cli", "--data", s3_root, "report", "events"),
+            *("--follow", "--interval", "0.2", "--format", "csv"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True).start()
+    try:
+        assert "event_id" in lines.get(timeout=60) and "before" in lines.get(timeout=60)
+        later = tmp_path / "later"
+        store.write_event_rows(later, [ev("after", dt.datetime.now(UTC))], "two")
+        upload_tree(later, s3_root)
+        assert "after" in lines.get(timeout=60)  # only a pull per poll brings it
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_suggested_retry_commands_name_the_url_not_the_mirror(s3_root: str, tmp_path: Path) -> None:
+    local = tmp_path / "pipeline"
+    with vp.Recorder(local, strict=True) as rec:
+        with pytest.raises(RuntimeError), rec.artifact("art-f", organization_id="org-1"):
+            with rec.stage("transcription"):
+                raise RuntimeError("whisper timed out")
+    upload_tree(local, s3_root)
+
+    shown = voicepipe("--data", s3_root, "report", "artifact", "art-f")
+
+    assert shown.returncode == 0, shown.stderr
+    assert f"voicepipe --data {s3_root} retry art-f" in shown.stdout
+    assert str(remote.cache_dir(s3_root, "mirror")) not in shown.stdout
 
 
 # ------------------------------------------------------------------ failures

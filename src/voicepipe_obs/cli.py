@@ -71,6 +71,7 @@ class AppContext:
     data: str | None = None
     _loaded: LoadedSettings | None = field(default=None, repr=False)
     _mirror: Mirror | None = field(default=None, repr=False)
+    _pull_failing: bool = field(default=False, repr=False)
 
     @property
     def loaded(self) -> LoadedSettings:
@@ -136,6 +137,25 @@ class AppContext:
         if self._mirror is not None:
             self._mirror.pull()
         return self.root
+
+    def redraw_refresh(self) -> None:
+        """:meth:`refresh` for a redraw loop (``--watch``, ``--follow``): an object
+        store that cannot be reached is one warning line on stderr (once until it
+        answers again) and the loop goes on with the mirror as it is."""
+        if self._mirror is None:
+            return
+        from .errors import StoreError
+
+        try:
+            self._mirror.pull()
+        except StoreError as exc:
+            if not self._pull_failing:
+                click.echo(f"voicepipe: warning: {exc}; showing the last copy pulled", err=True)
+            self._pull_failing = True
+        else:
+            if self._pull_failing:
+                click.echo(f"voicepipe: {self._mirror.shown()} answers again", err=True)
+            self._pull_failing = False
 
     def sync_back(self) -> None:
         """Push the local mirror's changes to the object store (after the command);

@@ -106,12 +106,19 @@ def _retry_command(app: AppContext) -> Any:
     with this invocation's --data and --config, and --app unless retry.app is set."""
     from .reports import RetryCommand
 
-    return RetryCommand.for_root(
+    command = RetryCommand.for_root(
         app.root,
         data_flag=app.data is not None,
         config=app.config_path,
         configured_app=app.settings.retry.app,
     )
+    if app.remote_url is not None:  # the URL the report was given, not the local mirror
+        from dataclasses import replace
+
+        from .remote import display
+
+        command = replace(command, data=display(app.data) if app.data is not None else None)
+    return command
 
 
 # ------------------------------------------------------------------------ group
@@ -186,6 +193,7 @@ def dashboard(
                 click.echo("")
             sys.stdout.flush()
             time.sleep(watch)
+            app.redraw_refresh()
     except KeyboardInterrupt:
         ctx.exit(0)
 
@@ -565,7 +573,9 @@ def _follow(
         click.echo(",".join(reports.EVENT_COLUMNS))
     elif fmt == "table":  # the lines carry no zone: say it once, off stdout (grep-able lines)
         click.echo(
-            f"voicepipe: following events under {app.root}, times in {style.tzname()} (Ctrl-C to stop)",
+            app.shown(
+                f"voicepipe: following events under {app.root}, times in {style.tzname()} (Ctrl-C to stop)"
+            ),
             err=True,
         )
     if reports.has_events(app.root):
@@ -573,7 +583,7 @@ def _follow(
         for ev in reversed(initial):
             click.echo(line(ev))
     else:
-        click.echo(f"voicepipe: waiting for events under {app.root} (Ctrl-C to stop)", err=True)
+        click.echo(app.shown(f"voicepipe: waiting for events under {app.root} (Ctrl-C to stop)"), err=True)
     sys.stdout.flush()
     try:
         for ev in reports.follow_events(
@@ -582,6 +592,7 @@ def _follow(
             poll_interval=interval,
             seen_files=seen,
             skip_before=dt.datetime.now(UTC) - FOLLOW_SKIP,
+            before_poll=app.redraw_refresh,
         ):
             click.echo(line(ev))
             sys.stdout.flush()

@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -2249,9 +2249,13 @@ def follow_events(
     seen_files: set[Path] | None = None,
     skip_before: dt.datetime | None = None,
     stop_after: float | None = None,
+    before_poll: Callable[[], object] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield events as new files land under the root (like ``tail -f``), oldest
     first within each batch, each event once.
+
+    ``before_poll`` runs before every poll but the first (the CLI pulls an
+    object-store root's mirror there).
 
     Files in ``seen_files`` (default: those present at the first poll) are not read.
     Events older than ``skip_before`` are not yielded, so an hour that
@@ -2271,7 +2275,11 @@ def follow_events(
     seen_ids: set[str] = set()
     deadline = None if stop_after is None else time.monotonic() + stop_after
     con = _connect([], materialise=False)
+    first = True
     while deadline is None or time.monotonic() < deadline:
+        if before_poll is not None and not first:
+            before_poll()
+        first = False
         fresh = [p for p in store.list_parquet(root, store.EVENTS) if p not in known]
         if fresh:
             known.update(fresh)
