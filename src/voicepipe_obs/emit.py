@@ -50,8 +50,8 @@ from pathlib import Path
 from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
-from . import store
-from .errors import EmitError
+from . import remote, store
+from .errors import EmitError, StoreError
 from .events import (
     COLUMN_KINDS,
     COLUMN_NAMES,
@@ -69,6 +69,7 @@ from .events import (
     TIMED_STAGES,
     closest,
 )
+from .outbox import Outbox, Shipped, finalize_store_clients, take_over_s3_finalize
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import TypeAlias
@@ -553,7 +554,8 @@ def _prewarm_writer() -> None:
     """Import the Parquet writer's modules early, on the flusher thread. Imported
     during interpreter shutdown they fail (pyarrow pulls in pandas, which imports
     concurrent.futures.thread, which cannot register at exit any more), and the
-    final flush at exit would be lost."""
+    final flush at exit would be lost. (pyarrow.parquet imports pyarrow.fs, whose
+    exit hook shuts S3 down: see outbox.take_over_s3_finalize.)"""
     try:
         import concurrent.futures.thread  # noqa: F401
 
@@ -564,6 +566,7 @@ def _prewarm_writer() -> None:
         pa.array([0])  # first use imports the pandas shim
     except Exception as exc:  # pragma: no cover - reported when a write fails
         log.debug("voicepipe could not preload pyarrow: %r", exc)
+    take_over_s3_finalize()
 
 
 def _storable_str(value: str) -> str:
@@ -898,7 +901,10 @@ class Recorder:
     """Records pipeline events under a data root.
 
     Args:
-        root: data root directory (default: $VOICEPIPE_DATA, else ./voicepipe-data).
+        root: data root directory (default: $VOICEPIPE_DATA, else ./voicepipe-data),
+            or an object-store URI (``s3://bucket/prefix``): events are then written
+            into a local outbox (:attr:`root`) exactly as into a local root, and a
+            background thread uploads each finished file (see outbox.py).
         flush_interval: seconds between Parquet writes.
         batch_size: write early when this many events are waiting.
         spool_interval: seconds between appends to the crash spool ("spool" mode).
@@ -941,7 +947,20 @@ class Recorder:
             raise ValueError("flush_interval, spool_interval, batch_size and max_buffer must be positive")
         if close_timeout is not None and not close_timeout >= 0:
             raise ValueError(f"close_timeout must be None or at least 0, not {close_timeout!r}")
-        self.root = store.resolve_root(root)
+        #: the object-store root events are uploaded to (None: a local root)
+        self.remote: str | None = None
+        given = os.environ.get(store.ENV_ROOT) if root is None or str(root) == "" else root
+        if remote.is_remote(given):
+            assert given is not None
+            self.remote = os.fspath(given)
+            if not self.remote.split("://", 1)[1].split("?", 1)[0].strip("/"):
+                raise StoreError(
+                    f"object-store root {remote.display(self.remote)} names no bucket: use s3://bucket/prefix"
+                )
+            #: where events are written (for an object-store root: its local outbox)
+            self.root = remote.cache_dir(self.remote, "outbox")
+        else:
+            self.root = store.resolve_root(root)
         self.flush_interval = float(flush_interval)
         self.spool_interval = float(min(spool_interval, flush_interval))
         self.batch_size = int(batch_size)
@@ -961,8 +980,10 @@ class Recorder:
         self._init_process_state()
         _recorders.add(self)
         _close_at_multiprocessing_exit()
-        if recover and _has_spool_segments(self.root):
-            self._start()  # recover dead processes' spools now, not at the first emit
+        if recover and (_has_spool_segments(self.root) or (self._outbox and self._outbox.pending() > 0)):
+            # recover dead processes' spools, and upload what earlier processes left in
+            # the outbox, now rather than at the first emit
+            self._start()
 
     # -- process-local state (re-made in a forked child) --------------------------
 
@@ -1030,6 +1051,13 @@ class Recorder:
         self._counts = dict.fromkeys(
             ("emitted", "written", "spooled", "recovered", "dropped", "invalid", "write_errors"), 0
         )
+        # an object-store root: the uploader of the outbox (a new one in a forked
+        # child, its thread started with the others; the parent's may have been in
+        # the middle of an upload)
+        self._outbox: Outbox | None = None
+        if self.remote is not None:
+            self._outbox = Outbox(self.remote, self.root, self._warn.warning, lambda: _fork_gate)
+            take_over_s3_finalize()  # when pyarrow.fs is imported already (else: _prewarm_writer)
 
     def _new_batch(self) -> _Batch:
         self._seq += 1
@@ -1200,6 +1228,8 @@ class Recorder:
             self._internal_error(exc)
         with self._lock:
             ok = not self._pending and not self._sealed and self._current.n == 0
+        if self._outbox is not None and not self._closed:
+            self._outbox.wake()  # uploaded in the background: flush never waits for the store
         if not ok and self.strict:
             raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
         return ok
@@ -1282,6 +1312,8 @@ class Recorder:
         self._closed = True  # later emits are dropped and counted
         self._wake.set()
         self._write_wake.set()
+        if self._outbox is not None:
+            self._outbox.stop()  # close() ships the rest itself (_ship_at_close)
         return True
 
     def _start_final_flush(self, deadline: float | None) -> threading.Thread | None:
@@ -1380,6 +1412,56 @@ class Recorder:
         if self.strict and (lost or self._sealed or not finished):
             raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
 
+    def _start_shipping(self, deadline: float | None) -> tuple[threading.Thread | None, list[Shipped]]:
+        """close()'s upload of what the outbox holds, after the final write: with a
+        deadline on a helper thread (None: run by _await_shipping in the caller)."""
+        result: list[Shipped] = []
+        if deadline is None or self._outbox is None:
+            return None, result
+        outbox = self._outbox
+        helper = threading.Thread(
+            target=lambda: result.append(outbox.ship(deadline)), name="voicepipe-ship", daemon=True
+        )
+        try:
+            helper.start()
+        except RuntimeError:  # no new threads at interpreter shutdown: run it in the caller
+            return None, result
+        return helper, result
+
+    def _await_shipping(
+        self, helper: threading.Thread | None, result: list[Shipped], deadline: float | None
+    ) -> Shipped | None:
+        """Wait for close()'s upload until ``deadline``; what it did (None: no outbox)."""
+        if self._outbox is None:
+            return None
+        if helper is None:
+            result.append(self._outbox.ship(deadline))
+        else:
+            helper.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return result[0] if result else Shipped(0, True, "close_timeout reached", "close_timeout reached")
+
+    def _report_outbox(self, shipped: Shipped | None) -> None:
+        """close()'s last word on the outbox: when files could not all be uploaded,
+        one line saying how many wait and where (strict: EmitError)."""
+        if self._outbox is None or shipped is None or not shipped.failed:
+            return
+        waiting = self._outbox.pending()
+        if waiting == 0:
+            return
+        where = remote.display(self._outbox.url)
+        self._warn.log(
+            logging.WARNING,
+            "voicepipe: %d event files wait in %s for %s (%s); the next Recorder on that root uploads them",
+            waiting,
+            self.root,
+            where,
+            shipped.reason,
+        )
+        if self.strict:
+            raise EmitError(
+                f"{waiting} event files could not be uploaded to {where} ({shipped.error}); they wait in {self.root}"
+            )
+
     def _release_locked(self) -> tuple[int, int]:
         """With _lock and _spool_lock held: count the events lost and release what
         close() holds. Returns (events left in the spool, events lost)."""
@@ -1416,7 +1498,10 @@ class Recorder:
 
     def stats(self) -> dict[str, int]:
         """Counters: emitted, written, spooled, recovered, dropped, invalid,
-        write_errors, and buffered (events in memory now).
+        write_errors, and buffered (events in memory now). On an object-store root
+        also uploaded_files (event files this recorder uploaded), upload_errors
+        (failed upload rounds) and pending_uploads (files waiting in the outbox now,
+        any process's; -1 when it cannot be read).
 
         Called on a thread that is inside the recorder (a signal handler that
         interrupted it) it does not wait for the recorder's lock: the counters are
@@ -1432,6 +1517,10 @@ class Recorder:
         waiting = len(self._pending)
         out["emitted"] += waiting
         out["buffered"] = self._mem_rows + waiting
+        if self._outbox is not None:
+            out["uploaded_files"] = self._outbox.uploaded
+            out["upload_errors"] = self._outbox.errors
+            out["pending_uploads"] = self._outbox.pending()
         return out
 
     def _add_late_counts(self) -> None:
@@ -1456,7 +1545,8 @@ class Recorder:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Recorder(root={str(self.root)!r}, durability={self.durability!r})"
+        root = remote.display(self.remote) if self.remote is not None else str(self.root)
+        return f"Recorder(root={root!r}, durability={self.durability!r})"
 
     # -- building rows ------------------------------------------------------------
 
@@ -1793,6 +1883,9 @@ class Recorder:
         )
         for thread in self._threads:
             thread.start()
+        if self._outbox is not None:
+            self._outbox.start()
+            self._outbox.wake()  # what earlier processes left goes up now
 
     def recover(self, *, wait: bool = True) -> int:
         """Recover dead processes' spools under the root now; the number of events.
@@ -1829,6 +1922,8 @@ class Recorder:
                 self.recover(wait=False)
             except Exception as exc:
                 self._warn.warning("recover", "voicepipe spool recovery failed: %r", exc)
+            if self._outbox is not None:
+                self._outbox.wake()  # the recovered events' files
         while not self._stop:
             self._write_wake.wait(self.flush_interval)
             self._write_wake.clear()
@@ -1962,6 +2057,8 @@ class Recorder:
                 if batch.rows is not None:
                     self._mem_rows -= len(batch.rows)
                     batch.rows = None
+            if self._outbox is not None:
+                self._outbox.wake()
 
     def _fsync_unlocked(self, fd: int) -> None:
         """The writer's fsync (it holds _write_lock and _fork_lock), with _fork_lock
@@ -2676,16 +2773,27 @@ def _close_together(recorders: Sequence[Recorder], limit: float | None) -> None:
     deadline = None if limit is None else time.monotonic() + max(float(limit), 0.0)
     closing = [rec for rec in recorders if rec._begin_close()]
     finished = [False] * len(closing)
+    shipped: list[Shipped | None] = [None] * len(closing)
     try:
         helpers = [rec._start_final_flush(deadline) for rec in closing]
         for i, (rec, helper) in enumerate(zip(closing, helpers, strict=True)):
             finished[i] = rec._await_final_flush(helper, deadline)
+        # object-store roots: what the final writes left in the outbox goes up, in
+        # the time that is left (a recorder whose write did not finish has none)
+        shipping = [
+            rec._start_shipping(deadline) if done and rec._outbox is not None else None
+            for rec, done in zip(closing, finished, strict=True)
+        ]
+        for i, (rec, ship) in enumerate(zip(closing, shipping, strict=True)):
+            if ship is not None:
+                shipped[i] = rec._await_shipping(*ship, deadline)
     finally:  # also after a KeyboardInterrupt while waiting: the spools are released
         grace = None if deadline is None else time.monotonic() + _RELEASE_GRACE
         error: Exception | None = None
-        for rec, done in zip(closing, finished, strict=True):
+        for rec, done, outcome in zip(closing, finished, shipped, strict=True):
             try:
                 rec._release_at_close(done, limit, grace)
+                rec._report_outbox(outcome)
             except Exception as exc:  # strict: the first is raised once all are released
                 error = error or exc
         if error is not None:
@@ -2705,3 +2813,4 @@ def _close_all() -> None:
         _close_together(recorders, limit)
     except Exception:  # pragma: no cover - strict recorders: nothing to raise into at exit
         pass
+    finalize_store_clients()  # after the final uploads (see outbox._take_over_s3_finalize)
