@@ -747,11 +747,15 @@ def recover_spools(root: str | os.PathLike[str], *, wait: bool = True) -> tuple[
     re-writing a segment whose files exist is a no-op. ``wait``: when another
     recovery is running under the root, wait for it (the default) or return (0, 0) at
     once (what a Recorder does: the other recoverer writes those spools).
+
+    For an object-store root (``s3://…``) this recovers into its local outbox on
+    this host; the next Recorder on that root uploads the files.
     """
+    rootp = remote.cache_dir(os.fspath(root), "outbox") if remote.is_remote(root) else Path(root)
     if not _recover_lock.acquire(blocking=wait):
         return 0, 0
     try:
-        return _recover_spools(Path(root), wait)
+        return _recover_spools(rootp, wait)
     finally:
         _recover_lock.release()
 
@@ -1210,6 +1214,10 @@ class Recorder:
         In a signal handler that interrupted the recorder's own work on that thread
         (an emit, a flush) it writes nothing and returns False: that work holds the
         locks a flush needs.
+
+        On an object-store root "written" means written into the local outbox: flush
+        wakes the uploader but never waits for the store (:meth:`close` does, within
+        its timeout).
         """
         if self._holding():
             return False

@@ -42,8 +42,12 @@ _BACKOFF_MAX: Final = 60.0
 #: with backoff, on its own schedule; the SDK's own retries made an upload to a
 #: closed port take 6 s, longer than close()'s default bound), bounded connect and
 #: stall times, and a single PUT for a small file instead of a multipart upload
-_S3_CONNECT_TIMEOUT: Final = 3.0
-_S3_REQUEST_TIMEOUT: Final = 10.0
+#: (three requests). The stall timeout also bounds how long a request in flight to
+#: a store that accepts connections but never answers holds up the process's exit
+#: after close() returned: pyarrow waits for it when it shuts S3 down (measured:
+#: ~6 s + the stall timeout).
+_S3_CONNECT_TIMEOUT: Final = 2.0
+_S3_REQUEST_TIMEOUT: Final = 3.0
 #: empty hour directories older than this (seconds) are removed after a round
 _PRUNE_AGE: Final = 2 * 3600
 
