@@ -984,7 +984,7 @@ class Recorder:
         self._init_process_state()
         _recorders.add(self)
         _close_at_multiprocessing_exit()
-        if recover and (_has_spool_segments(self.root) or (self._outbox and self._outbox.pending() > 0)):
+        if (recover and _has_spool_segments(self.root)) or (self._outbox and self._outbox.has_files()):
             # recover dead processes' spools, and upload what earlier processes left in
             # the outbox, now rather than at the first emit
             self._start()
@@ -2801,8 +2801,11 @@ def _close_together(recorders: Sequence[Recorder], limit: float | None) -> None:
         for rec, done, outcome in zip(closing, finished, shipped, strict=True):
             try:
                 rec._release_at_close(done, limit, grace)
-                rec._report_outbox(outcome)
             except Exception as exc:  # strict: the first is raised once all are released
+                error = error or exc
+            try:
+                rec._report_outbox(outcome)
+            except Exception as exc:
                 error = error or exc
         if error is not None:
             raise error

@@ -109,6 +109,16 @@ class Outbox:
             )
         return out
 
+    def has_files(self) -> bool:
+        """Whether any complete event file waits (stops at the first one found)."""
+        try:
+            for _, _dirs, filenames in os.walk(self.local / store.EVENTS):
+                if any(n.endswith(".parquet") and not n.startswith(".") for n in filenames):
+                    return True
+        except OSError:
+            pass
+        return False
+
     def pending(self) -> int:
         """How many files wait in the outbox now (-1 when it cannot be read)."""
         try:
