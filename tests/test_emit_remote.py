@@ -269,17 +269,17 @@ if sys.argv[2] == "fork":
         print(rec.emit("circuit_breaker_opened"), flush=True)
         rec.close()
         print(rec.stats()["uploaded_files"], flush=True)
-        os._exit(0)
-    os.waitpid(pid, 0)
+        sys.exit(0)
+    print(os.waitpid(pid, 0)[1], flush=True)
 # no close(): the exit hook writes and uploads
 """
 
 
 @pytest.mark.parametrize("mode", ["exit", "fork"])
 def test_a_script_that_just_exits_ships_its_events(s3_root: str, mode: str) -> None:
-    """At interpreter exit the final write and upload run before pyarrow shuts its
-    S3 client down (its exit hook would otherwise run first); a forked child uploads
-    with a client of its own."""
+    """At interpreter exit the final write and upload run; a child forked after the
+    parent uploaded ships its own events and exits normally (status 0: the
+    pipeline's process never runs the S3 client, which is not fork-safe)."""
     done = subprocess.run(
         [sys.executable, "-c", EXITS, s3_root, mode], capture_output=True, text=True, timeout=60
     )
@@ -290,7 +290,7 @@ def test_a_script_that_just_exits_ships_its_events(s3_root: str, mode: str) -> N
     assert len(got) == len(set(got)) == (6 if mode == "fork" else 5)
     assert lines[0] in got
     if mode == "fork":
-        assert lines[1] in got and lines[2] == "1"
+        assert lines[1] in got and lines[2] == "1" and lines[3] == "0"
     assert outbox_files(s3_root) == []
 
 
@@ -335,3 +335,46 @@ def test_outbox_files_are_read_whole_by_pyarrow(s3_root: str) -> None:
     table = pq.read_table(f"{base}/{rel}", filesystem=fs)
     assert set(ids) <= set(table["event_id"].to_pylist())
     assert {"event_type", "timestamp", "pipeline_stage", "duration_ms"} <= set(table.column_names)
+
+
+SILENT = """
+import sys, time
+import voicepipe_obs as vp
+rec = vp.Recorder(sys.argv[1], flush_interval=0.05, close_timeout=1.0)
+rec.emit("rate_limit_hit")
+rec.flush()
+time.sleep(0.5)  # an upload is now waiting for an answer that never comes
+rec.emit("rate_limit_hit")
+start = time.monotonic()
+if sys.argv[2] == "close":
+    rec.close()
+print(time.monotonic() - start, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["close", "exit"])
+def test_a_store_that_never_answers_holds_neither_close_nor_exit(
+    s3_root: str, how: str, tmp_path: Path
+) -> None:
+    """An endpoint that accepts connections and never answers: close() returns
+    within close_timeout, and the process ends right after (an upload in flight is
+    in the helper process, which is killed, not waited for)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SILENT, s3_root, how],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None
+        took = float(proc.stdout.readline())
+        marked = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        exiting = time.monotonic() - marked
+    assert proc.returncode == 0, err
+    assert took < 1.5 and exiting < 1.0 + 2.0, (took, exiting)
+    assert b"event files wait in" in err
+    assert len(outbox_files(s3_root)) == 2  # both kept for the next recorder

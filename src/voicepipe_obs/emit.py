@@ -15,6 +15,8 @@ Life of an event (two background threads per recorder)::
         writer: sealed batch ──▶ Parquet (one file per hour, named after the
             segment) ──▶ delete the segment
     durability="sync": emit() appends to the segment and the batch itself.
+    object-store root (s3://…): the root above is a local outbox, and a third
+        thread has each written file uploaded and deleted (outbox.py).
 
 A segment whose Parquet files exist is never written twice (the names are
 deterministic), so recovery of a dead process's spool is exactly-once. Rows are
@@ -69,7 +71,7 @@ from .events import (
     TIMED_STAGES,
     closest,
 )
-from .outbox import Outbox, Shipped, finalize_store_clients, take_over_s3_finalize
+from .outbox import Outbox, Shipped
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import TypeAlias
@@ -554,8 +556,7 @@ def _prewarm_writer() -> None:
     """Import the Parquet writer's modules early, on the flusher thread. Imported
     during interpreter shutdown they fail (pyarrow pulls in pandas, which imports
     concurrent.futures.thread, which cannot register at exit any more), and the
-    final flush at exit would be lost. (pyarrow.parquet imports pyarrow.fs, whose
-    exit hook shuts S3 down: see outbox.take_over_s3_finalize.)"""
+    final flush at exit would be lost."""
     try:
         import concurrent.futures.thread  # noqa: F401
 
@@ -566,7 +567,6 @@ def _prewarm_writer() -> None:
         pa.array([0])  # first use imports the pandas shim
     except Exception as exc:  # pragma: no cover - reported when a write fails
         log.debug("voicepipe could not preload pyarrow: %r", exc)
-    take_over_s3_finalize()
 
 
 def _storable_str(value: str) -> str:
@@ -908,7 +908,8 @@ class Recorder:
         root: data root directory (default: $VOICEPIPE_DATA, else ./voicepipe-data),
             or an object-store URI (``s3://bucket/prefix``): events are then written
             into a local outbox (:attr:`root`) exactly as into a local root, and a
-            background thread uploads each finished file (see outbox.py).
+            background thread has each finished file uploaded by a helper process
+            (see outbox.py).
         flush_interval: seconds between Parquet writes.
         batch_size: write early when this many events are waiting.
         spool_interval: seconds between appends to the crash spool ("spool" mode).
@@ -1056,12 +1057,10 @@ class Recorder:
             ("emitted", "written", "spooled", "recovered", "dropped", "invalid", "write_errors"), 0
         )
         # an object-store root: the uploader of the outbox (a new one in a forked
-        # child, its thread started with the others; the parent's may have been in
-        # the middle of an upload)
+        # child, its thread and helper process started when needed)
         self._outbox: Outbox | None = None
         if self.remote is not None:
-            self._outbox = Outbox(self.remote, self.root, self._warn.warning, lambda: _fork_gate)
-            take_over_s3_finalize()  # when pyarrow.fs is imported already (else: _prewarm_writer)
+            self._outbox = Outbox(self.remote, self.root, self._warn.warning)
 
     def _new_batch(self) -> _Batch:
         self._seq += 1
@@ -1080,6 +1079,8 @@ class Recorder:
                     os.close(batch.fd)
                 except OSError:
                     pass
+        if self._outbox is not None:
+            self._outbox.after_fork()  # the parent's upload helper is the parent's
         self._init_process_state(closed=self._closed)
 
     # -- public API ------------------------------------------------------------------
@@ -1321,7 +1322,7 @@ class Recorder:
         self._wake.set()
         self._write_wake.set()
         if self._outbox is not None:
-            self._outbox.stop()  # close() ships the rest itself (_ship_at_close)
+            self._outbox.stop()  # close() ships the rest itself (_start_shipping)
         return True
 
     def _start_final_flush(self, deadline: float | None) -> threading.Thread | None:
@@ -1446,6 +1447,8 @@ class Recorder:
             result.append(self._outbox.ship(deadline))
         else:
             helper.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        self._outbox.join(deadline)  # stopped: it ends once close's round has run
+        self._outbox.close_helper(deadline)
         return result[0] if result else Shipped(0, True, "close_timeout reached", "close_timeout reached")
 
     def _report_outbox(self, shipped: Shipped | None) -> None:
@@ -2824,4 +2827,3 @@ def _close_all() -> None:
         _close_together(recorders, limit)
     except Exception:  # pragma: no cover - strict recorders: nothing to raise into at exit
         pass
-    finalize_store_clients()  # after the final uploads (see outbox._take_over_s3_finalize)

@@ -9,26 +9,35 @@ upload per file (an object appears only when complete), deleting the local copy
 after, retrying with backoff while the store is unreachable, and its counters. It
 must not touch the spool, the batches or how Parquet is written.
 
+The uploads run in a helper process (``python -c … helper_main``), one per
+recorder, started with the first file to ship and fed one line per round. The
+pipeline's process never loads the store's client: pyarrow's S3 client (the AWS
+SDK) is not fork-safe — a child forked from a process whose S3 client had run
+crashes when it exits normally, in the SDK's shutdown — and a request in flight at
+interpreter exit holds the exit up until it times out. A helper can be killed
+at close()'s deadline instead, and a forked child simply starts its own.
+
 Exactly-once by name: a file is deleted only after its upload succeeded, and a
-file uploaded again (a crash between upload and delete, or two processes sharing
-the outbox racing for it) replaces the object of the same name with the same
-bytes. Never raises out of its thread, and never runs on the pipeline's threads;
-pyarrow is imported only when the first upload round opens the remote root.
+file uploaded again (a crash or kill between upload and delete, or two processes
+sharing the outbox racing for it) replaces the object of the same name with the
+same bytes. Never raises out of its thread, and never runs on the pipeline's
+threads.
 """
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
+import json
 import os
+import selectors
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from . import remote, store
 from .errors import StoreError
@@ -42,14 +51,14 @@ _BACKOFF_MAX: Final = 60.0
 #: with backoff, on its own schedule; the SDK's own retries made an upload to a
 #: closed port take 6 s, longer than close()'s default bound), bounded connect and
 #: stall times, and a single PUT for a small file instead of a multipart upload
-#: (three requests). The stall timeout also bounds how long a request in flight to
-#: a store that accepts connections but never answers holds up the process's exit
-#: after close() returned: pyarrow waits for it when it shuts S3 down (measured:
-#: ~6 s + the stall timeout).
+#: (three requests)
 _S3_CONNECT_TIMEOUT: Final = 2.0
 _S3_REQUEST_TIMEOUT: Final = 3.0
 #: empty hour directories older than this (seconds) are removed after a round
 _PRUNE_AGE: Final = 2 * 3600
+#: seconds a helper gets to end by itself after its input is closed (when close()
+#: has no deadline), before it is killed
+_HELPER_EXIT: Final = 5.0
 
 WarnFn = Callable[..., None]  # _RateLimitedLog.warning: (key, msg, *args)
 
@@ -65,66 +74,48 @@ class Shipped:
     error: str = ""
 
 
+def waiting_files(local: Path) -> Iterator[Path]:
+    """The complete event files waiting in the outbox ``local`` (any process's),
+    oldest partition first. Hidden names (a write in progress) are not complete."""
+    for dirpath, dirnames, filenames in os.walk(local / store.EVENTS):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".parquet") and not name.startswith("."):
+                yield Path(dirpath, name)
+
+
 class Outbox:
     """Ships ``<local>/events/**/*.parquet`` to the object-store root ``url``.
 
     One background thread (:meth:`start`), woken by :meth:`wake` after each batch
     file is written and every :data:`UPLOAD_INTERVAL` seconds; :meth:`ship` runs a
-    round in the calling thread (close()). ``gate``: returns the lock a fork waits
-    for, held while pyarrow is imported (see emit._fork_gate)."""
+    round from the calling thread (close()). Either way the uploads themselves run
+    in the helper process."""
 
-    def __init__(
-        self,
-        url: str,
-        local: Path,
-        warn: WarnFn,
-        gate: Callable[[], AbstractContextManager[Any]],
-    ) -> None:
+    def __init__(self, url: str, local: Path, warn: WarnFn) -> None:
         self.url = url
         self.local = local
         self._warn = warn
-        self._gate = gate
-        self._remote: remote.RemoteRoot | None = None
         self._round = threading.Lock()  # one round at a time (the thread, close)
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
         self._backoff = 0.0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""  # what the helper wrote after the last complete line
         self.uploaded = 0
         self.errors = 0
 
     # -- what waits ----------------------------------------------------------------
 
-    def files(self) -> list[Path]:
-        """The complete event files waiting in the outbox (any process's), oldest
-        partition first. Hidden names (a write in progress) are not complete."""
-        out: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(self.local / store.EVENTS):
-            dirnames.sort()
-            out.extend(
-                Path(dirpath, n)
-                for n in sorted(filenames)
-                if n.endswith(".parquet") and not n.startswith(".")
-            )
-        return out
-
     def has_files(self) -> bool:
         """Whether any complete event file waits (stops at the first one found)."""
-        try:
-            for _, _dirs, filenames in os.walk(self.local / store.EVENTS):
-                if any(n.endswith(".parquet") and not n.startswith(".") for n in filenames):
-                    return True
-        except OSError:
-            pass
-        return False
+        return next(waiting_files(self.local), None) is not None
 
     def pending(self) -> int:
-        """How many files wait in the outbox now (-1 when it cannot be read)."""
-        try:
-            return len(self.files())
-        except OSError:
-            return -1
+        """How many files wait in the outbox now."""
+        return sum(1 for _ in waiting_files(self.local))
 
     # -- the thread ----------------------------------------------------------------
 
@@ -142,6 +133,12 @@ class Outbox:
         self._stop = True
         self._wake.set()
 
+    def join(self, deadline: float | None) -> None:
+        """Wait until the thread has ended (after :meth:`stop`), at most until ``deadline``."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+
     def _run(self) -> None:
         while not self._stop:
             wait = self._retry_at - time.monotonic()
@@ -152,54 +149,58 @@ class Outbox:
             if time.monotonic() < self._retry_at:
                 continue  # backing off: a new batch file does not make the store reachable
             try:
-                self.ship()
+                self.ship(background=True)
             except Exception as exc:  # the thread must survive anything
                 self._warn("upload", "voicepipe uploader error: %r", exc)
 
     # -- a round -------------------------------------------------------------------
 
-    def ship(self, deadline: float | None = None) -> Shipped:
+    def ship(self, deadline: float | None = None, background: bool = False) -> Shipped:
         """Upload every waiting file, oldest first, deleting each local copy after
         its upload; stop at the first failure (the store is likely down: the next
-        round retries, after a backoff) or at ``deadline`` (monotonic). Never raises."""
+        round retries, after a backoff). With a ``deadline`` (monotonic) a helper
+        still busy then is killed: the file it was uploading stays for a later
+        round. ``background``: the thread's round, skipped once :meth:`stop` was
+        called. Never raises."""
         timeout = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
         if not self._round.acquire(timeout=timeout):
             return Shipped(0, True, "close_timeout reached", "an upload was still running at close_timeout")
         try:
+            if background and self._stop:
+                return Shipped(0, False)
             return self._ship_locked(deadline)
         finally:
             self._round.release()
 
     def _ship_locked(self, deadline: float | None) -> Shipped:
-        try:
-            files = self.files()
-        except OSError as exc:
-            return self._failed(0, "cannot list the outbox", f"cannot list the outbox {self.local}: {exc}")
-        if not files:
+        if not self.has_files():
             self._backoff = 0.0
             return Shipped(0, False)
         done = 0
-        touched: set[Path] = set()
         try:
-            root = self._open()
-            for path in files:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return Shipped(done, True, "close_timeout reached", "close_timeout reached")
-                rel = path.relative_to(self.local).as_posix()
-                try:
-                    root.put(path, rel)
-                except StoreError:
-                    if not path.exists():  # another process sharing the outbox shipped it
-                        continue
-                    raise
-                path.unlink(missing_ok=True)
-                done += 1
-                self.uploaded += 1
-                touched.add(path.parent)
-        except Exception as exc:
-            return self._failed(done, "the upload failed", str(exc))
-        finally:
-            self._prune(touched)
+            proc = self._helper()
+            assert proc.stdin is not None
+            proc.stdin.write(b"ship\n")
+            proc.stdin.flush()
+            while True:
+                line = self._read_line(proc, deadline)
+                if line is None:
+                    self._kill_helper()
+                    return self._failed(done, "the upload helper ended", "the upload helper process ended")
+                if line.startswith(b"+"):
+                    done += 1
+                    self.uploaded += 1
+                    continue
+                reply = json.loads(line)
+                break
+        except TimeoutError:
+            self._kill_helper()
+            return Shipped(done, True, "close_timeout reached", "close_timeout reached during an upload")
+        except Exception as exc:  # could not start or talk to the helper
+            self._kill_helper()
+            return self._failed(done, "the upload helper failed", f"{type(exc).__name__}: {exc}")
+        if not reply.get("ok"):
+            return self._failed(done, "the upload failed", str(reply.get("error")))
         self._backoff = 0.0
         self._retry_at = 0.0
         return Shipped(done, False)
@@ -218,36 +219,170 @@ class Outbox:
         )
         return Shipped(done, True, reason, error)
 
-    def _open(self) -> remote.RemoteRoot:
-        if self._remote is None:
-            with self._gate():  # a fork must not inherit a half-done import
-                import pyarrow.fs  # noqa: F401
-            take_over_s3_finalize()
-            self._remote = _for_uploads(remote.open_root(self.url))
-        return self._remote
+    # -- the helper process ----------------------------------------------------------
 
-    def _prune(self, dirs: set[Path]) -> None:
-        """Remove hour directories left empty, once their hour is long past (a
-        writer may still be making a file in a recent one)."""
-        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=_PRUNE_AGE)
-        for hour_dir in dirs:
+    def _helper(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        self._kill_helper()
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HELPER_CODE, self.url, str(self.local)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            bufsize=0,
+        )
+        self._proc = proc
+        self._buf = b""
+        return proc
+
+    def _read_line(self, proc: subprocess.Popen[bytes], deadline: float | None) -> bytes | None:
+        """The helper's next line; None at its end; TimeoutError at ``deadline``."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError
+                if not sel.select(timeout):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    def _kill_helper(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.kill()
+            proc.wait(5)
+        except Exception:  # pragma: no cover - gone already
+            pass
+        _close_pipes(proc)
+
+    def close_helper(self, deadline: float | None) -> None:
+        """close()'s end: the helper's input is closed, so it ends; killed if it
+        has not by ``deadline`` (no deadline: after :data:`_HELPER_EXIT` s)."""
+        if not self._round.acquire(
+            timeout=-1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        ):
+            self._kill_helper()  # a round still running at the deadline: kill its helper
+            return
+        try:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
             try:
-                day = dt.datetime.strptime(
-                    f"{hour_dir.parent.name}/{hour_dir.name}", "date=%Y-%m-%d/hour=%H"
-                ).replace(tzinfo=dt.timezone.utc)
-            except ValueError:
-                continue
-            if day >= cutoff:
-                continue
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                wait = _HELPER_EXIT if deadline is None else max(deadline - time.monotonic(), 0.0)
+                proc.wait(wait)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:  # pragma: no cover
+                    pass
+            _close_pipes(proc)
+        finally:
+            self._round.release()
+
+    def after_fork(self) -> None:
+        """In a forked child: let go of the parent's helper without touching it
+        (closing the child's copies of its pipes, so the helper still sees the
+        parent's close)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.returncode = 0  # not ours to wait for
+            _close_pipes(proc)
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
             try:
-                hour_dir.rmdir()
-                hour_dir.parent.rmdir()
+                stream.close()
             except OSError:
-                pass  # not empty (or gone): fine
+                pass
+
+
+# ------------------------------------------------------------------ the helper
+
+
+_HELPER_CODE: Final = (
+    "import sys; from voicepipe_obs.outbox import helper_main; sys.exit(helper_main(sys.argv[1:]))"
+)
+
+
+def helper_main(argv: list[str]) -> int:
+    """The upload helper: for each ``ship`` line on stdin, upload every waiting file
+    of the outbox ``argv[1]`` to the root ``argv[0]``, deleting each after its
+    upload and writing ``+`` per file, then one JSON line ``{"ok": …, "error": …}``.
+    Ends when stdin ends (its recorder closed, or its process died)."""
+    url, local = argv[0], Path(argv[1])
+    out = sys.stdout.buffer
+    root: remote.RemoteRoot | None = None
+    for line in sys.stdin.buffer:
+        if line.strip() != b"ship":
+            continue
+        reply: dict[str, object] = {"ok": True}
+        touched: set[Path] = set()
+        try:
+            if root is None:
+                root = _for_uploads(remote.open_root(url))
+            for path in waiting_files(local):
+                try:
+                    root.put(path, path.relative_to(local).as_posix())
+                except StoreError:
+                    if not path.exists():  # another process sharing the outbox shipped it
+                        continue
+                    raise
+                path.unlink(missing_ok=True)
+                touched.add(path.parent)
+                out.write(b"+\n")
+                out.flush()
+        except Exception as exc:
+            reply = {"ok": False, "error": str(exc) or type(exc).__name__}
+        finally:
+            _prune(touched)
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.flush()
+    return 0
+
+
+def _prune(dirs: set[Path]) -> None:
+    """Remove hour directories left empty, once their hour is long past (a writer
+    may still be making a file in a recent one)."""
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=_PRUNE_AGE)
+    for hour_dir in dirs:
+        try:
+            day = dt.datetime.strptime(
+                f"{hour_dir.parent.name}/{hour_dir.name}", "date=%Y-%m-%d/hour=%H"
+            ).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+        if day >= cutoff:
+            continue
+        try:
+            hour_dir.rmdir()
+            hour_dir.parent.rmdir()
+        except OSError:
+            pass  # not empty (or gone): fine
 
 
 def _for_uploads(root: remote.RemoteRoot) -> remote.RemoteRoot:
-    """``root`` with an S3 client set up for the uploader (see _S3_CONNECT_TIMEOUT);
+    """``root`` with an S3 client set up for uploads (see _S3_CONNECT_TIMEOUT);
     any other store, or an S3 filesystem that cannot be rebuilt, as it is."""
     from pyarrow import fs as pafs
 
@@ -264,47 +399,3 @@ def _for_uploads(root: remote.RemoteRoot) -> remote.RemoteRoot:
     except Exception:  # pragma: no cover - another pyarrow version: its defaults
         return root
     return remote.RemoteRoot(root.url, fs, root.base)
-
-
-# pyarrow.fs registers its S3 shutdown (ensure_s3_finalized) with atexit when it is
-# first imported, which is usually after voicepipe_obs registered the exit hook that
-# closes the recorders (emit._close_all); atexit runs handlers last-in first-out, so
-# S3 would be shut down before the final uploads ("Attempt to initialize S3 after it
-# has been finalized"). When that is the order, the shutdown is moved to the end of
-# the recorders' exit hook (finalize_store_clients). Handlers registered after
-# pyarrow.fs's import still run before it, handlers registered before ours after:
-# nobody else's S3 use at exit is cut short by the move.
-_PAFS_FIRST: Final = "pyarrow.fs" in sys.modules  # imported before emit: its hook runs after ours
-_finalize: Callable[[], None] | None = None
-_finalize_lock = threading.Lock()
-
-
-def take_over_s3_finalize() -> None:
-    """Once pyarrow.fs is imported (by anyone): make sure S3 is shut down only after
-    the recorders' final uploads at exit. A no-op while it is not imported (this
-    never imports it), and after the first call that found it. Never raises."""
-    global _finalize
-    if _PAFS_FIRST or _finalize is not None:
-        return
-    pafs = sys.modules.get("pyarrow.fs")
-    if pafs is None:
-        return
-    fin = getattr(pafs, "ensure_s3_finalized", None)
-    if fin is None:  # pragma: no cover - a pyarrow without S3
-        return
-    with _finalize_lock:
-        if _finalize is None:
-            atexit.unregister(fin)
-            _finalize = fin
-
-
-def finalize_store_clients() -> None:
-    """At exit, after the recorders' final uploads: shut down what pyarrow's own
-    exit hook would have (see _take_over_s3_finalize). Never raises."""
-    fin = _finalize
-    if fin is None:
-        return
-    try:
-        fin()
-    except Exception:  # pragma: no cover - nothing to report to at exit
-        pass
