@@ -1512,7 +1512,7 @@ class Recorder:
         write_errors, and buffered (events in memory now). On an object-store root
         also uploaded_files (event files this recorder uploaded), upload_errors
         (failed upload rounds) and pending_uploads (files waiting in the outbox now,
-        any process's; -1 when it cannot be read).
+        any process's).
 
         Called on a thread that is inside the recorder (a signal handler that
         interrupted it) it does not wait for the recorder's lock: the counters are
@@ -2806,6 +2806,8 @@ def _close_together(recorders: Sequence[Recorder], limit: float | None) -> None:
                 rec._release_at_close(done, limit, grace)
             except Exception as exc:  # strict: the first is raised once all are released
                 error = error or exc
+            if rec._outbox is not None and outcome is None:  # no upload round ran: end its helper
+                rec._outbox.close_helper(grace)
             try:
                 rec._report_outbox(outcome)
             except Exception as exc:
