@@ -236,6 +236,7 @@ class Outbox:
             stderr=subprocess.DEVNULL,
             env=env,
             bufsize=0,
+            start_new_session=True,  # a Ctrl-C meant for the pipeline does not cut an upload short
         )
         self._proc = proc
         self._buf = b""
