@@ -378,3 +378,32 @@ def test_a_store_that_never_answers_holds_neither_close_nor_exit(
     assert took < 1.5 and exiting < 1.0 + 2.0, (took, exiting)
     assert b"event files wait in" in err
     assert len(outbox_files(s3_root)) == 2  # both kept for the next recorder
+
+
+HELPER_DIES = """
+import os, signal, sys, time
+import voicepipe_obs as vp
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as some programs do: a write to a dead pipe kills
+rec = vp.Recorder(sys.argv[1], flush_interval=3600)
+ids = [rec.emit("rate_limit_hit")]
+rec.flush()
+while rec.stats()["uploaded_files"] < 1:
+    time.sleep(0.01)
+os.kill(rec._outbox._proc.pid, signal.SIGKILL)  # the upload helper dies (OOM killer, a stray kill)
+time.sleep(0.2)
+ids.append(rec.emit("rate_limit_hit"))
+rec.flush()  # the next round finds it dead and starts another
+while rec.stats()["uploaded_files"] < 2:
+    time.sleep(0.01)
+rec.close()
+print(" ".join(ids))
+"""
+
+
+def test_a_dead_upload_helper_is_replaced(s3_root: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HELPER_DIES, s3_root], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(bucket_events(s3_root)) == sorted(done.stdout.split())
+    assert outbox_files(s3_root) == []

@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import threading
@@ -103,6 +104,10 @@ class Outbox:
         self._retry_at = 0.0
         self._backoff = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
+        # our end of the helper's stdin and stdout: a socket, so that writing to a
+        # helper that died raises EPIPE even in a program that set SIGPIPE's default
+        # action (which would kill it), see _NOSIGNAL
+        self._sock: socket.socket | None = None
         self._buf = b""  # what the helper wrote after the last complete line
         self.uploaded = 0
         self.errors = 0
@@ -178,12 +183,10 @@ class Outbox:
             return Shipped(0, False)
         done = 0
         try:
-            proc = self._helper()
-            assert proc.stdin is not None
-            proc.stdin.write(b"ship\n")
-            proc.stdin.flush()
+            sock = self._helper()
+            sock.sendall(b"ship\n", _NOSIGNAL)
             while True:
-                line = self._read_line(proc, deadline)
+                line = self._read_line(sock, deadline)
                 if line is None:
                     self._kill_helper()
                     return self._failed(done, "the upload helper ended", "the upload helper process ended")
@@ -221,40 +224,44 @@ class Outbox:
 
     # -- the helper process ----------------------------------------------------------
 
-    def _helper(self) -> subprocess.Popen[bytes]:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            return proc
+    def _helper(self) -> socket.socket:
+        """Our end of a running helper (started if none runs)."""
+        if self._proc is not None and self._sock is not None and self._proc.poll() is None:
+            return self._sock
         self._kill_helper()
         package_parent = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _HELPER_CODE, self.url, str(self.local)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            bufsize=0,
-            start_new_session=True,  # a Ctrl-C meant for the pipeline does not cut an upload short
-        )
-        self._proc = proc
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _HELPER_CODE, self.url, str(self.local)],
+                stdin=theirs.fileno(),
+                stdout=theirs.fileno(),
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # a Ctrl-C meant for the pipeline does not cut an upload short
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
         self._buf = b""
-        return proc
+        return ours
 
-    def _read_line(self, proc: subprocess.Popen[bytes], deadline: float | None) -> bytes | None:
+    def _read_line(self, sock: socket.socket, deadline: float | None) -> bytes | None:
         """The helper's next line; None at its end; TimeoutError at ``deadline``."""
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
         with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
+            sel.register(sock, selectors.EVENT_READ)
             while b"\n" not in self._buf:
                 timeout = None if deadline is None else deadline - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     raise TimeoutError
                 if not sel.select(timeout):
                     continue
-                chunk = os.read(fd, 65536)
+                chunk = sock.recv(65536)
                 if not chunk:
                     return None
                 self._buf += chunk
@@ -263,6 +270,7 @@ class Outbox:
 
     def _kill_helper(self) -> None:
         proc, self._proc = self._proc, None
+        self._close_sock()
         if proc is None:
             return
         try:
@@ -270,7 +278,14 @@ class Outbox:
             proc.wait(5)
         except Exception:  # pragma: no cover - gone already
             pass
-        _close_pipes(proc)
+
+    def _close_sock(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover
+                pass
 
     def close_helper(self, deadline: float | None) -> None:
         """close()'s end: the helper's input is closed, so it ends; killed if it
@@ -283,10 +298,11 @@ class Outbox:
         try:
             proc, self._proc = self._proc, None
             if proc is None:
+                self._close_sock()
                 return
             try:
-                if proc.stdin is not None:
-                    proc.stdin.close()
+                if self._sock is not None:
+                    self._sock.shutdown(socket.SHUT_WR)  # its input ends: it ends
                 wait = _HELPER_EXIT if deadline is None else max(deadline - time.monotonic(), 0.0)
                 proc.wait(wait)
             except (OSError, subprocess.TimeoutExpired):
@@ -295,27 +311,22 @@ class Outbox:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:  # pragma: no cover
                     pass
-            _close_pipes(proc)
+            self._close_sock()
         finally:
             self._round.release()
 
     def after_fork(self) -> None:
         """In a forked child: let go of the parent's helper without touching it
-        (closing the child's copies of its pipes, so the helper still sees the
+        (closing the child's copy of its socket, so the helper still sees the
         parent's close)."""
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.returncode = 0  # not ours to wait for
-            _close_pipes(proc)
+        self._close_sock()  # our copy only: the parent's end stays open
 
 
-def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            try:
-                stream.close()
-            except OSError:
-                pass
+#: send() flag: no SIGPIPE when the helper has gone (Linux; elsewhere 0)
+_NOSIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 # ------------------------------------------------------------------ the helper
