@@ -15,6 +15,8 @@ Life of an event (two background threads per recorder)::
         writer: sealed batch ──▶ Parquet (one file per hour, named after the
             segment) ──▶ delete the segment
     durability="sync": emit() appends to the segment and the batch itself.
+    object-store root (s3://…): the root above is a local outbox, and a third
+        thread has each written file uploaded and deleted (outbox.py).
 
 A segment whose Parquet files exist is never written twice (the names are
 deterministic), so recovery of a dead process's spool is exactly-once. Rows are
@@ -50,8 +52,8 @@ from pathlib import Path
 from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
-from . import store
-from .errors import EmitError
+from . import remote, store
+from .errors import EmitError, StoreError
 from .events import (
     COLUMN_KINDS,
     COLUMN_NAMES,
@@ -69,6 +71,7 @@ from .events import (
     TIMED_STAGES,
     closest,
 )
+from .outbox import Outbox, Shipped
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing import TypeAlias
@@ -744,11 +747,15 @@ def recover_spools(root: str | os.PathLike[str], *, wait: bool = True) -> tuple[
     re-writing a segment whose files exist is a no-op. ``wait``: when another
     recovery is running under the root, wait for it (the default) or return (0, 0) at
     once (what a Recorder does: the other recoverer writes those spools).
+
+    For an object-store root (``s3://…``) this recovers into its local outbox on
+    this host; the next Recorder on that root uploads the files.
     """
+    rootp = remote.cache_dir(os.fspath(root), "outbox") if remote.is_remote(root) else Path(root)
     if not _recover_lock.acquire(blocking=wait):
         return 0, 0
     try:
-        return _recover_spools(Path(root), wait)
+        return _recover_spools(rootp, wait)
     finally:
         _recover_lock.release()
 
@@ -898,7 +905,11 @@ class Recorder:
     """Records pipeline events under a data root.
 
     Args:
-        root: data root directory (default: $VOICEPIPE_DATA, else ./voicepipe-data).
+        root: data root directory (default: $VOICEPIPE_DATA, else ./voicepipe-data),
+            or an object-store URI (``s3://bucket/prefix``): events are then written
+            into a local outbox (:attr:`root`) exactly as into a local root, and a
+            background thread has each finished file uploaded by a helper process
+            (see outbox.py).
         flush_interval: seconds between Parquet writes.
         batch_size: write early when this many events are waiting.
         spool_interval: seconds between appends to the crash spool ("spool" mode).
@@ -941,7 +952,20 @@ class Recorder:
             raise ValueError("flush_interval, spool_interval, batch_size and max_buffer must be positive")
         if close_timeout is not None and not close_timeout >= 0:
             raise ValueError(f"close_timeout must be None or at least 0, not {close_timeout!r}")
-        self.root = store.resolve_root(root)
+        #: the object-store root events are uploaded to (None: a local root)
+        self.remote: str | None = None
+        given = os.environ.get(store.ENV_ROOT) if root is None or str(root) == "" else root
+        if remote.is_remote(given):
+            assert given is not None
+            self.remote = os.fspath(given)
+            if not self.remote.split("://", 1)[1].split("?", 1)[0].strip("/"):
+                raise StoreError(
+                    f"object-store root {remote.display(self.remote)} names no bucket: use s3://bucket/prefix"
+                )
+            #: where events are written (for an object-store root: its local outbox)
+            self.root = remote.cache_dir(self.remote, "outbox")
+        else:
+            self.root = store.resolve_root(root)
         self.flush_interval = float(flush_interval)
         self.spool_interval = float(min(spool_interval, flush_interval))
         self.batch_size = int(batch_size)
@@ -961,8 +985,10 @@ class Recorder:
         self._init_process_state()
         _recorders.add(self)
         _close_at_multiprocessing_exit()
-        if recover and _has_spool_segments(self.root):
-            self._start()  # recover dead processes' spools now, not at the first emit
+        if (recover and _has_spool_segments(self.root)) or (self._outbox and self._outbox.has_files()):
+            # recover dead processes' spools, and upload what earlier processes left in
+            # the outbox, now rather than at the first emit
+            self._start()
 
     # -- process-local state (re-made in a forked child) --------------------------
 
@@ -1030,6 +1056,11 @@ class Recorder:
         self._counts = dict.fromkeys(
             ("emitted", "written", "spooled", "recovered", "dropped", "invalid", "write_errors"), 0
         )
+        # an object-store root: the uploader of the outbox (a new one in a forked
+        # child, its thread and helper process started when needed)
+        self._outbox: Outbox | None = None
+        if self.remote is not None:
+            self._outbox = Outbox(self.remote, self.root, self._warn.warning)
 
     def _new_batch(self) -> _Batch:
         self._seq += 1
@@ -1048,6 +1079,8 @@ class Recorder:
                     os.close(batch.fd)
                 except OSError:
                     pass
+        if self._outbox is not None:
+            self._outbox.after_fork()  # the parent's upload helper is the parent's
         self._init_process_state(closed=self._closed)
 
     # -- public API ------------------------------------------------------------------
@@ -1182,6 +1215,10 @@ class Recorder:
         In a signal handler that interrupted the recorder's own work on that thread
         (an emit, a flush) it writes nothing and returns False: that work holds the
         locks a flush needs.
+
+        On an object-store root "written" means written into the local outbox: flush
+        wakes the uploader but never waits for the store (:meth:`close` does, within
+        its timeout).
         """
         if self._holding():
             return False
@@ -1200,6 +1237,8 @@ class Recorder:
             self._internal_error(exc)
         with self._lock:
             ok = not self._pending and not self._sealed and self._current.n == 0
+        if self._outbox is not None and not self._closed:
+            self._outbox.wake()  # uploaded in the background: flush never waits for the store
         if not ok and self.strict:
             raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
         return ok
@@ -1282,6 +1321,8 @@ class Recorder:
         self._closed = True  # later emits are dropped and counted
         self._wake.set()
         self._write_wake.set()
+        if self._outbox is not None:
+            self._outbox.stop()  # close() ships the rest itself (_start_shipping)
         return True
 
     def _start_final_flush(self, deadline: float | None) -> threading.Thread | None:
@@ -1380,6 +1421,58 @@ class Recorder:
         if self.strict and (lost or self._sealed or not finished):
             raise EmitError(f"events could not be written under {self.root}; see rec.stats() and the log")
 
+    def _start_shipping(self, deadline: float | None) -> tuple[threading.Thread | None, list[Shipped]]:
+        """close()'s upload of what the outbox holds, after the final write: with a
+        deadline on a helper thread (None: run by _await_shipping in the caller)."""
+        result: list[Shipped] = []
+        if deadline is None or self._outbox is None:
+            return None, result
+        outbox = self._outbox
+        helper = threading.Thread(
+            target=lambda: result.append(outbox.ship(deadline)), name="voicepipe-ship", daemon=True
+        )
+        try:
+            helper.start()
+        except RuntimeError:  # no new threads at interpreter shutdown: run it in the caller
+            return None, result
+        return helper, result
+
+    def _await_shipping(
+        self, helper: threading.Thread | None, result: list[Shipped], deadline: float | None
+    ) -> Shipped | None:
+        """Wait for close()'s upload until ``deadline``; what it did (None: no outbox)."""
+        if self._outbox is None:
+            return None
+        if helper is None:
+            result.append(self._outbox.ship(deadline))
+        else:
+            helper.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        self._outbox.join(deadline)  # stopped: it ends once close's round has run
+        self._outbox.close_helper(deadline)
+        return result[0] if result else Shipped(0, True, "close_timeout reached", "close_timeout reached")
+
+    def _report_outbox(self, shipped: Shipped | None) -> None:
+        """close()'s last word on the outbox: when files could not all be uploaded,
+        one line saying how many wait and where (strict: EmitError)."""
+        if self._outbox is None or shipped is None or not shipped.failed:
+            return
+        waiting = self._outbox.pending()
+        if waiting == 0:
+            return
+        where = remote.display(self._outbox.url)
+        self._warn.log(
+            logging.WARNING,
+            "voicepipe: %d event files wait in %s for %s (%s); the next Recorder on that root uploads them",
+            waiting,
+            self.root,
+            where,
+            shipped.reason,
+        )
+        if self.strict:
+            raise EmitError(
+                f"{waiting} event files could not be uploaded to {where} ({shipped.error}); they wait in {self.root}"
+            )
+
     def _release_locked(self) -> tuple[int, int]:
         """With _lock and _spool_lock held: count the events lost and release what
         close() holds. Returns (events left in the spool, events lost)."""
@@ -1416,7 +1509,10 @@ class Recorder:
 
     def stats(self) -> dict[str, int]:
         """Counters: emitted, written, spooled, recovered, dropped, invalid,
-        write_errors, and buffered (events in memory now).
+        write_errors, and buffered (events in memory now). On an object-store root
+        also uploaded_files (event files this recorder uploaded), upload_errors
+        (failed upload rounds) and pending_uploads (files waiting in the outbox now,
+        any process's).
 
         Called on a thread that is inside the recorder (a signal handler that
         interrupted it) it does not wait for the recorder's lock: the counters are
@@ -1432,6 +1528,10 @@ class Recorder:
         waiting = len(self._pending)
         out["emitted"] += waiting
         out["buffered"] = self._mem_rows + waiting
+        if self._outbox is not None:
+            out["uploaded_files"] = self._outbox.uploaded
+            out["upload_errors"] = self._outbox.errors
+            out["pending_uploads"] = self._outbox.pending()
         return out
 
     def _add_late_counts(self) -> None:
@@ -1456,7 +1556,8 @@ class Recorder:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Recorder(root={str(self.root)!r}, durability={self.durability!r})"
+        root = remote.display(self.remote) if self.remote is not None else str(self.root)
+        return f"Recorder(root={root!r}, durability={self.durability!r})"
 
     # -- building rows ------------------------------------------------------------
 
@@ -1793,6 +1894,9 @@ class Recorder:
         )
         for thread in self._threads:
             thread.start()
+        if self._outbox is not None:
+            self._outbox.start()
+            self._outbox.wake()  # what earlier processes left goes up now
 
     def recover(self, *, wait: bool = True) -> int:
         """Recover dead processes' spools under the root now; the number of events.
@@ -1829,6 +1933,8 @@ class Recorder:
                 self.recover(wait=False)
             except Exception as exc:
                 self._warn.warning("recover", "voicepipe spool recovery failed: %r", exc)
+            if self._outbox is not None:
+                self._outbox.wake()  # the recovered events' files
         while not self._stop:
             self._write_wake.wait(self.flush_interval)
             self._write_wake.clear()
@@ -1962,6 +2068,8 @@ class Recorder:
                 if batch.rows is not None:
                     self._mem_rows -= len(batch.rows)
                     batch.rows = None
+            if self._outbox is not None:
+                self._outbox.wake()
 
     def _fsync_unlocked(self, fd: int) -> None:
         """The writer's fsync (it holds _write_lock and _fork_lock), with _fork_lock
@@ -2676,17 +2784,33 @@ def _close_together(recorders: Sequence[Recorder], limit: float | None) -> None:
     deadline = None if limit is None else time.monotonic() + max(float(limit), 0.0)
     closing = [rec for rec in recorders if rec._begin_close()]
     finished = [False] * len(closing)
+    shipped: list[Shipped | None] = [None] * len(closing)
     try:
         helpers = [rec._start_final_flush(deadline) for rec in closing]
         for i, (rec, helper) in enumerate(zip(closing, helpers, strict=True)):
             finished[i] = rec._await_final_flush(helper, deadline)
+        # object-store roots: what the final writes left in the outbox goes up, in
+        # the time that is left (a recorder whose write did not finish has none)
+        shipping = [
+            rec._start_shipping(deadline) if done and rec._outbox is not None else None
+            for rec, done in zip(closing, finished, strict=True)
+        ]
+        for i, (rec, ship) in enumerate(zip(closing, shipping, strict=True)):
+            if ship is not None:
+                shipped[i] = rec._await_shipping(*ship, deadline)
     finally:  # also after a KeyboardInterrupt while waiting: the spools are released
         grace = None if deadline is None else time.monotonic() + _RELEASE_GRACE
         error: Exception | None = None
-        for rec, done in zip(closing, finished, strict=True):
+        for rec, done, outcome in zip(closing, finished, shipped, strict=True):
             try:
                 rec._release_at_close(done, limit, grace)
             except Exception as exc:  # strict: the first is raised once all are released
+                error = error or exc
+            if rec._outbox is not None and outcome is None:  # no upload round ran: end its helper
+                rec._outbox.close_helper(grace)
+            try:
+                rec._report_outbox(outcome)
+            except Exception as exc:
                 error = error or exc
         if error is not None:
             raise error

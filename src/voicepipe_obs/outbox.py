@@ -1,0 +1,413 @@
+"""The outbox of a Recorder on an object-store root (``Recorder(root="s3://…")``):
+ships the complete event files of a local directory to the same relative paths
+under the remote root, then deletes them locally.
+
+The Recorder writes into the outbox exactly as into a local root (batches, spool,
+crash recovery, fork handling are emit.py's and store.py's, unchanged); this module
+only moves finished ``events/**/*.parquet`` files up. It owns: finding them, one
+upload per file (an object appears only when complete), deleting the local copy
+after, retrying with backoff while the store is unreachable, and its counters. It
+must not touch the spool, the batches or how Parquet is written.
+
+The uploads run in a helper process (``python -c … helper_main``), one per
+recorder, started with the first file to ship and fed one line per round. The
+pipeline's process never loads the store's client: pyarrow's S3 client (the AWS
+SDK) is not fork-safe — a child forked from a process whose S3 client had run
+crashes when it exits normally, in the SDK's shutdown — and a request in flight at
+interpreter exit holds the exit up until it times out. A helper can be killed
+at close()'s deadline instead, and a forked child simply starts its own.
+
+Exactly-once by name: a file is deleted only after its upload succeeded, and a
+file uploaded again (a crash or kill between upload and delete, or two processes
+sharing the outbox racing for it) replaces the object of the same name with the
+same bytes. Never raises out of its thread, and never runs on the pipeline's
+threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from . import remote, store
+from .errors import StoreError
+
+#: seconds between looks at the outbox when nothing wakes the uploader
+UPLOAD_INTERVAL: Final = 5.0
+#: first and largest wait after a failed round (doubling in between)
+_BACKOFF_MIN: Final = 1.0
+_BACKOFF_MAX: Final = 60.0
+#: S3 client settings for uploads: one attempt per request (the uploader retries,
+#: with backoff, on its own schedule; the SDK's own retries made an upload to a
+#: closed port take 6 s, longer than close()'s default bound), bounded connect and
+#: stall times, and a single PUT for a small file instead of a multipart upload
+#: (three requests)
+_S3_CONNECT_TIMEOUT: Final = 2.0
+_S3_REQUEST_TIMEOUT: Final = 3.0
+#: empty hour directories older than this (seconds) are removed after a round
+_PRUNE_AGE: Final = 2 * 3600
+#: seconds a helper gets to end by itself after its input is closed (when close()
+#: has no deadline), before it is killed
+_HELPER_EXIT: Final = 5.0
+
+WarnFn = Callable[..., None]  # _RateLimitedLog.warning: (key, msg, *args)
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What one upload round did: files uploaded, whether it stopped with files
+    left, why in a few words (``reason``) and the error in full."""
+
+    uploaded: int
+    failed: bool
+    reason: str = ""
+    error: str = ""
+
+
+def waiting_files(local: Path) -> Iterator[Path]:
+    """The complete event files waiting in the outbox ``local`` (any process's),
+    oldest partition first. Hidden names (a write in progress) are not complete."""
+    for dirpath, dirnames, filenames in os.walk(local / store.EVENTS):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".parquet") and not name.startswith("."):
+                yield Path(dirpath, name)
+
+
+class Outbox:
+    """Ships ``<local>/events/**/*.parquet`` to the object-store root ``url``.
+
+    One background thread (:meth:`start`), woken by :meth:`wake` after each batch
+    file is written and every :data:`UPLOAD_INTERVAL` seconds; :meth:`ship` runs a
+    round from the calling thread (close()). Either way the uploads themselves run
+    in the helper process."""
+
+    def __init__(self, url: str, local: Path, warn: WarnFn) -> None:
+        self.url = url
+        self.local = local
+        self._warn = warn
+        self._round = threading.Lock()  # one round at a time (the thread, close)
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._proc: subprocess.Popen[bytes] | None = None
+        # our end of the helper's stdin and stdout: a socket, so that writing to a
+        # helper that died raises EPIPE even in a program that set SIGPIPE's default
+        # action (which would kill it), see _NOSIGNAL
+        self._sock: socket.socket | None = None
+        self._buf = b""  # what the helper wrote after the last complete line
+        self.uploaded = 0
+        self.errors = 0
+
+    # -- what waits ----------------------------------------------------------------
+
+    def has_files(self) -> bool:
+        """Whether any complete event file waits (stops at the first one found)."""
+        return next(waiting_files(self.local), None) is not None
+
+    def pending(self) -> int:
+        """How many files wait in the outbox now."""
+        return sum(1 for _ in waiting_files(self.local))
+
+    # -- the thread ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="voicepipe-upload", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the thread to end after its current round (close() ships the rest)."""
+        self._stop = True
+        self._wake.set()
+
+    def join(self, deadline: float | None) -> None:
+        """Wait until the thread has ended (after :meth:`stop`), at most until ``deadline``."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+
+    def _run(self) -> None:
+        while not self._stop:
+            wait = self._retry_at - time.monotonic()
+            self._wake.wait(wait if wait > 0 else UPLOAD_INTERVAL)
+            self._wake.clear()
+            if self._stop:
+                break
+            if time.monotonic() < self._retry_at:
+                continue  # backing off: a new batch file does not make the store reachable
+            try:
+                self.ship(background=True)
+            except Exception as exc:  # the thread must survive anything
+                self._warn("upload", "voicepipe uploader error: %r", exc)
+
+    # -- a round -------------------------------------------------------------------
+
+    def ship(self, deadline: float | None = None, background: bool = False) -> Shipped:
+        """Upload every waiting file, oldest first, deleting each local copy after
+        its upload; stop at the first failure (the store is likely down: the next
+        round retries, after a backoff). With a ``deadline`` (monotonic) a helper
+        still busy then is killed: the file it was uploading stays for a later
+        round. ``background``: the thread's round, skipped once :meth:`stop` was
+        called. Never raises."""
+        timeout = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not self._round.acquire(timeout=timeout):
+            return Shipped(0, True, "close_timeout reached", "an upload was still running at close_timeout")
+        try:
+            if background and self._stop:
+                return Shipped(0, False)
+            return self._ship_locked(deadline)
+        finally:
+            self._round.release()
+
+    def _ship_locked(self, deadline: float | None) -> Shipped:
+        if not self.has_files():
+            self._backoff = 0.0
+            return Shipped(0, False)
+        done = 0
+        try:
+            sock = self._helper()
+            sock.sendall(b"ship\n", _NOSIGNAL)
+            while True:
+                line = self._read_line(sock, deadline)
+                if line is None:
+                    self._kill_helper()
+                    return self._failed(done, "the upload helper ended", "the upload helper process ended")
+                if line.startswith(b"+"):
+                    done += 1
+                    self.uploaded += 1
+                    continue
+                reply = json.loads(line)
+                break
+        except TimeoutError:
+            self._kill_helper()
+            return Shipped(done, True, "close_timeout reached", "close_timeout reached during an upload")
+        except Exception as exc:  # could not start or talk to the helper
+            self._kill_helper()
+            return self._failed(done, "the upload helper failed", f"{type(exc).__name__}: {exc}")
+        if not reply.get("ok"):
+            return self._failed(done, "the upload failed", str(reply.get("error")))
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        return Shipped(done, False)
+
+    def _failed(self, done: int, reason: str, error: str) -> Shipped:
+        self.errors += 1
+        self._backoff = min(max(self._backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
+        self._retry_at = time.monotonic() + self._backoff
+        self._warn(
+            "upload",
+            "voicepipe could not upload events to %s (will retry in %.0f s; they wait in %s): %s",
+            remote.display(self.url),
+            self._backoff,
+            self.local,
+            error,
+        )
+        return Shipped(done, True, reason, error)
+
+    # -- the helper process ----------------------------------------------------------
+
+    def _helper(self) -> socket.socket:
+        """Our end of a running helper (started if none runs)."""
+        if self._proc is not None and self._sock is not None and self._proc.poll() is None:
+            return self._sock
+        self._kill_helper()
+        package_parent = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _HELPER_CODE, self.url, str(self.local)],
+                stdin=theirs.fileno(),
+                stdout=theirs.fileno(),
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # a Ctrl-C meant for the pipeline does not cut an upload short
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._buf = b""
+        return ours
+
+    def _read_line(self, sock: socket.socket, deadline: float | None) -> bytes | None:
+        """The helper's next line; None at its end; TimeoutError at ``deadline``."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError
+                if not sel.select(timeout):
+                    continue
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    def _kill_helper(self) -> None:
+        proc, self._proc = self._proc, None
+        self._close_sock()
+        if proc is None:
+            return
+        try:
+            proc.kill()
+            proc.wait(5)
+        except Exception:  # pragma: no cover - gone already
+            pass
+
+    def _close_sock(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover
+                pass
+
+    def close_helper(self, deadline: float | None) -> None:
+        """close()'s end: the helper's input is closed, so it ends; killed if it
+        has not by ``deadline`` (no deadline: after :data:`_HELPER_EXIT` s)."""
+        if not self._round.acquire(
+            timeout=-1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        ):
+            self._kill_helper()  # a round still running at the deadline: kill its helper
+            return
+        try:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                self._close_sock()
+                return
+            try:
+                if self._sock is not None:
+                    self._sock.shutdown(socket.SHUT_WR)  # its input ends: it ends
+                wait = _HELPER_EXIT if deadline is None else max(deadline - time.monotonic(), 0.0)
+                proc.wait(wait)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:  # pragma: no cover
+                    pass
+            self._close_sock()
+        finally:
+            self._round.release()
+
+    def after_fork(self) -> None:
+        """In a forked child: let go of the parent's helper without touching it
+        (closing the child's copy of its socket, so the helper still sees the
+        parent's close)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.returncode = 0  # not ours to wait for
+        self._close_sock()  # our copy only: the parent's end stays open
+
+
+#: send() flag: no SIGPIPE when the helper has gone (Linux; elsewhere 0)
+_NOSIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+# ------------------------------------------------------------------ the helper
+
+
+_HELPER_CODE: Final = (
+    "import sys; from voicepipe_obs.outbox import helper_main; sys.exit(helper_main(sys.argv[1:]))"
+)
+
+
+def helper_main(argv: list[str]) -> int:
+    """The upload helper: for each ``ship`` line on stdin, upload every waiting file
+    of the outbox ``argv[1]`` to the root ``argv[0]``, deleting each after its
+    upload and writing ``+`` per file, then one JSON line ``{"ok": …, "error": …}``.
+    Ends when stdin ends (its recorder closed, or its process died)."""
+    url, local = argv[0], Path(argv[1])
+    out = sys.stdout.buffer
+    root: remote.RemoteRoot | None = None
+    for line in sys.stdin.buffer:
+        if line.strip() != b"ship":
+            continue
+        reply: dict[str, object] = {"ok": True}
+        touched: set[Path] = set()
+        try:
+            if root is None:
+                root = _for_uploads(remote.open_root(url))
+            for path in waiting_files(local):
+                try:
+                    root.put(path, path.relative_to(local).as_posix())
+                except StoreError:
+                    if not path.exists():  # another process sharing the outbox shipped it
+                        continue
+                    raise
+                path.unlink(missing_ok=True)
+                touched.add(path.parent)
+                out.write(b"+\n")
+                out.flush()
+        except Exception as exc:
+            reply = {"ok": False, "error": str(exc) or type(exc).__name__}
+        finally:
+            _prune(touched)
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.flush()
+    return 0
+
+
+def _prune(dirs: set[Path]) -> None:
+    """Remove hour directories left empty, once their hour is long past (a writer
+    may still be making a file in a recent one)."""
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=_PRUNE_AGE)
+    for hour_dir in dirs:
+        try:
+            day = dt.datetime.strptime(
+                f"{hour_dir.parent.name}/{hour_dir.name}", "date=%Y-%m-%d/hour=%H"
+            ).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+        if day >= cutoff:
+            continue
+        try:
+            hour_dir.rmdir()
+            hour_dir.parent.rmdir()
+        except OSError:
+            pass  # not empty (or gone): fine
+
+
+def _for_uploads(root: remote.RemoteRoot) -> remote.RemoteRoot:
+    """``root`` with an S3 client set up for uploads (see _S3_CONNECT_TIMEOUT);
+    any other store, or an S3 filesystem that cannot be rebuilt, as it is."""
+    from pyarrow import fs as pafs
+
+    if not isinstance(root.fs, pafs.S3FileSystem):
+        return root
+    try:
+        options = dict(root.fs.__reduce__()[1][0])  # the options the URI and environment gave
+        if options.get("connect_timeout", -1) < 0:
+            options["connect_timeout"] = _S3_CONNECT_TIMEOUT
+        if options.get("request_timeout", -1) < 0:
+            options["request_timeout"] = _S3_REQUEST_TIMEOUT
+        options["allow_delayed_open"] = True
+        fs = pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1), **options)
+    except Exception:  # pragma: no cover - another pyarrow version: its defaults
+        return root
+    return remote.RemoteRoot(root.url, fs, root.base)
