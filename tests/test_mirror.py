@@ -495,3 +495,34 @@ def test_resolve_root_refuses_an_object_store_uri(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(StoreError, match="object-store root"):
         aggregate.aggregate("s3://bucket/prefix", now=NOW)
     assert not (tmp_path / "s3:").exists()
+
+
+def test_retry_with_a_handler_recording_to_the_same_bucket(s3_root: str, tmp_path: Path) -> None:
+    """The handler's recorder writes to the object store through its outbox, the
+    retry's own events go into the mirror and are pushed: both reach the bucket, and
+    nothing warns that the handler records somewhere else."""
+    local = tmp_path / "pipeline"
+    with vp.Recorder(local, strict=True) as rec:
+        with pytest.raises(TimeoutError), rec.artifact("a-1", organization_id="org-1"):
+            with rec.stage("transcription"):
+                raise TimeoutError("whisper timed out")
+    upload_tree(local, s3_root)
+    tests_dir = Path(__file__).resolve().parent
+
+    done = voicepipe(
+        "--data",
+        s3_root,
+        "retry",
+        "a-1",
+        "--app",
+        "retry_apps.other_root",
+        env={"RETRY_APP_OTHER_ROOT": s3_root, "PYTHONPATH": str(tests_dir)},
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "records into" not in done.stderr
+    con = vp.connect(s3_root)
+    types = {t for (t,) in con.execute("SELECT event_type FROM events WHERE artifact_id = 'a-1'").fetchall()}
+    assert {"retry_initiated", "transcription_completed"} <= types, types
+    status = con.execute("SELECT status FROM artifacts WHERE artifact_id = 'a-1'").fetchone()
+    assert status is not None and status[0] == "completed"

@@ -44,7 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import store
+from . import remote, store
 from .errors import ConfigError, RetryError, StoreError, UsageError, VoicepipeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -916,7 +916,11 @@ def _resolve_recorder(plan: RetryPlan, root: Path, recorder: Recorder | None) ->
     rec = recorder or plan.handler.recorder or get_recorder()
     if _same_root(rec.root, root):
         return rec
-    if (rec.root, root) not in _warned_roots:
+    # A handler recording to the object store this command's root mirrors: its events
+    # reach the same store through its outbox; the retry's own go into the mirror
+    # (seen by this host at once, pushed after the command). Nothing to warn about.
+    same_store = rec.remote is not None and _same_root(remote.cache_dir(rec.remote, "mirror"), root)
+    if not same_store and (rec.root, root) not in _warned_roots:
         _warned_roots.add((rec.root, root))
         log.warning(
             "the retry handler records into %s, not %s: its stage events go there, the retry's "
