@@ -347,6 +347,39 @@ def test_an_unreachable_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
+def test_a_store_that_never_answers_fails_the_command_in_bounded_time(tmp_path: Path) -> None:
+    """A listener that accepts connections and never answers (a hung proxy or
+    endpoint): the SDK's defaults waited 1 min 40 s for one listing."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+    url = f"s3://bucket/data?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "VOICEPIPE_CACHE": str(tmp_path / "c")}
+    try:
+        started = time.monotonic()
+        done = voicepipe("--data", url, "report", "events", env=env)
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert took < 60, took
+
+
 def test_a_failed_upload_deletes_nothing_remotely(s3_root: str, tmp_path: Path) -> None:
     local = tmp_path / "pipeline"
     small_files(local)

@@ -352,7 +352,13 @@ def helper_main(argv: list[str]) -> int:
         touched: set[Path] = set()
         try:
             if root is None:
-                root = _for_uploads(remote.open_root(url))
+                root = remote.open_root(
+                    url,
+                    connect_timeout=_S3_CONNECT_TIMEOUT,
+                    request_timeout=_S3_REQUEST_TIMEOUT,
+                    attempts=1,
+                    delayed_open=True,
+                )
             for path in waiting_files(local):
                 try:
                     root.put(path, path.relative_to(local).as_posix())
@@ -391,23 +397,3 @@ def _prune(dirs: set[Path]) -> None:
             hour_dir.parent.rmdir()
         except OSError:
             pass  # not empty (or gone): fine
-
-
-def _for_uploads(root: remote.RemoteRoot) -> remote.RemoteRoot:
-    """``root`` with an S3 client set up for uploads (see _S3_CONNECT_TIMEOUT);
-    any other store, or an S3 filesystem that cannot be rebuilt, as it is."""
-    from pyarrow import fs as pafs
-
-    if not isinstance(root.fs, pafs.S3FileSystem):
-        return root
-    try:
-        options = dict(root.fs.__reduce__()[1][0])  # the options the URI and environment gave
-        if options.get("connect_timeout", -1) < 0:
-            options["connect_timeout"] = _S3_CONNECT_TIMEOUT
-        if options.get("request_timeout", -1) < 0:
-            options["request_timeout"] = _S3_REQUEST_TIMEOUT
-        options["allow_delayed_open"] = True
-        fs = pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1), **options)
-    except Exception:  # pragma: no cover - another pyarrow version: its defaults
-        return root
-    return remote.RemoteRoot(root.url, fs, root.base)

@@ -218,9 +218,53 @@ def _not_found(exc: OSError) -> bool:
     return "NoSuchKey" in text or "Path does not exist" in text or "not found" in text.lower()
 
 
-def open_root(url: str) -> RemoteRoot:
+#: S3 client settings of the CLI's mirror (:func:`open_root`): a store that accepts
+#: connections but never answers made one listing wait 1 min 40 s with the SDK's
+#: defaults; with these a command gives up within ~30 s
+CONNECT_TIMEOUT: Final = 5.0
+REQUEST_TIMEOUT: Final = 10.0  # seconds without a byte transferred, not a whole request
+ATTEMPTS: Final = 2
+
+
+def open_root(
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    request_timeout: float = REQUEST_TIMEOUT,
+    attempts: int = ATTEMPTS,
+    delayed_open: bool = False,
+) -> RemoteRoot:
     """Open the object-store root ``url`` (no request is made yet); a URI pyarrow
-    cannot open raises :class:`StoreError` naming it."""
+    cannot open raises :class:`StoreError` naming it. An S3 client gets the
+    timeouts and attempts given (unless the URI sets its own timeouts) and, with
+    ``delayed_open``, writes a small file as one PUT instead of a multipart upload."""
+    root = _open_root(url)
+    return _tuned(root, connect_timeout, request_timeout, attempts, delayed_open)
+
+
+def _tuned(
+    root: RemoteRoot, connect_timeout: float, request_timeout: float, attempts: int, delayed_open: bool
+) -> RemoteRoot:
+    from pyarrow import fs as pafs
+
+    if not isinstance(root.fs, pafs.S3FileSystem):
+        return root
+    try:
+        options = dict(root.fs.__reduce__()[1][0])  # the options the URI and environment gave
+        if options.get("connect_timeout", -1) < 0:
+            options["connect_timeout"] = connect_timeout
+        if options.get("request_timeout", -1) < 0:
+            options["request_timeout"] = request_timeout
+        options["allow_delayed_open"] = delayed_open or options.get("allow_delayed_open", False)
+        fs = pafs.S3FileSystem(
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts), **options
+        )
+    except Exception:  # pragma: no cover - another pyarrow version: its defaults
+        return root
+    return RemoteRoot(root.url, fs, root.base)
+
+
+def _open_root(url: str) -> RemoteRoot:
     from pyarrow import fs as pafs
 
     try:
