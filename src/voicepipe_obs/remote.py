@@ -236,7 +236,7 @@ def open_root(
 ) -> RemoteRoot:
     """Open the object-store root ``url`` (no request is made yet); a URI pyarrow
     cannot open raises :class:`StoreError` naming it. An S3 client gets the
-    timeouts and attempts given (unless the URI sets its own timeouts) and, with
+    timeouts and attempts given and, with
     ``delayed_open``, writes a small file as one PUT instead of a multipart upload."""
     root = _open_root(url)
     return _tuned(root, connect_timeout, request_timeout, attempts, delayed_open)
