@@ -68,7 +68,7 @@ log = logging.getLogger("voicepipe_obs.artifact_index")
 
 INDEX_DIR: Final = "artifacts"
 MANIFEST: Final = "index.json"
-VERSION: Final = 4
+VERSION: Final = 5
 #: an index file no hour points to any more is deleted this long after it was replaced
 RETIRE_SECONDS: Final = 600
 #: hours computed by one query while refreshing (bounds memory)
@@ -126,12 +126,14 @@ class _Col:
     value: str | None = None
     where: str | None = None
     kind: str = ""  # SQL type of the column
+    #: event columns ``where`` reads (event_type is always read)
+    where_reads: tuple[str, ...] = ()
 
     @property
     def reads(self) -> set[str]:
         """The event columns the fold of this column reads."""
         cols = {"retry_attempt", "timestamp"} if self.value == KEY else {self.value} if self.value else set()
-        return cols | ({"retry_attempt"} if self.how == "last" else set())
+        return cols | set(self.where_reads) | ({"retry_attempt"} if self.how == "last" else set())
 
 
 _COLUMNS: Final = (
@@ -157,7 +159,17 @@ _COLUMNS: Final = (
     ),
     _Col("last_new_status", "last", "new_status", "event_type = 'artifact_status_changed'", kind="VARCHAR"),
     _Col("current_stage", "last", "pipeline_stage", f"event_type IN {_STAGE_EVENTS}", kind="VARCHAR"),
-    _Col("current_stage_at", "max", "timestamp", f"event_type IN {_STAGE_EVENTS}", kind="TIMESTAMPTZ"),
+    # the time of the event current_stage comes from (the same events, the same key),
+    # not the latest stage event's: a stale run's late stage event must not pair its
+    # time with the newer attempt's stage (the time in stage a report shows)
+    _Col(
+        "current_stage_at",
+        "last",
+        "timestamp",
+        f"event_type IN {_STAGE_EVENTS} AND pipeline_stage IS NOT NULL",
+        kind="TIMESTAMPTZ",
+        where_reads=("pipeline_stage",),
+    ),
     _Col("failed_stage", "last", "pipeline_stage", f"event_type IN {_STAGE_FAILURES}", kind="VARCHAR"),
     _Col("error_code", "last", "error_code", kind="VARCHAR"),
     _Col("error_message", "last", "error_message", kind="VARCHAR"),
