@@ -583,3 +583,28 @@ def test_an_index_of_format_4_is_rebuilt_once(root: Path, caplog: pytest.LogCapt
         assert ai.refresh(root, vetted_files(root)).hours_computed == 0
         assert _assert_same(root) == 0
     assert "unreadable" not in caplog.text
+
+
+def test_deciding_outcome_keys_come_from_the_index_up_to_a_time(root: Path) -> None:
+    """The failure-rate rule's lookup: each artifact's greatest outcome key as of a
+    time — whole hours from the index (no event read once it is current), the hour
+    the time falls in from its events up to that time, later outcomes not at all."""
+    _three_hours(root)  # a2 completed at 23:09 (hour 1); a1 at 00:05 (hour 2)
+    _write(root, 3, "h3", [("artifact_failed", "a2", 1)])  # after every time asked below
+    ai.refresh(root, vetted_files(root))
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TABLE among AS SELECT unnest(['a1', 'a2', 'a3']) AS artifact_id")
+
+        def keys(until: dt.datetime) -> tuple[dict[str, int], int]:
+            computed = ai.deciding_outcome_keys(con, root, vetted_files(root), "k", "among", until=until)
+            return dict(con.execute("SELECT artifact_id, key FROM k").fetchall()), computed
+
+        a1_done, a2_done = BASE_US + 125 * MIN_US, BASE_US + 69 * MIN_US + 1
+        assert keys(BASE + dt.timedelta(hours=2, minutes=30)) == ({"a1": a1_done, "a2": a2_done}, 1)
+        assert keys(BASE + dt.timedelta(hours=2, minutes=2)) == ({"a2": a2_done}, 1)
+        assert keys(BASE + dt.timedelta(hours=2) - dt.timedelta(microseconds=1)) == ({"a2": a2_done}, 0)
+        con.execute("DELETE FROM among")
+        assert keys(BASE + dt.timedelta(hours=5)) == ({}, 0)
+    finally:
+        con.close()

@@ -49,6 +49,7 @@ Imports duckdb: the reader side only (never imported by the pipeline's recorder)
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -638,6 +639,74 @@ def artifacts_table(
     )
     con.execute("DROP TABLE _vp_ix_per")
     return computed
+
+
+#: the outcome events, whose greatest key decides completed or failed (artifacts_sql)
+_OUTCOMES: Final = "('artifact_completed', 'artifact_failed')"
+
+
+def deciding_outcome_keys(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    files: Sequence[Path],
+    into: str,
+    among: str,
+    *,
+    until: dt.datetime,
+) -> int:
+    """Temp table ``into`` (artifact_id, ``key``): for each artifact of ``among`` (a
+    table with an artifact_id column) with an outcome, the greatest :data:`KEY` of
+    its ``artifact_completed`` / ``artifact_failed`` events among ``files`` at or
+    before ``until`` — the key of the outcome that decides whether it is
+    completed or failed (:func:`artifacts_sql`), as of ``until``. An outcome with a
+    smaller key (an older attempt's, however late it came) decides nothing.
+
+    The hours that end by ``until`` come from the index where it is current (two
+    key columns of its rows, no event read), the others from their events; the
+    hour ``until`` falls in is read from its events up to ``until``, later hours
+    not at all. Returns how many hours were read from their events."""
+    none = f"SELECT NULL::VARCHAR AS artifact_id, NULL::{KEY_TYPE} AS key LIMIT 0"
+    found = con.execute(f"SELECT count(artifact_id) > 0 FROM {among}").fetchone()
+    if not (found and found[0]):  # nothing to look up (a quiet window): no index read
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {none}")
+        return 0
+    until_us = store.to_us(until)
+    whole: dict[int, list[Path]] = {}
+    current: list[Path] = []
+    for hour, paths in by_hour(files).items():
+        if hour + store.US_PER_HOUR - 1 <= until_us:
+            whole[hour] = paths
+        elif hour <= until_us:
+            current += paths
+    wanted = f"artifact_id IN (SELECT artifact_id FROM {among})"
+    outcome_key = "greatest(completed_key, failed_key)"
+    names = ("completed_key", "failed_key")
+
+    def from_events(paths: Sequence[Path], *, up_to: bool) -> str:
+        bound = f" AND epoch_us(timestamp) <= {until_us}" if up_to else ""
+        return (
+            f"SELECT artifact_id, {KEY} AS key FROM {_events_sql(paths, names, dedup=False)} "
+            f"WHERE event_type IN {_OUTCOMES} AND {wanted}{bound}"
+        )
+
+    def read(cov: _Coverage) -> None:
+        index = _index_sql(
+            con, cov, f"artifact_id, {outcome_key} AS key", f"{wanted} AND {outcome_key} IS NOT NULL"
+        )
+        parts = [] if index is None else [index]
+        if cov.events:
+            parts.append(from_events(cov.events, up_to=False))
+        if current:
+            parts.append(from_events(current, up_to=True))
+        union = " UNION ALL ".join(parts) or none
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT artifact_id, max(key) AS key FROM ({union}) "
+            "GROUP BY artifact_id"
+        )
+
+    every = [p for paths in whole.values() for p in paths]
+    computed = _read_or_events(con, _coverage(root, every), read, every)
+    return computed + (1 if current else 0)
 
 
 #: a partial row that alone leaves its artifact completed or failed (see
