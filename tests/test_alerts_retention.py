@@ -556,6 +556,98 @@ def test_ctrl_c_during_a_check_is_unknown_not_130(
     assert [h["record_type"] for h in history(root) if h["record_type"] == "raised"] == ["raised"]
 
 
+def busy_store(root: Path, at: dt.datetime, copies: int = 400) -> Path:
+    """Events that keep `check`'s DuckDB queries busy for seconds: one file of
+    200,000 ``artifact_failed`` events (1,000 artifacts, each event 200 times) in
+    ``at``'s hour, hard-linked ``copies`` times — every link is a file DuckDB reads
+    (~80 million rows), none costs disk or time to write. Returns the hour's
+    directory."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from voicepipe_obs.events import arrow_schema
+
+    n = 200_000
+    ids = pa.array(np.arange(n, dtype=np.int32) % 1000)
+
+    def text(*values: str) -> pa.Array:
+        index = ids if len(values) > 1 else pa.array(np.zeros(n, dtype=np.int32))
+        return pa.DictionaryArray.from_arrays(index, pa.array(list(values))).dictionary_decode()
+
+    given = {
+        "event_id": text(*(f"e{i}" for i in range(1000))),
+        "event_type": text("artifact_failed"),
+        "timestamp": pa.array(np.full(n, int(at.timestamp() * 1e6), dtype=np.int64)).cast(
+            pa.timestamp("us", tz="UTC")
+        ),
+        "artifact_id": text(*(f"a{i}" for i in range(1000))),
+    }
+    schema = arrow_schema()
+    table = pa.Table.from_arrays([given.get(f.name, pa.nulls(n, f.type)) for f in schema], schema=schema)
+    hour = root / "events" / f"date={at:%Y-%m-%d}" / f"hour={at:%H}"
+    hour.mkdir(parents=True)
+    pq.write_table(table, hour / "busy-0.parquet")
+    for i in range(1, copies):
+        os.link(hour / "busy-0.parquet", hour / f"busy-{i}.parquet")
+    return hour
+
+
+@pytest.mark.parametrize(
+    ("sig", "fmt"),
+    [(signal.SIGTERM, "text"), (signal.SIGTERM, "json"), (signal.SIGINT, "text")],
+    ids=["SIGTERM", "SIGTERM-json", "SIGINT"],
+)
+def test_a_signal_during_a_query_is_unknown_saying_so(root: Path, tmp_path: Path, sig: int, fmt: str) -> None:
+    """SIGTERM (a Nagios or systemd timeout) or Ctrl-C while DuckDB runs one of the
+    rules' queries: DuckDB answers with its own error ("Query interrupted"), which
+    must not read as "cannot read …" or an unexpected error — the UNKNOWN line says
+    terminated (interrupted), exit 3, as a signal anywhere else in check. The real
+    console script (its SIGTERM handler), in a real process."""
+    from voicepipe_obs.cli_alerts import CHECK_INTERRUPTED, CHECK_TERMINATED, unknown_line
+
+    script = Path(sys.executable).parent / "voicepipe"
+    if not script.exists():  # pragma: no cover - the package is installed for the tests
+        pytest.skip("the voicepipe console script is not installed next to this interpreter")
+    hour = busy_store(root, dt.datetime.now(UTC) - dt.timedelta(minutes=10))
+    env = {k: v for k, v in os.environ.items() if k != "VOICEPIPE_DEBUG"}
+    proc = subprocess.Popen(
+        [str(script), "--data", str(root), "check", "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # once it reads the events (vetting them takes milliseconds, the queries
+        # over them seconds), it is inside a query
+        fds = Path(f"/proc/{proc.pid}/fd")
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            try:
+                opened = {os.readlink(fd) for fd in fds.iterdir()}
+            except OSError:  # an fd closed meanwhile
+                opened = set()
+            if any(name.startswith(str(hour)) for name in opened):
+                break
+            time.sleep(0.01)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the check finished before it could be interrupted"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    message = CHECK_TERMINATED if sig == signal.SIGTERM else CHECK_INTERRUPTED
+    assert proc.returncode == 3, (proc.returncode, out, err)
+    if fmt == "json":
+        assert json.loads(out) == {"status": "UNKNOWN", "exit_code": 3, "error": message}
+    else:
+        assert out == unknown_line(message) + "\n"
+    assert err == f"voicepipe: error: check could not evaluate: {message}\n"
+
+
 def test_an_alertmanager_that_hangs_keeps_to_the_deadline(
     rec: vp.Recorder, runner: CliRunner, root: Path, tmp_path: Path, slow_hook: SlowHook
 ) -> None:

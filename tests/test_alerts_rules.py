@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 import voicepipe_obs as vp
-from voicepipe_obs import alerts, store
+from voicepipe_obs import alerts, artifact_index, store
 from voicepipe_obs.config import Settings
 
 UTC = dt.timezone.utc
@@ -99,6 +99,62 @@ def test_failure_rate_counts_the_latest_attempts_outcome_not_a_stale_jobs(
     rec.emit("artifact_failed", timestamp=ago(12), retry_attempt=1, **common)
     rec.flush()
     assert found(root, "failure_rate", settings(failure_rate={"warning": 0.05})) == {}
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["events", "index"])
+def test_failure_rate_counts_only_outcomes_that_decide_the_artifacts_state(
+    rec: vp.Recorder, root: Path, indexed: bool
+) -> None:
+    """At 12:20 (window 11:50-12:20): attempt 2 of a re-queued artifact completed at
+    11:30, before the window; the lost attempt 1 turns up and fails at 12:10, inside
+    it. The artifact is completed (the artifacts view says so), so that failure is
+    no failure of the window — it is not the outcome that decides the artifact's
+    state. Outcomes that do decide it still count: a failed retry of an artifact
+    that completed before the window, and a failure whose retry completed only
+    after ``now`` (a backfill). 2 failures of 12, not 3 of 13. With the artifact
+    index built, the earlier hours' outcomes come from it."""
+    from voicepipe_obs import aggregate
+
+    now = NOW + dt.timedelta(minutes=20)
+    finish(rec, ok=10, now=now)
+
+    def emit(kind: str, artifact_id: str, minutes_ago: float, attempt: int | None = None) -> None:
+        rec.emit(
+            kind,
+            timestamp=ago(minutes_ago, now),
+            artifact_id=artifact_id,
+            organization_id="org-a",
+            retry_attempt=attempt,
+        )
+
+    emit("artifact_failed", "requeued", 100)
+    emit("retry_initiated", "requeued", 90, 1)
+    emit("retry_initiated", "requeued", 60, 2)
+    emit("artifact_completed", "requeued", 50, 2)
+    emit("artifact_failed", "requeued", 10, 1)  # the lost job, late
+    emit("artifact_completed", "refailed", 80)
+    emit("retry_initiated", "refailed", 25, 1)
+    emit("artifact_failed", "refailed", 20, 1)  # a retry that failed: it is failed
+    emit("artifact_failed", "later", 15)
+    emit("retry_initiated", "later", 5, 1)
+    emit("artifact_completed", "later", -20, 1)  # after now: not yet
+    rec.flush()
+    if indexed:
+        aggregate.aggregate(root, now=now + dt.timedelta(hours=1))
+        assert artifact_index.Manifest.load(root).hours
+    con = vp.connect(root)
+    status = dict(
+        con.execute(
+            "SELECT artifact_id, status FROM artifacts WHERE artifact_id IN ('requeued', 'refailed')"
+        ).fetchall()
+    )
+    con.close()
+    assert status == {"requeued": "completed", "refailed": "failed"}
+    got = found(root, "failure_rate", now=now)
+    assert {scope: (f.severity, f.value) for scope, f in got.items()} == {
+        "all": ("warning", pytest.approx(2 / 12)),
+        "org:org-a": ("warning", pytest.approx(2 / 12)),
+    }
 
 
 def test_failure_rate_empty_store_does_not_fire(root: Path) -> None:

@@ -502,3 +502,109 @@ def test_a_broken_clocks_times_neither_overflow_nor_outrank_a_later_attempt(root
     status = {r[0]: r[5] for r in _view(root)}
     assert status == {"a-far": "completed", "a-early": "completed"}
     _assert_same(root)
+
+
+def test_the_time_in_stage_is_the_current_stages_own(root: Path) -> None:
+    """An artifact stuck in claims extraction, retried with --force from
+    transcription (attempt 1), whose original run then turns up late with a stage
+    event of its own: the current stage is the retry's (the later attempt), and so
+    must be the time it was entered — not the stale event's, which would show the
+    retry as having just entered transcription. In the view, in the index (built,
+    and not yet built) and in the pipeline report's in-progress list."""
+    from voicepipe_obs import reports
+
+    rows = []
+    for i, (kind, stage, minute, attempt) in enumerate(
+        [
+            ("artifact_received", "ingestion", 1, None),
+            ("transcription_started", "transcription", 2, None),
+            ("transcription_completed", "transcription", 3, None),
+            ("claims_extraction_started", "claims_extraction", 4, None),
+            ("retry_initiated", "transcription", 60, 1),
+            ("transcription_started", "transcription", 61, 1),
+            ("claims_extracted", "claims_extraction", 150, None),  # the original run, late
+        ]
+    ):
+        row: list[Any] = [None] * NUM_COLUMNS
+        row[COLUMN_INDEX["event_id"]] = f"stale-{i}"
+        row[COLUMN_INDEX["event_type"]] = kind
+        row[COLUMN_INDEX["artifact_id"]] = "s1"
+        row[COLUMN_INDEX["organization_id"]] = "org"
+        row[COLUMN_INDEX["pipeline_stage"]] = stage
+        row[COLUMN_INDEX["timestamp"]] = BASE_US + minute * MIN_US
+        row[COLUMN_INDEX["retry_attempt"]] = attempt
+        rows.append(row)
+    store.write_event_rows(root, rows, "stale")
+    entered = BASE + dt.timedelta(minutes=61)
+    now = BASE + dt.timedelta(hours=3)
+
+    def stage_of(table: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+        (row,) = [(r[5], r[6], r[7]) for r in table if r[0] == "s1"]  # status, stage, its time
+        return row
+
+    assert stage_of(_view(root)) == ("retrying", "transcription", entered)
+    assert _assert_same(root) == 3  # from the events: three hours
+    ag.aggregate(root, now=now)
+    assert _assert_same(root) == 0  # from the index
+
+    def in_progress() -> list[tuple[Any, ...]]:
+        report = reports.pipeline(root, now=now)
+        return [
+            (stage["stage"], r["artifact_id"], r["entered_at"], r["elapsed_ms"])
+            for stage in report["stages"]
+            for r in stage["in_progress"]
+        ]
+
+    assert in_progress() == [("transcription", "s1", entered, 119 * MIN_US / 1000)]
+    (ai.index_dir(root) / ai.MANIFEST).unlink()  # and without the index
+    assert in_progress() == [("transcription", "s1", entered, 119 * MIN_US / 1000)]
+
+
+def test_an_index_of_format_4_is_rebuilt_once(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Format 5 gave ``current_stage_at`` its key (``current_stage_at__t``): an index
+    written before (format 4, rows without that column) is neither read — its rows
+    would fail the read, every time, until something rebuilt it — nor kept: the
+    next refresh rebuilds it, once."""
+    import pyarrow.parquet as pq
+
+    _three_hours(root)
+    ai.refresh(root, vetted_files(root))
+    manifest = ai.Manifest.load(root)
+    for name in manifest.live_files():  # the rows as format 4 wrote them
+        path = ai.index_dir(root) / name
+        store.write_table(path, pq.read_table(path).drop_columns(["current_stage_at__t"]))
+    path = ai.index_dir(root) / ai.MANIFEST
+    data = json.loads(path.read_text())
+    data["version"] = 4
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="voicepipe_obs.artifact_index"):
+        assert _assert_same(root) == 3  # from the events meanwhile
+        assert ai.refresh(root, vetted_files(root)).hours_computed == 3
+        assert ai.refresh(root, vetted_files(root)).hours_computed == 0
+        assert _assert_same(root) == 0
+    assert "unreadable" not in caplog.text
+
+
+def test_deciding_outcome_keys_come_from_the_index_up_to_a_time(root: Path) -> None:
+    """The failure-rate rule's lookup: each artifact's greatest outcome key as of a
+    time — whole hours from the index (no event read once it is current), the hour
+    the time falls in from its events up to that time, later outcomes not at all."""
+    _three_hours(root)  # a2 completed at 23:09 (hour 1); a1 at 00:05 (hour 2)
+    _write(root, 3, "h3", [("artifact_failed", "a2", 1)])  # after every time asked below
+    ai.refresh(root, vetted_files(root))
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TABLE among AS SELECT unnest(['a1', 'a2', 'a3']) AS artifact_id")
+
+        def keys(until: dt.datetime) -> tuple[dict[str, int], int]:
+            computed = ai.deciding_outcome_keys(con, root, vetted_files(root), "k", "among", until=until)
+            return dict(con.execute("SELECT artifact_id, key FROM k").fetchall()), computed
+
+        a1_done, a2_done = BASE_US + 125 * MIN_US, BASE_US + 69 * MIN_US + 1
+        assert keys(BASE + dt.timedelta(hours=2, minutes=30)) == ({"a1": a1_done, "a2": a2_done}, 1)
+        assert keys(BASE + dt.timedelta(hours=2, minutes=2)) == ({"a2": a2_done}, 1)
+        assert keys(BASE + dt.timedelta(hours=2) - dt.timedelta(microseconds=1)) == ({"a2": a2_done}, 0)
+        con.execute("DELETE FROM among")
+        assert keys(BASE + dt.timedelta(hours=5)) == ({}, 0)
+    finally:
+        con.close()

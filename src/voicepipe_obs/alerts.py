@@ -406,24 +406,36 @@ def _failure_rate(c: _Ctx, ev: Evaluation) -> None:
     # each artifact once, by its latest outcome in the window: one retried three
     # times is one failure, and one that failed and then completed on a retry is a
     # completion (events without an artifact count as they are). Latest by retry
-    # generation, then time, as the artifacts view: a stale job's late failure does
-    # not undo the newer attempt's completion (artifact_index.KEY)
+    # generation, then time, as the artifacts view (artifact_index.KEY) — and only
+    # if that outcome decides the artifact's state as of now: a stale job's late
+    # failure neither undoes the newer attempt's completion in the window nor counts
+    # when that completion came before it (outside the window)
+    c.con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _voicepipe_outcomes AS
+            SELECT artifact_id, arg_max(organization_id, key) AS organization_id,
+              arg_max(event_type, key) AS event_type, max(key) AS key
+            FROM (SELECT coalesce(artifact_id, event_id) AS aid, artifact_id, organization_id, event_type,
+                    {artifact_index.KEY} AS key
+                  FROM {c.window(since)} WHERE event_type IN ('artifact_failed', 'artifact_completed'))
+            GROUP BY aid, artifact_id""",
+        {"since": since, "now": c.now},
+    )
+    artifact_index.deciding_outcome_keys(
+        c.con, c.root, c.all_files(), "_voicepipe_deciding", "_voicepipe_outcomes", until=c.now
+    )
     rows = c.rows(
-        f"""WITH outcomes AS (
-              SELECT artifact_id, organization_id, event_type, {artifact_index.KEY} AS key
-              FROM {c.window(since)} WHERE event_type IN ('artifact_failed', 'artifact_completed')),
-            latest AS (
-              SELECT organization_id, event_type FROM outcomes WHERE artifact_id IS NULL
+        f"""WITH latest AS (
+              SELECT organization_id, event_type FROM _voicepipe_outcomes WHERE artifact_id IS NULL
               UNION ALL
-              SELECT arg_max(organization_id, key), arg_max(event_type, key)
-              FROM outcomes WHERE artifact_id IS NOT NULL GROUP BY artifact_id)
+              SELECT organization_id, event_type FROM _voicepipe_outcomes
+              SEMI JOIN _voicepipe_deciding USING (artifact_id, key))
             SELECT grouping(organization_id), organization_id,
               count(*) FILTER (WHERE event_type = 'artifact_failed'),
               count(*) FILTER (WHERE event_type = 'artifact_completed')
-            FROM latest {_GROUPING}""",
-        since=since,
-        now=c.now,
+            FROM latest {_GROUPING}"""
     )
+    c.con.execute("DROP TABLE _voicepipe_outcomes")
+    c.con.execute("DROP TABLE _voicepipe_deciding")
     judged: set[str] = set()
     ev.sampled["failure_rate"] = (judged, r.per_organization)
     for org, (failed, completed) in _grouped(rows, r.per_organization):

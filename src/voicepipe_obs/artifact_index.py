@@ -49,6 +49,7 @@ Imports duckdb: the reader side only (never imported by the pipeline's recorder)
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -68,7 +69,7 @@ log = logging.getLogger("voicepipe_obs.artifact_index")
 
 INDEX_DIR: Final = "artifacts"
 MANIFEST: Final = "index.json"
-VERSION: Final = 4
+VERSION: Final = 5
 #: an index file no hour points to any more is deleted this long after it was replaced
 RETIRE_SECONDS: Final = 600
 #: hours computed by one query while refreshing (bounds memory)
@@ -126,12 +127,14 @@ class _Col:
     value: str | None = None
     where: str | None = None
     kind: str = ""  # SQL type of the column
+    #: event columns ``where`` reads (event_type is always read)
+    where_reads: tuple[str, ...] = ()
 
     @property
     def reads(self) -> set[str]:
         """The event columns the fold of this column reads."""
         cols = {"retry_attempt", "timestamp"} if self.value == KEY else {self.value} if self.value else set()
-        return cols | ({"retry_attempt"} if self.how == "last" else set())
+        return cols | set(self.where_reads) | ({"retry_attempt"} if self.how == "last" else set())
 
 
 _COLUMNS: Final = (
@@ -157,7 +160,17 @@ _COLUMNS: Final = (
     ),
     _Col("last_new_status", "last", "new_status", "event_type = 'artifact_status_changed'", kind="VARCHAR"),
     _Col("current_stage", "last", "pipeline_stage", f"event_type IN {_STAGE_EVENTS}", kind="VARCHAR"),
-    _Col("current_stage_at", "max", "timestamp", f"event_type IN {_STAGE_EVENTS}", kind="TIMESTAMPTZ"),
+    # the time of the event current_stage comes from (the same events, the same key),
+    # not the latest stage event's: a stale run's late stage event must not pair its
+    # time with the newer attempt's stage (the time in stage a report shows)
+    _Col(
+        "current_stage_at",
+        "last",
+        "timestamp",
+        f"event_type IN {_STAGE_EVENTS} AND pipeline_stage IS NOT NULL",
+        kind="TIMESTAMPTZ",
+        where_reads=("pipeline_stage",),
+    ),
     _Col("failed_stage", "last", "pipeline_stage", f"event_type IN {_STAGE_FAILURES}", kind="VARCHAR"),
     _Col("error_code", "last", "error_code", kind="VARCHAR"),
     _Col("error_message", "last", "error_message", kind="VARCHAR"),
@@ -626,6 +639,74 @@ def artifacts_table(
     )
     con.execute("DROP TABLE _vp_ix_per")
     return computed
+
+
+#: the outcome events, whose greatest key decides completed or failed (artifacts_sql)
+_OUTCOMES: Final = "('artifact_completed', 'artifact_failed')"
+
+
+def deciding_outcome_keys(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    files: Sequence[Path],
+    into: str,
+    among: str,
+    *,
+    until: dt.datetime,
+) -> int:
+    """Temp table ``into`` (artifact_id, ``key``): for each artifact of ``among`` (a
+    table with an artifact_id column) with an outcome, the greatest :data:`KEY` of
+    its ``artifact_completed`` / ``artifact_failed`` events among ``files`` at or
+    before ``until`` — the key of the outcome that decides whether it is
+    completed or failed (:func:`artifacts_sql`), as of ``until``. An outcome with a
+    smaller key (an older attempt's, however late it came) decides nothing.
+
+    The hours that end by ``until`` come from the index where it is current (two
+    key columns of its rows, no event read), the others from their events; the
+    hour ``until`` falls in is read from its events up to ``until``, later hours
+    not at all. Returns how many hours were read from their events."""
+    none = f"SELECT NULL::VARCHAR AS artifact_id, NULL::{KEY_TYPE} AS key LIMIT 0"
+    found = con.execute(f"SELECT count(artifact_id) > 0 FROM {among}").fetchone()
+    if not (found and found[0]):  # nothing to look up (a quiet window): no index read
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {none}")
+        return 0
+    until_us = store.to_us(until)
+    whole: dict[int, list[Path]] = {}
+    current: list[Path] = []
+    for hour, paths in by_hour(files).items():
+        if hour + store.US_PER_HOUR - 1 <= until_us:
+            whole[hour] = paths
+        elif hour <= until_us:
+            current += paths
+    wanted = f"artifact_id IN (SELECT artifact_id FROM {among})"
+    outcome_key = "greatest(completed_key, failed_key)"
+    names = ("completed_key", "failed_key")
+
+    def from_events(paths: Sequence[Path], *, up_to: bool) -> str:
+        bound = f" AND epoch_us(timestamp) <= {until_us}" if up_to else ""
+        return (
+            f"SELECT artifact_id, {KEY} AS key FROM {_events_sql(paths, names, dedup=False)} "
+            f"WHERE event_type IN {_OUTCOMES} AND {wanted}{bound}"
+        )
+
+    def read(cov: _Coverage) -> None:
+        index = _index_sql(
+            con, cov, f"artifact_id, {outcome_key} AS key", f"{wanted} AND {outcome_key} IS NOT NULL"
+        )
+        parts = [] if index is None else [index]
+        if cov.events:
+            parts.append(from_events(cov.events, up_to=False))
+        if current:
+            parts.append(from_events(current, up_to=True))
+        union = " UNION ALL ".join(parts) or none
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT artifact_id, max(key) AS key FROM ({union}) "
+            "GROUP BY artifact_id"
+        )
+
+    every = [p for paths in whole.values() for p in paths]
+    computed = _read_or_events(con, _coverage(root, every), read, every)
+    return computed + (1 if current else 0)
 
 
 #: a partial row that alone leaves its artifact completed or failed (see

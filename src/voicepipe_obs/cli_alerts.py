@@ -85,11 +85,16 @@ def check_interrupted(exc: BaseException, args: Sequence[str]) -> click.exceptio
 
 
 def _interruption(exc: BaseException) -> str:
-    import signal
-
     from .cli import signal_of
 
-    return CHECK_TERMINATED if signal_of(exc) == signal.SIGTERM else CHECK_INTERRUPTED
+    return _signal_message(signal_of(exc))
+
+
+def _signal_message(signum: int) -> str:
+    """``check``'s UNKNOWN reason after the signal ``signum`` (SIGTERM or Ctrl-C)."""
+    import signal
+
+    return CHECK_TERMINATED if signum == signal.SIGTERM else CHECK_INTERRUPTED
 
 
 def _usage(exc: click.UsageError) -> str:
@@ -199,27 +204,34 @@ def check(
 
     stdout_may_close()  # `check | head -1` still exits with the alert state
     now = parse_now(now_s)
+    # the signals received while the check runs: DuckDB answers an interrupted query
+    # with its own error (a RuntimeError, or a StoreError "cannot read …" once a
+    # library call wrapped it), which must still read as the interruption it was
     interrupted: list[int] = []
 
-    def on_sigint(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
         interrupted.append(signum)
-        raise KeyboardInterrupt
+        interrupt = KeyboardInterrupt()
+        interrupt.signum = signum  # type: ignore[attr-defined]  # see cli.signal_of
+        raise interrupt
 
-    try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread (an embedding caller): leave signals alone
-        previous = None
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread (an embedding caller): leave signals alone
+            break
     try:
         result = run_check(app.root, app.settings, now=now, notify=not no_notify, dry_run=dry_run)
     except KeyboardInterrupt as exc:  # UNKNOWN, never 130: a plugin's codes are 0-3
         _unknown(_interruption(exc), fmt == "json")
     except Exception as exc:
-        if interrupted:  # DuckDB answers an interrupted query with its own error
-            _unknown(CHECK_INTERRUPTED, fmt == "json")
+        if interrupted:
+            _unknown(_signal_message(interrupted[0]), fmt == "json")
         _check_failed(exc, fmt == "json")
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
     if fmt == "json":
         click.echo(_json(result.to_dict()))
     elif not result.active:
