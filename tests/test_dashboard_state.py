@@ -497,6 +497,34 @@ def test_cards_count_a_requeued_artifact_by_its_latest_attempt(root: Path, rec: 
     assert cards["avg_end_to_end_latency_ms_today"] == pytest.approx(65 * 60 * 1000)
 
 
+@pytest.mark.parametrize("indexed", [False, True], ids=["events", "index"])
+def test_a_stale_failure_today_after_a_completion_yesterday_is_no_failure_today(
+    root: Path, rec: vp.Recorder, indexed: bool
+) -> None:
+    """Attempt 2 completed yesterday; the lost attempt 1 turns up today and fails.
+    The artifact is completed: today has no failure (nor completion) of it, as the
+    failure-rate alert counts. Yesterday-at-this-time keeps its completion."""
+    common: dict[str, Any] = {"artifact_id": "requeued", "organization_id": "org-a"}
+    rec.emit("artifact_received", timestamp=at(27, 8), **common)
+    rec.emit("artifact_failed", timestamp=at(27, 8, 1), **common)
+    rec.emit("retry_initiated", timestamp=at(27, 8, 2), retry_attempt=1, **common)
+    rec.emit("retry_initiated", timestamp=at(27, 9), retry_attempt=2, **common)
+    rec.emit("artifact_completed", timestamp=at(27, 9, 5), retry_attempt=2, **common)
+    rec.emit("artifact_failed", timestamp=at(28, 10), retry_attempt=1, **common)
+    other: dict[str, Any] = {"artifact_id": "plain", "organization_id": "org-a"}
+    rec.emit("artifact_received", timestamp=at(28, 9), **other)
+    rec.emit("artifact_failed", timestamp=at(28, 9, 30), **other)
+    rec.flush()
+    if indexed:
+        aggregate.aggregate(root, now=NOW)
+        assert artifact_index.Manifest.load(root).hours
+
+    cards = reports.dashboard(root, now=NOW)["cards"]
+
+    assert (cards["completed_today"], cards["failed_today"]) == (0, 1)  # "plain" only
+    assert cards["completed_yesterday_same_time"] == 1
+
+
 def test_cards_count_each_artifact_once_by_its_latest_outcome(outcomes: Path, runner: Any) -> None:
     cards = reports.dashboard(outcomes, now=NOW)["cards"]
     # completed today: fail-then-ok, ok-1, old-retry-ok; failed today: fail-4x (once)

@@ -687,6 +687,39 @@ def _open_artifacts(
     return "_vp_open"
 
 
+def _keep_deciding_outcomes(
+    con: duckdb.DuckDBPyConnection, root: Path, until: Mapping[str, dt.datetime]
+) -> None:
+    """Drop from ``_vp_outcomes`` the outcomes that do not decide their artifact's
+    state as of their period's end (``until``: period → time): a stale job's
+    failure arriving today for an artifact whose newer attempt completed yesterday
+    is no failure of today (as alerts.py's failure_rate;
+    :func:`artifact_index.deciding_outcome_keys`)."""
+    from . import artifact_index
+    from .query import retry_vanished, vetted_files
+
+    for period, end in until.items():
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _vp_among AS SELECT artifact_id FROM _vp_outcomes "
+            "WHERE period = $p AND artifact_id IS NOT NULL",
+            {"p": period},
+        )
+
+        def decide(_attempt: int, end: dt.datetime = end) -> int:
+            return artifact_index.deciding_outcome_keys(
+                con, root, vetted_files(root), "_vp_deciding", "_vp_among", until=end
+            )
+
+        retry_vanished(decide, what="report")
+        con.execute(
+            "DELETE FROM _vp_outcomes o WHERE period = $p AND artifact_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM _vp_deciding d WHERE d.artifact_id = o.artifact_id AND d.key = o.key)",
+            {"p": period},
+        )
+    con.execute("DROP TABLE IF EXISTS _vp_among")
+    con.execute("DROP TABLE IF EXISTS _vp_deciding")
+
+
 def _earliest_receipts(con: duckdb.DuckDBPyConnection, partials: str, of: str) -> str:
     """Temp table ``_vp_receipts`` (artifact_id, received_at) on ``con``: the
     earliest ``artifact_received`` of each artifact of ``of`` (a table with an
@@ -724,7 +757,8 @@ def dashboard(
     "Today" is the calendar day in ``tz`` (None = local time). The cards count
     artifacts, not events: an artifact finished in a period counts once, by its
     latest outcome in it (one that failed, was retried and completed is completed;
-    one that failed four times is one failure). The end-to-end latency of today's
+    one that failed four times is one failure), and only if that outcome decides
+    its state (a stale job's late failure after a newer attempt completed is none). The end-to-end latency of today's
     completions runs from each artifact's earliest receipt, wherever that was.
     Active artifacts and the per-stage queues are every artifact whose status is
     neither completed nor failed, however long ago it stalled (:func:`_open_artifacts`,
@@ -757,11 +791,12 @@ def dashboard(
           FROM events WHERE event_type IN ('artifact_completed', 'artifact_failed')
             AND timestamp >= $yday AND timestamp < $yday_now)
         SELECT period, aid, any_value(artifact_id) AS artifact_id,
-               arg_max(event_type, key) AS outcome, arg_max(timestamp, key) AS outcome_at
+               arg_max(event_type, key) AS outcome, arg_max(timestamp, key) AS outcome_at, max(key) AS key
         FROM o GROUP BY period, aid
         """,
         {"today": today, "now": now, "yday": yesterday, "yday_now": now - DAY},
     )
+    _keep_deciding_outcomes(con, root, {"today": now, "yesterday": now - DAY})
     c = _one(
         con,
         """
