@@ -341,6 +341,7 @@ def test_a_long_alert_summary_never_cuts_the_alert_id(width: int) -> None:
     out = render.render_alerts(data, Style(tz=UTC, width=width))
     assert "(id b687829ee3)" in out
     assert max(len(line) for line in out.splitlines()) <= width
+    assert "1 alert" in out.splitlines() and "1 alerts" not in out
 
 
 def test_real_alert_ids_survive_in_the_dashboard_and_alerts(runner: Any, store: Path) -> None:

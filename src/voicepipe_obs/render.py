@@ -1686,7 +1686,7 @@ def render_alerts(data: Mapping[str, Any], style: Style) -> str:
     parts = [_header(title, data, style)]
     if data["rows"]:
         parts.append(_alerts_table(data["rows"], style))
-        parts.append(f"\n{len(data['rows'])} alerts")
+        parts.append(f"\n{_plural(len(data['rows']), 'alert')}")
     elif not data.get("alert_log_present") and not data.get("last_check"):
         parts += _wrapped(
             "no alert log yet: `voicepipe check` (run from cron) evaluates the rules and records alerts",
