@@ -44,19 +44,45 @@ def test_what_is_remote() -> None:
     assert not remote.is_remote(None)
 
 
-def test_credentials_in_the_uri_are_never_printed() -> None:
-    url = "s3://b/p?endpoint_override=h:9000&access_key=AK&secret_key=SEKRIT"
-    assert "SEKRIT" not in remote.display(url) and "AK" not in remote.display(url)
-    assert "endpoint_override=h:9000" in remote.display(url)
+def test_credentials_in_the_uri_are_never_printed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """pyarrow reads credentials from the URI's user part (``s3://KEY:SECRET@bucket``);
+    neither they nor query-string ones reach a message or a directory name."""
+    from pyarrow import fs as pafs
 
-
-def test_one_cache_per_root_whatever_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VOICEPIPE_CACHE", str(tmp_path))
+    url = "s3://AKIAEXAMPLE:SuperSecret@bucket/p?endpoint_override=h:9000&scheme=http"
+    _fs, base = pafs.FileSystem.from_uri(url)  # the form pyarrow accepts
+    assert base == "bucket/p"
+    for shown in (
+        remote.display(url),
+        remote.canonical(url),
+        remote.cache_dir(url, "mirror").name,
+        remote.cache_dir(url, "outbox").name,
+        str(remote.open_root(url)),
+        remote.display("s3://b/p?access_key=AKIAEXAMPLE&secret_key=SuperSecret"),
+    ):
+        assert "SuperSecret" not in shown and "AKIAEXAMPLE" not in shown, shown
+    assert remote.display(url) == "s3://***@bucket/p?endpoint_override=h:9000&scheme=http"
+
+
+def test_one_cache_per_root_and_endpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The same bucket and prefix is one root whatever its credentials or options,
+    but two endpoints are two stores: an outbox of one must never be shipped to the
+    other."""
+    monkeypatch.setenv("VOICEPIPE_CACHE", str(tmp_path))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     a = remote.cache_dir("s3://bucket/prefix/", "mirror")
-    assert a == remote.cache_dir("s3://bucket/prefix?scheme=http", "mirror")
+    assert a == remote.cache_dir("s3://KEY:SECRET@bucket/prefix?scheme=http", "mirror")
     assert a != remote.cache_dir("s3://bucket/other", "mirror")
     assert a != remote.cache_dir("s3://bucket/prefix", "outbox")
     assert a.parent == tmp_path and a.name.startswith("mirror-bucket-prefix-")
+    minio = remote.cache_dir("s3://bucket/prefix?endpoint_override=minio:9000", "mirror")
+    assert minio != a and minio.name.startswith("mirror-bucket-prefix-")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    assert remote.cache_dir("s3://bucket/prefix", "mirror") == minio
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://other:9000")
+    assert remote.cache_dir("s3://bucket/prefix", "mirror") not in (a, minio)
 
 
 def test_a_bucketless_uri_is_refused_in_one_line() -> None:

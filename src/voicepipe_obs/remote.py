@@ -55,22 +55,41 @@ def is_remote(root: str | os.PathLike[str] | None) -> bool:
 
 
 def display(url: str) -> str:
-    """``url`` fit to print: credentials in its query string are masked."""
+    """``url`` fit to print: credentials are masked, in its user part
+    (``s3://KEY:SECRET@bucket/…``, the form pyarrow reads) and in its query string."""
     parts = urlsplit(url)
-    if not parts.query:
-        return url
-    query = "&".join(
-        f"{k}={'***' if k.lower() in _SECRET_PARAMS else v}"
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return urlunsplit(parts._replace(query=query))
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        query = "&".join(
+            f"{k}={'***' if k.lower() in _SECRET_PARAMS else v}"
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def canonical(url: str) -> str:
-    """``url`` without its query string and trailing slashes: what names one root
-    (the same bucket and prefix reached with other options is the same root)."""
+    """``url`` without credentials, query string and trailing slashes: the bucket and
+    prefix it names (see :func:`identity` for what tells two roots apart)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme.lower(), host, parts.path.rstrip("/"), "", ""))
+
+
+def identity(url: str) -> str:
+    """What names one root: :func:`canonical` plus the endpoint it is reached at
+    (``endpoint_override`` in the URI, else ``AWS_ENDPOINT_URL_S3`` /
+    ``AWS_ENDPOINT_URL`` for ``s3://``), so that the same bucket name on two
+    servers (a MinIO and AWS, a test and production endpoint) never shares an
+    outbox or a mirror. Credentials and other options are not part of it."""
+    scheme = urlsplit(url).scheme.lower()
+    endpoint = dict(parse_qsl(urlsplit(url).query)).get("endpoint_override", "")
+    if not endpoint and scheme == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    endpoint = endpoint.split("://", 1)[-1].rstrip("/").lower()
+    return canonical(url) + (f" @{endpoint}" if endpoint else "")
 
 
 def cache_home() -> Path:
@@ -84,10 +103,10 @@ def cache_home() -> Path:
 
 def cache_dir(url: str, kind: str) -> Path:
     """The local directory of ``kind`` (``outbox``, ``mirror``) for the remote root
-    ``url``: one per root, named so a person can tell which (``mirror-bucket-prefix-1a2b…``)."""
-    name = canonical(url)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.split("://", 1)[-1]).strip("-")[:60]
-    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    ``url``: one per root (:func:`identity`: the endpoint counts, credentials do not),
+    named so a person can tell which (``mirror-bucket-prefix-1a2b…``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", canonical(url).split("://", 1)[-1]).strip("-")[:60]
+    digest = hashlib.sha256(identity(url).encode()).hexdigest()[:12]
     return cache_home() / f"{kind}-{slug}-{digest}"
 
 
