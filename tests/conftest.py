@@ -136,3 +136,136 @@ def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     )
     fs.create_dir(bucket)
     return f"s3://{bucket}/data"
+
+
+class SwitchableEndpoint:
+    """A TCP forwarder on 127.0.0.1 in front of the test S3 server, at a fixed port
+    (so a root's endpoint, and with it its outbox and mirror, stay the same): in
+    state ``up`` it forwards, ``down`` refuses connections (and drops the open
+    ones), ``silent`` accepts them and never answers. What a store going down, or
+    hanging, looks like to a client."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import threading
+
+        host, port = target.split("://", 1)[-1].split(":")
+        self._target = (host, int(port))
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.state = "up"
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listen()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _listen(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: object) -> None:
+        import socket
+        import threading
+
+        assert isinstance(listener, socket.socket)
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(client)
+                if self.state == "silent":
+                    continue
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: object, dst: object) -> None:
+        import socket
+
+        assert isinstance(src, socket.socket) and isinstance(dst, socket.socket)
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def set(self, state: str) -> None:
+        assert state in ("up", "down", "silent")
+        if state == self.state:
+            return
+        self._drop_all()
+        if state == "down":
+            self._stop_listening()
+        elif self._listener is None:
+            self._listen()
+        self.state = state
+
+    def _stop_listening(self) -> None:
+        import socket
+
+        if self._listener is not None:
+            try:  # wakes the accepting thread (close alone leaves the socket listening)
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+
+    def close(self) -> None:
+        self._stop_listening()
+        self._drop_all()
+
+
+@pytest.fixture
+def s3_switch(
+    s3_root: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SwitchableEndpoint]:
+    """The ``s3_root`` bucket reached through a :class:`SwitchableEndpoint`
+    (AWS_ENDPOINT_URL points at it): ``s3_switch.set("down")`` takes the store
+    away without changing the root's endpoint."""
+    proxy = SwitchableEndpoint(s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
