@@ -559,3 +559,20 @@ def test_retry_with_a_handler_recording_to_the_same_bucket(s3_root: str, tmp_pat
     assert {"retry_initiated", "transcription_completed"} <= types, types
     status = con.execute("SELECT status FROM artifacts WHERE artifact_id = 'a-1'").fetchone()
     assert status is not None and status[0] == "completed"
+
+
+def test_public_report_functions_refuse_an_object_store_uri(s3_root: str) -> None:
+    from voicepipe_obs import reports
+
+    now = NOW
+    calls = {
+        "dashboard": lambda: reports.dashboard(s3_root, now=now),  # type: ignore[arg-type]
+        "alerts": lambda: reports.alerts(s3_root, now=now),  # type: ignore[arg-type]
+        "organizations": lambda: reports.organizations(s3_root),  # type: ignore[arg-type]
+        "iter_events": lambda: reports.iter_events(s3_root, now=now),  # type: ignore[arg-type]
+    }
+    for name, call in calls.items():
+        with pytest.raises(StoreError, match=r"is an object-store root.*mirrored") as info:
+            call()
+        assert "\n" not in str(info.value), name
+    assert reports.organizations.__name__ == "organizations"  # still the documented function
