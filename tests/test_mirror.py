@@ -576,3 +576,31 @@ def test_public_report_functions_refuse_an_object_store_uri(s3_root: str) -> Non
             call()
         assert "\n" not in str(info.value), name
     assert reports.organizations.__name__ == "organizations"  # still the documented function
+
+
+def test_a_mirror_removed_while_a_command_runs_never_empties_the_store(s3_root: str, tmp_path: Path) -> None:
+    """The manifest is read from disk at push time: with none there (the mirror was
+    deleted to start afresh while a long command ran), the push uploads only."""
+    import shutil
+
+    local = tmp_path / "pipeline"
+    small_files(local)
+    before = upload_tree(local, s3_root)
+    mirror = Mirror(s3_root)
+    mirror.pull()
+
+    shutil.rmtree(mirror.path)  # "to start a mirror afresh, delete its whole directory"
+    snapshot = "snapshots/hourly/date=2026-05-04/hour-06.parquet"
+    (mirror.path / snapshot).parent.mkdir(parents=True)  # the command goes on writing
+    (mirror.path / snapshot).write_bytes(b"PAR1 snapshot PAR1")
+    mirror.push()
+
+    assert sorted(remote_files(s3_root, "events")) == sorted(before)
+    assert remote_files(s3_root, "snapshots") == [snapshot]
+    # and only an explicit reset deletes what the manifest knew
+    mirror.pull()
+    mirror.expect_reset()
+    shutil.rmtree(mirror.path / "events")
+    shutil.rmtree(mirror.path / "_state")
+    mirror.push()
+    assert remote_files(s3_root, "events") == []

@@ -27,7 +27,10 @@ never sees half a file); a push uploads everything new or changed *before* it
 deletes anything remotely, and deletes nothing when an upload failed, so a reader
 of the remote never misses an event (a duplicate is fine: every reader
 deduplicates by event_id); a remote file the manifest does not know (it arrived
-after our pull) is never deleted.
+after our pull) is never deleted; the manifest is the one on disk at push time
+(read under the lock), and with none there a push uploads only — only
+:meth:`Mirror.expect_reset` (``demo --reset``) lets a push delete what the cleared
+manifest knew.
 
 Must not touch: the remote's ``_state``/``_spool``/outbox prefixes (the pipeline
 side's, :mod:`voicepipe_obs.emit`), and anything outside the mirror locally.
@@ -111,9 +114,9 @@ class Mirror:
         self.url = url
         self.path = path if path is not None else remote.cache_dir(url, "mirror")
         self._remote: RemoteRoot | None = None
-        #: the manifest as of this object's last pull or push: used when the file is
-        #: gone (``demo --reset`` clears ``_state``), so what was pulled is still known
-        self._known: dict[str, _Entry] | None = None
+        #: the manifest as :meth:`expect_reset` found it: what the next push deletes
+        #: remotely when the command cleared the mirror (and its manifest) on purpose
+        self._reset_from: dict[str, _Entry] | None = None
 
     def __repr__(self) -> str:
         return f"Mirror({remote.display(self.url)!r}, path={str(self.path)!r})"
@@ -138,7 +141,7 @@ class Mirror:
         self._ensure_dir()
         result = SyncResult()
         with self._lock():
-            manifest = self._load()
+            manifest = self._load() or {}
             listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area) if _safe(f.rel)}
             local = self._scan()
             for area in SYNCED_AREAS:  # removed by hand: download again, never delete remotely
@@ -204,17 +207,31 @@ class Mirror:
 
     # ---------------------------------------------------------------- push
 
+    def expect_reset(self) -> None:
+        """Say that the command is about to clear the mirror's layout on purpose,
+        ``_state`` and its manifest included (``demo --reset``): the next push then
+        deletes remotely the files the manifest knows now and that are gone locally.
+        Without this, a push with no manifest on disk uploads only (a mirror
+        removed while a command ran must never empty the remote)."""
+        self._ensure_dir()
+        with self._lock():
+            self._reset_from = self._load() or {}
+
     def push(self) -> SyncResult:
         """Send local changes: upload files that are new or changed since the last
         sync, then — only when every upload succeeded — delete the remote files the
-        manifest knew that are gone locally. A remote file the manifest does not know
-        is never deleted. Raises :class:`StoreError`; nothing is deleted remotely
-        when an upload failed."""
+        manifest *on disk now* knew that are gone locally. A remote file the manifest
+        does not know is never deleted, and with no manifest on disk (the mirror or
+        its ``_state`` was removed meanwhile) nothing is: the push uploads only,
+        unless :meth:`expect_reset` said the command cleared it. Raises
+        :class:`StoreError`; nothing is deleted remotely when an upload failed."""
         result = SyncResult()
         if not self.path.is_dir():
             return result
         with self._lock():
-            manifest, recalled = self._load_for_push()
+            found = self._load()
+            resetting = found is None and self._reset_from is not None
+            manifest = dict(self._reset_from or {}) if found is None else found
             local = self._scan()
             uploads = [
                 (rel, sig)
@@ -237,9 +254,8 @@ class Mirror:
                         "the next command sends them again",
                     )
                 # an area missing here was removed by hand (never delete remotely for
-                # that), unless the manifest went with it and this process's own pull
-                # is what we know: the command removed them (`demo --reset`)
-                present = {area for area in SYNCED_AREAS if recalled or (self.path / area).is_dir()}
+                # that), unless the command said it clears them (`demo --reset`)
+                present = {area for area in SYNCED_AREAS if resetting or (self.path / area).is_dir()}
                 gone = sorted(rel for rel in manifest if rel not in local and _area_of(rel) in present)
                 for rel, failed in _parallel(self.remote.delete, gone):
                     if isinstance(failed, StoreError):
@@ -255,6 +271,7 @@ class Mirror:
                     )
             finally:
                 self._save(manifest)
+        self._reset_from = None
         log.info(
             "pushed %s to %s: %d file(s) uploaded (%d bytes), %d deleted remotely",
             self.path,
@@ -341,26 +358,20 @@ class Mirror:
     def _manifest_path(self) -> Path:
         return self.path / store.STATE / MANIFEST_FILE
 
-    def _load_for_push(self) -> tuple[dict[str, _Entry], bool]:
-        """The manifest, and whether it is this object's memory of it: the file is
-        gone (the command cleared ``_state``, as ``demo --reset`` does) but what
-        this process pulled is still known, so its removals are still pushed."""
-        if not self._manifest_path().exists() and self._known is not None:
-            return dict(self._known), True
-        return self._load(), False
-
-    def _load(self) -> dict[str, _Entry]:
+    def _load(self) -> dict[str, _Entry] | None:
+        """The manifest on disk, or None when there is none (or none readable): the
+        mirror is then compared afresh, the remote taken as authoritative."""
         path = self._manifest_path()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}
+            return None
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s (%s): the mirror is compared afresh", path, exc)
-            return {}
+            return None
         try:
             if data.get("version") != MANIFEST_VERSION:
-                return {}
+                return None
             return {
                 rel: _Entry(
                     int(e["size"]), e["mtime_ns"], _Local(int(e["local_size"]), int(e["local_mtime_ns"]))
@@ -369,10 +380,9 @@ class Mirror:
             }
         except (AttributeError, KeyError, TypeError, ValueError):
             log.warning("ignoring unreadable %s (not a manifest): the mirror is compared afresh", path)
-            return {}
+            return None
 
     def _save(self, manifest: dict[str, _Entry]) -> None:
-        self._known = dict(manifest)
         files = {
             rel: {
                 "size": e.size,
