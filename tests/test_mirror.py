@@ -604,3 +604,40 @@ def test_a_mirror_removed_while_a_command_runs_never_empties_the_store(s3_root: 
     shutil.rmtree(mirror.path / "_state")
     mirror.push()
     assert remote_files(s3_root, "events") == []
+
+
+def test_without_a_manifest_the_remote_copy_wins(s3_root: str) -> None:
+    root = remote.open_root(s3_root)
+    rel = "snapshots/hourly/date=2026-05-04/hour-06.parquet"
+    root.put_bytes(b"PAR1 OLD-snapshot PAR1", rel)
+    path = mirrored(s3_root)
+    root.put_bytes(b"PAR1 NEW-rebuilt-snapshot!! PAR1", rel)  # rebuilt on another host
+    (path / "_state" / "remote-manifest.json").write_text("{not json")
+
+    mirror = Mirror(s3_root)
+    mirror.pull()
+    mirror.push()
+
+    assert (path / rel).read_bytes() == b"PAR1 NEW-rebuilt-snapshot!! PAR1"
+    assert root.get_bytes(rel) == b"PAR1 NEW-rebuilt-snapshot!! PAR1"
+
+
+def test_a_push_without_a_manifest_never_uploads_over_a_different_remote_copy(s3_root: str) -> None:
+    root = remote.open_root(s3_root)
+    rel = "snapshots/hourly/date=2026-05-04/hour-06.parquet"
+    root.put_bytes(b"PAR1 remote PAR1", rel)
+    mirror = Mirror(s3_root)
+    mirror.pull()
+    (mirror.path / rel).write_bytes(b"PAR1 a stale local copy PAR1")
+    new = "snapshots/hourly/date=2026-05-04/hour-07.parquet"
+    (mirror.path / new).write_bytes(b"PAR1 new here PAR1")
+    (mirror.path / "_state" / "remote-manifest.json").unlink()
+
+    mirror.push()
+
+    assert root.get_bytes(rel) == b"PAR1 remote PAR1"
+    assert root.get_bytes(new) == b"PAR1 new here PAR1"  # a file the remote lacks is sent
+    Mirror(s3_root).push()  # another command's push: still not sent
+    assert root.get_bytes(rel) == b"PAR1 remote PAR1"
+    mirror.pull()  # and the next pull takes the remote's
+    assert (mirror.path / rel).read_bytes() == b"PAR1 remote PAR1"

@@ -136,12 +136,16 @@ class Mirror:
     def pull(self) -> SyncResult:
         """Bring the mirror up to date: download remote files that are new or changed
         (a rebuilt snapshot replaces the local one), delete local files another host
-        removed (its compaction, cleanup). Local changes not pushed yet are kept.
+        removed (its compaction, cleanup). Local changes not pushed yet are kept; with
+        no (readable) manifest nothing tells them apart, and the remote is
+        authoritative: a same-name file that differs (size or mtime) is downloaded.
         Raises :class:`StoreError` (the store is unreachable, the cache not writable)."""
         self._ensure_dir()
         result = SyncResult()
         with self._lock():
-            manifest = self._load() or {}
+            found = self._load()
+            afresh = found is None  # no manifest: the remote is authoritative
+            manifest = found or {}
             listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area) if _safe(f.rel)}
             local = self._scan()
             for area in SYNCED_AREAS:  # removed by hand: download again, never delete remotely
@@ -157,10 +161,17 @@ class Mirror:
                     continue  # missing or changed here: a local change the push sends
                 if entry is None and here is not None:
                     # here under the same name but unknown: a download an interrupted pull
-                    # did not record (same size), or a local file not pushed yet (the push sends it)
-                    if here.size == f.size:
+                    # did not record (same size), or a local file not pushed yet (the push
+                    # sends it). With no manifest at all nothing says the local copy is
+                    # newer: unless it is the remote's (size and mtime), download over it
+                    if here.size == f.size and (not afresh or _same(here, f)):
                         manifest[rel] = _Entry(f.size, f.mtime_ns, here)
-                    continue
+                        continue
+                    if not afresh:
+                        continue
+                    log.info(
+                        "%s differs from the remote copy and no manifest says why: taking the remote's", rel
+                    )
                 if entry is not None and here is not None and here != entry.local:
                     log.info("%s changed both here and remotely: taking the remote copy", rel)
                 wanted.append(f)
@@ -238,6 +249,8 @@ class Mirror:
                 for rel, sig in sorted(local.items())
                 if rel not in manifest or manifest[rel].local != sig
             ]
+            if found is None and not resetting:
+                uploads = self._only_new(uploads, manifest)
             try:
                 for (rel, sig), outcome in _parallel(self._upload, uploads):
                     if isinstance(outcome, StoreError):
@@ -281,6 +294,36 @@ class Mirror:
             result.deleted,
         )
         return result
+
+    def _only_new(
+        self, uploads: list[tuple[str, _Local]], manifest: dict[str, _Entry]
+    ) -> list[tuple[str, _Local]]:
+        """``uploads`` less the files the remote already has, for a push with no
+        manifest on disk: nothing says which copy is newer, so a remote file is
+        never overwritten. One that is the local copy (size and mtime) is recorded
+        as known; one that differs is recorded as changed remotely, so the next pull
+        downloads it and no push sends the local copy over it."""
+        listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area)}
+        out: list[tuple[str, _Local]] = []
+        kept: list[str] = []
+        for rel, sig in uploads:
+            f = listed.get(rel)
+            if f is None:
+                out.append((rel, sig))
+            elif _same(sig, f):
+                manifest[rel] = _Entry(f.size, f.mtime_ns, sig)
+            else:
+                manifest[rel] = _Entry(_DIFFERS, None, sig)
+                kept.append(rel)
+        if kept:
+            log.warning(
+                "not uploading %d file(s) over a different remote copy (no manifest in %s to say "
+                "which is newer; the next pull takes the remote's), e.g. %s",
+                len(kept),
+                self.path,
+                kept[0],
+            )
+        return out
 
     def _upload(self, item: tuple[str, _Local]) -> bool:
         """Upload one file; False when it vanished meanwhile (a concurrent compaction
@@ -397,6 +440,17 @@ class Mirror:
             store.write_text_atomic(self._manifest_path(), json.dumps(data, separators=(",", ":")))
         except OSError as exc:
             raise store.write_error(self.path, exc) from exc
+
+
+#: a manifest entry's remote size meaning "the remote copy differs from the local
+#: one": no remote file has it, so the next pull downloads the remote's
+_DIFFERS: Final = -1
+
+
+def _same(here: _Local, f: RemoteFile) -> bool:
+    """Whether the local file is a copy of the remote one: same size, and the
+    remote's mtime (a download sets it) when the store gives one."""
+    return here.size == f.size and (f.mtime_ns is None or here.mtime_ns == f.mtime_ns)
 
 
 def _safe(rel: str) -> bool:
