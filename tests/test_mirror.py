@@ -641,3 +641,31 @@ def test_a_push_without_a_manifest_never_uploads_over_a_different_remote_copy(s3
     assert root.get_bytes(rel) == b"PAR1 remote PAR1"
     mirror.pull()  # and the next pull takes the remote's
     assert (mirror.path / rel).read_bytes() == b"PAR1 remote PAR1"
+
+
+def test_stray_remote_objects_are_skipped_with_one_warning(
+    s3_root: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0)], "one")
+    [rel] = upload_tree(local, s3_root)
+    root = remote.open_root(s3_root)
+    partition = rel.rsplit("/", 2)[0]
+    root.put_bytes(b"oops", partition)  # a key that is also a directory of the layout
+    root.put_bytes(b"notes", "events/README.txt")
+    root.put_bytes(b"x", "snapshots/weekly/date=2026-05-04/w.parquet")
+    root.put_bytes(b"q", "quarantine/clash")  # a directory of that name exists here
+    (remote.cache_dir(s3_root, "mirror") / "quarantine" / "clash").mkdir(parents=True)
+
+    with caplog.at_level("WARNING", logger="voicepipe_obs.mirror"):
+        path = mirrored(s3_root)
+        mirrored(s3_root)  # and again: still no failure
+
+    assert (path / rel).is_file()
+    assert not (path / "events" / "README.txt").exists() and not (path / "snapshots" / "weekly").exists()
+    warnings = [r for r in caplog.records if r.name == "voicepipe_obs.mirror"]
+    assert len(warnings) == 2 and "skipped 4 remote object(s)" in warnings[0].getMessage()
+    done = voicepipe("--data", s3_root, "report", "events", "--format", "csv")
+    assert done.returncode == 0 and "e1" in done.stdout, done.stderr
+    [line] = done.stderr.strip().splitlines()  # one warning, not one per key
+    assert "skipped 4 remote object(s)" in line

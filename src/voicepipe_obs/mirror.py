@@ -13,7 +13,9 @@ Owns:
   the alert log, so an alert's lifecycle survives a change of cron host — and
   ``quarantine``). ``_state`` (run locks, aggregate's bookkeeping, pending alerts)
   and ``_spool`` stay local: a new cron host rebuilds its bookkeeping from the
-  synced files;
+  synced files. A pull takes only keys of the layout (:data:`_LAYOUT`); anything
+  else under the root, or a key that clashes with a directory, is skipped with one
+  warning per pull;
 * ``<mirror>/_state/remote-manifest.json``: the remote files known at the last
   sync, each with its remote size and modification time and the local copy's size
   and mtime_ns right after it was downloaded or uploaded. It is how a local
@@ -41,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -146,7 +149,7 @@ class Mirror:
             found = self._load()
             afresh = found is None  # no manifest: the remote is authoritative
             manifest = found or {}
-            listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area) if _safe(f.rel)}
+            listed, stray = _layout_files(f for area in SYNCED_AREAS for f in self.remote.list(area))
             local = self._scan()
             for area in SYNCED_AREAS:  # removed by hand: download again, never delete remotely
                 if not (self.path / area).is_dir():
@@ -174,6 +177,9 @@ class Mirror:
                     )
                 if entry is not None and here is not None and here != entry.local:
                     log.info("%s changed both here and remotely: taking the remote copy", rel)
+                if self._blocked(rel):
+                    stray.append(rel)
+                    continue
                 wanted.append(f)
             for rel in [r for r in manifest if r not in listed]:
                 entry, here = manifest.pop(rel), local.get(rel)
@@ -191,6 +197,14 @@ class Mirror:
                     result.bytes += f.size
             finally:  # also on Ctrl-C: what was downloaded stays known
                 self._save(manifest)
+        if stray:  # one line per pull, however many keys
+            log.warning(
+                "skipped %d remote object(s) under %s that are not files of the data root's layout "
+                "or clash with a directory there, e.g. %r; delete or move them to silence this",
+                len(stray),
+                self.shown(),
+                stray[0],
+            )
         if result.errors:
             raise _summarise(result.errors, "pull", f"{len(result.errors)} of {len(wanted)} downloads failed")
         log.info(
@@ -202,6 +216,19 @@ class Mirror:
             result.deleted,
         )
         return result
+
+    def _blocked(self, rel: str) -> bool:
+        """Whether a download of ``rel`` would clash with the mirror: a directory
+        there under that name, or a file where one of its parent directories goes."""
+        path = self.path / rel
+        if path.is_dir():
+            return True
+        parent = path.parent
+        while parent != self.path:
+            if parent.exists() and not parent.is_dir():
+                return True
+            parent = parent.parent
+        return False
 
     def _download(self, f: RemoteFile) -> _Local:
         local = self.path / f.rel
@@ -456,12 +483,40 @@ def _same(here: _Local, f: RemoteFile) -> bool:
 def _safe(rel: str) -> bool:
     """Whether the remote key ``rel`` names a file inside the mirror: a key with
     ``..`` or empty components (another S3 client can write one) would download
-    outside it; such a key is skipped with a warning."""
+    outside it."""
     parts = rel.split("/")
-    if len(parts) > 1 and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel:
-        return True
-    log.warning("skipping the remote object %r: not a path inside the data root's layout", rel)
-    return False
+    return len(parts) > 1 and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel
+
+
+_DATE: Final = r"date=\d{4}-\d{2}-\d{2}"
+#: the remote keys a pull takes (DESIGN §5): anything else another S3 client left
+#: under the root is skipped, so one stray object cannot break every command
+_LAYOUT: Final = re.compile(
+    rf"events/{_DATE}/hour=\d{{2}}/[^/]+\.parquet"
+    rf"|snapshots/(?:hourly|daily)/{_DATE}/[^/]+\.parquet"
+    rf"|alerts/{_DATE}/[^/]+\.parquet"
+    r"|quarantine/.+"
+)
+
+
+def _in_layout(rel: str) -> bool:
+    return _safe(rel) and _LAYOUT.fullmatch(rel) is not None
+
+
+def _layout_files(files: Iterable[RemoteFile]) -> tuple[dict[str, RemoteFile], list[str]]:
+    """The remote files a pull may take, by key, and the keys it skips: not a file of
+    the layout, or a key that is also a directory of another key (``quarantine/a``
+    beside ``quarantine/a/b``: the two cannot both be local files)."""
+    files = list(files)
+    dirs = {f.rel[:i] for f in files for i, ch in enumerate(f.rel) if ch == "/"}
+    taken: dict[str, RemoteFile] = {}
+    stray: list[str] = []
+    for f in files:
+        if _in_layout(f.rel) and f.rel not in dirs:
+            taken[f.rel] = f
+        else:
+            stray.append(f.rel)
+    return taken, stray
 
 
 def _area_of(rel: str) -> str:
