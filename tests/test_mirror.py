@@ -669,3 +669,54 @@ def test_stray_remote_objects_are_skipped_with_one_warning(
     assert done.returncode == 0 and "e1" in done.stdout, done.stderr
     [line] = done.stderr.strip().splitlines()  # one warning, not one per key
     assert "skipped 4 remote object(s)" in line
+
+
+def test_last_check_and_pending_reach_the_other_hosts(s3_root: str, tmp_path: Path) -> None:
+    """``check`` runs on the cron host; ``report alerts`` anywhere sees its last check
+    and pending waits: exactly these two ``_state`` files are synced."""
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", dt.datetime.now(UTC) - dt.timedelta(minutes=5))], "one")
+    upload_tree(local, s3_root)
+    cron = {"VOICEPIPE_CACHE": str(tmp_path / "cron-host")}
+    laptop = {"VOICEPIPE_CACHE": str(tmp_path / "laptop")}
+
+    checked = voicepipe("--data", s3_root, "check", env=cron)
+    shown = voicepipe("--data", s3_root, "report", "alerts", "--format", "json", env=laptop)
+
+    assert checked.returncode in (0, 1, 2), checked.stderr
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["last_check"] is not None
+    shared = set(remote_files(s3_root, "_shared"))  # pending.json once a wait changed
+    assert "_shared/last_check.json" in shared <= {"_shared/last_check.json", "_shared/pending.json"}
+    assert not remote_files(s3_root, "_state")
+
+
+def test_a_state_file_changed_here_is_not_replaced_by_the_remote_copy(s3_root: str, tmp_path: Path) -> None:
+    a = Mirror(s3_root, path=tmp_path / "a")
+    b = Mirror(s3_root, path=tmp_path / "b")
+    a.pull()
+    (a.path / "_state" / "pending.json").write_text('{"v": 1}')
+    (a.path / "_state" / "other.json").write_text("{}")  # the rest of _state stays local
+    a.push()
+    b.pull()
+    assert (b.path / "_state" / "pending.json").read_text() == '{"v": 1}'
+    assert not (b.path / "_state" / "other.json").exists()
+
+    (a.path / "_state" / "pending.json").write_text('{"v": 22}')  # a's next check
+    a.push()
+    b.pull()
+    assert (b.path / "_state" / "pending.json").read_text() == '{"v": 22}'
+
+    (b.path / "_state" / "pending.json").write_text('{"v": 333}')  # a check on b
+    (a.path / "_state" / "pending.json").write_text('{"v": 4444}')  # and on a
+    a.push()
+    b.pull()  # b changed its copy since its last sync: kept, and its push sends it
+    assert (b.path / "_state" / "pending.json").read_text() == '{"v": 333}'
+    b.push()
+    a.pull()  # a's copy is unchanged since its push: it takes b's
+    assert (a.path / "_state" / "pending.json").read_text() == '{"v": 333}'
+    assert remote.open_root(s3_root).get_bytes("_shared/pending.json") == b'{"v": 333}'
+    from voicepipe_obs import alerts, damping
+    from voicepipe_obs.mirror import SHARED_STATE
+
+    assert set(SHARED_STATE) == {alerts.LAST_CHECK_FILE, damping.PENDING_FILE}  # the names check writes

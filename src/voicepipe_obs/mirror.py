@@ -11,11 +11,14 @@ Owns:
 
 * the synced areas, :data:`SYNCED_AREAS` (``events``, ``snapshots``, ``alerts`` —
   the alert log, so an alert's lifecycle survives a change of cron host — and
-  ``quarantine``). ``_state`` (run locks, aggregate's bookkeeping, pending alerts)
-  and ``_spool`` stay local: a new cron host rebuilds its bookkeeping from the
-  synced files. A pull takes only keys of the layout (:data:`_LAYOUT`); anything
-  else under the root, or a key that clashes with a directory, is skipped with one
-  warning per pull;
+  ``quarantine``), and of ``_state`` only :data:`SHARED_STATE` (``check``'s
+  ``last_check.json`` and ``pending.json``, remotely under ``_shared/``) so that
+  reports on any host see the last check and what waits: uploaded when this host
+  changed them, downloaded when the remote copy changed and this host's did not.
+  The rest of ``_state`` (run locks, aggregate's bookkeeping) and ``_spool`` stay
+  local: a new cron host rebuilds its bookkeeping from the synced files. A pull
+  takes only keys of the layout (:data:`_LAYOUT`); anything else under the root,
+  or a key that clashes with a directory, is skipped with one warning per pull;
 * ``<mirror>/_state/remote-manifest.json``: the remote files known at the last
   sync, each with its remote size and modification time and the local copy's size
   and mtime_ns right after it was downloaded or uploaded. It is how a local
@@ -49,7 +52,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import remote, store
 from .errors import BusyError, StoreError
@@ -61,6 +64,12 @@ log = logging.getLogger("voicepipe_obs.mirror")
 
 #: the areas of the layout kept in sync with the remote (DESIGN §5)
 SYNCED_AREAS: Final = (store.EVENTS, "snapshots", store.ALERTS, store.QUARANTINE)
+#: the two small ``_state`` files ``voicepipe check`` writes that reports on every
+#: host read (:data:`voicepipe_obs.alerts.LAST_CHECK_FILE`,
+#: :data:`voicepipe_obs.damping.PENDING_FILE`), kept remotely under :data:`SHARED_PREFIX`
+SHARED_STATE: Final = ("last_check.json", "pending.json")
+#: where they are kept remotely (not ``_state``: the pipeline side's)
+SHARED_PREFIX: Final = "_shared"
 MANIFEST_FILE: Final = "remote-manifest.json"
 MANIFEST_VERSION: Final = 1
 LOCK_FILE: Final = "mirror.lock"
@@ -120,6 +129,9 @@ class Mirror:
         #: the manifest as :meth:`expect_reset` found it: what the next push deletes
         #: remotely when the command cleared the mirror (and its manifest) on purpose
         self._reset_from: dict[str, _Entry] | None = None
+        #: the :data:`SHARED_STATE` files as of the last sync (the manifest's ``state``),
+        #: set by every load of the manifest
+        self._shared: dict[str, _Entry] = {}
 
     def __repr__(self) -> str:
         return f"Mirror({remote.display(self.url)!r}, path={str(self.path)!r})"
@@ -195,6 +207,7 @@ class Mirror:
                     manifest[f.rel] = _Entry(f.size, f.mtime_ns, outcome)
                     result.transferred += 1
                     result.bytes += f.size
+                self._pull_shared(result)
             finally:  # also on Ctrl-C: what was downloaded stays known
                 self._save(manifest)
         if stray:  # one line per pull, however many keys
@@ -217,6 +230,69 @@ class Mirror:
         )
         return result
 
+    def _shared_files(self) -> dict[str, RemoteFile]:
+        return {f.rel.rsplit("/", 1)[1]: f for f in self.remote.list(SHARED_PREFIX) if f.rel.count("/") == 1}
+
+    def _pull_shared(self, result: SyncResult) -> None:
+        """Download a :data:`SHARED_STATE` file when the remote copy changed since the
+        last sync and this host did not change its own since (its check's push sends
+        that); one this host never synced is taken when the remote copy is newer."""
+        for name, f in self._shared_files().items():
+            if name not in SHARED_STATE:
+                continue
+            entry, here = self._shared.get(name), _stat(self.path / store.STATE / name)
+            if entry is not None and entry.same_remote(f):
+                if entry.mtime_ns is None:
+                    entry.mtime_ns = f.mtime_ns
+                continue
+            if here is not None:
+                if entry is not None and here != entry.local:
+                    continue  # changed here since (this host's check): ours wins
+                if entry is None and (f.mtime_ns is None or here.mtime_ns >= f.mtime_ns):
+                    continue
+            try:
+                got = self._download(f, self.path / store.STATE / name)
+            except StoreError as exc:
+                result.errors.append(exc)
+                continue
+            self._shared[name] = _Entry(f.size, f.mtime_ns, got)
+            result.transferred += 1
+            result.bytes += f.size
+
+    def _push_shared(self, result: SyncResult, *, resetting: bool) -> None:
+        """Upload a :data:`SHARED_STATE` file this host changed since the last sync
+        (its ``check`` wrote it); one never synced only when the remote has none or
+        an older one. Never deletes one remotely, except after :meth:`expect_reset`."""
+        remote_now: dict[str, RemoteFile] | None = None
+        for name in SHARED_STATE:
+            path = self.path / store.STATE / name
+            here, entry = _stat(path), self._shared.get(name)
+            rel = f"{SHARED_PREFIX}/{name}"
+            if here is None:
+                if resetting:
+                    try:
+                        self.remote.delete(rel)
+                    except StoreError as exc:
+                        result.errors.append(exc)
+                    self._shared.pop(name, None)
+                continue
+            if entry is not None and entry.local == here:
+                continue
+            if entry is None:
+                if remote_now is None:
+                    remote_now = self._shared_files()
+                f = remote_now.get(name)
+                if f is not None and (f.mtime_ns is None or f.mtime_ns >= here.mtime_ns):
+                    continue  # the remote's is as new: the next pull decides
+            try:
+                self.remote.put(path, rel)
+            except StoreError as exc:
+                result.errors.append(exc)
+                continue
+            self._shared[name] = _Entry(here.size, None, here)
+            result.transferred += 1
+            result.bytes += here.size
+
     def _blocked(self, rel: str) -> bool:
         """Whether a download of ``rel`` would clash with the mirror: a directory
         there under that name, or a file where one of its parent directories goes."""
@@ -230,8 +306,8 @@ class Mirror:
             parent = parent.parent
         return False
 
-    def _download(self, f: RemoteFile) -> _Local:
-        local = self.path / f.rel
+    def _download(self, f: RemoteFile, local: Path | None = None) -> _Local:
+        local = self.path / f.rel if local is None else local
         try:
             self.remote.get(f.rel, local)
             if f.mtime_ns is not None:
@@ -286,6 +362,7 @@ class Mirror:
                         manifest[rel] = _Entry(sig.size, None, sig)
                         result.transferred += 1
                         result.bytes += sig.size
+                self._push_shared(result, resetting=resetting)
                 if result.errors:
                     raise _summarise(
                         result.errors,
@@ -430,7 +507,9 @@ class Mirror:
 
     def _load(self) -> dict[str, _Entry] | None:
         """The manifest on disk, or None when there is none (or none readable): the
-        mirror is then compared afresh, the remote taken as authoritative."""
+        mirror is then compared afresh, the remote taken as authoritative. Sets
+        :attr:`_shared` from it (empty without one: never an older memory)."""
+        self._shared = {}
         path = self._manifest_path()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -442,31 +521,45 @@ class Mirror:
         try:
             if data.get("version") != MANIFEST_VERSION:
                 return None
-            return {
-                rel: _Entry(
-                    int(e["size"]), e["mtime_ns"], _Local(int(e["local_size"]), int(e["local_mtime_ns"]))
-                )
-                for rel, e in data["files"].items()
-            }
+            self._shared = {name: _entry(e) for name, e in data.get("state", {}).items()}
+            return {rel: _entry(e) for rel, e in data["files"].items()}
         except (AttributeError, KeyError, TypeError, ValueError):
             log.warning("ignoring unreadable %s (not a manifest): the mirror is compared afresh", path)
             return None
 
     def _save(self, manifest: dict[str, _Entry]) -> None:
-        files = {
-            rel: {
-                "size": e.size,
-                "mtime_ns": e.mtime_ns,
-                "local_size": e.local.size,
-                "local_mtime_ns": e.local.mtime_ns,
-            }
-            for rel, e in sorted(manifest.items())
+        data = {
+            "version": MANIFEST_VERSION,
+            "url": remote.canonical(self.url),
+            "files": {rel: _entry_json(e) for rel, e in sorted(manifest.items())},
+            "state": {name: _entry_json(e) for name, e in sorted(self._shared.items())},
         }
-        data = {"version": MANIFEST_VERSION, "url": remote.canonical(self.url), "files": files}
         try:
             store.write_text_atomic(self._manifest_path(), json.dumps(data, separators=(",", ":")))
         except OSError as exc:
             raise store.write_error(self.path, exc) from exc
+
+
+def _entry(e: Any) -> _Entry:
+    """A manifest entry from its JSON (raises KeyError/TypeError/ValueError when it is not one)."""
+    return _Entry(int(e["size"]), e["mtime_ns"], _Local(int(e["local_size"]), int(e["local_mtime_ns"])))
+
+
+def _entry_json(e: _Entry) -> dict[str, int | None]:
+    return {
+        "size": e.size,
+        "mtime_ns": e.mtime_ns,
+        "local_size": e.local.size,
+        "local_mtime_ns": e.local.mtime_ns,
+    }
+
+
+def _stat(path: Path) -> _Local | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _Local(st.st_size, st.st_mtime_ns)
 
 
 #: a manifest entry's remote size meaning "the remote copy differs from the local
