@@ -720,3 +720,26 @@ def test_a_state_file_changed_here_is_not_replaced_by_the_remote_copy(s3_root: s
     from voicepipe_obs.mirror import SHARED_STATE
 
     assert set(SHARED_STATE) == {alerts.LAST_CHECK_FILE, damping.PENDING_FILE}  # the names check writes
+
+
+def test_readme_links_reach_the_object_store_sections() -> None:
+    """GitHub anchors: a duplicated heading gets ``-1``, so ``#object-store-roots``
+    must name exactly one heading, the CLI's section."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", readme, flags=re.S)
+    headings = re.findall(r"^(#{2,4}) (.+)$", text, flags=re.M)
+    slugs: dict[str, str] = {}
+    for level, title in headings:
+        slug = base = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        n = 0
+        while slug in slugs:  # as GitHub: the second one is #slug-1
+            n += 1
+            slug = f"{base}-{n}"
+        slugs[slug] = f"{level} {title}"
+    assert slugs["object-store-roots"] == "## Object-store roots"
+    assert slugs["recording-to-an-object-store"] == "### Recording to an object store"
+    assert "object-store-roots-1" not in slugs
+    for anchor in set(re.findall(r"\]\(#([^)]+)\)", text)):
+        assert anchor in slugs, anchor
