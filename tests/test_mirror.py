@@ -559,3 +559,187 @@ def test_retry_with_a_handler_recording_to_the_same_bucket(s3_root: str, tmp_pat
     assert {"retry_initiated", "transcription_completed"} <= types, types
     status = con.execute("SELECT status FROM artifacts WHERE artifact_id = 'a-1'").fetchone()
     assert status is not None and status[0] == "completed"
+
+
+def test_public_report_functions_refuse_an_object_store_uri(s3_root: str) -> None:
+    from voicepipe_obs import reports
+
+    now = NOW
+    calls = {
+        "dashboard": lambda: reports.dashboard(s3_root, now=now),  # type: ignore[arg-type]
+        "alerts": lambda: reports.alerts(s3_root, now=now),  # type: ignore[arg-type]
+        "organizations": lambda: reports.organizations(s3_root),  # type: ignore[arg-type]
+        "iter_events": lambda: reports.iter_events(s3_root, now=now),  # type: ignore[arg-type]
+    }
+    for name, call in calls.items():
+        with pytest.raises(StoreError, match=r"is an object-store root.*mirrored") as info:
+            call()
+        assert "\n" not in str(info.value), name
+    assert reports.organizations.__name__ == "organizations"  # still the documented function
+
+
+def test_a_mirror_removed_while_a_command_runs_never_empties_the_store(s3_root: str, tmp_path: Path) -> None:
+    """The manifest is read from disk at push time: with none there (the mirror was
+    deleted to start afresh while a long command ran), the push uploads only."""
+    import shutil
+
+    local = tmp_path / "pipeline"
+    small_files(local)
+    before = upload_tree(local, s3_root)
+    mirror = Mirror(s3_root)
+    mirror.pull()
+
+    shutil.rmtree(mirror.path)  # "to start a mirror afresh, delete its whole directory"
+    snapshot = "snapshots/hourly/date=2026-05-04/hour-06.parquet"
+    (mirror.path / snapshot).parent.mkdir(parents=True)  # the command goes on writing
+    (mirror.path / snapshot).write_bytes(b"PAR1 snapshot PAR1")
+    mirror.push()
+
+    assert sorted(remote_files(s3_root, "events")) == sorted(before)
+    assert remote_files(s3_root, "snapshots") == [snapshot]
+    # and only an explicit reset deletes what the manifest knew
+    mirror.pull()
+    mirror.expect_reset()
+    shutil.rmtree(mirror.path / "events")
+    shutil.rmtree(mirror.path / "_state")
+    mirror.push()
+    assert remote_files(s3_root, "events") == []
+
+
+def test_without_a_manifest_the_remote_copy_wins(s3_root: str) -> None:
+    root = remote.open_root(s3_root)
+    rel = "snapshots/hourly/date=2026-05-04/hour-06.parquet"
+    root.put_bytes(b"PAR1 OLD-snapshot PAR1", rel)
+    path = mirrored(s3_root)
+    root.put_bytes(b"PAR1 NEW-rebuilt-snapshot!! PAR1", rel)  # rebuilt on another host
+    (path / "_state" / "remote-manifest.json").write_text("{not json")
+
+    mirror = Mirror(s3_root)
+    mirror.pull()
+    mirror.push()
+
+    assert (path / rel).read_bytes() == b"PAR1 NEW-rebuilt-snapshot!! PAR1"
+    assert root.get_bytes(rel) == b"PAR1 NEW-rebuilt-snapshot!! PAR1"
+
+
+def test_a_push_without_a_manifest_never_uploads_over_a_different_remote_copy(s3_root: str) -> None:
+    root = remote.open_root(s3_root)
+    rel = "snapshots/hourly/date=2026-05-04/hour-06.parquet"
+    root.put_bytes(b"PAR1 remote PAR1", rel)
+    mirror = Mirror(s3_root)
+    mirror.pull()
+    (mirror.path / rel).write_bytes(b"PAR1 a stale local copy PAR1")
+    new = "snapshots/hourly/date=2026-05-04/hour-07.parquet"
+    (mirror.path / new).write_bytes(b"PAR1 new here PAR1")
+    (mirror.path / "_state" / "remote-manifest.json").unlink()
+
+    mirror.push()
+
+    assert root.get_bytes(rel) == b"PAR1 remote PAR1"
+    assert root.get_bytes(new) == b"PAR1 new here PAR1"  # a file the remote lacks is sent
+    Mirror(s3_root).push()  # another command's push: still not sent
+    assert root.get_bytes(rel) == b"PAR1 remote PAR1"
+    mirror.pull()  # and the next pull takes the remote's
+    assert (mirror.path / rel).read_bytes() == b"PAR1 remote PAR1"
+
+
+def test_stray_remote_objects_are_skipped_with_one_warning(
+    s3_root: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", HOUR0)], "one")
+    [rel] = upload_tree(local, s3_root)
+    root = remote.open_root(s3_root)
+    partition = rel.rsplit("/", 2)[0]
+    root.put_bytes(b"oops", partition)  # a key that is also a directory of the layout
+    root.put_bytes(b"notes", "events/README.txt")
+    root.put_bytes(b"x", "snapshots/weekly/date=2026-05-04/w.parquet")
+    root.put_bytes(b"q", "quarantine/clash")  # a directory of that name exists here
+    (remote.cache_dir(s3_root, "mirror") / "quarantine" / "clash").mkdir(parents=True)
+
+    with caplog.at_level("WARNING", logger="voicepipe_obs.mirror"):
+        path = mirrored(s3_root)
+        mirrored(s3_root)  # and again: still no failure
+
+    assert (path / rel).is_file()
+    assert not (path / "events" / "README.txt").exists() and not (path / "snapshots" / "weekly").exists()
+    warnings = [r for r in caplog.records if r.name == "voicepipe_obs.mirror"]
+    assert len(warnings) == 2 and "skipped 4 remote object(s)" in warnings[0].getMessage()
+    done = voicepipe("--data", s3_root, "report", "events", "--format", "csv")
+    assert done.returncode == 0 and "e1" in done.stdout, done.stderr
+    [line] = done.stderr.strip().splitlines()  # one warning, not one per key
+    assert "skipped 4 remote object(s)" in line
+
+
+def test_last_check_and_pending_reach_the_other_hosts(s3_root: str, tmp_path: Path) -> None:
+    """``check`` runs on the cron host; ``report alerts`` anywhere sees its last check
+    and pending waits: exactly these two ``_state`` files are synced."""
+    local = tmp_path / "pipeline"
+    store.write_event_rows(local, [ev("e1", dt.datetime.now(UTC) - dt.timedelta(minutes=5))], "one")
+    upload_tree(local, s3_root)
+    cron = {"VOICEPIPE_CACHE": str(tmp_path / "cron-host")}
+    laptop = {"VOICEPIPE_CACHE": str(tmp_path / "laptop")}
+
+    checked = voicepipe("--data", s3_root, "check", env=cron)
+    shown = voicepipe("--data", s3_root, "report", "alerts", "--format", "json", env=laptop)
+
+    assert checked.returncode in (0, 1, 2), checked.stderr
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["last_check"] is not None
+    shared = set(remote_files(s3_root, "_shared"))  # pending.json once a wait changed
+    assert "_shared/last_check.json" in shared <= {"_shared/last_check.json", "_shared/pending.json"}
+    assert not remote_files(s3_root, "_state")
+
+
+def test_a_state_file_changed_here_is_not_replaced_by_the_remote_copy(s3_root: str, tmp_path: Path) -> None:
+    a = Mirror(s3_root, path=tmp_path / "a")
+    b = Mirror(s3_root, path=tmp_path / "b")
+    a.pull()
+    (a.path / "_state" / "pending.json").write_text('{"v": 1}')
+    (a.path / "_state" / "other.json").write_text("{}")  # the rest of _state stays local
+    a.push()
+    b.pull()
+    assert (b.path / "_state" / "pending.json").read_text() == '{"v": 1}'
+    assert not (b.path / "_state" / "other.json").exists()
+
+    (a.path / "_state" / "pending.json").write_text('{"v": 22}')  # a's next check
+    a.push()
+    b.pull()
+    assert (b.path / "_state" / "pending.json").read_text() == '{"v": 22}'
+
+    (b.path / "_state" / "pending.json").write_text('{"v": 333}')  # a check on b
+    (a.path / "_state" / "pending.json").write_text('{"v": 4444}')  # and on a
+    a.push()
+    b.pull()  # b changed its copy since its last sync: kept, and its push sends it
+    assert (b.path / "_state" / "pending.json").read_text() == '{"v": 333}'
+    b.push()
+    a.pull()  # a's copy is unchanged since its push: it takes b's
+    assert (a.path / "_state" / "pending.json").read_text() == '{"v": 333}'
+    assert remote.open_root(s3_root).get_bytes("_shared/pending.json") == b'{"v": 333}'
+    from voicepipe_obs import alerts, damping
+    from voicepipe_obs.mirror import SHARED_STATE
+
+    assert set(SHARED_STATE) == {alerts.LAST_CHECK_FILE, damping.PENDING_FILE}  # the names check writes
+
+
+def test_readme_links_reach_the_object_store_sections() -> None:
+    """GitHub anchors: a duplicated heading gets ``-1``, so ``#object-store-roots``
+    must name exactly one heading, the CLI's section."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", readme, flags=re.S)
+    headings = re.findall(r"^(#{2,4}) (.+)$", text, flags=re.M)
+    slugs: dict[str, str] = {}
+    for level, title in headings:
+        slug = base = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        n = 0
+        while slug in slugs:  # as GitHub: the second one is #slug-1
+            n += 1
+            slug = f"{base}-{n}"
+        slugs[slug] = f"{level} {title}"
+    assert slugs["object-store-roots"] == "## Object-store roots"
+    assert slugs["recording-to-an-object-store"] == "### Recording to an object store"
+    assert "object-store-roots-1" not in slugs
+    for anchor in set(re.findall(r"\]\(#([^)]+)\)", text)):
+        assert anchor in slugs, anchor

@@ -131,6 +131,11 @@ class AppContext:
             self._mirror = mirror  # pushed after the command only once pulled
         return self._mirror.path
 
+    @property
+    def mirror(self) -> Mirror | None:
+        """The object-store root's local mirror once pulled (:attr:`root`), else None."""
+        return self._mirror
+
     def refresh(self) -> Path:
         """Pull an object-store root again (a redraw loop: ``--watch``, ``--follow``)
         and return :attr:`root`; for a local root just :attr:`root`."""

@@ -59,6 +59,10 @@ def demo(app: AppContext, days: int, per_day: int, live: int, seed: int, reset: 
 
     signals_always_raise()  # the demo's Recorder flushes what it took on the way out
     root = app.root_path  # may not exist yet: the demo creates it (an object store's: its mirror)
+    if reset and app.mirror is not None:
+        # clearing the mirror's _state drops its manifest: say so, or the push would
+        # upload only and the old demo data would stay in the store beside the new
+        app.mirror.expect_reset()
     # --reset is all or nothing (maintenance.reset_layout, via run_demo)
     summary = run_demo(
         root,

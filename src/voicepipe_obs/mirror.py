@@ -11,9 +11,14 @@ Owns:
 
 * the synced areas, :data:`SYNCED_AREAS` (``events``, ``snapshots``, ``alerts`` —
   the alert log, so an alert's lifecycle survives a change of cron host — and
-  ``quarantine``). ``_state`` (run locks, aggregate's bookkeeping, pending alerts)
-  and ``_spool`` stay local: a new cron host rebuilds its bookkeeping from the
-  synced files;
+  ``quarantine``), and of ``_state`` only :data:`SHARED_STATE` (``check``'s
+  ``last_check.json`` and ``pending.json``, remotely under ``_shared/``) so that
+  reports on any host see the last check and what waits: uploaded when this host
+  changed them, downloaded when the remote copy changed and this host's did not.
+  The rest of ``_state`` (run locks, aggregate's bookkeeping) and ``_spool`` stay
+  local: a new cron host rebuilds its bookkeeping from the synced files. A pull
+  takes only keys of the layout (:data:`_LAYOUT`); anything else under the root,
+  or a key that clashes with a directory, is skipped with one warning per pull;
 * ``<mirror>/_state/remote-manifest.json``: the remote files known at the last
   sync, each with its remote size and modification time and the local copy's size
   and mtime_ns right after it was downloaded or uploaded. It is how a local
@@ -27,7 +32,10 @@ never sees half a file); a push uploads everything new or changed *before* it
 deletes anything remotely, and deletes nothing when an upload failed, so a reader
 of the remote never misses an event (a duplicate is fine: every reader
 deduplicates by event_id); a remote file the manifest does not know (it arrived
-after our pull) is never deleted.
+after our pull) is never deleted; the manifest is the one on disk at push time
+(read under the lock), and with none there a push uploads only — only
+:meth:`Mirror.expect_reset` (``demo --reset``) lets a push delete what the cleared
+manifest knew.
 
 Must not touch: the remote's ``_state``/``_spool``/outbox prefixes (the pipeline
 side's, :mod:`voicepipe_obs.emit`), and anything outside the mirror locally.
@@ -38,12 +46,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import remote, store
 from .errors import BusyError, StoreError
@@ -55,6 +64,12 @@ log = logging.getLogger("voicepipe_obs.mirror")
 
 #: the areas of the layout kept in sync with the remote (DESIGN §5)
 SYNCED_AREAS: Final = (store.EVENTS, "snapshots", store.ALERTS, store.QUARANTINE)
+#: the two small ``_state`` files ``voicepipe check`` writes that reports on every
+#: host read (:data:`voicepipe_obs.alerts.LAST_CHECK_FILE`,
+#: :data:`voicepipe_obs.damping.PENDING_FILE`), kept remotely under :data:`SHARED_PREFIX`
+SHARED_STATE: Final = ("last_check.json", "pending.json")
+#: where they are kept remotely (not ``_state``: the pipeline side's)
+SHARED_PREFIX: Final = "_shared"
 MANIFEST_FILE: Final = "remote-manifest.json"
 MANIFEST_VERSION: Final = 1
 LOCK_FILE: Final = "mirror.lock"
@@ -111,9 +126,12 @@ class Mirror:
         self.url = url
         self.path = path if path is not None else remote.cache_dir(url, "mirror")
         self._remote: RemoteRoot | None = None
-        #: the manifest as of this object's last pull or push: used when the file is
-        #: gone (``demo --reset`` clears ``_state``), so what was pulled is still known
-        self._known: dict[str, _Entry] | None = None
+        #: the manifest as :meth:`expect_reset` found it: what the next push deletes
+        #: remotely when the command cleared the mirror (and its manifest) on purpose
+        self._reset_from: dict[str, _Entry] | None = None
+        #: the :data:`SHARED_STATE` files as of the last sync (the manifest's ``state``),
+        #: set by every load of the manifest
+        self._shared: dict[str, _Entry] = {}
 
     def __repr__(self) -> str:
         return f"Mirror({remote.display(self.url)!r}, path={str(self.path)!r})"
@@ -133,13 +151,17 @@ class Mirror:
     def pull(self) -> SyncResult:
         """Bring the mirror up to date: download remote files that are new or changed
         (a rebuilt snapshot replaces the local one), delete local files another host
-        removed (its compaction, cleanup). Local changes not pushed yet are kept.
+        removed (its compaction, cleanup). Local changes not pushed yet are kept; with
+        no (readable) manifest nothing tells them apart, and the remote is
+        authoritative: a same-name file that differs (size or mtime) is downloaded.
         Raises :class:`StoreError` (the store is unreachable, the cache not writable)."""
         self._ensure_dir()
         result = SyncResult()
         with self._lock():
-            manifest = self._load()
-            listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area) if _safe(f.rel)}
+            found = self._load()
+            afresh = found is None  # no manifest: the remote is authoritative
+            manifest = found or {}
+            listed, stray = _layout_files(f for area in SYNCED_AREAS for f in self.remote.list(area))
             local = self._scan()
             for area in SYNCED_AREAS:  # removed by hand: download again, never delete remotely
                 if not (self.path / area).is_dir():
@@ -154,12 +176,22 @@ class Mirror:
                     continue  # missing or changed here: a local change the push sends
                 if entry is None and here is not None:
                     # here under the same name but unknown: a download an interrupted pull
-                    # did not record (same size), or a local file not pushed yet (the push sends it)
-                    if here.size == f.size:
+                    # did not record (same size), or a local file not pushed yet (the push
+                    # sends it). With no manifest at all nothing says the local copy is
+                    # newer: unless it is the remote's (size and mtime), download over it
+                    if here.size == f.size and (not afresh or _same(here, f)):
                         manifest[rel] = _Entry(f.size, f.mtime_ns, here)
-                    continue
+                        continue
+                    if not afresh:
+                        continue
+                    log.info(
+                        "%s differs from the remote copy and no manifest says why: taking the remote's", rel
+                    )
                 if entry is not None and here is not None and here != entry.local:
                     log.info("%s changed both here and remotely: taking the remote copy", rel)
+                if self._blocked(rel):
+                    stray.append(rel)
+                    continue
                 wanted.append(f)
             for rel in [r for r in manifest if r not in listed]:
                 entry, here = manifest.pop(rel), local.get(rel)
@@ -175,8 +207,17 @@ class Mirror:
                     manifest[f.rel] = _Entry(f.size, f.mtime_ns, outcome)
                     result.transferred += 1
                     result.bytes += f.size
+                self._pull_shared(result)
             finally:  # also on Ctrl-C: what was downloaded stays known
                 self._save(manifest)
+        if stray:  # one line per pull, however many keys
+            log.warning(
+                "skipped %d remote object(s) under %s that are not files of the data root's layout "
+                "or clash with a directory there, e.g. %r; delete or move them to silence this",
+                len(stray),
+                self.shown(),
+                stray[0],
+            )
         if result.errors:
             raise _summarise(result.errors, "pull", f"{len(result.errors)} of {len(wanted)} downloads failed")
         log.info(
@@ -189,8 +230,84 @@ class Mirror:
         )
         return result
 
-    def _download(self, f: RemoteFile) -> _Local:
-        local = self.path / f.rel
+    def _shared_files(self) -> dict[str, RemoteFile]:
+        return {f.rel.rsplit("/", 1)[1]: f for f in self.remote.list(SHARED_PREFIX) if f.rel.count("/") == 1}
+
+    def _pull_shared(self, result: SyncResult) -> None:
+        """Download a :data:`SHARED_STATE` file when the remote copy changed since the
+        last sync and this host did not change its own since (its check's push sends
+        that); one this host never synced is taken when the remote copy is newer."""
+        for name, f in self._shared_files().items():
+            if name not in SHARED_STATE:
+                continue
+            entry, here = self._shared.get(name), _stat(self.path / store.STATE / name)
+            if entry is not None and entry.same_remote(f):
+                if entry.mtime_ns is None:
+                    entry.mtime_ns = f.mtime_ns
+                continue
+            if here is not None:
+                if entry is not None and here != entry.local:
+                    continue  # changed here since (this host's check): ours wins
+                if entry is None and (f.mtime_ns is None or here.mtime_ns >= f.mtime_ns):
+                    continue
+            try:
+                got = self._download(f, self.path / store.STATE / name)
+            except StoreError as exc:
+                result.errors.append(exc)
+                continue
+            self._shared[name] = _Entry(f.size, f.mtime_ns, got)
+            result.transferred += 1
+            result.bytes += f.size
+
+    def _push_shared(self, result: SyncResult, *, resetting: bool) -> None:
+        """Upload a :data:`SHARED_STATE` file this host changed since the last sync
+        (its ``check`` wrote it); one never synced only when the remote has none or
+        an older one. Never deletes one remotely, except after :meth:`expect_reset`."""
+        remote_now: dict[str, RemoteFile] | None = None
+        for name in SHARED_STATE:
+            path = self.path / store.STATE / name
+            here, entry = _stat(path), self._shared.get(name)
+            rel = f"{SHARED_PREFIX}/{name}"
+            if here is None:
+                if resetting:
+                    try:
+                        self.remote.delete(rel)
+                    except StoreError as exc:
+                        result.errors.append(exc)
+                    self._shared.pop(name, None)
+                continue
+            if entry is not None and entry.local == here:
+                continue
+            if entry is None:
+                if remote_now is None:
+                    remote_now = self._shared_files()
+                f = remote_now.get(name)
+                if f is not None and (f.mtime_ns is None or f.mtime_ns >= here.mtime_ns):
+                    continue  # the remote's is as new: the next pull decides
+            try:
+                self.remote.put(path, rel)
+            except StoreError as exc:
+                result.errors.append(exc)
+                continue
+            self._shared[name] = _Entry(here.size, None, here)
+            result.transferred += 1
+            result.bytes += here.size
+
+    def _blocked(self, rel: str) -> bool:
+        """Whether a download of ``rel`` would clash with the mirror: a directory
+        there under that name, or a file where one of its parent directories goes."""
+        path = self.path / rel
+        if path.is_dir():
+            return True
+        parent = path.parent
+        while parent != self.path:
+            if parent.exists() and not parent.is_dir():
+                return True
+            parent = parent.parent
+        return False
+
+    def _download(self, f: RemoteFile, local: Path | None = None) -> _Local:
+        local = self.path / f.rel if local is None else local
         try:
             self.remote.get(f.rel, local)
             if f.mtime_ns is not None:
@@ -204,23 +321,39 @@ class Mirror:
 
     # ---------------------------------------------------------------- push
 
+    def expect_reset(self) -> None:
+        """Say that the command is about to clear the mirror's layout on purpose,
+        ``_state`` and its manifest included (``demo --reset``): the next push then
+        deletes remotely the files the manifest knows now and that are gone locally.
+        Without this, a push with no manifest on disk uploads only (a mirror
+        removed while a command ran must never empty the remote)."""
+        self._ensure_dir()
+        with self._lock():
+            self._reset_from = self._load() or {}
+
     def push(self) -> SyncResult:
         """Send local changes: upload files that are new or changed since the last
         sync, then — only when every upload succeeded — delete the remote files the
-        manifest knew that are gone locally. A remote file the manifest does not know
-        is never deleted. Raises :class:`StoreError`; nothing is deleted remotely
-        when an upload failed."""
+        manifest *on disk now* knew that are gone locally. A remote file the manifest
+        does not know is never deleted, and with no manifest on disk (the mirror or
+        its ``_state`` was removed meanwhile) nothing is: the push uploads only,
+        unless :meth:`expect_reset` said the command cleared it. Raises
+        :class:`StoreError`; nothing is deleted remotely when an upload failed."""
         result = SyncResult()
         if not self.path.is_dir():
             return result
         with self._lock():
-            manifest, recalled = self._load_for_push()
+            found = self._load()
+            resetting = found is None and self._reset_from is not None
+            manifest = dict(self._reset_from or {}) if found is None else found
             local = self._scan()
             uploads = [
                 (rel, sig)
                 for rel, sig in sorted(local.items())
                 if rel not in manifest or manifest[rel].local != sig
             ]
+            if found is None and not resetting:
+                uploads = self._only_new(uploads, manifest)
             try:
                 for (rel, sig), outcome in _parallel(self._upload, uploads):
                     if isinstance(outcome, StoreError):
@@ -229,6 +362,7 @@ class Mirror:
                         manifest[rel] = _Entry(sig.size, None, sig)
                         result.transferred += 1
                         result.bytes += sig.size
+                self._push_shared(result, resetting=resetting)
                 if result.errors:
                     raise _summarise(
                         result.errors,
@@ -237,9 +371,8 @@ class Mirror:
                         "the next command sends them again",
                     )
                 # an area missing here was removed by hand (never delete remotely for
-                # that), unless the manifest went with it and this process's own pull
-                # is what we know: the command removed them (`demo --reset`)
-                present = {area for area in SYNCED_AREAS if recalled or (self.path / area).is_dir()}
+                # that), unless the command said it clears them (`demo --reset`)
+                present = {area for area in SYNCED_AREAS if resetting or (self.path / area).is_dir()}
                 gone = sorted(rel for rel in manifest if rel not in local and _area_of(rel) in present)
                 for rel, failed in _parallel(self.remote.delete, gone):
                     if isinstance(failed, StoreError):
@@ -255,6 +388,7 @@ class Mirror:
                     )
             finally:
                 self._save(manifest)
+        self._reset_from = None
         log.info(
             "pushed %s to %s: %d file(s) uploaded (%d bytes), %d deleted remotely",
             self.path,
@@ -264,6 +398,36 @@ class Mirror:
             result.deleted,
         )
         return result
+
+    def _only_new(
+        self, uploads: list[tuple[str, _Local]], manifest: dict[str, _Entry]
+    ) -> list[tuple[str, _Local]]:
+        """``uploads`` less the files the remote already has, for a push with no
+        manifest on disk: nothing says which copy is newer, so a remote file is
+        never overwritten. One that is the local copy (size and mtime) is recorded
+        as known; one that differs is recorded as changed remotely, so the next pull
+        downloads it and no push sends the local copy over it."""
+        listed = {f.rel: f for area in SYNCED_AREAS for f in self.remote.list(area)}
+        out: list[tuple[str, _Local]] = []
+        kept: list[str] = []
+        for rel, sig in uploads:
+            f = listed.get(rel)
+            if f is None:
+                out.append((rel, sig))
+            elif _same(sig, f):
+                manifest[rel] = _Entry(f.size, f.mtime_ns, sig)
+            else:
+                manifest[rel] = _Entry(_DIFFERS, None, sig)
+                kept.append(rel)
+        if kept:
+            log.warning(
+                "not uploading %d file(s) over a different remote copy (no manifest in %s to say "
+                "which is newer; the next pull takes the remote's), e.g. %s",
+                len(kept),
+                self.path,
+                kept[0],
+            )
+        return out
 
     def _upload(self, item: tuple[str, _Local]) -> bool:
         """Upload one file; False when it vanished meanwhile (a concurrent compaction
@@ -341,63 +505,111 @@ class Mirror:
     def _manifest_path(self) -> Path:
         return self.path / store.STATE / MANIFEST_FILE
 
-    def _load_for_push(self) -> tuple[dict[str, _Entry], bool]:
-        """The manifest, and whether it is this object's memory of it: the file is
-        gone (the command cleared ``_state``, as ``demo --reset`` does) but what
-        this process pulled is still known, so its removals are still pushed."""
-        if not self._manifest_path().exists() and self._known is not None:
-            return dict(self._known), True
-        return self._load(), False
-
-    def _load(self) -> dict[str, _Entry]:
+    def _load(self) -> dict[str, _Entry] | None:
+        """The manifest on disk, or None when there is none (or none readable): the
+        mirror is then compared afresh, the remote taken as authoritative. Sets
+        :attr:`_shared` from it (empty without one: never an older memory)."""
+        self._shared = {}
         path = self._manifest_path()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}
+            return None
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s (%s): the mirror is compared afresh", path, exc)
-            return {}
+            return None
         try:
             if data.get("version") != MANIFEST_VERSION:
-                return {}
-            return {
-                rel: _Entry(
-                    int(e["size"]), e["mtime_ns"], _Local(int(e["local_size"]), int(e["local_mtime_ns"]))
-                )
-                for rel, e in data["files"].items()
-            }
+                return None
+            self._shared = {name: _entry(e) for name, e in data.get("state", {}).items()}
+            return {rel: _entry(e) for rel, e in data["files"].items()}
         except (AttributeError, KeyError, TypeError, ValueError):
             log.warning("ignoring unreadable %s (not a manifest): the mirror is compared afresh", path)
-            return {}
+            return None
 
     def _save(self, manifest: dict[str, _Entry]) -> None:
-        self._known = dict(manifest)
-        files = {
-            rel: {
-                "size": e.size,
-                "mtime_ns": e.mtime_ns,
-                "local_size": e.local.size,
-                "local_mtime_ns": e.local.mtime_ns,
-            }
-            for rel, e in sorted(manifest.items())
+        data = {
+            "version": MANIFEST_VERSION,
+            "url": remote.canonical(self.url),
+            "files": {rel: _entry_json(e) for rel, e in sorted(manifest.items())},
+            "state": {name: _entry_json(e) for name, e in sorted(self._shared.items())},
         }
-        data = {"version": MANIFEST_VERSION, "url": remote.canonical(self.url), "files": files}
         try:
             store.write_text_atomic(self._manifest_path(), json.dumps(data, separators=(",", ":")))
         except OSError as exc:
             raise store.write_error(self.path, exc) from exc
 
 
+def _entry(e: Any) -> _Entry:
+    """A manifest entry from its JSON (raises KeyError/TypeError/ValueError when it is not one)."""
+    return _Entry(int(e["size"]), e["mtime_ns"], _Local(int(e["local_size"]), int(e["local_mtime_ns"])))
+
+
+def _entry_json(e: _Entry) -> dict[str, int | None]:
+    return {
+        "size": e.size,
+        "mtime_ns": e.mtime_ns,
+        "local_size": e.local.size,
+        "local_mtime_ns": e.local.mtime_ns,
+    }
+
+
+def _stat(path: Path) -> _Local | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _Local(st.st_size, st.st_mtime_ns)
+
+
+#: a manifest entry's remote size meaning "the remote copy differs from the local
+#: one": no remote file has it, so the next pull downloads the remote's
+_DIFFERS: Final = -1
+
+
+def _same(here: _Local, f: RemoteFile) -> bool:
+    """Whether the local file is a copy of the remote one: same size, and the
+    remote's mtime (a download sets it) when the store gives one."""
+    return here.size == f.size and (f.mtime_ns is None or here.mtime_ns == f.mtime_ns)
+
+
 def _safe(rel: str) -> bool:
     """Whether the remote key ``rel`` names a file inside the mirror: a key with
     ``..`` or empty components (another S3 client can write one) would download
-    outside it; such a key is skipped with a warning."""
+    outside it."""
     parts = rel.split("/")
-    if len(parts) > 1 and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel:
-        return True
-    log.warning("skipping the remote object %r: not a path inside the data root's layout", rel)
-    return False
+    return len(parts) > 1 and all(p not in ("", ".", "..") for p in parts) and "\0" not in rel
+
+
+_DATE: Final = r"date=\d{4}-\d{2}-\d{2}"
+#: the remote keys a pull takes (DESIGN §5): anything else another S3 client left
+#: under the root is skipped, so one stray object cannot break every command
+_LAYOUT: Final = re.compile(
+    rf"events/{_DATE}/hour=\d{{2}}/[^/]+\.parquet"
+    rf"|snapshots/(?:hourly|daily)/{_DATE}/[^/]+\.parquet"
+    rf"|alerts/{_DATE}/[^/]+\.parquet"
+    r"|quarantine/.+"
+)
+
+
+def _in_layout(rel: str) -> bool:
+    return _safe(rel) and _LAYOUT.fullmatch(rel) is not None
+
+
+def _layout_files(files: Iterable[RemoteFile]) -> tuple[dict[str, RemoteFile], list[str]]:
+    """The remote files a pull may take, by key, and the keys it skips: not a file of
+    the layout, or a key that is also a directory of another key (``quarantine/a``
+    beside ``quarantine/a/b``: the two cannot both be local files)."""
+    files = list(files)
+    dirs = {f.rel[:i] for f in files for i, ch in enumerate(f.rel) if ch == "/"}
+    taken: dict[str, RemoteFile] = {}
+    stray: list[str] = []
+    for f in files:
+        if _in_layout(f.rel) and f.rel not in dirs:
+            taken[f.rel] = f
+        else:
+            stray.append(f.rel)
+    return taken, stray
 
 
 def _area_of(rel: str) -> str:

@@ -2770,3 +2770,28 @@ __all__ = [
     "run_sql",
     "unique_columns",
 ]
+
+
+def _local_root_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` refusing an object-store URI as its ``root`` with the one-line
+    :class:`StoreError` of :func:`voicepipe_obs.store.local_root` (use its mirror)."""
+    import functools
+
+    @functools.wraps(fn)
+    def checked(root: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        return fn(store.local_root(root), *args, **kwargs)
+
+    return checked
+
+
+def _guard_public_readers() -> None:
+    """The one choke point: every public function whose first parameter is ``root``."""
+    import inspect
+
+    for name in __all__:
+        fn = globals()[name]
+        if inspect.isfunction(fn) and next(iter(inspect.signature(fn).parameters), None) == "root":
+            globals()[name] = _local_root_only(fn)
+
+
+_guard_public_readers()
