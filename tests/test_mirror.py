@@ -743,3 +743,4 @@ def test_readme_links_reach_the_object_store_sections() -> None:
     assert "object-store-roots-1" not in slugs
     for anchor in set(re.findall(r"\]\(#([^)]+)\)", text)):
         assert anchor in slugs, anchor
+        assert f"{anchor}-1" not in slugs, f"#{anchor} names two headings: {slugs[anchor]!r} first"
