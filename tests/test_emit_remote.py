@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -181,7 +182,8 @@ def test_strict_close_raises_when_files_cannot_be_uploaded(
 
 def test_a_file_uploaded_twice_keeps_its_name_and_bytes(s3_root: str) -> None:
     """A crash between an upload and the local delete (or two processes sharing the
-    outbox) uploads the same file again: it replaces the object of the same name."""
+    outbox) ships the same file again: the object of its name stays, the local
+    copy is deleted."""
     rec = vp.Recorder(s3_root)
     emit_some(rec, 5)
     rec.close()
@@ -197,6 +199,75 @@ def test_a_file_uploaded_twice_keeps_its_name_and_bytes(s3_root: str) -> None:
     assert outbox_files(s3_root) == []
     got = bucket_events(s3_root)
     assert len(got) == len(set(got)) == 25
+
+
+def test_recovery_of_a_shipped_segment_never_shrinks_the_uploaded_file(s3_root: str, tmp_path: Path) -> None:
+    """Spool recovery in the outbox: a segment whose batch file was uploaded (and
+    deleted locally) is found again, holding fewer rows than the batch had (rows
+    held after a failed spool append, a crash before the segment's delete). Recovery
+    rewrites it under the same name; the upload must not replace the complete
+    object with that subset."""
+    rec = vp.Recorder(s3_root, durability="sync", flush_interval=3600, spool_interval=3600)
+    outbox = rec.root
+    ids = [rec.emit("rate_limit_hit") for _ in range(20)]
+    [segment] = (outbox / "_spool").glob("*.spool")
+    saved = tmp_path / segment.name
+    saved.write_bytes(segment.read_bytes())  # the segment as a crash would leave it: 20 rows
+    ids += [rec.emit("rate_limit_hit") for _ in range(10)]
+    rec.close()
+    [rel] = remote_files(s3_root)
+    assert rel.endswith(f"/{segment.name[: -len('.spool')]}.parquet")
+    assert sorted(bucket_events(s3_root)) == sorted(ids)
+
+    segment.write_bytes(saved.read_bytes())  # the writer is dead: its segment is back
+    (outbox / "_spool" / f"{segment.name.rsplit('-', 1)[0]}.lock").touch()
+    assert vp.recover_spools(s3_root) == (20, 1)
+    [again] = outbox_files(s3_root)
+    assert again.relative_to(outbox).as_posix() == rel and pq.read_metadata(again).num_rows == 20
+
+    later = vp.Recorder(s3_root, recover=False)  # ships the rewritten file
+    wait_for(lambda: outbox_files(s3_root) == [])
+    later.close()
+    assert later.stats()["upload_errors"] == 0
+    assert remote_files(s3_root) == [rel]  # the subset went nowhere
+    got = bucket_events(s3_root)
+    assert len(got) == len(set(got)) == 30 and set(got) == set(ids)
+
+
+def test_a_file_with_more_events_than_the_object_of_its_name_goes_up_beside_it(s3_root: str) -> None:
+    """The other order: the object of a name holds fewer events than the file (a
+    recovery took a live writer's segment, then the writer wrote its whole batch).
+    The file goes up under a name of its own; nothing is replaced, nothing lost."""
+    rec = vp.Recorder(s3_root)
+    ids = emit_some(rec, 4)
+    rec.close()
+    [rel] = remote_files(s3_root)
+    root = remote.open_root(s3_root)
+    full = root.get_bytes(rel)
+    assert full is not None
+    local = remote.cache_dir(s3_root, "outbox") / rel
+    root.get(rel, local)
+    table = pq.read_table(local)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.slice(0, 7), sink)
+    root.put_bytes(sink.getvalue().to_pybytes(), rel)  # the recovered subset, uploaded first
+
+    again = vp.Recorder(s3_root, recover=False)
+    wait_for(lambda: outbox_files(s3_root) == [])
+    again.close()
+    files = remote_files(s3_root)
+    assert len(files) == 2 and rel in files
+    [beside] = [f for f in files if f != rel]
+    assert root.get_bytes(beside) == full
+    got = bucket_events(s3_root)
+    assert len(got) == 20 + 7 and set(got) == set(ids) | set(table["event_id"].to_pylist())
+
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(full)  # the same file once more (a crash before its delete)
+    third = vp.Recorder(s3_root, recover=False)
+    wait_for(lambda: outbox_files(s3_root) == [])
+    third.close()
+    assert sorted(remote_files(s3_root)) == sorted(files)  # its name is taken by the same bytes
 
 
 KILLED = """

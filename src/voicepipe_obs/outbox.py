@@ -17,16 +17,23 @@ crashes when it exits normally, in the SDK's shutdown — and a request in fligh
 interpreter exit holds the exit up until it times out. A helper can be killed
 at close()'s deadline instead, and a forked child simply starts its own.
 
-Exactly-once by name: a file is deleted only after its upload succeeded, and a
-file uploaded again (a crash or kill between upload and delete, or two processes
-sharing the outbox racing for it) replaces the object of the same name with the
-same bytes. Never raises out of its thread, and never runs on the pipeline's
-threads.
+Exactly-once by name: a file is deleted only after its upload succeeded, and an
+upload never replaces an object (:func:`_ship_file`). A file of a name already in
+the store is either that object again (a crash or kill between upload and delete,
+two processes sharing the outbox racing for it, or a spool recovery rewriting rows
+that were uploaded and deleted already): only the local copy is deleted; or it holds
+events the object lacks (a recovery of a live writer's segment, whose later batch
+file has more rows): it goes up under a name of its own, and readers drop the
+copies. Two helpers that both find no object upload the same bytes: a file of the
+same name but other rows can only appear after the first one's upload completed
+(its local copy is deleted after), so the later one's check sees it. Never raises
+out of its thread, and never runs on the pipeline's threads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import selectors
@@ -361,8 +368,8 @@ def helper_main(argv: list[str]) -> int:
                 )
             for path in waiting_files(local):
                 try:
-                    root.put(path, path.relative_to(local).as_posix())
-                except StoreError:
+                    _ship_file(root, path, path.relative_to(local).as_posix())
+                except (StoreError, OSError):
                     if not path.exists():  # another process sharing the outbox shipped it
                         continue
                     raise
@@ -377,6 +384,50 @@ def helper_main(argv: list[str]) -> int:
         out.write(json.dumps(reply).encode() + b"\n")
         out.flush()
     return 0
+
+
+def _ship_file(root: remote.RemoteRoot, path: Path, rel: str) -> None:
+    """Upload the event file ``path`` to ``rel``, never replacing an object: when
+    one of that name exists and already holds every event of the file, nothing is
+    uploaded; when the file holds events the object lacks, it goes up under
+    ``<stem>-<digest of its bytes>.parquet`` (a name no writer makes; the same
+    file twice gets the same name). Costs one existence check (a HEAD request) per
+    file; only a file whose name is taken reads the object."""
+    if not _exists(root, rel):
+        root.put(path, rel)
+        return
+    data = path.read_bytes()
+    theirs = root.get_bytes(rel)
+    if theirs is None:  # deleted meanwhile (a compaction merged it): ours is not a subset
+        root.put(path, rel)
+        return
+    if theirs == data or _event_ids(data) <= _event_ids(theirs):
+        return  # uploaded before (by us, another process, or the file recovery rewrote)
+    stem, _, suffix = rel.rpartition(".")
+    alt = f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.{suffix}"
+    if not _exists(root, alt):
+        root.put(path, alt)
+
+
+def _exists(root: remote.RemoteRoot, rel: str) -> bool:
+    from pyarrow import fs as pafs
+
+    try:
+        return bool(root.fs.get_file_info(root.path(rel)).type != pafs.FileType.NotFound)
+    except OSError as exc:
+        raise root.error(f"cannot look up {rel}", exc) from exc
+
+
+def _event_ids(data: bytes) -> set[object]:
+    """The event ids in Parquet ``data`` (an unreadable file: a set no other
+    includes, so it is kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return set(pq.read_table(pa.BufferReader(data), columns=["event_id"])["event_id"].to_pylist())
+    except Exception:
+        return {object()}
 
 
 def _prune(dirs: set[Path]) -> None:
