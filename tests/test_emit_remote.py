@@ -270,6 +270,24 @@ def test_a_file_with_more_events_than_the_object_of_its_name_goes_up_beside_it(s
     assert sorted(remote_files(s3_root)) == sorted(files)  # its name is taken by the same bytes
 
 
+def test_credentials_in_the_uri_stay_off_the_helper_s_command_line(s3_root: str) -> None:
+    """``s3://KEY:SECRET@bucket/prefix`` (pyarrow's form for credentials in a URI):
+    the upload helper's command line, which any local user can read, holds neither
+    the URI nor the outbox named after it."""
+    secret = "S3cretValueNotForPs"
+    url = s3_root.replace("s3://", f"s3://AKIDTESTKEY:{secret}@", 1)
+    rec = vp.Recorder(url, flush_interval=0.05)
+    ids = emit_some(rec, 2)
+    assert rec.flush()
+    wait_for(lambda: rec.stats()["uploaded_files"] >= 1)
+    assert rec._outbox is not None and rec._outbox._proc is not None
+    cmdline = Path(f"/proc/{rec._outbox._proc.pid}/cmdline").read_bytes()
+    assert b"helper_main" in cmdline  # it is the helper's
+    assert secret.encode() not in cmdline and b"AKIDTESTKEY" not in cmdline
+    rec.close()
+    assert set(ids) <= set(bucket_events(s3_root))
+
+
 KILLED = """
 import json, os, sys, time
 import voicepipe_obs as vp

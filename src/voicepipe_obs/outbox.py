@@ -241,8 +241,12 @@ class Outbox:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         ours, theirs = socket.socketpair()
         try:
+            # the URI (credentials may be in it) and the outbox (named after it) go
+            # on the helper's input, never on its command line: any local user can
+            # read a command line (ps)
+            ours.sendall(json.dumps({"url": self.url, "local": str(self.local)}).encode() + b"\n")
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _HELPER_CODE, self.url, str(self.local)],
+                [sys.executable, "-c", _HELPER_CODE],
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
                 stderr=subprocess.DEVNULL,
@@ -339,17 +343,20 @@ _NOSIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 # ------------------------------------------------------------------ the helper
 
 
-_HELPER_CODE: Final = (
-    "import sys; from voicepipe_obs.outbox import helper_main; sys.exit(helper_main(sys.argv[1:]))"
-)
+_HELPER_CODE: Final = "import sys; from voicepipe_obs.outbox import helper_main; sys.exit(helper_main())"
 
 
-def helper_main(argv: list[str]) -> int:
-    """The upload helper: for each ``ship`` line on stdin, upload every waiting file
-    of the outbox ``argv[1]`` to the root ``argv[0]``, deleting each after its
-    upload and writing ``+`` per file, then one JSON line ``{"ok": …, "error": …}``.
-    Ends when stdin ends (its recorder closed, or its process died)."""
-    url, local = argv[0], Path(argv[1])
+def helper_main() -> int:
+    """The upload helper. Its first line on stdin is JSON ``{"url": …, "local": …}``:
+    the root and the outbox. Then, for each ``ship`` line, it uploads every waiting
+    file of the outbox, deleting each after its upload and writing ``+`` per file,
+    then one JSON line ``{"ok": …, "error": …}``. Ends when stdin ends (its recorder
+    closed, or its process died)."""
+    first = sys.stdin.buffer.readline()
+    if not first:
+        return 0
+    header = json.loads(first)
+    url, local = str(header["url"]), Path(header["local"])
     out = sys.stdout.buffer
     root: remote.RemoteRoot | None = None
     for line in sys.stdin.buffer:
