@@ -496,3 +496,69 @@ def test_a_dead_upload_helper_is_replaced(s3_root: str) -> None:
     assert done.returncode == 0, done.stderr
     assert sorted(bucket_events(s3_root)) == sorted(done.stdout.split())
     assert outbox_files(s3_root) == []
+
+
+EMBEDDED = """
+import json, sys, time
+import voicepipe_obs as vp
+if sys.argv[2] == "uwsgi":
+    sys.executable = "/usr/sbin/uwsgi"  # as under uWSGI or mod_wsgi: the host program
+rec = vp.Recorder(sys.argv[1], flush_interval=0.05, close_timeout=2.0)
+ids = [rec.emit("rate_limit_hit") for _ in range(3)]
+rec.flush()
+deadline = time.monotonic() + 20
+while not rec.stats()["upload_errors"] + rec.stats()["uploaded_files"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+rec.close()
+print(json.dumps({"ids": ids, "stats": rec.stats()}))
+"""
+
+
+@pytest.mark.parametrize("how", ["not a python", "VOICEPIPE_PYTHON", "json.py in the working directory"])
+def test_the_helper_s_python(s3_root: str, how: str, tmp_path: Path) -> None:
+    """The helper runs on ``$VOICEPIPE_PYTHON`` if set, else on sys.executable if
+    that is a Python; when it is not (uWSGI, mod_wsgi, a frozen app) one warning
+    says what to set, the failed rounds are counted and the files kept. The
+    helper's path is the interpreter's own: neither the working directory nor a
+    PYTHONPATH entry put in front of the standard library."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(EMBEDDED)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VOICEPIPE_PYTHON")}
+    marker = tmp_path / "wrapper-ran"
+    if how == "VOICEPIPE_PYTHON":
+        wrapper = tmp_path / "python-wrapper"
+        wrapper.write_text(
+            f'#!/bin/sh\necho "PYTHONPATH=${{PYTHONPATH-}}" > {marker}\nexec {sys.executable} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        env["VOICEPIPE_PYTHON"] = str(wrapper)
+    if how == "json.py in the working directory":
+        (work / "json.py").write_text(
+            "raise SystemExit('the helper imported json.py from the working directory')\n"
+        )
+    mode = "uwsgi" if how != "json.py in the working directory" else "python"
+    done = subprocess.run(
+        [sys.executable, str(script), s3_root, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=work,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    stats = report["stats"]
+    if how == "not a python":
+        assert stats["uploaded_files"] == 0 and stats["upload_errors"] >= 1
+        assert stats["pending_uploads"] == len(outbox_files(s3_root)) == 1  # kept for a later recorder
+        warnings = [line for line in done.stderr.splitlines() if "not a Python interpreter" in line]
+        assert warnings and "/usr/sbin/uwsgi" in warnings[0] and "set VOICEPIPE_PYTHON" in warnings[0]
+        assert "Traceback" not in done.stderr
+        assert bucket_events(s3_root) == []
+        return
+    assert stats["upload_errors"] == 0 and stats["uploaded_files"] == 1, done.stderr
+    assert sorted(bucket_events(s3_root)) == sorted(report["ids"])
+    if how == "VOICEPIPE_PYTHON":
+        assert marker.read_text() == "PYTHONPATH=\n"  # the wrapper ran the helper, PYTHONPATH untouched
