@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -286,6 +287,87 @@ def test_credentials_in_the_uri_stay_off_the_helper_s_command_line(s3_root: str)
     assert secret.encode() not in cmdline and b"AKIDTESTKEY" not in cmdline
     rec.close()
     assert set(ids) <= set(bucket_events(s3_root))
+
+
+@pytest.fixture
+def write_only_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[tuple[str, pafs.S3FileSystem]]:
+    """An S3 server of its own that checks credentials (moto's IAM enforcement), a
+    bucket, and this process's AWS_* variables set to a key that may only PUT
+    objects (a common policy for hosts that ship logs): the root, and a file system
+    with a key that may read it."""
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the first 7 requests are the set-up below; every later one is checked
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(endpoint), timeout=30)
+        kw = {"endpoint_url": endpoint, "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        boto3.client("s3", region_name="us-east-1", **kw).create_bucket(Bucket="write-only")
+        iam = boto3.client("iam", region_name="us-east-1", **kw)
+        keys = {}
+        for user, actions in (("shipper", ["s3:PutObject"]), ("reader", ["s3:*"])):
+            iam.create_user(UserName=user)
+            policy = {"Effect": "Allow", "Action": actions, "Resource": ["arn:aws:s3:::write-only*"]}
+            iam.put_user_policy(
+                UserName=user,
+                PolicyName="p",
+                PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [policy]}),
+            )
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["shipper"]["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["shipper"]["SecretAccessKey"])
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.setenv("VOICEPIPE_CACHE", str(tmp_path / "cache"))
+        reader = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            access_key=keys["reader"]["AccessKeyId"],
+            secret_key=keys["reader"]["SecretAccessKey"],
+            region="us-east-1",
+        )
+        yield "s3://write-only/data", reader
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _answers(endpoint: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_credentials_that_may_only_upload_still_upload(
+    write_only_root: tuple[str, pafs.S3FileSystem],
+) -> None:
+    """The check for an object of the same name is refused (403) to a key that may
+    only PUT: the file is uploaded as it would be without the check."""
+    url, reader = write_only_root
+    rec = vp.Recorder(url)
+    ids = emit_some(rec, 3)
+    rec.close()
+    s = rec.stats()
+    assert (s["uploaded_files"], s["upload_errors"], s["pending_uploads"]) == (1, 0, 0)
+    dataset = ds.dataset("write-only/data/events", filesystem=reader, format="parquet", partitioning="hive")
+    assert set(ids) <= set(dataset.to_table(columns=["event_id"])["event_id"].to_pylist())
 
 
 KILLED = """

@@ -477,11 +477,17 @@ def _ship_file(root: remote.RemoteRoot, path: Path, rel: str) -> None:
 
 
 def _exists(root: remote.RemoteRoot, rel: str) -> bool:
+    """Whether an object ``rel`` exists. Credentials that may only upload (an S3
+    policy with PutObject alone: the HEAD is refused, 403) cannot tell: taken as
+    no object, so the file is uploaded as it would be without the check (and may
+    replace an object of its name, the one case this check guards against)."""
     from pyarrow import fs as pafs
 
     try:
         return bool(root.fs.get_file_info(root.path(rel)).type != pafs.FileType.NotFound)
     except OSError as exc:
+        if "ACCESS_DENIED" in str(exc) or "AccessDenied" in str(exc):
+            return False
         raise root.error(f"cannot look up {rel}", exc) from exc
 
 
