@@ -458,36 +458,37 @@ def _ship_file(root: remote.RemoteRoot, path: Path, rel: str) -> None:
     one of that name exists and already holds every event of the file, nothing is
     uploaded; when the file holds events the object lacks, it goes up under
     ``<stem>-<digest of its bytes>.parquet`` (a name no writer makes; the same
-    file twice gets the same name). Costs one existence check (a HEAD request) per
-    file; only a file whose name is taken reads the object."""
-    if not _exists(root, rel):
+    file twice gets the same name). Costs one HEAD request per file (a free name:
+    404, no listing); only a file whose name is taken reads the object."""
+    theirs = _object(root, rel)
+    if theirs is None:
         root.put(path, rel)
         return
     data = path.read_bytes()
-    theirs = root.get_bytes(rel)
-    if theirs is None:  # deleted meanwhile (a compaction merged it): ours is not a subset
-        root.put(path, rel)
-        return
     if theirs == data or _event_ids(data) <= _event_ids(theirs):
         return  # uploaded before (by us, another process, or the file recovery rewrote)
     stem, _, suffix = rel.rpartition(".")
     alt = f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.{suffix}"
-    if not _exists(root, alt):
+    if _object(root, alt) is None:  # else: this very file, uploaded beside it before
         root.put(path, alt)
 
 
-def _exists(root: remote.RemoteRoot, rel: str) -> bool:
-    """Whether an object ``rel`` exists. Credentials that may only upload (an S3
-    policy with PutObject alone: the HEAD is refused, 403) cannot tell: taken as
-    no object, so the file is uploaded as it would be without the check (and may
-    replace an object of its name, the one case this check guards against)."""
-    from pyarrow import fs as pafs
-
+def _object(root: remote.RemoteRoot, rel: str) -> bytes | None:
+    """The bytes of the object ``rel``, None when there is none. Credentials that
+    may only upload (an S3 policy with PutObject alone: the look-up is refused,
+    403) cannot tell: None, so the file is uploaded as it would be without the
+    check (and may replace an object of its name, the case the check guards
+    against). Not ``fs.get_file_info``, which lists after a 404 (a second request
+    per file), nor :meth:`RemoteRoot.get_bytes`, which takes any "not found" (a
+    missing bucket) for none and a refused look-up for an error."""
     try:
-        return bool(root.fs.get_file_info(root.path(rel)).type != pafs.FileType.NotFound)
+        with root.fs.open_input_stream(root.path(rel)) as src:
+            return bytes(src.read())
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         if "ACCESS_DENIED" in str(exc) or "AccessDenied" in str(exc):
-            return False
+            return None
         raise root.error(f"cannot look up {rel}", exc) from exc
 
 
