@@ -13,8 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -181,7 +183,8 @@ def test_strict_close_raises_when_files_cannot_be_uploaded(
 
 def test_a_file_uploaded_twice_keeps_its_name_and_bytes(s3_root: str) -> None:
     """A crash between an upload and the local delete (or two processes sharing the
-    outbox) uploads the same file again: it replaces the object of the same name."""
+    outbox) ships the same file again: the object of its name stays, the local
+    copy is deleted."""
     rec = vp.Recorder(s3_root)
     emit_some(rec, 5)
     rec.close()
@@ -197,6 +200,174 @@ def test_a_file_uploaded_twice_keeps_its_name_and_bytes(s3_root: str) -> None:
     assert outbox_files(s3_root) == []
     got = bucket_events(s3_root)
     assert len(got) == len(set(got)) == 25
+
+
+def test_recovery_of_a_shipped_segment_never_shrinks_the_uploaded_file(s3_root: str, tmp_path: Path) -> None:
+    """Spool recovery in the outbox: a segment whose batch file was uploaded (and
+    deleted locally) is found again, holding fewer rows than the batch had (rows
+    held after a failed spool append, a crash before the segment's delete). Recovery
+    rewrites it under the same name; the upload must not replace the complete
+    object with that subset."""
+    rec = vp.Recorder(s3_root, durability="sync", flush_interval=3600, spool_interval=3600)
+    outbox = rec.root
+    ids = [rec.emit("rate_limit_hit") for _ in range(20)]
+    [segment] = (outbox / "_spool").glob("*.spool")
+    saved = tmp_path / segment.name
+    saved.write_bytes(segment.read_bytes())  # the segment as a crash would leave it: 20 rows
+    ids += [rec.emit("rate_limit_hit") for _ in range(10)]
+    rec.close()
+    [rel] = remote_files(s3_root)
+    assert rel.endswith(f"/{segment.name[: -len('.spool')]}.parquet")
+    assert sorted(bucket_events(s3_root)) == sorted(ids)
+
+    segment.write_bytes(saved.read_bytes())  # the writer is dead: its segment is back
+    (outbox / "_spool" / f"{segment.name.rsplit('-', 1)[0]}.lock").touch()
+    assert vp.recover_spools(s3_root) == (20, 1)
+    [again] = outbox_files(s3_root)
+    assert again.relative_to(outbox).as_posix() == rel and pq.read_metadata(again).num_rows == 20
+
+    later = vp.Recorder(s3_root, recover=False)  # ships the rewritten file
+    wait_for(lambda: outbox_files(s3_root) == [])
+    later.close()
+    assert later.stats()["upload_errors"] == 0
+    assert remote_files(s3_root) == [rel]  # the subset went nowhere
+    got = bucket_events(s3_root)
+    assert len(got) == len(set(got)) == 30 and set(got) == set(ids)
+
+
+def test_a_file_with_more_events_than_the_object_of_its_name_goes_up_beside_it(s3_root: str) -> None:
+    """The other order: the object of a name holds fewer events than the file (a
+    recovery took a live writer's segment, then the writer wrote its whole batch).
+    The file goes up under a name of its own; nothing is replaced, nothing lost."""
+    rec = vp.Recorder(s3_root)
+    ids = emit_some(rec, 4)
+    rec.close()
+    [rel] = remote_files(s3_root)
+    root = remote.open_root(s3_root)
+    full = root.get_bytes(rel)
+    assert full is not None
+    local = remote.cache_dir(s3_root, "outbox") / rel
+    root.get(rel, local)
+    table = pq.read_table(local)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.slice(0, 7), sink)
+    root.put_bytes(sink.getvalue().to_pybytes(), rel)  # the recovered subset, uploaded first
+
+    again = vp.Recorder(s3_root, recover=False)
+    wait_for(lambda: outbox_files(s3_root) == [])
+    again.close()
+    files = remote_files(s3_root)
+    assert len(files) == 2 and rel in files
+    [beside] = [f for f in files if f != rel]
+    assert root.get_bytes(beside) == full
+    got = bucket_events(s3_root)
+    assert len(got) == 20 + 7 and set(got) == set(ids) | set(table["event_id"].to_pylist())
+
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(full)  # the same file once more (a crash before its delete)
+    third = vp.Recorder(s3_root, recover=False)
+    wait_for(lambda: outbox_files(s3_root) == [])
+    third.close()
+    assert sorted(remote_files(s3_root)) == sorted(files)  # its name is taken by the same bytes
+
+
+def test_credentials_in_the_uri_stay_off_the_helper_s_command_line(s3_root: str) -> None:
+    """``s3://KEY:SECRET@bucket/prefix`` (pyarrow's form for credentials in a URI):
+    the upload helper's command line, which any local user can read, holds neither
+    the URI nor the outbox named after it."""
+    secret = "S3cretValueNotForPs"
+    url = s3_root.replace("s3://", f"s3://AKIDTESTKEY:{secret}@", 1)
+    rec = vp.Recorder(url, flush_interval=0.05)
+    ids = emit_some(rec, 2)
+    assert rec.flush()
+    wait_for(lambda: rec.stats()["uploaded_files"] >= 1)
+    assert rec._outbox is not None and rec._outbox._proc is not None
+    cmdline = Path(f"/proc/{rec._outbox._proc.pid}/cmdline").read_bytes()
+    assert b"helper_main" in cmdline  # it is the helper's
+    assert secret.encode() not in cmdline and b"AKIDTESTKEY" not in cmdline
+    rec.close()
+    assert set(ids) <= set(bucket_events(s3_root))
+
+
+@pytest.fixture
+def write_only_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[tuple[str, pafs.S3FileSystem]]:
+    """An S3 server of its own that checks credentials (moto's IAM enforcement), a
+    bucket, and this process's AWS_* variables set to a key that may only PUT
+    objects (a common policy for hosts that ship logs): the root, and a file system
+    with a key that may read it."""
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the first 7 requests are the set-up below; every later one is checked
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(endpoint), timeout=30)
+        kw = {"endpoint_url": endpoint, "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        boto3.client("s3", region_name="us-east-1", **kw).create_bucket(Bucket="write-only")
+        iam = boto3.client("iam", region_name="us-east-1", **kw)
+        keys = {}
+        for user, actions in (("shipper", ["s3:PutObject"]), ("reader", ["s3:*"])):
+            iam.create_user(UserName=user)
+            policy = {"Effect": "Allow", "Action": actions, "Resource": ["arn:aws:s3:::write-only*"]}
+            iam.put_user_policy(
+                UserName=user,
+                PolicyName="p",
+                PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [policy]}),
+            )
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["shipper"]["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["shipper"]["SecretAccessKey"])
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.setenv("VOICEPIPE_CACHE", str(tmp_path / "cache"))
+        reader = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            access_key=keys["reader"]["AccessKeyId"],
+            secret_key=keys["reader"]["SecretAccessKey"],
+            region="us-east-1",
+        )
+        yield "s3://write-only/data", reader
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _answers(endpoint: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_credentials_that_may_only_upload_still_upload(
+    write_only_root: tuple[str, pafs.S3FileSystem],
+) -> None:
+    """The check for an object of the same name is refused (403) to a key that may
+    only PUT: the file is uploaded as it would be without the check."""
+    url, reader = write_only_root
+    rec = vp.Recorder(url)
+    ids = emit_some(rec, 3)
+    rec.close()
+    s = rec.stats()
+    assert (s["uploaded_files"], s["upload_errors"], s["pending_uploads"]) == (1, 0, 0)
+    dataset = ds.dataset("write-only/data/events", filesystem=reader, format="parquet", partitioning="hive")
+    assert set(ids) <= set(dataset.to_table(columns=["event_id"])["event_id"].to_pylist())
 
 
 KILLED = """
@@ -407,3 +578,69 @@ def test_a_dead_upload_helper_is_replaced(s3_root: str) -> None:
     assert done.returncode == 0, done.stderr
     assert sorted(bucket_events(s3_root)) == sorted(done.stdout.split())
     assert outbox_files(s3_root) == []
+
+
+EMBEDDED = """
+import json, sys, time
+import voicepipe_obs as vp
+if sys.argv[2] == "uwsgi":
+    sys.executable = "/usr/sbin/uwsgi"  # as under uWSGI or mod_wsgi: the host program
+rec = vp.Recorder(sys.argv[1], flush_interval=0.05, close_timeout=2.0)
+ids = [rec.emit("rate_limit_hit") for _ in range(3)]
+rec.flush()
+deadline = time.monotonic() + 20
+while not rec.stats()["upload_errors"] + rec.stats()["uploaded_files"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+rec.close()
+print(json.dumps({"ids": ids, "stats": rec.stats()}))
+"""
+
+
+@pytest.mark.parametrize("how", ["not a python", "VOICEPIPE_PYTHON", "json.py in the working directory"])
+def test_the_helper_s_python(s3_root: str, how: str, tmp_path: Path) -> None:
+    """The helper runs on ``$VOICEPIPE_PYTHON`` if set, else on sys.executable if
+    that is a Python; when it is not (uWSGI, mod_wsgi, a frozen app) one warning
+    says what to set, the failed rounds are counted and the files kept. The
+    helper's path is the interpreter's own: neither the working directory nor a
+    PYTHONPATH entry put in front of the standard library."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(EMBEDDED)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VOICEPIPE_PYTHON")}
+    marker = tmp_path / "wrapper-ran"
+    if how == "VOICEPIPE_PYTHON":
+        wrapper = tmp_path / "python-wrapper"
+        wrapper.write_text(
+            f'#!/bin/sh\necho "PYTHONPATH=${{PYTHONPATH-}}" > {marker}\nexec {sys.executable} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        env["VOICEPIPE_PYTHON"] = str(wrapper)
+    if how == "json.py in the working directory":
+        (work / "json.py").write_text(
+            "raise SystemExit('the helper imported json.py from the working directory')\n"
+        )
+    mode = "uwsgi" if how != "json.py in the working directory" else "python"
+    done = subprocess.run(
+        [sys.executable, str(script), s3_root, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=work,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    stats = report["stats"]
+    if how == "not a python":
+        assert stats["uploaded_files"] == 0 and stats["upload_errors"] >= 1
+        assert stats["pending_uploads"] == len(outbox_files(s3_root)) == 1  # kept for a later recorder
+        warnings = [line for line in done.stderr.splitlines() if "not a Python interpreter" in line]
+        assert warnings and "/usr/sbin/uwsgi" in warnings[0] and "set VOICEPIPE_PYTHON" in warnings[0]
+        assert "Traceback" not in done.stderr
+        assert bucket_events(s3_root) == []
+        return
+    assert stats["upload_errors"] == 0 and stats["uploaded_files"] == 1, done.stderr
+    assert sorted(bucket_events(s3_root)) == sorted(report["ids"])
+    if how == "VOICEPIPE_PYTHON":
+        assert marker.read_text() == "PYTHONPATH=\n"  # the wrapper ran the helper, PYTHONPATH untouched

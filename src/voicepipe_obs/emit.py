@@ -19,7 +19,9 @@ Life of an event (two background threads per recorder)::
         thread has each written file uploaded and deleted (outbox.py).
 
 A segment whose Parquet files exist is never written twice (the names are
-deterministic), so recovery of a dead process's spool is exactly-once. Rows are
+deterministic), so recovery of a dead process's spool is exactly-once. In an outbox
+the file may be uploaded and gone, and recovery writes it again: the upload then
+never replaces the object of its name (outbox.py), so it stays exactly-once. Rows are
 compact tuples (see ``_R_ID``), transposed to columns only at write time.
 """
 

@@ -10,23 +10,32 @@ after, retrying with backoff while the store is unreachable, and its counters. I
 must not touch the spool, the batches or how Parquet is written.
 
 The uploads run in a helper process (``python -c … helper_main``), one per
-recorder, started with the first file to ship and fed one line per round. The
+recorder, started with the first file to ship and fed one line per round. Its
+Python is ``$VOICEPIPE_PYTHON``, else ``sys.executable`` when that is a Python
+(:func:`helper_python`: not under uWSGI, mod_wsgi or a frozen app). The
 pipeline's process never loads the store's client: pyarrow's S3 client (the AWS
 SDK) is not fork-safe — a child forked from a process whose S3 client had run
 crashes when it exits normally, in the SDK's shutdown — and a request in flight at
 interpreter exit holds the exit up until it times out. A helper can be killed
 at close()'s deadline instead, and a forked child simply starts its own.
 
-Exactly-once by name: a file is deleted only after its upload succeeded, and a
-file uploaded again (a crash or kill between upload and delete, or two processes
-sharing the outbox racing for it) replaces the object of the same name with the
-same bytes. Never raises out of its thread, and never runs on the pipeline's
-threads.
+Exactly-once by name: a file is deleted only after its upload succeeded, and an
+upload never replaces an object (:func:`_ship_file`). A file of a name already in
+the store is either that object again (a crash or kill between upload and delete,
+two processes sharing the outbox racing for it, or a spool recovery rewriting rows
+that were uploaded and deleted already): only the local copy is deleted; or it holds
+events the object lacks (a recovery of a live writer's segment, whose later batch
+file has more rows): it goes up under a name of its own, and readers drop the
+copies. Two helpers that both find no object upload the same bytes: a file of the
+same name but other rows can only appear after the first one's upload completed
+(its local copy is deleted after), so the later one's check sees it. Never raises
+out of its thread, and never runs on the pipeline's threads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import selectors
@@ -57,6 +66,9 @@ _S3_CONNECT_TIMEOUT: Final = 2.0
 _S3_REQUEST_TIMEOUT: Final = 3.0
 #: empty hour directories older than this (seconds) are removed after a round
 _PRUNE_AGE: Final = 2 * 3600
+#: environment variable: the Python interpreter that runs the upload helper (for
+#: embeddings whose sys.executable is not one)
+ENV_PYTHON: Final = "VOICEPIPE_PYTHON"
 #: seconds a helper gets to end by itself after its input is closed (when close()
 #: has no deadline), before it is killed
 _HELPER_EXIT: Final = 5.0
@@ -104,6 +116,7 @@ class Outbox:
         self._retry_at = 0.0
         self._backoff = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._python = ""  # the interpreter the helper was started with
         # our end of the helper's stdin and stdout: a socket, so that writing to a
         # helper that died raises EPIPE even in a program that set SIGPIPE's default
         # action (which would kill it), see _NOSIGNAL
@@ -189,7 +202,12 @@ class Outbox:
                 line = self._read_line(sock, deadline)
                 if line is None:
                     self._kill_helper()
-                    return self._failed(done, "the upload helper ended", "the upload helper process ended")
+                    return self._failed(
+                        done,
+                        "the upload helper ended",
+                        f"the upload helper process ({self._python}) ended; if that is not a Python "
+                        f"that can import voicepipe_obs and pyarrow, set {ENV_PYTHON} to one",
+                    )
                 if line.startswith(b"+"):
                     done += 1
                     self.uploaded += 1
@@ -199,6 +217,8 @@ class Outbox:
         except TimeoutError:
             self._kill_helper()
             return Shipped(done, True, "close_timeout reached", "close_timeout reached during an upload")
+        except _NoPython as exc:
+            return self._failed(done, "no Python for the upload helper", str(exc))
         except Exception as exc:  # could not start or talk to the helper
             self._kill_helper()
             return self._failed(done, "the upload helper failed", f"{type(exc).__name__}: {exc}")
@@ -229,17 +249,19 @@ class Outbox:
         if self._proc is not None and self._sock is not None and self._proc.poll() is None:
             return self._sock
         self._kill_helper()
-        package_parent = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+        python = helper_python()
+        self._python = python
         ours, theirs = socket.socketpair()
         try:
+            # the URI (credentials may be in it) and the outbox (named after it) go
+            # on the helper's input, never on its command line: any local user can
+            # read a command line (ps)
+            ours.sendall(json.dumps({"url": self.url, "local": str(self.local)}).encode() + b"\n")
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _HELPER_CODE, self.url, str(self.local)],
+                [python, "-c", _HELPER_CODE, str(Path(__file__).resolve().parent)],
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
                 stderr=subprocess.DEVNULL,
-                env=env,
                 start_new_session=True,  # a Ctrl-C meant for the pipeline does not cut an upload short
             )
         except BaseException:
@@ -329,20 +351,72 @@ class Outbox:
 _NOSIGNAL: Final = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
+class _NoPython(Exception):
+    """No Python interpreter to run the upload helper with (the message says what to set)."""
+
+
+def helper_python() -> str:
+    """The Python interpreter for the upload helper: ``$VOICEPIPE_PYTHON`` when set,
+    else ``sys.executable`` when it looks like a Python (its name says python or
+    pypy, and it is executable; not a frozen app). Under uWSGI, mod_wsgi or a frozen
+    app ``sys.executable`` is the host program, which cannot run the helper:
+    :class:`_NoPython`, saying what to set."""
+    given = os.environ.get(ENV_PYTHON, "").strip()
+    if given:
+        return given
+    exe = sys.executable or ""
+    name = os.path.basename(exe).lower()
+    if not getattr(sys, "frozen", False) and ("python" in name or "pypy" in name) and os.access(exe, os.X_OK):
+        return exe
+    raise _NoPython(
+        f"sys.executable ({exe or 'empty'}) is not a Python interpreter (an embedding such as "
+        f"uWSGI or mod_wsgi, or a frozen app), so the upload helper cannot start: set {ENV_PYTHON} "
+        "to a Python that can import voicepipe_obs and pyarrow"
+    )
+
+
 # ------------------------------------------------------------------ the helper
 
 
-_HELPER_CODE: Final = (
-    "import sys; from voicepipe_obs.outbox import helper_main; sys.exit(helper_main(sys.argv[1:]))"
-)
+#: the helper's program. ``-c`` puts the working directory first on sys.path (a
+#: ``json.py`` or ``pyarrow.py`` there would be imported): it is taken off. This
+#: voicepipe_obs (argv[1], the package's directory) is loaded from its files, so the
+#: helper runs the same version as the recorder without any directory put on
+#: PYTHONPATH (which comes before the standard library: a site-packages there would
+#: let a stray ``typing.py`` or ``enum`` backport shadow it); the rest (pyarrow)
+#: comes from the interpreter's own path, with the package's parent directory
+#: appended last (an install with ``pip --target`` that the program put on its
+#: sys.path itself).
+_HELPER_CODE: Final = """
+import os, sys
+if sys.path and not sys.path[0]:
+    del sys.path[0]
+sys.path.append(os.path.dirname(sys.argv[1]))
+init = os.path.join(sys.argv[1], "__init__.py")
+if "voicepipe_obs" not in sys.modules and os.path.isfile(init):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "voicepipe_obs", init, submodule_search_locations=[sys.argv[1]]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["voicepipe_obs"] = module
+    spec.loader.exec_module(module)
+from voicepipe_obs.outbox import helper_main
+sys.exit(helper_main())
+"""
 
 
-def helper_main(argv: list[str]) -> int:
-    """The upload helper: for each ``ship`` line on stdin, upload every waiting file
-    of the outbox ``argv[1]`` to the root ``argv[0]``, deleting each after its
-    upload and writing ``+`` per file, then one JSON line ``{"ok": …, "error": …}``.
-    Ends when stdin ends (its recorder closed, or its process died)."""
-    url, local = argv[0], Path(argv[1])
+def helper_main() -> int:
+    """The upload helper. Its first line on stdin is JSON ``{"url": …, "local": …}``:
+    the root and the outbox. Then, for each ``ship`` line, it uploads every waiting
+    file of the outbox, deleting each after its upload and writing ``+`` per file,
+    then one JSON line ``{"ok": …, "error": …}``. Ends when stdin ends (its recorder
+    closed, or its process died)."""
+    first = sys.stdin.buffer.readline()
+    if not first:
+        return 0
+    header = json.loads(first)
+    url, local = str(header["url"]), Path(header["local"])
     out = sys.stdout.buffer
     root: remote.RemoteRoot | None = None
     for line in sys.stdin.buffer:
@@ -361,8 +435,8 @@ def helper_main(argv: list[str]) -> int:
                 )
             for path in waiting_files(local):
                 try:
-                    root.put(path, path.relative_to(local).as_posix())
-                except StoreError:
+                    _ship_file(root, path, path.relative_to(local).as_posix())
+                except (StoreError, OSError):
                     if not path.exists():  # another process sharing the outbox shipped it
                         continue
                     raise
@@ -377,6 +451,57 @@ def helper_main(argv: list[str]) -> int:
         out.write(json.dumps(reply).encode() + b"\n")
         out.flush()
     return 0
+
+
+def _ship_file(root: remote.RemoteRoot, path: Path, rel: str) -> None:
+    """Upload the event file ``path`` to ``rel``, never replacing an object: when
+    one of that name exists and already holds every event of the file, nothing is
+    uploaded; when the file holds events the object lacks, it goes up under
+    ``<stem>-<digest of its bytes>.parquet`` (a name no writer makes; the same
+    file twice gets the same name). Costs one HEAD request per file (a free name:
+    404, no listing); only a file whose name is taken reads the object."""
+    theirs = _object(root, rel)
+    if theirs is None:
+        root.put(path, rel)
+        return
+    data = path.read_bytes()
+    if theirs == data or _event_ids(data) <= _event_ids(theirs):
+        return  # uploaded before (by us, another process, or the file recovery rewrote)
+    stem, _, suffix = rel.rpartition(".")
+    alt = f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.{suffix}"
+    if _object(root, alt) is None:  # else: this very file, uploaded beside it before
+        root.put(path, alt)
+
+
+def _object(root: remote.RemoteRoot, rel: str) -> bytes | None:
+    """The bytes of the object ``rel``, None when there is none. Credentials that
+    may only upload (an S3 policy with PutObject alone: the look-up is refused,
+    403) cannot tell: None, so the file is uploaded as it would be without the
+    check (and may replace an object of its name, the case the check guards
+    against). Not ``fs.get_file_info``, which lists after a 404 (a second request
+    per file), nor :meth:`RemoteRoot.get_bytes`, which takes any "not found" (a
+    missing bucket) for none and a refused look-up for an error."""
+    try:
+        with root.fs.open_input_stream(root.path(rel)) as src:
+            return bytes(src.read())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if "ACCESS_DENIED" in str(exc) or "AccessDenied" in str(exc):
+            return None
+        raise root.error(f"cannot look up {rel}", exc) from exc
+
+
+def _event_ids(data: bytes) -> set[object]:
+    """The event ids in Parquet ``data`` (an unreadable file: a set no other
+    includes, so it is kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return set(pq.read_table(pa.BufferReader(data), columns=["event_id"])["event_id"].to_pylist())
+    except Exception:
+        return {object()}
 
 
 def _prune(dirs: set[Path]) -> None:
