@@ -23,6 +23,7 @@ import pytest
 from pyarrow import fs as pafs
 
 import voicepipe_obs as vp
+from conftest import SwitchableEndpoint
 from voicepipe_obs import remote
 from voicepipe_obs.errors import EmitError
 
@@ -123,9 +124,9 @@ def test_a_local_root_has_no_upload_counters(root: Path) -> None:
 
 
 def test_a_store_that_is_down_costs_the_pipeline_nothing_and_loses_nothing(
-    s3_root: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    s3_root: str, s3_switch: SwitchableEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", closed_port_endpoint())
+    s3_switch.set("down")
     rec = vp.Recorder(s3_root, flush_interval=0.05, spool_interval=0.01, close_timeout=2.0)
 
     @rec.stage("transcription")
@@ -158,7 +159,7 @@ def test_a_store_that_is_down_costs_the_pipeline_nothing_and_loses_nothing(
     [line] = [r.getMessage() for r in caplog.records if "event files wait in" in r.getMessage()]
     assert f"{len(waiting)} event files wait in {rec.root}" in line and s3_root in line
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    s3_switch.set("up")
     assert bucket_events(s3_root) == []  # nothing went up
     later = vp.Recorder(s3_root, strict=True)  # ships the leftovers at start, and at close
     wait_for(lambda: outbox_files(s3_root) == [])
@@ -386,13 +387,14 @@ time.sleep(60)
 
 
 @pytest.mark.parametrize("how", ["next recorder", "recover_spools first"])
-def test_a_killed_process_s_events_are_shipped_by_the_next_recorder(s3_root: str, how: str) -> None:
-    env = {**os.environ, "AWS_ENDPOINT_URL": closed_port_endpoint()}
+def test_a_killed_process_s_events_are_shipped_by_the_next_recorder(
+    s3_root: str, s3_switch: SwitchableEndpoint, how: str
+) -> None:
+    s3_switch.set("down")
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED, s3_root],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
         text=True,
     )
     try:
@@ -401,6 +403,7 @@ def test_a_killed_process_s_events_are_shipped_by_the_next_recorder(s3_root: str
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
+    s3_switch.set("up")
     assert report["stats"]["upload_errors"] >= 1 and report["stats"]["pending_uploads"] == 1
     outbox = remote.cache_dir(s3_root, "outbox")
     assert len(outbox_files(s3_root)) == 1 and list((outbox / "_spool").glob("*.spool"))
@@ -525,26 +528,22 @@ print(time.monotonic() - start, flush=True)
 
 @pytest.mark.parametrize("how", ["close", "exit"])
 def test_a_store_that_never_answers_holds_neither_close_nor_exit(
-    s3_root: str, how: str, tmp_path: Path
+    s3_root: str, s3_switch: SwitchableEndpoint, how: str
 ) -> None:
     """An endpoint that accepts connections and never answers: close() returns
     within close_timeout, and the process ends right after (an upload in flight is
     in the helper process, which is killed, not waited for)."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SILENT, s3_root, how],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        assert proc.stdout is not None
-        took = float(proc.stdout.readline())
-        marked = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        exiting = time.monotonic() - marked
+    s3_switch.set("silent")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SILENT, s3_root, how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    took = float(proc.stdout.readline())
+    marked = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    exiting = time.monotonic() - marked
     assert proc.returncode == 0, err
     assert took < 1.5 and exiting < 1.0 + 2.0, (took, exiting)
     assert b"event files wait in" in err
