@@ -28,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 import voicepipe_obs as vp
+from test_cli_interrupt import assert_unknown_for
 from voicepipe_obs import alerts, maintenance
 from voicepipe_obs.cli import main
 from voicepipe_obs.config import RetentionSettings
@@ -604,7 +605,6 @@ def test_a_signal_during_a_query_is_unknown_saying_so(root: Path, tmp_path: Path
     must not read as "cannot read …" or an unexpected error — the UNKNOWN line says
     terminated (interrupted), exit 3, as a signal anywhere else in check. The real
     console script (its SIGTERM handler), in a real process."""
-    from voicepipe_obs.cli_alerts import CHECK_INTERRUPTED, CHECK_TERMINATED, unknown_line
 
     script = Path(sys.executable).parent / "voicepipe"
     if not script.exists():  # pragma: no cover - the package is installed for the tests
@@ -639,13 +639,7 @@ def test_a_signal_during_a_query_is_unknown_saying_so(root: Path, tmp_path: Path
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    message = CHECK_TERMINATED if sig == signal.SIGTERM else CHECK_INTERRUPTED
-    assert proc.returncode == 3, (proc.returncode, out, err)
-    if fmt == "json":
-        assert json.loads(out) == {"status": "UNKNOWN", "exit_code": 3, "error": message}
-    else:
-        assert out == unknown_line(message) + "\n"
-    assert err == f"voicepipe: error: check could not evaluate: {message}\n"
+    assert_unknown_for(sig, fmt, proc.returncode, out, err)
 
 
 def test_an_alertmanager_that_hangs_keeps_to_the_deadline(

@@ -224,14 +224,21 @@ def test_ctrl_c_while_the_script_starts_is_one_line(tmp_path: Path, sig: int, co
 def test_ctrl_c_while_check_starts_is_unknown_never_130(
     tmp_path: Path, fmt: str, sig: int, moment: Callable[[int], bool]
 ) -> None:
-    from voicepipe_obs.cli_alerts import CHECK_INTERRUPTED, CHECK_TERMINATED, unknown_line
 
     (tmp_path / "events").mkdir()
     proc = _start_script_and_wait(moment, "--data", str(tmp_path), "check", "--format", fmt, "--dry-run")
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
+    assert_unknown_for(sig, fmt, proc.returncode, out, err)
+
+
+def assert_unknown_for(sig: int, fmt: str, returncode: int, out: str, err: str) -> None:
+    """What a `check` interrupted by ``sig`` prints, in ``fmt``: the UNKNOWN status
+    (exit 3) saying interrupted or terminated, and the one-line reason on stderr."""
+    from voicepipe_obs.cli_alerts import CHECK_INTERRUPTED, CHECK_TERMINATED, unknown_line
+
     message = CHECK_TERMINATED if sig == signal.SIGTERM else CHECK_INTERRUPTED
-    assert proc.returncode == 3, (proc.returncode, out, err)
+    assert returncode == 3, (returncode, out, err)
     if fmt == "json":
         assert json.loads(out) == {"status": "UNKNOWN", "exit_code": 3, "error": message}
     else:

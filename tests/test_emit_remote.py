@@ -24,6 +24,7 @@ from pyarrow import fs as pafs
 
 import voicepipe_obs as vp
 from conftest import SwitchableEndpoint
+from test_import_hygiene import HEAVY, PIPELINE, run_python
 from voicepipe_obs import remote
 from voicepipe_obs.errors import EmitError
 
@@ -468,27 +469,9 @@ def test_a_script_that_just_exits_ships_its_events(s3_root: str, mode: str) -> N
     assert outbox_files(s3_root) == []
 
 
-PIPELINE = """
-import json, sys
-import voicepipe_obs as vp
-rec = vp.Recorder(sys.argv[1])
-
-@rec.stage("transcription")
-def transcribe():
-    rec.annotate(confidence_score=0.9)
-
-with rec.artifact("a-1", organization_id="org"):
-    transcribe()
-rec.emit("rate_limit_hit")
-rec.close()
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("duckdb", "click", "tabulate", "pydantic"))))
-"""
-
-
 def test_recording_to_an_object_store_loads_neither_duckdb_nor_click(s3_root: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", PIPELINE, s3_root], capture_output=True, text=True, timeout=60, check=True
-    )
+    """The same pipeline as tests/test_import_hygiene.py's, on an object-store root."""
+    done = run_python(PIPELINE.replace("{mods}", repr(set(HEAVY))), s3_root)
     assert json.loads(done.stdout) == []
     assert len(bucket_events(s3_root)) == 5  # it did record, and upload
 

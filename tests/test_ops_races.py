@@ -78,8 +78,12 @@ CHURN = textwrap.dedent(
     from pathlib import Path
     sys.path[:0] = [{tests!r}]
     from voicepipe_obs import maintenance, store
+    import test_ops_races
     from test_ops_races import write_small_files, HOURS
     root, stop = Path(sys.argv[1]), Path(sys.argv[2])
+    # the test's hours, not this import's: an hour may have begun since the test
+    # module was imported (its NOW), and the files would go one hour later
+    test_ops_races.FIRST_HOUR = dt.datetime.fromisoformat(sys.argv[3])
     rounds = 0
     while not stop.exists():
         maintenance.compact(root, now=dt.datetime.now(dt.timezone.utc), grace=dt.timedelta(0))
@@ -106,7 +110,10 @@ def churning(tmp_path: Path) -> Iterator[Path]:
     script.write_text(CHURN.format(tests=str(Path(__file__).parent)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(root), str(stop)], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(root), str(stop), FIRST_HOUR.isoformat()],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.0)
     try:
