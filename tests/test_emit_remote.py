@@ -567,7 +567,7 @@ import json, sys, time
 import voicepipe_obs as vp
 if sys.argv[2] == "uwsgi":
     sys.executable = "/usr/sbin/uwsgi"  # as under uWSGI or mod_wsgi: the host program
-rec = vp.Recorder(sys.argv[1], flush_interval=0.05, close_timeout=2.0)
+rec = vp.Recorder(sys.argv[1], flush_interval=3600, close_timeout=2.0)  # one file: the flush below
 ids = [rec.emit("rate_limit_hit") for _ in range(3)]
 rec.flush()
 deadline = time.monotonic() + 20
