@@ -780,6 +780,9 @@ def run_live(
     for i in range(in_flight):
         aid = _artifact_id(time.time_ns() // 1000, rng, "-live")
         note = voice_note(aid)
+        while i == 0 and note.kind != "audio":  # the one a worker picked up is audio
+            aid = _artifact_id(time.time_ns() // 1000, rng, "-live")
+            note = voice_note(aid)
         ctx: dict[str, Any] = {
             "artifact_id": aid,
             "organization_id": note.organization_id,
@@ -787,7 +790,7 @@ def run_live(
             "voice_note_id": note.voice_note_id,
         }
         rec.emit("artifact_received", source_channel=note.source_channel, new_status="received", **ctx)
-        if i == 0 and note.kind == "audio":  # a worker has picked this one up
+        if i == 0:  # a worker has picked this one up
             rec.emit("transcription_started", stage_started_at=time.time(), **ctx)
         waiting.append(aid)
     return LiveResult(done, failed, waiting)
