@@ -80,6 +80,17 @@ def small_files(root: Path, n: int = 3) -> None:
         store.write_event_rows(root, rows, f"small-{i}")
 
 
+def pulled_small_files(s3_root: str, tmp_path: Path) -> tuple[Mirror, list[str]]:
+    """:func:`small_files` uploaded to the bucket (another host's recorders), and a
+    mirror that pulled them; the keys uploaded."""
+    local = tmp_path / "pipeline"
+    small_files(local)
+    uploaded = upload_tree(local, s3_root)
+    mirror = Mirror(s3_root)
+    mirror.pull()
+    return mirror, uploaded
+
+
 def unreadable_file(path: Path) -> None:
     """A file that can be listed but never read, even by root: a Unix socket
     (``open()`` fails with ENXIO). What makes an upload fail for real."""
@@ -162,11 +173,7 @@ def test_compact_uploads_the_merged_file_then_deletes_the_small_ones(s3_root: st
 
 
 def test_a_file_that_arrived_after_the_pull_is_never_deleted(s3_root: str, tmp_path: Path) -> None:
-    local = tmp_path / "pipeline"
-    small_files(local)
-    upload_tree(local, s3_root)
-    mirror = Mirror(s3_root)
-    mirror.pull()
+    mirror, _ = pulled_small_files(s3_root, tmp_path)
     # another host's Recorder uploads a late event into the same hour meanwhile
     late = tmp_path / "late"
     store.write_event_rows(late, [ev("late-1", HOUR0 + dt.timedelta(minutes=50))], "late")
@@ -381,11 +388,7 @@ def test_a_store_that_never_answers_fails_the_command_in_bounded_time(tmp_path: 
 
 
 def test_a_failed_upload_deletes_nothing_remotely(s3_root: str, tmp_path: Path) -> None:
-    local = tmp_path / "pipeline"
-    small_files(local)
-    upload_tree(local, s3_root)
-    mirror = Mirror(s3_root)
-    mirror.pull()
+    mirror, _ = pulled_small_files(s3_root, tmp_path)
     maintenance.compact(mirror.path, now=NOW, grace=dt.timedelta(0))
     unreadable_file(mirror.path / "quarantine" / "stuck.parquet")
 
@@ -449,11 +452,7 @@ def test_local_bookkeeping_stays_local_and_unknown_remote_prefixes_are_untouched
 
 
 def test_a_local_deletion_not_pushed_yet_is_not_undone_by_another_pull(s3_root: str, tmp_path: Path) -> None:
-    local = tmp_path / "pipeline"
-    small_files(local)
-    upload_tree(local, s3_root)
-    compacting = Mirror(s3_root)
-    compacting.pull()
+    compacting, _ = pulled_small_files(s3_root, tmp_path)
     maintenance.compact(compacting.path, now=NOW, grace=dt.timedelta(0))
 
     reporting = Mirror(s3_root)  # another command on this host, before compact's push
@@ -583,11 +582,7 @@ def test_a_mirror_removed_while_a_command_runs_never_empties_the_store(s3_root: 
     deleted to start afresh while a long command ran), the push uploads only."""
     import shutil
 
-    local = tmp_path / "pipeline"
-    small_files(local)
-    before = upload_tree(local, s3_root)
-    mirror = Mirror(s3_root)
-    mirror.pull()
+    mirror, before = pulled_small_files(s3_root, tmp_path)
 
     shutil.rmtree(mirror.path)  # "to start a mirror afresh, delete its whole directory"
     snapshot = "snapshots/hourly/date=2026-05-04/hour-06.parquet"

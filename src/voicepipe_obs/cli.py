@@ -152,7 +152,7 @@ class AppContext:
         from .errors import StoreError
 
         try:
-            self._mirror.pull()
+            self.refresh()
         except StoreError as exc:
             if not self._pull_failing:
                 click.echo(f"voicepipe: warning: {exc}; showing the last copy pulled", err=True)

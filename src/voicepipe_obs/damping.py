@@ -195,7 +195,7 @@ def _continue(previous: Run | None, now: dt.datetime, wait: dt.timedelta) -> Run
     """The run after a check at ``now`` that found the same as ``previous``'s
     checks: continued, or started afresh when there was none, when it is not
     before ``now`` (a clock set back), or after a gap (:func:`max_gap`)."""
-    if previous is None or previous.seen > now or now - previous.seen > max_gap(wait):
+    if previous is None or stale(previous, now, wait):
         return Run(now, now)
     return Run(previous.since, now)
 
@@ -264,7 +264,7 @@ def damp(
         if not ev.unjudged(rule, scope):
             continue
         wait = dt.timedelta(minutes=minutes)
-        if run.seen > now or now - run.seen > max_gap(wait):
+        if stale(run, now, wait):
             continue  # unjudged for longer than a gap breaks a run: the wait is over
         new_state[(kind, rule, scope)] = run
         alert = next((a for a in active if a.key == (rule, scope)), None)
@@ -285,6 +285,12 @@ def wait_minutes(settings: Settings, rule: str, kind: str) -> float:
         getattr(settings.alerts, rule, None), "for_minutes" if kind == "raise" else "keep_firing_minutes", 0
     )
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def stale(run: Run, now: dt.datetime, wait: dt.timedelta) -> bool:
+    """Whether the run of checks behind a wait is broken at ``now``: the latest
+    check that continued it is after ``now``, or further back than :func:`max_gap`."""
+    return run.seen > now or now - run.seen > max_gap(wait)
 
 
 def _org_of(scope: str) -> str | None:
@@ -330,9 +336,8 @@ def read_waits(
             unknown.append(f"{rule} [{scope}]")
             continue
         wait = dt.timedelta(minutes=minutes)
-        stale = run.seen > now or now - run.seen > max_gap(wait)
         known = {"rule": rule, "scope": scope, "organization_id": _org_of(scope)}
-        waits.append((_pending(waiting, known, run, wait), run.seen, stale))
+        waits.append((_pending(waiting, known, run, wait), run.seen, stale(run, now, wait)))
     if unknown:
         log.warning(
             "%s: no wait in these settings for %s; left out (does `check` run with another configuration?)",

@@ -55,7 +55,7 @@ from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
 from . import remote, store
-from .errors import EmitError, StoreError
+from .errors import EmitError
 from .events import (
     COLUMN_KINDS,
     COLUMN_NAMES,
@@ -956,14 +956,9 @@ class Recorder:
             raise ValueError(f"close_timeout must be None or at least 0, not {close_timeout!r}")
         #: the object-store root events are uploaded to (None: a local root)
         self.remote: str | None = None
-        given = os.environ.get(store.ENV_ROOT) if root is None or str(root) == "" else root
+        given = store.given_root(root)
         if remote.is_remote(given):
-            assert given is not None
-            self.remote = os.fspath(given)
-            if not self.remote.split("://", 1)[1].split("?", 1)[0].strip("/"):
-                raise StoreError(
-                    f"object-store root {remote.display(self.remote)} names no bucket: use s3://bucket/prefix"
-                )
+            self.remote = remote.require_bucket(os.fspath(given))
             #: where events are written (for an object-store root: its local outbox)
             self.root = remote.cache_dir(self.remote, "outbox")
         else:

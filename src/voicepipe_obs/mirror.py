@@ -285,7 +285,8 @@ class Mirror:
                 if f is not None and (f.mtime_ns is None or f.mtime_ns >= here.mtime_ns):
                     continue  # the remote's is as new: the next pull decides
             try:
-                self.remote.put(path, rel)
+                if not self.remote.put(path, rel):
+                    continue  # replaced or removed meanwhile: the next push sends it
             except StoreError as exc:
                 result.errors.append(exc)
                 continue
@@ -433,14 +434,7 @@ class Mirror:
         """Upload one file; False when it vanished meanwhile (a concurrent compaction
         or cleanup on this host: the next push deletes it remotely instead)."""
         rel, _ = item
-        path = self.path / rel
-        try:
-            self.remote.put(path, rel)
-        except StoreError:
-            if not path.exists():
-                return False
-            raise
-        return True
+        return self.remote.put(self.path / rel, rel)
 
     # ---------------------------------------------------------------- local side
 

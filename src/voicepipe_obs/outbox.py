@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Final
 
 from . import remote, store
-from .errors import StoreError
 
 #: seconds between looks at the outbox when nothing wakes the uploader
 UPLOAD_INTERVAL: Final = 5.0
@@ -434,12 +433,8 @@ def helper_main() -> int:
                     delayed_open=True,
                 )
             for path in waiting_files(local):
-                try:
-                    _ship_file(root, path, path.relative_to(local).as_posix())
-                except (StoreError, OSError):
-                    if not path.exists():  # another process sharing the outbox shipped it
-                        continue
-                    raise
+                if not _ship_file(root, path, path.relative_to(local).as_posix()):
+                    continue  # gone: another process sharing the outbox shipped it
                 path.unlink(missing_ok=True)
                 touched.add(path.parent)
                 out.write(b"+\n")
@@ -453,24 +448,28 @@ def helper_main() -> int:
     return 0
 
 
-def _ship_file(root: remote.RemoteRoot, path: Path, rel: str) -> None:
+def _ship_file(root: remote.RemoteRoot, path: Path, rel: str) -> bool:
     """Upload the event file ``path`` to ``rel``, never replacing an object: when
     one of that name exists and already holds every event of the file, nothing is
     uploaded; when the file holds events the object lacks, it goes up under
     ``<stem>-<digest of its bytes>.parquet`` (a name no writer makes; the same
     file twice gets the same name). Costs one HEAD request per file (a free name:
-    404, no listing); only a file whose name is taken reads the object."""
+    404, no listing); only a file whose name is taken reads the object. False when
+    ``path`` is gone (another process sharing the outbox shipped it)."""
     theirs = _object(root, rel)
     if theirs is None:
-        root.put(path, rel)
-        return
-    data = path.read_bytes()
+        return root.put(path, rel)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
     if theirs == data or _event_ids(data) <= _event_ids(theirs):
-        return  # uploaded before (by us, another process, or the file recovery rewrote)
+        return True  # uploaded before (by us, another process, or the file recovery rewrote)
     stem, _, suffix = rel.rpartition(".")
     alt = f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.{suffix}"
     if _object(root, alt) is None:  # else: this very file, uploaded beside it before
-        root.put(path, alt)
+        return root.put(path, alt)
+    return True
 
 
 def _object(root: remote.RemoteRoot, rel: str) -> bytes | None:

@@ -447,8 +447,8 @@ def _local_root(root: str | os.PathLike[str] | None) -> Path:
     pulled mirror."""
     from . import remote
 
-    given = root if root is not None and os.fspath(root) != "" else os.environ.get(store.ENV_ROOT)
-    if given is not None and remote.is_remote(given):
+    given = store.given_root(root)
+    if remote.is_remote(given):
         from .mirror import mirrored
 
         return mirrored(os.fspath(given))

@@ -57,6 +57,8 @@ def is_remote(root: str | os.PathLike[str] | None) -> bool:
 def display(url: str) -> str:
     """``url`` fit to print: credentials are masked, in its user part
     (``s3://KEY:SECRET@bucket/…``, the form pyarrow reads) and in its query string."""
+    if "://" not in url:
+        return url  # a local path
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
@@ -67,7 +69,8 @@ def display(url: str) -> str:
             f"{k}={'***' if k.lower() in _SECRET_PARAMS else v}"
             for k, v in parse_qsl(query, keep_blank_values=True)
         )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    # not urlunsplit: it drops the "//" of a URI without a bucket (s3:// → s3:)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def canonical(url: str) -> str:
@@ -159,15 +162,23 @@ class RemoteRoot:
         out.sort(key=lambda f: f.rel)
         return out
 
-    def put(self, local: Path, rel: str) -> None:
+    def put(self, local: Path, rel: str) -> bool:
         """Upload ``local`` to ``rel`` (visible only once complete; replaces an
-        existing object)."""
+        existing object). False, nothing uploaded, when ``local`` is gone (a
+        concurrent compaction, cleanup or uploader took it: not an error)."""
         try:
-            with open(local, "rb") as src, self.fs.open_output_stream(self.path(rel)) as dst:
+            src = open(local, "rb")  # noqa: SIM115 - closed by the with below: only its absence is not an error
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self.error(f"cannot upload {local} to {rel}", exc) from exc
+        try:
+            with src, self.fs.open_output_stream(self.path(rel)) as dst:
                 for chunk in _chunks(src):
                     dst.write(chunk)
         except OSError as exc:
             raise self.error(f"cannot upload {local} to {rel}", exc) from exc
+        return True
 
     def put_bytes(self, data: bytes, rel: str) -> None:
         try:
@@ -217,9 +228,8 @@ class RemoteRoot:
             raise self.error(f"cannot delete {rel}", exc) from exc
 
     def error(self, what: str, exc: BaseException) -> StoreError:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return StoreError(
-            f"object-store root {self}: {what}: {reason} (check the URI, the credentials and "
+            f"object-store root {self}: {what}: {_reason(exc)} (check the URI, the credentials and "
             "the endpoint: AWS_* variables or ?endpoint_override=… in the URI)"
         )
 
@@ -239,7 +249,7 @@ def _not_found(exc: OSError) -> bool:
 
 #: S3 client settings of the CLI's mirror (:func:`open_root`): a store that accepts
 #: connections but never answers made one listing wait 1 min 40 s with the SDK's
-#: defaults; with these a command gives up within ~30 s
+#: defaults; with these a command gives up after ~20 s
 CONNECT_TIMEOUT: Final = 5.0
 REQUEST_TIMEOUT: Final = 10.0  # seconds without a byte transferred, not a whole request
 ATTEMPTS: Final = 2
@@ -286,15 +296,26 @@ def _tuned(
 def _open_root(url: str) -> RemoteRoot:
     from pyarrow import fs as pafs
 
+    require_bucket(url)
     try:
         fs, base = pafs.FileSystem.from_uri(url)
     except (OSError, ValueError, ImportError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(
-            f"cannot open the object-store root {display(url)}: {reason} "
+            f"cannot open the object-store root {display(url)}: {_reason(exc)} "
             "(s3://bucket/prefix, gs://bucket/prefix; options in the query string)"
         ) from exc
-    base = base.rstrip("/")
-    if not base:
+    return RemoteRoot(url, fs, base.rstrip("/"))
+
+
+def require_bucket(url: str) -> str:
+    """``url``, or :class:`StoreError` when it names no bucket (``s3://``); no request
+    and no pyarrow (the Recorder checks this when it is made)."""
+    if not urlsplit(url).netloc.rpartition("@")[2]:
         raise StoreError(f"object-store root {display(url)} names no bucket: use s3://bucket/prefix")
-    return RemoteRoot(url, fs, base)
+    return url
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -60,9 +60,16 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     A local directory only: an object-store URI (``s3://bucket/prefix``) raises
     :class:`StoreError` saying what to use instead (``Path("s3://b/p")`` would be a
     local directory named ``s3:``)."""
-    if root is None or str(root) == "":
-        root = os.environ.get(ENV_ROOT) or DEFAULT_ROOT
-    return local_root(root).expanduser()
+    return local_root(given_root(root)).expanduser()
+
+
+def given_root(root: str | os.PathLike[str] | None = None) -> str | os.PathLike[str]:
+    """The data root as given, not yet made a Path: the argument, else
+    $VOICEPIPE_DATA, else ./voicepipe-data — a directory or an object-store URI
+    (which the callers that accept one look for, :func:`voicepipe_obs.remote.is_remote`)."""
+    if root is None or os.fspath(root) == "":
+        return os.environ.get(ENV_ROOT) or DEFAULT_ROOT
+    return root
 
 
 def local_root(root: str | os.PathLike[str]) -> Path:
