@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import voicepipe_obs as vp
+from retry_apps.helpers import record_failed
 from voicepipe_obs import maintenance, remote, store
 from voicepipe_obs.errors import StoreError
 from voicepipe_obs.events import COLUMN_INDEX, NUM_COLUMNS
@@ -89,6 +90,15 @@ def pulled_small_files(s3_root: str, tmp_path: Path) -> tuple[Mirror, list[str]]
     mirror = Mirror(s3_root)
     mirror.pull()
     return mirror, uploaded
+
+
+def failed_in_bucket(s3_root: str, tmp_path: Path, artifact_id: str) -> None:
+    """An artifact that failed at transcription, recorded by another host's pipeline
+    and uploaded to the bucket."""
+    local = tmp_path / "pipeline"
+    with vp.Recorder(local, strict=True) as rec:
+        record_failed(rec, artifact_id, stage="transcription")
+    upload_tree(local, s3_root)
 
 
 def unreadable_file(path: Path) -> None:
@@ -322,12 +332,7 @@ def test_follow_prints_events_that_reach_the_bucket_after_it_started(s3_root: st
 
 
 def test_suggested_retry_commands_name_the_url_not_the_mirror(s3_root: str, tmp_path: Path) -> None:
-    local = tmp_path / "pipeline"
-    with vp.Recorder(local, strict=True) as rec:
-        with pytest.raises(RuntimeError), rec.artifact("art-f", organization_id="org-1"):
-            with rec.stage("transcription"):
-                raise RuntimeError("whisper timed out")
-    upload_tree(local, s3_root)
+    failed_in_bucket(s3_root, tmp_path, "art-f")
 
     shown = voicepipe("--data", s3_root, "report", "artifact", "art-f")
 
@@ -533,12 +538,7 @@ def test_retry_with_a_handler_recording_to_the_same_bucket(s3_root: str, tmp_pat
     """The handler's recorder writes to the object store through its outbox, the
     retry's own events go into the mirror and are pushed: both reach the bucket, and
     nothing warns that the handler records somewhere else."""
-    local = tmp_path / "pipeline"
-    with vp.Recorder(local, strict=True) as rec:
-        with pytest.raises(TimeoutError), rec.artifact("a-1", organization_id="org-1"):
-            with rec.stage("transcription"):
-                raise TimeoutError("whisper timed out")
-    upload_tree(local, s3_root)
+    failed_in_bucket(s3_root, tmp_path, "a-1")
     tests_dir = Path(__file__).resolve().parent
 
     done = voicepipe(
